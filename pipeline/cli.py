@@ -1,0 +1,130 @@
+"""`pipeline` command: run, validate, dev, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+
+from pipeline.errors import TopologyError
+from pipeline.topology.loader import all_problems, load_topology
+
+DEFAULT_TOPOLOGY = Path("topologies/recommendations.yaml")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = 0
+    for file in args.files:
+        try:
+            text = Path(file).read_text()
+        except OSError as exc:
+            print(f"{file}: <root>: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            status = 2
+            continue
+        problems = all_problems(text, file)
+        for problem in problems:
+            print(str(problem), file=sys.stderr)
+        if problems:
+            status = 2
+        else:
+            print(f"{file}: valid")
+    return status
+
+
+async def _serve(topology_path: Path) -> None:
+    from pipeline.health import OpsServer
+    from pipeline.runtime import PipelineRuntime
+
+    topology = load_topology(topology_path)
+    runtime = PipelineRuntime(topology)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    ops = None
+    if topology.operations.metrics_port:
+        ops = OpsServer(runtime.metrics, runtime.ready.is_set, topology.operations.metrics_port)
+        await ops.start()
+    try:
+        await runtime.run(stop)
+    finally:
+        if ops is not None:
+            await ops.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    topology = load_topology(args.topology)
+    _setup_logging(topology.operations.log_level)
+    asyncio.run(_serve(args.topology))
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from pipeline.devstack.dev import DevOptions, main
+
+    _setup_logging("INFO")
+    load_topology(args.topology)  # fail fast on a bad file, before starting anything
+    summary = main(DevOptions(args.topology, args.workdir, args.events, args.rate, args.timeout))
+    print(orjson.dumps(summary).decode(), flush=True)
+    return 0 if summary["lost"] == 0 else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit_topology
+
+    summary = asyncio.run(audit_topology(load_topology(args.topology)))
+    print(orjson.dumps(summary).decode())
+    return 0 if summary["lost"] == 0 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline of a topology until SIGTERM")
+    p.add_argument("topology", type=Path)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check topology files; exit 2 if any is invalid")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("dev", help="run everything on the embedded broker and Triton")
+    p.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
+    p.add_argument("--workdir", type=Path, default=Path("var/devstack"))
+    p.add_argument("--events", type=int, default=None,
+                   help="feed N events, stop once all are accounted for, print a summary")
+    p.add_argument("--rate", type=float, default=0.0, help="events per second (0: unlimited)")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("audit", help="account for every input event of a topology")
+    p.add_argument("topology", type=Path)
+    p.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TopologyError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

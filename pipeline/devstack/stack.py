@@ -1,0 +1,66 @@
+"""The embedded stack as one object: a broker and a Triton serving the project's model
+repository (trained first if absent). Used by `pipeline dev`, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.devstack.broker import EmbeddedBroker
+from pipeline.devstack.triton import EmbeddedTriton
+from pipeline.recsys.generator import EventGenerator, GeneratorConfig
+from pipeline.recsys.train import TrainReport, train_and_write
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKDIR = Path("var")
+TRAINING_EVENTS = 100_000
+
+
+def has_model(repository: Path, name: str = "recommender") -> bool:
+    model_dir = repository / name
+    return model_dir.is_dir() and any(p.name.isdigit() for p in model_dir.iterdir())
+
+
+def ensure_model(repository: Path, generator: GeneratorConfig = GeneratorConfig(),
+                 events: int = TRAINING_EVENTS) -> TrainReport | None:
+    """Train the recommender on synthetic events unless the repository already has it."""
+    if has_model(repository):
+        return None
+    log.info("training the recommender on %d synthetic events", events)
+    data = list(EventGenerator(generator).events(events))
+    report = train_and_write(data, repository, generator.users, generator.items)
+    log.info("model version %d: hit@10 %.3f vs popularity %.3f", report.version,
+             report.hit_rate_model, report.hit_rate_popularity)
+    return report
+
+
+@dataclass
+class EmbeddedStack:
+    broker: EmbeddedBroker
+    triton: EmbeddedTriton
+    model_repository: Path
+
+    @classmethod
+    def start(cls, workdir: Path, model_repository: Path | None = None) -> EmbeddedStack:
+        workdir = workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        repository = (model_repository or workdir / "model_repository").resolve()
+        ensure_model(repository)
+        broker = EmbeddedBroker(workdir)
+        triton = EmbeddedTriton(workdir, repository)
+        try:
+            broker.start()
+            triton.start()
+            broker.wait_until(broker.listening, 30, "listening")
+            triton.wait_until(triton.ready, 180, "ready")
+        except BaseException:
+            triton.stop()
+            broker.stop()
+            raise
+        return cls(broker, triton, repository)
+
+    def stop(self) -> None:
+        self.triton.stop()
+        self.broker.stop()

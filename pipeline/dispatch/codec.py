@@ -1,0 +1,79 @@
+"""Inference batches ↔ Triton gRPC messages. Tensors are written and read as raw bytes
+straight from numpy: no per-element Python work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from pipeline.errors import BadOutput
+from pipeline.events import Recommendations, UserRequest
+
+HISTORY_PAD = -1
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    version: str
+    history_length: int
+    top_k: int
+
+
+def request_id(first_ref: tuple[str, int, int], rows: int, attempt: int) -> str:
+    """Derived from the first source record and the attempt: readable in Triton's logs and
+    unique per in-flight request (a record is in one batch at a time)."""
+    topic, partition, offset = first_ref
+    return f"{topic}-{partition}-{offset}+{rows}#{attempt}"
+
+
+def encode(
+    rows: list[UserRequest],
+    sig: ModelSignature,
+    req_id: str,
+    priority: int = 0,
+    timeout_us: int | None = None,
+) -> service_pb2.ModelInferRequest:
+    users = np.fromiter((r.user_id for r in rows), dtype=np.int64, count=len(rows))
+    history = np.full((len(rows), sig.history_length), HISTORY_PAD, dtype=np.int64)
+    for i, row in enumerate(rows):
+        items = row.history[-sig.history_length :]
+        history[i, : len(items)] = items
+    request = service_pb2.ModelInferRequest(
+        model_name=sig.name, model_version=sig.version, id=req_id
+    )
+    for name, shape in (("USER_ID", [len(rows), 1]), ("HISTORY", list(history.shape))):
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, "INT64"
+        tensor.shape.extend(shape)
+    request.raw_input_contents.extend([users.tobytes(), history.tobytes()])
+    for name in ("ITEM_IDS", "SCORES"):
+        request.outputs.add().name = name
+    if priority > 0:
+        request.parameters["priority"].uint64_param = priority
+    if timeout_us is not None:
+        request.parameters["timeout"].int64_param = timeout_us
+    return request
+
+
+_DTYPES = {"INT64": np.int64, "FP32": np.float32}
+
+
+def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> list[Recommendations]:
+    arrays: dict[str, np.ndarray] = {}
+    for i, out in enumerate(response.outputs):
+        dtype = _DTYPES.get(out.datatype)
+        if dtype is None or i >= len(response.raw_output_contents):
+            raise BadOutput(f"output {out.name}: unexpected datatype {out.datatype}")
+        arrays[out.name] = np.frombuffer(response.raw_output_contents[i], dtype=dtype).reshape(
+            tuple(out.shape)
+        )
+    ids, scores = arrays.get("ITEM_IDS"), arrays.get("SCORES")
+    if ids is None or scores is None:
+        raise BadOutput(f"missing outputs, got {sorted(arrays)}")
+    if ids.shape[0] != rows or ids.shape != scores.shape:
+        raise BadOutput(f"output shape {ids.shape}/{scores.shape} for {rows} rows")
+    ids, scores = ids[:, :top_k].tolist(), scores[:, :top_k].tolist()
+    return [Recommendations(tuple(i), tuple(s)) for i, s in zip(ids, scores, strict=True)]

@@ -1,0 +1,130 @@
+"""The Triton dispatcher: inference batches in, BatchOutcomes out.
+
+Bounded in-flight requests, a client-side timeout per attempt, retries of retriable errors
+with backoff, and isolation of unrecoverable input errors by bisecting the batch so one bad
+row does not dead-letter its neighbours. Nothing raises out of ``infer``: every event of
+the batch ends as an answer or as a dead letter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from pipeline import errors
+from pipeline.dispatch import codec
+from pipeline.dispatch.lifecycle import LifecycleCounts, RequestState
+from pipeline.dispatch.retry import RetryPolicy
+from pipeline.dispatch.streams import StreamPool
+from pipeline.events import BatchOutcome, DeadLetter, InferenceBatch, Recommendations, UserRequest
+from pipeline.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    signature: codec.ModelSignature
+    max_in_flight: int = 8
+    timeout_ms: int = 2_000
+    retry: RetryPolicy = RetryPolicy()
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+class Dispatcher:
+    def __init__(self, pool: StreamPool, config: DispatchConfig, metrics: Metrics) -> None:
+        self.pool = pool
+        self.config = config
+        self.metrics = metrics
+        self.lifecycle = LifecycleCounts()
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self.waiting = 0  # batches waiting for an in-flight slot
+
+    async def infer(self, batch: InferenceBatch) -> BatchOutcome:
+        sig = self.config.signature
+        outcome = BatchOutcome(batch, model_name=sig.name, model_version=sig.version)
+        self.waiting += 1
+        self.metrics.request_queue_size.set(self.waiting)
+        async with self._slots:
+            self.waiting -= 1
+            self.metrics.request_queue_size.set(self.waiting)
+            outcome.dispatched_ms = _now_ms()
+            await self._infer_rows(list(batch.requests), batch, outcome)
+            outcome.completed_ms = _now_ms()
+        return outcome
+
+    async def _infer_rows(self, rows: list[UserRequest], batch: InferenceBatch,
+                          outcome: BatchOutcome) -> None:
+        attempt = 1
+        while True:
+            try:
+                answers = await self._attempt(rows, batch, attempt, outcome)
+                outcome.answers.extend(zip(rows, answers, strict=True))
+                return
+            except errors.PipelineError as err:
+                outcome.attempts = max(outcome.attempts, attempt)
+                if self.config.retry.should_retry(err, attempt):
+                    self.metrics.retries.labels(self.config.signature.name, err.reason).inc()
+                    await asyncio.sleep(self.config.retry.backoff_s(attempt))
+                    attempt += 1
+                    continue
+                if isinstance(err, errors.InvalidInput) and len(rows) > 1:
+                    # Find the bad rows instead of failing the good ones with them.
+                    half = len(rows) // 2
+                    await self._infer_rows(rows[:half], batch, outcome)
+                    await self._infer_rows(rows[half:], batch, outcome)
+                    return
+                final = errors.RetriesExhausted(err, attempt) if err.retriable else err
+                self._fail(rows, final, attempt, outcome)
+                return
+
+    async def _attempt(self, rows: list[UserRequest], batch: InferenceBatch, attempt: int,
+                       outcome: BatchOutcome) -> list[Recommendations]:
+        sig = self.config.signature
+        states = self.lifecycle
+        states.enter(RequestState.START)
+        req_id = codec.request_id(rows[0].events[0].ref, len(rows), attempt)
+        request = codec.encode(rows, sig, req_id, batch.priority)
+        states.enter(RequestState.READ, RequestState.START)
+        stream = self.pool.pick()
+        started = time.perf_counter()
+        status = "ok"
+        state = RequestState.READ
+        try:
+            future = stream.submit(request)
+            states.enter(RequestState.ISSUED, state)
+            state = RequestState.ISSUED
+            try:
+                response = await asyncio.wait_for(future, self.config.timeout_ms / 1000.0)
+            except TimeoutError:
+                stream.forget(req_id)
+                raise errors.DeadlineExceeded(
+                    f"no answer within {self.config.timeout_ms} ms"
+                ) from None
+            states.enter(RequestState.WRITEREADY, state)
+            state = RequestState.WRITEREADY
+            if response.model_version:
+                outcome.model_version = response.model_version
+            return codec.decode(response, len(rows), sig.top_k)
+        except errors.PipelineError as err:
+            status = err.reason
+            raise
+        finally:
+            self.metrics.inference_duration.labels(sig.name, status).observe(
+                time.perf_counter() - started
+            )
+            states.enter(RequestState.COMPLETE, state)
+
+    def _fail(self, rows: list[UserRequest], err: errors.PipelineError, attempts: int,
+              outcome: BatchOutcome) -> None:
+        log.warning("inference failed for %d rows: %s: %s", len(rows), err.reason, err)
+        cls = type(err.last if isinstance(err, errors.RetriesExhausted) else err).__name__
+        for row in rows:
+            for event in row.events:
+                outcome.failures.append(
+                    DeadLetter(event.source, err.reason, cls, str(err), attempts)
+                )

@@ -1,0 +1,88 @@
+"""One error hierarchy. Each class says whether it is worth retrying; the dispatcher's retry
+decisions read that flag, never the message text."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    retriable: bool = False
+    reason: str = "error"  # short machine-readable reason, used in dead letters and metrics
+
+
+# --- bad input: never retried, the event goes to the dead-letter topic ---------------------
+class InvalidEvent(PipelineError):
+    reason = "invalid_event"
+
+
+class OversizedEvent(InvalidEvent):
+    reason = "oversized"
+
+
+class StaleEvent(PipelineError):
+    reason = "deadline_exceeded"
+
+
+# --- inference errors ------------------------------------------------------------------------
+class InferenceError(PipelineError):
+    reason = "inference_error"
+
+
+class ServerUnavailable(InferenceError):
+    retriable = True
+    reason = "unavailable"
+
+
+class ResourceExhausted(InferenceError):
+    retriable = True
+    reason = "resource_exhausted"
+
+
+class DeadlineExceeded(InferenceError):
+    retriable = True
+    reason = "deadline_exceeded"
+
+
+class StreamBroken(InferenceError):
+    retriable = True
+    reason = "stream_broken"
+
+
+class CircuitOpen(InferenceError):
+    retriable = True
+    reason = "circuit_open"
+
+
+class ModelNotFound(InferenceError):
+    reason = "model_not_found"
+
+
+class InvalidInput(InferenceError):
+    reason = "invalid_argument"
+
+
+class BadOutput(InferenceError):
+    reason = "bad_output"
+
+
+class RetriesExhausted(InferenceError):
+    """Wraps the last retriable error once the failure budget is spent."""
+
+    reason = "retries_exhausted"
+
+    def __init__(self, last: PipelineError, attempts: int) -> None:
+        super().__init__(f"{attempts} attempts, last error: {last.reason}: {last}")
+        self.last = last
+        self.attempts = attempts
+
+
+# --- configuration ---------------------------------------------------------------------------
+class TopologyError(PipelineError):
+    """A topology file that cannot be used: names the file, the key path and the reason."""
+
+    reason = "invalid_topology"
+
+    def __init__(self, file: str, path: str, problem: str) -> None:
+        super().__init__(f"{file}: {path or '<root>'}: {problem}")
+        self.file = file
+        self.path = path
+        self.problem = problem

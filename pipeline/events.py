@@ -1,0 +1,125 @@
+"""Value types that flow through the pipeline. Small, slotted and immutable where they are
+created per event (the hot path), plain data everywhere else: no I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+EVENT_TYPES = frozenset({"view", "click", "purchase"})
+Headers = tuple[tuple[str, bytes], ...]
+
+
+class SourceRef(NamedTuple):
+    """Where a consumed record came from: what offsets are acknowledged by."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class RawRecord(NamedTuple):
+    """A consumed Kafka record, as the source hands it on."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+class Event(NamedTuple):
+    """A validated interaction event."""
+
+    event_id: str
+    user_id: int
+    item_id: int
+    type: str
+    ts: int
+    source: RawRecord
+
+    @property
+    def ref(self) -> SourceRef:
+        s = self.source
+        return SourceRef(s.topic, s.partition, s.offset)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event that cannot become a recommendation, with why."""
+
+    record: RawRecord
+    reason: str
+    error_class: str
+    detail: str
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class UserRequest:
+    """One user's coalesced events of one window: a single row of an inference batch."""
+
+    user_id: int
+    history: tuple[int, ...]  # recent distinct items, newest last
+    events: tuple[Event, ...]  # every source event, duplicates included, for lineage and acks
+
+
+@dataclass(frozen=True)
+class Window:
+    events: tuple[Event, ...]
+    start_ms: int  # wall-clock time the window opened
+    end_ms: int  # wall-clock time it closed
+
+
+@dataclass(frozen=True)
+class InferenceBatch:
+    requests: tuple[UserRequest, ...]
+    window_start_ms: int
+    window_end_ms: int
+    lane: str = "default"
+    priority: int = 0
+
+    @property
+    def event_count(self) -> int:
+        return sum(len(r.events) for r in self.requests)
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Inference answer for one row."""
+
+    item_ids: tuple[int, ...]
+    scores: tuple[float, ...]
+
+
+@dataclass
+class BatchOutcome:
+    """What the dispatcher made of a batch: answers for some rows, failures for others."""
+
+    batch: InferenceBatch
+    answers: list[tuple[UserRequest, Recommendations]] = field(default_factory=list)
+    failures: list[DeadLetter] = field(default_factory=list)
+    model_name: str = ""
+    model_version: str = ""
+    dispatched_ms: float = 0.0
+    completed_ms: float = 0.0
+    attempts: int = 1
+
+
+class OutputRecord(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class SinkBatch:
+    """Records to write, and the source records they finish once written."""
+
+    records: tuple[OutputRecord, ...]
+    finishes: tuple[SourceRef, ...]
+    recommendations: int = 0
+    dead_letters: int = 0

@@ -1,0 +1,59 @@
+"""Operations endpoint on the pipeline's own loop: /metrics (Prometheus text), /healthz
+(the process runs), /readyz (started and consuming). A few lines of asyncio instead of a web
+framework: three GET routes do not justify another dependency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from pipeline.metrics import Metrics
+
+
+class OpsServer:
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], port: int,
+                 host: str = "0.0.0.0") -> None:
+        self.metrics = metrics
+        self.ready = ready
+        self.port = port
+        self.host = host
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)).strip():
+                pass  # headers are not needed
+            parts = request_line.decode("latin-1").split()
+            path = parts[1] if len(parts) > 1 else "/"
+            status, body, ctype = self._route(path)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _route(self, path: str) -> tuple[str, bytes, str]:
+        if path == "/metrics":
+            return "200 OK", self.metrics.exposition(), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            return "200 OK", b"ok\n", "text/plain"
+        if path == "/readyz":
+            if self.ready():
+                return "200 OK", b"ready\n", "text/plain"
+            return "503 Service Unavailable", b"not ready\n", "text/plain"
+        return "404 Not Found", b"not found\n", "text/plain"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

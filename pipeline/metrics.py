@@ -1,0 +1,53 @@
+"""Prometheus metrics of one pipeline instance, in a registry of its own (so that tests can
+run several pipelines in one process). Names follow the source article where it names them:
+``inference_duration`` by model and status, ``request_queue_size`` (alert at 1000)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events_consumed = Counter(
+            "pipeline_events_consumed", "Records taken from the source topics", ["topic"],
+            registry=r,
+        )
+        self.recommendations = Counter(
+            "pipeline_recommendations", "Recommendation events acknowledged by the broker",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "pipeline_dead_letters", "Events written to the dead-letter topic", ["reason"],
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "inference_duration_seconds", "Triton round trip per request attempt",
+            ["model", "status"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.end_to_end = Histogram(
+            "pipeline_end_to_end_seconds", "Kafka timestamp of the source event to output ack",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.retries = Counter(
+            "pipeline_inference_retries", "Inference attempts retried", ["model", "reason"],
+            registry=r,
+        )
+        self.request_queue_size = Gauge(
+            "request_queue_size", "Batches waiting for an inference slot", registry=r
+        )
+        self.in_flight_events = Gauge(
+            "pipeline_in_flight_events", "Events consumed and not yet finished", registry=r
+        )
+        self.paused = Gauge(
+            "pipeline_source_paused", "1 while the source is paused by backpressure", registry=r
+        )
+        self.committed = Counter(
+            "pipeline_offset_commits", "Offset commits sent to the broker", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

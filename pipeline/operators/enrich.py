@@ -1,0 +1,127 @@
+"""enrich: dispatcher outcomes → output records (recommendations and dead letters), each
+with the source records it finishes once the broker has acknowledged it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from reactivex import Observable
+from reactivex import operators as ops
+
+from pipeline.events import (
+    BatchOutcome,
+    DeadLetter,
+    Headers,
+    OutputRecord,
+    Recommendations,
+    SinkBatch,
+    UserRequest,
+)
+
+DLQ_HEADER_PREFIX = "dlq."
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    topic: str
+    dead_letter_topic: str
+    carry_headers: frozenset[str] = frozenset({"traceparent", "tracestate"})
+
+
+def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
+    """The original bytes, untouched, with why and where from in headers (re-drivable as is)."""
+    src = dead.record
+    headers: Headers = (
+        *src.headers,
+        ("dlq.reason", dead.reason.encode()),
+        ("dlq.error_class", dead.error_class.encode()),
+        ("dlq.detail", dead.detail.encode("utf-8", "replace")[:1024]),
+        ("dlq.attempts", str(dead.attempts).encode()),
+        ("dlq.source_topic", src.topic.encode()),
+        ("dlq.source_partition", str(src.partition).encode()),
+        ("dlq.source_offset", str(src.offset).encode()),
+        ("dlq.source_timestamp", str(src.timestamp_ms).encode()),
+    )
+    return OutputRecord(topic, src.key, src.value or b"", headers)
+
+
+def dead_letters_batch(dead: list[DeadLetter], topic: str) -> SinkBatch:
+    return SinkBatch(
+        tuple(dead_letter_record(d, topic) for d in dead),
+        tuple(_ref(d) for d in dead),
+        dead_letters=len(dead),
+    )
+
+
+def _ref(dead: DeadLetter) -> tuple[str, int, int]:
+    r = dead.record
+    return (r.topic, r.partition, r.offset)
+
+
+def recommendation_value(
+    row: UserRequest, recs: Recommendations, outcome: BatchOutcome, now_ms: float
+) -> bytes:
+    first = min(e.source.timestamp_ms for e in row.events)
+    batch = outcome.batch
+    return orjson.dumps(
+        {
+            "event_id": "rec-{}-{}-{}".format(*row.events[0].ref),
+            "user_id": row.user_id,
+            "items": [
+                {"item_id": i, "score": round(s, 6)}
+                for i, s in zip(recs.item_ids, recs.scores, strict=True)
+            ],
+            "model": {"name": outcome.model_name, "version": outcome.model_version},
+            "sources": [
+                {
+                    "event_id": e.event_id,
+                    "topic": e.source.topic,
+                    "partition": e.source.partition,
+                    "offset": e.source.offset,
+                }
+                for e in row.events
+            ],
+            "window": {"start_ms": batch.window_start_ms, "end_ms": batch.window_end_ms},
+            "lane": batch.lane,
+            "timings": {
+                "queued_ms": round(outcome.dispatched_ms - batch.window_end_ms, 3),
+                "inference_ms": round(outcome.completed_ms - outcome.dispatched_ms, 3),
+                "end_to_end_ms": round(now_ms - first, 3),
+            },
+            "emitted_at_ms": int(now_ms),
+        }
+    )
+
+
+def _carried(row: UserRequest, names: frozenset[str]) -> Headers:
+    latest = row.events[-1].source.headers
+    return tuple((k, v) for k, v in latest if k in names)
+
+
+def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
+    now_ms = time.time() * 1000.0
+    records = [
+        OutputRecord(
+            spec.topic,
+            str(row.user_id).encode(),
+            recommendation_value(row, recs, outcome, now_ms),
+            _carried(row, spec.carry_headers),
+        )
+        for row, recs in outcome.answers
+    ]
+    records.extend(dead_letter_record(d, spec.dead_letter_topic) for d in outcome.failures)
+    finishes = [e.ref for row, _ in outcome.answers for e in row.events]
+    finishes.extend(_ref(d) for d in outcome.failures)
+    return SinkBatch(
+        tuple(records),
+        tuple(finishes),
+        recommendations=len(outcome.answers),
+        dead_letters=len(outcome.failures),
+    )
+
+
+def enrich(spec: OutputSpec) -> Callable[[Observable[BatchOutcome]], Observable[SinkBatch]]:
+    return ops.map(lambda outcome: outcome_batch(outcome, spec))

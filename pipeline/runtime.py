@@ -1,0 +1,153 @@
+"""The runtime: turns a Topology into the running graph
+
+    source ─► credits ─► parse ─► window ─► coalesce ─► batch ─► dispatch ─► enrich ─► sink ─► offsets
+                           └──────────────── dead letters ───────────────────────────┘
+
+and owns its lifecycle (start, run until stopped, drain, final commit, close). This is the
+only module that knows both the topology and the operators."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import reactivex
+from reactivex import operators as ops
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+from reactivex.subject import Subject
+
+from pipeline import operators
+from pipeline.dispatch.codec import ModelSignature
+from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
+from pipeline.dispatch.retry import RetryPolicy
+from pipeline.dispatch.streams import StreamPool
+from pipeline.events import RawRecord, SinkBatch
+from pipeline.metrics import Metrics
+from pipeline.offsets import OffsetTracker
+from pipeline.operators.enrich import OutputSpec, dead_letters_batch
+from pipeline.operators.parse import ParseRules
+from pipeline.sinks.kafka import KafkaSink
+from pipeline.sources.credits import CreditGate
+from pipeline.sources.kafka import KafkaSource
+from pipeline.topology.schema import Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats:
+    recommendations: int = 0
+    dead_letters: int = 0
+    finished: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class PipelineRuntime:
+    def __init__(self, topology: Topology, metrics: Metrics | None = None) -> None:
+        self.topology = topology
+        self.metrics = metrics or Metrics()
+        self.stats = RunStats()
+        self.tracker = OffsetTracker()
+        spec = topology.source
+        self.gate = CreditGate(spec.credits.high_watermark, spec.credits.low_watermark)
+        self.source = KafkaSource(spec, topology.broker, self.tracker, self.gate, self.metrics)
+        self.sink = KafkaSink(topology.sink, topology.broker)
+        model = topology.model
+        self.pool = StreamPool(model.url, model.streams)
+        self.dispatcher = Dispatcher(
+            self.pool,
+            DispatchConfig(
+                ModelSignature(model.name, model.version, topology.window.history_length,
+                               model.top_k),
+                max_in_flight=model.max_in_flight,
+                timeout_ms=model.timeout_ms,
+                retry=RetryPolicy(**model.retry.model_dump()),
+            ),
+            self.metrics,
+        )
+        self.ready = asyncio.Event()
+        self._sink_tasks: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
+
+    def _build_graph(self, records: Subject[list[RawRecord]]) -> reactivex.Observable[SinkBatch]:
+        t = self.topology
+        scheduler = AsyncIOScheduler(asyncio.get_running_loop())
+        parsed = records.pipe(
+            operators.parse(ParseRules(t.source.max_event_bytes, t.validation.max_future_skew_ms,
+                                       t.validation.max_age_ms)),
+            ops.share(),
+        )
+        rejected = parsed.pipe(
+            ops.filter(lambda p: bool(p.rejects)),
+            ops.map(lambda p: dead_letters_batch(p.rejects, t.sink.dead_letter_topic)),
+        )
+        spec = OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers))
+        answered = parsed.pipe(
+            ops.map(lambda p: p.events),
+            operators.window(t.window.max_ms, t.window.max_events, scheduler),
+            operators.coalesce(t.window.history_length, t.window.remembered_users),
+            operators.batch(t.batch.max_size),
+            operators.dispatch(self.dispatcher.infer),
+            operators.enrich(spec),
+        )
+        return reactivex.merge(rejected, answered)
+
+    def _on_sink_batch(self, batch: SinkBatch) -> None:
+        task = asyncio.get_running_loop().create_task(self._write(batch))
+        self._sink_tasks.add(task)
+        task.add_done_callback(self._sink_tasks.discard)
+
+    async def _write(self, batch: SinkBatch) -> None:
+        await self.sink.write(batch)
+        for topic, partition, offset in batch.finishes:
+            self.tracker.finish(topic, partition, offset)
+        self.gate.give_back(len(batch.finishes))
+        self.stats.finished += len(batch.finishes)
+        self.stats.recommendations += batch.recommendations
+        self.stats.dead_letters += batch.dead_letters
+        self.metrics.recommendations.inc(batch.recommendations)
+        self.metrics.in_flight_events.set(self.gate.in_flight)
+
+    def _on_graph_error(self, error: Exception) -> None:
+        log.error("pipeline graph failed: %r", error, exc_info=error)
+        self._failure = error
+        self._stop.set()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or the graph fails), then drain and commit."""
+        self._stop = stop or asyncio.Event()
+        await self.sink.start()
+        await self.source.start()
+        records: Subject[list[RawRecord]] = Subject()
+        graph = self._build_graph(records)
+        graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
+        committer = asyncio.create_task(self.source.commit_loop(self._stop))
+        self.ready.set()
+        log.info("pipeline %s running", self.topology.name)
+        try:
+            await self.source.run(records.on_next, self._stop)
+        finally:
+            records.on_completed()  # flushes the open window
+            await self._drain()
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            try:
+                await self.source.commit()
+            finally:
+                await self.source.stop()
+                await self.sink.stop()
+                await self.pool.close()
+        if self._failure is not None:
+            raise RuntimeError("pipeline graph failed") from self._failure
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.topology.source.drain_timeout_ms / 1000.0
+        while self.gate.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._sink_tasks:
+            await asyncio.wait(set(self._sink_tasks), timeout=max(0.0, deadline - time.monotonic()))
+        if self.gate.in_flight:
+            log.warning("stopped with %d events unfinished: they will be replayed",
+                        self.gate.in_flight)

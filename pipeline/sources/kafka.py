@@ -1,0 +1,142 @@
+"""The Kafka source: an aiokafka consumer group member that hands lists of records on,
+tracks their offsets, takes credits, pauses under backpressure and commits only what is
+finished. Auto-commit is off: the offset tracker decides what is safe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from pipeline.events import RawRecord
+from pipeline.metrics import Metrics
+from pipeline.offsets import OffsetTracker
+from pipeline.sources.credits import CreditGate
+from pipeline.topology.schema import Broker, Source
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.source.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.source.revoking.clear()
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+
+class KafkaSource:
+    def __init__(self, spec: Source, broker: Broker, tracker: OffsetTracker, gate: CreditGate,
+                 metrics: Metrics) -> None:
+        self.spec = spec
+        self.tracker = tracker
+        self.gate = gate
+        self.metrics = metrics
+        self.revoking: set[tuple[str, int]] = set()
+        self.last_progress = time.monotonic()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=broker.bootstrap_servers,
+            client_id=broker.client_id,
+            group_id=spec.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=spec.auto_offset_reset,
+            max_poll_records=spec.max_poll_records,
+        )
+
+    async def start(self) -> None:
+        self.consumer.subscribe(self.spec.topics, listener=_Rebalance(self))
+        await self.consumer.start()
+
+    async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
+        consumer = self.consumer
+        while not stop.is_set():
+            if self.gate.exhausted:
+                await self._wait_for_credits(stop)
+                continue
+            fetched = await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
+            records: list[RawRecord] = []
+            for tp, messages in fetched.items():
+                if (tp.topic, tp.partition) in self.revoking or not messages:
+                    continue  # being handed to another member: it re-reads from our commit
+                self.tracker.track(tp.topic, tp.partition, (m.offset for m in messages))
+                self.metrics.events_consumed.labels(tp.topic).inc(len(messages))
+                records.extend(
+                    RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
+                              tuple(m.headers))
+                    for m in messages
+                )
+            if records:
+                self.gate.take(len(records))
+                self.metrics.in_flight_events.set(self.gate.in_flight)
+                self.last_progress = time.monotonic()
+                emit(records)
+
+    async def _wait_for_credits(self, stop: asyncio.Event) -> None:
+        paused = self.consumer.assignment()
+        self.consumer.pause(*paused)
+        self.metrics.paused.set(1)
+        room = asyncio.ensure_future(self.gate.wait_for_room())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({room, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            room.cancel()
+            stopped.cancel()
+            # Resume everything assigned now, not what was paused: a rebalance may have
+            # changed the assignment meanwhile, and no partition may stay paused.
+            self.consumer.resume(*self.consumer.assignment())
+            self.metrics.paused.set(0)
+
+    async def commit(self) -> None:
+        due = self.tracker.commits_due()
+        if not due:
+            return
+        await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in due.items()})
+        self.tracker.mark_committed(due)
+        self.metrics.committed.inc()
+
+    async def commit_loop(self, stop: asyncio.Event) -> None:
+        interval = self.spec.commit_interval_ms / 1000.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            try:
+                await self.commit()
+            except Exception as exc:  # a failed commit is retried at the next tick
+                log.warning("offset commit failed, will retry: %r", exc)
+
+    async def release(self, revoked: list[TopicPartition]) -> None:
+        """Stop taking from revoked partitions, drain their in-flight events within the
+        bound, commit what finished, then let them go."""
+        keys = {(tp.topic, tp.partition) for tp in revoked}
+        if not keys:
+            return
+        self.revoking |= keys
+        deadline = time.monotonic() + self.spec.drain_timeout_ms / 1000.0
+        while self.tracker.pending(keys) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        left = self.tracker.pending(keys)
+        try:
+            await self.commit()
+        except Exception as exc:
+            log.warning("commit on revocation failed: %r", exc)
+        self.tracker.release(keys)
+        log.info("released %d partitions (%d events still in flight)", len(keys), left)
+
+    async def lag(self) -> int:
+        assigned = list(self.consumer.assignment())
+        if not assigned:
+            return 0
+        ends = await self.consumer.end_offsets(assigned)
+        return sum(max(0, ends[tp] - (await self.consumer.position(tp))) for tp in assigned)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()

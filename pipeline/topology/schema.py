@@ -1,0 +1,120 @@
+"""The topology file's schema: frozen pydantic models, unknown keys rejected, every node with
+a stable ``id`` used in logs and metric labels."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Credits(Node):
+    """Events consumed but not yet finished; the source pauses at high, resumes at low."""
+
+    high_watermark: int = Field(20_000, gt=0)
+    low_watermark: int = Field(10_000, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Credits:
+        if self.low_watermark >= self.high_watermark:
+            raise ValueError("low_watermark must be below high_watermark")
+        return self
+
+
+class Broker(Node):
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    client_id: str = "recommendation-pipeline"
+
+
+class Source(Node):
+    id: str = "source"
+    topics: list[str] = Field(min_length=1)
+    group_id: str = Field(min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = Field(2_000, gt=0)
+    max_event_bytes: int = Field(65_536, gt=0)
+    commit_interval_ms: int = Field(500, gt=0)
+    drain_timeout_ms: int = Field(10_000, gt=0)
+    credits: Credits = Credits()
+
+
+class Validation(Node):
+    """Policy for event timestamps: outside these bounds an event is a dead letter."""
+
+    max_future_skew_ms: int = Field(300_000, ge=0)
+    max_age_ms: int = Field(30 * 24 * 3_600_000, gt=0)
+
+
+class WindowSpec(Node):
+    id: str = "window"
+    max_ms: int = Field(20, gt=0, description="a window never stays open longer than this")
+    max_events: int = Field(4_096, gt=0)
+    history_length: int = Field(16, gt=0, description="items per user sent as history")
+    remembered_users: int = Field(100_000, ge=0, description="users whose recent items are kept")
+
+
+class BatchSpec(Node):
+    id: str = "batch"
+    max_size: int = Field(128, gt=0, description="users per inference request")
+
+
+class Retry(Node):
+    max_attempts: int = Field(4, ge=1)
+    backoff_ms: int = Field(50, ge=0)
+    max_backoff_ms: int = Field(2_000, ge=0)
+
+
+class Model(Node):
+    id: str = "model"
+    name: str = Field(min_length=1)
+    version: str = ""  # empty: the latest the server has
+    url: str = Field("127.0.0.1:8001", min_length=1)
+    top_k: int = Field(10, gt=0, le=1_000)
+    streams: int = Field(2, gt=0, le=64)
+    max_in_flight: int = Field(8, gt=0, description="inference requests outstanding at once")
+    timeout_ms: int = Field(2_000, gt=0)
+    retry: Retry = Retry()
+
+
+class Sink(Node):
+    id: str = "sink"
+    topic: str = Field(min_length=1)
+    dead_letter_topic: str = Field(min_length=1)
+    linger_ms: int = Field(5, ge=0)
+    compression: Literal["gzip", "none"] = "none"
+    carry_headers: list[str] = ["traceparent", "tracestate"]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Sink:
+        if self.topic == self.dead_letter_topic:
+            raise ValueError("dead_letter_topic must differ from topic")
+        return self
+
+
+class Operations(Node):
+    metrics_port: int = Field(0, ge=0, le=65_535, description="0: no metrics endpoint")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Topology(Node):
+    name: str = Field(min_length=1)
+    broker: Broker = Broker()
+    source: Source
+    validation: Validation = Validation()
+    window: WindowSpec = WindowSpec()
+    batch: BatchSpec = BatchSpec()
+    model: Model
+    sink: Sink
+    operations: Operations = Operations()
+
+    @model_validator(mode="after")
+    def _no_loops(self) -> Topology:
+        outputs = {self.sink.topic, self.sink.dead_letter_topic}
+        looped = outputs.intersection(self.source.topics)
+        if looped:
+            raise ValueError(f"source.topics and sink topics overlap: {sorted(looped)}")
+        return self
