@@ -94,5 +94,7 @@ async def audit_topology(topology: Topology) -> dict[str, object]:
     async for rec in read_to_end(bootstrap, topology.sink.dead_letter_topic):
         ledger.add_dead_letter(list(rec.headers), rec.timestamp)
     summary = ledger.summary()
-    return {k: summary[k] for k in ("events_in", "recommendations", "dead_letters", "lost",
-                                    "duplicates", "dead_letter_reasons")}
+    return {
+        k: summary[k]
+        for k in ("events_in", "recommendations", "dead_letters", "lost", "duplicates", "dead_letter_reasons")
+    }

@@ -19,7 +19,8 @@ DEFAULT_TOPOLOGY = Path("topologies/recommendations.yaml")
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
-        level=level, stream=sys.stderr,
+        level=level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
@@ -105,8 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dev", help="run everything on the embedded broker and Triton")
     p.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
     p.add_argument("--workdir", type=Path, default=Path("var/devstack"))
-    p.add_argument("--events", type=int, default=None,
-                   help="feed N events, stop once all are accounted for, print a summary")
+    p.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="feed N events, stop once all are accounted for, print a summary",
+    )
     p.add_argument("--rate", type=float, default=0.0, help="events per second (0: unlimited)")
     p.add_argument("--timeout", type=float, default=300.0)
     p.set_defaults(func=cmd_dev)

@@ -13,8 +13,7 @@ from pipeline.metrics import Metrics
 
 
 class OpsServer:
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool], port: int,
-                 host: str = "0.0.0.0") -> None:
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], port: int, host: str = "0.0.0.0") -> None:
         self.metrics = metrics
         self.ready = ready
         self.port = port
@@ -34,7 +33,8 @@ class OpsServer:
             status, body, ctype = self._route(path)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
             )
             await writer.drain()
         except (TimeoutError, ConnectionError):

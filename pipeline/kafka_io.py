@@ -33,8 +33,9 @@ async def read_to_end(
     bootstrap: str, topic: str, idle_timeout_s: float = 2.0
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` up to the end offsets seen at the start (no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)

@@ -13,27 +13,39 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events_consumed = Counter(
-            "pipeline_events_consumed", "Records taken from the source topics", ["topic"],
+            "pipeline_events_consumed",
+            "Records taken from the source topics",
+            ["topic"],
             registry=r,
         )
         self.recommendations = Counter(
-            "pipeline_recommendations", "Recommendation events acknowledged by the broker",
+            "pipeline_recommendations",
+            "Recommendation events acknowledged by the broker",
             registry=r,
         )
         self.dead_letters = Counter(
-            "pipeline_dead_letters", "Events written to the dead-letter topic", ["reason"],
+            "pipeline_dead_letters",
+            "Events written to the dead-letter topic",
+            ["reason"],
             registry=r,
         )
         self.inference_duration = Histogram(
-            "inference_duration_seconds", "Triton round trip per request attempt",
-            ["model", "status"], buckets=LATENCY_BUCKETS, registry=r,
+            "inference_duration_seconds",
+            "Triton round trip per request attempt",
+            ["model", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.end_to_end = Histogram(
-            "pipeline_end_to_end_seconds", "Kafka timestamp of the source event to output ack",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "pipeline_end_to_end_seconds",
+            "Kafka timestamp of the source event to output ack",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.retries = Counter(
-            "pipeline_inference_retries", "Inference attempts retried", ["model", "reason"],
+            "pipeline_inference_retries",
+            "Inference attempts retried",
+            ["model", "reason"],
             registry=r,
         )
         self.request_queue_size = Gauge(
@@ -45,9 +57,7 @@ class Metrics:
         self.paused = Gauge(
             "pipeline_source_paused", "1 while the source is paused by backpressure", registry=r
         )
-        self.committed = Counter(
-            "pipeline_offset_commits", "Offset commits sent to the broker", registry=r
-        )
+        self.committed = Counter("pipeline_offset_commits", "Offset commits sent to the broker", registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

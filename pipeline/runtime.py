@@ -59,8 +59,7 @@ class PipelineRuntime:
         self.dispatcher = Dispatcher(
             self.pool,
             DispatchConfig(
-                ModelSignature(model.name, model.version, topology.window.history_length,
-                               model.top_k),
+                ModelSignature(model.name, model.version, topology.window.history_length, model.top_k),
                 max_in_flight=model.max_in_flight,
                 timeout_ms=model.timeout_ms,
                 retry=RetryPolicy(**model.retry.model_dump()),
@@ -75,8 +74,9 @@ class PipelineRuntime:
         t = self.topology
         scheduler = AsyncIOScheduler(asyncio.get_running_loop())
         parsed = records.pipe(
-            operators.parse(ParseRules(t.source.max_event_bytes, t.validation.max_future_skew_ms,
-                                       t.validation.max_age_ms)),
+            operators.parse(
+                ParseRules(t.source.max_event_bytes, t.validation.max_future_skew_ms, t.validation.max_age_ms)
+            ),
             ops.share(),
         )
         rejected = parsed.pipe(
@@ -149,5 +149,4 @@ class PipelineRuntime:
         if self._sink_tasks:
             await asyncio.wait(set(self._sink_tasks), timeout=max(0.0, deadline - time.monotonic()))
         if self.gate.in_flight:
-            log.warning("stopped with %d events unfinished: they will be replayed",
-                        self.gate.in_flight)
+            log.warning("stopped with %d events unfinished: they will be replayed", self.gate.in_flight)

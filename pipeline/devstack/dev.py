@@ -46,10 +46,12 @@ def live_events(config: GeneratorConfig, count: int | None) -> Iterator[dict[str
         yield event
 
 
-async def feed(topology: Topology, events: Iterator[dict[str, object]], ledger: Ledger,
-               rate: float, stop: asyncio.Event) -> int:
-    producer = AIOKafkaProducer(bootstrap_servers=topology.broker.bootstrap_servers,
-                                enable_idempotence=False, linger_ms=5)
+async def feed(
+    topology: Topology, events: Iterator[dict[str, object]], ledger: Ledger, rate: float, stop: asyncio.Event
+) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=topology.broker.bootstrap_servers, enable_idempotence=False, linger_ms=5
+    )
     await producer.start()
     topic = topology.source.topics[0]
     sent = 0
@@ -59,8 +61,7 @@ async def feed(topology: Topology, events: Iterator[dict[str, object]], ledger: 
         for event in events:
             if stop.is_set():
                 break
-            fut = await producer.send(topic, orjson.dumps(event),
-                                      key=str(event["user_id"]).encode())
+            fut = await producer.send(topic, orjson.dumps(event), key=str(event["user_id"]).encode())
             pending.append(fut)
             sent += 1
             if len(pending) >= 1000:
@@ -85,12 +86,18 @@ async def _settle(pending: list[asyncio.Future[object]], ledger: Ledger) -> None
 async def follow_outputs(topology: Topology, ledger: Ledger, stop: asyncio.Event) -> None:
     """Tail the output and dead-letter topics into the ledger."""
     sink = topology.sink
-    consumer = AIOKafkaConsumer(bootstrap_servers=topology.broker.bootstrap_servers,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=topology.broker.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in (sink.topic, sink.dead_letter_topic)
-               for p in range(INPUT_PARTITIONS)]
+        tps = [
+            TopicPartition(t, p)
+            for t in (sink.topic, sink.dead_letter_topic)
+            for p in range(INPUT_PARTITIONS)
+        ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         while not stop.is_set():
@@ -127,8 +134,13 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     await asyncio.wait_for(runtime.ready.wait(), 60)
     started = time.monotonic()
     feeder = asyncio.create_task(
-        feed(topology, live_events(GeneratorConfig(seed=int(time.time())), opts.events), ledger,
-             opts.rate if opts.events is not None or opts.rate > 0 else 200.0, stop)
+        feed(
+            topology,
+            live_events(GeneratorConfig(seed=int(time.time())), opts.events),
+            ledger,
+            opts.rate if opts.events is not None or opts.rate > 0 else 200.0,
+            stop,
+        )
     )
     try:
         await _watch(opts, ledger, feeder, pipeline_task, stop, started)
@@ -144,8 +156,14 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     return summary
 
 
-async def _watch(opts: DevOptions, ledger: Ledger, feeder: asyncio.Task[int],
-                 pipeline_task: asyncio.Task[None], stop: asyncio.Event, started: float) -> None:
+async def _watch(
+    opts: DevOptions,
+    ledger: Ledger,
+    feeder: asyncio.Task[int],
+    pipeline_task: asyncio.Task[None],
+    stop: asyncio.Event,
+    started: float,
+) -> None:
     last_report = started
     while not stop.is_set():
         await asyncio.sleep(0.1)
@@ -155,13 +173,16 @@ async def _watch(opts: DevOptions, ledger: Ledger, feeder: asyncio.Task[int],
         if opts.events is not None and feeder.done() and ledger.accounted() >= opts.events:
             return
         if time.monotonic() - started > opts.timeout_s and opts.events is not None:
-            log.error("timed out with %d of %d events accounted for", ledger.accounted(),
-                      opts.events)
+            log.error("timed out with %d of %d events accounted for", ledger.accounted(), opts.events)
             return
         if time.monotonic() - last_report > 5:
             last_report = time.monotonic()
-            log.info("in %d, recommendations %d, dead letters %d", len(ledger.inputs),
-                     ledger.recommendations, ledger.dead_letters)
+            log.info(
+                "in %d, recommendations %d, dead letters %d",
+                len(ledger.inputs),
+                ledger.recommendations,
+                ledger.dead_letters,
+            )
 
 
 def main(opts: DevOptions) -> dict[str, object]:

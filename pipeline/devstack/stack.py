@@ -23,16 +23,21 @@ def has_model(repository: Path, name: str = "recommender") -> bool:
     return model_dir.is_dir() and any(p.name.isdigit() for p in model_dir.iterdir())
 
 
-def ensure_model(repository: Path, generator: GeneratorConfig = GeneratorConfig(),
-                 events: int = TRAINING_EVENTS) -> TrainReport | None:
+def ensure_model(
+    repository: Path, generator: GeneratorConfig = GeneratorConfig(), events: int = TRAINING_EVENTS
+) -> TrainReport | None:
     """Train the recommender on synthetic events unless the repository already has it."""
     if has_model(repository):
         return None
     log.info("training the recommender on %d synthetic events", events)
     data = list(EventGenerator(generator).events(events))
     report = train_and_write(data, repository, generator.users, generator.items)
-    log.info("model version %d: hit@10 %.3f vs popularity %.3f", report.version,
-             report.hit_rate_model, report.hit_rate_popularity)
+    log.info(
+        "model version %d: hit@10 %.3f vs popularity %.3f",
+        report.version,
+        report.hit_rate_model,
+        report.hit_rate_popularity,
+    )
     return report
 
 

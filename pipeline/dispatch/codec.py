@@ -41,9 +41,7 @@ def encode(
     for i, row in enumerate(rows):
         items = row.history[-sig.history_length :]
         history[i, : len(items)] = items
-    request = service_pb2.ModelInferRequest(
-        model_name=sig.name, model_version=sig.version, id=req_id
-    )
+    request = service_pb2.ModelInferRequest(model_name=sig.name, model_version=sig.version, id=req_id)
     for name, shape in (("USER_ID", [len(rows), 1]), ("HISTORY", list(history.shape))):
         tensor = request.inputs.add()
         tensor.name, tensor.datatype = name, "INT64"

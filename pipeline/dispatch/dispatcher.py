@@ -57,8 +57,9 @@ class Dispatcher:
             outcome.completed_ms = _now_ms()
         return outcome
 
-    async def _infer_rows(self, rows: list[UserRequest], batch: InferenceBatch,
-                          outcome: BatchOutcome) -> None:
+    async def _infer_rows(
+        self, rows: list[UserRequest], batch: InferenceBatch, outcome: BatchOutcome
+    ) -> None:
         attempt = 1
         while True:
             try:
@@ -82,8 +83,9 @@ class Dispatcher:
                 self._fail(rows, final, attempt, outcome)
                 return
 
-    async def _attempt(self, rows: list[UserRequest], batch: InferenceBatch, attempt: int,
-                       outcome: BatchOutcome) -> list[Recommendations]:
+    async def _attempt(
+        self, rows: list[UserRequest], batch: InferenceBatch, attempt: int, outcome: BatchOutcome
+    ) -> list[Recommendations]:
         sig = self.config.signature
         states = self.lifecycle
         states.enter(RequestState.START)
@@ -102,9 +104,7 @@ class Dispatcher:
                 response = await asyncio.wait_for(future, self.config.timeout_ms / 1000.0)
             except TimeoutError:
                 stream.forget(req_id)
-                raise errors.DeadlineExceeded(
-                    f"no answer within {self.config.timeout_ms} ms"
-                ) from None
+                raise errors.DeadlineExceeded(f"no answer within {self.config.timeout_ms} ms") from None
             states.enter(RequestState.WRITEREADY, state)
             state = RequestState.WRITEREADY
             if response.model_version:
@@ -114,17 +114,14 @@ class Dispatcher:
             status = err.reason
             raise
         finally:
-            self.metrics.inference_duration.labels(sig.name, status).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.inference_duration.labels(sig.name, status).observe(time.perf_counter() - started)
             states.enter(RequestState.COMPLETE, state)
 
-    def _fail(self, rows: list[UserRequest], err: errors.PipelineError, attempts: int,
-              outcome: BatchOutcome) -> None:
+    def _fail(
+        self, rows: list[UserRequest], err: errors.PipelineError, attempts: int, outcome: BatchOutcome
+    ) -> None:
         log.warning("inference failed for %d rows: %s: %s", len(rows), err.reason, err)
         cls = type(err.last if isinstance(err, errors.RetriesExhausted) else err).__name__
         for row in rows:
             for event in row.events:
-                outcome.failures.append(
-                    DeadLetter(event.source, err.reason, cls, str(err), attempts)
-                )
+                outcome.failures.append(DeadLetter(event.source, err.reason, cls, str(err), attempts))

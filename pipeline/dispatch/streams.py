@@ -40,8 +40,9 @@ def open_channel(url: str) -> grpc.aio.Channel:
 class TritonStream:
     """One bidirectional stream; opened lazily, re-opened after a break."""
 
-    def __init__(self, stub: service_pb2_grpc.GRPCInferenceServiceStub, index: int,
-                 recycle_after: int) -> None:
+    def __init__(
+        self, stub: service_pb2_grpc.GRPCInferenceServiceStub, index: int, recycle_after: int
+    ) -> None:
         self.stub = stub
         self.index = index
         self.recycle_after = recycle_after
@@ -70,8 +71,11 @@ class TritonStream:
             self._read(call, self.pending), name=f"triton-stream-{self.index}"
         )
 
-    async def _read(self, call: grpc.aio.StreamStreamCall,
-                    pending: dict[str, asyncio.Future[service_pb2.ModelInferResponse]]) -> None:
+    async def _read(
+        self,
+        call: grpc.aio.StreamStreamCall,
+        pending: dict[str, asyncio.Future[service_pb2.ModelInferResponse]],
+    ) -> None:
         broken: errors.InferenceError | None = None
         try:
             async for response in call:

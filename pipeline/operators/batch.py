@@ -31,9 +31,7 @@ def batch(
                 for chunk in split_batches(item[0], item[1], max_size):
                     observer.on_next(chunk)
 
-            return source.subscribe(
-                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
-            )
+            return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)
 
         return reactivex.create(subscribe)
 

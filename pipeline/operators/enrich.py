@@ -71,8 +71,7 @@ def recommendation_value(
             "event_id": "rec-{}-{}-{}".format(*row.events[0].ref),
             "user_id": row.user_id,
             "items": [
-                {"item_id": i, "score": round(s, 6)}
-                for i, s in zip(recs.item_ids, recs.scores, strict=True)
+                {"item_id": i, "score": round(s, 6)} for i, s in zip(recs.item_ids, recs.scores, strict=True)
             ],
             "model": {"name": outcome.model_name, "version": outcome.model_version},
             "sources": [

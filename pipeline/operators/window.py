@@ -81,9 +81,7 @@ def window(
                     emit(rest)
                 observer.on_completed()
 
-            subscription = source.subscribe(
-                on_next, observer.on_error, on_completed, scheduler=default
-            )
+            subscription = source.subscribe(on_next, observer.on_error, on_completed, scheduler=default)
             return CompositeDisposable(subscription, timer)
 
         return reactivex.create(subscribe)

@@ -46,8 +46,7 @@ class EventGenerator:
         for items in self.cluster_items:
             rng.shuffle(items)  # popularity rank inside the cluster
         self.cluster_cdfs = [
-            np.cumsum(_zipf_weights(len(items), config.zipf_exponent))
-            for items in self.cluster_items
+            np.cumsum(_zipf_weights(len(items), config.zipf_exponent)) for items in self.cluster_items
         ]
         self.global_order = rng.permutation(config.items)
         self.global_cdf = np.cumsum(_zipf_weights(config.items, config.zipf_exponent))

@@ -61,7 +61,11 @@ def to_interactions(
 
 
 def _solve_rows(
-    rows: np.ndarray, cols: np.ndarray, conf: np.ndarray, n_rows: int, other: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    conf: np.ndarray,
+    n_rows: int,
+    other: np.ndarray,
     reg: float,
 ) -> np.ndarray:
     """One ALS half-step: for every row solve (YtY + Yt(C-1)Y + reg I) x = Yt C p."""
@@ -121,9 +125,7 @@ def holdout_last(events: list[Mapping[str, object]]) -> HoldoutSplit:
     return HoldoutSplit(train, test)
 
 
-def recent_history(
-    events: Iterable[Mapping[str, object]], length: int
-) -> dict[int, list[int]]:
+def recent_history(events: Iterable[Mapping[str, object]], length: int) -> dict[int, list[int]]:
     """Each user's most recent distinct items, newest last (the pipeline's request shape)."""
     history: dict[int, list[int]] = {}
     for ev in events:
@@ -215,10 +217,10 @@ def train_and_write(
     users = [int(ev["user_id"]) for ev in split.test]  # type: ignore[call-overload]
     truth = np.asarray([int(ev["item_id"]) for ev in split.test], dtype=np.int64)  # type: ignore[call-overload]
     hist = history_matrix(users, history, history_length)
-    vecs = scoring.user_vectors(np.asarray(users, dtype=np.int64), hist, factors.user_emb,
-                                factors.item_emb)
+    vecs = scoring.user_vectors(np.asarray(users, dtype=np.int64), hist, factors.user_emb, factors.item_emb)
     model_ids, _ = scoring.top_k(vecs, factors.item_emb, hist, top_k)
     pop_ids = popularity_top_k(split.train, hist, data.n_items, top_k)
     version = write_model_repository(factors, repository, model_name, top_k, history_length)
-    return TrainReport(version, len(split.train), len(split.test), hit_rate(model_ids, truth),
-                       hit_rate(pop_ids, truth))
+    return TrainReport(
+        version, len(split.train), len(split.test), hit_rate(model_ids, truth), hit_rate(pop_ids, truth)
+    )

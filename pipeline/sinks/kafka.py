@@ -41,8 +41,7 @@ class KafkaSink:
         for rec in records:
             try:
                 futures.append(
-                    await self.producer.send(rec.topic, rec.value, key=rec.key,
-                                             headers=list(rec.headers))
+                    await self.producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
                 )
             except KafkaError as exc:
                 log.warning("send to %s failed: %r", rec.topic, exc)

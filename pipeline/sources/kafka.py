@@ -34,8 +34,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSource:
-    def __init__(self, spec: Source, broker: Broker, tracker: OffsetTracker, gate: CreditGate,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, spec: Source, broker: Broker, tracker: OffsetTracker, gate: CreditGate, metrics: Metrics
+    ) -> None:
         self.spec = spec
         self.tracker = tracker
         self.gate = gate
@@ -69,8 +70,7 @@ class KafkaSource:
                 self.tracker.track(tp.topic, tp.partition, (m.offset for m in messages))
                 self.metrics.events_consumed.labels(tp.topic).inc(len(messages))
                 records.extend(
-                    RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value,
-                              tuple(m.headers))
+                    RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers))
                     for m in messages
                 )
             if records:

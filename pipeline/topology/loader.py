@@ -43,9 +43,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_topology(
-    text: str, file: str = "<string>", env: Mapping[str, str] | None = None
-) -> Topology:
+def parse_topology(text: str, file: str = "<string>", env: Mapping[str, str] | None = None) -> Topology:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -70,9 +68,7 @@ def all_problems(text: str, file: str = "<string>") -> list[TopologyError]:
     except TopologyError as err:
         cause = err.__cause__
         if isinstance(cause, ValidationError):
-            return [
-                TopologyError(file, _format_loc(e["loc"]), e["msg"]) for e in cause.errors()
-            ]
+            return [TopologyError(file, _format_loc(e["loc"]), e["msg"]) for e in cause.errors()]
         return [err]
     return []
 
