@@ -30,36 +30,51 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int =
 
 
 async def read_to_end(
-    bootstrap: str, topic: str, idle_timeout_s: float = 2.0
+    bootstrap: str, topic: str, idle_timeout_s: float = 5.0
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` up to the end offsets seen at the start (no group)."""
+    """Every record of ``topic`` up to its high watermark (no group).
+
+    The end is the high watermark reported by fetches, not ListOffsets: the embedded broker
+    answers ListOffsets(latest) wrongly once records arrive in batches."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await _partitions(consumer, topic)
         if not tps:
             return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=int(idle_timeout_s * 1000))
-            if not batch:
-                raise TimeoutError(f"{topic}: no records for {idle_timeout_s}s before its end")
-            for tp, records in batch.items():
+        idle_since = asyncio.get_running_loop().time()
+        while not await _at_end(consumer, tps):
+            batch = await consumer.getmany(timeout_ms=200)
+            now = asyncio.get_running_loop().time()
+            if batch:
+                idle_since = now
+            elif now - idle_since > idle_timeout_s:
+                raise TimeoutError(f"{topic}: no progress for {idle_timeout_s}s before its end")
+            for records in batch.values():
                 for record in records:
                     yield record
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
     finally:
         await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic)
+    if partitions is None:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 (a topic just created)
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+    for tp in tps:
+        high = consumer.highwater(tp)
+        if high is None or await consumer.position(tp) < high:
+            return False
+    return True
 
 
 async def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 30.0) -> None:

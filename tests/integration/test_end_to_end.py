@@ -1,0 +1,142 @@
+"""The whole path on the real broker and the real Triton: every event accounted for,
+the output schema, exclusion of seen items, dead letters with reasons, committed offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.devstack.dev import live_events
+from pipeline.recsys.generator import GeneratorConfig
+from tests.integration.harness import RawIn, fresh_topology, read_values, run_until_accounted
+
+pytestmark = pytest.mark.integration
+
+VALID = 3000
+
+
+def valid_records(count: int, seed: int = 5) -> tuple[list[RawIn], list[dict[str, object]]]:
+    events = list(live_events(GeneratorConfig(seed=seed), count))
+    records: list[RawIn] = [
+        (str(e["user_id"]).encode(), orjson.dumps(e), [("traceparent", f"00-{i:032x}-01".encode())])
+        for i, e in enumerate(events)
+    ]
+    return records, events
+
+
+MALFORMED: list[tuple[bytes | None, str]] = [
+    (b"{not json", "malformed_json"),
+    (b"[1, 2, 3]", "wrong_type"),
+    (b"42", "wrong_type"),
+    (b'{"user_id": 1, "item_id": 2, "type": "view", "ts": 1}', "missing_field"),
+    (b'{"event_id": "x", "user_id": "1", "item_id": 2, "type": "view", "ts": 1}', "wrong_type"),
+    (b'{"event_id": "x", "user_id": 1, "item_id": 2, "type": "like", "ts": 1}', "unknown_type"),
+    (b'{"event_id": "x", "user_id": -5, "item_id": 2, "type": "view", "ts": 1}', "out_of_range"),
+    (b"", "empty"),
+    (b"\xff\xfe\x00garbage", "malformed_json"),
+]
+
+
+def test_every_event_is_accounted_for_and_outputs_are_enriched(stack) -> None:
+    topology = fresh_topology(stack)
+    records, events = valid_records(VALID)
+    bad: list[RawIn] = [(None, value, []) for value, _ in MALFORMED]
+    run = asyncio.run(run_until_accounted(topology, records + bad))
+
+    summary = run.ledger.summary()
+    assert summary["events_in"] == VALID + len(MALFORMED)
+    assert summary["lost"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["dead_letters"] == len(MALFORMED)
+    expected_reasons: dict[str, int] = {}
+    for _, reason in MALFORMED:
+        expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
+    assert summary["dead_letter_reasons"] == expected_reasons
+
+    outputs = asyncio.run(read_values(topology, topology.sink.topic))
+    by_coord = {c: e for c, e in zip(run.coords, events, strict=False)}
+    seen_sources = 0
+    for rec in outputs:
+        doc = orjson.loads(rec.value)
+        assert set(doc) >= {"event_id", "user_id", "items", "model", "sources", "window", "timings"}
+        assert doc["model"] == {"name": "recommender", "version": "1"}
+        assert len(doc["items"]) == topology.model.top_k
+        scores = [i["score"] for i in doc["items"]]
+        assert scores == sorted(scores, reverse=True)
+        assert doc["window"]["start_ms"] <= doc["window"]["end_ms"]
+        assert all(v >= 0 for v in doc["timings"].values()), doc["timings"]
+        recommended = {i["item_id"] for i in doc["items"]}
+        for src in doc["sources"]:
+            event = by_coord[(src["topic"], src["partition"], src["offset"])]
+            assert src["event_id"] == event["event_id"]
+            assert event["user_id"] == doc["user_id"]
+            assert event["item_id"] not in recommended, "recommended an item just interacted with"
+            seen_sources += 1
+        assert rec.key == str(doc["user_id"]).encode()
+        assert dict(rec.headers)["traceparent"].startswith(b"00-")
+    assert seen_sources == VALID
+
+
+def test_dead_letters_keep_original_bytes_and_source(stack) -> None:
+    topology = fresh_topology(stack)
+    bad: list[RawIn] = [(b"k", b"{broken", [("traceparent", b"t1")])]
+    run = asyncio.run(run_until_accounted(topology, bad))
+    assert run.ledger.summary()["lost"] == 0
+    [dead] = asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
+    headers = dict(dead.headers)
+    assert dead.value == b"{broken"
+    assert dead.key == b"k"
+    assert headers["dlq.reason"] == b"malformed_json"
+    assert headers["dlq.error_class"] == b"InvalidEvent"
+    topic, partition, offset = run.coords[0]
+    assert headers["dlq.source_topic"].decode() == topic
+    assert int(headers["dlq.source_partition"]) == partition
+    assert int(headers["dlq.source_offset"]) == offset
+    assert headers["traceparent"] == b"t1"
+
+
+def test_offsets_are_committed_after_outputs(stack) -> None:
+    topology = fresh_topology(stack)
+    records, _ = valid_records(500, seed=9)
+    run = asyncio.run(run_until_accounted(topology, records))
+    assert run.ledger.summary()["lost"] == 0
+
+    produced: dict[TopicPartition, int] = {}
+    for topic, partition, offset in run.coords:
+        tp = TopicPartition(topic, partition)
+        produced[tp] = max(produced.get(tp, 0), offset + 1)
+
+    async def committed() -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=topology.broker.bootstrap_servers,
+            group_id=topology.source.group_id,
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            return {tp: (await consumer.committed(tp)) or 0 for tp in produced}
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(committed()) == produced
+
+
+def test_unrecoverable_rows_are_isolated_from_their_batch(stack) -> None:
+    """Triton answers INVALID_ARGUMENT for an item outside the catalogue: that event goes to
+    the dead-letter topic, its batch neighbours still get recommendations."""
+    topology = fresh_topology(stack, window={"max_ms": 200})
+    records, _ = valid_records(200, seed=13)
+    now = time.time_ns() // 1_000_000
+    poison = {"event_id": "poison", "user_id": 77, "item_id": 10**12, "type": "view", "ts": now}
+    records.insert(100, (b"77", orjson.dumps(poison), []))
+    run = asyncio.run(run_until_accounted(topology, records))
+    summary = run.ledger.summary()
+    assert summary["lost"] == 0
+    assert summary["dead_letter_reasons"] == {"invalid_argument": 1}
+    [dead] = asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
+    assert orjson.loads(dead.value)["event_id"] == "poison"
+    assert dict(dead.headers)["dlq.error_class"] == b"InvalidInput"
