@@ -64,7 +64,7 @@ async def read_to_end(
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     partitions = consumer.partitions_for_topic(topic)
     if partitions is None:
-        await consumer._client.force_metadata_update()  # noqa: SLF001 (a topic just created)
+        await consumer.topics()  # refreshes metadata: the topic may be brand new
         partitions = consumer.partitions_for_topic(topic) or set()
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
