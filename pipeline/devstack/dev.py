@@ -123,37 +123,43 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
         [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
         INPUT_PARTITIONS,
     )
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # the user's (signal) or the run's end: stop feeding
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runtime = PipelineRuntime(topology)
-    pipeline_task = asyncio.create_task(runtime.run(stop))
+    pipeline_stop, follow_stop = asyncio.Event(), asyncio.Event()
+    pipeline_task = asyncio.create_task(runtime.run(pipeline_stop))
     ledger = Ledger()
-    follower = asyncio.create_task(follow_outputs(topology, ledger, stop))
+    follower = asyncio.create_task(follow_outputs(topology, ledger, follow_stop))
     await asyncio.wait_for(runtime.ready.wait(), 60)
     started = time.monotonic()
-    feeder = asyncio.create_task(
-        feed(
-            topology,
-            live_events(GeneratorConfig(seed=int(time.time())), opts.events),
-            ledger,
-            opts.rate if opts.events is not None or opts.rate > 0 else 200.0,
-            stop,
-        )
-    )
+    rate = opts.rate if opts.events is not None or opts.rate > 0 else 200.0
+    events = live_events(GeneratorConfig(seed=int(time.time())), opts.events)
+    feeder = asyncio.create_task(feed(topology, events, ledger, rate, stop))
     try:
         await _watch(opts, ledger, feeder, pipeline_task, stop, started)
     finally:
+        # Stop in dataflow order so that what is in flight still gets counted.
         stop.set()
-        for task in (feeder, follower, pipeline_task):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
+        await _settle_task(feeder)
+        pipeline_stop.set()
+        await _settle_task(pipeline_task, timeout_s=topology.source.drain_timeout_ms / 1000 + 30)
+        deadline = time.monotonic() + 10
+        while ledger.accounted() < len(ledger.inputs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        follow_stop.set()
+        await _settle_task(follower)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     summary = ledger.summary()
     summary["wall_s"] = round(time.monotonic() - started, 2)
     return summary
+
+
+async def _settle_task(task: asyncio.Task[object], timeout_s: float = 30.0) -> None:
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout_s)
 
 
 async def _watch(

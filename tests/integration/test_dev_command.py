@@ -1,0 +1,77 @@
+"""`pipeline dev` as a user runs it: its own broker and Triton, a summary line, and no
+process left behind, whether it ends by itself or by SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if text in cmdline or cwd.startswith(text):
+            found.append(int(entry.name))
+    return found
+
+
+def dev_command(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "dev", "--workdir", str(workdir), *extra]
+
+
+def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> None:
+    done = subprocess.run(
+        dev_command(tmp_path, "--events", "2000"), cwd=ROOT, capture_output=True, text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["events_in"] == 2000
+    assert summary["lost"] == 0
+    assert summary["dead_letters"] == 0
+    assert summary["duplicates"] == 0
+    assert summary["recommendations"] > 0
+    assert summary["throughput_eps"] > 0 and summary["p99_ms"] >= summary["p50_ms"] > 0
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_dev_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        dev_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "pipeline recommendations running" in line or time.monotonic() > deadline:
+                break
+        assert processes_mentioning(str(tmp_path)), "broker and Triton should be running"
+        time.sleep(2)  # let events flow
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    summary = orjson.loads(out.strip().splitlines()[-1])
+    assert summary["events_in"] > 0
+    assert processes_mentioning(str(tmp_path)) == []
