@@ -19,6 +19,8 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from pipeline import operators
+from pipeline.dispatch.breaker import CircuitBreaker
+from pipeline.dispatch.budget import RetryBudget
 from pipeline.dispatch.codec import ModelSignature
 from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
 from pipeline.dispatch.retry import RetryPolicy
@@ -55,16 +57,21 @@ class PipelineRuntime:
         self.source = KafkaSource(spec, topology.broker, self.tracker, self.gate, self.metrics)
         self.sink = KafkaSink(topology.sink, topology.broker)
         model = topology.model
-        self.pool = StreamPool(model.url, model.streams)
+        self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after)
+        retry, cb = model.retry, model.circuit_breaker
         self.dispatcher = Dispatcher(
             self.pool,
             DispatchConfig(
                 ModelSignature(model.name, model.version, topology.window.history_length, model.top_k),
                 max_in_flight=model.max_in_flight,
                 timeout_ms=model.timeout_ms,
-                retry=RetryPolicy(**model.retry.model_dump()),
+                retry=RetryPolicy(retry.max_attempts, retry.backoff_ms, retry.max_backoff_ms),
+                end_to_end_ms=topology.deadline.end_to_end_ms,
+                drop_stale=topology.deadline.stale_policy == "dead_letter",
             ),
             self.metrics,
+            CircuitBreaker(cb.failure_threshold, cb.open_ms, cb.max_open_ms),
+            RetryBudget(retry.budget_ratio, retry.budget_min_per_s),
         )
         self.ready = asyncio.Event()
         self._sink_tasks: set[asyncio.Task[None]] = set()

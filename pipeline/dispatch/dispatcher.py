@@ -1,9 +1,10 @@
 """The Triton dispatcher: inference batches in, BatchOutcomes out.
 
-Bounded in-flight requests, a client-side timeout per attempt, retries of retriable errors
-with backoff, and isolation of unrecoverable input errors by bisecting the batch so one bad
-row does not dead-letter its neighbours. Nothing raises out of ``infer``: every event of
-the batch ends as an answer or as a dead letter."""
+Bounded in-flight requests; a deadline per request from the age of its events (Triton's
+queue timeout and the client-side wait); recoverable errors retried with backoff within the
+failure budget (attempts, retry budget, circuit breaker); unrecoverable input errors isolated
+by bisecting the batch so one bad row does not dead-letter its neighbours. Nothing raises
+out of ``infer``: every event of the batch ends as an answer or as a dead letter."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from pipeline import errors
 from pipeline.dispatch import codec
+from pipeline.dispatch.breaker import CircuitBreaker
+from pipeline.dispatch.budget import RetryBudget, deadline_ms, split_stale
 from pipeline.dispatch.lifecycle import LifecycleCounts, RequestState
 from pipeline.dispatch.retry import RetryPolicy
 from pipeline.dispatch.streams import StreamPool
@@ -29,6 +32,8 @@ class DispatchConfig:
     max_in_flight: int = 8
     timeout_ms: int = 2_000
     retry: RetryPolicy = RetryPolicy()
+    end_to_end_ms: int = 30_000
+    drop_stale: bool = True  # stale policy: dead-letter (True) or best effort (False)
 
 
 def _now_ms() -> float:
@@ -36,10 +41,19 @@ def _now_ms() -> float:
 
 
 class Dispatcher:
-    def __init__(self, pool: StreamPool, config: DispatchConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pool: StreamPool,
+        config: DispatchConfig,
+        metrics: Metrics,
+        breaker: CircuitBreaker | None = None,
+        budget: RetryBudget | None = None,
+    ) -> None:
         self.pool = pool
         self.config = config
         self.metrics = metrics
+        self.breaker = breaker or CircuitBreaker()
+        self.budget = budget or RetryBudget()
         self.lifecycle = LifecycleCounts()
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self.waiting = 0  # batches waiting for an in-flight slot
@@ -60,28 +74,47 @@ class Dispatcher:
     async def _infer_rows(
         self, rows: list[UserRequest], batch: InferenceBatch, outcome: BatchOutcome
     ) -> None:
+        cfg = self.config
         attempt = 1
         while True:
+            probe = await self.breaker.admit()
+            if cfg.drop_stale:
+                rows, stale = split_stale(rows, cfg.end_to_end_ms, _now_ms())
+                if stale:
+                    late = errors.StaleEvent(f"past its {cfg.end_to_end_ms} ms budget")
+                    self._fail(stale, late, attempt - 1, outcome)
+                if not rows:
+                    if probe:
+                        self.breaker.cancel_probe()
+                    return
             try:
                 answers = await self._attempt(rows, batch, attempt, outcome)
-                outcome.answers.extend(zip(rows, answers, strict=True))
-                return
             except errors.PipelineError as err:
                 outcome.attempts = max(outcome.attempts, attempt)
-                if self.config.retry.should_retry(err, attempt):
-                    self.metrics.retries.labels(self.config.signature.name, err.reason).inc()
-                    await asyncio.sleep(self.config.retry.backoff_s(attempt))
+                if not err.retriable:
+                    if probe:
+                        self.breaker.record_success()  # the server answered
+                    if isinstance(err, errors.InvalidInput) and len(rows) > 1:
+                        # Find the bad rows instead of failing the good ones with them.
+                        half = len(rows) // 2
+                        await self._infer_rows(rows[:half], batch, outcome)
+                        await self._infer_rows(rows[half:], batch, outcome)
+                    else:
+                        self._fail(rows, err, attempt, outcome)
+                    return
+                self.breaker.record_failure(probe)
+                self.metrics.retries.labels(cfg.signature.name, err.reason).inc()
+                if not self.breaker.is_closed:
+                    continue  # an outage: wait for the breaker, this attempt is not spent
+                if attempt < cfg.retry.max_attempts and self.budget.try_spend():
+                    await asyncio.sleep(cfg.retry.backoff_s(attempt))
                     attempt += 1
                     continue
-                if isinstance(err, errors.InvalidInput) and len(rows) > 1:
-                    # Find the bad rows instead of failing the good ones with them.
-                    half = len(rows) // 2
-                    await self._infer_rows(rows[:half], batch, outcome)
-                    await self._infer_rows(rows[half:], batch, outcome)
-                    return
-                final = errors.RetriesExhausted(err, attempt) if err.retriable else err
-                self._fail(rows, final, attempt, outcome)
+                self._fail(rows, errors.RetriesExhausted(err, attempt), attempt, outcome)
                 return
+            self.breaker.record_success()
+            outcome.answers.extend(zip(rows, answers, strict=True))
+            return
 
     async def _attempt(
         self, rows: list[UserRequest], batch: InferenceBatch, attempt: int, outcome: BatchOutcome
@@ -89,8 +122,14 @@ class Dispatcher:
         sig = self.config.signature
         states = self.lifecycle
         states.enter(RequestState.START)
+        if attempt == 1:
+            self.budget.record_request()
+        timeout_s = self.config.timeout_ms / 1000.0
+        if self.config.drop_stale:
+            left_s = (deadline_ms(rows, self.config.end_to_end_ms) - _now_ms()) / 1000.0
+            timeout_s = max(0.001, min(timeout_s, left_s))
         req_id = codec.request_id(rows[0].events[0].ref, len(rows), attempt)
-        request = codec.encode(rows, sig, req_id, batch.priority)
+        request = codec.encode(rows, sig, req_id, batch.priority, int(timeout_s * 1_000_000))
         states.enter(RequestState.READ, RequestState.START)
         stream = self.pool.pick()
         started = time.perf_counter()
@@ -120,7 +159,7 @@ class Dispatcher:
     def _fail(
         self, rows: list[UserRequest], err: errors.PipelineError, attempts: int, outcome: BatchOutcome
     ) -> None:
-        log.warning("inference failed for %d rows: %s: %s", len(rows), err.reason, err)
+        log.warning("%d rows dead-lettered: %s: %s", len(rows), err.reason, err)
         cls = type(err.last if isinstance(err, errors.RetriesExhausted) else err).__name__
         for row in rows:
             for event in row.events:

@@ -39,6 +39,7 @@ class Source(Node):
     max_event_bytes: int = Field(65_536, gt=0)
     commit_interval_ms: int = Field(500, gt=0)
     drain_timeout_ms: int = Field(10_000, gt=0)
+    stall_after_ms: int = Field(30_000, gt=0, description="lag without progress this long: stalled")
     credits: Credits = Credits()
 
 
@@ -63,9 +64,26 @@ class BatchSpec(Node):
 
 
 class Retry(Node):
+    """The failure budget of recoverable errors."""
+
     max_attempts: int = Field(4, ge=1)
     backoff_ms: int = Field(50, ge=0)
     max_backoff_ms: int = Field(2_000, ge=0)
+    budget_ratio: float = Field(0.2, ge=0, description="retries per first attempt, at most")
+    budget_min_per_s: float = Field(10.0, ge=0, description="retries always allowed per second")
+
+
+class CircuitBreakerSpec(Node):
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open it")
+    open_ms: int = Field(500, gt=0, description="wait before the first probe")
+    max_open_ms: int = Field(5_000, gt=0, description="longest wait between probes")
+
+
+class Deadline(Node):
+    """An event's budget ends end_to_end_ms after its Kafka timestamp."""
+
+    end_to_end_ms: int = Field(30_000, gt=0)
+    stale_policy: Literal["dead_letter", "best_effort"] = "dead_letter"
 
 
 class Model(Node):
@@ -77,7 +95,9 @@ class Model(Node):
     streams: int = Field(2, gt=0, le=64)
     max_in_flight: int = Field(8, gt=0, description="inference requests outstanding at once")
     timeout_ms: int = Field(2_000, gt=0)
+    recycle_stream_after: int = Field(100_000, gt=0, description="requests per stream")
     retry: Retry = Retry()
+    circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
 
 
 class Sink(Node):
@@ -107,6 +127,7 @@ class Topology(Node):
     validation: Validation = Validation()
     window: WindowSpec = WindowSpec()
     batch: BatchSpec = BatchSpec()
+    deadline: Deadline = Deadline()
     model: Model
     sink: Sink
     operations: Operations = Operations()
