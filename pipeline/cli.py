@@ -57,7 +57,7 @@ async def _serve(topology_path: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     ops = None
     if topology.operations.metrics_port:
-        ops = OpsServer(runtime.metrics, runtime.ready.is_set, topology.operations.metrics_port)
+        ops = OpsServer(runtime.metrics, runtime.is_ready, topology.operations.metrics_port)
         await ops.start()
     try:
         await runtime.run(stop)
@@ -91,6 +91,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if summary["lost"] == 0 else 1
 
 
+def cmd_redrive(args: argparse.Namespace) -> int:
+    from pipeline.redrive import redrive
+
+    report = asyncio.run(redrive(load_topology(args.topology), args.reason, args.dry_run))
+    print(orjson.dumps(report).decode())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="account for every input event of a topology")
     p.add_argument("topology", type=Path)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("redrive", help="re-send dead letters of chosen reasons to the input")
+    p.add_argument("topology", type=Path)
+    p.add_argument(
+        "--reason",
+        action="append",
+        required=True,
+        help="dead-letter reason to re-drive (repeatable), e.g. invalid_argument",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count only, send nothing")
+    p.set_defaults(func=cmd_redrive)
     return parser
 
 

@@ -41,13 +41,13 @@ async def read_to_end(
     )
     await consumer.start()
     try:
-        tps = await _partitions(consumer, topic)
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         idle_since = asyncio.get_running_loop().time()
-        while not await _at_end(consumer, tps):
+        while not await at_end(consumer, tps):
             batch = await consumer.getmany(timeout_ms=200)
             now = asyncio.get_running_loop().time()
             if batch:
@@ -61,7 +61,7 @@ async def read_to_end(
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     partitions = consumer.partitions_for_topic(topic)
     if partitions is None:
         await consumer.topics()  # refreshes metadata: the topic may be brand new
@@ -69,7 +69,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-async def _at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+async def at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
     for tp in tps:
         high = consumer.highwater(tp)
         if high is None or await consumer.position(tp) < high:

@@ -57,6 +57,11 @@ class Metrics:
         self.paused = Gauge(
             "pipeline_source_paused", "1 while the source is paused by backpressure", registry=r
         )
+        self.stalled = Gauge(
+            "pipeline_stalled",
+            "1 while work waits and nothing finishes (stall watchdog)",
+            registry=r,
+        )
         self.committed = Counter("pipeline_offset_commits", "Offset commits sent to the broker", registry=r)
 
     def exposition(self) -> bytes:

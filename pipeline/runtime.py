@@ -33,6 +33,7 @@ from pipeline.operators.parse import ParseRules
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import CreditGate
 from pipeline.sources.kafka import KafkaSource
+from pipeline.sources.watchdog import StallWatchdog
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,15 @@ class PipelineRuntime:
             CircuitBreaker(cb.failure_threshold, cb.open_ms, cb.max_open_ms),
             RetryBudget(retry.budget_ratio, retry.budget_min_per_s),
         )
+        self.watchdog = StallWatchdog(
+            self.source,
+            lambda: self.stats.finished,
+            lambda: self.gate.in_flight,
+            spec.stall_after_ms / 1000.0,
+            self.metrics,
+        )
         self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
         self._sink_tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
 
@@ -100,6 +109,10 @@ class PipelineRuntime:
             operators.enrich(spec),
         )
         return reactivex.merge(rejected, answered)
+
+    def is_ready(self) -> bool:
+        """Consuming and not stalled: what /readyz reports."""
+        return self.ready.is_set() and not self.watchdog.stalled and not self._stop.is_set()
 
     def _on_sink_batch(self, batch: SinkBatch) -> None:
         task = asyncio.get_running_loop().create_task(self._write(batch))
@@ -131,6 +144,7 @@ class PipelineRuntime:
         graph = self._build_graph(records)
         graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
         committer = asyncio.create_task(self.source.commit_loop(self._stop))
+        watchdog = asyncio.create_task(self.watchdog.run(self._stop))
         self.ready.set()
         log.info("pipeline %s running", self.topology.name)
         try:
@@ -139,7 +153,8 @@ class PipelineRuntime:
             records.on_completed()  # flushes the open window
             await self._drain()
             committer.cancel()
-            await asyncio.gather(committer, return_exceptions=True)
+            watchdog.cancel()
+            await asyncio.gather(committer, watchdog, return_exceptions=True)
             try:
                 await self.source.commit()
             finally:

@@ -78,9 +78,7 @@ class CircuitBreaker:
             self._probe_out = False
             self.open_s = min(self.max_open_s, self.open_s * 2)
             self._open()
-        elif self.state is BreakerState.CLOSED and (
-            self.consecutive_failures >= self.failure_threshold
-        ):
+        elif self.state is BreakerState.CLOSED and (self.consecutive_failures >= self.failure_threshold):
             self._open()
 
     def cancel_probe(self) -> None:

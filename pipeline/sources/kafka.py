@@ -42,7 +42,8 @@ class KafkaSource:
         self.gate = gate
         self.metrics = metrics
         self.revoking: set[tuple[str, int]] = set()
-        self.last_progress = time.monotonic()
+        self._waiting_for_credits = False
+        self.positions: dict[tuple[str, int], int] = {}  # next offset to take, per partition
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=broker.bootstrap_servers,
             client_id=broker.client_id,
@@ -68,6 +69,7 @@ class KafkaSource:
                 if (tp.topic, tp.partition) in self.revoking or not messages:
                     continue  # being handed to another member: it re-reads from our commit
                 self.tracker.track(tp.topic, tp.partition, (m.offset for m in messages))
+                self.positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
                 self.metrics.events_consumed.labels(tp.topic).inc(len(messages))
                 records.extend(
                     RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers))
@@ -76,10 +78,10 @@ class KafkaSource:
             if records:
                 self.gate.take(len(records))
                 self.metrics.in_flight_events.set(self.gate.in_flight)
-                self.last_progress = time.monotonic()
                 emit(records)
 
     async def _wait_for_credits(self, stop: asyncio.Event) -> None:
+        self._waiting_for_credits = True
         paused = self.consumer.assignment()
         self.consumer.pause(*paused)
         self.metrics.paused.set(1)
@@ -94,6 +96,7 @@ class KafkaSource:
             # changed the assignment meanwhile, and no partition may stay paused.
             self.consumer.resume(*self.consumer.assignment())
             self.metrics.paused.set(0)
+            self._waiting_for_credits = False
 
     async def commit(self) -> None:
         due = self.tracker.commits_due()
@@ -129,14 +132,26 @@ class KafkaSource:
         except Exception as exc:
             log.warning("commit on revocation failed: %r", exc)
         self.tracker.release(keys)
+        for key in keys:
+            self.positions.pop(key, None)
         log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
-    async def lag(self) -> int:
-        assigned = list(self.consumer.assignment())
-        if not assigned:
-            return 0
-        ends = await self.consumer.end_offsets(assigned)
-        return sum(max(0, ends[tp] - (await self.consumer.position(tp))) for tp in assigned)
+    def lag(self) -> int:
+        """Records behind the high watermark on the assigned partitions (as last fetched)."""
+        total = 0
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            position = self.positions.get((tp.topic, tp.partition))
+            if high is not None and position is not None:
+                total += max(0, high - position)
+        return total
+
+    def resume_if_room(self) -> None:
+        """No partition may stay paused while there is room for more events."""
+        paused = self.consumer.paused()
+        if paused and not self._waiting_for_credits:
+            log.warning("resuming %d partitions left paused", len(paused))
+            self.consumer.resume(*paused)
 
     async def stop(self) -> None:
         await self.consumer.stop()
