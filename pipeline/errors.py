@@ -6,6 +6,7 @@ from __future__ import annotations
 
 class PipelineError(Exception):
     retriable: bool = False
+    server_down: bool = False  # says the server is unreachable, not that this request failed
     reason: str = "error"  # short machine-readable reason, used in dead letters and metrics
 
 
@@ -29,6 +30,7 @@ class InferenceError(PipelineError):
 
 class ServerUnavailable(InferenceError):
     retriable = True
+    server_down = True
     reason = "unavailable"
 
 
@@ -44,6 +46,7 @@ class DeadlineExceeded(InferenceError):
 
 class StreamBroken(InferenceError):
     retriable = True
+    server_down = True
     reason = "stream_broken"
 
 

@@ -1,6 +1,7 @@
 """Circuit breaker per model (state only; waiting is an asyncio.Event).
 
-CLOSED: requests flow. After ``failure_threshold`` consecutive recoverable failures it OPENs:
+CLOSED: requests flow. When the server is unreachable, or after ``failure_threshold``
+consecutive recoverable failures, it OPENs:
 nothing is sent, requests wait (holding their credits, so the source pauses) instead of
 burning attempts against a server that is down. After ``open_ms`` one probe is let through
 (HALF_OPEN): success closes the breaker and releases everyone; failure re-opens it for
@@ -71,14 +72,17 @@ class CircuitBreaker:
             self.open_s = self.base_open_s
             self._closed.set()
 
-    def record_failure(self, probe: bool) -> None:
-        """A recoverable failure. Opens (or re-opens) the breaker when it should."""
+    def record_failure(self, probe: bool, server_down: bool = False) -> None:
+        """A recoverable failure. Opens (or re-opens) the breaker when it should: at once
+        when the server is unreachable, after a run of failures otherwise."""
         self.consecutive_failures += 1
         if probe:
             self._probe_out = False
             self.open_s = min(self.max_open_s, self.open_s * 2)
             self._open()
-        elif self.state is BreakerState.CLOSED and (self.consecutive_failures >= self.failure_threshold):
+        elif self.state is BreakerState.CLOSED and (
+            server_down or self.consecutive_failures >= self.failure_threshold
+        ):
             self._open()
 
     def cancel_probe(self) -> None:

@@ -65,13 +65,16 @@ def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> l
         dtype = _DTYPES.get(out.datatype)
         if dtype is None or i >= len(response.raw_output_contents):
             raise BadOutput(f"output {out.name}: unexpected datatype {out.datatype}")
-        arrays[out.name] = np.frombuffer(response.raw_output_contents[i], dtype=dtype).reshape(
-            tuple(out.shape)
-        )
+        try:
+            arrays[out.name] = np.frombuffer(response.raw_output_contents[i], dtype=dtype).reshape(
+                tuple(out.shape)
+            )
+        except ValueError as exc:
+            raise BadOutput(f"output {out.name}: {exc}") from None
     ids, scores = arrays.get("ITEM_IDS"), arrays.get("SCORES")
     if ids is None or scores is None:
         raise BadOutput(f"missing outputs, got {sorted(arrays)}")
-    if ids.shape[0] != rows or ids.shape != scores.shape:
+    if ids.ndim != 2 or ids.shape[0] != rows or ids.shape != scores.shape:
         raise BadOutput(f"output shape {ids.shape}/{scores.shape} for {rows} rows")
     ids, scores = ids[:, :top_k].tolist(), scores[:, :top_k].tolist()
     return [Recommendations(tuple(i), tuple(s)) for i, s in zip(ids, scores, strict=True)]

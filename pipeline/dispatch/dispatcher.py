@@ -102,7 +102,7 @@ class Dispatcher:
                     else:
                         self._fail(rows, err, attempt, outcome)
                     return
-                self.breaker.record_failure(probe)
+                self.breaker.record_failure(probe, err.server_down)
                 self.metrics.retries.labels(cfg.signature.name, err.reason).inc()
                 if not self.breaker.is_closed:
                     continue  # an outage: wait for the breaker, this attempt is not spent

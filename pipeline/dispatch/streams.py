@@ -68,13 +68,14 @@ class TritonStream:
         self._sent_on_current = 0
         self.opens += 1
         self._reader = asyncio.get_running_loop().create_task(
-            self._read(call, self.pending), name=f"triton-stream-{self.index}"
+            self._read(call, self.pending, queue), name=f"triton-stream-{self.index}"
         )
 
     async def _read(
         self,
         call: grpc.aio.StreamStreamCall,
         pending: dict[str, asyncio.Future[service_pb2.ModelInferResponse]],
+        queue: asyncio.Queue[service_pb2.ModelInferRequest | None],
     ) -> None:
         broken: errors.InferenceError | None = None
         try:
@@ -93,6 +94,7 @@ class TritonStream:
             broken = errors.StreamBroken("stream cancelled")
             raise
         finally:
+            queue.put_nowait(_CLOSE)  # ends the request generator of the dead call
             if pending is self.pending:
                 self._queue = None  # the next submit re-opens
                 self.pending = {}

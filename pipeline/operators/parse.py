@@ -76,6 +76,8 @@ def parse_record(record: RawRecord, rules: ParseRules, now_ms: int) -> Event:
     event_type = doc.get("type")
     if event_type is None:
         raise _Reject("missing_field", "missing required field 'type'")
+    if not isinstance(event_type, str):
+        raise _Reject("wrong_type", f"field 'type' must be a string, got {type(event_type).__name__}")
     if event_type not in EVENT_TYPES:
         raise _Reject("unknown_type", f"unknown event type {event_type!r}")
     user_id = _id_field(doc, "user_id")

@@ -28,12 +28,12 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
             continue
         node = data
         for key in path[:-1]:
-            child = node.get(key)
+            child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                child = {}
-                node[key] = child
+                break  # a section of the wrong type: leave it for validation to report
             node = child
-        node[path[-1]] = env[var]
+        else:
+            node[path[-1]] = env[var]
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -1,0 +1,207 @@
+"""enrich: outcomes → recommendation records and dead letters, with what each finishes."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import orjson
+import reactivex
+
+from pipeline.events import (
+    BatchOutcome,
+    DeadLetter,
+    Event,
+    InferenceBatch,
+    RawRecord,
+    Recommendations,
+    SinkBatch,
+    SourceRef,
+    UserRequest,
+)
+from pipeline.operators.enrich import (
+    OutputSpec,
+    dead_letter_record,
+    dead_letters_batch,
+    enrich,
+    outcome_batch,
+)
+
+SPEC = OutputSpec(topic="recommendations", dead_letter_topic="interactions.dlq")
+TRACE = (("traceparent", b"00-trace-01"), ("tracestate", b"vendor=1"), ("x-internal", b"secret"))
+
+
+def raw(partition: int, offset: int, ts: int, headers=(), value: bytes | None = b'{"e":1}') -> RawRecord:
+    return RawRecord("interactions", partition, offset, ts, f"k{offset}".encode(), value, headers)
+
+
+def event(user: int, partition: int, offset: int, ts: int, headers=()) -> Event:
+    record = raw(partition, offset, ts, headers)
+    return Event(f"ev-{partition}-{offset}", user, 100 + offset, "view", ts, record)
+
+
+def outcome(now_ms: float):
+    row1 = UserRequest(
+        7,
+        (101, 102),
+        (
+            event(7, 0, 10, int(now_ms) - 1_500, headers=(("traceparent", b"old"),)),
+            event(7, 1, 4, int(now_ms) - 1_200, headers=TRACE),
+        ),
+    )
+    row2 = UserRequest(8, (105,), (event(8, 0, 11, int(now_ms) - 900),))
+    failed_row = UserRequest(9, (106,), (event(9, 2, 30, int(now_ms) - 800),))
+    batch = InferenceBatch((row1, row2, failed_row), int(now_ms) - 100, int(now_ms) - 80)
+    result = BatchOutcome(
+        batch,
+        answers=[
+            (row1, Recommendations((5, 6, 7), (0.91234567, 0.5, 0.25))),
+            (row2, Recommendations((1,), (0.1,))),
+        ],
+        failures=[DeadLetter(failed_row.events[0].source, "invalid_argument", "InvalidInput", "bad row", 1)],
+        model_name="recommender",
+        model_version="3",
+        dispatched_ms=now_ms - 70,
+        completed_ms=now_ms - 40,
+    )
+    return result, row1, row2, failed_row
+
+
+def test_recommendation_json_has_the_documented_fields():
+    now = time.time() * 1000.0
+    result, _, _, _ = outcome(now)
+    sink = outcome_batch(result, SPEC)
+    rec = sink.records[0]
+    assert rec.topic == "recommendations"
+    assert rec.key == b"7"
+    body = orjson.loads(rec.value)
+    assert body["event_id"] == "rec-interactions-0-10"  # the row's first source record
+    assert body["user_id"] == 7
+    assert body["items"] == [
+        {"item_id": 5, "score": 0.912346},
+        {"item_id": 6, "score": 0.5},
+        {"item_id": 7, "score": 0.25},
+    ]
+    assert body["model"] == {"name": "recommender", "version": "3"}
+    assert body["sources"] == [
+        {"event_id": "ev-0-10", "topic": "interactions", "partition": 0, "offset": 10},
+        {"event_id": "ev-1-4", "topic": "interactions", "partition": 1, "offset": 4},
+    ]
+    assert body["window"] == {"start_ms": int(now) - 100, "end_ms": int(now) - 80}
+    timings = body["timings"]
+    assert set(timings) == {"queued_ms", "inference_ms", "end_to_end_ms"}
+    assert timings["queued_ms"] == round((now - 70) - (int(now) - 80), 3)
+    assert timings["inference_ms"] == 30.0
+    # From the row's oldest source record (1.5 s ago) to emission.
+    assert 1_500 <= timings["end_to_end_ms"] < 1_500 + 30_000
+    assert body["lane"] == "default"
+    assert int(now) <= body["emitted_at_ms"] < int(now) + 30_000
+
+
+def test_second_row_is_its_own_record():
+    now = time.time() * 1000.0
+    result, _, _, _ = outcome(now)
+    body = orjson.loads(outcome_batch(result, SPEC).records[1].value)
+    assert body["user_id"] == 8
+    assert body["event_id"] == "rec-interactions-0-11"
+    assert body["items"] == [{"item_id": 1, "score": 0.1}]
+    assert [s["offset"] for s in body["sources"]] == [11]
+
+
+def test_only_listed_trace_headers_are_carried_from_the_latest_event():
+    result, _, _, _ = outcome(time.time() * 1000.0)
+    sink = outcome_batch(result, SPEC)
+    assert sink.records[0].headers == (("traceparent", b"00-trace-01"), ("tracestate", b"vendor=1"))
+    assert sink.records[1].headers == ()  # its event had none
+
+
+def test_carry_headers_is_configurable():
+    spec = OutputSpec("recs", "dlq", carry_headers=frozenset({"x-internal"}))
+    result, _, _, _ = outcome(time.time() * 1000.0)
+    assert outcome_batch(result, spec).records[0].headers == (("x-internal", b"secret"),)
+    none = OutputSpec("recs", "dlq", carry_headers=frozenset())
+    assert outcome_batch(result, none).records[0].headers == ()
+
+
+def test_failures_become_dead_letters_after_the_recommendations():
+    result, _, _, failed_row = outcome(time.time() * 1000.0)
+    sink = outcome_batch(result, SPEC)
+    assert [r.topic for r in sink.records] == ["recommendations", "recommendations", "interactions.dlq"]
+    dead = sink.records[2]
+    src = failed_row.events[0].source
+    assert dead.value == src.value
+    assert dead.key == src.key
+    headers = dict(dead.headers)
+    assert headers["dlq.reason"] == b"invalid_argument"
+    assert headers["dlq.error_class"] == b"InvalidInput"
+    assert headers["dlq.attempts"] == b"1"
+    assert sink.recommendations == 2
+    assert sink.dead_letters == 1
+
+
+def test_finishes_cover_every_source_ref_exactly_once():
+    result, row1, row2, failed_row = outcome(time.time() * 1000.0)
+    sink = outcome_batch(result, SPEC)
+    expected = [e.ref for row in (row1, row2, failed_row) for e in row.events]
+    assert len(expected) == 4
+    assert Counter(SourceRef(*f) for f in sink.finishes) == Counter(expected)
+
+
+def test_dead_letter_record_keeps_original_bytes_key_and_headers_and_adds_dlq_headers():
+    headers = (("traceparent", b"00-x"), ("custom", b"\x00\xff"))
+    src = RawRecord("interactions", 5, 1234, 1_699_999_999_000, b"user-9", b"\xff not json \x00", headers)
+    dead = DeadLetter(src, "malformed_json", "InvalidEvent", "not valid UTF-8 JSON: caf\u00e9", 0)
+    out = dead_letter_record(dead, "interactions.dlq")
+    assert out.topic == "interactions.dlq"
+    assert out.key == b"user-9"
+    assert out.value == b"\xff not json \x00"
+    assert out.headers[:2] == headers  # originals first, untouched
+    assert dict(out.headers[2:]) == {
+        "dlq.reason": b"malformed_json",
+        "dlq.error_class": b"InvalidEvent",
+        "dlq.detail": "not valid UTF-8 JSON: caf\u00e9".encode(),
+        "dlq.attempts": b"0",
+        "dlq.source_topic": b"interactions",
+        "dlq.source_partition": b"5",
+        "dlq.source_offset": b"1234",
+        "dlq.source_timestamp": b"1699999999000",
+    }
+    assert all(k.startswith("dlq.") for k, _ in out.headers[2:])
+
+
+def test_dead_letter_of_an_empty_record_and_long_detail():
+    src = RawRecord("interactions", 0, 1, 0, None, None, ())
+    out = dead_letter_record(DeadLetter(src, "empty", "InvalidEvent", "x" * 5_000), "dlq")
+    assert out.value == b""
+    assert out.key is None
+    assert len(dict(out.headers)["dlq.detail"]) == 1_024
+
+
+def test_dead_letters_batch_finishes_each_record():
+    dead = [DeadLetter(raw(0, o, 0), "empty", "InvalidEvent", "empty message") for o in (3, 4, 9)]
+    sink = dead_letters_batch(dead, "interactions.dlq")
+    assert isinstance(sink, SinkBatch)
+    assert [r.topic for r in sink.records] == ["interactions.dlq"] * 3
+    assert [SourceRef(*f) for f in sink.finishes] == [
+        SourceRef("interactions", 0, 3),
+        SourceRef("interactions", 0, 4),
+        SourceRef("interactions", 0, 9),
+    ]
+    assert sink.dead_letters == 3
+    assert sink.recommendations == 0
+
+
+def test_all_failed_outcome_has_no_recommendations():
+    result, _, _, failed_row = outcome(time.time() * 1000.0)
+    result.answers.clear()
+    sink = outcome_batch(result, SPEC)
+    assert [r.topic for r in sink.records] == ["interactions.dlq"]
+    assert [SourceRef(*f) for f in sink.finishes] == [failed_row.events[0].ref]
+
+
+def test_operator_maps_each_outcome():
+    result, _, _, _ = outcome(time.time() * 1000.0)
+    out = []
+    reactivex.of(result, result).pipe(enrich(SPEC)).subscribe(out.append)
+    assert len(out) == 2
+    assert [len(s.records) for s in out] == [3, 3]

@@ -1,0 +1,191 @@
+"""Offset tracking with out-of-order completion: commit the lowest unfinished offset."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.offsets import OffsetTracker, PartitionOffsets
+
+
+def tracked(*offsets: int) -> PartitionOffsets:
+    part = PartitionOffsets()
+    for offset in offsets:
+        part.track(offset)
+    return part
+
+
+def test_fresh_partition_has_nothing_to_commit():
+    part = PartitionOffsets()
+    assert part.commit_due() is None
+    assert part.pending == 0
+
+
+def test_in_order_completion_advances_to_one_past_the_last_finished():
+    part = tracked(0, 1, 2, 3, 4)
+    part.finish(0)
+    part.finish(1)
+    assert part.commit_due() == 2
+    assert part.pending == 3
+    for offset in (2, 3, 4):
+        part.finish(offset)
+    assert part.commit_due() == 5
+    assert part.pending == 0
+    assert part.next_commit == 5
+
+
+def test_out_of_order_completion_waits_for_the_lowest_unfinished():
+    part = tracked(10, 11, 12, 13, 14)
+    part.finish(12)
+    part.finish(14)
+    assert part.commit_due() == 10
+    assert part.pending == 5
+    part.finish(10)
+    assert part.commit_due() == 11
+    part.finish(11)
+    assert part.commit_due() == 13  # 12 was already finished
+    assert part.pending == 2
+    part.finish(13)
+    assert part.commit_due() == 15
+    assert part.pending == 0
+
+
+def test_gaps_in_offsets_commit_stops_at_the_lowest_unfinished():
+    part = tracked(0, 5, 9, 20)  # e.g. a compacted topic or transaction markers
+    part.finish(5)
+    part.finish(20)
+    assert part.commit_due() == 0
+    part.finish(0)
+    assert part.commit_due() == 9  # not 6: offset 9 is consumed and unfinished
+    part.finish(9)
+    assert part.commit_due() == 21
+
+
+def test_duplicate_finish_is_ignored():
+    part = tracked(0, 1, 2)
+    part.finish(1)
+    part.finish(1)
+    assert part.commit_due() == 0
+    assert part.pending == 3
+    part.finish(0)
+    assert part.commit_due() == 2
+    assert part.pending == 1
+    part.finish(0)  # after it was already committed past
+    part.finish(1)
+    assert part.commit_due() == 2
+    assert part.pending == 1
+    part.finish(2)
+    assert part.commit_due() == 3
+
+
+def test_finish_of_an_offset_before_the_oldest_open_or_on_an_empty_partition_is_ignored():
+    part = PartitionOffsets()
+    part.finish(3)
+    assert part.commit_due() is None
+    part = tracked(10, 11)
+    part.finish(4)  # from before a reset
+    assert part.commit_due() == 10
+    assert part.pending == 2
+
+
+def test_commit_due_returns_none_when_nothing_advanced_since_mark():
+    part = tracked(0, 1, 2)
+    part.finish(0)
+    target = part.commit_due()
+    assert target == 1
+    part.committed = target
+    assert part.commit_due() is None
+    part.finish(2)  # out of order: the lowest unfinished is still 1
+    assert part.commit_due() is None
+    part.finish(1)
+    assert part.commit_due() == 3
+    part.committed = 3
+    assert part.commit_due() is None
+
+
+def test_track_rejects_non_increasing_offsets():
+    part = tracked(5, 6)
+    with pytest.raises(ValueError, match="out of order"):
+        part.track(6)
+    with pytest.raises(ValueError, match="out of order"):
+        part.track(2)
+    assert part.pending == 2
+
+
+def test_tracker_commits_only_partitions_that_advanced_and_mark_committed():
+    tracker = OffsetTracker()
+    tracker.track("t", 0, [0, 1, 2])
+    tracker.track("t", 1, [100, 101])
+    tracker.track("u", 0, [7])
+    tracker.finish("t", 0, 0)
+    tracker.finish("t", 1, 101)  # out of order: partition 1 stays at 100
+    due = tracker.commits_due()
+    assert due == {("t", 0): 1, ("t", 1): 100, ("u", 0): 7}
+    tracker.mark_committed(due)
+    assert tracker.commits_due() == {}
+    tracker.finish("t", 1, 100)
+    assert tracker.commits_due() == {("t", 1): 102}
+    tracker.mark_committed({("t", 1): 102, ("gone", 9): 5})  # unknown keys are ignored
+    assert tracker.commits_due() == {}
+    assert ("gone", 9) not in tracker.partitions
+
+
+def test_tracker_pending_counts():
+    tracker = OffsetTracker()
+    tracker.track("t", 0, range(10))
+    tracker.track("t", 1, range(3))
+    tracker.finish("t", 0, 0)
+    tracker.finish("t", 0, 1)
+    tracker.finish("t", 0, 5)  # out of order: still pending until 2..4 finish
+    assert tracker.pending() == 8 + 3
+    assert tracker.pending([("t", 0)]) == 8
+    assert tracker.pending([("t", 1)]) == 3
+    assert tracker.pending([("t", 7)]) == 0
+    assert tracker.pending([]) == 0
+
+
+def test_tracker_release_forgets_revoked_partitions():
+    tracker = OffsetTracker()
+    tracker.track("t", 0, [0, 1])
+    tracker.track("t", 1, [0, 1])
+    tracker.release([("t", 0), ("t", 9)])
+    assert set(tracker.partitions) == {("t", 1)}
+    tracker.finish("t", 0, 0)  # a late ack for a revoked partition: ignored, no error
+    assert ("t", 0) not in tracker.partitions
+    assert tracker.commits_due() == {("t", 1): 0}
+    assert tracker.pending() == 2
+    # Reassigned later: tracked afresh, even from a lower offset.
+    tracker.track("t", 0, [0])
+    tracker.finish("t", 0, 0)
+    assert tracker.commits_due()[("t", 0)] == 1
+
+
+def test_tracker_finish_on_unknown_partition_is_ignored():
+    tracker = OffsetTracker()
+    tracker.finish("t", 3, 10)
+    assert tracker.partitions == {}
+    assert tracker.commits_due() == {}
+
+
+def test_many_offsets_in_shuffled_completion_commit_all():
+    import random
+
+    rng = random.Random(7)
+    part = tracked(*range(1_000))
+    order = list(range(1_000))
+    rng.shuffle(order)
+    committed = []
+    lowest_unfinished = 0
+    finished = set()
+    for offset in order:
+        part.finish(offset)
+        finished.add(offset)
+        while lowest_unfinished in finished:
+            lowest_unfinished += 1
+        due = part.commit_due()
+        if due is not None:
+            committed.append(due)
+            part.committed = due
+        assert (part.committed or 0) == lowest_unfinished
+    assert committed == sorted(committed)
+    assert part.committed == 1_000
+    assert part.pending == 0
