@@ -76,10 +76,14 @@ class ChildProcess:
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not {what} after {timeout}s; see {self.log_path}")
 
-    def signal(self, sig: signal.Signals) -> None:
-        """Send a signal to the child's whole process group (e.g. SIGSTOP to stall it)."""
+    def signal(self, sig: signal.Signals, group: bool = True) -> None:
+        """Send a signal to the child's whole process group (e.g. SIGSTOP to stall it), or
+        to the child alone."""
         if self.alive():
-            os.killpg(self.pid, sig)
+            if group:
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
 
     def stop(self, grace: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

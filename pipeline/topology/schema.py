@@ -76,7 +76,7 @@ class Retry(Node):
 class CircuitBreakerSpec(Node):
     failure_threshold: int = Field(5, ge=1, description="consecutive failures that open it")
     open_ms: int = Field(500, gt=0, description="wait before the first probe")
-    max_open_ms: int = Field(5_000, gt=0, description="longest wait between probes")
+    max_open_ms: int = Field(2_000, gt=0, description="longest wait between probes")
 
 
 class Deadline(Node):

@@ -77,9 +77,7 @@ class Run:
     runtime: PipelineRuntime | None = None
 
 
-async def run_until_accounted(
-    topology: Topology, records: list[RawIn], timeout_s: float = 60.0
-) -> Run:
+async def run_until_accounted(topology: Topology, records: list[RawIn], timeout_s: float = 60.0) -> Run:
     """Start a pipeline, produce the records, wait until each is accounted for, stop."""
     await create_topics(topology)
     run = Run(topology)

@@ -38,7 +38,10 @@ def dev_command(workdir: Path, *extra: str) -> list[str]:
 
 def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> None:
     done = subprocess.run(
-        dev_command(tmp_path, "--events", "2000"), cwd=ROOT, capture_output=True, text=True,
+        dev_command(tmp_path, "--events", "2000"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -54,7 +57,10 @@ def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> N
 
 def test_dev_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        dev_command(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        dev_command(tmp_path),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:

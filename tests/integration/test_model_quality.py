@@ -22,8 +22,10 @@ def served_top_k(url: str, users: list[int], history: np.ndarray) -> np.ndarray:
     for start in range(0, len(users), 128):
         u = np.asarray(users[start : start + 128], dtype=np.int64).reshape(-1, 1)
         h = history[start : start + 128]
-        inputs = [grpcclient.InferInput("USER_ID", list(u.shape), "INT64"),
-                  grpcclient.InferInput("HISTORY", list(h.shape), "INT64")]
+        inputs = [
+            grpcclient.InferInput("USER_ID", list(u.shape), "INT64"),
+            grpcclient.InferInput("HISTORY", list(h.shape), "INT64"),
+        ]
         inputs[0].set_data_from_numpy(u)
         inputs[1].set_data_from_numpy(h)
         result = client.infer("recommender", inputs)
