@@ -64,6 +64,7 @@ class UserRequest:
     user_id: int
     history: tuple[int, ...]  # recent distinct items, newest last
     events: tuple[Event, ...]  # every source event, duplicates included, for lineage and acks
+    duplicates: int = 0  # events in ``events`` whose id was already seen in the window
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,4 @@ class SinkBatch:
     finishes: tuple[SourceRef, ...]
     recommendations: int = 0
     dead_letters: int = 0
+    duplicates: int = 0

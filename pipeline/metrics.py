@@ -29,6 +29,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.duplicate_events = Counter(
+            "pipeline_duplicate_events",
+            "Events whose id repeated inside a window (coalesced)",
+            registry=r,
+        )
         self.inference_duration = Histogram(
             "inference_duration_seconds",
             "Triton round trip per request attempt",

@@ -91,7 +91,12 @@ class PipelineRuntime:
         scheduler = AsyncIOScheduler(asyncio.get_running_loop())
         parsed = records.pipe(
             operators.parse(
-                ParseRules(t.source.max_event_bytes, t.validation.max_future_skew_ms, t.validation.max_age_ms)
+                ParseRules(
+                    t.source.max_event_bytes,
+                    t.validation.max_future_skew_ms,
+                    t.validation.max_age_ms,
+                    t.validation.require_key,
+                )
             ),
             ops.share(),
         )
@@ -128,6 +133,13 @@ class PipelineRuntime:
         self.stats.recommendations += batch.recommendations
         self.stats.dead_letters += batch.dead_letters
         self.metrics.recommendations.inc(batch.recommendations)
+        self.metrics.duplicate_events.inc(batch.duplicates)
+        if batch.dead_letters:
+            dlq = self.topology.sink.dead_letter_topic
+            for rec in batch.records:
+                if rec.topic == dlq:
+                    reason = dict(rec.headers).get("dlq.reason", b"unknown").decode()
+                    self.metrics.dead_letters.labels(reason).inc()
         self.metrics.in_flight_events.set(self.gate.in_flight)
 
     def _on_graph_error(self, error: Exception) -> None:

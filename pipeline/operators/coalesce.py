@@ -50,7 +50,8 @@ def coalesce_window(window: Window, recent: RecentItems) -> list[UserRequest]:
             if event.event_id not in seen_ids:
                 seen_ids.add(event.event_id)
                 items.append(event.item_id)
-        requests.append(UserRequest(user_id, recent.extend(user_id, items), tuple(events)))
+        history = recent.extend(user_id, items)
+        requests.append(UserRequest(user_id, history, tuple(events), len(events) - len(seen_ids)))
     return requests
 
 

@@ -119,6 +119,7 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
         tuple(finishes),
         recommendations=len(outcome.answers),
         dead_letters=len(outcome.failures),
+        duplicates=sum(row.duplicates for row, _ in outcome.answers),
     )
 
 

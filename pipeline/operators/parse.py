@@ -24,6 +24,7 @@ class ParseRules:
     max_event_bytes: int = 65_536
     max_future_skew_ms: int = 300_000
     max_age_ms: int = 30 * 24 * 3_600_000
+    require_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ def parse_record(record: RawRecord, rules: ParseRules, now_ms: int) -> Event:
     value = record.value
     if not value:
         raise _Reject("empty", "empty message")
+    if rules.require_key and not record.key:
+        raise _Reject("missing_key", "record has no key (the topology requires the user id as key)")
     if len(value) > rules.max_event_bytes:
         raise _Reject("oversized", f"{len(value)} bytes exceeds limit {rules.max_event_bytes}")
     try:

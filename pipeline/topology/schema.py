@@ -48,6 +48,9 @@ class Validation(Node):
 
     max_future_skew_ms: int = Field(300_000, ge=0)
     max_age_ms: int = Field(30 * 24 * 3_600_000, gt=0)
+    require_key: bool = Field(
+        False, description="dead-letter records without a key (per-user order needs one)"
+    )
 
 
 class WindowSpec(Node):
