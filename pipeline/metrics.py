@@ -18,6 +18,11 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.events_finished = Counter(
+            "pipeline_events_finished",
+            "Events finished: recommended or dead-lettered, and acked",
+            registry=r,
+        )
         self.recommendations = Counter(
             "pipeline_recommendations",
             "Recommendation events acknowledged by the broker",

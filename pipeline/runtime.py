@@ -132,6 +132,7 @@ class PipelineRuntime:
         self.stats.finished += len(batch.finishes)
         self.stats.recommendations += batch.recommendations
         self.stats.dead_letters += batch.dead_letters
+        self.metrics.events_finished.inc(len(batch.finishes))
         self.metrics.recommendations.inc(batch.recommendations)
         self.metrics.duplicate_events.inc(batch.duplicates)
         if batch.dead_letters:
