@@ -52,6 +52,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_latency = Histogram(
+            "pipeline_batch_latency_seconds",
+            "Window open to inference outcome, per lane",
+            ["lane"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.knobs = Gauge(
+            "pipeline_adaptive_knob",
+            "Batch size, window ms and in-flight limit in force",
+            ["knob"],
+            registry=r,
+        )
         self.retries = Counter(
             "pipeline_inference_retries",
             "Inference attempts retried",

@@ -9,6 +9,7 @@ only module that knows both the topology and the operators."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,17 +20,20 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from pipeline import operators
+from pipeline.dispatch.adaptive import AdaptiveBounds, AdaptiveController
 from pipeline.dispatch.breaker import CircuitBreaker
 from pipeline.dispatch.budget import RetryBudget
 from pipeline.dispatch.codec import ModelSignature
 from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
+from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
 from pipeline.dispatch.retry import RetryPolicy
 from pipeline.dispatch.streams import StreamPool
-from pipeline.events import RawRecord, SinkBatch
+from pipeline.events import BatchOutcome, RawRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
 from pipeline.operators.enrich import OutputSpec, dead_letters_batch
 from pipeline.operators.parse import ParseRules
+from pipeline.operators.prioritize import LaneRule, lane_classifier
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import CreditGate
 from pipeline.sources.kafka import KafkaSource
@@ -64,7 +68,7 @@ class PipelineRuntime:
             self.pool,
             DispatchConfig(
                 ModelSignature(model.name, model.version, topology.window.history_length, model.top_k),
-                max_in_flight=model.max_in_flight,
+                max_in_flight=max(model.max_in_flight, topology.adaptive.max_in_flight),
                 timeout_ms=model.timeout_ms,
                 retry=RetryPolicy(retry.max_attempts, retry.backoff_ms, retry.max_backoff_ms),
                 end_to_end_ms=topology.deadline.end_to_end_ms,
@@ -74,6 +78,27 @@ class PipelineRuntime:
             CircuitBreaker(cb.failure_threshold, cb.open_ms, cb.max_open_ms),
             RetryBudget(retry.budget_ratio, retry.budget_min_per_s),
         )
+        self.lanes = LaneScheduler(
+            [
+                LaneSpec(lane.id, lane.weight, lane.max_wait_ms, lane.max_in_flight, lane.triton_priority)
+                for lane in topology.lanes
+            ],
+            self._in_flight_limit,
+        )
+        a = topology.adaptive
+        self.controller: AdaptiveController | None = None
+        if a.enabled:
+            self.controller = AdaptiveController(
+                AdaptiveBounds(
+                    a.target_p99_ms,
+                    a.min_batch,
+                    a.max_batch,
+                    a.min_in_flight,
+                    a.max_in_flight,
+                    a.min_window_ms,
+                    a.max_window_ms,
+                )
+            )
         self.watchdog = StallWatchdog(
             self.source,
             lambda: self.stats.finished,
@@ -85,6 +110,32 @@ class PipelineRuntime:
         self._stop = asyncio.Event()
         self._sink_tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
+
+    def _in_flight_limit(self) -> int:
+        return self.controller.in_flight() if self.controller else self.topology.model.max_in_flight
+
+    def _window_ms(self) -> int:
+        return self.controller.window_ms() if self.controller else self.topology.window.max_ms
+
+    def _batch_size(self) -> int:
+        return self.controller.batch_size() if self.controller else self.topology.batch.max_size
+
+    def _observe(self, outcome: BatchOutcome) -> None:
+        latency_ms = outcome.completed_ms - outcome.batch.window_start_ms
+        self.metrics.batch_latency.labels(outcome.batch.lane).observe(latency_ms / 1000.0)
+        if self.controller is not None:
+            self.controller.observe(latency_ms)
+
+    async def _control_loop(self, stop: asyncio.Event) -> None:
+        assert self.controller is not None
+        interval = self.topology.adaptive.interval_ms / 1000.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            knobs = self.controller.tick(self.lanes.queued)
+            self.metrics.knobs.labels("batch_size").set(knobs.batch_size)
+            self.metrics.knobs.labels("window_ms").set(knobs.window_ms)
+            self.metrics.knobs.labels("in_flight").set(knobs.in_flight)
 
     def _build_graph(self, records: Subject[list[RawRecord]]) -> reactivex.Observable[SinkBatch]:
         t = self.topology
@@ -104,13 +155,27 @@ class PipelineRuntime:
             ops.filter(lambda p: bool(p.rejects)),
             ops.map(lambda p: dead_letters_batch(p.rejects, t.sink.dead_letter_topic)),
         )
+        rules = [
+            LaneRule(lane.id, lane.triton_priority)
+            if lane.match is None
+            else LaneRule(
+                lane.id,
+                lane.triton_priority,
+                lane.match.field,
+                lane.match.header,
+                frozenset(lane.match.topics),
+                frozenset(lane.match.values),
+            )
+            for lane in t.lanes
+        ]
         spec = OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers))
         answered = parsed.pipe(
             ops.map(lambda p: p.events),
-            operators.window(t.window.max_ms, t.window.max_events, scheduler),
+            operators.window(self._window_ms, t.window.max_events, scheduler),
             operators.coalesce(t.window.history_length, t.window.remembered_users),
-            operators.batch(t.batch.max_size),
-            operators.dispatch(self.dispatcher.infer),
+            operators.batch(self._batch_size, lane_classifier(rules)),
+            operators.dispatch(self.dispatcher.infer, self.lanes),
+            ops.do_action(self._observe),
             operators.enrich(spec),
         )
         return reactivex.merge(rejected, answered)
@@ -158,6 +223,8 @@ class PipelineRuntime:
         graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
         committer = asyncio.create_task(self.source.commit_loop(self._stop))
         watchdog = asyncio.create_task(self.watchdog.run(self._stop))
+        if self.controller is not None:
+            controller = asyncio.create_task(self._control_loop(self._stop))
         self.ready.set()
         log.info("pipeline %s running", self.topology.name)
         try:
@@ -167,6 +234,8 @@ class PipelineRuntime:
             await self._drain()
             committer.cancel()
             watchdog.cancel()
+            if self.controller is not None:
+                controller.cancel()
             await asyncio.gather(committer, watchdog, return_exceptions=True)
             try:
                 await self.source.commit()

@@ -1,4 +1,5 @@
-"""batch: a window's per-user requests → inference batches of at most ``max_size`` users."""
+"""batch: a window's per-user requests → inference batches of at most ``max_size`` users,
+one lane per batch. ``max_size`` may be a function: the adaptive controller moves it."""
 
 from __future__ import annotations
 
@@ -9,26 +10,43 @@ from reactivex import Observable, abc
 
 from pipeline.events import InferenceBatch, UserRequest, Window
 
+LaneOf = Callable[[UserRequest], tuple[str, int]]
 
-def split_batches(window: Window, requests: list[UserRequest], max_size: int) -> list[InferenceBatch]:
+
+def _default_lane(_request: UserRequest) -> tuple[str, int]:
+    return "default", 0
+
+
+def split_batches(
+    window: Window, requests: list[UserRequest], max_size: int, lane_of: LaneOf = _default_lane
+) -> list[InferenceBatch]:
+    by_lane: dict[tuple[str, int], list[UserRequest]] = {}
+    for request in requests:
+        by_lane.setdefault(lane_of(request), []).append(request)
     return [
-        InferenceBatch(tuple(requests[i : i + max_size]), window.start_ms, window.end_ms)
-        for i in range(0, len(requests), max_size)
+        InferenceBatch(tuple(rows[i : i + max_size]), window.start_ms, window.end_ms, lane, priority)
+        for (lane, priority), rows in by_lane.items()
+        for i in range(0, len(rows), max_size)
     ]
 
 
 def batch(
-    max_size: int,
+    max_size: int | Callable[[], int], lane_of: LaneOf = _default_lane
 ) -> Callable[[Observable[tuple[Window, list[UserRequest]]]], Observable[InferenceBatch]]:
-    if max_size <= 0:
-        raise ValueError("max_size must be positive")
+    if isinstance(max_size, int):
+        if max_size <= 0:
+            raise ValueError("max_size must be positive")
+        fixed = max_size
+        size: Callable[[], int] = lambda: fixed  # noqa: E731
+    else:
+        size = max_size
 
     def _batch(source: Observable[tuple[Window, list[UserRequest]]]) -> Observable[InferenceBatch]:
         def subscribe(
             observer: abc.ObserverBase[InferenceBatch], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             def on_next(item: tuple[Window, list[UserRequest]]) -> None:
-                for chunk in split_batches(item[0], item[1], max_size):
+                for chunk in split_batches(item[0], item[1], max(1, size()), lane_of):
                     observer.on_next(chunk)
 
             return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)

@@ -1,7 +1,9 @@
-"""dispatch: inference batches → outcomes, through the (asynchronous) dispatcher.
+"""dispatch: inference batches → outcomes, in lane order, through the asynchronous dispatcher.
 
-Each batch becomes an asyncio task on the pipeline's loop; outcomes arrive in completion
-order, not batch order (offsets are tracked per record, so order does not matter)."""
+Batches queue per lane; a LaneScheduler picks which one takes the next free inference slot
+(weights, per-lane in-flight budgets, aging). The scheduler is asked again on every new
+batch and every completion, so no timer is needed. Outcomes arrive in completion order
+(offsets are tracked per record, so order does not matter)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,55 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import reactivex
-from reactivex import Observable
-from reactivex import operators as ops
+from reactivex import Observable, abc
 
+from pipeline.dispatch.lanes import LaneScheduler
 from pipeline.events import BatchOutcome, InferenceBatch
 
 
 def dispatch(
     infer: Callable[[InferenceBatch], Awaitable[BatchOutcome]],
+    lanes: LaneScheduler,
 ) -> Callable[[Observable[InferenceBatch]], Observable[BatchOutcome]]:
-    def start(batch: InferenceBatch) -> Observable[BatchOutcome]:
-        return reactivex.from_future(asyncio.ensure_future(infer(batch)))
+    def _dispatch(source: Observable[InferenceBatch]) -> Observable[BatchOutcome]:
+        def subscribe(
+            observer: abc.ObserverBase[BatchOutcome], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            completed = False
 
-    return ops.flat_map(start)
+            def finish_if_done() -> None:
+                if completed and lanes.in_flight == 0 and lanes.queued == 0:
+                    observer.on_completed()
+
+            def on_done(batch: InferenceBatch, task: asyncio.Task[BatchOutcome]) -> None:
+                lanes.done(batch.lane)
+                if task.cancelled():
+                    observer.on_error(RuntimeError("inference task cancelled"))
+                    return
+                error = task.exception()
+                if error is not None:
+                    observer.on_error(error)
+                    return
+                observer.on_next(task.result())
+                pump()
+                finish_if_done()
+
+            def pump() -> None:
+                while (batch := lanes.pop()) is not None:
+                    task = asyncio.ensure_future(infer(batch))
+                    task.add_done_callback(lambda t, b=batch: on_done(b, t))
+
+            def on_next(batch: InferenceBatch) -> None:
+                lanes.push(batch)
+                pump()
+
+            def on_completed() -> None:
+                nonlocal completed
+                completed = True
+                finish_if_done()
+
+            return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
+
+        return reactivex.create(subscribe)
+
+    return _dispatch

@@ -24,9 +24,18 @@ def _ms(scheduler: abc.SchedulerBase) -> int:
 
 
 def window(
-    max_ms: int, max_events: int, scheduler: abc.SchedulerBase | None = None
+    max_ms: int | Callable[[], int], max_events: int, scheduler: abc.SchedulerBase | None = None
 ) -> Callable[[Observable[list[Event]]], Observable[Window]]:
-    if max_ms <= 0 or max_events <= 0:
+    """``max_ms`` may be a function (read when a window opens): the adaptive controller
+    moves it."""
+    if isinstance(max_ms, int):
+        if max_ms <= 0:
+            raise ValueError("window bounds must be positive")
+        fixed_ms = max_ms
+        time_bound: Callable[[], int] = lambda: fixed_ms  # noqa: E731
+    else:
+        time_bound = max_ms
+    if max_events <= 0:
         raise ValueError("window bounds must be positive")
 
     def _window(source: Observable[list[Event]]) -> Observable[Window]:
@@ -56,7 +65,8 @@ def window(
                         closed, buffer = buffer, []
                         emit(closed)
 
-                timer.disposable = sched.schedule_relative(timedelta(milliseconds=max_ms), on_timer)
+                bound = timedelta(milliseconds=max(1, time_bound()))
+                timer.disposable = sched.schedule_relative(bound, on_timer)
 
             def on_next(events: list[Event]) -> None:
                 nonlocal buffer, generation

@@ -51,6 +51,7 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset=spec.auto_offset_reset,
             max_poll_records=spec.max_poll_records,
+            fetch_max_wait_ms=spec.fetch_max_wait_ms,
         )
 
     async def start(self) -> None:

@@ -36,6 +36,7 @@ class Source(Node):
     group_id: str = Field(min_length=1)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = Field(2_000, gt=0)
+    fetch_max_wait_ms: int = Field(50, ge=0, description="broker's wait for data per fetch")
     max_event_bytes: int = Field(65_536, gt=0)
     commit_interval_ms: int = Field(500, gt=0)
     drain_timeout_ms: int = Field(10_000, gt=0)
@@ -64,6 +65,59 @@ class WindowSpec(Node):
 class BatchSpec(Node):
     id: str = "batch"
     max_size: int = Field(128, gt=0, description="users per inference request")
+
+
+class LaneMatch(Node):
+    """Matches an event by a field, a header or its source topic (all given must hold)."""
+
+    field: Literal["type", "event_id"] | None = None
+    header: str | None = None
+    topics: list[str] = []
+    values: list[str] = []
+
+    @model_validator(mode="after")
+    def _something(self) -> LaneMatch:
+        if self.field is None and self.header is None and not self.topics:
+            raise ValueError("a match needs a field, a header or topics")
+        if (self.field is not None or self.header is not None) and not self.values:
+            raise ValueError("field and header matches need values")
+        return self
+
+
+class Lane(Node):
+    id: str = Field(min_length=1)
+    match: LaneMatch | None = None  # None: takes everything (only the last lane)
+    weight: float = Field(1.0, gt=0, description="share of dispatch capacity")
+    max_wait_ms: int = Field(1_000, gt=0, description="bound on a batch's wait for a slot")
+    max_in_flight: int = Field(8, gt=0, description="this lane's own in-flight budget")
+    triton_priority: int = Field(
+        0, ge=0, description="Triton request priority (1 first; 0: the model's default)"
+    )
+
+
+class Adaptive(Node):
+    """Batch size, window time bound and in-flight limit follow the measured latency."""
+
+    enabled: bool = False
+    target_p99_ms: float = Field(50.0, gt=0)
+    interval_ms: int = Field(500, gt=0)
+    min_batch: int = Field(8, gt=0)
+    max_batch: int = Field(256, gt=0)
+    min_window_ms: int = Field(2, gt=0)
+    max_window_ms: int = Field(50, gt=0)
+    min_in_flight: int = Field(1, gt=0)
+    max_in_flight: int = Field(16, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Adaptive:
+        for low, high in (
+            ("min_batch", "max_batch"),
+            ("min_window_ms", "max_window_ms"),
+            ("min_in_flight", "max_in_flight"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} must not exceed {high}")
+        return self
 
 
 class Retry(Node):
@@ -131,9 +185,20 @@ class Topology(Node):
     window: WindowSpec = WindowSpec()
     batch: BatchSpec = BatchSpec()
     deadline: Deadline = Deadline()
+    lanes: list[Lane] = Field(default_factory=lambda: [Lane(id="default")], min_length=1)
+    adaptive: Adaptive = Adaptive()
     model: Model
     sink: Sink
     operations: Operations = Operations()
+
+    @model_validator(mode="after")
+    def _lanes(self) -> Topology:
+        ids = [lane.id for lane in self.lanes]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"lane ids must be unique: {ids}")
+        if any(lane.match is None for lane in self.lanes[:-1]):
+            raise ValueError("only the last lane may omit 'match' (it takes the rest)")
+        return self
 
     @model_validator(mode="after")
     def _no_loops(self) -> Topology:
