@@ -35,7 +35,7 @@ from pipeline.operators.enrich import OutputSpec, dead_letters_batch
 from pipeline.operators.parse import ParseRules
 from pipeline.operators.prioritize import LaneRule, lane_classifier
 from pipeline.sinks.kafka import KafkaSink
-from pipeline.sources.credits import CreditGate
+from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
 from pipeline.sources.watchdog import StallWatchdog
 from pipeline.topology.schema import Topology
@@ -58,8 +58,8 @@ class PipelineRuntime:
         self.stats = RunStats()
         self.tracker = OffsetTracker()
         spec = topology.source
-        self.gate = CreditGate(spec.credits.high_watermark, spec.credits.low_watermark)
-        self.source = KafkaSource(spec, topology.broker, self.tracker, self.gate, self.metrics)
+        self.credits = TopicCredits(spec.topics, spec.credits.high_watermark, spec.credits.low_watermark)
+        self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
         self.sink = KafkaSink(topology.sink, topology.broker)
         model = topology.model
         self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after)
@@ -102,7 +102,7 @@ class PipelineRuntime:
         self.watchdog = StallWatchdog(
             self.source,
             lambda: self.stats.finished,
-            lambda: self.gate.in_flight,
+            lambda: self.credits.in_flight,
             spec.stall_after_ms / 1000.0,
             self.metrics,
         )
@@ -124,7 +124,7 @@ class PipelineRuntime:
         latency_ms = outcome.completed_ms - outcome.batch.window_start_ms
         self.metrics.batch_latency.labels(outcome.batch.lane).observe(latency_ms / 1000.0)
         if self.controller is not None:
-            self.controller.observe(latency_ms)
+            self.controller.observe(latency_ms, outcome.completed_ms - outcome.dispatched_ms)
 
     async def _control_loop(self, stop: asyncio.Event) -> None:
         assert self.controller is not None
@@ -191,9 +191,12 @@ class PipelineRuntime:
 
     async def _write(self, batch: SinkBatch) -> None:
         await self.sink.write(batch)
+        per_topic: dict[str, int] = {}
         for topic, partition, offset in batch.finishes:
             self.tracker.finish(topic, partition, offset)
-        self.gate.give_back(len(batch.finishes))
+            per_topic[topic] = per_topic.get(topic, 0) + 1
+        for topic, count in per_topic.items():
+            self.credits.give_back(topic, count)
         self.stats.finished += len(batch.finishes)
         self.stats.recommendations += batch.recommendations
         self.stats.dead_letters += batch.dead_letters
@@ -206,7 +209,7 @@ class PipelineRuntime:
                 if rec.topic == dlq:
                     reason = dict(rec.headers).get("dlq.reason", b"unknown").decode()
                     self.metrics.dead_letters.labels(reason).inc()
-        self.metrics.in_flight_events.set(self.gate.in_flight)
+        self.metrics.in_flight_events.set(self.credits.in_flight)
 
     def _on_graph_error(self, error: Exception) -> None:
         log.error("pipeline graph failed: %r", error, exc_info=error)
@@ -248,9 +251,9 @@ class PipelineRuntime:
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.topology.source.drain_timeout_ms / 1000.0
-        while self.gate.in_flight and time.monotonic() < deadline:
+        while self.credits.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._sink_tasks:
             await asyncio.wait(set(self._sink_tasks), timeout=max(0.0, deadline - time.monotonic()))
-        if self.gate.in_flight:
-            log.warning("stopped with %d events unfinished: they will be replayed", self.gate.in_flight)
+        if self.credits.in_flight:
+            log.warning("stopped with %d events unfinished: they will be replayed", self.credits.in_flight)

@@ -1,14 +1,17 @@
-"""Benchmark: fixed vs adaptive batching over a load ramp, with two priority lanes.
+"""Benchmark: fixed vs adaptive batching over a load ramp, and priority lanes under a flood.
 
-On the embedded stack (real broker, real Triton, the real MF model), each mode runs the
-pipeline in-process on fresh topics while a load generator ramps the input rate in steps.
-Purchases (5 % of events) ride the high-priority lane, views and clicks the low one, so the
-ramp is also a low-priority flood. Per mode, step and lane it reports throughput and
-end-to-end latency (input produce timestamp → recommendation produce timestamp), then
-writes a markdown table and a PNG plot. All modes run in one process, one after the other,
-on the same machine: compare them with each other, not with other runs.
+On the embedded stack (real broker, real Triton, the real MF model) each run starts the
+pipeline in-process on fresh topics while a load generator produces. Latency is end to end:
+input produce timestamp → recommendation produce timestamp.
 
-    python scripts/bench_adaptive.py [--steps 500,1000,2000,4000,8000] [--step-seconds 8]
+1. ramp: the input rate rises in steps; modes fixed-small, fixed-large and adaptive.
+2. flood: live traffic at a steady rate on one topic (lane "live", high priority) while a
+   backfill floods another topic far past capacity (lane "backfill", low priority).
+
+Writes a markdown table and a PNG plot. Every mode runs in this one process, one after the
+other, on the same machine: compare them with each other, not with other runs.
+
+    python scripts/bench_adaptive.py [--steps 500,1000,2000,3000] [--step-seconds 8]
 """
 
 from __future__ import annotations
@@ -35,17 +38,7 @@ from pipeline.topology.schema import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 50.0
-LANES = [
-    {
-        "id": "purchases",
-        "match": {"field": "type", "values": ["purchase"]},
-        "weight": 8,
-        "max_wait_ms": 20,
-        "max_in_flight": 4,
-        "triton_priority": 1,
-    },
-    {"id": "browsing", "weight": 1, "max_wait_ms": 1000, "max_in_flight": 16, "triton_priority": 2},
-]
+LIVE_BOUND_MS = 100.0  # the live lane's p99 bound during the flood
 MODES: dict[str, dict[str, Any]] = {
     "fixed-small": {"batch": {"max_size": 16}, "window": {"max_ms": 2}, "model": {"max_in_flight": 2}},
     "fixed-large": {"batch": {"max_size": 256}, "window": {"max_ms": 50}, "model": {"max_in_flight": 8}},
@@ -59,37 +52,57 @@ MODES: dict[str, dict[str, Any]] = {
             "max_window_ms": 50,
             "min_in_flight": 1,
             "max_in_flight": 16,
-            "interval_ms": 500,
+            "interval_ms": 250,
         }
     },
 }
+Coord = tuple[str, int, int]
 
 
-def topology_for(stack: EmbeddedStack, mode: str) -> Topology:
+def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
     data = yaml.safe_load((ROOT / "topologies" / "recommendations.yaml").read_text())
     tag = uuid.uuid4().hex[:8]
+    live, backfill = f"bench-live-{tag}", f"bench-backfill-{tag}"
     data["broker"]["bootstrap_servers"] = stack.broker.bootstrap
     data["model"]["url"] = stack.triton.grpc_url
-    data["source"].update({"topics": [f"bench-in-{tag}"], "group_id": f"bench-{tag}"})
+    data["source"].update({"topics": [live, backfill] if lanes else [live], "group_id": f"bench-{tag}"})
     data["sink"].update({"topic": f"bench-out-{tag}", "dead_letter_topic": f"bench-dlq-{tag}"})
     data["deadline"] = {"stale_policy": "best_effort"}  # measure latency, do not drop
-    data["lanes"] = LANES
+    data["lanes"] = (
+        [
+            {
+                "id": "live",
+                "match": {"topics": [live]},
+                "weight": 8,
+                "max_wait_ms": 20,
+                "max_in_flight": 6,
+                "triton_priority": 1,
+            },
+            {"id": "backfill", "weight": 1, "max_wait_ms": 2000, "max_in_flight": 2, "triton_priority": 3},
+        ]
+        if lanes
+        else [{"id": "live"}]
+    )
     data.pop("adaptive", None)
     for section, values in MODES[mode].items():
         data.setdefault(section, {}).update(values)
     return Topology.model_validate(data)
 
 
-async def produce_ramp(
-    topology: Topology, steps: list[int], step_s: float, inputs: dict[tuple[str, int, int], tuple[int, int]]
+async def produce(
+    topology: Topology,
+    topic: str,
+    steps: list[int],
+    step_s: float,
+    inputs: dict[Coord, tuple[int, int]],
+    users: int = 50_000,
 ) -> None:
-    """inputs: coord → (produce timestamp ms, step index)."""
+    """Produce ``steps`` rates for ``step_s`` each; inputs: coord → (produce ts ms, step)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=topology.broker.bootstrap_servers, enable_idempotence=False, linger_ms=2
     )
     await producer.start()
-    gen = EventGenerator(GeneratorConfig(users=50_000, seed=int(time.time())))
-    events = gen.events(10**9)
+    events = EventGenerator(GeneratorConfig(users=users, seed=int(time.time()))).events(10**9)
     try:
         for step, rate in enumerate(steps):
             start, sent, pending = time.monotonic(), 0, []
@@ -97,12 +110,10 @@ async def produce_ramp(
                 event = next(events)
                 event["ts"] = time.time_ns() // 1_000_000
                 pending.append(
-                    await producer.send(
-                        topology.source.topics[0], orjson.dumps(event), key=str(event["user_id"]).encode()
-                    )
+                    await producer.send(topic, orjson.dumps(event), key=str(event["user_id"]).encode())
                 )
                 sent += 1
-                if sent % 50 == 0:
+                if sent % 20 == 0:
                     ahead = sent / rate - elapsed
                     if ahead > 0:
                         await asyncio.sleep(ahead)
@@ -113,7 +124,7 @@ async def produce_ramp(
 
 
 async def collect(
-    topology: Topology, stop: asyncio.Event, outputs: list[tuple[str, int, list[tuple[str, int, int]]]]
+    topology: Topology, stop: asyncio.Event, outputs: list[tuple[str, int, list[Coord]]]
 ) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=topology.broker.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=20
@@ -138,8 +149,9 @@ async def collect(
         await consumer.stop()
 
 
-async def run_mode(stack: EmbeddedStack, mode: str, steps: list[int], step_s: float) -> list[dict[str, Any]]:
-    topology = topology_for(stack, mode)
+async def run_pipeline(
+    topology: Topology, load: Any, settle_s: float = 60
+) -> tuple[dict[Coord, tuple[int, int]], list[tuple[str, int, list[Coord]]]]:
     await ensure_topics(
         topology.broker.bootstrap_servers,
         [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
@@ -148,64 +160,100 @@ async def run_mode(stack: EmbeddedStack, mode: str, steps: list[int], step_s: fl
     runtime = PipelineRuntime(topology)
     stop, collect_stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
-    outputs: list[tuple[str, int, list[tuple[str, int, int]]]] = []
+    outputs: list[tuple[str, int, list[Coord]]] = []
     collector = asyncio.create_task(collect(topology, collect_stop, outputs))
     await asyncio.wait_for(runtime.ready.wait(), 60)
     await asyncio.sleep(3)  # the group settles before the clock starts
-    inputs: dict[tuple[str, int, int], tuple[int, int]] = {}
-    await produce_ramp(topology, steps, step_s, inputs)
-    deadline = time.monotonic() + 60
+    inputs: dict[Coord, tuple[int, int]] = {}
+    await load(inputs)
+    deadline = time.monotonic() + settle_s
     while sum(len(o[2]) for o in outputs) < len(inputs) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     stop.set()
     await task
     collect_stop.set()
     await collector
+    return inputs, outputs
+
+
+def summarise(
+    case: str,
+    mode: str,
+    steps: list[int],
+    step_s: float,
+    inputs: dict[Coord, tuple[int, int]],
+    outputs: list[tuple[str, int, list[Coord]]],
+) -> list[dict[str, Any]]:
     latencies: dict[tuple[int, str], list[float]] = defaultdict(list)
-    last_out: dict[int, int] = defaultdict(int)
-    first_in: dict[int, int] = {}
-    for ts, step in inputs.values():
-        first_in[step] = min(first_in.get(step, ts), ts)
+    span: dict[tuple[int, str], list[int]] = {}  # first input, last output (ms)
     for lane, out_ts, sources in outputs:
         for coord in sources:
             if coord in inputs:
                 in_ts, step = inputs[coord]
                 latencies[(step, lane)].append(out_ts - in_ts)
-                last_out[step] = max(last_out[step], out_ts)
+                first, last = span.setdefault((step, lane), [in_ts, out_ts])
+                span[(step, lane)] = [min(first, in_ts), max(last, out_ts)]
     rows = []
-    for step, rate in enumerate(steps):
-        step_events = sum(len(v) for (s, _), v in latencies.items() if s == step)
-        span_s = max(step_s, (last_out[step] - first_in.get(step, 0)) / 1000.0)
-        for lane in [lane["id"] for lane in LANES]:
-            lat = latencies.get((step, lane))
-            if not lat:
-                continue
-            p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-            rows.append(
-                {
-                    "mode": mode,
-                    "offered": rate,
-                    "lane": lane,
-                    "throughput": round(step_events / span_s),
-                    "events": len(lat),
-                    "p50": round(p50, 1),
-                    "p95": round(p95, 1),
-                    "p99": round(p99, 1),
-                }
-            )
+    for (step, lane), lat in sorted(latencies.items()):
+        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+        offered = sum(1 for _, s in inputs.values() if s == step)
+        rows.append(
+            {
+                "case": case,
+                "mode": mode,
+                "offered": steps[step],
+                "lane": lane,
+                "delivered": round(len(lat) / step_s),
+                "events": len(lat),
+                "answered": f"{len(lat) / max(1, offered):.0%}" if case == "ramp" else "",
+                "p50": round(p50, 1),
+                "p95": round(p95, 1),
+                "p99": round(p99, 1),
+            }
+        )
+    return rows
+
+
+async def ramp(stack: EmbeddedStack, mode: str, steps: list[int], step_s: float) -> list[dict[str, Any]]:
+    topology = topology_for(stack, mode, lanes=False)
+    topic = topology.source.topics[0]
+    inputs, outputs = await run_pipeline(
+        topology, lambda inputs: produce(topology, topic, steps, step_s, inputs)
+    )
+    return summarise("ramp", mode, steps, step_s, inputs, outputs)
+
+
+async def flood(
+    stack: EmbeddedStack, mode: str, live_rate: int, flood_rate: int, seconds: float
+) -> list[dict[str, Any]]:
+    topology = topology_for(stack, mode, lanes=True)
+    live, backfill = topology.source.topics
+
+    async def load(inputs: dict[Coord, tuple[int, int]]) -> None:
+        await asyncio.gather(
+            produce(topology, live, [live_rate], seconds, inputs),
+            produce(topology, backfill, [flood_rate], seconds, inputs),
+        )
+
+    inputs, outputs = await run_pipeline(topology, load, settle_s=5)
+    rows = summarise("flood", mode, [live_rate], seconds, inputs, outputs)
+    for row in rows:
+        row["offered"] = live_rate if row["lane"] == "live" else flood_rate
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| mode | offered ev/s | delivered ev/s | lane | events | p50 ms | p95 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | mode | lane | offered ev/s | delivered ev/s | answered | p50 ms | p95 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        mark = " ✗" if r["p99"] > TARGET_P99_MS else ""
+        bound = TARGET_P99_MS if r["case"] == "ramp" else LIVE_BOUND_MS
+        mark = " ✗" if r["p99"] > bound and r["lane"] == "live" else ""
         lines.append(
-            f"| {r['mode']} | {r['offered']} | {r['throughput']} | {r['lane']} | "
-            f"{r['events']} | {r['p50']} | {r['p95']} | {r['p99']}{mark} |"
+            f"| {r['case']} | {r['mode']} | {r['lane']} | {r['offered']} | "
+            f"{r['delivered']} | {r['answered']} | {r['p50']} | {r['p95']} | "
+            f"{r['p99']}{mark} |"
         )
     return "\n".join(lines)
 
@@ -216,25 +264,26 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
     for mode in MODES:
-        for lane, style in (("purchases", "-"), ("browsing", "--")):
-            sel = [r for r in rows if r["mode"] == mode and r["lane"] == lane]
-            ax1.plot(
-                [r["offered"] for r in sel],
-                [r["p99"] for r in sel],
-                style,
-                marker="o",
-                label=f"{mode} / {lane}",
-            )
-        sel = [r for r in rows if r["mode"] == mode and r["lane"] == "browsing"]
-        ax2.plot([r["offered"] for r in sel], [r["throughput"] for r in sel], marker="o", label=mode)
+        sel = [r for r in rows if r["case"] == "ramp" and r["mode"] == mode]
+        if sel:
+            ax1.plot([r["offered"] for r in sel], [r["p99"] for r in sel], marker="o", label=mode)
+            ax2.plot([r["offered"] for r in sel], [r["delivered"] for r in sel], marker="o", label=mode)
     ax1.axhline(TARGET_P99_MS, color="red", linestyle=":", label="p99 target")
-    ax1.set(xscale="log", yscale="log", xlabel="offered load (ev/s)", ylabel="p99 end-to-end (ms)")
-    ax2.set(xscale="log", yscale="log", xlabel="offered load (ev/s)", ylabel="delivered (ev/s)")
-    ax1.legend(fontsize=7)
-    ax2.legend(fontsize=8)
-    fig.suptitle("Fixed vs adaptive batching over a load ramp (two lanes)")
+    ax1.set(yscale="log", xlabel="offered (ev/s)", ylabel="p99 end-to-end (ms)", title="ramp: latency")
+    ax2.set(xlabel="offered (ev/s)", ylabel="delivered (ev/s)", title="ramp: throughput")
+    flood_rows = [r for r in rows if r["case"] == "flood"]
+    labels = [f"{r['mode']}\n{r['lane']}" for r in flood_rows]
+    ax3.bar(
+        labels,
+        [r["p99"] for r in flood_rows],
+        color=["tab:green" if r["lane"] == "live" else "tab:gray" for r in flood_rows],
+    )
+    ax3.axhline(LIVE_BOUND_MS, color="red", linestyle=":", label="live p99 bound")
+    ax3.set(yscale="log", ylabel="p99 end-to-end (ms)", title="flood: live vs backfill lane")
+    for ax in (ax1, ax2, ax3):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
@@ -244,16 +293,23 @@ async def main_async(args: argparse.Namespace, stack: EmbeddedStack) -> list[dic
     steps = [int(x) for x in args.steps.split(",")]
     rows: list[dict[str, Any]] = []
     for mode in args.modes.split(","):
-        print(f"running {mode} ...", file=sys.stderr, flush=True)
-        rows.extend(await run_mode(stack, mode, steps, args.step_seconds))
+        print(f"ramp: {mode} ...", file=sys.stderr, flush=True)
+        rows.extend(await ramp(stack, mode, steps, args.step_seconds))
+    for mode in args.flood_modes.split(","):
+        print(f"flood: {mode} ...", file=sys.stderr, flush=True)
+        rows.extend(await flood(stack, mode, args.live_rate, args.flood_rate, args.flood_seconds))
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--steps", default="500,1000,2000,4000,8000")
+    parser.add_argument("--steps", default="500,1000,2000,3000")
     parser.add_argument("--step-seconds", type=float, default=8.0)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--flood-modes", default="fixed-large,adaptive")
+    parser.add_argument("--live-rate", type=int, default=300)
+    parser.add_argument("--flood-rate", type=int, default=6000)
+    parser.add_argument("--flood-seconds", type=float, default=15.0)
     parser.add_argument("--workdir", type=Path, default=Path("var/bench"))
     parser.add_argument("--out", type=Path, default=Path("var/bench_adaptive"))
     args = parser.parse_args()

@@ -1,11 +1,20 @@
 """Adaptive batching and concurrency (plain data, no I/O).
 
-Every control interval the controller looks at the p99 of the batch latencies it was told
-about (window open → outcome: time in the window, queued for a slot, inference) and at the
-queue depth, and moves three knobs within the topology's bounds: the batch size, the
-window's time bound and the in-flight limit. It grows slowly (additive) while the target
-holds with headroom and work is queued, and backs off fast (multiplicative) when the target
-is missed: AIMD, as TCP does."""
+Every control interval the controller reads three signals: the p99 inference time (a batch
+sent → its answer: Triton's queue and compute), the p99 batch latency (window opened →
+answer), and the number of batches waiting for an inference slot. It moves three knobs
+within the topology's bounds, the way Clipper's AIMD does for batch size:
+
+- inference p99 over its budget (a fixed share of the target): Triton is
+  given too much at once, so in-flight backs off fast (multiplicative), then batch size;
+- else, batches waiting for a slot: capacity is short, so batch size and the window grow
+  slowly (additive), in-flight too while inference has ample headroom;
+- else, batch latency over the target: the time goes into waiting for windows to close, so
+  the window shrinks fast;
+- else: nothing to fix, nothing changes.
+
+Shrinking on end-to-end latency alone would be wrong: under load most of it is queueing, and
+smaller batches would cut capacity and feed the queue (a collapse seen in the benchmark)."""
 
 from __future__ import annotations
 
@@ -13,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GROW_BELOW = 0.7  # grow only while p99 is under this share of the target
 SHRINK = 0.6  # multiplicative decrease
+INFERENCE_SHARE = 0.5  # share of the latency target that inference may take
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,9 @@ class AdaptiveController:
     def __init__(self, bounds: AdaptiveBounds, start: Knobs | None = None) -> None:
         self.bounds = bounds
         self.knobs = start or Knobs(bounds.min_batch, bounds.min_window_ms, bounds.min_in_flight)
-        self._latencies: list[float] = []
-        self.last_p99: float | None = None
+        self._batch_ms: list[float] = []
+        self._inference_ms: list[float] = []
+        self.last_reason = "start"
 
     # Accessors read by the operators on every window and batch.
     def batch_size(self) -> int:
@@ -53,27 +63,45 @@ class AdaptiveController:
     def in_flight(self) -> int:
         return self.knobs.in_flight
 
-    def observe(self, latency_ms: float) -> None:
-        self._latencies.append(latency_ms)
+    def observe(self, batch_ms: float, inference_ms: float) -> None:
+        self._batch_ms.append(batch_ms)
+        self._inference_ms.append(inference_ms)
 
     def tick(self, queue_depth: int) -> Knobs:
         """One control step; returns the knobs now in force."""
-        if not self._latencies:
-            return self.knobs
-        p99 = float(np.percentile(self._latencies, 99))
-        self._latencies.clear()
-        self.last_p99 = p99
         b, k = self.bounds, self.knobs
-        if p99 > b.target_p99_ms:
-            self.knobs = Knobs(
-                max(b.min_batch, int(k.batch_size * SHRINK)),
-                max(b.min_window_ms, int(k.window_ms * SHRINK)),
-                max(b.min_in_flight, int(k.in_flight * SHRINK)),
-            )
-        elif p99 < GROW_BELOW * b.target_p99_ms and queue_depth > 0:
+        if not self._batch_ms:
+            if queue_depth > 0:  # work waits and nothing came back: more slots
+                self.knobs = Knobs(k.batch_size, k.window_ms, min(b.max_in_flight, k.in_flight + 1))
+            return self.knobs
+        batch_p99 = float(np.percentile(self._batch_ms, 99))
+        inference_p99 = float(np.percentile(self._inference_ms, 99))
+        self._batch_ms.clear()
+        self._inference_ms.clear()
+        # A fixed share of the target: tying it to the window (which grows under load)
+        # would shrink the budget until batch and in-flight sat at their floors for good.
+        budget = INFERENCE_SHARE * b.target_p99_ms
+        if inference_p99 > budget:
+            # Triton is given too much at once. Fewer requests in parallel first (that is
+            # queueing in Triton); smaller batches only once in-flight is at its floor.
+            self.last_reason = "inference over budget"
+            if k.in_flight > b.min_in_flight:
+                self.knobs = Knobs(k.batch_size, k.window_ms, max(b.min_in_flight, int(k.in_flight * SHRINK)))
+            else:
+                self.knobs = Knobs(max(b.min_batch, int(k.batch_size * SHRINK)), k.window_ms, k.in_flight)
+        elif queue_depth > 0:
+            # Capacity is short: bigger batches carry more events per request; another
+            # request in parallel only while inference has ample headroom.
+            self.last_reason = "batches waiting"
+            more_in_flight = inference_p99 < budget / 2
             self.knobs = Knobs(
                 min(b.max_batch, k.batch_size + b.batch_step),
                 min(b.max_window_ms, k.window_ms + 1),
-                min(b.max_in_flight, k.in_flight + 1),
+                min(b.max_in_flight, k.in_flight + 1) if more_in_flight else k.in_flight,
             )
+        elif batch_p99 > b.target_p99_ms:
+            self.last_reason = "window too long"
+            self.knobs = Knobs(k.batch_size, max(b.min_window_ms, int(k.window_ms * SHRINK)), k.in_flight)
+        else:
+            self.last_reason = "holding"
         return self.knobs

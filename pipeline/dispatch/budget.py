@@ -34,7 +34,9 @@ class RetryBudget:
                 q.popleft()
 
     def record_request(self) -> None:
-        self._requests.append(self.clock())
+        now = self.clock()
+        self._requests.append(now)
+        self._trim(now)  # bounded by the window even when nothing ever fails
 
     def try_spend(self) -> bool:
         """Take one retry from the budget if there is one left."""

@@ -4,7 +4,7 @@ Each lane has a weight, an in-flight budget of its own and a maximum wait. Capac
 shared by weight with stride scheduling (a lane's "pass" advances by 1/weight per dispatch;
 the lowest pass goes next), a lane at its own budget is skipped (a flood in one lane cannot
 take the slots of another), and a lane whose oldest batch has waited longer than its
-bound goes first (aging), so no lane starves."""
+bound goes before lanes within theirs (aging), so no lane starves."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class LaneScheduler:
         self.max_in_flight = max_in_flight
         self.clock = clock
         self.in_flight = 0
+        self.virtual_time = 0.0
 
     @property
     def queued(self) -> int:
@@ -55,9 +56,9 @@ class LaneScheduler:
     def push(self, batch: InferenceBatch) -> None:
         lane = self.lanes.get(batch.lane) or next(reversed(self.lanes.values()))
         if not lane.queue and lane.in_flight == 0:
-            # A lane coming back from idle starts level with the busiest, not ahead of it.
-            active = [x.pass_ for x in self.lanes.values() if x.queue or x.in_flight]
-            lane.pass_ = max(lane.pass_, min(active, default=lane.pass_))
+            # A lane coming back from idle starts at the scheduler's virtual time (the pass
+            # of the last dispatch), not with the credit of all the time it was idle.
+            lane.pass_ = max(lane.pass_, self.virtual_time)
         lane.queue.append((self.clock(), batch))
 
     def pop(self) -> InferenceBatch | None:
@@ -68,12 +69,13 @@ class LaneScheduler:
         if not eligible:
             return None
         now = self.clock()
+        # Lanes past their wait bound go first; among them (and otherwise) the weighted
+        # stride order decides, so a flooded low lane that is always overdue cannot take
+        # every slot from a high lane that is overdue too.
         overdue = [x for x in eligible if (now - x.queue[0][0]) * 1000 >= x.spec.max_wait_ms]
-        if overdue:
-            lane = max(overdue, key=lambda x: now - x.queue[0][0])
-        else:
-            lane = min(eligible, key=lambda x: x.pass_)
+        lane = min(overdue or eligible, key=lambda x: x.pass_)
         _, batch = lane.queue.popleft()
+        self.virtual_time = lane.pass_
         lane.pass_ += 1.0 / lane.spec.weight
         lane.in_flight += 1
         lane.dispatched += 1

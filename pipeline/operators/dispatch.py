@@ -34,8 +34,7 @@ def dispatch(
             def on_done(batch: InferenceBatch, task: asyncio.Task[BatchOutcome]) -> None:
                 lanes.done(batch.lane)
                 if task.cancelled():
-                    observer.on_error(RuntimeError("inference task cancelled"))
-                    return
+                    return  # shutting down: its events stay unfinished and are replayed
                 error = task.exception()
                 if error is not None:
                     observer.on_error(error)

@@ -38,3 +38,46 @@ class CreditGate:
     async def wait_for_room(self) -> None:
         """Return once the in-flight count has fallen to the low watermark."""
         await self._below_low.wait()
+
+
+class TopicCredits:
+    """One credit gate per source topic: a flood on one topic (a backfill) pauses only that
+    topic's partitions, and the others keep flowing. The bound on memory is the sum."""
+
+    def __init__(self, topics: list[str], high_watermark: int, low_watermark: int) -> None:
+        self.gates = {topic: CreditGate(high_watermark, low_watermark) for topic in topics}
+        self.high, self.low = high_watermark, low_watermark
+        self.paused: set[str] = set()
+        self._room = asyncio.Event()
+
+    def gate(self, topic: str) -> CreditGate:
+        found = self.gates.get(topic)
+        if found is None:  # a topic matched by a pattern or added later
+            found = self.gates[topic] = CreditGate(self.high, self.low)
+        return found
+
+    @property
+    def in_flight(self) -> int:
+        return sum(g.in_flight for g in self.gates.values())
+
+    def take(self, topic: str, n: int) -> None:
+        self.gate(topic).take(n)
+
+    def give_back(self, topic: str, n: int) -> None:
+        gate = self.gate(topic)
+        gate.give_back(n)
+        if topic in self.paused and gate.in_flight <= gate.low:
+            self._room.set()
+
+    def to_pause(self) -> set[str]:
+        """Topics that reached their high watermark and are not paused yet."""
+        return {t for t, g in self.gates.items() if g.exhausted and t not in self.paused}
+
+    def to_resume(self) -> set[str]:
+        """Paused topics that fell to their low watermark."""
+        return {t for t in self.paused if self.gates[t].in_flight <= self.gates[t].low}
+
+    async def wait_for_room(self) -> None:
+        self._room.clear()
+        if not self.to_resume():
+            await self._room.wait()

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
-from pipeline.sources.credits import CreditGate
+from pipeline.sources.credits import TopicCredits
 from pipeline.topology.schema import Broker, Source
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.source.revoking.clear()
+        # New assignments start unpaused; re-apply backpressure to full topics.
+        self.source.credits.paused.clear()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
 class KafkaSource:
     def __init__(
-        self, spec: Source, broker: Broker, tracker: OffsetTracker, gate: CreditGate, metrics: Metrics
+        self, spec: Source, broker: Broker, tracker: OffsetTracker, credits: TopicCredits, metrics: Metrics
     ) -> None:
         self.spec = spec
         self.tracker = tracker
-        self.gate = gate
+        self.credits = credits
         self.metrics = metrics
         self.revoking: set[tuple[str, int]] = set()
         self._waiting_for_credits = False
@@ -61,8 +63,10 @@ class KafkaSource:
     async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
         consumer = self.consumer
         while not stop.is_set():
-            if self.gate.exhausted:
-                await self._wait_for_credits(stop)
+            self._apply_backpressure()
+            assigned_topics = {tp.topic for tp in consumer.assignment()}
+            if assigned_topics and assigned_topics <= self.credits.paused:
+                await self._wait_for_credits(stop)  # every topic is full: nothing to fetch
                 continue
             fetched = await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
             records: list[RawRecord] = []
@@ -72,31 +76,37 @@ class KafkaSource:
                 self.tracker.track(tp.topic, tp.partition, (m.offset for m in messages))
                 self.positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
                 self.metrics.events_consumed.labels(tp.topic).inc(len(messages))
+                self.credits.take(tp.topic, len(messages))
                 records.extend(
                     RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers))
                     for m in messages
                 )
             if records:
-                self.gate.take(len(records))
-                self.metrics.in_flight_events.set(self.gate.in_flight)
+                self.metrics.in_flight_events.set(self.credits.in_flight)
                 emit(records)
+
+    def _apply_backpressure(self) -> None:
+        """Pause the partitions of topics at their high watermark, resume those at their
+        low watermark."""
+        credits, consumer = self.credits, self.consumer
+        full, room = credits.to_pause(), credits.to_resume()
+        if full:
+            consumer.pause(*(tp for tp in consumer.assignment() if tp.topic in full))
+            credits.paused |= full
+        if room:
+            consumer.resume(*(tp for tp in consumer.assignment() if tp.topic in room))
+            credits.paused -= room
+        self.metrics.paused.set(len(credits.paused))
 
     async def _wait_for_credits(self, stop: asyncio.Event) -> None:
         self._waiting_for_credits = True
-        paused = self.consumer.assignment()
-        self.consumer.pause(*paused)
-        self.metrics.paused.set(1)
-        room = asyncio.ensure_future(self.gate.wait_for_room())
+        room = asyncio.ensure_future(self.credits.wait_for_room())
         stopped = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({room, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             room.cancel()
             stopped.cancel()
-            # Resume everything assigned now, not what was paused: a rebalance may have
-            # changed the assignment meanwhile, and no partition may stay paused.
-            self.consumer.resume(*self.consumer.assignment())
-            self.metrics.paused.set(0)
             self._waiting_for_credits = False
 
     async def commit(self) -> None:
@@ -148,11 +158,12 @@ class KafkaSource:
         return total
 
     def resume_if_room(self) -> None:
-        """No partition may stay paused while there is room for more events."""
-        paused = self.consumer.paused()
-        if paused and not self._waiting_for_credits:
-            log.warning("resuming %d partitions left paused", len(paused))
-            self.consumer.resume(*paused)
+        """No partition may stay paused while its topic has room for more events (after a
+        rebalance, say)."""
+        stray = [tp for tp in self.consumer.paused() if tp.topic not in self.credits.paused]
+        if stray and not self._waiting_for_credits:
+            log.warning("resuming %d partitions left paused", len(stray))
+            self.consumer.resume(*stray)
 
     async def stop(self) -> None:
         await self.consumer.stop()
