@@ -48,7 +48,11 @@ class Knobs:
 class AdaptiveController:
     def __init__(self, bounds: AdaptiveBounds, start: Knobs | None = None) -> None:
         self.bounds = bounds
-        self.knobs = start or Knobs(bounds.min_batch, bounds.min_window_ms, bounds.min_in_flight)
+        self.knobs = start or Knobs(
+            min(bounds.max_batch, max(bounds.min_batch, 32)),
+            min(bounds.max_window_ms, max(bounds.min_window_ms, 5)),
+            min(bounds.max_in_flight, max(bounds.min_in_flight, 2)),
+        )
         self._batch_ms: list[float] = []
         self._inference_ms: list[float] = []
         self.last_reason = "start"
@@ -87,8 +91,10 @@ class AdaptiveController:
             self.last_reason = "inference over budget"
             if k.in_flight > b.min_in_flight:
                 self.knobs = Knobs(k.batch_size, k.window_ms, max(b.min_in_flight, int(k.in_flight * SHRINK)))
-            else:
+            elif queue_depth == 0:
                 self.knobs = Knobs(max(b.min_batch, int(k.batch_size * SHRINK)), k.window_ms, k.in_flight)
+            # else: work is waiting and the target is out of reach at this load; smaller
+            # batches would only cut capacity, so the batch size holds.
         elif queue_depth > 0:
             # Capacity is short: bigger batches carry more events per request; another
             # request in parallel only while inference has ample headroom.

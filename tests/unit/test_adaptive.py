@@ -26,10 +26,12 @@ def tick_with(
     return ctl.tick(queue_depth)
 
 
-def test_starts_at_the_minimum_bounds_unless_told_otherwise():
+def test_starts_low_inside_the_bounds_unless_told_otherwise():
     ctl = AdaptiveController(BOUNDS)
-    assert ctl.knobs == MIN
-    assert (ctl.batch_size(), ctl.window_ms(), ctl.in_flight()) == (8, 2, 1)
+    assert ctl.knobs == Knobs(32, 5, 2)
+    assert (ctl.batch_size(), ctl.window_ms(), ctl.in_flight()) == (32, 5, 2)
+    narrow = AdaptiveBounds(min_batch=2, max_batch=4, max_window_ms=3, max_in_flight=1)
+    assert AdaptiveController(narrow).knobs == Knobs(4, 3, 1)  # clamped to the bounds
     start = Knobs(64, 10, 4)
     assert AdaptiveController(BOUNDS, start).knobs == start
 
@@ -38,7 +40,7 @@ def test_starts_at_the_minimum_bounds_unless_told_otherwise():
 
 
 def test_grows_additively_each_tick_while_batches_wait_up_to_the_max_bounds():
-    ctl = AdaptiveController(BOUNDS)
+    ctl = AdaptiveController(BOUNDS, MIN)
     # 0.5 ms of inference stays within budget even at the widest window (0.8 x max(1, 0)).
     seen = [tick_with(ctl, queue_depth=3, inference_ms=0.5) for _ in range(60)]
     assert seen[:3] == [Knobs(16, 3, 2), Knobs(24, 4, 3), Knobs(32, 5, 4)]
@@ -60,7 +62,7 @@ def test_no_growth_without_waiting_batches():
 
 def test_custom_batch_step_and_max_bounds():
     bounds = AdaptiveBounds(batch_step=5, max_batch=20, max_in_flight=3, max_window_ms=4)
-    ctl = AdaptiveController(bounds)
+    ctl = AdaptiveController(bounds, MIN)
     seen = [tick_with(ctl, queue_depth=1, inference_ms=1.0) for _ in range(4)]
     assert seen == [Knobs(13, 3, 2), Knobs(18, 4, 3), Knobs(20, 4, 3), Knobs(20, 4, 3)]
 
@@ -70,15 +72,15 @@ def test_custom_batch_step_and_max_bounds():
 
 def test_latency_step_backs_off_multiplicatively_on_the_first_tick_after_it():
     bounds = AdaptiveBounds(max_window_ms=20)  # inference budget 0.5 x 50 = 25 ms
-    ctl = AdaptiveController(bounds)
+    ctl = AdaptiveController(bounds, MIN)
     for _ in range(31):
         tick_with(ctl, queue_depth=5, inference_ms=5.0)
     assert ctl.knobs == Knobs(256, 20, 16)
 
     # The step: inference now takes 30 ms, over its 25 ms budget. Work is still queued, but
-    # the back-off wins: in flight first (queueing in Triton), then the batch size; the
-    # window is left alone.
-    seen = [tick_with(ctl, queue_depth=5, inference_ms=30.0) for _ in range(12)]
+    # the back-off wins: in flight first (queueing in Triton); then, once nothing waits, the
+    # batch size. The window is left alone.
+    seen = [tick_with(ctl, queue_depth=5 if n < 4 else 0, inference_ms=30.0) for n in range(12)]
     assert seen == [
         Knobs(256, 20, 9),  # int(16 x 0.6)
         Knobs(256, 20, 5),
@@ -100,8 +102,11 @@ def test_back_off_respects_custom_minimums():
     bounds = AdaptiveBounds(min_batch=32, max_batch=64, min_in_flight=4, max_in_flight=8)
     ctl = AdaptiveController(bounds, Knobs(64, 10, 8))
     assert tick_with(ctl, queue_depth=1, inference_ms=500.0) == Knobs(64, 10, 4)
-    assert tick_with(ctl, queue_depth=1, inference_ms=500.0) == Knobs(38, 10, 4)
-    assert tick_with(ctl, queue_depth=1, inference_ms=500.0) == Knobs(32, 10, 4)
+    # In flight at its floor and work waiting: the batch size holds (capacity).
+    assert tick_with(ctl, queue_depth=1, inference_ms=500.0) == Knobs(64, 10, 4)
+    # Nothing waiting: the batch size backs off, down to its floor.
+    assert tick_with(ctl, queue_depth=0, inference_ms=500.0) == Knobs(38, 10, 4)
+    assert tick_with(ctl, queue_depth=0, inference_ms=500.0) == Knobs(32, 10, 4)
 
 
 def test_the_inference_budget_is_a_fixed_share_of_the_target_whatever_the_window():
@@ -182,7 +187,7 @@ def test_samples_are_used_up_by_the_tick_that_reads_them():
 
 
 def test_grows_slowly_and_shrinks_fast():
-    ctl = AdaptiveController(BOUNDS)
+    ctl = AdaptiveController(BOUNDS, MIN)
     for _ in range(10):
         tick_with(ctl, queue_depth=1, inference_ms=5.0)
     grown = ctl.knobs
@@ -203,7 +208,7 @@ def run_loop(demand: float, ticks: int, seed: int = 7) -> list[dict]:
     capacity builds a backlog (bounded, as the credit gate bounds it); the batch latency is
     window + time in the backlog + inference. Each tick is 500 ms with 50 batches observed."""
     rng = random.Random(seed)
-    ctl = AdaptiveController(BOUNDS)
+    ctl = AdaptiveController(BOUNDS, MIN)
     backlog = 0.0
     history = []
     for _ in range(ticks):
