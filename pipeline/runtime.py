@@ -132,7 +132,16 @@ class PipelineRuntime:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+            before = self.controller.knobs
             knobs = self.controller.tick(self.lanes.queued)
+            if knobs != before:
+                log.info(
+                    "adaptive: %s -> batch %d, window %d ms, in flight %d",
+                    self.controller.last_reason,
+                    knobs.batch_size,
+                    knobs.window_ms,
+                    knobs.in_flight,
+                )
             self.metrics.knobs.labels("batch_size").set(knobs.batch_size)
             self.metrics.knobs.labels("window_ms").set(knobs.window_ms)
             self.metrics.knobs.labels("in_flight").set(knobs.in_flight)

@@ -30,13 +30,14 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from pipeline.devstack.process import ChildProcess
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.kafka_io import ensure_topics
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
-from pipeline.runtime import PipelineRuntime
 from pipeline.topology.schema import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKDIR = (ROOT / "var" / "bench").resolve()
 TARGET_P99_MS = 50.0
 LIVE_BOUND_MS = 100.0  # the live lane's p99 bound during the flood
 MODES: dict[str, dict[str, Any]] = {
@@ -157,20 +158,28 @@ async def run_pipeline(
         [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
         4,
     )
-    runtime = PipelineRuntime(topology)
-    stop, collect_stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(runtime.run(stop))
+    # The pipeline runs as its own process, as in production: the load generator must not
+    # share its event loop.
+    config = WORKDIR / f"{topology.source.group_id}.yaml"
+    config.write_text(yaml.safe_dump(topology.model_dump(mode="json")))
+    proc = ChildProcess(
+        "pipeline",
+        [sys.executable, "-m", "pipeline", "run", str(config)],
+        config.with_suffix(".log"),
+        cwd=ROOT,
+    )
+    proc.start()
+    collect_stop = asyncio.Event()
     outputs: list[tuple[str, int, list[Coord]]] = []
     collector = asyncio.create_task(collect(topology, collect_stop, outputs))
-    await asyncio.wait_for(runtime.ready.wait(), 60)
+    await asyncio.to_thread(proc.wait_until, lambda: "running" in proc.tail(5), 60, "running")
     await asyncio.sleep(3)  # the group settles before the clock starts
     inputs: dict[Coord, tuple[int, int]] = {}
     await load(inputs)
     deadline = time.monotonic() + settle_s
     while sum(len(o[2]) for o in outputs) < len(inputs) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    stop.set()
-    await task
+    await asyncio.to_thread(proc.stop)
     collect_stop.set()
     await collector
     return inputs, outputs

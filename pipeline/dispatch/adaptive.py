@@ -75,9 +75,7 @@ class AdaptiveController:
         """One control step; returns the knobs now in force."""
         b, k = self.bounds, self.knobs
         if not self._batch_ms:
-            if queue_depth > 0:  # work waits and nothing came back: more slots
-                self.knobs = Knobs(k.batch_size, k.window_ms, min(b.max_in_flight, k.in_flight + 1))
-            return self.knobs
+            return self.knobs  # nothing came back: no evidence either way
         batch_p99 = float(np.percentile(self._batch_ms, 99))
         inference_p99 = float(np.percentile(self._inference_ms, 99))
         self._batch_ms.clear()

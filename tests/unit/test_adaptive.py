@@ -172,11 +172,12 @@ def test_no_samples_and_nothing_waiting_changes_nothing():
         assert ctl.tick(queue_depth=0) == Knobs(40, 6, 5)
 
 
-def test_no_samples_with_batches_waiting_only_adds_slots():
+def test_no_samples_even_with_batches_waiting_changes_nothing():
+    """Nothing came back in a whole interval: in-flight requests are slow, and adding more
+    of them would be a guess against the evidence."""
     ctl = AdaptiveController(BOUNDS, Knobs(40, 6, 14))
-    assert ctl.tick(queue_depth=3) == Knobs(40, 6, 15)
-    assert ctl.tick(queue_depth=3) == Knobs(40, 6, 16)
-    assert ctl.tick(queue_depth=3) == Knobs(40, 6, 16)  # capped
+    for _ in range(3):
+        assert ctl.tick(queue_depth=3) == Knobs(40, 6, 14)
 
 
 def test_samples_are_used_up_by_the_tick_that_reads_them():
