@@ -69,6 +69,7 @@ def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
     data["source"].update({"topics": [live, backfill] if lanes else [live], "group_id": f"bench-{tag}"})
     data["sink"].update({"topic": f"bench-out-{tag}", "dead_letter_topic": f"bench-dlq-{tag}"})
     data["deadline"] = {"stale_policy": "best_effort"}  # measure latency, do not drop
+    data["source"]["max_poll_records"] = 500  # shorter synchronous bursts on the event loop
     data["lanes"] = (
         [
             {

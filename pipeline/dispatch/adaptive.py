@@ -24,6 +24,7 @@ import numpy as np
 
 SHRINK = 0.6  # multiplicative decrease
 INFERENCE_SHARE = 0.5  # share of the latency target that inference may take
+HEADROOM = 0.5  # in-flight grows only while inference p99 stays under this share of its budget
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class AdaptiveController:
             # Capacity is short: bigger batches carry more events per request; another
             # request in parallel only while inference has ample headroom.
             self.last_reason = "batches waiting"
-            more_in_flight = inference_p99 < budget / 2
+            more_in_flight = inference_p99 < budget * HEADROOM
             self.knobs = Knobs(
                 min(b.max_batch, k.batch_size + b.batch_step),
                 min(b.max_window_ms, k.window_ms + 1),
