@@ -71,6 +71,18 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.request_state = Gauge(
+            "inference_requests_in_state",
+            "Inference requests now in each lifecycle state",
+            ["state"],
+            registry=r,
+        )
+        self.request_state_entered = Gauge(
+            "inference_requests_entered_state",
+            "Inference requests that ever entered each state",
+            ["state"],
+            registry=r,
+        )
         self.request_queue_size = Gauge(
             "request_queue_size", "Batches waiting for an inference slot", registry=r
         )

@@ -26,6 +26,7 @@ from pipeline.dispatch.budget import RetryBudget
 from pipeline.dispatch.codec import ModelSignature
 from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
 from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
+from pipeline.dispatch.lifecycle import RequestState
 from pipeline.dispatch.retry import RetryPolicy
 from pipeline.dispatch.streams import StreamPool
 from pipeline.events import BatchOutcome, RawRecord, SinkBatch
@@ -78,6 +79,12 @@ class PipelineRuntime:
             CircuitBreaker(cb.failure_threshold, cb.open_ms, cb.max_open_ms),
             RetryBudget(retry.budget_ratio, retry.budget_min_per_s),
         )
+        lifecycle = self.dispatcher.lifecycle
+        for state in RequestState:  # read at scrape time: no work on the hot path
+            self.metrics.request_state.labels(state.value).set_function(lambda s=state: lifecycle.current[s])
+            self.metrics.request_state_entered.labels(state.value).set_function(
+                lambda s=state: lifecycle.entered[s]
+            )
         self.lanes = LaneScheduler(
             [
                 LaneSpec(lane.id, lane.weight, lane.max_wait_ms, lane.max_in_flight, lane.triton_priority)

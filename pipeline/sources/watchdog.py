@@ -36,13 +36,13 @@ class StallWatchdog:
         self.interval_s = interval_s
         self.stalled = False
         self._last_progress = progress()
-        self._last_change = time.monotonic()
+        self._last_change: float | None = None  # set by the first observation
 
     def check(self, lag: int, now: float) -> bool:
         """One observation; returns whether the pipeline is stalled now."""
         done = self.progress()
         waiting = lag + self.in_flight()
-        if done != self._last_progress or waiting == 0:
+        if self._last_change is None or done != self._last_progress or waiting == 0:
             self._last_progress = done
             self._last_change = now
         stalled = waiting > 0 and now - self._last_change >= self.stall_after_s

@@ -140,3 +140,16 @@ def test_unrecoverable_rows_are_isolated_from_their_batch(stack) -> None:
     [dead] = asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
     assert orjson.loads(dead.value)["event_id"] == "poison"
     assert dict(dead.headers)["dlq.error_class"] == b"InvalidInput"
+
+
+def test_streams_are_recycled_without_losing_requests(stack) -> None:
+    topology = fresh_topology(stack, model={"streams": 1, "recycle_stream_after": 3}, batch={"max_size": 8})
+    records, _ = valid_records(400, seed=17)
+    run = asyncio.run(run_until_accounted(topology, records))
+    summary = run.ledger.summary()
+    assert summary["lost"] == 0 and summary["dead_letters"] == 0
+    assert run.runtime is not None
+    assert run.runtime.pool.streams[0].opens > 3  # replaced every 3 requests
+    states = run.runtime.dispatcher.lifecycle.snapshot()
+    assert states["current"] == {s: 0 for s in states["current"]}  # all COMPLETE
+    assert states["entered"]["COMPLETE"] == states["entered"]["START"] > 0
