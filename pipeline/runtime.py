@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import reactivex
@@ -29,11 +31,11 @@ from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
 from pipeline.dispatch.lifecycle import RequestState
 from pipeline.dispatch.retry import RetryPolicy
 from pipeline.dispatch.streams import StreamPool
-from pipeline.events import BatchOutcome, RawRecord, SinkBatch
+from pipeline.events import BatchOutcome, Event, RawRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
 from pipeline.operators.enrich import OutputSpec, dead_letters_batch
-from pipeline.operators.parse import ParseRules
+from pipeline.operators.parse import ParsedBatch, ParseRules
 from pipeline.operators.prioritize import LaneRule, lane_classifier
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import TopicCredits
@@ -50,6 +52,19 @@ class RunStats:
     dead_letters: int = 0
     finished: int = 0
     started_at: float = field(default_factory=time.monotonic)
+
+
+def _count_of(counter: Counter[RequestState], state: RequestState) -> Callable[[], int]:
+    """A gauge callback reading one state's count when scraped."""
+    return lambda: counter[state]
+
+
+def _has_rejects(parsed: ParsedBatch) -> bool:
+    return bool(parsed.rejects)
+
+
+def _events_of(parsed: ParsedBatch) -> list[Event]:
+    return parsed.events
 
 
 class PipelineRuntime:
@@ -81,9 +96,9 @@ class PipelineRuntime:
         )
         lifecycle = self.dispatcher.lifecycle
         for state in RequestState:  # read at scrape time: no work on the hot path
-            self.metrics.request_state.labels(state.value).set_function(lambda s=state: lifecycle.current[s])
+            self.metrics.request_state.labels(state.value).set_function(_count_of(lifecycle.current, state))
             self.metrics.request_state_entered.labels(state.value).set_function(
-                lambda s=state: lifecycle.entered[s]
+                _count_of(lifecycle.entered, state)
             )
         self.lanes = LaneScheduler(
             [
@@ -156,7 +171,7 @@ class PipelineRuntime:
     def _build_graph(self, records: Subject[list[RawRecord]]) -> reactivex.Observable[SinkBatch]:
         t = self.topology
         scheduler = AsyncIOScheduler(asyncio.get_running_loop())
-        parsed = records.pipe(
+        parsed: reactivex.Observable[ParsedBatch] = records.pipe(
             operators.parse(
                 ParseRules(
                     t.source.max_event_bytes,
@@ -167,10 +182,11 @@ class PipelineRuntime:
             ),
             ops.share(),
         )
-        rejected = parsed.pipe(
-            ops.filter(lambda p: bool(p.rejects)),
-            ops.map(lambda p: dead_letters_batch(p.rejects, t.sink.dead_letter_topic)),
-        )
+
+        def rejects_batch(p: ParsedBatch) -> SinkBatch:
+            return dead_letters_batch(p.rejects, t.sink.dead_letter_topic)
+
+        rejected = parsed.pipe(ops.filter(_has_rejects), ops.map(rejects_batch))
         rules = [
             LaneRule(lane.id, lane.triton_priority)
             if lane.match is None
@@ -186,7 +202,7 @@ class PipelineRuntime:
         ]
         spec = OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers))
         answered = parsed.pipe(
-            ops.map(lambda p: p.events),
+            ops.map(_events_of),
             operators.window(self._window_ms, t.window.max_events, scheduler),
             operators.coalesce(t.window.history_length, t.window.remembered_users),
             operators.batch(self._batch_size, lane_classifier(rules)),

@@ -59,7 +59,8 @@ def split_stale(
     rows: list[UserRequest], end_to_end_ms: int, now_ms: float
 ) -> tuple[list[UserRequest], list[UserRequest]]:
     """(fresh, stale): a row is stale when its newest event is already past its budget."""
-    fresh, stale = [], []
+    fresh: list[UserRequest] = []
+    stale: list[UserRequest] = []
     for row in rows:
         newest = max(e.source.timestamp_ms for e in row.events)
         (stale if newest + end_to_end_ms <= now_ms else fresh).append(row)

@@ -8,6 +8,7 @@ batch and every completion, so no timer is needed. Outcomes arrive in completion
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 
 import reactivex
@@ -37,7 +38,9 @@ def dispatch(
                     return  # shutting down: its events stay unfinished and are replayed
                 error = task.exception()
                 if error is not None:
-                    observer.on_error(error)
+                    # reactivex types on_error as Exception; a task can also end with
+                    # KeyboardInterrupt/SystemExit, passed on as is
+                    observer.on_error(error)  # type: ignore[arg-type]
                     return
                 observer.on_next(task.result())
                 pump()
@@ -46,7 +49,7 @@ def dispatch(
             def pump() -> None:
                 while (batch := lanes.pop()) is not None:
                     task = asyncio.ensure_future(infer(batch))
-                    task.add_done_callback(lambda t, b=batch: on_done(b, t))
+                    task.add_done_callback(functools.partial(on_done, batch))
 
             def on_next(batch: InferenceBatch) -> None:
                 lanes.push(batch)

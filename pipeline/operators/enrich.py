@@ -18,6 +18,7 @@ from pipeline.events import (
     OutputRecord,
     Recommendations,
     SinkBatch,
+    SourceRef,
     UserRequest,
 )
 
@@ -56,9 +57,9 @@ def dead_letters_batch(dead: list[DeadLetter], topic: str) -> SinkBatch:
     )
 
 
-def _ref(dead: DeadLetter) -> tuple[str, int, int]:
+def _ref(dead: DeadLetter) -> SourceRef:
     r = dead.record
-    return (r.topic, r.partition, r.offset)
+    return SourceRef(r.topic, r.partition, r.offset)
 
 
 def recommendation_value(

@@ -5,7 +5,7 @@ versioned Triton model repository."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,7 @@ class HoldoutSplit:
     test: list[Mapping[str, object]]  # the last event of each user, if it is a new item
 
 
-def holdout_last(events: list[Mapping[str, object]]) -> HoldoutSplit:
+def holdout_last(events: Sequence[Mapping[str, object]]) -> HoldoutSplit:
     """Hold out every user's last interaction with an item they had not met before."""
     last: dict[int, int] = {}
     for idx, ev in enumerate(events):
@@ -199,7 +199,7 @@ class TrainReport:
 
 
 def train_and_write(
-    events: list[Mapping[str, object]],
+    events: Sequence[Mapping[str, object]],
     repository: Path,
     n_users: int = 0,
     n_items: int = 0,
