@@ -178,6 +178,7 @@ class PipelineRuntime:
                     t.validation.max_future_skew_ms,
                     t.validation.max_age_ms,
                     t.validation.require_key,
+                    t.window.max_lateness_ms if t.window.late_policy == "dead_letter" else None,
                 )
             ),
             ops.share(),
@@ -204,7 +205,11 @@ class PipelineRuntime:
         answered = parsed.pipe(
             ops.map(_events_of),
             operators.window(self._window_ms, t.window.max_events, scheduler),
-            operators.coalesce(t.window.history_length, t.window.remembered_users),
+            operators.coalesce(
+                t.window.history_length,
+                t.window.remembered_users,
+                t.window.history_order == "event_time",
+            ),
             operators.batch(self._batch_size, lane_classifier(rules)),
             operators.dispatch(self.dispatcher.infer, self.lanes),
             ops.do_action(self._observe),

@@ -25,6 +25,7 @@ class ParseRules:
     max_future_skew_ms: int = 300_000
     max_age_ms: int = 30 * 24 * 3_600_000
     require_key: bool = False
+    max_lateness_ms: int | None = None  # set: later events are dead letters ("late_event")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def parse_record(record: RawRecord, rules: ParseRules, now_ms: int) -> Event:
         raise _Reject("future_timestamp", f"ts {ts} is {ts - now_ms} ms in the future")
     if ts < now_ms - rules.max_age_ms:
         raise _Reject("too_old", f"ts {ts} is older than {rules.max_age_ms} ms")
+    if rules.max_lateness_ms is not None and ts < now_ms - rules.max_lateness_ms:
+        raise _Reject("late_event", f"ts {ts} arrived {now_ms - ts} ms late (limit {rules.max_lateness_ms})")
     return Event(event_id, user_id, item_id, str(event_type), ts, record)
 
 

@@ -60,6 +60,11 @@ class WindowSpec(Node):
     max_events: int = Field(4_096, gt=0)
     history_length: int = Field(16, gt=0, description="items per user sent as history")
     remembered_users: int = Field(100_000, ge=0, description="users whose recent items are kept")
+    history_order: Literal["event_time", "arrival"] = Field(
+        "event_time", description="out-of-order events take their place by timestamp, or by arrival"
+    )
+    late_policy: Literal["include", "dead_letter"] = "include"
+    max_lateness_ms: int = Field(60_000, gt=0, description="older than this at arrival: late")
 
 
 class BatchSpec(Node):

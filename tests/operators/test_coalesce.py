@@ -10,6 +10,14 @@ from pipeline.operators.coalesce import RecentItems, coalesce, coalesce_window
 _offsets = iter(range(1_000_000))
 
 
+_clock = iter(range(1, 10**9))
+
+
+def at(*items: int) -> list[tuple[int, int]]:
+    """(ts, item) pairs with ever-increasing timestamps: arrival order = event order."""
+    return [(next(_clock), item) for item in items]
+
+
 def ev(user: int, item: int, ts: int, event_id: str | None = None) -> Event:
     offset = next(_offsets)
     record = RawRecord("interactions", 0, offset, ts, None, b"{}", ())
@@ -100,19 +108,19 @@ def test_memory_is_per_user():
 
 def test_recent_items_forgets_least_recently_active_users_beyond_max_users():
     recent = RecentItems(history_length=5, max_users=2)
-    assert recent.extend(1, [11]) == (11,)
-    assert recent.extend(2, [21]) == (21,)
-    assert recent.extend(1, [12]) == (11, 12)  # user 1 now more recently active than 2
-    assert recent.extend(3, [31]) == (31,)  # third user: user 2 (least recent) is forgotten
+    assert recent.extend(1, at(11)) == (11,)
+    assert recent.extend(2, at(21)) == (21,)
+    assert recent.extend(1, at(12)) == (11, 12)  # user 1 now more recently active than 2
+    assert recent.extend(3, at(31)) == (31,)  # third user: user 2 (least recent) is forgotten
     assert recent.extend(3, []) == (31,)
     assert recent.extend(1, []) == (11, 12)  # user 1 survived
-    assert recent.extend(2, [22]) == (22,)  # user 2's 21 was forgotten
+    assert recent.extend(2, at(22)) == (22,)  # user 2's 21 was forgotten
 
 
 def test_recent_items_keeps_exactly_the_newest_max_users():
     recent = RecentItems(history_length=3, max_users=50)
     for user in range(500):
-        recent.extend(user, [user])
+        recent.extend(user, at(user))
     # Probing a remembered user only refreshes it, so probe the newest 50 first.
     assert [recent.extend(u, []) for u in range(450, 500)] == [(u,) for u in range(450, 500)]
     assert recent.extend(449, []) == ()
@@ -120,8 +128,8 @@ def test_recent_items_keeps_exactly_the_newest_max_users():
 
 def test_remembered_users_zero_keeps_nothing():
     recent = RecentItems(history_length=5, max_users=0)
-    assert recent.extend(1, [1, 2]) == (1, 2)
-    assert recent.extend(1, [3]) == (3,)
+    assert recent.extend(1, at(1, 2)) == (1, 2)
+    assert recent.extend(1, at(3)) == (3,)
     assert recent.extend(1, []) == ()
 
 
@@ -145,3 +153,18 @@ def test_operator_without_memory_sends_only_the_window_items():
 
 def test_empty_window_gives_no_requests():
     assert coalesce_window(win(), RecentItems(4, 10)) == []
+
+
+def test_out_of_order_events_take_their_place_by_event_time() -> None:
+    recent = RecentItems(history_length=4, max_users=10, by_event_time=True)
+    assert recent.extend(1, [(100, 5), (300, 7)]) == (5, 7)
+    # A late view (ts 200) arriving after item 7 does not become the newest item.
+    assert recent.extend(1, [(200, 6)]) == (5, 6, 7)
+    # A repeat interaction moves the item to its latest timestamp.
+    assert recent.extend(1, [(400, 5)]) == (6, 7, 5)
+
+
+def test_arrival_order_when_configured() -> None:
+    recent = RecentItems(history_length=4, max_users=10, by_event_time=False)
+    assert recent.extend(1, [(100, 5), (300, 7)]) == (5, 7)
+    assert recent.extend(1, [(200, 6)]) == (5, 7, 6)

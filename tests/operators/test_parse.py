@@ -230,3 +230,12 @@ def test_operator_on_empty_batch():
     assert len(out) == 1
     assert out[0].events == []
     assert out[0].rejects == []
+
+
+def test_late_events_are_dead_letters_only_when_the_policy_says_so() -> None:
+    late = rec_doc(ts=NOW - 120_000)
+    assert parse_batch([late], RULES, NOW).events  # default policy: include
+    strict = ParseRules(max_lateness_ms=60_000)
+    parsed = parse_batch([late, rec_doc(ts=NOW - 1_000)], strict, NOW)
+    assert [d.reason for d in parsed.rejects] == ["late_event"]
+    assert len(parsed.events) == 1
