@@ -146,7 +146,11 @@ class PipelineRuntime:
         latency_ms = outcome.completed_ms - outcome.batch.window_start_ms
         self.metrics.batch_latency.labels(outcome.batch.lane).observe(latency_ms / 1000.0)
         if self.controller is not None:
-            self.controller.observe(latency_ms, outcome.completed_ms - outcome.dispatched_ms)
+            self.controller.observe(
+                latency_ms,
+                outcome.completed_ms - outcome.dispatched_ms,
+                outcome.dispatched_ms - outcome.batch.window_end_ms,
+            )
 
     async def _control_loop(self, stop: asyncio.Event) -> None:
         assert self.controller is not None

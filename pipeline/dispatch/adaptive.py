@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SHRINK = 0.6  # multiplicative decrease
+QUEUE_WAIT_SHARE = 0.1  # batches waiting longer than this share of the target: capacity short
 INFERENCE_SHARE = 0.5  # share of the latency target that inference may take
 HEADROOM = 0.5  # in-flight grows only while inference p99 stays under this share of its budget
 
@@ -56,6 +57,7 @@ class AdaptiveController:
         )
         self._batch_ms: list[float] = []
         self._inference_ms: list[float] = []
+        self._queued_ms: list[float] = []
         self.last_reason = "start"
 
     # Accessors read by the operators on every window and batch.
@@ -68,9 +70,11 @@ class AdaptiveController:
     def in_flight(self) -> int:
         return self.knobs.in_flight
 
-    def observe(self, batch_ms: float, inference_ms: float) -> None:
+    def observe(self, batch_ms: float, inference_ms: float, queued_ms: float = 0.0) -> None:
+        """One batch: window open → answer, dispatch → answer, window closed → dispatch."""
         self._batch_ms.append(batch_ms)
         self._inference_ms.append(inference_ms)
+        self._queued_ms.append(queued_ms)
 
     def tick(self, queue_depth: int) -> Knobs:
         """One control step; returns the knobs now in force."""
@@ -79,8 +83,13 @@ class AdaptiveController:
             return self.knobs  # nothing came back: no evidence either way
         batch_p99 = float(np.percentile(self._batch_ms, 99))
         inference_p99 = float(np.percentile(self._inference_ms, 99))
+        # Batches that waited for a slot during the interval say "capacity is short" more
+        # reliably than the queue depth at the instant of the tick.
+        waited = float(np.percentile(self._queued_ms, 90)) > QUEUE_WAIT_SHARE * b.target_p99_ms
+        waiting = queue_depth > 0 or waited
         self._batch_ms.clear()
         self._inference_ms.clear()
+        self._queued_ms.clear()
         # A fixed share of the target: tying it to the window (which grows under load)
         # would shrink the budget until batch and in-flight sat at their floors for good.
         budget = INFERENCE_SHARE * b.target_p99_ms
@@ -90,11 +99,11 @@ class AdaptiveController:
             self.last_reason = "inference over budget"
             if k.in_flight > b.min_in_flight:
                 self.knobs = Knobs(k.batch_size, k.window_ms, max(b.min_in_flight, int(k.in_flight * SHRINK)))
-            elif queue_depth == 0:
+            elif not waiting:
                 self.knobs = Knobs(max(b.min_batch, int(k.batch_size * SHRINK)), k.window_ms, k.in_flight)
             # else: work is waiting and the target is out of reach at this load; smaller
             # batches would only cut capacity, so the batch size holds.
-        elif queue_depth > 0:
+        elif waiting:
             # Capacity is short: bigger batches carry more events per request; another
             # request in parallel only while inference has ample headroom.
             self.last_reason = "batches waiting"

@@ -266,3 +266,18 @@ def test_closed_loop_does_not_collapse_under_sustained_load():
     ]
     assert late[-1]["knobs"].batch_size > BOUNDS.min_batch
     assert late[-1]["knobs"].in_flight > BOUNDS.min_in_flight
+
+
+def test_batches_that_waited_for_a_slot_count_as_short_capacity_even_with_an_empty_queue_now():
+    """The queue depth at the instant of a tick is often 0 right after a completion; the
+    measured wait of the interval's batches (p90 over 10 % of the target) says more."""
+    ctl = AdaptiveController(BOUNDS, Knobs(40, 6, 5))
+    for _ in range(20):
+        ctl.observe(batch_ms=200.0, inference_ms=5.0, queued_ms=30.0)
+    assert ctl.tick(queue_depth=0) == Knobs(48, 7, 6)
+    assert ctl.last_reason == "batches waiting"
+    # Short waits (under 5 ms) do not: the long batch latency is the window's doing.
+    for _ in range(20):
+        ctl.observe(batch_ms=200.0, inference_ms=5.0, queued_ms=2.0)
+    assert ctl.tick(queue_depth=0) == Knobs(48, 4, 6)
+    assert ctl.last_reason == "window too long"
