@@ -213,7 +213,10 @@ def summarise(
                 "mode": mode,
                 "offered": steps[step],
                 "lane": lane,
-                "delivered": round(len(lat) / step_s),
+                # answered events over the time from the step's first input to its last output
+                "delivered": round(
+                    len(lat) / max(step_s, (span[(step, lane)][1] - span[(step, lane)][0]) / 1000)
+                ),
                 "events": len(lat),
                 "answered": f"{len(lat) / max(1, offered):.0%}" if case == "ramp" else "",
                 "p50": round(p50, 1),
