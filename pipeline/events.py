@@ -125,3 +125,4 @@ class SinkBatch:
     recommendations: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    lane: str = ""  # which lane's producer writes it ("": the default one)

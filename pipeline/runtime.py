@@ -76,7 +76,8 @@ class PipelineRuntime:
         spec = topology.source
         self.credits = TopicCredits(spec.topics, spec.credits.high_watermark, spec.credits.low_watermark)
         self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
-        self.sink = KafkaSink(topology.sink, topology.broker)
+        lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
+        self.sink = KafkaSink(topology.sink, topology.broker, lanes)
         model = topology.model
         self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after)
         retry, cb = model.retry, model.circuit_breaker

@@ -121,6 +121,7 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
         recommendations=len(outcome.answers),
         dead_letters=len(outcome.failures),
         duplicates=sum(row.duplicates for row, _ in outcome.answers),
+        lane=outcome.batch.lane,
     )
 
 

@@ -1,7 +1,10 @@
 """The Kafka sink: writes a SinkBatch and returns once the broker acknowledged every record.
 A record the broker refused is re-sent with backoff (never dropped); the caller finishes the
 source offsets only after ``write`` returns. At-least-once: the idempotent producer is off
-(the embedded broker does not support it) and every output carries its source ids."""
+(the embedded broker does not support it) and every output carries its source ids.
+
+Each lane has a producer of its own: a producer sends a partition's records in order, so with
+one producer a lane's outputs would queue behind a flooded lane's."""
 
 from __future__ import annotations
 
@@ -15,12 +18,19 @@ from pipeline.events import OutputRecord, SinkBatch
 from pipeline.topology.schema import Broker, Sink
 
 log = logging.getLogger(__name__)
+DEFAULT = ""  # the producer of dead letters from parsing and of single-lane topologies
 
 
 class KafkaSink:
-    def __init__(self, spec: Sink, broker: Broker, max_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self, spec: Sink, broker: Broker, lanes: list[str] | None = None, max_backoff_s: float = 5.0
+    ) -> None:
         self.max_backoff_s = max_backoff_s
-        self.producer = AIOKafkaProducer(
+        self.producers = {lane: self._producer(spec, broker) for lane in [DEFAULT, *(lanes or [])]}
+
+    @staticmethod
+    def _producer(spec: Sink, broker: Broker) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=broker.bootstrap_servers,
             client_id=f"{broker.client_id}-sink",
             acks="all",
@@ -32,16 +42,17 @@ class KafkaSink:
         )
 
     async def start(self) -> None:
-        await self.producer.start()
+        for producer in self.producers.values():
+            await producer.start()
 
-    async def _send_all(self, records: list[OutputRecord]) -> list[OutputRecord]:
+    async def _send_all(self, producer: AIOKafkaProducer, records: list[OutputRecord]) -> list[OutputRecord]:
         """Send, wait for every acknowledgement; return the records that failed."""
         futures = []
         failed: list[OutputRecord] = []
         for rec in records:
             try:
                 futures.append(
-                    await self.producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
+                    await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
                 )
             except KafkaError as exc:
                 log.warning("send to %s failed: %r", rec.topic, exc)
@@ -58,13 +69,15 @@ class KafkaSink:
         return failed
 
     async def write(self, batch: SinkBatch) -> None:
+        producer = self.producers.get(batch.lane) or self.producers[DEFAULT]
         pending = list(batch.records)
         backoff = 0.1
         while pending:
-            pending = await self._send_all(pending)
+            pending = await self._send_all(producer, pending)
             if pending:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        for producer in self.producers.values():
+            await producer.stop()
