@@ -75,17 +75,3 @@ async def at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
         if high is None or await consumer.position(tp) < high:
             return False
     return True
-
-
-async def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout_s: float = 30.0) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        wanted = set(topics)
-        while not wanted <= set(await admin.list_topics()):
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"topics {sorted(wanted)} not created in {timeout_s}s")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
