@@ -215,7 +215,11 @@ class PipelineRuntime:
                 t.window.remembered_users,
                 t.window.history_order == "event_time",
             ),
-            operators.batch(self._batch_size, lane_classifier(rules)),
+            operators.batch(
+                self._batch_size,
+                lane_classifier(rules),
+                {lane.id: lane.max_batch for lane in t.lanes if lane.max_batch is not None},
+            ),
             operators.dispatch(self.dispatcher.infer, self.lanes),
             ops.do_action(self._observe),
             operators.enrich(spec),

@@ -80,7 +80,14 @@ def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
                 "max_in_flight": 6,
                 "triton_priority": 1,
             },
-            {"id": "backfill", "weight": 1, "max_wait_ms": 2000, "max_in_flight": 2, "triton_priority": 3},
+            {
+                "id": "backfill",
+                "weight": 1,
+                "max_wait_ms": 2000,
+                "max_in_flight": 2,
+                "triton_priority": 3,
+                "max_batch": 32,
+            },
         ]
         if lanes
         else [{"id": "live"}]

@@ -3,7 +3,7 @@ one lane per batch. ``max_size`` may be a function: the adaptive controller move
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import reactivex
 from reactivex import Observable, abc
@@ -18,20 +18,32 @@ def _default_lane(_request: UserRequest) -> tuple[str, int]:
 
 
 def split_batches(
-    window: Window, requests: list[UserRequest], max_size: int, lane_of: LaneOf = _default_lane
+    window: Window,
+    requests: list[UserRequest],
+    max_size: int,
+    lane_of: LaneOf = _default_lane,
+    lane_caps: Mapping[str, int] | None = None,
 ) -> list[InferenceBatch]:
+    """``lane_caps`` bounds a lane's batches further: Triton runs one batch at a time per
+    instance, so a low lane's big batch is what a high lane's request waits behind."""
     by_lane: dict[tuple[str, int], list[UserRequest]] = {}
     for request in requests:
         by_lane.setdefault(lane_of(request), []).append(request)
-    return [
-        InferenceBatch(tuple(rows[i : i + max_size]), window.start_ms, window.end_ms, lane, priority)
-        for (lane, priority), rows in by_lane.items()
-        for i in range(0, len(rows), max_size)
-    ]
+    caps = lane_caps or {}
+    out: list[InferenceBatch] = []
+    for (lane, priority), rows in by_lane.items():
+        size = max(1, min(max_size, caps.get(lane, max_size)))
+        out.extend(
+            InferenceBatch(tuple(rows[i : i + size]), window.start_ms, window.end_ms, lane, priority)
+            for i in range(0, len(rows), size)
+        )
+    return out
 
 
 def batch(
-    max_size: int | Callable[[], int], lane_of: LaneOf = _default_lane
+    max_size: int | Callable[[], int],
+    lane_of: LaneOf = _default_lane,
+    lane_caps: Mapping[str, int] | None = None,
 ) -> Callable[[Observable[tuple[Window, list[UserRequest]]]], Observable[InferenceBatch]]:
     if isinstance(max_size, int):
         if max_size <= 0:
@@ -46,7 +58,7 @@ def batch(
             observer: abc.ObserverBase[InferenceBatch], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             def on_next(item: tuple[Window, list[UserRequest]]) -> None:
-                for chunk in split_batches(item[0], item[1], max(1, size()), lane_of):
+                for chunk in split_batches(item[0], item[1], max(1, size()), lane_of, lane_caps):
                     observer.on_next(chunk)
 
             return source.subscribe(on_next, observer.on_error, observer.on_completed, scheduler=scheduler)

@@ -98,6 +98,9 @@ class Lane(Node):
     triton_priority: int = Field(
         0, ge=0, description="Triton request priority (1 first; 0: the model's default)"
     )
+    max_batch: int | None = Field(
+        None, gt=0, description="this lane's batches at most this many users (default: batch.max_size)"
+    )
 
 
 class Adaptive(Node):

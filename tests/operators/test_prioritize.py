@@ -220,3 +220,13 @@ def test_batch_operator_reads_a_callable_max_size_for_every_window():
 
     subject.on_completed()
     assert done == [True]
+
+
+def test_a_lane_cap_bounds_only_that_lanes_batches() -> None:
+    def lane_of(request: UserRequest) -> tuple[str, int]:
+        return ("backfill", 3) if request.user_id >= 100 else ("live", 1)
+
+    rows = [req(ev(), user=u) for u in range(10)] + [req(ev(), user=100 + u) for u in range(10)]
+    batches = split_batches(Window((), 0, 1), rows, 8, lane_of, {"backfill": 3})
+    sizes = {lane: [len(b.requests) for b in batches if b.lane == lane] for lane in ("live", "backfill")}
+    assert sizes == {"live": [8, 2], "backfill": [3, 3, 3, 1]}
