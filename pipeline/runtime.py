@@ -108,6 +108,9 @@ class PipelineRuntime:
             ],
             self._in_flight_limit,
         )
+        # Batches queue in the lane scheduler (not at the dispatcher), so that is what the
+        # article's request_queue_size reports; read at scrape time.
+        self.metrics.request_queue_size.set_function(lambda: self.lanes.queued)
         a = topology.adaptive
         self.controller: AdaptiveController | None = None
         if a.enabled:

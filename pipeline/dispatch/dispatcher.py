@@ -56,16 +56,11 @@ class Dispatcher:
         self.budget = budget or RetryBudget()
         self.lifecycle = LifecycleCounts()
         self._slots = asyncio.Semaphore(config.max_in_flight)
-        self.waiting = 0  # batches waiting for an in-flight slot
 
     async def infer(self, batch: InferenceBatch) -> BatchOutcome:
         sig = self.config.signature
         outcome = BatchOutcome(batch, model_name=sig.name, model_version=sig.version)
-        self.waiting += 1
-        self.metrics.request_queue_size.set(self.waiting)
-        async with self._slots:
-            self.waiting -= 1
-            self.metrics.request_queue_size.set(self.waiting)
+        async with self._slots:  # a hard bound; the lane scheduler keeps below it
             outcome.dispatched_ms = _now_ms()
             await self._infer_rows(list(batch.requests), batch, outcome)
             outcome.completed_ms = _now_ms()

@@ -64,3 +64,4 @@ def test_adaptive_controller_runs_on_the_real_stack(stack) -> None:
     exposition = run.runtime.metrics.exposition().decode()
     assert 'pipeline_adaptive_knob{knob="batch_size"}' in exposition
     assert "pipeline_batch_latency_seconds_count" in exposition
+    assert "request_queue_size 0.0" in exposition  # the lane queues are empty once drained
