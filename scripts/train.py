@@ -44,6 +44,13 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=TrainConfig.iterations)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--history-length", type=int, default=16)
+    parser.add_argument(
+        "--priority-levels",
+        type=int,
+        default=0,
+        help="Triton queue priority levels for the lanes' triton_priority (0: plain queue; "
+        "Triton 2.51 stalls ~500 ms with any queue policy, see scripts/bench_triton_queue.py)",
+    )
     args = parser.parse_args()
 
     if args.events:
@@ -65,6 +72,7 @@ def main() -> int:
         top_k=args.top_k,
         history_length=args.history_length,
         model_name=args.name,
+        priority_levels=args.priority_levels,
     )
     print(orjson.dumps(report.__dict__).decode())
     return 0

@@ -160,6 +160,18 @@ def popularity_top_k(
     return ids
 
 
+def scheduling_block(priority_levels: int) -> str:
+    """The dynamic_batching lines for ``priority_levels`` (none for 0). Requests without a
+    priority take the lowest level; a per-request timeout may shorten the queue wait."""
+    if priority_levels <= 0:
+        return ""
+    return (
+        f"\n  priority_levels: {priority_levels}"
+        f"\n  default_priority_level: {priority_levels}"
+        "\n  default_queue_policy { allow_timeout_override: true, timeout_action: REJECT }"
+    )
+
+
 def write_model_repository(
     factors: Factors,
     repository: Path,
@@ -167,8 +179,12 @@ def write_model_repository(
     top_k: int = 10,
     history_length: int = 16,
     max_batch_size: int = 256,
+    priority_levels: int = 0,
 ) -> int:
-    """Write the next version of the model; returns the version number written."""
+    """Write the next version of the model; returns the version number written.
+
+    ``priority_levels`` > 0 gives Triton's queue that many levels (lanes' ``triton_priority``
+    then orders requests inside Triton too); 0 leaves the queue plain (see config.pbtxt)."""
     model_dir = repository / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
@@ -184,6 +200,7 @@ def write_model_repository(
         .replace("{{top_k}}", str(top_k))
         .replace("{{history_length}}", str(history_length))
         .replace("{{max_batch_size}}", str(max_batch_size))
+        .replace("{{scheduling}}", scheduling_block(priority_levels))
     )
     (model_dir / "config.pbtxt").write_text(config)
     return version
@@ -207,6 +224,7 @@ def train_and_write(
     top_k: int = 10,
     history_length: int = 16,
     model_name: str = "recommender",
+    priority_levels: int = 0,
 ) -> TrainReport:
     """Train on all but each user's last event, score both recommenders offline on those
     held-out events, and write the model (trained on the training split only)."""
@@ -220,7 +238,9 @@ def train_and_write(
     vecs = scoring.user_vectors(np.asarray(users, dtype=np.int64), hist, factors.user_emb, factors.item_emb)
     model_ids, _ = scoring.top_k(vecs, factors.item_emb, hist, top_k)
     pop_ids = popularity_top_k(split.train, hist, data.n_items, top_k)
-    version = write_model_repository(factors, repository, model_name, top_k, history_length)
+    version = write_model_repository(
+        factors, repository, model_name, top_k, history_length, priority_levels=priority_levels
+    )
     return TrainReport(
         version, len(split.train), len(split.test), hit_rate(model_ids, truth), hit_rate(pop_ids, truth)
     )
