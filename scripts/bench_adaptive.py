@@ -58,6 +58,9 @@ MODES: dict[str, dict[str, Any]] = {
     },
 }
 Coord = tuple[str, int, int]
+# An output as the bench sees it: lane, produce timestamp, source records, and where its
+# time went (window open/close, queued for a slot, inference), from the output event itself.
+Output = tuple[str, int, list[Coord], dict[str, float]]
 
 
 def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
@@ -132,9 +135,7 @@ async def produce(
         await producer.stop()
 
 
-async def collect(
-    topology: Topology, stop: asyncio.Event, outputs: list[tuple[str, int, list[Coord]]]
-) -> None:
+async def collect(topology: Topology, stop: asyncio.Event, outputs: list[Output]) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=topology.broker.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=20
     )
@@ -147,20 +148,21 @@ async def collect(
             for records in (await consumer.getmany(timeout_ms=50)).values():
                 for rec in records:
                     doc = orjson.loads(rec.value)
-                    outputs.append(
-                        (
-                            doc["lane"],
-                            rec.timestamp,
-                            [(s["topic"], s["partition"], s["offset"]) for s in doc["sources"]],
-                        )
-                    )
+                    stages = {
+                        "window_start": doc["window"]["start_ms"],
+                        "window": doc["window"]["end_ms"] - doc["window"]["start_ms"],
+                        "queued": doc["timings"]["queued_ms"],
+                        "inference": doc["timings"]["inference_ms"],
+                    }
+                    sources = [(s["topic"], s["partition"], s["offset"]) for s in doc["sources"]]
+                    outputs.append((doc["lane"], rec.timestamp, sources, stages))
     finally:
         await consumer.stop()
 
 
 async def run_pipeline(
     topology: Topology, load: Any, settle_s: float = 60
-) -> tuple[dict[Coord, tuple[int, int]], list[tuple[str, int, list[Coord]]]]:
+) -> tuple[dict[Coord, tuple[int, int]], list[Output]]:
     await ensure_topics(
         topology.broker.bootstrap_servers,
         [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
@@ -178,7 +180,7 @@ async def run_pipeline(
     )
     proc.start()
     collect_stop = asyncio.Event()
-    outputs: list[tuple[str, int, list[Coord]]] = []
+    outputs: list[Output] = []
     collector = asyncio.create_task(collect(topology, collect_stop, outputs))
     await asyncio.to_thread(proc.wait_until, lambda: "running" in proc.tail(5), 60, "running")
     await asyncio.sleep(3)  # the group settles before the clock starts
@@ -199,11 +201,20 @@ def summarise(
     steps: list[int],
     step_s: float,
     inputs: dict[Coord, tuple[int, int]],
-    outputs: list[tuple[str, int, list[Coord]]],
+    outputs: list[Output],
 ) -> list[dict[str, Any]]:
     latencies: dict[tuple[int, str], list[float]] = defaultdict(list)
+    stages: dict[tuple[int, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     span: dict[tuple[int, str], list[int]] = {}  # first input, last output (ms)
-    for lane, out_ts, sources in outputs:
+    for lane, out_ts, sources, timings in outputs:
+        known = [inputs[c] for c in sources if c in inputs]
+        if known:
+            step = known[0][1]
+            # source: the oldest input's produce → its window opening (broker, fetch, parse)
+            oldest = min(t for t, _ in known)
+            stages[(step, lane)]["source"].append(max(0.0, timings["window_start"] - oldest))
+            for name in ("window", "queued", "inference"):
+                stages[(step, lane)][name].append(timings[name])
         for coord in sources:
             if coord in inputs:
                 in_ts, step = inputs[coord]
@@ -229,6 +240,11 @@ def summarise(
                 "p50": round(p50, 1),
                 "p95": round(p95, 1),
                 "p99": round(p99, 1),
+                # per-output p99 of each stage: source / window / queued / inference
+                "stages": "/".join(
+                    f"{np.percentile(stages[(step, lane)][name], 99):.0f}"
+                    for name in ("source", "window", "queued", "inference")
+                ),
             }
         )
     return rows
@@ -264,8 +280,9 @@ async def flood(
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| case | mode | lane | offered ev/s | delivered ev/s | answered | p50 ms | p95 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | mode | lane | offered ev/s | delivered ev/s | answered | p50 ms | p95 ms | p99 ms "
+        "| stage p99 ms: source/window/queued/inference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         bound = TARGET_P99_MS if r["case"] == "ramp" else LIVE_BOUND_MS
@@ -273,7 +290,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['case']} | {r['mode']} | {r['lane']} | {r['offered']} | "
             f"{r['delivered']} | {r['answered']} | {r['p50']} | {r['p95']} | "
-            f"{r['p99']}{mark} |"
+            f"{r['p99']}{mark} | {r['stages']} |"
         )
     return "\n".join(lines)
 
@@ -312,10 +329,10 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 async def main_async(args: argparse.Namespace, stack: EmbeddedStack) -> list[dict[str, Any]]:
     steps = [int(x) for x in args.steps.split(",")]
     rows: list[dict[str, Any]] = []
-    for mode in args.modes.split(","):
+    for mode in filter(None, args.modes.split(",")):
         print(f"ramp: {mode} ...", file=sys.stderr, flush=True)
         rows.extend(await ramp(stack, mode, steps, args.step_seconds))
-    for mode in args.flood_modes.split(","):
+    for mode in filter(None, args.flood_modes.split(",")):
         print(f"flood: {mode} ...", file=sys.stderr, flush=True)
         rows.extend(await flood(stack, mode, args.live_rate, args.flood_rate, args.flood_seconds))
     return rows
