@@ -65,6 +65,12 @@ class Metrics:
             ["knob"],
             registry=r,
         )
+        self.lane_rate = Gauge(
+            "pipeline_lane_rate_limit_rows_per_second",
+            "A lane's ration set by the lane guard (-1: not rationed)",
+            ["lane"],
+            registry=r,
+        )
         self.retries = Counter(
             "pipeline_inference_retries",
             "Inference attempts retried",

@@ -27,6 +27,7 @@ from pipeline.dispatch.breaker import CircuitBreaker
 from pipeline.dispatch.budget import RetryBudget
 from pipeline.dispatch.codec import ModelSignature
 from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
+from pipeline.dispatch.lane_guard import GuardedLane, LaneGuard
 from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
 from pipeline.dispatch.lifecycle import RequestState
 from pipeline.dispatch.retry import RetryPolicy
@@ -111,6 +112,12 @@ class PipelineRuntime:
         # Batches queue in the lane scheduler (not at the dispatcher), so that is what the
         # article's request_queue_size reports; read at scrape time.
         self.metrics.request_queue_size.set_function(lambda: self.lanes.queued)
+        self.guard = LaneGuard(
+            [
+                GuardedLane(lane.id, lane.p99_bound_ms, lane.min_rate, lane.rate_step)
+                for lane in topology.lanes
+            ]
+        )
         a = topology.adaptive
         self.controller: AdaptiveController | None = None
         if a.enabled:
@@ -155,6 +162,23 @@ class PipelineRuntime:
                 outcome.completed_ms - outcome.dispatched_ms,
                 outcome.dispatched_ms - outcome.batch.window_end_ms,
             )
+        if self.guard.active and outcome.batch.requests:
+            # from the oldest event's Kafka timestamp: broker and fetch time count too
+            oldest = min(row.events[0].source.timestamp_ms for row in outcome.batch.requests)
+            self.guard.observe(outcome.batch.lane, outcome.completed_ms - oldest, len(outcome.batch.requests))
+
+    async def _guard_loop(self, stop: asyncio.Event) -> None:
+        interval = self.topology.adaptive.interval_ms / 1000.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            before = self.lanes.rates()
+            rates = self.guard.tick(interval)
+            for lane, rate in rates.items():
+                self.lanes.set_rate(lane, rate)
+                self.metrics.lane_rate.labels(lane).set(-1 if rate is None else rate)
+            if rates != before:
+                log.info("lane guard: %s -> %s", self.guard.last_reason, rates)
 
     async def _control_loop(self, stop: asyncio.Event) -> None:
         assert self.controller is not None
@@ -273,10 +297,14 @@ class PipelineRuntime:
         records: Subject[list[RawRecord]] = Subject()
         graph = self._build_graph(records)
         graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
-        committer = asyncio.create_task(self.source.commit_loop(self._stop))
-        watchdog = asyncio.create_task(self.watchdog.run(self._stop))
+        loops = [
+            asyncio.create_task(self.source.commit_loop(self._stop)),
+            asyncio.create_task(self.watchdog.run(self._stop)),
+        ]
         if self.controller is not None:
-            controller = asyncio.create_task(self._control_loop(self._stop))
+            loops.append(asyncio.create_task(self._control_loop(self._stop)))
+        if self.guard.active:
+            loops.append(asyncio.create_task(self._guard_loop(self._stop)))
         self.ready.set()
         log.info("pipeline %s running", self.topology.name)
         try:
@@ -284,11 +312,9 @@ class PipelineRuntime:
         finally:
             records.on_completed()  # flushes the open window
             await self._drain()
-            committer.cancel()
-            watchdog.cancel()
-            if self.controller is not None:
-                controller.cancel()
-            await asyncio.gather(committer, watchdog, return_exceptions=True)
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             try:
                 await self.source.commit()
             finally:

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKDIR = (ROOT / "var" / "bench").resolve()
 TARGET_P99_MS = 50.0
 LIVE_BOUND_MS = 100.0  # the live lane's p99 bound during the flood
+GUARD_BOUND_MS = 80.0  # the live lane's p99_bound_ms: the lane guard rations backfill past it
 MODES: dict[str, dict[str, Any]] = {
     "fixed-small": {"batch": {"max_size": 16}, "window": {"max_ms": 2}, "model": {"max_in_flight": 2}},
     "fixed-large": {"batch": {"max_size": 256}, "window": {"max_ms": 50}, "model": {"max_in_flight": 8}},
@@ -73,6 +74,10 @@ def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
     data["sink"].update({"topic": f"bench-out-{tag}", "dead_letter_topic": f"bench-dlq-{tag}"})
     data["deadline"] = {"stale_policy": "best_effort"}  # measure latency, do not drop
     data["source"]["max_poll_records"] = 500  # shorter synchronous bursts on the event loop
+    if lanes:
+        # A topic's credits are the burst a flood can pour into the pipeline at once (fetched
+        # and parsed ahead of its ration): keep it to about a second of backfill.
+        data["source"]["credits"] = {"high_watermark": 2000, "low_watermark": 1000}
     data["lanes"] = (
         [
             {
@@ -82,6 +87,8 @@ def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
                 "max_wait_ms": 20,
                 "max_in_flight": 6,
                 "triton_priority": 1,
+                # the guard's bound excludes the sink's write: leave it a margin
+                "p99_bound_ms": GUARD_BOUND_MS,
             },
             {
                 "id": "backfill",
@@ -90,6 +97,8 @@ def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
                 "max_in_flight": 2,
                 "triton_priority": 3,
                 "max_batch": 32,
+                "min_rate": 200,
+                "rate_step": 200,
             },
         ]
         if lanes

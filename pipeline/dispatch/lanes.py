@@ -4,7 +4,9 @@ Each lane has a weight, an in-flight budget of its own and a maximum wait. Capac
 shared by weight with stride scheduling (a lane's "pass" advances by 1/weight per dispatch;
 the lowest pass goes next), a lane at its own budget is skipped (a flood in one lane cannot
 take the slots of another), and a lane whose oldest batch has waited longer than its
-bound goes before lanes within theirs (aging), so no lane starves."""
+bound goes before lanes within theirs (aging), so no lane starves. A lane may also be given a
+rate (rows per second, a token bucket): the lane guard rations low lanes this way when a
+protected lane misses its latency bound."""
 
 from __future__ import annotations
 
@@ -32,6 +34,18 @@ class _Lane:
     in_flight: int = 0
     pass_: float = 0.0
     dispatched: int = 0
+    rate: float | None = None  # rows per second; None: no limit
+    tokens: float = 0.0
+    refilled: float = 0.0
+
+    def refill(self, now: float) -> None:
+        if self.rate is not None:
+            # A burst of a quarter second at most: a rationed lane cannot save up.
+            self.tokens = min(self.rate * 0.25, self.tokens + self.rate * (now - self.refilled))
+        self.refilled = now
+
+    def has_tokens(self) -> bool:
+        return self.rate is None or self.tokens >= 0
 
 
 class LaneScheduler:
@@ -65,10 +79,16 @@ class LaneScheduler:
         """The next batch to dispatch now, or None if no slot or nothing eligible."""
         if self.in_flight >= self.max_in_flight():
             return None
-        eligible = [x for x in self.lanes.values() if x.queue and x.in_flight < x.spec.max_in_flight]
+        now = self.clock()
+        for lane in self.lanes.values():
+            lane.refill(now)
+        eligible = [
+            x
+            for x in self.lanes.values()
+            if x.queue and x.in_flight < x.spec.max_in_flight and x.has_tokens()
+        ]
         if not eligible:
             return None
-        now = self.clock()
         # Lanes past their wait bound go first; among them (and otherwise) the weighted
         # stride order decides, so a flooded low lane that is always overdue cannot take
         # every slot from a high lane that is overdue too.
@@ -79,8 +99,30 @@ class LaneScheduler:
         lane.pass_ += 1.0 / lane.spec.weight
         lane.in_flight += 1
         lane.dispatched += 1
+        if lane.rate is not None:
+            lane.tokens -= len(batch.requests)  # may go into debt: the next batch waits longer
         self.in_flight += 1
         return batch
+
+    def set_rate(self, lane_id: str, rows_per_s: float | None) -> None:
+        lane = self.lanes[lane_id]
+        lane.refill(self.clock())
+        if lane.rate is None and rows_per_s is not None:
+            lane.tokens = 0.0
+        lane.rate = rows_per_s
+
+    def rates(self) -> dict[str, float | None]:
+        return {lane_id: lane.rate for lane_id, lane in self.lanes.items()}
+
+    def retry_in(self) -> float | None:
+        """Seconds until a rationed lane with queued batches has tokens again (None: no lane
+        is waiting for tokens), so the dispatcher can come back without a new event."""
+        waits = [
+            -lane.tokens / lane.rate
+            for lane in self.lanes.values()
+            if lane.queue and lane.rate and lane.tokens < 0 and lane.in_flight < lane.spec.max_in_flight
+        ]
+        return max(0.001, min(waits)) if waits else None
 
     def done(self, lane_id: str) -> None:
         lane = self.lanes.get(lane_id) or next(reversed(self.lanes.values()))

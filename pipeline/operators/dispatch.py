@@ -1,9 +1,10 @@
 """dispatch: inference batches → outcomes, in lane order, through the asynchronous dispatcher.
 
 Batches queue per lane; a LaneScheduler picks which one takes the next free inference slot
-(weights, per-lane in-flight budgets, aging). The scheduler is asked again on every new
-batch and every completion, so no timer is needed. Outcomes arrive in completion order
-(offsets are tracked per record, so order does not matter)."""
+(weights, per-lane in-flight budgets, aging, rations). The scheduler is asked again on every
+new batch and every completion; a timer is set only while a rationed lane waits for tokens.
+Outcomes arrive in completion order (offsets are tracked per record, so order does not
+matter)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import reactivex
 from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, Disposable
 
 from pipeline.dispatch.lanes import LaneScheduler
 from pipeline.events import BatchOutcome, InferenceBatch
@@ -27,6 +29,7 @@ def dispatch(
             observer: abc.ObserverBase[BatchOutcome], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             completed = False
+            timer: asyncio.TimerHandle | None = None
 
             def finish_if_done() -> None:
                 if completed and lanes.in_flight == 0 and lanes.queued == 0:
@@ -47,9 +50,17 @@ def dispatch(
                 finish_if_done()
 
             def pump() -> None:
+                nonlocal timer
                 while (batch := lanes.pop()) is not None:
                     task = asyncio.ensure_future(infer(batch))
                     task.add_done_callback(functools.partial(on_done, batch))
+                if timer is None and (delay := lanes.retry_in()) is not None:
+                    timer = asyncio.get_running_loop().call_later(delay, on_timer)
+
+            def on_timer() -> None:
+                nonlocal timer
+                timer = None
+                pump()
 
             def on_next(batch: InferenceBatch) -> None:
                 lanes.push(batch)
@@ -60,7 +71,12 @@ def dispatch(
                 completed = True
                 finish_if_done()
 
-            return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
+            def cancel_timer() -> None:
+                if timer is not None:
+                    timer.cancel()
+
+            subscription = source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
+            return CompositeDisposable(subscription, Disposable(cancel_timer))
 
         return reactivex.create(subscribe)
 

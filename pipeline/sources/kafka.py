@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
@@ -47,6 +47,7 @@ class KafkaSource:
         self.revoking: set[tuple[str, int]] = set()
         self._waiting_for_credits = False
         self.positions: dict[tuple[str, int], int] = {}  # next offset to take, per partition
+        self._turn = 0
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=broker.bootstrap_servers,
             client_id=broker.client_id,
@@ -69,7 +70,7 @@ class KafkaSource:
             if assigned_topics and assigned_topics <= self.credits.paused:
                 await self._wait_for_credits(stop)  # every topic is full: nothing to fetch
                 continue
-            fetched = await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
+            fetched = await self._fetch()
             records: list[RawRecord] = []
             for tp, messages in fetched.items():
                 if (tp.topic, tp.partition) in self.revoking or not messages:
@@ -91,6 +92,28 @@ class KafkaSource:
                     emit(records[start : start + EMIT_SLICE])
                     if start + EMIT_SLICE < len(records):
                         await asyncio.sleep(0)
+
+    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Take from each unpaused topic in turn, an equal share of ``max_poll_records`` each.
+        aiokafka hands out its buffered fetches in partition order, so a flooded topic's
+        buffer would otherwise hold another topic's records back until all of it is taken
+        (a live lane waiting behind a backfill's buffered megabytes)."""
+        consumer = self.consumer
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in self.credits.paused:
+                by_topic.setdefault(tp.topic, []).append(tp)
+        if len(by_topic) <= 1:
+            return await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
+        share = max(1, self.spec.max_poll_records // len(by_topic))
+        topics = sorted(by_topic)
+        self._turn = (self._turn + 1) % len(topics)  # who goes first rotates
+        fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        for topic in topics[self._turn :] + topics[: self._turn]:
+            fetched.update(await consumer.getmany(*by_topic[topic], timeout_ms=0, max_records=share))
+        if not fetched:  # nothing buffered anywhere: wait for the next fetch response
+            fetched = await consumer.getmany(timeout_ms=100, max_records=share)
+        return fetched
 
     def _apply_backpressure(self) -> None:
         """Pause the partitions of topics at their high watermark, resume those at their

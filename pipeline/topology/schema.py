@@ -101,6 +101,11 @@ class Lane(Node):
     max_batch: int | None = Field(
         None, gt=0, description="this lane's batches at most this many users (default: batch.max_size)"
     )
+    p99_bound_ms: float | None = Field(
+        None, gt=0, description="protect this lane: ration the lanes below it while its p99 exceeds this"
+    )
+    min_rate: float = Field(50.0, gt=0, description="rows/s this lane keeps when rationed")
+    rate_step: float = Field(100.0, gt=0, description="rows/s a ration grows per interval")
 
 
 class Adaptive(Node):

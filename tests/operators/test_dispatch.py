@@ -291,3 +291,23 @@ def test_a_per_lane_budget_holds_under_the_operator(limit):
         assert [b.lane for b in infer.started[limit + 3 :]] == ["flood"] * limit
 
     asyncio.run(scenario())
+
+
+def test_a_rationed_lane_is_dispatched_later_without_a_new_event():
+    """Only a rationed lane has work and nothing completes in between: the operator's own
+    timer brings the next batch out once the lane has tokens again."""
+
+    async def scenario() -> None:
+        lanes = LaneScheduler([LaneSpec("slow")], lambda: 8)
+        lanes.set_rate("slow", 1000.0)  # rows/s; these batches have no rows, so 0 tokens each
+        lanes.lanes["slow"].tokens = -20.0  # in debt for 20 ms
+        infer = FakeInfer(lanes)
+        subject, rec = wire(infer, lanes)
+        subject.on_next(mk("slow"))
+        await settle()
+        assert infer.started == []
+        await asyncio.sleep(0.05)
+        await settle()
+        assert len(rec.outcomes) == 1
+
+    asyncio.run(scenario())

@@ -1,0 +1,100 @@
+"""The lane guard (plain data, no I/O): keeps protected lanes under their latency bound by
+rationing the lanes below them.
+
+Weights and in-flight budgets share Triton's slots, but on a small machine a flood costs more
+than slots: fetching, parsing, inferring and writing it takes the CPU that the broker and the
+live lane need too. So each control interval the guard reads the p99 latency of every lane
+(the oldest event's Kafka timestamp → answer) and, AIMD again, moves a rate (rows/s) for the
+lanes below a protected one:
+
+- a protected lane over its bound: every lane below it is cut to what it delivered times
+  bound/p99 (at most half; never under its floor, so it is never starved);
+- every protected lane well within its bound (under GROW_BELOW of it): rationed lanes grow by
+  a fixed step, and a ration the lane no longer reaches is lifted;
+- in between, or no answers from a protected lane: nothing moves. The band keeps the
+  sawtooth of plain AIMD from crossing the bound on every cycle, which a p99 would show.
+
+Lanes below a protected lane start rationed at their floor and grow from there: a flood
+that arrives all at once would otherwise run unrationed for the first interval.
+
+A rationed lane's batches wait in its queue; its credits then pause its topics, so the flood
+stays in the broker instead of in memory."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CUT = 0.5  # multiplicative decrease of a rationed lane's rate, at least
+GROW_BELOW = 0.7  # rations grow only while every protected p99 is under this share of its bound
+LIFT_HEADROOM = 2.0  # a ration this far above what the lane delivers no longer binds
+
+
+@dataclass(frozen=True)
+class GuardedLane:
+    id: str
+    p99_bound_ms: float | None = None  # protected when set
+    min_rate: float = 50.0  # rows/s a rationed lane always keeps
+    rate_step: float = 100.0  # rows/s added per interval while the bounds hold
+
+
+class LaneGuard:
+    def __init__(self, lanes: Sequence[GuardedLane]) -> None:
+        self.lanes = list(lanes)  # most important first, as in the topology
+        protected = [i for i, lane in enumerate(self.lanes) if lane.p99_bound_ms is not None]
+        first = protected[0] if protected else len(self.lanes)
+        self.rates: dict[str, float | None] = {
+            lane.id: lane.min_rate if i > first else None for i, lane in enumerate(self.lanes)
+        }
+        self._latency_ms: dict[str, list[float]] = defaultdict(list)
+        self._rows: dict[str, int] = defaultdict(int)
+        self.last_reason = "start"
+
+    @property
+    def active(self) -> bool:
+        """Worth running: some lane is protected and some lane sits below it."""
+        protected = [i for i, lane in enumerate(self.lanes) if lane.p99_bound_ms is not None]
+        return bool(protected) and protected[0] < len(self.lanes) - 1
+
+    def observe(self, lane: str, latency_ms: float, rows: int) -> None:
+        self._latency_ms[lane].append(latency_ms)
+        self._rows[lane] += rows
+
+    def tick(self, interval_s: float) -> dict[str, float | None]:
+        """One control step; returns the rate of every lane (None: not rationed)."""
+        p99 = {lane: float(np.percentile(v, 99)) for lane, v in self._latency_ms.items() if v}
+        delivered = {lane: rows / interval_s for lane, rows in self._rows.items()}
+        self._latency_ms.clear()
+        self._rows.clear()
+        # how far over its bound each protected lane with answers is (1.0: at the bound)
+        load = {
+            i: p99[lane.id] / lane.p99_bound_ms
+            for i, lane in enumerate(self.lanes)
+            if lane.p99_bound_ms is not None and lane.id in p99
+        }
+        violated = next((i for i, over in load.items() if over > 1.0), None)
+        if violated is not None:
+            self.last_reason = f"{self.lanes[violated].id} over its bound"
+            factor = min(CUT, 1.0 / load[violated])
+            for lane in self.lanes[violated + 1 :]:
+                current = self.rates[lane.id]
+                got = delivered.get(lane.id, 0.0)
+                basis = got if current is None else min(current, got)
+                self.rates[lane.id] = max(lane.min_rate, basis * factor)
+            return dict(self.rates)
+        if not load or max(load.values()) > GROW_BELOW:
+            self.last_reason = "no evidence" if not load else "near a bound"
+            return dict(self.rates)
+        self.last_reason = "within bounds"
+        for lane in self.lanes:
+            current = self.rates[lane.id]
+            if current is None:
+                continue
+            if current > LIFT_HEADROOM * max(delivered.get(lane.id, 0.0), lane.min_rate):
+                self.rates[lane.id] = None  # the lane no longer needs what it is allowed
+            else:
+                self.rates[lane.id] = current + lane.rate_step
+        return dict(self.rates)
