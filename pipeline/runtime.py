@@ -156,7 +156,8 @@ class PipelineRuntime:
     def _observe(self, outcome: BatchOutcome) -> None:
         latency_ms = outcome.completed_ms - outcome.batch.window_start_ms
         self.metrics.batch_latency.labels(outcome.batch.lane).observe(latency_ms / 1000.0)
-        if self.controller is not None:
+        if self.controller is not None and not self.lanes.rationed(outcome.batch.lane):
+            # A rationed lane's waits are the guard's doing, not a shortage of capacity.
             self.controller.observe(
                 latency_ms,
                 outcome.completed_ms - outcome.dispatched_ms,
@@ -187,7 +188,7 @@ class PipelineRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             before = self.controller.knobs
-            knobs = self.controller.tick(self.lanes.queued)
+            knobs = self.controller.tick(self.lanes.queued_unrationed)
             if knobs != before:
                 log.info(
                     "adaptive: %s -> batch %d, window %d ms, in flight %d",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CUT = 0.5  # multiplicative decrease of a rationed lane's rate, at least
-GROW_BELOW = 0.7  # rations grow only while every protected p99 is under this share of its bound
+GROW_BELOW = 0.8  # rations grow only while every protected p99 is under this share of its bound
 LIFT_HEADROOM = 2.0  # a ration this far above what the lane delivers no longer binds
 
 

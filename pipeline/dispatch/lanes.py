@@ -67,6 +67,15 @@ class LaneScheduler:
     def queued(self) -> int:
         return sum(len(lane.queue) for lane in self.lanes.values())
 
+    @property
+    def queued_unrationed(self) -> int:
+        """Batches waiting in lanes without a ration: a rationed lane waits on purpose."""
+        return sum(len(lane.queue) for lane in self.lanes.values() if lane.rate is None)
+
+    def rationed(self, lane_id: str) -> bool:
+        lane = self.lanes.get(lane_id)
+        return lane is not None and lane.rate is not None
+
     def push(self, batch: InferenceBatch) -> None:
         lane = self.lanes.get(batch.lane) or next(reversed(self.lanes.values()))
         if not lane.queue and lane.in_flight == 0:
