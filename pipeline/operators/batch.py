@@ -9,6 +9,7 @@ import reactivex
 from reactivex import Observable, abc
 
 from pipeline.events import InferenceBatch, UserRequest, Window
+from pipeline.operators._bounds import as_bound
 
 LaneOf = Callable[[UserRequest], tuple[str, int]]
 
@@ -45,13 +46,7 @@ def batch(
     lane_of: LaneOf = _default_lane,
     lane_caps: Mapping[str, int] | None = None,
 ) -> Callable[[Observable[tuple[Window, list[UserRequest]]]], Observable[InferenceBatch]]:
-    if isinstance(max_size, int):
-        if max_size <= 0:
-            raise ValueError("max_size must be positive")
-        fixed = max_size
-        size: Callable[[], int] = lambda: fixed  # noqa: E731
-    else:
-        size = max_size
+    size = as_bound(max_size, "max_size")
 
     def _batch(source: Observable[tuple[Window, list[UserRequest]]]) -> Observable[InferenceBatch]:
         def subscribe(

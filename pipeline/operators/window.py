@@ -17,6 +17,7 @@ from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, SerialDisposable
 
 from pipeline.events import Event, Window
+from pipeline.operators._bounds import as_bound
 
 
 def _ms(scheduler: abc.SchedulerBase) -> int:
@@ -28,13 +29,7 @@ def window(
 ) -> Callable[[Observable[list[Event]]], Observable[Window]]:
     """``max_ms`` may be a function (read when a window opens): the adaptive controller
     moves it."""
-    if isinstance(max_ms, int):
-        if max_ms <= 0:
-            raise ValueError("window bounds must be positive")
-        fixed_ms = max_ms
-        time_bound: Callable[[], int] = lambda: fixed_ms  # noqa: E731
-    else:
-        time_bound = max_ms
+    time_bound = as_bound(max_ms, "window bounds")
     if max_events <= 0:
         raise ValueError("window bounds must be positive")
 

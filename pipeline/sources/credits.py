@@ -16,28 +16,23 @@ class CreditGate:
         self.high = high_watermark
         self.low = low_watermark
         self.in_flight = 0
-        self._below_low = asyncio.Event()
-        self._below_low.set()
 
     @property
     def exhausted(self) -> bool:
         return self.in_flight >= self.high
 
+    @property
+    def has_room(self) -> bool:
+        """Back at the low watermark: a paused topic may resume."""
+        return self.in_flight <= self.low
+
     def take(self, n: int) -> None:
         self.in_flight += n
-        if self.in_flight > self.low:
-            self._below_low.clear()
 
     def give_back(self, n: int) -> None:
         self.in_flight -= n
         if self.in_flight < 0:
             raise RuntimeError("more credits given back than taken")
-        if self.in_flight <= self.low:
-            self._below_low.set()
-
-    async def wait_for_room(self) -> None:
-        """Return once the in-flight count has fallen to the low watermark."""
-        await self._below_low.wait()
 
 
 class TopicCredits:
@@ -66,7 +61,7 @@ class TopicCredits:
     def give_back(self, topic: str, n: int) -> None:
         gate = self.gate(topic)
         gate.give_back(n)
-        if topic in self.paused and gate.in_flight <= gate.low:
+        if topic in self.paused and gate.has_room:
             self._room.set()
 
     def to_pause(self) -> set[str]:
@@ -75,9 +70,10 @@ class TopicCredits:
 
     def to_resume(self) -> set[str]:
         """Paused topics that fell to their low watermark."""
-        return {t for t in self.paused if self.gates[t].in_flight <= self.gates[t].low}
+        return {t for t in self.paused if self.gates[t].has_room}
 
     async def wait_for_room(self) -> None:
+        """Return once a paused topic has fallen to its low watermark."""
         self._room.clear()
         if not self.to_resume():
             await self._room.wait()

@@ -1,4 +1,5 @@
-"""CreditGate: pause at the high watermark, resume only once back at the low watermark."""
+"""Credits: a topic pauses at its high watermark and resumes only once back at its low
+watermark; each topic has its own gate."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from pipeline.sources.credits import CreditGate
+from pipeline.sources.credits import CreditGate, TopicCredits
 
 
 async def _settle() -> None:
@@ -27,61 +28,60 @@ def test_exhausted_exactly_at_high_watermark():
     assert not gate.exhausted
 
 
-def test_wait_for_room_returns_at_once_while_at_or_below_low():
-    async def scenario() -> None:
-        gate = CreditGate(10, 4)
-        await asyncio.wait_for(gate.wait_for_room(), 1)
-        gate.take(4)  # exactly low: still room
-        await asyncio.wait_for(gate.wait_for_room(), 1)
+def test_has_room_only_at_or_below_the_low_watermark():
+    gate = CreditGate(10, 4)
+    gate.take(10)
+    seen = []
+    for n in (3, 2, 1):  # 7, 5, 4
+        gate.give_back(n)
+        seen.append((gate.in_flight, gate.has_room))
+    assert seen == [(7, False), (5, False), (4, True)]
 
-    asyncio.run(scenario())
+
+def test_a_flooded_topic_pauses_alone_and_in_flight_is_the_sum():
+    credits = TopicCredits(["live", "backfill"], 10, 4)
+    credits.take("backfill", 10)
+    credits.take("live", 3)
+    assert credits.to_pause() == {"backfill"}
+    assert credits.in_flight == 13
+    credits.paused |= credits.to_pause()
+    assert credits.to_pause() == set()  # already paused
 
 
-def test_wait_for_room_returns_only_at_or_below_low_watermark():
+def test_a_topic_not_named_at_start_gets_its_own_gate():
+    credits = TopicCredits(["a"], 10, 4)
+    credits.take("b", 10)
+    assert credits.to_pause() == {"b"}
+    assert credits.gate("a").in_flight == 0
+
+
+def test_wait_for_room_returns_only_once_a_paused_topic_is_back_at_its_low_watermark():
     async def scenario() -> list[int]:
-        gate = CreditGate(10, 4)
-        gate.take(10)
-        assert gate.exhausted
-        waiter = asyncio.ensure_future(gate.wait_for_room())
+        credits = TopicCredits(["live", "backfill"], 10, 4)
+        credits.take("backfill", 10)
+        credits.paused |= credits.to_pause()
+        waiter = asyncio.ensure_future(credits.wait_for_room())
         seen = []
-        for n in (3, 2, 1):  # 7, 5, 5-1=4
+        for n in (3, 2, 1):  # 7, 5, 4
             await _settle()
-            seen.append(gate.in_flight)
-            assert not waiter.done(), f"woke at {gate.in_flight} in flight, above low watermark 4"
-            gate.give_back(n)
-        assert not gate.exhausted  # below high but the waiter needs low
+            seen.append(credits.gate("backfill").in_flight)
+            assert not waiter.done(), f"woke at {seen[-1]} in flight, above low watermark 4"
+            credits.give_back("backfill", n)
+            credits.give_back("live", 0)  # another topic's progress does not wake it
         await asyncio.wait_for(waiter, 1)
-        return [*seen, gate.in_flight]
+        assert credits.to_resume() == {"backfill"}
+        return [*seen, credits.gate("backfill").in_flight]
 
     assert asyncio.run(scenario()) == [10, 7, 5, 4]
 
 
-def test_taking_again_after_resuming_blocks_again():
+def test_wait_for_room_returns_at_once_when_a_paused_topic_already_has_room():
     async def scenario() -> None:
-        gate = CreditGate(10, 4)
-        gate.take(6)
-        gate.give_back(6)
-        await asyncio.wait_for(gate.wait_for_room(), 1)
-        gate.take(5)
-        waiter = asyncio.ensure_future(gate.wait_for_room())
-        await _settle()
-        assert not waiter.done()
-        gate.give_back(5)
-        await asyncio.wait_for(waiter, 1)
-        assert gate.in_flight == 0
-
-    asyncio.run(scenario())
-
-
-def test_several_waiters_all_wake():
-    async def scenario() -> None:
-        gate = CreditGate(3, 1)
-        gate.take(3)
-        waiters = [asyncio.ensure_future(gate.wait_for_room()) for _ in range(3)]
-        await _settle()
-        assert not any(w.done() for w in waiters)
-        gate.give_back(2)
-        await asyncio.wait_for(asyncio.gather(*waiters), 1)
+        credits = TopicCredits(["a"], 10, 4)
+        credits.take("a", 10)
+        credits.paused |= credits.to_pause()
+        credits.give_back("a", 6)
+        await asyncio.wait_for(credits.wait_for_room(), 1)
 
     asyncio.run(scenario())
 
