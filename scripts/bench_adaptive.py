@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.devstack.process import ChildProcess
 from pipeline.devstack.stack import EmbeddedStack
+from pipeline.devstack.topology import topology_on_stack
 from pipeline.kafka_io import ensure_topics
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.topology.schema import Topology
@@ -64,11 +64,9 @@ Output = tuple[str, int, list[Coord], dict[str, float]]
 
 
 def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
-    data = yaml.safe_load((ROOT / "topologies" / "recommendations.yaml").read_text())
-    tag = uuid.uuid4().hex[:8]
+    data = topology_on_stack(stack)
+    tag = data["source"]["group_id"].removeprefix("g-")
     live, backfill = f"bench-live-{tag}", f"bench-backfill-{tag}"
-    data["broker"]["bootstrap_servers"] = stack.broker.bootstrap
-    data["model"]["url"] = stack.triton.grpc_url
     data["source"].update({"topics": [live, backfill] if lanes else [live], "group_id": f"bench-{tag}"})
     data["sink"].update({"topic": f"bench-out-{tag}", "dead_letter_topic": f"bench-dlq-{tag}"})
     data["deadline"] = {"stale_policy": "best_effort"}  # measure latency, do not drop

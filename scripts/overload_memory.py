@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.devstack.process import ChildProcess, free_port
 from pipeline.devstack.stack import EmbeddedStack
+from pipeline.devstack.topology import topology_on_stack
 from pipeline.kafka_io import ensure_topics
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 
@@ -105,9 +106,8 @@ async def sample(
 
 async def run(args: argparse.Namespace, stack: EmbeddedStack, workdir: Path) -> int:
     port = free_port()
-    data = yaml.safe_load((ROOT / "topologies" / "recommendations.yaml").read_text())
-    data["broker"]["bootstrap_servers"] = stack.broker.bootstrap
-    data["model"].update({"url": stack.triton.grpc_url, "max_in_flight": 1})
+    # the shipped topic names: the load generator below writes "interactions"
+    data = topology_on_stack(stack, fresh=False, model={"max_in_flight": 1})
     data["batch"]["max_size"] = 16  # small capacity on purpose: overload must be reachable
     data["window"]["max_events"] = 512
     # Infer every event however late: otherwise the stale policy dead-letters the backlog

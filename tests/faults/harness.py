@@ -133,6 +133,15 @@ async def run_case(
         if not producer.done():
             producer.cancel()
     result.audit = await audit_topology(topology)
+    for _ in range(3):
+        if result.audit["lost"] == 0 or ledger.accounted() < len(batch):
+            break
+        # The live follower saw an answer for every input but a fresh read of the topics did
+        # not (seen once in a suite run, right after a burst of dead letters): read again. A
+        # real loss stays lost, and the follower would not have seen it answered either.
+        print(f"\nre-audit: {result.audit['lost']} answered inputs not yet read back")
+        await asyncio.sleep(1)
+        result.audit = await audit_topology(topology)
     return result
 
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiokafka import AIOKafkaProducer
 
 from pipeline.audit import Coord, Ledger
 from pipeline.devstack.dev import follow_outputs
 from pipeline.devstack.stack import EmbeddedStack
+from pipeline.devstack.topology import topology_on_stack
 from pipeline.kafka_io import ensure_topics, read_to_end
 from pipeline.runtime import PipelineRuntime
 from pipeline.topology.schema import Topology
@@ -25,17 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def fresh_topology(stack: EmbeddedStack, **sections: dict[str, Any]) -> Topology:
     """The shipped recommender topology on fresh topics and a fresh group, with overrides."""
-    data = yaml.safe_load((ROOT / "topologies" / "recommendations.yaml").read_text())
-    tag = uuid.uuid4().hex[:8]
-    data["broker"]["bootstrap_servers"] = stack.broker.bootstrap
-    data["model"]["url"] = stack.triton.grpc_url
-    data["source"]["topics"] = [f"in-{tag}"]
-    data["source"]["group_id"] = f"g-{tag}"
-    data["sink"]["topic"] = f"out-{tag}"
-    data["sink"]["dead_letter_topic"] = f"dlq-{tag}"
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return Topology.model_validate(data)
+    return Topology.model_validate(topology_on_stack(stack, **sections))
 
 
 async def create_topics(topology: Topology, partitions: int = 4) -> None:

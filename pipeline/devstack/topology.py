@@ -1,0 +1,31 @@
+"""The shipped topology pointed at the embedded stack: for tests, benchmarks and scripts."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.devstack.stack import EmbeddedStack
+
+SHIPPED = Path(__file__).resolve().parents[2] / "topologies" / "recommendations.yaml"
+
+
+def topology_on_stack(
+    stack: EmbeddedStack, fresh: bool = True, base: Path = SHIPPED, **sections: dict[str, Any]
+) -> dict[str, Any]:
+    """``base`` as a dict, with the stack's broker and Triton addresses; ``fresh``: on new
+    topics and a new group (so runs on one broker never meet). Each keyword merges into that
+    section. Returns the dict, for further edits before validation."""
+    data: dict[str, Any] = yaml.safe_load(base.read_text())
+    data["broker"]["bootstrap_servers"] = stack.broker.bootstrap
+    data["model"]["url"] = stack.triton.grpc_url
+    if fresh:
+        tag = uuid.uuid4().hex[:8]
+        data["source"].update({"topics": [f"in-{tag}"], "group_id": f"g-{tag}"})
+        data["sink"].update({"topic": f"out-{tag}", "dead_letter_topic": f"dlq-{tag}"})
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return data
