@@ -65,3 +65,41 @@ def test_adaptive_controller_runs_on_the_real_stack(stack) -> None:
     assert 'pipeline_adaptive_knob{knob="batch_size"}' in exposition
     assert "pipeline_batch_latency_seconds_count" in exposition
     assert "request_queue_size 0.0" in exposition  # the lane queues are empty once drained
+
+
+def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack) -> None:
+    """A bound the protected lane cannot meet (1 ms) keeps the lane below it at its floor the
+    whole run; its batches wait for tokens (the dispatcher's timer brings them out) and every
+    event is still answered."""
+    base = fresh_topology(stack, adaptive={"interval_ms": 100})
+    data = base.model_dump(mode="json")
+    data["lanes"] = [
+        {
+            "id": "purchases",
+            "match": {"field": "type", "values": ["purchase"]},
+            "p99_bound_ms": 1,
+        },
+        {"id": "rest", "min_rate": 400, "rate_step": 100},
+    ]
+    topology = type(base).model_validate(data)
+    now = time.time_ns() // 1_000_000
+    records: list[RawIn] = []
+    for i in range(1500):
+        # purchases and views from different users, so both lanes get requests
+        kind, user = ("purchase", 1000 + i % 10) if i % 10 == 0 else ("view", i % 97)
+        value = {"event_id": f"g-{i}", "user_id": user, "item_id": i % 500, "type": kind, "ts": now}
+        records.append((str(user).encode(), orjson.dumps(value), []))
+    started = time.monotonic()
+    run = asyncio.run(run_until_accounted(topology, records))
+    elapsed = time.monotonic() - started
+    summary = run.ledger.summary()
+    assert summary["lost"] == 0 and summary["dead_letters"] == 0
+    runtime = run.runtime
+    assert runtime is not None and runtime.guard.active
+    assert runtime.lanes.rates() == {"purchases": None, "rest": 400.0}  # cut to its floor
+    assert runtime.guard.last_reason in {"purchases over its bound", "no evidence"}
+    assert runtime.lanes.lanes["rest"].dispatched > 0
+    assert runtime.lanes.lanes["purchases"].dispatched > 0
+    exposition = runtime.metrics.exposition().decode()
+    assert 'pipeline_lane_rate_limit_rows_per_second{lane="rest"} 400.0' in exposition
+    assert elapsed < 60
