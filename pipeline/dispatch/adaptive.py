@@ -7,8 +7,10 @@ within the topology's bounds, the way Clipper's AIMD does for batch size:
 
 - inference p99 over its budget (a fixed share of the target): Triton is
   given too much at once, so in-flight backs off fast (multiplicative), then batch size;
-- else, batches waiting for a slot: capacity is short, so batch size and the window grow
-  slowly (additive), in-flight too while inference has ample headroom;
+- else, batches waiting for a slot: capacity is short, so batch size and the window grow,
+  in-flight too while inference has ample headroom. By a step (additive) when a queue is
+  only seen at the tick; by a factor when batches waited long for a slot during the
+  interval (a load step: additive growth took most of an 8 s benchmark step to get there);
 - else, batch latency over the target: the time goes into waiting for windows to close, so
   the window shrinks fast;
 - else: nothing to fix, nothing changes.
@@ -26,6 +28,7 @@ SHRINK = 0.6  # multiplicative decrease
 QUEUE_WAIT_SHARE = 0.1  # batches waiting longer than this share of the target: capacity short
 INFERENCE_SHARE = 0.5  # share of the latency target that inference may take
 HEADROOM = 0.5  # in-flight grows only while inference p99 stays under this share of its budget
+GROW = 1.25  # multiplicative increase of batch size and window after long waits for a slot
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,12 @@ class AdaptiveController:
             # request in parallel only while inference has ample headroom.
             self.last_reason = "batches waiting"
             more_in_flight = inference_p99 < budget * HEADROOM
+            batch, window = k.batch_size + b.batch_step, k.window_ms + 1
+            if waited:
+                batch, window = max(batch, int(k.batch_size * GROW)), max(window, int(k.window_ms * GROW))
             self.knobs = Knobs(
-                min(b.max_batch, k.batch_size + b.batch_step),
-                min(b.max_window_ms, k.window_ms + 1),
+                min(b.max_batch, batch),
+                min(b.max_window_ms, window),
                 min(b.max_in_flight, k.in_flight + 1) if more_in_flight else k.in_flight,
             )
         elif batch_p99 > b.target_p99_ms:

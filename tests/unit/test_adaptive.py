@@ -1,4 +1,5 @@
-"""AdaptiveController: additive growth while batches wait, multiplicative back-off when the
+"""AdaptiveController: additive growth while batches wait (by a factor after long slot
+waits), multiplicative back-off when the
 inference p99 exceeds its budget (0.8 x (target - window)), window shrink when only the batch
 latency is over the target; and a toy closed loop around it."""
 
@@ -51,6 +52,20 @@ def test_grows_additively_each_tick_while_batches_wait_up_to_the_max_bounds():
     assert seen[47] == MAX  # and the window last (48 ticks)
     assert (ctl.batch_size(), ctl.window_ms(), ctl.in_flight()) == (256, 50, 16)
     assert ctl.last_reason == "batches waiting"
+
+
+def test_long_waits_for_a_slot_grow_batch_and_window_by_a_factor():
+    ctl = AdaptiveController(BOUNDS, Knobs(64, 12, 4))
+    for _ in range(20):  # slot waits of 10 ms: over 0.1 x the 50 ms target
+        ctl.observe(30.0, 5.0, queued_ms=10.0)
+    assert ctl.tick(queue_depth=0) == Knobs(80, 15, 5)  # x1.25, not +8 / +1
+    for _ in range(20):  # short waits, a queue at the tick: the additive step
+        ctl.observe(30.0, 5.0, queued_ms=1.0)
+    assert ctl.tick(queue_depth=2) == Knobs(88, 16, 6)
+    for _ in range(20):  # the factor stops at the bounds
+        ctl.observe(30.0, 5.0, queued_ms=40.0)
+    ctl.knobs = Knobs(240, 48, 6)
+    assert ctl.tick(queue_depth=0) == Knobs(256, 50, 7)
 
 
 def test_no_growth_without_waiting_batches():
@@ -274,10 +289,10 @@ def test_batches_that_waited_for_a_slot_count_as_short_capacity_even_with_an_emp
     ctl = AdaptiveController(BOUNDS, Knobs(40, 6, 5))
     for _ in range(20):
         ctl.observe(batch_ms=200.0, inference_ms=5.0, queued_ms=30.0)
-    assert ctl.tick(queue_depth=0) == Knobs(48, 7, 6)
+    assert ctl.tick(queue_depth=0) == Knobs(50, 7, 6)  # long waits: x1.25 (40 -> 50)
     assert ctl.last_reason == "batches waiting"
     # Short waits (under 5 ms) do not: the long batch latency is the window's doing.
     for _ in range(20):
         ctl.observe(batch_ms=200.0, inference_ms=5.0, queued_ms=2.0)
-    assert ctl.tick(queue_depth=0) == Knobs(48, 4, 6)
+    assert ctl.tick(queue_depth=0) == Knobs(50, 4, 6)
     assert ctl.last_reason == "window too long"
