@@ -118,6 +118,8 @@ class PipelineRuntime:
                 for lane in topology.lanes
             ]
         )
+        if self.guard.active:
+            self._apply_rations(self.guard.rates)  # a flood at start meets its floor at once
         a = topology.adaptive
         self.controller: AdaptiveController | None = None
         if a.enabled:
@@ -173,13 +175,15 @@ class PipelineRuntime:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
-            before = self.lanes.rates()
-            rates = self.guard.tick(interval)
-            for lane, rate in rates.items():
-                self.lanes.set_rate(lane, rate)
-                self.metrics.lane_rate.labels(lane).set(-1 if rate is None else rate)
-            if rates != before:
-                log.info("lane guard: %s -> %s", self.guard.last_reason, rates)
+            before = (self.lanes.rates(), self.guard.last_reason)
+            self._apply_rations(self.guard.tick(interval, self.lanes.idle()))
+            if (self.lanes.rates(), self.guard.last_reason) != before:
+                log.info("lane guard: %s -> %s", self.guard.last_reason, self.lanes.rates())
+
+    def _apply_rations(self, rates: dict[str, float | None]) -> None:
+        for lane, rate in rates.items():
+            self.lanes.set_rate(lane, rate)
+            self.metrics.lane_rate.labels(lane).set(-1 if rate is None else rate)
 
     async def _control_loop(self, stop: asyncio.Event) -> None:
         assert self.controller is not None

@@ -11,11 +11,14 @@ lanes below a protected one:
   bound/p99 (at most half; never under its floor, so it is never starved);
 - every protected lane well within its bound (under GROW_BELOW of it): rationed lanes grow by
   a fixed step, and a ration the lane no longer reaches is lifted;
-- in between, or no answers from a protected lane: nothing moves. The band keeps the
+- in between, or a protected lane with work but no answers: nothing moves (an idle
+  protected lane needs no protection, and rations grow past it). The band keeps the
   sawtooth of plain AIMD from crossing the bound on every cycle, which a p99 would show.
 
-Lanes below a protected lane start rationed at their floor and grow from there: a flood
-that arrives all at once would otherwise run unrationed for the first interval.
+Unprotected lanes below a protected lane start rationed at their floor and grow from there:
+a flood that arrives all at once would otherwise run unrationed for the first interval. A
+protected lane below another one starts free; it is rationed only while the one above it
+is over its bound.
 
 A rationed lane's batches wait in its queue; its credits then pause its topics, so the flood
 stays in the broker instead of in memory."""
@@ -23,7 +26,7 @@ stays in the broker instead of in memory."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +50,8 @@ class LaneGuard:
         protected = [i for i, lane in enumerate(self.lanes) if lane.p99_bound_ms is not None]
         first = protected[0] if protected else len(self.lanes)
         self.rates: dict[str, float | None] = {
-            lane.id: lane.min_rate if i > first else None for i, lane in enumerate(self.lanes)
+            lane.id: lane.min_rate if i > first and lane.p99_bound_ms is None else None
+            for i, lane in enumerate(self.lanes)
         }
         self._latency_ms: dict[str, list[float]] = defaultdict(list)
         self._rows: dict[str, int] = defaultdict(int)
@@ -63,8 +67,10 @@ class LaneGuard:
         self._latency_ms[lane].append(latency_ms)
         self._rows[lane] += rows
 
-    def tick(self, interval_s: float) -> dict[str, float | None]:
-        """One control step; returns the rate of every lane (None: not rationed)."""
+    def tick(self, interval_s: float, idle: Collection[str] = ()) -> dict[str, float | None]:
+        """One control step; returns the rate of every lane (None: not rationed). ``idle``:
+        lanes with nothing queued or in flight. An idle protected lane needs no protection;
+        one with work but no answers in the interval gives no evidence, and nothing moves."""
         p99 = {lane: float(np.percentile(v, 99)) for lane, v in self._latency_ms.items() if v}
         delivered = {lane: rows / interval_s for lane, rows in self._rows.items()}
         self._latency_ms.clear()
@@ -85,8 +91,16 @@ class LaneGuard:
                 basis = got if current is None else min(current, got)
                 self.rates[lane.id] = max(lane.min_rate, basis * factor)
             return dict(self.rates)
-        if not load or max(load.values()) > GROW_BELOW:
-            self.last_reason = "no evidence" if not load else "near a bound"
+        silent = [
+            lane.id
+            for lane in self.lanes
+            if lane.p99_bound_ms is not None and lane.id not in p99 and lane.id not in idle
+        ]
+        if silent:  # work but no answers: it may be stuck behind the others; hold
+            self.last_reason = "no evidence"
+            return dict(self.rates)
+        if load and max(load.values()) > GROW_BELOW:
+            self.last_reason = "near a bound"
             return dict(self.rates)
         self.last_reason = "within bounds"
         for lane in self.lanes:

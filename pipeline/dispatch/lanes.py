@@ -72,6 +72,10 @@ class LaneScheduler:
         """Batches waiting in lanes without a ration: a rationed lane waits on purpose."""
         return sum(len(lane.queue) for lane in self.lanes.values() if lane.rate is None)
 
+    def idle(self) -> set[str]:
+        """Lanes with nothing queued and nothing in flight."""
+        return {lane_id for lane_id, lane in self.lanes.items() if not lane.queue and lane.in_flight == 0}
+
     def rationed(self, lane_id: str) -> bool:
         lane = self.lanes.get(lane_id)
         return lane is not None and lane.rate is not None

@@ -26,6 +26,18 @@ def test_lanes_below_a_protected_lane_start_rationed_at_their_floor():
     assert g.rates == {"top": None, "live": None, "backfill": 50.0, "bulk": 10.0}
 
 
+def test_a_protected_lane_below_another_starts_free_and_is_cut_only_by_the_one_above():
+    g = LaneGuard([GuardedLane("purchases", p99_bound_ms=50.0), LIVE, BACKFILL])
+    assert g.rates == {"purchases": None, "live": None, "backfill": 50.0}
+    feed(g, "purchases", 30.0, rows=10)
+    feed(g, "live", 300.0, rows=1000)  # live over its bound: only the lanes below it pay
+    feed(g, "backfill", 5.0, rows=25)
+    assert g.tick(0.5) == {"purchases": None, "live": None, "backfill": 50.0}
+    feed(g, "purchases", 100.0, rows=10)  # purchases over: live is cut too
+    feed(g, "live", 30.0, rows=1000)
+    assert g.tick(0.5)["live"] == pytest.approx(2000.0 * CUT)
+
+
 def test_inactive_without_a_protected_lane_or_with_nothing_below_it():
     assert not LaneGuard([GuardedLane("a"), GuardedLane("b")]).active
     assert not LaneGuard([GuardedLane("a"), GuardedLane("b", p99_bound_ms=50.0)]).active
@@ -74,11 +86,18 @@ def test_a_ration_the_lane_no_longer_reaches_is_lifted():
     assert g.tick(0.5)["backfill"] is None
 
 
-def test_no_answers_from_the_protected_lane_moves_nothing():
+def test_no_answers_from_a_protected_lane_with_work_moves_nothing():
     g = guard()
     feed(g, "backfill", 5.0, rows=1000)
     assert g.tick(0.5)["backfill"] == 50.0
     assert g.last_reason == "no evidence"
+
+
+def test_an_idle_protected_lane_lets_the_rations_grow():
+    g = guard()
+    feed(g, "backfill", 5.0, rows=25)  # 50 rows/s: it uses its ration
+    assert g.tick(0.5, idle={"live"})["backfill"] == 150.0
+    assert g.last_reason == "within bounds"
 
 
 def test_closed_loop_settles_under_the_bound_and_stays_there():
