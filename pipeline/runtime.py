@@ -91,6 +91,11 @@ class PipelineRuntime:
                 retry=RetryPolicy(retry.max_attempts, retry.backoff_ms, retry.max_backoff_ms),
                 end_to_end_ms=topology.deadline.end_to_end_ms,
                 drop_stale=topology.deadline.stale_policy == "dead_letter",
+                lane_drop_stale={
+                    lane.id: lane.stale_policy == "dead_letter"
+                    for lane in topology.lanes
+                    if lane.stale_policy is not None
+                },
             ),
             self.metrics,
             CircuitBreaker(cb.failure_threshold, cb.open_ms, cb.max_open_ms),

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pipeline import errors
 from pipeline.dispatch import codec
@@ -34,6 +35,10 @@ class DispatchConfig:
     retry: RetryPolicy = RetryPolicy()
     end_to_end_ms: int = 30_000
     drop_stale: bool = True  # stale policy: dead-letter (True) or best effort (False)
+    lane_drop_stale: Mapping[str, bool] = field(default_factory=dict)  # lanes that differ
+
+    def drops_stale(self, lane: str) -> bool:
+        return self.lane_drop_stale.get(lane, self.drop_stale)
 
 
 def _now_ms() -> float:
@@ -73,7 +78,7 @@ class Dispatcher:
         attempt = 1
         while True:
             probe = await self.breaker.admit()
-            if cfg.drop_stale:
+            if cfg.drops_stale(batch.lane):
                 rows, stale = split_stale(rows, cfg.end_to_end_ms, _now_ms())
                 if stale:
                     late = errors.StaleEvent(f"past its {cfg.end_to_end_ms} ms budget")
@@ -120,7 +125,7 @@ class Dispatcher:
         if attempt == 1:
             self.budget.record_request()
         timeout_s = self.config.timeout_ms / 1000.0
-        if self.config.drop_stale:
+        if self.config.drops_stale(batch.lane):
             left_s = (deadline_ms(rows, self.config.end_to_end_ms) - _now_ms()) / 1000.0
             timeout_s = max(0.001, min(timeout_s, left_s))
         req_id = codec.request_id(rows[0].events[0].ref, len(rows), attempt)

@@ -104,6 +104,9 @@ class Lane(Node):
     p99_bound_ms: float | None = Field(
         None, gt=0, description="protect this lane: ration the lanes below it while its p99 exceeds this"
     )
+    stale_policy: Literal["dead_letter", "best_effort"] | None = Field(
+        None, description="past the deadline in this lane (default: deadline.stale_policy)"
+    )
     min_rate: float = Field(50.0, gt=0, description="rows/s this lane keeps when rationed")
     rate_step: float = Field(100.0, gt=0, description="rows/s a ration grows per interval")
 

@@ -102,3 +102,30 @@ def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog) -> N
     assert any("purchases over its bound" in m and "'rest': 400.0" in m for m in steps), steps
     exposition = runtime.metrics.exposition().decode()
     assert 'pipeline_lane_rate_limit_rows_per_second{lane="rest"}' in exposition
+
+
+def test_a_lane_can_keep_its_own_stale_policy(stack) -> None:
+    """A budget of 1 ms makes every event stale before dispatch. The purchases lane follows
+    the pipeline's policy and dead-letters them; the rest lane (a backfill, say) says
+    best_effort and infers them anyway."""
+    base = fresh_topology(stack, deadline={"end_to_end_ms": 1, "stale_policy": "dead_letter"})
+    data = base.model_dump(mode="json")
+    data["lanes"] = [
+        {"id": "purchases", "match": {"field": "type", "values": ["purchase"]}},
+        {"id": "rest", "stale_policy": "best_effort"},
+    ]
+    topology = type(base).model_validate(data)
+    now = time.time_ns() // 1_000_000
+    records: list[RawIn] = []
+    for i in range(400):
+        kind, user = ("purchase", 1000 + i % 10) if i % 4 == 0 else ("view", i % 97)
+        value = {"event_id": f"s-{i}", "user_id": user, "item_id": i % 500, "type": kind, "ts": now}
+        records.append((str(user).encode(), orjson.dumps(value), []))
+    run = asyncio.run(run_until_accounted(topology, records))
+    summary = run.ledger.summary()
+    assert summary["lost"] == 0
+    assert summary["dead_letters"] == 100  # every purchase, and nothing else
+    assert set(summary["dead_letter_reasons"]) == {"deadline_exceeded"}
+    outputs = [orjson.loads(r.value) for r in asyncio.run(read_values(topology, topology.sink.topic))]
+    assert {doc["lane"] for doc in outputs} == {"rest"}
+    assert sum(len(doc["sources"]) for doc in outputs) == 300
