@@ -24,6 +24,19 @@ def event(i: int, kind: str = "view") -> bytes:
     )
 
 
+def purchases_and_views(count: int, purchase_every: int) -> list[RawIn]:
+    """Purchases and views from different users, so both lanes get requests (a purchase
+    would lift a user's whole request into the purchases lane)."""
+    now = time.time_ns() // 1_000_000
+    records: list[RawIn] = []
+    for i in range(count):
+        is_purchase = i % purchase_every == 0
+        kind, user = ("purchase", 1000 + i % 10) if is_purchase else ("view", i % 97)
+        value = {"event_id": f"p-{i}", "user_id": user, "item_id": i % 500, "type": kind, "ts": now}
+        records.append((str(user).encode(), orjson.dumps(value), []))
+    return records
+
+
 def test_outputs_carry_their_lane_and_triton_accepts_lane_priorities(stack) -> None:
     base = fresh_topology(stack)
     data = base.model_dump(mode="json")
@@ -83,13 +96,7 @@ def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog) -> N
         {"id": "rest", "min_rate": 400, "rate_step": 100},
     ]
     topology = type(base).model_validate(data)
-    now = time.time_ns() // 1_000_000
-    records: list[RawIn] = []
-    for i in range(1500):
-        # purchases and views from different users, so both lanes get requests
-        kind, user = ("purchase", 1000 + i % 10) if i % 10 == 0 else ("view", i % 97)
-        value = {"event_id": f"g-{i}", "user_id": user, "item_id": i % 500, "type": kind, "ts": now}
-        records.append((str(user).encode(), orjson.dumps(value), []))
+    records = purchases_and_views(1500, purchase_every=10)
     caplog.set_level(logging.INFO, logger="pipeline.runtime")
     run = asyncio.run(run_until_accounted(topology, records))
     summary = run.ledger.summary()
@@ -115,12 +122,7 @@ def test_a_lane_can_keep_its_own_stale_policy(stack) -> None:
         {"id": "rest", "stale_policy": "best_effort"},
     ]
     topology = type(base).model_validate(data)
-    now = time.time_ns() // 1_000_000
-    records: list[RawIn] = []
-    for i in range(400):
-        kind, user = ("purchase", 1000 + i % 10) if i % 4 == 0 else ("view", i % 97)
-        value = {"event_id": f"s-{i}", "user_id": user, "item_id": i % 500, "type": kind, "ts": now}
-        records.append((str(user).encode(), orjson.dumps(value), []))
+    records = purchases_and_views(400, purchase_every=4)
     run = asyncio.run(run_until_accounted(topology, records))
     summary = run.ledger.summary()
     assert summary["lost"] == 0
