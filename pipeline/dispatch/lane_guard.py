@@ -49,6 +49,9 @@ class LaneGuard:
         self.lanes = list(lanes)  # most important first, as in the topology
         protected = [i for i, lane in enumerate(self.lanes) if lane.p99_bound_ms is not None]
         first = protected[0] if protected else len(self.lanes)
+        # Worth running: some lane is protected and some lane sits below it. Fixed with the
+        # lanes, and read on every outcome, so worked out once.
+        self.active = first < len(self.lanes) - 1
         self.rates: dict[str, float | None] = {
             lane.id: lane.min_rate if i > first and lane.p99_bound_ms is None else None
             for i, lane in enumerate(self.lanes)
@@ -56,12 +59,6 @@ class LaneGuard:
         self._latency_ms: dict[str, list[float]] = defaultdict(list)
         self._rows: dict[str, int] = defaultdict(int)
         self.last_reason = "start"
-
-    @property
-    def active(self) -> bool:
-        """Worth running: some lane is protected and some lane sits below it."""
-        protected = [i for i, lane in enumerate(self.lanes) if lane.p99_bound_ms is not None]
-        return bool(protected) and protected[0] < len(self.lanes) - 1
 
     def observe(self, lane: str, latency_ms: float, rows: int) -> None:
         self._latency_ms[lane].append(latency_ms)
