@@ -9,7 +9,6 @@ only module that knows both the topology and the operators."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
 from pipeline.sources.watchdog import StallWatchdog
+from pipeline.ticks import every
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
@@ -177,9 +177,7 @@ class PipelineRuntime:
 
     async def _guard_loop(self, stop: asyncio.Event) -> None:
         interval = self.topology.adaptive.interval_ms / 1000.0
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        async for _ in every(interval, stop):
             before = (self.lanes.rates(), self.guard.last_reason)
             self._apply_rations(self.guard.tick(interval, self.lanes.idle()))
             if (self.lanes.rates(), self.guard.last_reason) != before:
@@ -192,10 +190,7 @@ class PipelineRuntime:
 
     async def _control_loop(self, stop: asyncio.Event) -> None:
         assert self.controller is not None
-        interval = self.topology.adaptive.interval_ms / 1000.0
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        async for _ in every(self.topology.adaptive.interval_ms / 1000.0, stop):
             before = self.controller.knobs
             knobs = self.controller.tick(self.lanes.queued_unrationed)
             if knobs != before:

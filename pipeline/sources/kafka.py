@@ -5,7 +5,6 @@ finished. Auto-commit is off: the offset tracker decides what is safe."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
 from pipeline.sources.credits import TopicCredits
+from pipeline.ticks import every
 from pipeline.topology.schema import Broker, Source
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,7 @@ class KafkaSource:
         self.metrics.committed.inc()
 
     async def commit_loop(self, stop: asyncio.Event) -> None:
-        interval = self.spec.commit_interval_ms / 1000.0
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        async for _ in every(self.spec.commit_interval_ms / 1000.0, stop):
             try:
                 await self.commit()
             except Exception as exc:  # a failed commit is retried at the next tick

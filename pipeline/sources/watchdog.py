@@ -7,13 +7,13 @@ It also un-pauses any partition left paused while the credit gate has room."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from pipeline.metrics import Metrics
 from pipeline.sources.kafka import KafkaSource
+from pipeline.ticks import every
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ class StallWatchdog:
         return stalled
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+        async for _ in every(self.interval_s, stop):
             self.source.resume_if_room()
             self.check(self.source.lag(), time.monotonic())
