@@ -36,6 +36,17 @@ async def settle(seconds: float = 0.04) -> None:
     await asyncio.sleep(seconds)
 
 
+async def probing(**limits: int) -> tuple[FakeClock, CircuitBreaker]:
+    """A breaker opened by one failure whose open time (20 ms) has passed, and whose probe
+    has just been admitted: it is half-open."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock, **limits)
+    breaker.record_failure(probe=False)
+    clock.advance(20)
+    assert await admit_within(breaker) is True
+    return clock, breaker
+
+
 def test_closed_breaker_admits_at_once_without_probing():
     async def scenario() -> None:
         breaker = CircuitBreaker(clock=FakeClock())
@@ -120,11 +131,7 @@ def test_only_one_probe_at_a_time():
 
 def test_probe_success_closes_and_releases_every_waiter():
     async def scenario() -> None:
-        clock = FakeClock()
-        breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
-        breaker.record_failure(probe=False)
-        clock.advance(20)
-        assert await admit_within(breaker) is True
+        _, breaker = await probing()
         waiters = [asyncio.ensure_future(breaker.admit()) for _ in range(4)]
         await settle()
         assert not any(w.done() for w in waiters)
@@ -140,11 +147,7 @@ def test_probe_success_closes_and_releases_every_waiter():
 
 def test_probe_failure_doubles_the_open_time_up_to_max_open_ms():
     async def scenario() -> None:
-        clock = FakeClock()
-        breaker = CircuitBreaker(failure_threshold=1, open_ms=20, max_open_ms=70, clock=clock)
-        breaker.record_failure(probe=False)
-        clock.advance(20)
-        assert await admit_within(breaker) is True
+        clock, breaker = await probing(max_open_ms=70)
 
         breaker.record_failure(probe=True)  # re-opens for 40 ms, from now
         assert breaker.state is BreakerState.OPEN
@@ -192,11 +195,7 @@ def test_a_successful_probe_resets_the_open_time_for_the_next_outage():
 
 def test_cancel_probe_lets_the_next_admit_probe():
     async def scenario() -> None:
-        clock = FakeClock()
-        breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
-        breaker.record_failure(probe=False)
-        clock.advance(20)
-        assert await admit_within(breaker) is True
+        _, breaker = await probing()
         waiter = asyncio.ensure_future(breaker.admit())
         await settle()
         assert not waiter.done()
