@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import sys
 import time
+import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,8 @@ Output = tuple[str, int, list[Coord], dict[str, float]]
 
 
 def topology_for(stack: EmbeddedStack, mode: str, lanes: bool) -> Topology:
-    data = topology_on_stack(stack)
-    tag = data["source"]["group_id"].removeprefix("g-")
+    data = topology_on_stack(stack, fresh=False)  # its own topic names, set below
+    tag = uuid.uuid4().hex[:8]
     live, backfill = f"bench-live-{tag}", f"bench-backfill-{tag}"
     data["source"].update({"topics": [live, backfill] if lanes else [live], "group_id": f"bench-{tag}"})
     data["sink"].update({"topic": f"bench-out-{tag}", "dead_letter_topic": f"bench-dlq-{tag}"})
