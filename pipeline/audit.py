@@ -59,10 +59,25 @@ class Ledger:
     def accounted(self) -> int:
         return sum(1 for c in self.inputs if self.outputs[c])
 
-    def summary(self) -> dict[str, object]:
+    def take_latencies(self) -> list[float]:
+        """Latencies of the outputs seen since the last call whose input is known (the rest
+        wait for their input's acknowledgement), also kept for the summary."""
+        taken, waiting = [], []
         for coord, ts in self._pending_latency:
             if coord in self.inputs:
-                self.latencies_ms.append(ts - self.inputs[coord])
+                taken.append(float(ts - self.inputs[coord]))
+            else:
+                waiting.append((coord, ts))
+        self._pending_latency = waiting
+        self.latencies_ms.extend(taken)
+        return taken
+
+    def unanswered(self, older_than_ms: int) -> int:
+        """Inputs produced before ``older_than_ms`` (epoch ms) with no output yet."""
+        return sum(1 for c, ts in self.inputs.items() if ts < older_than_ms and not self.outputs[c])
+
+    def summary(self) -> dict[str, object]:
+        self.take_latencies()
         self._pending_latency.clear()
         lost = sum(1 for c in self.inputs if not self.outputs[c])
         duplicates = sum(n - 1 for c, n in self.outputs.items() if n > 1 and c in self.inputs)
@@ -80,6 +95,24 @@ class Ledger:
             "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1),
         }
+
+
+def combined_summary(ledgers: list[Ledger]) -> dict[str, object]:
+    """One summary over ledgers of separate broker epochs: offsets restart with a fresh
+    broker, so each epoch's coordinates are kept apart by its index."""
+    if len(ledgers) == 1:
+        return ledgers[0].summary()
+    merged = Ledger()
+    for i, ledger in enumerate(ledgers):
+        ledger.take_latencies()
+        merged.inputs.update({(f"{i}/{t}", p, o): ts for (t, p, o), ts in ledger.inputs.items()})
+        merged.outputs.update({(f"{i}/{t}", p, o): n for (t, p, o), n in ledger.outputs.items()})
+        merged.recommendations += ledger.recommendations
+        merged.dead_letters += ledger.dead_letters
+        merged.dead_letter_reasons.update(ledger.dead_letter_reasons)
+        merged.latencies_ms.extend(ledger.latencies_ms)
+        merged.last_output_ms = max(merged.last_output_ms, ledger.last_output_ms)
+    return merged.summary()
 
 
 async def audit_topology(topology: Topology) -> dict[str, object]:

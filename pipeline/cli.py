@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 import orjson
 
-from pipeline.errors import TopologyError
+from pipeline.errors import Fatal, TopologyError
 from pipeline.topology.loader import all_problems, load_topology
 
 DEFAULT_TOPOLOGY = Path("topologies/recommendations.yaml")
+log = logging.getLogger("pipeline")
 
 
 def _setup_logging(level: str) -> None:
@@ -45,7 +47,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
-async def _serve(topology_path: Path) -> None:
+# Exit codes of `pipeline run`: 0 drained and committed; 2 bad configuration; 3 stopped with
+# work unfinished or uncommitted (it is replayed: nothing is lost); 128 + signal number when
+# a second signal cut the stop short.
+EXIT_UNCLEAN_STOP = 3
+SHUTDOWN_MARGIN_S = 5.0  # past drain_timeout_ms: closing the clients, then a hard exit
+
+
+async def _serve(topology_path: Path) -> int:
     from pipeline.health import OpsServer
     from pipeline.runtime import PipelineRuntime
 
@@ -53,8 +62,19 @@ async def _serve(topology_path: Path) -> None:
     runtime = PipelineRuntime(topology)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    budget_s = topology.source.drain_timeout_ms / 1000.0 + SHUTDOWN_MARGIN_S
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.error("second %s: exiting now, without draining", sig.name)
+            os._exit(128 + sig.value)
+        log.info("%s: draining for at most %.0f s (send it again to exit at once)", sig.name, budget_s)
+        stop.set()
+        # The last resort if a close step ignores its own bound: the stop never takes longer.
+        loop.call_later(budget_s, _hard_exit, budget_s)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     ops = None
     if topology.operations.metrics_port:
         ops = OpsServer(runtime.metrics, runtime.is_ready, topology.operations.metrics_port)
@@ -64,13 +84,19 @@ async def _serve(topology_path: Path) -> None:
     finally:
         if ops is not None:
             await ops.stop()
+    return 0 if runtime.clean_stop else EXIT_UNCLEAN_STOP
+
+
+def _hard_exit(budget_s: float) -> None:
+    log.error("stop took longer than %.0f s: exiting with work unfinished (it is replayed)", budget_s)
+    logging.shutdown()
+    os._exit(EXIT_UNCLEAN_STOP)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology)
     _setup_logging(topology.operations.log_level)
-    asyncio.run(_serve(args.topology))
-    return 0
+    return asyncio.run(_serve(args.topology))
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -78,7 +104,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     _setup_logging("INFO")
     load_topology(args.topology)  # fail fast on a bad file, before starting anything
-    summary = main(DevOptions(args.topology, args.workdir, args.events, args.rate, args.timeout))
+    summary = main(
+        DevOptions(
+            args.topology,
+            args.workdir,
+            args.events,
+            args.rate,
+            args.timeout,
+            args.report_every,
+            args.recycle_growth,
+        )
+    )
     print(orjson.dumps(summary).decode(), flush=True)
     return 0 if summary["lost"] == 0 else 1
 
@@ -122,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rate", type=float, default=0.0, help="events per second (0: unlimited)")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--report-every", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument(
+        "--recycle-growth",
+        type=float,
+        default=0.25,
+        help="restart the embedded broker once its CPU grew by this share of a core",
+    )
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("audit", help="account for every input event of a topology")
@@ -148,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except TopologyError as err:
         print(str(err), file=sys.stderr)
         return 2
+    except Fatal as err:
+        print(f"pipeline stopped: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

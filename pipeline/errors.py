@@ -89,3 +89,16 @@ class TopologyError(PipelineError):
         self.file = file
         self.path = path
         self.problem = problem
+
+
+# --- the process cannot go on ------------------------------------------------------------------
+class Fatal(PipelineError):
+    """Stops `pipeline run` with one clear message and a non-zero exit (the supervisor
+    restarts it, or a person looks): retrying inside the process would only repeat it."""
+
+    exit_code = 1
+    reason = "fatal"
+
+
+class SourceFailed(Fatal):
+    reason = "source_failed"

@@ -28,6 +28,7 @@ class RawRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: Headers
+    undecodable: str | None = None  # set: the client could not decode this record (why)
 
 
 class Event(NamedTuple):

@@ -95,6 +95,12 @@ class Metrics:
         self.in_flight_events = Gauge(
             "pipeline_in_flight_events", "Events consumed and not yet finished", registry=r
         )
+        self.undecodable_records = Counter(
+            "pipeline_undecodable_records_total",
+            "Records the Kafka client could not decode, dead-lettered and stepped past",
+            ["topic"],
+            registry=r,
+        )
         self.paused = Gauge(
             "pipeline_source_paused", "1 while the source is paused by backpressure", registry=r
         )

@@ -45,6 +45,9 @@ from pipeline.ticks import every
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
+# Each closing step (final commit, consumer, producer, streams) gets at most this long; the
+# whole stop is bounded by drain_timeout_ms plus these (see SHUTDOWN_MARGIN_S in cli.py).
+CLOSE_STEP_TIMEOUT_S = 1.5
 
 
 @dataclass
@@ -150,6 +153,7 @@ class PipelineRuntime:
         self._stop = asyncio.Event()
         self._sink_tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
+        self.clean_stop = True  # False: work was left unfinished or uncommitted (it replays)
 
     def _in_flight_limit(self) -> int:
         return self.controller.in_flight() if self.controller else self.topology.model.max_in_flight
@@ -320,12 +324,7 @@ class PipelineRuntime:
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
-            try:
-                await self.source.commit()
-            finally:
-                await self.source.stop()
-                await self.sink.stop()
-                await self.pool.close()
+            await self._close()
         if self._failure is not None:
             raise RuntimeError("pipeline graph failed") from self._failure
 
@@ -336,4 +335,21 @@ class PipelineRuntime:
         if self._sink_tasks:
             await asyncio.wait(set(self._sink_tasks), timeout=max(0.0, deadline - time.monotonic()))
         if self.credits.in_flight:
+            self.clean_stop = False
             log.warning("stopped with %d events unfinished: they will be replayed", self.credits.in_flight)
+
+    async def _close(self) -> None:
+        """The final commit, then the clients, each bounded: a broker that is down must not
+        hold the process (aiokafka retries a commit or a flush for as long as it is let)."""
+        steps = (
+            ("final commit", self.source.commit),
+            ("consumer close", self.source.stop),
+            ("producer close", self.sink.stop),
+            ("Triton streams close", self.pool.close),
+        )
+        for name, step in steps:
+            try:
+                await asyncio.wait_for(step(), CLOSE_STEP_TIMEOUT_S)
+            except Exception as exc:
+                self.clean_stop = False
+                log.error("%s failed or timed out after %.0f s: %r", name, CLOSE_STEP_TIMEOUT_S, exc)

@@ -33,3 +33,9 @@ class EmbeddedBroker(ChildProcess):
 
     def listening(self) -> bool:
         return port_open(self.port)
+
+    def restart(self) -> None:
+        """A fresh, empty broker on the same port (its data lives in memory only)."""
+        self.stop()
+        self.start()
+        self.wait_until(self.listening, 30, "listening")

@@ -11,14 +11,17 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline.audit import Ledger
+from pipeline.audit import Ledger, combined_summary
+from pipeline.devstack.broker_load import BrokerLoad
 from pipeline.devstack.stack import EmbeddedStack
+from pipeline.devstack.tuning import EMBEDDED_BROKER, BrokerTuning
 from pipeline.kafka_io import ensure_topics
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
@@ -27,6 +30,7 @@ from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
 INPUT_PARTITIONS = 4
+UNANSWERED_AFTER_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class DevOptions:
     events: int | None = None  # None: run until interrupted
     rate: float = 0.0  # events per second; 0: as fast as the producer goes
     timeout_s: float = 300.0
+    report_every_s: float = 30.0
+    recycle_growth: float = 0.25  # restart the broker once its CPU grew by this share of a core
 
 
 def live_events(config: GeneratorConfig, count: int | None) -> Iterator[dict[str, object]]:
@@ -47,15 +53,25 @@ def live_events(config: GeneratorConfig, count: int | None) -> Iterator[dict[str
 
 
 async def feed(
-    topology: Topology, events: Iterator[dict[str, object]], ledger: Ledger, rate: float, stop: asyncio.Event
+    topology: Topology,
+    events: Iterator[dict[str, object]],
+    ledger: Ledger,
+    rate: float,
+    stop: asyncio.Event,
+    tuning: BrokerTuning = EMBEDDED_BROKER,
 ) -> int:
+    """Produce ``events`` at ``rate`` per second (0: as fast as the producer goes). Sends are
+    not awaited one by one: the producer lingers, so each partition gets few, large batches
+    (the embedded broker's cost grows with the number of batches it stores)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=topology.broker.bootstrap_servers, enable_idempotence=False, linger_ms=5
+        bootstrap_servers=topology.broker.bootstrap_servers,
+        enable_idempotence=False,
+        linger_ms=tuning.linger_ms,
     )
     await producer.start()
     topic = topology.source.topics[0]
     sent = 0
-    started = time.monotonic()
+    started = last_settle = time.monotonic()
     pending: list[asyncio.Future[object]] = []
     try:
         for event in events:
@@ -64,12 +80,13 @@ async def feed(
             fut = await producer.send(topic, orjson.dumps(event), key=str(event["user_id"]).encode())
             pending.append(fut)
             sent += 1
-            if len(pending) >= 1000:
+            now = time.monotonic()
+            if len(pending) >= 1000 or now - last_settle > 1.0:
                 await _settle(pending, ledger)
+                last_settle = time.monotonic()
             if rate > 0:
-                ahead = sent / rate - (time.monotonic() - started)
+                ahead = sent / rate - (now - started)
                 if ahead > 0:
-                    await _settle(pending, ledger)
                     await asyncio.sleep(ahead)
         await _settle(pending, ledger)
     finally:
@@ -83,13 +100,16 @@ async def _settle(pending: list[asyncio.Future[object]], ledger: Ledger) -> None
     pending.clear()
 
 
-async def follow_outputs(topology: Topology, ledger: Ledger, stop: asyncio.Event) -> None:
+async def follow_outputs(
+    topology: Topology, ledger: Ledger, stop: asyncio.Event, tuning: BrokerTuning = EMBEDDED_BROKER
+) -> None:
     """Tail the output and dead-letter topics into the ledger."""
     sink = topology.sink
     consumer = AIOKafkaConsumer(
         bootstrap_servers=topology.broker.bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=tuning.follower_fetch_max_wait_ms,
     )
     await consumer.start()
     try:
@@ -112,36 +132,87 @@ async def follow_outputs(topology: Topology, ledger: Ledger, stop: asyncio.Event
         await consumer.stop()
 
 
+@dataclass
+class Books:
+    """The ledgers of a dev run, one per broker epoch (offsets restart with a fresh broker)."""
+
+    ledgers: list[Ledger] = field(default_factory=list)
+
+    def new_epoch(self) -> Ledger:
+        self.ledgers.append(Ledger())
+        return self.ledgers[-1]
+
+    def accounted(self) -> int:
+        return sum(ledger.accounted() for ledger in self.ledgers)
+
+    def inputs(self) -> int:
+        return sum(len(ledger.inputs) for ledger in self.ledgers)
+
+
 async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
+    """Feed and follow the pipeline until the user stops it (or ``--events`` are accounted
+    for). The embedded broker slows down with every batch it stores, so when its CPU has
+    grown by ``recycle_growth`` of a core the run drains, restarts the broker empty and goes
+    on: a pause of a few seconds instead of a stall (README: The embedded broker's limits)."""
+    stop = asyncio.Event()  # the user's signal, or the run's end
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    rate = opts.rate if opts.events is not None or opts.rate > 0 else 200.0
+    events = live_events(GeneratorConfig(seed=int(time.time())), opts.events)
+    books = Books()
+    started = time.monotonic()
+    recycles = 0
+    try:
+        while await run_epoch(opts, stack, events, rate, books, stop, started):
+            recycles += 1
+            await asyncio.to_thread(stack.broker.restart)
+            log.warning("embedded broker restarted empty (recycle %d); the run goes on", recycles)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    summary = combined_summary(books.ledgers)
+    summary["wall_s"] = round(time.monotonic() - started, 2)
+    summary["broker_recycles"] = recycles
+    return summary
+
+
+async def run_epoch(
+    opts: DevOptions,
+    stack: EmbeddedStack,
+    events: Iterator[dict[str, object]],
+    rate: float,
+    books: Books,
+    stop: asyncio.Event,
+    started: float,
+) -> bool:
+    """One broker epoch: topics, pipeline, feeder and follower. Returns whether the broker
+    needs recycling (False: the run is over)."""
     overrides = {
         "PIPELINE_BOOTSTRAP_SERVERS": stack.broker.bootstrap,
         "PIPELINE_TRITON_URL": stack.triton.grpc_url,
     }
-    topology = load_topology(opts.topology, env=overrides)
+    topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env=overrides))
     await ensure_topics(
         topology.broker.bootstrap_servers,
         [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
         INPUT_PARTITIONS,
     )
-    stop = asyncio.Event()  # the user's (signal) or the run's end: stop feeding
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     runtime = PipelineRuntime(topology)
-    pipeline_stop, follow_stop = asyncio.Event(), asyncio.Event()
+    feeding, pipeline_stop, follow_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
     pipeline_task = asyncio.create_task(runtime.run(pipeline_stop))
-    ledger = Ledger()
+    ledger = books.new_epoch()
     follower = asyncio.create_task(follow_outputs(topology, ledger, follow_stop))
     await asyncio.wait_for(runtime.ready.wait(), 60)
-    started = time.monotonic()
-    rate = opts.rate if opts.events is not None or opts.rate > 0 else 200.0
-    events = live_events(GeneratorConfig(seed=int(time.time())), opts.events)
-    feeder = asyncio.create_task(feed(topology, events, ledger, rate, stop))
+    feeder = asyncio.create_task(feed(topology, events, ledger, rate, feeding))
+    recycle = False
     try:
-        await _watch(opts, ledger, feeder, pipeline_task, stop, started)
+        recycle = await _watch(
+            opts, books, feeder, pipeline_task, stop, started, BrokerLoad(stack.broker.pid)
+        )
     finally:
         # Stop in dataflow order so that what is in flight still gets counted.
-        stop.set()
+        feeding.set()
         await _settle_task(feeder)
         pipeline_stop.set()
         await _settle_task(pipeline_task, timeout_s=topology.source.drain_timeout_ms / 1000 + 30)
@@ -150,11 +221,7 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
             await asyncio.sleep(0.05)
         follow_stop.set()
         await _settle_task(follower)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    summary = ledger.summary()
-    summary["wall_s"] = round(time.monotonic() - started, 2)
-    return summary
+    return recycle and not stop.is_set()
 
 
 async def _settle_task(task: asyncio.Task[object], timeout_s: float = 30.0) -> None:
@@ -164,31 +231,57 @@ async def _settle_task(task: asyncio.Task[object], timeout_s: float = 30.0) -> N
 
 async def _watch(
     opts: DevOptions,
-    ledger: Ledger,
+    books: Books,
     feeder: asyncio.Task[int],
     pipeline_task: asyncio.Task[None],
     stop: asyncio.Event,
     started: float,
-) -> None:
-    last_report = started
+    broker_load: BrokerLoad,
+) -> bool:
+    """Until the run is over (False) or the broker needs recycling (True)."""
+    last_report = time.monotonic()
+    broker_load.sample(last_report)
     while not stop.is_set():
         await asyncio.sleep(0.1)
         if pipeline_task.done():
             pipeline_task.result()  # re-raises the pipeline's failure
-            return
-        if opts.events is not None and feeder.done() and ledger.accounted() >= opts.events:
-            return
+            return False
+        if opts.events is not None and feeder.done() and books.accounted() >= opts.events:
+            return False
         if time.monotonic() - started > opts.timeout_s and opts.events is not None:
-            log.error("timed out with %d of %d events accounted for", ledger.accounted(), opts.events)
-            return
-        if time.monotonic() - last_report > 5:
-            last_report = time.monotonic()
-            log.info(
-                "in %d, recommendations %d, dead letters %d",
-                len(ledger.inputs),
-                ledger.recommendations,
-                ledger.dead_letters,
-            )
+            log.error("timed out with %d of %d events accounted for", books.accounted(), opts.events)
+            return False
+        now = time.monotonic()
+        if now - last_report > opts.report_every_s:
+            last_report = now
+            share = _report(books, broker_load, now, now - started)
+            if share is not None and broker_load.needs_recycle(share, opts.recycle_growth):
+                log.warning(broker_load.recycle_message(share))
+                return True
+    return False
+
+
+def _report(books: Books, broker_load: BrokerLoad, now: float, elapsed_s: float) -> float | None:
+    """One line per interval: the interval's p99 and the broker's CPU show a slow degradation
+    long before a stall. Returns the broker's share of a core over the interval."""
+    ledger = books.ledgers[-1]
+    latencies = ledger.take_latencies()
+    p99 = float(np.percentile(latencies, 99)) if latencies else float("nan")
+    share = broker_load.sample(now)
+    unanswered = ledger.unanswered(time.time_ns() // 1_000_000 - UNANSWERED_AFTER_MS)
+    log.info(
+        "t=%ds in %d, recommendations %d, dead letters %d, unanswered after %ds %d, "
+        "p99 %.0f ms, broker CPU %s",
+        elapsed_s,
+        books.inputs(),
+        sum(lg.recommendations for lg in books.ledgers),
+        sum(lg.dead_letters for lg in books.ledgers),
+        UNANSWERED_AFTER_MS // 1000,
+        unanswered,
+        p99,
+        f"{share:.0%}" if share is not None else "?",
+    )
+    return share
 
 
 def main(opts: DevOptions) -> dict[str, object]:

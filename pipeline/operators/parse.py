@@ -59,6 +59,8 @@ def _id_field(doc: dict[str, object], name: str) -> int:
 
 def parse_record(record: RawRecord, rules: ParseRules, now_ms: int) -> Event:
     """Validate one record; raises _Reject with a machine reason and a readable detail."""
+    if record.undecodable is not None:
+        raise _Reject("undecodable_record", record.undecodable)
     value = record.value
     if not value:
         raise _Reject("empty", "empty message")

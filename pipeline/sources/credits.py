@@ -6,8 +6,6 @@ the low watermark it resumes. So memory stays flat and Kafka's lag absorbs any b
 
 from __future__ import annotations
 
-import asyncio
-
 
 class CreditGate:
     def __init__(self, high_watermark: int, low_watermark: int) -> None:
@@ -43,7 +41,6 @@ class TopicCredits:
         self.gates = {topic: CreditGate(high_watermark, low_watermark) for topic in topics}
         self.high, self.low = high_watermark, low_watermark
         self.paused: set[str] = set()
-        self._room = asyncio.Event()
 
     def gate(self, topic: str) -> CreditGate:
         found = self.gates.get(topic)
@@ -59,10 +56,7 @@ class TopicCredits:
         self.gate(topic).take(n)
 
     def give_back(self, topic: str, n: int) -> None:
-        gate = self.gate(topic)
-        gate.give_back(n)
-        if topic in self.paused and gate.has_room:
-            self._room.set()
+        self.gate(topic).give_back(n)
 
     def to_pause(self) -> set[str]:
         """Topics that reached their high watermark and are not paused yet."""
@@ -71,9 +65,3 @@ class TopicCredits:
     def to_resume(self) -> set[str]:
         """Paused topics that fell to their low watermark."""
         return {t for t in self.paused if self.gates[t].has_room}
-
-    async def wait_for_room(self) -> None:
-        """Return once a paused topic has fallen to its low watermark."""
-        self._room.clear()
-        if not self.to_resume():
-            await self._room.wait()

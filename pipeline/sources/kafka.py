@@ -10,16 +10,20 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
+from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
 from pipeline.sources.credits import TopicCredits
+from pipeline.sources.undecodable import is_undecodable, raw, step_past_undecodable
 from pipeline.ticks import every
 from pipeline.topology.schema import Broker, Source
 
 log = logging.getLogger(__name__)
 EMIT_SLICE = 256  # records per synchronous pass through the operator chain
+FETCH_RETRY_S = 1.0  # wait after a retriable fetch error
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -31,7 +35,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.source.revoking.clear()
-        # New assignments start unpaused; re-apply backpressure to full topics.
+        # New assignments start unpaused in the consumer: forget which topics were paused so
+        # that the run loop's next pass pauses the full ones again.
         self.source.credits.paused.clear()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
@@ -45,8 +50,11 @@ class KafkaSource:
         self.credits = credits
         self.metrics = metrics
         self.revoking: set[tuple[str, int]] = set()
-        self._waiting_for_credits = False
         self.positions: dict[tuple[str, int], int] = {}  # next offset to take, per partition
+        # Last high watermark and commit seen per partition, kept across rebalances: the lag
+        # of a partition that is assigned but not fetched (paused, or wedged) stays visible.
+        self.highs: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
         self._turn = 0
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=broker.bootstrap_servers,
@@ -56,6 +64,9 @@ class KafkaSource:
             auto_offset_reset=spec.auto_offset_reset,
             max_poll_records=spec.max_poll_records,
             fetch_max_wait_ms=spec.fetch_max_wait_ms,
+            session_timeout_ms=spec.session_timeout_ms,
+            heartbeat_interval_ms=spec.heartbeat_interval_ms,
+            max_poll_interval_ms=spec.max_poll_interval_ms,
         )
 
     async def start(self) -> None:
@@ -63,26 +74,21 @@ class KafkaSource:
         await self.consumer.start()
 
     async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
-        consumer = self.consumer
+        # The loop polls even when every topic is paused (paused partitions are not fetched):
+        # a poll is what keeps this member in its group past max_poll_interval_ms, and each
+        # pass re-applies backpressure, so a rebalance that un-pauses partitions is noticed.
         while not stop.is_set():
             self._apply_backpressure()
-            assigned_topics = {tp.topic for tp in consumer.assignment()}
-            if assigned_topics and assigned_topics <= self.credits.paused:
-                await self._wait_for_credits(stop)  # every topic is full: nothing to fetch
-                continue
-            fetched = await self._fetch()
+            try:
+                fetched = await self._fetch()
+            except Exception as error:
+                fetched = await self._after_fetch_error(error)
             records: list[RawRecord] = []
-            for tp, messages in fetched.items():
-                if (tp.topic, tp.partition) in self.revoking or not messages:
+            for tp, taken in fetched.items():
+                if (tp.topic, tp.partition) in self.revoking or not taken:
                     continue  # being handed to another member: it re-reads from our commit
-                self.tracker.track(tp.topic, tp.partition, (m.offset for m in messages))
-                self.positions[(tp.topic, tp.partition)] = messages[-1].offset + 1
-                self.metrics.events_consumed.labels(tp.topic).inc(len(messages))
-                self.credits.take(tp.topic, len(messages))
-                records.extend(
-                    RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers))
-                    for m in messages
-                )
+                self._take(tp, taken)
+                records.extend(taken)
             if records:
                 self.metrics.in_flight_events.set(self.credits.in_flight)
                 # The RxPY chain runs synchronously per emit: hand a large fetch on in slices,
@@ -93,7 +99,48 @@ class KafkaSource:
                     if start + EMIT_SLICE < len(records):
                         await asyncio.sleep(0)
 
-    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    def _take(self, tp: TopicPartition, taken: list[RawRecord]) -> None:
+        key = (tp.topic, tp.partition)
+        self.tracker.track(tp.topic, tp.partition, (r.offset for r in taken))
+        self.positions[key] = taken[-1].offset + 1
+        high = self.consumer.highwater(tp)
+        if high is not None:
+            self.highs[key] = high
+        self.metrics.events_consumed.labels(tp.topic).inc(len(taken))
+        self.credits.take(tp.topic, len(taken))
+
+    async def _after_fetch_error(self, error: Exception) -> dict[TopicPartition, list[RawRecord]]:
+        """A record the client cannot decode is stepped past (it becomes a dead letter); a
+        retriable broker error is waited out; anything else stops the pipeline with the
+        error, since retrying it would only repeat it."""
+        if is_undecodable(error):
+            starts = {}
+            for tp in self.consumer.assignment():
+                key = (tp.topic, tp.partition)
+                if tp.topic in self.credits.paused or key in self.revoking:
+                    continue
+                start = self.positions.get(key, self.committed.get(key))
+                starts[tp] = start if start is not None else await self.consumer.position(tp)
+            read = await step_past_undecodable(self.consumer, starts, 2 * self.spec.max_poll_records)
+            for records in read.values():
+                for r in records:
+                    if r.undecodable is not None:
+                        self.metrics.undecodable_records.labels(r.topic).inc()
+                        log.error(
+                            "record %s[%d]@%d cannot be decoded (%s): dead-lettered, consumption goes on",
+                            r.topic,
+                            r.partition,
+                            r.offset,
+                            r.undecodable,
+                        )
+            return read
+        if isinstance(error, KafkaError) and error.retriable:
+            log.warning("fetch failed, retrying in %.1f s: %r", FETCH_RETRY_S, error)
+            await asyncio.sleep(FETCH_RETRY_S)
+            return {}
+        raise SourceFailed(f"consuming {self.spec.topics} failed: {error!r}") from error
+
+    async def _fetch(self) -> dict[TopicPartition, list[RawRecord]]:
         """Take from each unpaused topic in turn, an equal share of ``max_poll_records`` each.
         aiokafka hands out its buffered fetches in partition order, so a flooded topic's
         buffer would otherwise hold another topic's records back until all of it is taken
@@ -104,7 +151,8 @@ class KafkaSource:
             if tp.topic not in self.credits.paused:
                 by_topic.setdefault(tp.topic, []).append(tp)
         if len(by_topic) <= 1:
-            return await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
+            got = await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
+            return {tp: [raw(m) for m in messages] for tp, messages in got.items()}
         share = max(1, self.spec.max_poll_records // len(by_topic))
         topics = sorted(by_topic)
         self._turn = (self._turn + 1) % len(topics)  # who goes first rotates
@@ -113,7 +161,7 @@ class KafkaSource:
             fetched.update(await consumer.getmany(*by_topic[topic], timeout_ms=0, max_records=share))
         if not fetched:  # nothing buffered anywhere: wait for the next fetch response
             fetched = await consumer.getmany(timeout_ms=100, max_records=share)
-        return fetched
+        return {tp: [raw(m) for m in messages] for tp, messages in fetched.items()}
 
     def _apply_backpressure(self) -> None:
         """Pause the partitions of topics at their high watermark, resume those at their
@@ -128,23 +176,13 @@ class KafkaSource:
             credits.paused -= room
         self.metrics.paused.set(len(credits.paused))
 
-    async def _wait_for_credits(self, stop: asyncio.Event) -> None:
-        self._waiting_for_credits = True
-        room = asyncio.ensure_future(self.credits.wait_for_room())
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({room, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            room.cancel()
-            stopped.cancel()
-            self._waiting_for_credits = False
-
     async def commit(self) -> None:
         due = self.tracker.commits_due()
         if not due:
             return
         await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in due.items()})
         self.tracker.mark_committed(due)
+        self.committed.update(due)
         self.metrics.committed.inc()
 
     async def commit_loop(self, stop: asyncio.Event) -> None:
@@ -175,20 +213,22 @@ class KafkaSource:
         log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
     def lag(self) -> int:
-        """Records behind the high watermark on the assigned partitions (as last fetched)."""
+        """Records behind the high watermark on every assigned partition, fetched or not: from
+        the fetch position, else the last commit, up to the highest high watermark seen (a
+        partition paused since its assignment keeps the one from before)."""
         total = 0
         for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            position = self.positions.get((tp.topic, tp.partition))
-            if high is not None and position is not None:
+            key = (tp.topic, tp.partition)
+            high = max(self.consumer.highwater(tp) or 0, self.highs.get(key, 0))
+            position = self.positions.get(key, self.committed.get(key))
+            if position is not None:
                 total += max(0, high - position)
         return total
 
     def resume_if_room(self) -> None:
-        """No partition may stay paused while its topic has room for more events (after a
-        rebalance, say)."""
+        """No partition may stay paused while its topic has room for more events."""
         stray = [tp for tp in self.consumer.paused() if tp.topic not in self.credits.paused]
-        if stray and not self._waiting_for_credits:
+        if stray:
             log.warning("resuming %d partitions left paused", len(stray))
             self.consumer.resume(*stray)
 

@@ -41,7 +41,18 @@ class Source(Node):
     commit_interval_ms: int = Field(500, gt=0)
     drain_timeout_ms: int = Field(10_000, gt=0)
     stall_after_ms: int = Field(30_000, gt=0, description="lag without progress this long: stalled")
+    session_timeout_ms: int = Field(10_000, gt=0, description="no heartbeat this long: out of the group")
+    heartbeat_interval_ms: int = Field(3_000, gt=0)
+    max_poll_interval_ms: int = Field(
+        300_000, gt=0, description="no poll this long: out of the group (the source polls while paused)"
+    )
     credits: Credits = Credits()
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> Source:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
+        return self
 
 
 class Validation(Node):

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.triton import EmbeddedTriton
 from tests.faults.harness import CaseResult, PipelineProcess, run_case, wait_for_output_after
-from tests.integration.harness import fresh_topology
+from tests.integration.harness import ROOT, create_topics, fresh_topology
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -191,3 +194,198 @@ def test_model_rejects_some_inputs(stack, tmp_path, pipelines) -> None:
     result = asyncio.run(run_case(topology, len(events), 1000, no_fault, events=events))
     report("model answers INVALID_ARGUMENT for 1 %", result)
     assert result.audit["dead_letter_reasons"] == {"invalid_argument": 20}
+
+
+def _paused(proc: PipelineProcess) -> bool:
+    try:
+        return "pipeline_source_paused 1.0" in proc.metrics()
+    except OSError:
+        return False
+
+
+async def _until(check, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout_s}s")
+        await asyncio.sleep(0.2)
+
+
+def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pipelines) -> None:
+    """Finding 1 of the reliability review: Triton down, the source paused on its credits, a
+    second worker joins and leaves, Triton returns. The first worker must take up the whole
+    backlog (it used to wait forever on a wake-up the rebalance had cleared)."""
+    topology = fresh_topology(
+        stack,
+        model={"url": own_triton.grpc_url, "timeout_ms": 500},
+        source={
+            "credits": {"high_watermark": 600, "low_watermark": 300},
+            "drain_timeout_ms": 2000,
+            "stall_after_ms": 5000,
+        },
+        deadline={"end_to_end_ms": 600_000},  # the outage must not dead-letter the backlog
+    )
+    first = start_pipeline(topology, tmp_path, pipelines, "first")
+
+    async def fault(result: CaseResult) -> None:
+        await asyncio.sleep(1)
+        own_triton.kill()
+        result.fault_at = time.monotonic()
+        await _until(lambda: _paused(first), 60, "paused by backpressure")
+        second = await asyncio.to_thread(start_pipeline, topology, tmp_path, pipelines, "second")
+        await asyncio.sleep(3)
+        await asyncio.to_thread(second.stop)  # leaves the group: the first gets all back
+        await asyncio.sleep(2)
+        before = result.ledger.recommendations
+        await asyncio.to_thread(own_triton.start)
+        await asyncio.to_thread(own_triton.wait_until, own_triton.ready, 120, "ready")
+        result.recovered_at = await wait_for_output_after(result.ledger, before)
+
+    result = asyncio.run(run_case(topology, 6000, 1000, fault, timeout_s=180))
+    report("rebalance while paused (Triton down, credits 600)", result)
+    assert first.alive()
+    assert result.recovered_at > 0
+    # Redone at most: what the second worker took and could not finish, and what the first
+    # had finished but not committed when its partitions moved.
+    assert result.audit["duplicates"] <= 2 * 600, result.line("rebalance while paused")
+
+
+def test_outage_longer_than_max_poll_interval(stack, own_triton, tmp_path, pipelines) -> None:
+    """Finding 4: while every partition is paused the source keeps polling, so an outage
+    longer than max_poll_interval_ms does not push the member out of its group."""
+    topology = fresh_topology(
+        stack,
+        model={"url": own_triton.grpc_url, "timeout_ms": 500},
+        source={
+            "credits": {"high_watermark": 500, "low_watermark": 250},
+            "max_poll_interval_ms": 3000,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+        },
+        deadline={"end_to_end_ms": 600_000},
+    )
+    proc = start_pipeline(topology, tmp_path, pipelines)
+
+    async def fault(result: CaseResult) -> None:
+        await asyncio.sleep(1)
+        own_triton.kill()
+        result.fault_at = time.monotonic()
+        await _until(lambda: _paused(proc), 60, "paused by backpressure")
+        await asyncio.sleep(8)  # well past max_poll_interval_ms, all partitions paused
+        before = result.ledger.recommendations
+        await asyncio.to_thread(own_triton.start)
+        await asyncio.to_thread(own_triton.wait_until, own_triton.ready, 120, "ready")
+        result.recovered_at = await wait_for_output_after(result.ledger, before)
+
+    result = asyncio.run(run_case(topology, 3000, 1000, fault, timeout_s=180))
+    report("outage past max_poll_interval_ms", result)
+    log = (tmp_path / "pipeline.log").read_text()
+    assert log.count("assigned [") == 1, "the member left its group and was assigned again"
+    assert result.audit["duplicates"] == 0
+
+
+def test_sigterm_while_the_broker_is_stalled(stack, tmp_path, pipelines) -> None:
+    """Finding 3: the stop is bounded by drain_timeout_ms + 5 s even when the final commit
+    cannot reach the broker; the exit code says the stop was not clean; a restarted worker
+    redoes the uncommitted work and nothing is lost."""
+    broker = EmbeddedBroker(tmp_path)
+    broker.start()
+    try:
+        broker.wait_until(broker.listening, 30, "listening")
+        topology = fresh_topology(
+            stack, broker={"bootstrap_servers": broker.bootstrap}, source={"drain_timeout_ms": 3000}
+        )
+        first = start_pipeline(topology, tmp_path, pipelines, "first")
+        stopped_in: list[float] = []
+
+        async def fault(result: CaseResult) -> None:
+            await asyncio.sleep(2)
+            broker.signal(signal.SIGSTOP)
+            result.fault_at = time.monotonic()
+            await asyncio.sleep(1)
+            first.signal(signal.SIGTERM, group=False)
+            t0 = time.monotonic()
+            assert first.proc is not None
+            await asyncio.to_thread(first.proc.wait, 30)
+            stopped_in.append(time.monotonic() - t0)
+            broker.signal(signal.SIGCONT)
+            before = result.ledger.recommendations
+            await asyncio.to_thread(start_pipeline, topology, tmp_path, pipelines, "second")
+            result.recovered_at = await wait_for_output_after(result.ledger, before)
+
+        result = asyncio.run(run_case(topology, 2500, 500, fault, timeout_s=180))
+        report("SIGTERM during a broker stall", result)
+        assert stopped_in[0] <= 3 + 5, f"stop took {stopped_in[0]:.1f}s"
+        assert first.proc is not None and first.proc.returncode == 3  # not a clean stop
+        assert result.audit["duplicates"] <= 1000  # at most what was finished, not committed
+    finally:
+        for p in pipelines:
+            p.stop()
+        broker.stop()
+
+
+def test_a_second_signal_exits_at_once(stack, tmp_path, pipelines) -> None:
+    broker = EmbeddedBroker(tmp_path)
+    broker.start()
+    try:
+        broker.wait_until(broker.listening, 30, "listening")
+        topology = fresh_topology(
+            stack, broker={"bootstrap_servers": broker.bootstrap}, source={"drain_timeout_ms": 30_000}
+        )
+        asyncio.run(create_topics(topology))
+        proc = start_pipeline(topology, tmp_path, pipelines)
+        broker.signal(signal.SIGSTOP)
+        proc.signal(signal.SIGTERM, group=False)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.signal(signal.SIGTERM, group=False)
+        assert proc.proc is not None
+        proc.proc.wait(10)
+        assert time.monotonic() - t0 < 2
+        assert proc.proc.returncode == 128 + signal.SIGTERM
+    finally:
+        for p in pipelines:
+            p.stop()
+        broker.stop()
+
+
+def test_records_the_client_cannot_decode(stack, tmp_path, pipelines) -> None:
+    """Finding 5: a header key that is not UTF-8 makes aiokafka raise inside getmany. The
+    pipeline dead-letters such records (reason undecodable_record, with their coordinates),
+    recommends the good records around them, and keeps running: no crash, no restart loop."""
+    topology = fresh_topology(stack)
+    proc = start_pipeline(topology, tmp_path, pipelines)
+    poison_offsets: list[int] = []
+
+    async def fault(result: CaseResult) -> None:
+        await asyncio.sleep(1)
+        for partition in (0, 1, 2):  # mid-stream, between good records of each partition
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [
+                    sys.executable,
+                    "tests/faults/poison_producer.py",
+                    topology.broker.bootstrap_servers,
+                    topology.source.topics[0],
+                    str(partition),
+                    "1",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            poison_offsets.extend(orjson.loads(done.stdout))
+            await asyncio.sleep(0.5)
+
+    result = asyncio.run(run_case(topology, 3000, 1000, fault))
+    report("3 undecodable records among 3,000", result)
+    assert len(poison_offsets) == 3
+    assert result.audit["events_in"] == 3003
+    assert result.audit["dead_letter_reasons"] == {"undecodable_record": 3}
+    assert result.audit["duplicates"] == 0
+    assert proc.alive()
+    log = (tmp_path / "pipeline.log").read_text()
+    assert log.count("cannot be decoded") == 3
+    assert log.count("assigned [") == 1  # never restarted, never left its group

@@ -55,29 +55,36 @@ def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> N
     assert processes_mentioning(str(tmp_path)) == []
 
 
-def test_dev_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def test_dev_recycles_its_broker_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """The always-on mode: a broker restart every few seconds (a growth of 0 makes every
+    report call for one), then SIGTERM. Nothing is lost across the restarts."""
     proc = subprocess.Popen(
-        dev_command(tmp_path),
+        dev_command(tmp_path, "--rate", "300", "--report-every", "3", "--recycle-growth", "0"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    restarts = 0
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "pipeline recommendations running" in line or time.monotonic() > deadline:
+            restarts += "embedded broker restarted empty" in line
+            if restarts == 2 or time.monotonic() > deadline:
                 break
         assert processes_mentioning(str(tmp_path)), "broker and Triton should be running"
-        time.sleep(2)  # let events flow
+        time.sleep(2)  # let events flow into the third epoch
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert restarts == 2
     assert proc.returncode == 0
     summary = orjson.loads(out.strip().splitlines()[-1])
-    assert summary["events_in"] > 0
+    assert summary["broker_recycles"] >= 2
+    assert summary["events_in"] > 1_000
+    assert summary["lost"] == 0 and summary["duplicates"] == 0
     assert processes_mentioning(str(tmp_path)) == []

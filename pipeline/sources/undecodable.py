@@ -1,0 +1,67 @@
+"""Records the Kafka client cannot decode: a header key that is not UTF-8, a bad CRC, a
+compression codec it lacks. aiokafka raises from ``getmany`` without saying which record,
+and every retry raises again on the same one: a crash-loop if nothing steps past it. Worse,
+the records of other partitions drained in the failed call are lost with the exception while
+their fetch positions have moved on.
+
+So after such an error the source re-reads each partition from its own position (the next
+offset it actually took) one record at a time: the good records read meanwhile are handed on
+as usual, and the record that raises is handed on as a marker (``undecodable`` set) that
+parse turns into a dead letter, so its offset is finished and committed past like any other."""
+
+from __future__ import annotations
+
+import struct
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import errors as kafka_errors
+
+from pipeline.events import RawRecord
+
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    UnicodeDecodeError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.UnsupportedCodecError,
+    struct.error,
+)
+
+
+def is_undecodable(error: BaseException) -> bool:
+    return isinstance(error, DECODE_ERRORS)
+
+
+def raw(m: ConsumerRecord[bytes, bytes]) -> RawRecord:
+    return RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers))
+
+
+async def step_past_undecodable(
+    consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int], limit: int, wait_ms: int = 1_000
+) -> dict[TopicPartition, list[RawRecord]]:
+    """Re-read each partition from ``starts`` one record at a time, for at most ``limit``
+    records (the failed call read no further than its own max records past a position), and
+    return what was read: good records, and a marker for each one that cannot be decoded
+    (the partition is then moved past it)."""
+    for tp, start in starts.items():
+        consumer.seek(tp, start)  # drops what the failed call buffered past our position
+    read: dict[TopicPartition, list[RawRecord]] = {}
+    for tp in starts:
+        taken: list[RawRecord] = []
+        while len(taken) < limit:
+            try:
+                got = await consumer.getmany(tp, timeout_ms=wait_ms, max_records=1)
+            except DECODE_ERRORS as error:
+                # Consumed one record at a time, the position is the record that raised.
+                offset = await consumer.position(tp)
+                taken.append(
+                    RawRecord(
+                        tp.topic, tp.partition, offset, -1, None, None, (), f"{type(error).__name__}: {error}"
+                    )
+                )
+                consumer.seek(tp, offset + 1)
+                break
+            if not got.get(tp):
+                break  # caught up with the partition: nothing undecodable here
+            taken.extend(raw(m) for m in got[tp])
+        if taken:
+            read[tp] = taken
+    return read

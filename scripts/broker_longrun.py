@@ -1,0 +1,206 @@
+"""Long-run check of the embedded broker with plain aiokafka (no pipeline).
+
+One producer at a steady rate, one consumer in a group committing after each fetch, for a
+set time. Every interval it prints what was produced and consumed, the lag and the broker's
+CPU. It fails (exit 1) when consumption falls
+behind: the lag exceeds ``--max-lag-s`` seconds of traffic, or the consumer has not caught up
+``--drain-s`` seconds after the producer stops.
+
+Why: Tansu's memory engine answers every fetch that returns data (and every ListOffsets) by
+listing all record batches stored for the partition, and it never deletes a batch. The cost
+of a fetch grows with the batches stored; see README "The embedded broker's limits".
+
+    python scripts/broker_longrun.py --minutes 10 --rate 500            # the dev stack's tuning
+    python scripts/broker_longrun.py --minutes 3 --rate 500 --linger-ms 5 --fetch-max-wait-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.devstack.broker import EmbeddedBroker
+from pipeline.devstack.broker_load import process_cpu_seconds
+from pipeline.devstack.tuning import EMBEDDED_BROKER, BrokerTuning
+from pipeline.kafka_io import ensure_topics
+
+
+@dataclass
+class Counters:
+    produced: int = 0
+    consumed: int = 0
+    produce_requests: int = 0
+    max_lag: int = 0
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LongRun:
+    bootstrap: str
+    minutes: float
+    rate: float
+    partitions: int = 4
+    tuning: BrokerTuning = EMBEDDED_BROKER
+    interval_s: float = 10.0
+    max_lag_s: float = 5.0
+    drain_s: float = 30.0
+    broker_pid: int | None = None
+
+
+async def produce(run: LongRun, topic: str, counters: Counters, stop: asyncio.Event) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=run.bootstrap, enable_idempotence=False, linger_ms=run.tuning.linger_ms
+    )
+    await producer.start()
+    started = time.monotonic()
+    pending: list[asyncio.Future[object]] = []
+    try:
+        while not stop.is_set():
+            n = counters.produced
+            value = orjson.dumps({"n": n, "user_id": n % 5000, "ts": time.time_ns() // 1_000_000})
+            pending.append(await producer.send(topic, value, key=str(n % 5000).encode()))
+            counters.produced += 1
+            ahead = counters.produced / run.rate - (time.monotonic() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            if len(pending) >= 1000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def consume(run: LongRun, topic: str, counters: Counters, done: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=run.bootstrap,
+        group_id=f"{topic}-group",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=run.tuning.fetch_max_wait_ms,
+        max_poll_records=run.tuning.max_poll_records,
+    )
+    await consumer.start()
+    try:
+        while not done.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            counters.consumed += sum(len(records) for records in batch.values())
+            if batch:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def long_run(run: LongRun) -> dict[str, object]:
+    topic = f"longrun-{int(time.time() * 1000)}"
+    await ensure_topics(run.bootstrap, [topic], run.partitions)
+    counters = Counters()
+    stop_producing, consumed_all = asyncio.Event(), asyncio.Event()
+    producer = asyncio.create_task(produce(run, topic, counters, stop_producing))
+    consumer = asyncio.create_task(consume(run, topic, counters, consumed_all))
+    started = time.monotonic()
+    cpu0 = process_cpu_seconds(run.broker_pid) if run.broker_pid else 0.0
+    last_t, last_cpu = started, cpu0
+    failure = ""
+    try:
+        while time.monotonic() - started < run.minutes * 60 and not failure:
+            await asyncio.sleep(run.interval_s)
+            for task in (producer, consumer):
+                if task.done():
+                    task.result()
+            now = time.monotonic()
+            lag = counters.produced - counters.consumed
+            counters.max_lag = max(counters.max_lag, lag)
+            row: dict[str, float] = {
+                "t_s": round(now - started),
+                "produced": counters.produced,
+                "consumed": counters.consumed,
+                "lag": lag,
+            }
+            if run.broker_pid:
+                cpu = process_cpu_seconds(run.broker_pid)
+                row["broker_cpu_pct"] = round(100 * (cpu - last_cpu) / (now - last_t), 1)
+                last_cpu = cpu
+            last_t = now
+            counters.rows.append(row)
+            print(orjson.dumps(row).decode(), flush=True)
+            if lag > run.max_lag_s * run.rate:
+                failure = f"lag {lag} is over {run.max_lag_s}s of traffic at {row['t_s']}s"
+        stop_producing.set()
+        await producer
+        drain_deadline = time.monotonic() + run.drain_s
+        while counters.consumed < counters.produced and time.monotonic() < drain_deadline:
+            await asyncio.sleep(0.2)
+        if not failure and counters.consumed < counters.produced:
+            failure = f"{counters.produced - counters.consumed} not consumed {run.drain_s}s after the end"
+    finally:
+        stop_producing.set()
+        consumed_all.set()
+        await asyncio.gather(producer, consumer, return_exceptions=True)
+    cpu_rows = [r["broker_cpu_pct"] for r in counters.rows if "broker_cpu_pct" in r]
+    return {
+        "passed": not failure,
+        "failure": failure,
+        "minutes": run.minutes,
+        "rate": run.rate,
+        "tuning": asdict(run.tuning),
+        "produced": counters.produced,
+        "consumed": counters.consumed,
+        "max_lag": counters.max_lag,
+        "broker_cpu_pct_first": cpu_rows[0] if cpu_rows else None,
+        "broker_cpu_pct_min": min(cpu_rows) if cpu_rows else None,
+        "broker_cpu_pct_last": cpu_rows[-1] if cpu_rows else None,
+        "broker_cpu_s": round(process_cpu_seconds(run.broker_pid) - cpu0, 1) if run.broker_pid else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=500.0, help="messages per second")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--linger-ms", type=int, default=EMBEDDED_BROKER.linger_ms)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=EMBEDDED_BROKER.fetch_max_wait_ms)
+    parser.add_argument("--max-poll-records", type=int, default=EMBEDDED_BROKER.max_poll_records)
+    parser.add_argument("--max-lag-s", type=float, default=5.0)
+    parser.add_argument("--interval-s", type=float, default=10.0)
+    parser.add_argument("--bootstrap", help="an existing broker (default: start the embedded one)")
+    args = parser.parse_args(argv)
+    tuning = BrokerTuning(args.linger_ms, args.fetch_max_wait_ms, args.max_poll_records)
+    broker = None
+    if args.bootstrap is None:
+        broker = EmbeddedBroker(Path(tempfile.mkdtemp(prefix="longrun-")))
+        broker.start()
+        broker.wait_until(broker.listening, 30, "listening")
+    try:
+        run = LongRun(
+            bootstrap=args.bootstrap or broker.bootstrap,  # type: ignore[union-attr]
+            minutes=args.minutes,
+            rate=args.rate,
+            partitions=args.partitions,
+            tuning=tuning,
+            interval_s=args.interval_s,
+            max_lag_s=args.max_lag_s,
+            broker_pid=broker.pid if broker else None,
+        )
+        summary = asyncio.run(long_run(run))
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(orjson.dumps(summary).decode())
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
