@@ -121,11 +121,11 @@ async def audit_topology(topology: Topology) -> dict[str, object]:
     ledger = Ledger()
     for topic in topology.source.topics:
         async for rec in read_to_end(bootstrap, topic):
-            ledger.add_input((rec.topic, rec.partition, rec.offset), rec.timestamp)
+            ledger.add_input((rec.topic, rec.partition, rec.offset), rec.timestamp_ms)
     async for rec in read_to_end(bootstrap, topology.sink.topic):
-        ledger.add_recommendation(rec.value or b"", rec.timestamp)
+        ledger.add_recommendation(rec.value or b"", rec.timestamp_ms)
     async for rec in read_to_end(bootstrap, topology.sink.dead_letter_topic):
-        ledger.add_dead_letter(list(rec.headers), rec.timestamp)
+        ledger.add_dead_letter(list(rec.headers), rec.timestamp_ms)
     summary = ledger.summary()
     return {
         k: summary[k]

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recycle-growth",
         type=float,
-        default=0.25,
+        default=0.15,
         help="restart the embedded broker once its CPU grew by this share of a core",
     )
     p.set_defaults(func=cmd_dev)

@@ -7,9 +7,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from pipeline.events import RawRecord
+from pipeline.sources.undecodable import DECODE_ERRORS, raw, step_past_undecodable
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4) -> None:
@@ -29,10 +32,9 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int =
         await admin.close()
 
 
-async def read_to_end(
-    bootstrap: str, topic: str, idle_timeout_s: float = 5.0
-) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` up to its high watermark (no group).
+async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 5.0) -> AsyncIterator[RawRecord]:
+    """Every record of ``topic`` up to its high watermark (no group). A record the client
+    cannot decode comes as a marker (``undecodable`` set) instead of stopping the read.
 
     The end is the high watermark reported by fetches, not ListOffsets: the embedded broker
     answers ListOffsets(latest) wrongly once records arrive in batches."""
@@ -46,15 +48,22 @@ async def read_to_end(
             return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        positions = {tp: 0 for tp in tps}  # next offset to hand on
         idle_since = asyncio.get_running_loop().time()
         while not await at_end(consumer, tps):
-            batch = await consumer.getmany(timeout_ms=200)
+            try:
+                got = await consumer.getmany(timeout_ms=200)
+                batch = {tp: [raw(m) for m in messages] for tp, messages in got.items()}
+            except DECODE_ERRORS:
+                batch = await step_past_undecodable(consumer, positions, limit=10_000)
             now = asyncio.get_running_loop().time()
             if batch:
                 idle_since = now
             elif now - idle_since > idle_timeout_s:
                 raise TimeoutError(f"{topic}: no progress for {idle_timeout_s}s before its end")
-            for records in batch.values():
+            for tp, records in batch.items():
+                if records:
+                    positions[tp] = records[-1].offset + 1
                 for record in records:
                     yield record
     finally:

@@ -83,7 +83,7 @@ class PipelineRuntime:
         lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
         self.sink = KafkaSink(topology.sink, topology.broker, lanes)
         model = topology.model
-        self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after)
+        self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after, model.keepalive_ms)
         retry, cb = model.retry, model.circuit_breaker
         self.dispatcher = Dispatcher(
             self.pool,

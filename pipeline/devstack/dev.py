@@ -41,7 +41,7 @@ class DevOptions:
     rate: float = 0.0  # events per second; 0: as fast as the producer goes
     timeout_s: float = 300.0
     report_every_s: float = 30.0
-    recycle_growth: float = 0.25  # restart the broker once its CPU grew by this share of a core
+    recycle_growth: float = 0.15  # restart the broker once its CPU grew by this share of a core
 
 
 def live_events(config: GeneratorConfig, count: int | None) -> Iterator[dict[str, object]]:
@@ -160,11 +160,16 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
         loop.add_signal_handler(sig, stop.set)
     rate = opts.rate if opts.events is not None or opts.rate > 0 else 200.0
     events = live_events(GeneratorConfig(seed=int(time.time())), opts.events)
+    overrides = {
+        "PIPELINE_BOOTSTRAP_SERVERS": stack.broker.bootstrap,  # a restarted broker keeps its port
+        "PIPELINE_TRITON_URL": stack.triton.grpc_url,
+    }
+    topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env=overrides))
     books = Books()
     started = time.monotonic()
     recycles = 0
     try:
-        while await run_epoch(opts, stack, events, rate, books, stop, started):
+        while await run_epoch(opts, topology, stack, events, rate, books, stop, started):
             recycles += 1
             await asyncio.to_thread(stack.broker.restart)
             log.warning("embedded broker restarted empty (recycle %d); the run goes on", recycles)
@@ -179,6 +184,7 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
 
 async def run_epoch(
     opts: DevOptions,
+    topology: Topology,
     stack: EmbeddedStack,
     events: Iterator[dict[str, object]],
     rate: float,
@@ -188,11 +194,6 @@ async def run_epoch(
 ) -> bool:
     """One broker epoch: topics, pipeline, feeder and follower. Returns whether the broker
     needs recycling (False: the run is over)."""
-    overrides = {
-        "PIPELINE_BOOTSTRAP_SERVERS": stack.broker.bootstrap,
-        "PIPELINE_TRITON_URL": stack.triton.grpc_url,
-    }
-    topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env=overrides))
     await ensure_topics(
         topology.broker.bootstrap_servers,
         [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],

@@ -25,14 +25,20 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 _CLOSE = None  # sentinel on a stream's send queue
 
 
-def open_channel(url: str) -> grpc.aio.Channel:
+# Triton's server keepalive policy by default (--grpc-http2-min-recv-ping-interval-without-data
+# 300000, --grpc-http2-max-ping-strikes 2): a client that pings an idle connection more often
+# than every 5 minutes gets GOAWAY "too_many_pings" and loses its streams.
+TRITON_MIN_PING_INTERVAL_MS = 300_000
+
+
+def open_channel(url: str, keepalive_ms: int = TRITON_MIN_PING_INTERVAL_MS) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         url,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", 20_000),
         ],
     )
 
@@ -138,9 +144,15 @@ class TritonStream:
 
 
 class StreamPool:
-    def __init__(self, url: str, streams: int, recycle_after: int = 100_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        streams: int,
+        recycle_after: int = 100_000,
+        keepalive_ms: int = TRITON_MIN_PING_INTERVAL_MS,
+    ) -> None:
         self.url = url
-        self._channel = open_channel(url)
+        self._channel = open_channel(url, keepalive_ms)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.streams = [TritonStream(self.stub, i, recycle_after) for i in range(streams)]
 

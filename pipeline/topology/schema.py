@@ -180,6 +180,12 @@ class Model(Node):
     max_in_flight: int = Field(8, gt=0, description="inference requests outstanding at once")
     timeout_ms: int = Field(2_000, gt=0)
     recycle_stream_after: int = Field(100_000, gt=0, description="requests per stream")
+    keepalive_ms: int = Field(
+        300_000,
+        ge=10_000,
+        description="gRPC keepalive ping period; Triton's default server policy takes pings on an "
+        "idle connection no more often than every 300 s and closes it (GOAWAY) otherwise",
+    )
     retry: Retry = Retry()
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
 
