@@ -77,7 +77,9 @@ async def _serve(topology_path: Path) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     ops = None
     if topology.operations.metrics_port:
-        ops = OpsServer(runtime.metrics, runtime.is_ready, topology.operations.metrics_port)
+        ops = OpsServer(
+            runtime.metrics, runtime.is_ready, topology.operations.metrics_port, topology.operations.bind
+        )
         await ops.start()
     try:
         await runtime.run(stop)

@@ -67,6 +67,13 @@ class BadOutput(InferenceError):
     reason = "bad_output"
 
 
+class InternalError(InferenceError):
+    """Anything else raised while inferring a batch (a bug, an unforeseen client error): the
+    batch's events are dead-lettered with it, the pipeline goes on."""
+
+    reason = "internal_error"
+
+
 class RetriesExhausted(InferenceError):
     """Wraps the last retriable error once the failure budget is spent."""
 

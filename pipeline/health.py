@@ -11,9 +11,21 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipeline.metrics import Metrics
 
+MAX_REQUEST_BYTES = 8_192  # request line plus headers; a scrape needs a few hundred
+MAX_HEADER_LINES = 64
+READ_TIMEOUT_S = 5.0  # the whole request, not each line: a slow client cannot hold a task
+
 
 class OpsServer:
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool], port: int, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        port: int,
+        host: str = "127.0.0.1",
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
+        self.read_timeout_s = read_timeout_s
         self.metrics = metrics
         self.ready = ready
         self.port = port
@@ -21,13 +33,23 @@ class OpsServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
+
+    async def _read_request_line(self, reader: asyncio.StreamReader) -> bytes:
+        request_line = await reader.readline()
+        for _ in range(MAX_HEADER_LINES):
+            if not (await reader.readline()).strip():
+                return request_line  # headers are not needed
+        raise ValueError("too many header lines")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request_line = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)).strip():
-                pass  # headers are not needed
+            try:
+                request_line = await asyncio.wait_for(self._read_request_line(reader), self.read_timeout_s)
+            except (ValueError, asyncio.LimitOverrunError):
+                writer.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                return
             parts = request_line.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
             status, body, ctype = self._route(path)

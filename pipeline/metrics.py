@@ -95,6 +95,12 @@ class Metrics:
         self.in_flight_events = Gauge(
             "pipeline_in_flight_events", "Events consumed and not yet finished", registry=r
         )
+        self.loop_restarts = Counter(
+            "pipeline_background_loop_restarts_total",
+            "Background loops (commits, watchdog, adaptive, lane guard) restarted after an exception",
+            ["loop"],
+            registry=r,
+        )
         self.undecodable_records = Counter(
             "pipeline_undecodable_records_total",
             "Records the Kafka client could not decode, dead-lettered and stepped past",

@@ -9,10 +9,11 @@ only module that knows both the topology and the operators."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import reactivex
@@ -41,7 +42,7 @@ from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
 from pipeline.sources.watchdog import StallWatchdog
-from pipeline.ticks import every
+from pipeline.ticks import every, supervised
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,11 @@ class PipelineRuntime:
                     self.metrics.dead_letters.labels(reason).inc()
         self.metrics.in_flight_events.set(self.credits.in_flight)
 
-    def _on_graph_error(self, error: Exception) -> None:
+    def _on_loop_restart(self, name: str, error: BaseException) -> None:
+        log.error("background loop %s failed, restarting it: %r", name, error, exc_info=error)
+        self.metrics.loop_restarts.labels(name).inc()
+
+    def _on_graph_error(self, error: BaseException) -> None:
         log.error("pipeline graph failed: %r", error, exc_info=error)
         self._failure = error
         self._stop.set()
@@ -306,14 +311,27 @@ class PipelineRuntime:
         records: Subject[list[RawRecord]] = Subject()
         graph = self._build_graph(records)
         graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
-        loops = [
-            asyncio.create_task(self.source.commit_loop(self._stop)),
-            asyncio.create_task(self.watchdog.run(self._stop)),
-        ]
+        background: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
+            "commits": self.source.commit_loop,
+            "watchdog": self.watchdog.run,
+        }
         if self.controller is not None:
-            loops.append(asyncio.create_task(self._control_loop(self._stop)))
+            background["adaptive"] = self._control_loop
         if self.guard.active:
-            loops.append(asyncio.create_task(self._guard_loop(self._stop)))
+            background["lane_guard"] = self._guard_loop
+        loops = [
+            asyncio.create_task(
+                supervised(
+                    name,
+                    functools.partial(run, self._stop),
+                    self._stop,
+                    self._on_loop_restart,
+                    self._on_graph_error,
+                ),
+                name=name,
+            )
+            for name, run in background.items()
+        ]
         self.ready.set()
         log.info("pipeline %s running", self.topology.name)
         try:

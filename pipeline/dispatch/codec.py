@@ -22,11 +22,12 @@ class ModelSignature:
     top_k: int
 
 
-def request_id(first_ref: tuple[str, int, int], rows: int, attempt: int) -> str:
-    """Derived from the first source record and the attempt: readable in Triton's logs and
-    unique per in-flight request (a record is in one batch at a time)."""
+def request_id(first_ref: tuple[str, int, int], rows: int, attempt: int, send: int) -> str:
+    """Readable in Triton's logs (the first source record, the rows, the attempt) and unique
+    per send: the same record can be in flight twice (re-read after a rebalance while its
+    first copy is still out), and answers are matched by this id."""
     topic, partition, offset = first_ref
-    return f"{topic}-{partition}-{offset}+{rows}#{attempt}"
+    return f"{topic}-{partition}-{offset}+{rows}#{attempt}.{send}"
 
 
 def encode(

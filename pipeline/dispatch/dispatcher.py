@@ -9,6 +9,7 @@ out of ``infer``: every event of the batch ends as an answer or as a dead letter
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Mapping
@@ -61,13 +62,25 @@ class Dispatcher:
         self.budget = budget or RetryBudget()
         self.lifecycle = LifecycleCounts()
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._sends = itertools.count()  # makes request ids unique per send
 
     async def infer(self, batch: InferenceBatch) -> BatchOutcome:
         sig = self.config.signature
         outcome = BatchOutcome(batch, model_name=sig.name, model_version=sig.version)
         async with self._slots:  # a hard bound; the lane scheduler keeps below it
             outcome.dispatched_ms = _now_ms()
-            await self._infer_rows(list(batch.requests), batch, outcome)
+            try:
+                await self._infer_rows(list(batch.requests), batch, outcome)
+            except Exception as exc:  # not one of ours: this batch fails, never the whole graph
+                log.exception("inference of a %d-row batch failed unexpectedly", len(batch.requests))
+                settled = {id(row) for row, _ in outcome.answers}
+                settled |= {id(dead.record) for dead in outcome.failures}
+                rows = [
+                    r
+                    for r in batch.requests
+                    if id(r) not in settled and id(r.events[0].source) not in settled
+                ]
+                self._fail(rows, errors.InternalError(repr(exc)), outcome.attempts, outcome)
             outcome.completed_ms = _now_ms()
         return outcome
 
@@ -128,7 +141,7 @@ class Dispatcher:
         if self.config.drops_stale(batch.lane):
             left_s = (deadline_ms(rows, self.config.end_to_end_ms) - _now_ms()) / 1000.0
             timeout_s = max(0.001, min(timeout_s, left_s))
-        req_id = codec.request_id(rows[0].events[0].ref, len(rows), attempt)
+        req_id = codec.request_id(rows[0].events[0].ref, len(rows), attempt, next(self._sends))
         request = codec.encode(rows, sig, req_id, batch.priority, int(timeout_s * 1_000_000))
         states.enter(RequestState.READ, RequestState.START)
         stream = self.pool.pick()

@@ -60,7 +60,10 @@ def dispatch(
             def on_timer() -> None:
                 nonlocal timer
                 timer = None
-                pump()
+                try:
+                    pump()
+                except Exception as exc:  # raised downstream: on a timer it would vanish
+                    observer.on_error(exc)
 
             def on_next(batch: InferenceBatch) -> None:
                 lanes.push(batch)

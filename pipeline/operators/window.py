@@ -58,7 +58,10 @@ def window(
                     nonlocal buffer
                     if mine == generation and buffer:
                         closed, buffer = buffer, []
-                        emit(closed)
+                        try:
+                            emit(closed)
+                        except Exception as exc:  # raised downstream: on a timer it would vanish
+                            observer.on_error(exc)
 
                 bound = timedelta(milliseconds=max(1, time_bound()))
                 timer.disposable = sched.schedule_relative(bound, on_timer)

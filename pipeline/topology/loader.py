@@ -19,6 +19,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "PIPELINE_BOOTSTRAP_SERVERS": ("broker", "bootstrap_servers"),
     "PIPELINE_TRITON_URL": ("model", "url"),
     "PIPELINE_METRICS_PORT": ("operations", "metrics_port"),
+    "PIPELINE_OPERATIONS_BIND": ("operations", "bind"),
 }
 
 

@@ -207,6 +207,11 @@ class Sink(Node):
 
 class Operations(Node):
     metrics_port: int = Field(0, ge=0, le=65_535, description="0: no metrics endpoint")
+    bind: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address of the metrics/health endpoint (0.0.0.0: every interface)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

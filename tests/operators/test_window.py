@@ -265,3 +265,18 @@ def test_regression_every_event_exactly_once_and_in_order_across_time_and_count_
             assert i == len(windows) - 1, f"window {i} closed early without being full: {w}"
     assert by_count > 20
     assert by_time > 20
+
+
+def test_an_error_raised_downstream_on_the_timer_becomes_on_error():
+    """A window closed by its timer runs the rest of the chain from a scheduler callback: an
+    exception there must reach on_error instead of vanishing with the callback."""
+    scheduler = TestScheduler()
+    xs = scheduler.create_hot_observable(on_next(210, [E[0]]))
+    errors: list[Exception] = []
+
+    def explode(_: Window) -> None:
+        raise RuntimeError("downstream bug")
+
+    xs.pipe(window(50_000, 100, scheduler)).subscribe(explode, errors.append, scheduler=scheduler)
+    scheduler.advance_to(300)
+    assert [str(e) for e in errors] == ["downstream bug"]

@@ -48,7 +48,8 @@ def fake_model(request: service_pb2.ModelInferRequest, k: int) -> service_pb2.Mo
 
 
 def test_request_id_names_the_first_record_rows_and_attempt():
-    assert request_id(("interactions", 3, 1200), 16, 2) == "interactions-3-1200+16#2"
+    assert request_id(("interactions", 3, 1200), 16, 2, 7) == "interactions-3-1200+16#2.7"
+    assert request_id(("interactions", 3, 1200), 16, 2, 8) != request_id(("interactions", 3, 1200), 16, 2, 7)
 
 
 def test_encode_metadata_inputs_and_outputs():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from pipeline.ticks import every
+from pipeline.ticks import every, supervised
 
 
 def test_a_round_per_interval_then_a_last_one_after_stop():
@@ -37,3 +37,49 @@ def test_no_round_when_stopped_before_the_start():
         return len([_ async for _ in every(0.01, stop)])
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_failing_loop_is_restarted_and_its_failures_reported() -> None:
+    calls, restarts, gave_up = [], [], []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError(f"failure {len(calls)}")
+
+    async def scenario() -> None:
+        await supervised(
+            "flaky",
+            flaky,
+            asyncio.Event(),
+            lambda n, e: restarts.append((n, str(e))),
+            gave_up.append,
+            pause_s=0,
+        )
+
+    asyncio.run(scenario())
+    assert len(calls) == 3
+    assert restarts == [("flaky", "failure 1"), ("flaky", "failure 2")]
+    assert gave_up == []
+
+
+def test_a_loop_that_keeps_failing_stops_the_pipeline() -> None:
+    restarts, gave_up = [], []
+
+    async def broken() -> None:
+        raise ValueError("always")
+
+    async def scenario() -> None:
+        await supervised(
+            "broken",
+            broken,
+            asyncio.Event(),
+            lambda n, e: restarts.append(n),
+            gave_up.append,
+            max_restarts=3,
+            pause_s=0,
+        )
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert len(restarts) == 3
+    assert [str(e) for e in gave_up] == ["always"]
