@@ -56,7 +56,20 @@ class CircuitOpen(InferenceError):
 
 
 class ModelNotFound(InferenceError):
+    """Checked at start (dispatch/contract.py), so at run time it is a version switch or a
+    reload in progress: waited out behind the breaker, not dead-lettered."""
+
+    retriable = True
+    server_down = True
     reason = "model_not_found"
+
+
+class UnknownModelError(InferenceError):
+    """An in-stream error no rule recognises: retried within the budget, then dead-lettered
+    (where the dead-letter budget watches it)."""
+
+    retriable = True
+    reason = "model_error"
 
 
 class InvalidInput(InferenceError):

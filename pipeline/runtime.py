@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import grpc
 import reactivex
 from reactivex import operators as ops
 from reactivex.scheduler.eventloop import AsyncIOScheduler
@@ -26,12 +27,14 @@ from pipeline.dispatch.adaptive import AdaptiveBounds, AdaptiveController
 from pipeline.dispatch.breaker import CircuitBreaker
 from pipeline.dispatch.budget import RetryBudget
 from pipeline.dispatch.codec import ModelSignature
+from pipeline.dispatch.contract import BatchBound, ModelContractError, contract_problems, fetch_served_model
 from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
 from pipeline.dispatch.lane_guard import GuardedLane, LaneGuard
 from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
 from pipeline.dispatch.lifecycle import RequestState
 from pipeline.dispatch.retry import RetryPolicy
 from pipeline.dispatch.streams import StreamPool
+from pipeline.errors import Fatal
 from pipeline.events import BatchOutcome, Event, RawRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 # Each closing step (final commit, consumer, producer, streams) gets at most this long; the
 # whole stop is bounded by drain_timeout_ms plus these (see SHUTDOWN_MARGIN_S in cli.py).
 CLOSE_STEP_TIMEOUT_S = 1.5
+CONTRACT_WAIT_S = 10.0  # at start, for Triton to answer the model contract check
+CONTRACT_RETRY_S = 2.0
 
 
 @dataclass
@@ -155,6 +160,7 @@ class PipelineRuntime:
         self._sink_tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self.clean_stop = True  # False: work was left unfinished or uncommitted (it replays)
+        self._background: set[asyncio.Task[None]] = set()
 
     def _in_flight_limit(self) -> int:
         return self.controller.in_flight() if self.controller else self.topology.model.max_in_flight
@@ -303,9 +309,50 @@ class PipelineRuntime:
         self._failure = error
         self._stop.set()
 
+    def _largest_batch(self) -> BatchBound:
+        a = self.topology.adaptive
+        if a.enabled:
+            return BatchBound("adaptive.max_batch", a.max_batch)
+        return BatchBound("batch.max_size", self.topology.batch.max_size)
+
+    async def check_model(self) -> None:
+        """The served model against the topology (see dispatch/contract.py). Waits while the
+        server cannot be reached (an outage at start is the breaker's business, like any
+        other); a mismatch raises ModelContractError."""
+        model, sig = self.topology.model, self.dispatcher.config.signature
+        while True:
+            try:
+                served = await fetch_served_model(self.pool.stub, model.name, model.version)
+                break
+            except grpc.aio.AioRpcError as exc:
+                log.warning("model contract not checked yet, Triton at %s: %s", model.url, exc.code().name)
+                await asyncio.sleep(CONTRACT_RETRY_S)
+        problems = contract_problems(served, sig, self._largest_batch())
+        if problems:
+            raise ModelContractError("; ".join(problems))
+        log.info("model %s fits the topology (max_batch_size %d)", served.name, served.max_batch_size)
+
+    async def _check_model_meanwhile(self, first_wait: asyncio.Task[None]) -> None:
+        """What the start did not wait for: a mismatch found once Triton answers stops the
+        pipeline (what it consumed meanwhile is not committed, it is replayed)."""
+        try:
+            await first_wait
+        except Fatal as exc:
+            self._on_graph_error(exc)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the graph fails), then drain and commit."""
         self._stop = stop or asyncio.Event()
+        contract = asyncio.create_task(self.check_model(), name="model-contract")
+        done, _ = await asyncio.wait({contract}, timeout=CONTRACT_WAIT_S)
+        if contract in done:
+            contract.result()  # a mismatch stops here, before anything is consumed
+        else:
+            log.warning(
+                "Triton not reachable within %.0f s: starting; the contract is checked once it is",
+                CONTRACT_WAIT_S,
+            )
+            self._background.add(asyncio.create_task(self._check_model_meanwhile(contract)))
         await self.sink.start()
         await self.source.start()
         records: Subject[list[RawRecord]] = Subject()
@@ -343,6 +390,10 @@ class PipelineRuntime:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._close()
+        for task in self._background:
+            task.cancel()
+        if isinstance(self._failure, Fatal):
+            raise self._failure
         if self._failure is not None:
             raise RuntimeError("pipeline graph failed") from self._failure
 

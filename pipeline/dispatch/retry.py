@@ -32,6 +32,8 @@ _MESSAGE_CLASSES: tuple[tuple[str, type[errors.InferenceError]], ...] = (
     ("unknown model", errors.ModelNotFound),
     ("is not found", errors.ModelNotFound),
     ("not ready", errors.ServerUnavailable),
+    ("not healthy", errors.ServerUnavailable),  # the Python backend's stub process crashed
+    ("unavailable", errors.ServerUnavailable),
     ("timeout", errors.DeadlineExceeded),
     ("exceeds", errors.ResourceExhausted),
     ("queue", errors.ResourceExhausted),
@@ -52,7 +54,7 @@ def classify_message(message: str) -> errors.InferenceError:
     for needle, cls in _MESSAGE_CLASSES:
         if needle in lowered:
             return cls(message)
-    return errors.InferenceError(message)
+    return errors.UnknownModelError(message)
 
 
 @dataclass(frozen=True)

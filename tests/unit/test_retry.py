@@ -21,9 +21,9 @@ from pipeline.dispatch.retry import RetryPolicy, classify_message, classify_stat
         (grpc.StatusCode.ABORTED, errors.StreamBroken, True),
         (grpc.StatusCode.INTERNAL, errors.StreamBroken, True),
         (grpc.StatusCode.UNKNOWN, errors.StreamBroken, True),
-        (grpc.StatusCode.NOT_FOUND, errors.ModelNotFound, False),
+        (grpc.StatusCode.NOT_FOUND, errors.ModelNotFound, True),
         (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidInput, False),
-        (grpc.StatusCode.UNIMPLEMENTED, errors.ModelNotFound, False),
+        (grpc.StatusCode.UNIMPLEMENTED, errors.ModelNotFound, True),
     ],
 )
 def test_classify_status(code, cls, retriable):
@@ -43,10 +43,11 @@ def test_unmapped_status_is_a_retriable_broken_stream():
 @pytest.mark.parametrize(
     ("message", "cls", "retriable"),
     [
-        ("Request for unknown model: 'recommender' is not found", errors.ModelNotFound, False),
-        ("model 'recommender' version 9 is not found", errors.ModelNotFound, False),
-        ("Request for UNKNOWN MODEL 'x'", errors.ModelNotFound, False),
+        ("Request for unknown model: 'recommender' is not found", errors.ModelNotFound, True),
+        ("model 'recommender' version 9 is not found", errors.ModelNotFound, True),
+        ("Request for UNKNOWN MODEL 'x'", errors.ModelNotFound, True),
         ("Server is not ready", errors.ServerUnavailable, True),
+        ("Stub process 'recommender_0_0' is not healthy.", errors.ServerUnavailable, True),
         ("Request timeout expired", errors.DeadlineExceeded, True),
         ("Exceeds maximum queue size", errors.ResourceExhausted, True),
         ("request rejected: queue full", errors.ResourceExhausted, True),
@@ -54,7 +55,7 @@ def test_unmapped_status_is_a_retriable_broken_stream():
         ("inference input 'USER_ID' data-type is 'FP32', unexpected datatype", errors.InvalidInput, False),
         ("item id 99999999 outside the catalogue", errors.InvalidInput, False),
         ("Invalid argument: bad tensor", errors.InvalidInput, False),
-        ("something nobody anticipated", errors.InferenceError, False),
+        ("something nobody anticipated", errors.UnknownModelError, True),
     ],
 )
 def test_classify_message(message, cls, retriable):
@@ -77,7 +78,6 @@ def test_should_retry_retriable_errors_until_max_attempts(cls):
 @pytest.mark.parametrize(
     "err",
     [
-        errors.ModelNotFound("x"),
         errors.InvalidInput("x"),
         errors.BadOutput("x"),
         errors.InferenceError("x"),

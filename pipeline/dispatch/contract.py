@@ -1,0 +1,117 @@
+"""The model contract, checked at start: a topology that does not fit the served model (a
+wrong ``history_length``, a ``top_k`` above what the model returns, batches above its
+``max_batch_size``, a model name the server does not have) stops the process with one
+message naming the topology key and the model's value. Found later, the same mismatch
+would dead-letter every event, or bisect every batch down to single rows first."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from pipeline.dispatch.codec import ModelSignature
+from pipeline.errors import Fatal
+
+INPUTS = {"USER_ID": "INT64", "HISTORY": "INT64"}
+OUTPUTS = {"ITEM_IDS": "INT64", "SCORES": "FP32"}
+# Not there yet (starting, restarting, overloaded): the caller waits. Anything else the
+# server answers (unauthenticated, unimplemented...) will not change by waiting.
+WAIT_FOR = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
+class ModelContractError(Fatal):
+    """The topology and the served model disagree: a configuration error (exit 2)."""
+
+    exit_code = 2
+    reason = "model_contract"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    inputs: Mapping[str, Tensor]
+    outputs: Mapping[str, Tensor]
+    max_batch_size: int  # 0: the model does not batch
+
+
+@dataclass(frozen=True)
+class BatchBound:
+    key: str  # the topology key that sets it, for the message
+    rows: int
+
+
+def contract_problems(model: ServedModel, sig: ModelSignature, largest: BatchBound) -> list[str]:
+    """Each problem as ``topology.key: value, but the model ...``; empty when they fit."""
+    problems = []
+    for name, dtype in {**INPUTS, **OUTPUTS}.items():
+        tensor = model.inputs.get(name) or model.outputs.get(name)
+        if tensor is None:
+            kind = "input" if name in INPUTS else "output"
+            problems.append(f"model.name: {model.name!r} has no {kind} {name} (it has {_names(model)})")
+        elif tensor.datatype != dtype:
+            problems.append(
+                f"model.name: {model.name!r} {name} is {tensor.datatype}, the pipeline sends/reads {dtype}"
+            )
+    history = model.inputs.get("HISTORY")
+    if history is not None and history.shape and history.shape[-1] not in (-1, sig.history_length):
+        problems.append(
+            f"window.history_length: {sig.history_length}, but model {model.name!r} takes "
+            f"HISTORY of {history.shape[-1]} items"
+        )
+    ids = model.outputs.get("ITEM_IDS")
+    if ids is not None and ids.shape and ids.shape[-1] != -1 and ids.shape[-1] < sig.top_k:
+        problems.append(f"model.top_k: {sig.top_k}, but model {model.name!r} returns {ids.shape[-1]} items")
+    if model.max_batch_size == 0:
+        problems.append(
+            f"model.name: {model.name!r} has max_batch_size 0 (no batching); the pipeline sends batches"
+        )
+    elif largest.rows > model.max_batch_size:
+        problems.append(
+            f"{largest.key}: {largest.rows} rows per request, above model {model.name!r}'s "
+            f"max_batch_size {model.max_batch_size}"
+        )
+    return problems
+
+
+def _names(model: ServedModel) -> str:
+    return ", ".join(sorted([*model.inputs, *model.outputs])) or "none"
+
+
+async def fetch_served_model(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, name: str, version: str, timeout_s: float = 5.0
+) -> ServedModel:
+    """The model's metadata and config from the server. A model the server does not have is
+    a ModelContractError; an unreachable server raises grpc's own error (the caller waits)."""
+    try:
+        meta = await stub.ModelMetadata(
+            service_pb2.ModelMetadataRequest(name=name, version=version), timeout=timeout_s
+        )
+        config = await stub.ModelConfig(
+            service_pb2.ModelConfigRequest(name=name, version=version), timeout=timeout_s
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in WAIT_FOR:
+            raise
+        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            raise ModelContractError(
+                f"model.name: {name!r} (version {version or 'latest'}): {exc.details()}"
+            ) from None
+        raise ModelContractError(
+            f"model.url: the server refused: {exc.code().name}: {exc.details()}"
+        ) from None
+
+    def tensors(items: list[service_pb2.ModelMetadataResponse.TensorMetadata]) -> dict[str, Tensor]:
+        return {t.name: Tensor(t.datatype, tuple(t.shape)) for t in items}
+
+    return ServedModel(name, tensors(meta.inputs), tensors(meta.outputs), config.config.max_batch_size)

@@ -1,0 +1,60 @@
+"""The model contract on the real Triton: `pipeline run` with a topology that does not fit
+the served model stops at start with exit 2 and one message naming the topology key, before
+it consumes anything (nothing is dead-lettered, nothing committed)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.audit import Ledger
+from pipeline.devstack.topology import topology_on_stack
+from pipeline.kafka_io import read_to_end
+from pipeline.topology.schema import Topology
+from tests.integration.harness import ROOT, create_topics, produce_raw
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"window": {"history_length": 8}},
+            "window.history_length: 8, but model 'recommender' takes HISTORY of 16",
+        ),
+        ({"model": {"top_k": 50}}, "model.top_k: 50, but model 'recommender' returns 10 items"),
+        ({"model": {"name": "no-such-model"}}, "model.name: 'no-such-model'"),
+    ],
+)
+def test_a_topology_that_does_not_fit_the_model_stops_at_start(
+    stack, tmp_path: Path, sections, message
+) -> None:
+    data = topology_on_stack(stack, **sections)
+    topology = Topology.model_validate(data)
+    asyncio.run(create_topics(topology))
+    asyncio.run(produce_raw(topology, [(b"1", b'{"not": "read"}', [])] * 5, Ledger()))
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline stopped: ") and message in last, last
+
+    async def dead_letters() -> int:
+        return len(
+            [r async for r in read_to_end(topology.broker.bootstrap_servers, topology.sink.dead_letter_topic)]
+        )
+
+    assert asyncio.run(dead_letters()) == 0

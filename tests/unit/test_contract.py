@@ -1,0 +1,49 @@
+"""The model contract: each mismatch names the topology key, its value and the model's."""
+
+from __future__ import annotations
+
+from pipeline.dispatch.codec import ModelSignature
+from pipeline.dispatch.contract import BatchBound, ServedModel, Tensor, contract_problems
+
+
+def served(history: int = 16, top_k: int = 10, max_batch: int = 256, **changes: Tensor) -> ServedModel:
+    inputs = {"USER_ID": Tensor("INT64", (-1, 1)), "HISTORY": Tensor("INT64", (-1, history))}
+    outputs = {"ITEM_IDS": Tensor("INT64", (-1, top_k)), "SCORES": Tensor("FP32", (-1, top_k))}
+    for name, tensor in changes.items():
+        (inputs if name in inputs else outputs)[name] = tensor
+    return ServedModel("recommender", inputs, outputs, max_batch)
+
+
+SIG = ModelSignature("recommender", "", history_length=16, top_k=10)
+BOUND = BatchBound("batch.max_size", 128)
+
+
+def test_a_fitting_model_has_no_problems() -> None:
+    assert contract_problems(served(), SIG, BOUND) == []
+    assert contract_problems(served(history=-1, top_k=-1), SIG, BOUND) == []  # variable sizes fit
+    assert contract_problems(served(top_k=20), SIG, BOUND) == []  # more items than asked for
+
+
+def test_a_wrong_history_length_names_the_key_and_both_values() -> None:
+    [problem] = contract_problems(served(history=8), SIG, BOUND)
+    assert problem == "window.history_length: 16, but model 'recommender' takes HISTORY of 8 items"
+
+
+def test_top_k_above_what_the_model_returns() -> None:
+    [problem] = contract_problems(served(top_k=5), SIG, BOUND)
+    assert problem.startswith("model.top_k: 10, but model 'recommender' returns 5 items")
+
+
+def test_batches_above_max_batch_size_name_the_key_that_sets_them() -> None:
+    [problem] = contract_problems(served(max_batch=64), SIG, BatchBound("adaptive.max_batch", 256))
+    assert problem.startswith("adaptive.max_batch: 256 rows per request, above model 'recommender'")
+    assert "max_batch_size 64" in problem
+    assert "no batching" in contract_problems(served(max_batch=0), SIG, BOUND)[0]
+
+
+def test_missing_or_mistyped_tensors() -> None:
+    model = served(SCORES=Tensor("FP64", (-1, 10)))
+    del model.inputs["USER_ID"]  # type: ignore[attr-defined]
+    problems = contract_problems(model, SIG, BOUND)
+    assert any("has no input USER_ID" in p for p in problems)
+    assert any("SCORES is FP64" in p for p in problems)
