@@ -101,6 +101,17 @@ class Metrics:
             ["loop"],
             registry=r,
         )
+        self.dead_letter_hold = Gauge(
+            "pipeline_dead_letter_budget_holding",
+            "1 while the dead-letter budget holds consumption (most events failing for one model reason)",
+            registry=r,
+        )
+        self.dead_letter_trips = Counter(
+            "pipeline_dead_letter_budget_trips_total",
+            "Times the dead-letter budget tripped, by the dominant reason",
+            ["reason"],
+            registry=r,
+        )
         self.undecodable_records = Counter(
             "pipeline_undecodable_records_total",
             "Records the Kafka client could not decode, dead-lettered and stepped past",

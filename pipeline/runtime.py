@@ -28,6 +28,7 @@ from pipeline.dispatch.breaker import CircuitBreaker
 from pipeline.dispatch.budget import RetryBudget
 from pipeline.dispatch.codec import ModelSignature
 from pipeline.dispatch.contract import BatchBound, ModelContractError, contract_problems, fetch_served_model
+from pipeline.dispatch.dead_letter_budget import DeadLetterBudget
 from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
 from pipeline.dispatch.lane_guard import GuardedLane, LaneGuard
 from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
@@ -84,7 +85,21 @@ class PipelineRuntime:
         self.stats = RunStats()
         self.tracker = OffsetTracker()
         spec = topology.source
-        self.credits = TopicCredits(spec.topics, spec.credits.high_watermark, spec.credits.low_watermark)
+        dlb = topology.dead_letter_budget
+        self.dead_letter_budget = DeadLetterBudget(
+            dlb.max_share,
+            dlb.window_ms / 1000.0,
+            dlb.min_events,
+            dlb.hold_ms / 1000.0,
+            dlb.max_hold_ms / 1000.0,
+        )
+        self.credits = TopicCredits(
+            spec.topics,
+            spec.credits.high_watermark,
+            spec.credits.low_watermark,
+            hold=lambda: dlb.enabled and self.dead_letter_budget.holding,
+        )
+        self.metrics.dead_letter_hold.set_function(lambda: 1 if self.credits.hold() else 0)
         self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
         lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
         self.sink = KafkaSink(topology.sink, topology.broker, lanes)
@@ -271,7 +286,12 @@ class PipelineRuntime:
 
     def is_ready(self) -> bool:
         """Consuming and not stalled: what /readyz reports."""
-        return self.ready.is_set() and not self.watchdog.stalled and not self._stop.is_set()
+        return (
+            self.ready.is_set()
+            and not self.watchdog.stalled
+            and not self._stop.is_set()
+            and not self.credits.hold()
+        )
 
     def _on_sink_batch(self, batch: SinkBatch) -> None:
         task = asyncio.get_running_loop().create_task(self._write(batch))
@@ -292,12 +312,25 @@ class PipelineRuntime:
         self.metrics.events_finished.inc(len(batch.finishes))
         self.metrics.recommendations.inc(batch.recommendations)
         self.metrics.duplicate_events.inc(batch.duplicates)
+        reasons: list[str] = []
         if batch.dead_letters:
             dlq = self.topology.sink.dead_letter_topic
             for rec in batch.records:
                 if rec.topic == dlq:
-                    reason = dict(rec.headers).get("dlq.reason", b"unknown").decode()
-                    self.metrics.dead_letters.labels(reason).inc()
+                    reasons.append(dict(rec.headers).get("dlq.reason", b"unknown").decode())
+                    self.metrics.dead_letters.labels(reasons[-1]).inc()
+        if self.topology.dead_letter_budget.enabled:
+            trip = self.dead_letter_budget.observe(len(batch.finishes), reasons)
+            if trip is not None:
+                log.error(
+                    "DEAD-LETTER BUDGET: %.0f%% of the last %d events dead-lettered as %s: holding "
+                    "consumption for %.0f s (not ready meanwhile); the rest waits in Kafka",
+                    trip.share * 100,
+                    trip.events,
+                    trip.reason,
+                    trip.hold_s,
+                )
+                self.metrics.dead_letter_trips.labels(trip.reason).inc()
         self.metrics.in_flight_events.set(self.credits.in_flight)
 
     def _on_loop_restart(self, name: str, error: BaseException) -> None:

@@ -6,6 +6,8 @@ the low watermark it resumes. So memory stays flat and Kafka's lag absorbs any b
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class CreditGate:
     def __init__(self, high_watermark: int, low_watermark: int) -> None:
@@ -37,10 +39,17 @@ class TopicCredits:
     """One credit gate per source topic: a flood on one topic (a backfill) pauses only that
     topic's partitions, and the others keep flowing. The bound on memory is the sum."""
 
-    def __init__(self, topics: list[str], high_watermark: int, low_watermark: int) -> None:
+    def __init__(
+        self,
+        topics: list[str],
+        high_watermark: int,
+        low_watermark: int,
+        hold: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.gates = {topic: CreditGate(high_watermark, low_watermark) for topic in topics}
         self.high, self.low = high_watermark, low_watermark
         self.paused: set[str] = set()
+        self.hold = hold  # True: every topic pauses, none resumes (the dead-letter budget)
 
     def gate(self, topic: str) -> CreditGate:
         found = self.gates.get(topic)
@@ -59,9 +68,12 @@ class TopicCredits:
         self.gate(topic).give_back(n)
 
     def to_pause(self) -> set[str]:
-        """Topics that reached their high watermark and are not paused yet."""
-        return {t for t, g in self.gates.items() if g.exhausted and t not in self.paused}
+        """Topics that reached their high watermark (all while held) and are not paused yet."""
+        held = self.hold()
+        return {t for t, g in self.gates.items() if (held or g.exhausted) and t not in self.paused}
 
     def to_resume(self) -> set[str]:
-        """Paused topics that fell to their low watermark."""
+        """Paused topics that fell to their low watermark (none while held)."""
+        if self.hold():
+            return set()
         return {t for t in self.paused if self.gates[t].has_room}

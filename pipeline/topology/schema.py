@@ -205,6 +205,17 @@ class Sink(Node):
         return self
 
 
+class DeadLetterBudgetSpec(Node):
+    """Hold consumption when most recent events are dead-lettered for one model-side reason."""
+
+    enabled: bool = True
+    max_share: float = Field(0.5, gt=0, le=1, description="share of finished events, one reason")
+    window_ms: int = Field(30_000, gt=0)
+    min_events: int = Field(100, gt=0, description="judge only with at least this many finished")
+    hold_ms: int = Field(30_000, gt=0, description="first hold; doubles on trips in a row")
+    max_hold_ms: int = Field(600_000, gt=0)
+
+
 class Operations(Node):
     metrics_port: int = Field(0, ge=0, le=65_535, description="0: no metrics endpoint")
     bind: str = Field(
@@ -227,6 +238,7 @@ class Topology(Node):
     adaptive: Adaptive = Adaptive()
     model: Model
     sink: Sink
+    dead_letter_budget: DeadLetterBudgetSpec = DeadLetterBudgetSpec()
     operations: Operations = Operations()
 
     @model_validator(mode="after")
