@@ -40,7 +40,7 @@ SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MK
 
 
 class EmbeddedTriton(ChildProcess):
-    def __init__(self, workdir: Path, model_repository: Path) -> None:
+    def __init__(self, workdir: Path, model_repository: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         server = prepare_server_dir(workdir)
         env = dict(os.environ)
@@ -58,6 +58,7 @@ class EmbeddedTriton(ChildProcess):
                 f"--http-port={self.http_port}",
                 f"--metrics-port={self.metrics_port}",
                 "--log-verbose=0",
+                *extra_args,
             ],
             workdir / "triton.log",
             env=env,

@@ -7,6 +7,7 @@ Run alone with `pytest -m fault -s` to see the per-case summary lines."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from tritonclient.grpc import InferenceServerClient
 
 from pipeline.audit import Ledger
 from pipeline.devstack.broker import EmbeddedBroker
@@ -24,7 +26,7 @@ from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.triton import EmbeddedTriton
 from pipeline.recsys.generator import GeneratorConfig
 from tests.faults.harness import CaseResult, PipelineProcess, produce_steady, run_case, wait_for_output_after
-from tests.integration.harness import ROOT, create_topics, fresh_topology
+from tests.integration.harness import ROOT, create_topics, fresh_topology, read_values
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -394,3 +396,100 @@ def test_records_the_client_cannot_decode(stack, tmp_path, pipelines) -> None:
     log = (tmp_path / "pipeline.log").read_text()
     assert log.count("cannot be decoded") == 3
     assert log.count("assigned [") == 1  # never restarted, never left its group
+
+
+BROKEN_EXECUTE = """
+    def execute(self, requests):
+        error = pb_utils.TritonError("broken model version: cannot score")
+        return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+"""
+
+
+def _new_version(repository: Path, version: int, broken: bool = False) -> None:
+    """A copy of version 1 as ``version``; ``broken``: every request answers an error."""
+    model = repository / "recommender"
+    target = model / str(version)
+    shutil.copytree(model / "1", target, ignore=shutil.ignore_patterns("__pycache__"))
+    if broken:
+        source = (target / "model.py").read_text()
+        head = source[: source.index("    def execute(self, requests):")]
+        (target / "model.py").write_text(head + BROKEN_EXECUTE)
+
+
+@pytest.fixture
+def controlled_triton(stack: EmbeddedStack, tmp_path: Path) -> Iterator[tuple[EmbeddedTriton, Path]]:
+    """A Triton of this test's own whose models are loaded on request (model control)."""
+    repository = tmp_path / "repository"
+    shutil.copytree(stack.model_repository, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    triton = EmbeddedTriton(
+        tmp_path, repository, ("--model-control-mode=explicit", "--load-model=recommender")
+    )
+    triton.start()
+    try:
+        triton.wait_until(triton.ready, 120, "ready")
+        yield triton, repository
+    finally:
+        triton.stop()
+
+
+def _load(triton: EmbeddedTriton) -> None:
+    InferenceServerClient(triton.grpc_url).load_model("recommender")
+
+
+def test_model_reloaded_mid_stream(stack, controlled_triton, tmp_path, pipelines) -> None:
+    """Finding 6: a new model version loaded mid-stream (Triton's model control) is not a
+    reason to dead-letter anything; the outputs name the new version afterwards."""
+    triton, repository = controlled_triton
+    topology = fresh_topology(stack, model={"url": triton.grpc_url})
+    start_pipeline(topology, tmp_path, pipelines)
+
+    async def fault(result: CaseResult) -> None:
+        await asyncio.sleep(2)
+        _new_version(repository, 2)
+        result.fault_at = time.monotonic()
+        await asyncio.to_thread(_load, triton)
+        result.recovered_at = time.monotonic()
+
+    result = asyncio.run(run_case(topology, 4000, 500, fault))
+    report("model version 2 loaded mid-stream", result)
+    assert result.audit["dead_letters"] == 0
+    assert result.audit["duplicates"] == 0
+    versions = {
+        orjson.loads(r.value)["model"]["version"]
+        for r in asyncio.run(read_values(topology, topology.sink.topic))
+    }
+    assert {"1", "2"} <= versions, versions
+
+
+def test_a_broken_model_version_is_held_not_drained(stack, controlled_triton, tmp_path, pipelines) -> None:
+    """Finding 6: a version that fails every request trips the dead-letter budget: the
+    pipeline holds consumption (not ready) instead of dead-lettering the backlog; a fixed
+    version loaded later is used once the hold ends, and nothing is lost."""
+    triton, repository = controlled_triton
+    topology = fresh_topology(
+        stack,
+        model={"url": triton.grpc_url, "retry": {"max_attempts": 2, "backoff_ms": 10}},
+        dead_letter_budget={"window_ms": 5000, "min_events": 50, "hold_ms": 8000},
+    )
+    proc = start_pipeline(topology, tmp_path, pipelines)
+    held: list[bool] = []
+
+    async def fault(result: CaseResult) -> None:
+        await asyncio.sleep(2)
+        _new_version(repository, 2, broken=True)
+        await asyncio.to_thread(_load, triton)
+        result.fault_at = time.monotonic()
+        await _until(lambda: not proc.ready(), 30, "holding (not ready)")
+        held.append("pipeline_dead_letter_budget_holding 1.0" in proc.metrics())
+        _new_version(repository, 3)
+        before = result.ledger.recommendations
+        await asyncio.to_thread(_load, triton)
+        result.recovered_at = await wait_for_output_after(result.ledger, before, timeout_s=120)
+
+    result = asyncio.run(run_case(topology, 6000, 500, fault, timeout_s=180))
+    report("broken model version, then a fixed one", result)
+    assert held == [True]
+    assert "DEAD-LETTER BUDGET" in (tmp_path / "pipeline.log").read_text()
+    dead = result.audit["dead_letters"]
+    assert isinstance(dead, int) and dead < 6000 / 3, result.line("broken version")
+    assert result.recovered_at > 0 and proc.alive()
