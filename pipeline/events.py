@@ -115,6 +115,7 @@ class OutputRecord(NamedTuple):
     key: bytes | None
     value: bytes
     headers: Headers
+    sources: tuple[RawRecord, ...] = ()  # the inputs it answers: dead-lettered if it is refused
 
 
 @dataclass(frozen=True)

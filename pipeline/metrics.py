@@ -112,6 +112,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.sink_errors = Counter(
+            "pipeline_sink_errors_total",
+            "Records the broker refused, by topic and error (retriable ones are re-sent)",
+            ["topic", "error"],
+            registry=r,
+        )
         self.undecodable_records = Counter(
             "pipeline_undecodable_records_total",
             "Records the Kafka client could not decode, dead-lettered and stepped past",

@@ -102,7 +102,7 @@ class PipelineRuntime:
         self.metrics.dead_letter_hold.set_function(lambda: 1 if self.credits.hold() else 0)
         self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
         lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
-        self.sink = KafkaSink(topology.sink, topology.broker, lanes)
+        self.sink = KafkaSink(topology.sink, topology.broker, lanes, metrics=self.metrics)
         model = topology.model
         self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after, model.keepalive_ms)
         retry, cb = model.retry, model.circuit_breaker
@@ -299,26 +299,26 @@ class PipelineRuntime:
         task.add_done_callback(self._sink_tasks.discard)
 
     async def _write(self, batch: SinkBatch) -> None:
-        await self.sink.write(batch)
+        written = await self.sink.write(batch)  # refused outputs come back as dead letters
         per_topic: dict[str, int] = {}
         for topic, partition, offset in batch.finishes:
             self.tracker.finish(topic, partition, offset)
             per_topic[topic] = per_topic.get(topic, 0) + 1
         for topic, count in per_topic.items():
             self.credits.give_back(topic, count)
+        dlq = self.topology.sink.dead_letter_topic
+        reasons = [
+            dict(rec.headers).get("dlq.reason", b"unknown").decode() for rec in written if rec.topic == dlq
+        ]
+        recommendations = len(written) - len(reasons)
         self.stats.finished += len(batch.finishes)
-        self.stats.recommendations += batch.recommendations
-        self.stats.dead_letters += batch.dead_letters
+        self.stats.recommendations += recommendations
+        self.stats.dead_letters += len(reasons)
         self.metrics.events_finished.inc(len(batch.finishes))
-        self.metrics.recommendations.inc(batch.recommendations)
+        self.metrics.recommendations.inc(recommendations)
         self.metrics.duplicate_events.inc(batch.duplicates)
-        reasons: list[str] = []
-        if batch.dead_letters:
-            dlq = self.topology.sink.dead_letter_topic
-            for rec in batch.records:
-                if rec.topic == dlq:
-                    reasons.append(dict(rec.headers).get("dlq.reason", b"unknown").decode())
-                    self.metrics.dead_letters.labels(reasons[-1]).inc()
+        for reason in reasons:
+            self.metrics.dead_letters.labels(reason).inc()
         if self.topology.dead_letter_budget.enabled:
             trip = self.dead_letter_budget.observe(len(batch.finishes), reasons)
             if trip is not None:

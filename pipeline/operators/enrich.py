@@ -32,11 +32,23 @@ class OutputSpec:
     carry_headers: frozenset[str] = frozenset({"traceparent", "tracestate"})
 
 
+# A dead letter carries its input's bytes, up to this many (a producer's default
+# max_request_size is 1 MiB): a refused dead letter would pin its partition's offsets. The
+# input itself stays in its topic, named by the dlq.source_* headers.
+MAX_DEAD_LETTER_VALUE = 900_000
+
+
 def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
-    """The original bytes, untouched, with why and where from in headers (re-drivable as is)."""
+    """The original bytes (up to MAX_DEAD_LETTER_VALUE), with why and where from in headers:
+    re-drivable as is."""
     src = dead.record
+    value = src.value or b""
+    truncated: Headers = ()
+    if len(value) > MAX_DEAD_LETTER_VALUE:
+        value, truncated = value[:MAX_DEAD_LETTER_VALUE], (("dlq.truncated_from", str(len(value)).encode()),)
     headers: Headers = (
         *src.headers,
+        *truncated,
         ("dlq.reason", dead.reason.encode()),
         ("dlq.error_class", dead.error_class.encode()),
         ("dlq.detail", dead.detail.encode("utf-8", "replace")[:1024]),
@@ -46,7 +58,7 @@ def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
         ("dlq.source_offset", str(src.offset).encode()),
         ("dlq.source_timestamp", str(src.timestamp_ms).encode()),
     )
-    return OutputRecord(topic, src.key, src.value or b"", headers)
+    return OutputRecord(topic, src.key, value, headers, (src,))
 
 
 def dead_letters_batch(dead: list[DeadLetter], topic: str) -> SinkBatch:
@@ -109,6 +121,7 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
             str(row.user_id).encode(),
             recommendation_value(row, recs, outcome, now_ms),
             _carried(row, spec.carry_headers),
+            tuple(e.source for e in row.events),
         )
         for row, recs in outcome.answers
     ]

@@ -1,7 +1,14 @@
-"""The Kafka sink: writes a SinkBatch and returns once the broker acknowledged every record.
-A record the broker refused is re-sent with backoff (never dropped); the caller finishes the
-source offsets only after ``write`` returns. At-least-once: the idempotent producer is off
-(the embedded broker does not support it) and every output carries its source ids.
+"""The Kafka sink: writes a SinkBatch and returns once the broker acknowledged every record;
+the caller finishes the source offsets only after ``write`` returns. At-least-once: the
+idempotent producer is off (the embedded broker does not support it) and every output
+carries its source ids.
+
+A refusal is classified. A retriable one (a leader moving, a timeout, the broker away) is
+re-sent with backoff, for as long as it takes. A permanent one (a record too large, no
+authorization, an invalid topic) never succeeds however often it is sent: a refused
+recommendation becomes dead letters of the inputs it answers (reason ``output_refused``); a
+refused dead letter cannot go anywhere else, so it is logged, counted and readiness turns
+false while it is retried at the slowest pace, instead of spinning.
 
 Each lane has a producer of its own: a producer sends a partition's records in order, so with
 one producer a lane's outputs would queue behind a flooded lane's."""
@@ -12,20 +19,51 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
-from pipeline.events import OutputRecord, SinkBatch
+from pipeline.events import DeadLetter, OutputRecord, SinkBatch
+from pipeline.metrics import Metrics
+from pipeline.operators.enrich import dead_letter_record
 from pipeline.topology.schema import Broker, Sink
 
 log = logging.getLogger(__name__)
 DEFAULT = ""  # the producer of dead letters from parsing and of single-lane topologies
+REFUSED_RETRY_S = 30.0  # a permanently refused dead letter is tried again this seldom
+
+
+# Refusals that re-sending cannot cure. Named one by one: aiokafka leaves `retriable` unset
+# on errors that do pass (KafkaTimeoutError while the broker is away), so the flag alone
+# would turn an outage into dead letters.
+PERMANENT: tuple[type[KafkaError], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.PolicyViolationError,
+    kafka_errors.UnsupportedForMessageFormatError,
+)
+
+
+def permanent(error: BaseException) -> bool:
+    return isinstance(error, PERMANENT)
 
 
 class KafkaSink:
     def __init__(
-        self, spec: Sink, broker: Broker, lanes: list[str] | None = None, max_backoff_s: float = 5.0
+        self,
+        spec: Sink,
+        broker: Broker,
+        lanes: list[str] | None = None,
+        max_backoff_s: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.spec = spec
         self.max_backoff_s = max_backoff_s
+        self.metrics = metrics or Metrics()
+        self._refused: dict[int, int] = {}  # write in progress → dead letters refused in it
         self.producers = {lane: self._producer(spec, broker) for lane in [DEFAULT, *(lanes or [])]}
 
     @staticmethod
@@ -45,18 +83,19 @@ class KafkaSink:
         for producer in self.producers.values():
             await producer.start()
 
-    async def _send_all(self, producer: AIOKafkaProducer, records: list[OutputRecord]) -> list[OutputRecord]:
-        """Send, wait for every acknowledgement; return the records that failed."""
-        futures = []
-        failed: list[OutputRecord] = []
+    async def _send_all(
+        self, producer: AIOKafkaProducer, records: list[OutputRecord]
+    ) -> list[tuple[OutputRecord, BaseException]]:
+        """Send, wait for every acknowledgement; return the records that failed, with why."""
+        futures: list[asyncio.Future[object] | None] = []
+        failed: list[tuple[OutputRecord, BaseException]] = []
         for rec in records:
             try:
                 futures.append(
                     await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
                 )
             except KafkaError as exc:
-                log.warning("send to %s failed: %r", rec.topic, exc)
-                failed.append(rec)
+                failed.append((rec, exc))
                 futures.append(None)
         for rec, fut in zip(records, futures, strict=True):
             if fut is None:
@@ -64,19 +103,66 @@ class KafkaSink:
             try:
                 await fut
             except KafkaError as exc:
-                log.warning("delivery to %s failed: %r", rec.topic, exc)
-                failed.append(rec)
+                failed.append((rec, exc))
         return failed
 
-    async def write(self, batch: SinkBatch) -> None:
+    def _instead(self, rec: OutputRecord, error: BaseException) -> list[OutputRecord]:
+        """What to send instead of a permanently refused recommendation."""
+        detail = f"{rec.topic} refused a {len(rec.value)}-byte output: {error!r}"
+        log.error("%s; its %d inputs are dead-lettered as output_refused", detail, len(rec.sources))
+        return [
+            dead_letter_record(
+                DeadLetter(src, "output_refused", type(error).__name__, detail), self.spec.dead_letter_topic
+            )
+            for src in rec.sources
+        ]
+
+    @property
+    def refusing(self) -> bool:
+        """A dead letter is being refused right now (readiness turns false)."""
+        return any(self._refused.values())
+
+    async def write(self, batch: SinkBatch) -> list[OutputRecord]:
+        """Write ``batch``; returns the records written (refused recommendations replaced)."""
+        token = id(batch)
+        try:
+            return await self._write(batch, token)
+        finally:
+            self._refused.pop(token, None)
+
+    async def _write(self, batch: SinkBatch, token: int) -> list[OutputRecord]:
         producer = self.producers.get(batch.lane) or self.producers[DEFAULT]
-        pending = list(batch.records)
+        pending, written = list(batch.records), list[OutputRecord]()
         backoff = 0.1
         while pending:
-            pending = await self._send_all(producer, pending)
-            if pending:
+            failed = await self._send_all(producer, pending)
+            failed_ids = {id(rec) for rec, _ in failed}
+            written.extend(rec for rec in pending if id(rec) not in failed_ids)
+            pending = []
+            refused = 0
+            for rec, error in failed:
+                self.metrics.sink_errors.labels(rec.topic, type(error).__name__).inc()
+                if not permanent(error):
+                    log.warning("delivery to %s failed, will retry: %r", rec.topic, error)
+                    pending.append(rec)
+                elif rec.topic != self.spec.dead_letter_topic and rec.sources:
+                    pending.extend(self._instead(rec, error))
+                else:
+                    log.error(
+                        "DEAD LETTER REFUSED by %s: %r; retrying every %.0f s",
+                        rec.topic,
+                        error,
+                        REFUSED_RETRY_S,
+                    )
+                    pending.append(rec)
+                    refused += 1
+            self._refused[token] = refused
+            if refused:
+                await asyncio.sleep(REFUSED_RETRY_S)
+            elif any(not permanent(e) for _, e in failed):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+        return written
 
     async def stop(self) -> None:
         for producer in self.producers.values():
