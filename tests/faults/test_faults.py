@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tritonclient.grpc import InferenceServerClient
 
 from pipeline.audit import Ledger
@@ -24,6 +25,7 @@ from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.dev import live_events
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.triton import EmbeddedTriton
+from pipeline.kafka_io import read_to_end
 from pipeline.recsys.generator import GeneratorConfig
 from tests.faults.harness import CaseResult, PipelineProcess, produce_steady, run_case, wait_for_output_after
 from tests.integration.harness import ROOT, create_topics, fresh_topology, read_values
@@ -495,3 +497,77 @@ def test_a_broken_model_version_is_held_not_drained(stack, controlled_triton, tm
     dead = result.audit["dead_letters"]
     assert isinstance(dead, int) and dead < 6000 / 3, result.line("broken version")
     assert result.recovered_at > 0 and proc.alive()
+
+
+async def _committed_to_the_end(topology) -> bool:
+    """The group's committed offsets reached every input partition's end."""
+    ends: dict[int, int] = {}
+    async for rec in read_to_end(topology.broker.bootstrap_servers, topology.source.topics[0]):
+        ends[rec.partition] = rec.offset + 1
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=topology.broker.bootstrap_servers, group_id=topology.source.group_id
+    )
+    await consumer.start()
+    try:
+        for partition, end in ends.items():
+            if await consumer.committed(TopicPartition(topology.source.topics[0], partition)) != end:
+                return False
+        return True
+    finally:
+        await consumer.stop()
+
+
+def _committed_eventually(topology, timeout_s: float = 15) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if asyncio.run(_committed_to_the_end(topology)):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> None:
+    """Finding 2: a 1.2 MB input's dead letter would exceed the producer's 1 MiB request
+    limit, and so would the recommendation of a user with 4,096 events of long ids in one
+    window. Neither may pin its partition: the dead letter carries a bounded copy, the
+    refused recommendation becomes dead letters of its inputs, and offsets reach the end."""
+    topology = fresh_topology(
+        stack,
+        source={"max_poll_records": 5000},
+        window={"max_ms": 1000, "max_events": 4096},
+    )
+    proc = start_pipeline(topology, tmp_path, pipelines)
+    events = list(live_events(GeneratorConfig(seed=11), 4500))
+    for i, event in enumerate(events):  # one user, long ids: one huge recommendation
+        event["user_id"] = 4242
+        event["event_id"] = f"{i:08d}-" + "x" * 240
+
+    async def oversized(result: CaseResult) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=topology.broker.bootstrap_servers,
+            enable_idempotence=False,
+            max_request_size=4_000_000,
+        )
+        await producer.start()
+        try:
+            meta = await producer.send_and_wait(
+                topology.source.topics[0], b"{" + b" " * 1_200_000 + b"}", key=b"1"
+            )
+            result.ledger.add_input((meta.topic, meta.partition, meta.offset), meta.timestamp)
+        finally:
+            await producer.stop()
+
+    result = asyncio.run(run_case(topology, len(events), 5000, oversized, events=events))
+    report("1.2 MB input and a 4,096-event recommendation", result)
+    reasons = result.audit["dead_letter_reasons"]
+    assert isinstance(reasons, dict) and reasons.get("oversized") == 1, reasons
+    assert reasons.get("output_refused", 0) > 0, reasons
+    assert proc.alive()
+    assert 'pipeline_sink_errors_total{error="MessageSizeTooLargeError"' in proc.metrics()
+    assert _committed_eventually(topology), "a refused record pinned its partition's offsets"
+    [big] = [
+        r
+        for r in asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
+        if dict(r.headers)["dlq.reason"] == b"oversized"
+    ]
+    assert len(big.value) == 900_000 and dict(big.headers)["dlq.truncated_from"] == b"1200002"
