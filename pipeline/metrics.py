@@ -4,9 +4,51 @@ run several pipelines in one process). Names follow the source article where it 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class PartitionReading(NamedTuple):
+    topic: str
+    partition: int
+    lag: int | None  # records behind the high watermark (None: not known yet)
+    committed: int | None
+    oldest_unfinished_age_s: float
+
+
+class PartitionCollector(Collector):
+    """Per-partition gauges read from the source at scrape time: nothing on the hot path."""
+
+    def __init__(self, read: Callable[[], Iterable[PartitionReading]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["topic", "partition"]
+        lag = GaugeMetricFamily(
+            "pipeline_consumer_lag_records", "Records behind the high watermark", labels=labels
+        )
+        committed = GaugeMetricFamily(
+            "pipeline_committed_offset", "Last offset committed (the next to read)", labels=labels
+        )
+        age = GaugeMetricFamily(
+            "pipeline_oldest_unfinished_age_seconds",
+            "Age of the oldest consumed, unfinished record (a pinned commit keeps growing)",
+            labels=labels,
+        )
+        for r in self.read():
+            key = [r.topic, str(r.partition)]
+            if r.lag is not None:
+                lag.add_metric(key, r.lag)
+            if r.committed is not None:
+                committed.add_metric(key, r.committed)
+            age.add_metric(key, r.oldest_unfinished_age_s)
+        yield from (lag, committed, age)
 
 
 class Metrics:
@@ -133,6 +175,9 @@ class Metrics:
             registry=r,
         )
         self.committed = Counter("pipeline_offset_commits", "Offset commits sent to the broker", registry=r)
+
+    def watch_partitions(self, read: Callable[[], Iterable[PartitionReading]]) -> None:
+        self.registry.register(PartitionCollector(read))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,6 +5,7 @@ one past the last finished when none is open): a crash then replays, never skips
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 
@@ -13,8 +14,24 @@ class PartitionOffsets:
     def __init__(self) -> None:
         self._open: deque[int] = deque()  # consumed offsets, ascending, head = oldest
         self._finished: set[int] = set()  # finished but behind an unfinished one
+        self._taken: deque[tuple[int, float]] = deque()  # (first offset of a fetch, when)
         self.next_commit: int | None = None
         self.committed: int | None = None
+
+    def taken_at(self, first_offset: int, when: float) -> None:
+        self._taken.append((first_offset, when))
+
+    def oldest_open_age(self, now: float) -> float:
+        """Seconds since the oldest unfinished offset was taken (0: none open). A partition
+        whose commit cannot move shows here long before anything else notices."""
+        if not self._open:
+            return 0.0
+        self._forget_taken_before(self._open[0])
+        return now - self._taken[0][1] if self._taken else 0.0
+
+    def _forget_taken_before(self, head: int) -> None:
+        while len(self._taken) > 1 and self._taken[1][0] <= head:
+            self._taken.popleft()
 
     def track(self, offset: int) -> None:
         if self._open and offset <= self._open[-1]:
@@ -29,6 +46,10 @@ class PartitionOffsets:
             done = self._open.popleft()
             self._finished.discard(done)
             self.next_commit = done + 1
+        if self._open:
+            self._forget_taken_before(self._open[0])
+        else:
+            self._taken.clear()
 
     @property
     def pending(self) -> int:
@@ -48,9 +69,13 @@ class OffsetTracker:
     def __init__(self) -> None:
         self.partitions: dict[tuple[str, int], PartitionOffsets] = {}
 
-    def track(self, topic: str, partition: int, offsets: Iterable[int]) -> None:
+    def track(self, topic: str, partition: int, offsets: Iterable[int], now: float | None = None) -> None:
         part = self.partitions.setdefault((topic, partition), PartitionOffsets())
+        first = True
         for offset in offsets:
+            if first:
+                part.taken_at(offset, time.monotonic() if now is None else now)
+                first = False
             part.track(offset)
 
     def finish(self, topic: str, partition: int, offset: int) -> None:

@@ -101,6 +101,7 @@ class PipelineRuntime:
         )
         self.metrics.dead_letter_hold.set_function(lambda: 1 if self.credits.hold() else 0)
         self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
+        self.metrics.watch_partitions(self.source.partition_readings)
         lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
         self.sink = KafkaSink(topology.sink, topology.broker, lanes, metrics=self.metrics)
         model = topology.model

@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
-from pipeline.metrics import Metrics
+from pipeline.metrics import Metrics, PartitionReading
 from pipeline.offsets import OffsetTracker
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.undecodable import is_undecodable, raw, step_past_undecodable
@@ -212,18 +212,30 @@ class KafkaSource:
             self.positions.pop(key, None)
         log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
+    def partition_readings(self) -> list[PartitionReading]:
+        now = time.monotonic()
+        readings = []
+        for tp in sorted(self.consumer.assignment()):
+            key = (tp.topic, tp.partition)
+            high = max(self.consumer.highwater(tp) or 0, self.highs.get(key, 0))
+            position = self.positions.get(key, self.committed.get(key))
+            part = self.tracker.partitions.get(key)
+            readings.append(
+                PartitionReading(
+                    tp.topic,
+                    tp.partition,
+                    max(0, high - position) if position is not None and high else None,
+                    self.committed.get(key),
+                    part.oldest_open_age(now) if part is not None else 0.0,
+                )
+            )
+        return readings
+
     def lag(self) -> int:
         """Records behind the high watermark on every assigned partition, fetched or not: from
         the fetch position, else the last commit, up to the highest high watermark seen (a
         partition paused since its assignment keeps the one from before)."""
-        total = 0
-        for tp in self.consumer.assignment():
-            key = (tp.topic, tp.partition)
-            high = max(self.consumer.highwater(tp) or 0, self.highs.get(key, 0))
-            position = self.positions.get(key, self.committed.get(key))
-            if position is not None:
-                total += max(0, high - position)
-        return total
+        return sum(r.lag or 0 for r in self.partition_readings())
 
     def resume_if_room(self) -> None:
         """No partition may stay paused while its topic has room for more events."""

@@ -189,3 +189,18 @@ def test_many_offsets_in_shuffled_completion_commit_all():
     assert committed == sorted(committed)
     assert part.committed == 1_000
     assert part.pending == 0
+
+
+def test_age_of_the_oldest_unfinished_offset() -> None:
+    tracker = OffsetTracker()
+    tracker.track("t", 0, [0, 1, 2], now=100.0)
+    tracker.track("t", 0, [3, 4], now=110.0)
+    part = tracker.partitions[("t", 0)]
+    assert part.oldest_open_age(now=115.0) == 15.0
+    for offset in (0, 1, 2):
+        tracker.finish("t", 0, offset)
+    assert part.oldest_open_age(now=115.0) == 5.0  # the head is now a record of the second fetch
+    tracker.finish("t", 0, 4)
+    assert part.oldest_open_age(now=120.0) == 10.0  # 3 still open: a pinned head keeps ageing
+    tracker.finish("t", 0, 3)
+    assert part.oldest_open_age(now=120.0) == 0.0
