@@ -1,7 +1,9 @@
 """`pipeline redrive`: send dead letters of chosen reasons back into the input topic once
 their cause is fixed. The original key, value and headers are sent as they were (the dlq.*
-headers dropped, a ``redrive.from`` header added). Progress is kept per reason in a
-consumer group of its own, so running it again does not re-send what was re-driven."""
+headers dropped, a ``redrive.from`` header added), to the input topic each came from.
+Progress is committed per batch, per reason, in a consumer group of its own: running it
+again, or after a crash, does not re-send what was re-driven. Dead letters holding a
+truncated copy of their input are counted, not re-driven."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ async def redrive_reason(
     try:
         tps = await topic_partitions(consumer, topology.sink.dead_letter_topic)
         consumer.assign(tps)
-        pending = []
+        inputs = set(topology.source.topics)
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
         while tps and not await at_end(consumer, tps):
@@ -45,23 +47,30 @@ async def redrive_reason(
                 idle_since = loop.time()
             elif loop.time() - idle_since > idle_timeout_s:
                 raise TimeoutError("dead-letter topic: no progress before its end")
+            pending = []
             for records in batch.values():
                 for rec in records:
-                    headers = list(rec.headers)
-                    if dict(headers).get("dlq.reason", b"").decode() != reason:
+                    headers = dict(rec.headers)
+                    if headers.get("dlq.reason", b"").decode() != reason:
                         counts["skipped"] += 1
+                        continue
+                    if "dlq.truncated_from" in headers:
+                        counts["not_redriven_truncated"] += 1  # a partial copy: re-drive from the source
                         continue
                     counts["redriven"] += 1
                     if dry_run:
                         continue
-                    kept = [(k, v) for k, v in headers if not k.startswith(DLQ_HEADER_PREFIX)]
+                    # Back where it came from (a backfill's dead letter goes to the backfill topic).
+                    origin = headers.get("dlq.source_topic", b"").decode()
+                    target = origin if origin in inputs else topology.source.topics[0]
+                    kept = [(k, v) for k, v in rec.headers if not k.startswith(DLQ_HEADER_PREFIX)]
                     kept.append(("redrive.from", f"{rec.topic}:{rec.partition}:{rec.offset}".encode()))
-                    pending.append(
-                        await producer.send(topology.source.topics[0], rec.value, key=rec.key, headers=kept)
-                    )
-        await asyncio.gather(*pending)  # every re-sent record acknowledged before the commit
-        if not dry_run and tps:
-            await consumer.commit({tp: await consumer.position(tp) for tp in tps if consumer.highwater(tp)})
+                    pending.append(await producer.send(target, rec.value, key=rec.key, headers=kept))
+            if not dry_run and batch:
+                # Progress is committed as it goes, each batch once its re-sends are acknowledged:
+                # a crash half-way re-sends at most one batch.
+                await asyncio.gather(*pending)
+                await consumer.commit({tp: await consumer.position(tp) for tp in batch})
     finally:
         await producer.stop()
         await consumer.stop()
