@@ -11,8 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipeline.metrics import Metrics
 
-MAX_REQUEST_BYTES = 8_192  # request line plus headers; a scrape needs a few hundred
-MAX_HEADER_LINES = 64
+MAX_REQUEST_BYTES = 8_192  # per line (the reader's limit); a scrape's lines are far shorter
+MAX_HEADER_LINES = 64  # so a request is at most ~65 lines of 8 KiB
 READ_TIMEOUT_S = 5.0  # the whole request, not each line: a slow client cannot hold a task
 
 

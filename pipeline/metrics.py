@@ -154,6 +154,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.sink_refusing = Gauge(
+            "pipeline_sink_refusing_dead_letters",
+            "1 while the broker permanently refuses a dead letter (retried every 30 s; not ready)",
+            registry=r,
+        )
         self.sink_errors = Counter(
             "pipeline_sink_errors_total",
             "Records the broker refused, by topic and error (retriable ones are re-sent)",

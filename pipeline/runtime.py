@@ -50,9 +50,9 @@ from pipeline.ticks import every, supervised
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
-# Each closing step (final commit, consumer, producer, streams) gets at most this long; the
-# whole stop is bounded by drain_timeout_ms plus these (see SHUTDOWN_MARGIN_S in cli.py).
-CLOSE_STEP_TIMEOUT_S = 1.5
+# Each of the four closing steps (final commit, consumer, producer, streams) gets at most this
+# long: with the source loop's exit they fit in SHUTDOWN_MARGIN_S (cli.py) past the drain.
+CLOSE_STEP_TIMEOUT_S = 1.0
 CONTRACT_WAIT_S = 10.0  # at start, for Triton to answer the model contract check
 CONTRACT_RETRY_S = 2.0
 
@@ -97,13 +97,15 @@ class PipelineRuntime:
             spec.topics,
             spec.credits.high_watermark,
             spec.credits.low_watermark,
-            hold=lambda: dlb.enabled and self.dead_letter_budget.holding,
+            hold=self._holding,
         )
-        self.metrics.dead_letter_hold.set_function(lambda: 1 if self.credits.hold() else 0)
+        self.model_checked = False  # consumption is held until the model contract passed
+        self.metrics.dead_letter_hold.set_function(lambda: 1 if self._budget_holding() else 0)
         self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
         self.metrics.watch_partitions(self.source.partition_readings)
         lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
         self.sink = KafkaSink(topology.sink, topology.broker, lanes, metrics=self.metrics)
+        self.metrics.sink_refusing.set_function(lambda: 1 if self.sink.refusing else 0)
         model = topology.model
         self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after, model.keepalive_ms)
         retry, cb = model.retry, model.circuit_breaker
@@ -170,6 +172,7 @@ class PipelineRuntime:
             lambda: self.credits.in_flight,
             spec.stall_after_ms / 1000.0,
             self.metrics,
+            held=self._holding,
         )
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -177,6 +180,14 @@ class PipelineRuntime:
         self._failure: BaseException | None = None
         self.clean_stop = True  # False: work was left unfinished or uncommitted (it replays)
         self._background: set[asyncio.Task[None]] = set()
+
+    def _budget_holding(self) -> bool:
+        return self.topology.dead_letter_budget.enabled and self.dead_letter_budget.holding
+
+    def _holding(self) -> bool:
+        """Consumption held on purpose: the model is not checked yet, or the dead-letter
+        budget tripped. Not a stall; not ready either."""
+        return not self.model_checked or self._budget_holding()
 
     def _in_flight_limit(self) -> int:
         return self.controller.in_flight() if self.controller else self.topology.model.max_in_flight
@@ -286,12 +297,13 @@ class PipelineRuntime:
         return reactivex.merge(rejected, answered)
 
     def is_ready(self) -> bool:
-        """Consuming and not stalled: what /readyz reports."""
+        """Consuming, not stalled, not held, no dead letter refused: what /readyz reports."""
         return (
             self.ready.is_set()
             and not self.watchdog.stalled
             and not self._stop.is_set()
             and not self.credits.hold()
+            and not self.sink.refusing
         )
 
     def _on_sink_batch(self, batch: SinkBatch) -> None:
@@ -364,14 +376,15 @@ class PipelineRuntime:
         problems = contract_problems(served, sig, self._largest_batch())
         if problems:
             raise ModelContractError("; ".join(problems))
+        self.model_checked = True
         log.info("model %s fits the topology (max_batch_size %d)", served.name, served.max_batch_size)
 
     async def _check_model_meanwhile(self, first_wait: asyncio.Task[None]) -> None:
-        """What the start did not wait for: a mismatch found once Triton answers stops the
-        pipeline (what it consumed meanwhile is not committed, it is replayed)."""
+        """What the start did not wait for. Consumption stays held until it passes; a
+        mismatch found once Triton answers stops the pipeline having consumed nothing."""
         try:
             await first_wait
-        except Fatal as exc:
+        except Exception as exc:
             self._on_graph_error(exc)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -383,7 +396,7 @@ class PipelineRuntime:
             contract.result()  # a mismatch stops here, before anything is consumed
         else:
             log.warning(
-                "Triton not reachable within %.0f s: starting; the contract is checked once it is",
+                "Triton not reachable within %.0f s: joining the group, consuming once the model is checked",
                 CONTRACT_WAIT_S,
             )
             self._background.add(asyncio.create_task(self._check_model_meanwhile(contract)))

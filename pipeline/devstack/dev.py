@@ -31,6 +31,7 @@ from pipeline.topology.schema import Topology
 log = logging.getLogger(__name__)
 INPUT_PARTITIONS = 4
 UNANSWERED_AFTER_MS = 10_000
+RECYCLE_DRAIN_S = 60.0  # for the events in flight to be answered before a broker restart
 
 
 @dataclass(frozen=True)
@@ -204,25 +205,64 @@ async def run_epoch(
     pipeline_task = asyncio.create_task(runtime.run(pipeline_stop))
     ledger = books.new_epoch()
     follower = asyncio.create_task(follow_outputs(topology, ledger, follow_stop))
-    await asyncio.wait_for(runtime.ready.wait(), 60)
-    feeder = asyncio.create_task(feed(topology, events, ledger, rate, feeding))
+    feeder: asyncio.Task[int] | None = None
     recycle = False
     try:
-        recycle = await _watch(
-            opts, books, feeder, pipeline_task, stop, started, BrokerLoad(stack.broker.pid)
-        )
+        await _until_ready(runtime, pipeline_task)
+        load = BrokerLoad(stack.broker.pid)
+        while True:
+            feeding.clear()
+            feeder = asyncio.create_task(feed(topology, events, ledger, rate, feeding))
+            if not await _watch(opts, books, feeder, pipeline_task, stop, started, load):
+                break
+            # The broker holds the only copy of what is unfinished: restart it only once every
+            # event it received is accounted for.
+            feeding.set()
+            await _settle_task(feeder)
+            if await _accounted(ledger, RECYCLE_DRAIN_S):
+                recycle = True
+                break
+            log.warning(
+                "events still unanswered %.0f s after the feed stopped: broker restart postponed",
+                RECYCLE_DRAIN_S,
+            )
+            load = BrokerLoad(stack.broker.pid)
     finally:
         # Stop in dataflow order so that what is in flight still gets counted.
         feeding.set()
-        await _settle_task(feeder)
+        if feeder is not None:
+            await _settle_task(feeder)
         pipeline_stop.set()
         await _settle_task(pipeline_task, timeout_s=topology.source.drain_timeout_ms / 1000 + 30)
-        deadline = time.monotonic() + 10
-        while ledger.accounted() < len(ledger.inputs) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await _accounted(ledger, 10)
         follow_stop.set()
         await _settle_task(follower)
     return recycle and not stop.is_set()
+
+
+async def _until_ready(
+    runtime: PipelineRuntime, pipeline_task: asyncio.Task[None], timeout_s: float = 120
+) -> None:
+    """Until the pipeline runs; its failure at start (a model that does not fit) is raised."""
+    ready = asyncio.create_task(runtime.ready.wait())
+    done, _ = await asyncio.wait(
+        {ready, pipeline_task}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+    )
+    ready.cancel()
+    if pipeline_task in done:
+        pipeline_task.result()
+        raise RuntimeError("the pipeline ended before it was ready")
+    if ready not in done:
+        raise TimeoutError(f"the pipeline was not ready after {timeout_s:.0f} s")
+
+
+async def _accounted(ledger: Ledger, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while ledger.accounted() < len(ledger.inputs):  # O(inputs): polled twice a second
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.5)
+    return True
 
 
 async def _settle_task(task: asyncio.Task[object], timeout_s: float = 30.0) -> None:

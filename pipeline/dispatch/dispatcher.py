@@ -102,7 +102,7 @@ class Dispatcher:
                     return
             try:
                 answers = await self._attempt(rows, batch, attempt, outcome)
-            except errors.PipelineError as err:
+            except errors.PipelineError as err:  # (an unexpected error is handled below)
                 outcome.attempts = max(outcome.attempts, attempt)
                 if not err.retriable:
                     if probe:
@@ -125,6 +125,10 @@ class Dispatcher:
                     continue
                 self._fail(rows, errors.RetriesExhausted(err, attempt), attempt, outcome)
                 return
+            except Exception:
+                if probe:  # the probe's answer will never come: let the next request probe
+                    self.breaker.cancel_probe()
+                raise
             self.breaker.record_success()
             outcome.answers.extend(zip(rows, answers, strict=True))
             return

@@ -5,6 +5,7 @@ finished. Auto-commit is off: the offset tracker decides what is safe."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -82,10 +83,11 @@ class KafkaSource:
             try:
                 fetched = await self._fetch()
             except Exception as error:
-                fetched = await self._after_fetch_error(error)
+                fetched = await self._after_fetch_error(error, stop)
             records: list[RawRecord] = []
+            assigned = self.consumer.assignment()  # a fetch can outlast a rebalance
             for tp, taken in fetched.items():
-                if (tp.topic, tp.partition) in self.revoking or not taken:
+                if (tp.topic, tp.partition) in self.revoking or tp not in assigned or not taken:
                     continue  # being handed to another member: it re-reads from our commit
                 self._take(tp, taken)
                 records.extend(taken)
@@ -109,7 +111,23 @@ class KafkaSource:
         self.metrics.events_consumed.labels(tp.topic).inc(len(taken))
         self.credits.take(tp.topic, len(taken))
 
-    async def _after_fetch_error(self, error: Exception) -> dict[TopicPartition, list[RawRecord]]:
+    async def _start_of(self, tp: TopicPartition) -> int:
+        """The next offset this source has not taken from ``tp``: its own position, else the
+        group's commit (where the fetches of this assignment began), else the log's start
+        (aiokafka's position may have run past records a failed call never handed out)."""
+        taken = self.positions.get((tp.topic, tp.partition))
+        if taken is not None:
+            return taken
+        committed = await self.consumer.committed(tp)
+        if committed is not None:
+            return int(committed)
+        if self.spec.auto_offset_reset == "earliest":
+            return int((await self.consumer.beginning_offsets([tp]))[tp])
+        return int(await self.consumer.position(tp))
+
+    async def _after_fetch_error(
+        self, error: Exception, stop: asyncio.Event
+    ) -> dict[TopicPartition, list[RawRecord]]:
         """A record the client cannot decode is stepped past (it becomes a dead letter); a
         retriable broker error is waited out; anything else stops the pipeline with the
         error, since retrying it would only repeat it."""
@@ -119,9 +137,8 @@ class KafkaSource:
                 key = (tp.topic, tp.partition)
                 if tp.topic in self.credits.paused or key in self.revoking:
                     continue
-                start = self.positions.get(key, self.committed.get(key))
-                starts[tp] = start if start is not None else await self.consumer.position(tp)
-            read = await step_past_undecodable(self.consumer, starts, 2 * self.spec.max_poll_records)
+                starts[tp] = await self._start_of(tp)
+            read = await step_past_undecodable(self.consumer, starts, 2 * self.spec.max_poll_records, stop)
             for records in read.values():
                 for r in records:
                     if r.undecodable is not None:
@@ -136,7 +153,8 @@ class KafkaSource:
             return read
         if isinstance(error, KafkaError) and error.retriable:
             log.warning("fetch failed, retrying in %.1f s: %r", FETCH_RETRY_S, error)
-            await asyncio.sleep(FETCH_RETRY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FETCH_RETRY_S)
             return {}
         raise SourceFailed(f"consuming {self.spec.topics} failed: {error!r}") from error
 

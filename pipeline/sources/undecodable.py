@@ -11,6 +11,7 @@ parse turns into a dead letter, so its offset is finished and committed past lik
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -35,20 +36,30 @@ def raw(m: ConsumerRecord[bytes, bytes]) -> RawRecord:
 
 
 async def step_past_undecodable(
-    consumer: AIOKafkaConsumer, starts: dict[TopicPartition, int], limit: int, wait_ms: int = 1_000
+    consumer: AIOKafkaConsumer,
+    starts: dict[TopicPartition, int],
+    limit: int,
+    stop: asyncio.Event | None = None,
+    wait_ms: int = 300,
 ) -> dict[TopicPartition, list[RawRecord]]:
     """Re-read each partition from ``starts`` one record at a time, for at most ``limit``
     records (the failed call read no further than its own max records past a position), and
     return what was read: good records, and a marker for each one that cannot be decoded
-    (the partition is then moved past it)."""
-    for tp, start in starts.items():
-        consumer.seek(tp, start)  # drops what the failed call buffered past our position
+    (the partition is then moved past it). A partition that is not answered within
+    ``wait_ms`` is left for the normal fetch: if the bad record is there, the next fetch
+    fails again and this starts over, having taken what it read so far."""
     read: dict[TopicPartition, list[RawRecord]] = {}
-    for tp in starts:
+    for tp, start in starts.items():
+        try:
+            consumer.seek(tp, start)  # drops what the failed call buffered past our position
+        except kafka_errors.IllegalStateError:
+            continue  # no longer assigned: a rebalance went on meanwhile
         taken: list[RawRecord] = []
-        while len(taken) < limit:
+        while len(taken) < limit and not (stop is not None and stop.is_set()):
             try:
                 got = await consumer.getmany(tp, timeout_ms=wait_ms, max_records=1)
+            except kafka_errors.IllegalStateError:
+                break
             except DECODE_ERRORS as error:
                 # Consumed one record at a time, the position is the record that raised.
                 offset = await consumer.position(tp)

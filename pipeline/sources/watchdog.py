@@ -27,7 +27,9 @@ class StallWatchdog:
         stall_after_s: float,
         metrics: Metrics,
         interval_s: float = 1.0,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
+        self.held = held  # consumption held on purpose: waiting work is not a stall
         self.source = source
         self.progress = progress
         self.in_flight = in_flight
@@ -41,7 +43,7 @@ class StallWatchdog:
     def check(self, lag: int, now: float) -> bool:
         """One observation; returns whether the pipeline is stalled now."""
         done = self.progress()
-        waiting = lag + self.in_flight()
+        waiting = 0 if self.held() else lag + self.in_flight()
         if self._last_change is None or done != self._last_progress or waiting == 0:
             self._last_progress = done
             self._last_change = now

@@ -183,8 +183,9 @@ class Model(Node):
     keepalive_ms: int = Field(
         300_000,
         ge=10_000,
-        description="gRPC keepalive ping period; Triton's default server policy takes pings on an "
-        "idle connection no more often than every 300 s and closes it (GOAWAY) otherwise",
+        description="gRPC keepalive ping period. Triton's default server policy closes a connection "
+        "(GOAWAY too_many_pings) pinged more often than every 300 s while idle: go lower only for "
+        "servers started with a lower --grpc-http2-min-recv-ping-interval-without-data",
     )
     retry: Retry = Retry()
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()

@@ -33,6 +33,7 @@ def test_steady_traffic_is_consumed_and_the_broker_cost_stays_flat() -> None:
         text=True,
         timeout=150,
     )
+    assert done.stdout.strip(), done.stderr[-2000:]
     summary = orjson.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0, (summary, done.stderr[-2000:])
     assert summary["passed"] and summary["consumed"] == summary["produced"] >= 20_000
