@@ -393,7 +393,10 @@ class PipelineRuntime:
         contract = asyncio.create_task(self.check_model(), name="model-contract")
         done, _ = await asyncio.wait({contract}, timeout=CONTRACT_WAIT_S)
         if contract in done:
-            contract.result()  # a mismatch stops here, before anything is consumed
+            if contract.exception() is not None:  # a mismatch stops here, before anything is consumed
+                await self.source.stop()  # the consumer exists already: close it, no warning at exit
+                await self.pool.close()
+            contract.result()
         else:
             log.warning(
                 "Triton not reachable within %.0f s: joining the group, consuming once the model is checked",

@@ -64,7 +64,9 @@ class KafkaSink:
         self.max_backoff_s = max_backoff_s
         self.metrics = metrics or Metrics()
         self._refused: dict[int, int] = {}  # write in progress → dead letters refused in it
-        self.producers = {lane: self._producer(spec, broker) for lane in [DEFAULT, *(lanes or [])]}
+        self._broker = broker
+        self._lanes = [DEFAULT, *(lanes or [])]
+        self.producers: dict[str, AIOKafkaProducer] = {}  # made at start: none to leak before
 
     @staticmethod
     def _producer(spec: Sink, broker: Broker) -> AIOKafkaProducer:
@@ -80,6 +82,7 @@ class KafkaSink:
         )
 
     async def start(self) -> None:
+        self.producers = {lane: self._producer(self.spec, self._broker) for lane in self._lanes}
         for producer in self.producers.values():
             await producer.start()
 

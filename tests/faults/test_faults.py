@@ -407,10 +407,11 @@ def test_records_the_client_cannot_decode(stack, tmp_path, pipelines) -> None:
 
 # A version that refuses every request as invalid (say, trained on another catalogue): the
 # one failure the breaker cannot see (the server answers) and bisecting cannot narrow down.
+# It raises: Triton 2.51's Python backend crashes (SIGSEGV) when execute() returns an error
+# response for every request of a call, and answers each request with the error if it raises.
 BROKEN_EXECUTE = """
     def execute(self, requests):
-        error = pb_utils.TritonError("invalid input for this version", pb_utils.TritonError.INVALID_ARG)
-        return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        raise ValueError("invalid input for this version")
 """
 
 
