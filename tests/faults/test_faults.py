@@ -217,6 +217,12 @@ async def _until(check, timeout_s: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
+async def _restart_and_wait_for_output(triton: EmbeddedTriton, result: CaseResult, before: int) -> float:
+    await asyncio.to_thread(triton.start)
+    await asyncio.to_thread(triton.wait_until, triton.ready, 120, "ready")
+    return await wait_for_output_after(result.ledger, before)
+
+
 def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pipelines) -> None:
     """Finding 1 of the reliability review: Triton down, the source paused on its credits, a
     second worker joins and leaves, Triton returns. The first worker must take up the whole
@@ -248,9 +254,7 @@ def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pip
         await asyncio.to_thread(second.stop)  # leaves the group: the first gets all back
         await asyncio.sleep(2)
         before = result.ledger.recommendations
-        await asyncio.to_thread(own_triton.start)
-        await asyncio.to_thread(own_triton.wait_until, own_triton.ready, 120, "ready")
-        result.recovered_at = await wait_for_output_after(result.ledger, before)
+        result.recovered_at = await _restart_and_wait_for_output(own_triton, result, before)
 
     result = asyncio.run(run_case(topology, 6000, 1000, fault, timeout_s=180))
     report("rebalance while paused (Triton down, credits 600)", result)
@@ -286,9 +290,7 @@ def test_outage_longer_than_max_poll_interval(stack, own_triton, tmp_path, pipel
         await _until(lambda: _paused(proc), 60, "paused by backpressure")
         await asyncio.sleep(8)  # well past max_poll_interval_ms, all partitions paused
         before = result.ledger.recommendations
-        await asyncio.to_thread(own_triton.start)
-        await asyncio.to_thread(own_triton.wait_until, own_triton.ready, 120, "ready")
-        result.recovered_at = await wait_for_output_after(result.ledger, before)
+        result.recovered_at = await _restart_and_wait_for_output(own_triton, result, before)
 
     result = asyncio.run(run_case(topology, 3000, 1000, fault, timeout_s=180))
     report("outage past max_poll_interval_ms", result)
