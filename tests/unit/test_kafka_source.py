@@ -1,0 +1,157 @@
+"""KafkaSource against a fake consumer: the loop's decisions without a broker (the real
+broker cases are in tests/faults)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from pipeline.events import RawRecord
+from pipeline.metrics import Metrics
+from pipeline.offsets import OffsetTracker
+from pipeline.sources.credits import TopicCredits
+from pipeline.sources.kafka import KafkaSource, _Rebalance
+from pipeline.topology.schema import Broker, Source
+
+BAD = b"<undecodable>"
+
+
+def record(tp: TopicPartition, offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 0, 0, None, value, None, 0, len(value), ())
+
+
+@dataclass
+class FakeConsumer:
+    """Hands records out like aiokafka: paused partitions give nothing, an empty poll waits
+    its timeout, and a record it cannot decode raises after it has already moved the other
+    partitions' positions past what it drained in that call (which the caller never gets)."""
+
+    logs: dict[TopicPartition, list[bytes]]
+    pos: dict[TopicPartition, int] = field(default_factory=dict)
+    paused_tps: set[TopicPartition] = field(default_factory=set)
+    polls: int = 0
+
+    def __post_init__(self) -> None:
+        self.pos = {tp: 0 for tp in self.logs}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.logs)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_tps)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused_tps |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused_tps -= set(tps)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.logs[tp])
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.pos[tp] = offset
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.pos[tp]
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return None
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 0 for tp in tps}
+
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        self.polls += 1
+        out: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        budget = max_records or 500
+        for tp in sorted(tps or self.logs):
+            if tp in self.paused_tps:
+                continue
+            taken = []
+            while budget and self.pos[tp] + len(taken) < len(self.logs[tp]):
+                offset = self.pos[tp] + len(taken)
+                if self.logs[tp][offset] == BAD:
+                    raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+                taken.append(record(tp, offset, self.logs[tp][offset]))
+                budget -= 1
+            if taken:
+                self.pos[tp] += len(taken)
+                out[tp] = taken
+        if not out:
+            await asyncio.sleep(timeout_ms / 1000)
+        return out
+
+
+def source_with(consumer: FakeConsumer, credits: TopicCredits, max_poll_records: int = 100) -> KafkaSource:
+    """Call inside a running loop (the real consumer it replaces wants one)."""
+    spec = Source(topics=["t"], group_id="g", max_poll_records=max_poll_records)
+    source = KafkaSource(spec, Broker(), OffsetTracker(), credits, Metrics())
+    source.consumer = consumer  # type: ignore[assignment]
+    return source
+
+
+TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+def test_a_rebalance_while_paused_does_not_wedge_the_source() -> None:
+    async def scenario() -> tuple[list[int], int, int]:
+        consumer = FakeConsumer({TP0: [b"{}"] * 30})
+        credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
+        source = source_with(consumer, credits, max_poll_records=5)
+        got: list[RawRecord] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(got.extend, stop))
+        while len(got) < 10:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        assert TP0 in consumer.paused_tps and len(got) == 10  # full: paused
+        polls_while_paused = consumer.polls
+        # A rebalance hands the partition back unpaused, with the credits still taken.
+        consumer.paused_tps.clear()
+        await _Rebalance(source).on_partitions_assigned([TP0])
+        await asyncio.sleep(0.3)
+        paused_again = TP0 in consumer.paused_tps
+        credits.give_back("t", len(got))  # the work finishes
+        for _ in range(100):
+            if len(got) == 30:
+                break
+            credits.give_back("t", credits.gate("t").in_flight)
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        assert paused_again, "the full topic must be paused again after the assignment"
+        return [r.offset for r in got], polls_while_paused, consumer.polls
+
+    offsets, polls_paused, polls_end = asyncio.run(scenario())
+    assert offsets == list(range(30))
+    assert polls_paused >= 3  # kept polling while paused (membership), not parked
+    assert polls_end > polls_paused
+
+
+def test_an_undecodable_record_is_stepped_past_and_nothing_is_skipped() -> None:
+    async def scenario() -> list[tuple[int, int, bool]]:
+        consumer = FakeConsumer({TP0: [b"a0", b"a1"], TP1: [b"b0", BAD, b"b2"]})
+        source = source_with(consumer, TopicCredits(["t"], 1000, 500))
+        got: list[RawRecord] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(got.extend, stop))
+        for _ in range(200):
+            if len(got) >= 5:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 3)
+        return sorted((r.partition, r.offset, r.undecodable is not None) for r in got)
+
+    assert asyncio.run(scenario()) == [
+        (0, 0, False),
+        (0, 1, False),
+        (1, 0, False),
+        (1, 1, True),
+        (1, 2, False),
+    ]
