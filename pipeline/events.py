@@ -29,6 +29,7 @@ class RawRecord(NamedTuple):
     value: bytes | None
     headers: Headers
     undecodable: str | None = None  # set: the client could not decode this record (why)
+    generation: int = 0  # the source's assignment of the partition it was taken in
 
 
 class Event(NamedTuple):

@@ -154,6 +154,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.revoked_outputs_dropped = Counter(
+            "pipeline_revoked_outputs_dropped_total",
+            "Outputs of partitions revoked before their work finished, not written (the new owner redoes it)",
+            registry=r,
+        )
         self.sink_refusing = Gauge(
             "pipeline_sink_refusing_dead_letters",
             "1 while the broker permanently refuses a dead letter (retried every 30 s; not ready)",

@@ -9,6 +9,7 @@ only module that knows both the topology and the operators."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -312,10 +313,27 @@ class PipelineRuntime:
         task.add_done_callback(self._sink_tasks.discard)
 
     async def _write(self, batch: SinkBatch) -> None:
-        written = await self.sink.write(batch)  # refused outputs come back as dead letters
+        # Work of a partition revoked since it was taken (it missed its drain) is redone by
+        # the partition's new owner from the commit: its outputs are not written twice, and
+        # its offsets do not reach the new assignment's tracker.
+        is_current = self.source.is_current
+        stale = {
+            (s.topic, s.partition, s.offset)
+            for rec in batch.records
+            for s in rec.sources
+            if not is_current(s)
+        }
+        if stale:
+            kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
+            self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
+            batch = dataclasses.replace(batch, records=kept)
+        written = (
+            await self.sink.write(batch) if batch.records else []
+        )  # refused outputs come back as dead letters
         per_topic: dict[str, int] = {}
         for topic, partition, offset in batch.finishes:
-            self.tracker.finish(topic, partition, offset)
+            if (topic, partition, offset) not in stale:
+                self.tracker.finish(topic, partition, offset)
             per_topic[topic] = per_topic.get(topic, 0) + 1
         for topic, count in per_topic.items():
             self.credits.give_back(topic, count)

@@ -36,6 +36,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.source.revoking.clear()
+        self.source.new_generation(assigned)
         # New assignments start unpaused in the consumer: forget which topics were paused so
         # that the run loop's next pass pauses the full ones again.
         self.source.credits.paused.clear()
@@ -56,6 +57,10 @@ class KafkaSource:
         # of a partition that is assigned but not fetched (paused, or wedged) stays visible.
         self.highs: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
+        # Each assignment of a partition is a generation; records carry theirs, so work of a
+        # revoked assignment that finishes late is told apart from the current one's.
+        self.generations: dict[tuple[str, int], int] = {}
+        self._generation = 0
         self._turn = 0
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=broker.bootstrap_servers,
@@ -101,6 +106,18 @@ class KafkaSource:
                     if start + EMIT_SLICE < len(records):
                         await asyncio.sleep(0)
 
+    def new_generation(self, assigned: list[TopicPartition]) -> None:
+        self._generation += 1
+        for tp in assigned:
+            self.generations[(tp.topic, tp.partition)] = self._generation
+
+    def generation_of(self, tp: TopicPartition) -> int:
+        return self.generations.get((tp.topic, tp.partition), 0)
+
+    def is_current(self, record: RawRecord) -> bool:
+        """Taken in the partition's current assignment (not in one revoked since)."""
+        return self.generations.get((record.topic, record.partition)) == record.generation
+
     def _take(self, tp: TopicPartition, taken: list[RawRecord]) -> None:
         key = (tp.topic, tp.partition)
         self.tracker.track(tp.topic, tp.partition, (r.offset for r in taken))
@@ -138,7 +155,9 @@ class KafkaSource:
                 if tp.topic in self.credits.paused or key in self.revoking:
                     continue
                 starts[tp] = await self._start_of(tp)
-            read = await step_past_undecodable(self.consumer, starts, 2 * self.spec.max_poll_records, stop)
+            read = await step_past_undecodable(
+                self.consumer, starts, 2 * self.spec.max_poll_records, stop, generation_of=self.generation_of
+            )
             for records in read.values():
                 for r in records:
                     if r.undecodable is not None:
@@ -170,7 +189,7 @@ class KafkaSource:
                 by_topic.setdefault(tp.topic, []).append(tp)
         if len(by_topic) <= 1:
             got = await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
-            return {tp: [raw(m) for m in messages] for tp, messages in got.items()}
+            return {tp: [raw(m, self.generation_of(tp)) for m in messages] for tp, messages in got.items()}
         share = max(1, self.spec.max_poll_records // len(by_topic))
         topics = sorted(by_topic)
         self._turn = (self._turn + 1) % len(topics)  # who goes first rotates
@@ -179,7 +198,7 @@ class KafkaSource:
             fetched.update(await consumer.getmany(*by_topic[topic], timeout_ms=0, max_records=share))
         if not fetched:  # nothing buffered anywhere: wait for the next fetch response
             fetched = await consumer.getmany(timeout_ms=100, max_records=share)
-        return {tp: [raw(m) for m in messages] for tp, messages in fetched.items()}
+        return {tp: [raw(m, self.generation_of(tp)) for m in messages] for tp, messages in fetched.items()}
 
     def _apply_backpressure(self) -> None:
         """Pause the partitions of topics at their high watermark, resume those at their
@@ -228,6 +247,7 @@ class KafkaSource:
         self.tracker.release(keys)
         for key in keys:
             self.positions.pop(key, None)
+            self.generations.pop(key, None)  # what is still in flight of it is now stale
         log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
     def partition_readings(self) -> list[PartitionReading]:

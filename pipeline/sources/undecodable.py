@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka import errors as kafka_errors
@@ -31,8 +32,10 @@ def is_undecodable(error: BaseException) -> bool:
     return isinstance(error, DECODE_ERRORS)
 
 
-def raw(m: ConsumerRecord[bytes, bytes]) -> RawRecord:
-    return RawRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers))
+def raw(m: ConsumerRecord[bytes, bytes], generation: int = 0) -> RawRecord:
+    return RawRecord(
+        m.topic, m.partition, m.offset, m.timestamp, m.key, m.value, tuple(m.headers), None, generation
+    )
 
 
 async def step_past_undecodable(
@@ -41,6 +44,7 @@ async def step_past_undecodable(
     limit: int,
     stop: asyncio.Event | None = None,
     wait_ms: int = 300,
+    generation_of: Callable[[TopicPartition], int] = lambda tp: 0,
 ) -> dict[TopicPartition, list[RawRecord]]:
     """Re-read each partition from ``starts`` one record at a time, for at most ``limit``
     records (the failed call read no further than its own max records past a position), and
@@ -63,16 +67,15 @@ async def step_past_undecodable(
             except DECODE_ERRORS as error:
                 # Consumed one record at a time, the position is the record that raised.
                 offset = await consumer.position(tp)
+                why = f"{type(error).__name__}: {error}"
                 taken.append(
-                    RawRecord(
-                        tp.topic, tp.partition, offset, -1, None, None, (), f"{type(error).__name__}: {error}"
-                    )
+                    RawRecord(tp.topic, tp.partition, offset, -1, None, None, (), why, generation_of(tp))
                 )
                 consumer.seek(tp, offset + 1)
                 break
             if not got.get(tp):
                 break  # caught up with the partition: nothing undecodable here
-            taken.extend(raw(m) for m in got[tp])
+            taken.extend(raw(m, generation_of(tp)) for m in got[tp])
         if taken:
             read[tp] = taken
     return read

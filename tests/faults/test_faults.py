@@ -260,11 +260,10 @@ def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pip
     report("rebalance while paused (Triton down, credits 600)", result)
     assert first.alive()
     assert result.recovered_at > 0
-    # Redone: the first worker's work of the revoked partitions, still in flight when they
-    # moved (at most the credits plus one fetch, 600 + 500), is finished when Triton returns
-    # and done again from the commit. Dropping revoked work that missed its drain is the
-    # next step (finding 7); until then this is the bound.
-    assert result.audit["duplicates"] <= 2 * (600 + 500), result.line("rebalance while paused")
+    # Work of the revoked partitions that missed its drain (blocked on Triton) is dropped when
+    # it finishes late instead of being written beside the new owner's; what remains is
+    # what was finished but not yet committed when the partitions moved.
+    assert result.audit["duplicates"] <= 600, result.line("rebalance while paused")
 
 
 def test_outage_longer_than_max_poll_interval(stack, own_triton, tmp_path, pipelines) -> None:

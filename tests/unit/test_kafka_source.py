@@ -155,3 +155,17 @@ def test_an_undecodable_record_is_stepped_past_and_nothing_is_skipped() -> None:
         (1, 1, True),
         (1, 2, False),
     ]
+
+
+def test_records_of_a_revoked_assignment_are_stale() -> None:
+    async def scenario() -> tuple[bool, bool, bool]:
+        source = source_with(FakeConsumer({TP0: [b"{}"]}), TopicCredits(["t"], 10, 5))
+        source.new_generation([TP0])
+        first = RawRecord("t", 0, 5, 0, None, b"{}", (), None, source.generation_of(TP0))
+        current_before = source.is_current(first)
+        await source.release([TP0])  # revoked: nothing in flight in the tracker, released at once
+        revoked = source.is_current(first)
+        source.new_generation([TP0])  # assigned again: the old record stays stale
+        return current_before, revoked, source.is_current(first)
+
+    assert asyncio.run(scenario()) == (True, False, False)
