@@ -79,7 +79,8 @@ class Ledger:
     def summary(self) -> dict[str, object]:
         self.take_latencies()
         self._pending_latency.clear()
-        lost = sum(1 for c in self.inputs if not self.outputs[c])
+        missing = [c for c in self.inputs if not self.outputs[c]]
+        lost = len(missing)
         duplicates = sum(n - 1 for c, n in self.outputs.items() if n > 1 and c in self.inputs)
         first_in = min(self.inputs.values(), default=0)
         span_s = max(1e-3, (self.last_output_ms - first_in) / 1000.0)
@@ -89,6 +90,7 @@ class Ledger:
             "recommendations": self.recommendations,
             "dead_letters": self.dead_letters,
             "lost": lost,
+            "lost_examples": [f"{t}[{p}]@{o}" for t, p, o in sorted(missing)[:5]],
             "duplicates": duplicates,
             "dead_letter_reasons": dict(self.dead_letter_reasons),
             "throughput_eps": round(len(self.inputs) / span_s, 1),
@@ -129,5 +131,13 @@ async def audit_topology(topology: Topology) -> dict[str, object]:
     summary = ledger.summary()
     return {
         k: summary[k]
-        for k in ("events_in", "recommendations", "dead_letters", "lost", "duplicates", "dead_letter_reasons")
+        for k in (
+            "events_in",
+            "recommendations",
+            "dead_letters",
+            "lost",
+            "lost_examples",
+            "duplicates",
+            "dead_letter_reasons",
+        )
     }

@@ -315,26 +315,21 @@ class PipelineRuntime:
     async def _write(self, batch: SinkBatch) -> None:
         # Work of a partition revoked since it was taken (it missed its drain) is redone by
         # the partition's new owner from the commit: its outputs are not written twice, and
-        # its offsets do not reach the new assignment's tracker.
+        # its offsets do not reach the new assignment's tracker. Records are judged one by
+        # one (a re-read copy of an event shares its coordinates with the stale one), and
+        # again after the write, during which a rebalance can happen.
         is_current = self.source.is_current
-        stale = {
-            (s.topic, s.partition, s.offset)
-            for rec in batch.records
-            for s in rec.sources
-            if not is_current(s)
-        }
-        if stale:
+        taken = [src for rec in batch.records for src in rec.sources]
+        if not all(map(is_current, taken)):
             kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
             self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
             batch = dataclasses.replace(batch, records=kept)
-        written = (
-            await self.sink.write(batch) if batch.records else []
-        )  # refused outputs come back as dead letters
+        written = await self.sink.write(batch) if batch.records else []  # refused outputs: dead letters
         per_topic: dict[str, int] = {}
-        for topic, partition, offset in batch.finishes:
-            if (topic, partition, offset) not in stale:
-                self.tracker.finish(topic, partition, offset)
-            per_topic[topic] = per_topic.get(topic, 0) + 1
+        for src in taken:  # every record of a sink batch names the inputs it finishes
+            if is_current(src):
+                self.tracker.finish(src.topic, src.partition, src.offset)
+            per_topic[src.topic] = per_topic.get(src.topic, 0) + 1
         for topic, count in per_topic.items():
             self.credits.give_back(topic, count)
         dlq = self.topology.sink.dead_letter_topic
@@ -342,16 +337,16 @@ class PipelineRuntime:
             dict(rec.headers).get("dlq.reason", b"unknown").decode() for rec in written if rec.topic == dlq
         ]
         recommendations = len(written) - len(reasons)
-        self.stats.finished += len(batch.finishes)
+        self.stats.finished += len(taken)
         self.stats.recommendations += recommendations
         self.stats.dead_letters += len(reasons)
-        self.metrics.events_finished.inc(len(batch.finishes))
+        self.metrics.events_finished.inc(len(taken))
         self.metrics.recommendations.inc(recommendations)
         self.metrics.duplicate_events.inc(batch.duplicates)
         for reason in reasons:
             self.metrics.dead_letters.labels(reason).inc()
         if self.topology.dead_letter_budget.enabled:
-            trip = self.dead_letter_budget.observe(len(batch.finishes), reasons)
+            trip = self.dead_letter_budget.observe(len(taken), reasons)
             if trip is not None:
                 log.error(
                     "DEAD-LETTER BUDGET: %.0f%% of the last %d events dead-lettered as %s: holding "

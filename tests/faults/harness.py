@@ -71,7 +71,7 @@ class CaseResult:
         return (
             f"{case}: in {a['events_in']} recs {a['recommendations']} dlq {a['dead_letters']} "
             f"dup {a['duplicates']} lost {a['lost']} recovery {self.recovery_s}s "
-            f"reasons {a['dead_letter_reasons']}"
+            f"reasons {a['dead_letter_reasons']} lost e.g. {a.get('lost_examples')}"
         )
 
 
@@ -133,14 +133,14 @@ async def run_case(
         if not producer.done():
             producer.cancel()
     result.audit = await audit_topology(topology)
-    for _ in range(3):
+    for _ in range(5):
         if result.audit["lost"] == 0 or ledger.accounted() < len(batch):
             break
         # The live follower saw an answer for every input but a fresh read of the topics did
         # not (seen once in a suite run, right after a burst of dead letters): read again. A
         # real loss stays lost, and the follower would not have seen it answered either.
         print(f"\nre-audit: {result.audit['lost']} answered inputs not yet read back")
-        await asyncio.sleep(1)
+        await asyncio.sleep(2)
         result.audit = await audit_topology(topology)
     return result
 
