@@ -11,9 +11,14 @@ from collections.abc import Iterable
 
 
 class PartitionOffsets:
+    """Tracked offsets as ascending [start, end) ranges (consecutive offsets share one), and
+    the set of those not finished yet. Memory is bounded by the unfinished offsets (the
+    credits bound them) plus the gaps between ranges, even while one unfinished record holds
+    the head and thousands finish behind it."""
+
     def __init__(self) -> None:
-        self._open: deque[int] = deque()  # consumed offsets, ascending, head = oldest
-        self._finished: set[int] = set()  # finished but behind an unfinished one
+        self._ranges: deque[list[int]] = deque()  # head = _ranges[0][0], the oldest not passed
+        self._unfinished: set[int] = set()
         self._taken: deque[tuple[int, float]] = deque()  # (first offset of a fetch, when)
         self.next_commit: int | None = None
         self.committed: int | None = None
@@ -24,9 +29,9 @@ class PartitionOffsets:
     def oldest_open_age(self, now: float) -> float:
         """Seconds since the oldest unfinished offset was taken (0: none open). A partition
         whose commit cannot move shows here long before anything else notices."""
-        if not self._open:
+        if not self._ranges:
             return 0.0
-        self._forget_taken_before(self._open[0])
+        self._forget_taken_before(self._ranges[0][0])
         return now - self._taken[0][1] if self._taken else 0.0
 
     def _forget_taken_before(self, head: int) -> None:
@@ -34,30 +39,42 @@ class PartitionOffsets:
             self._taken.popleft()
 
     def track(self, offset: int) -> None:
-        if self._open and offset <= self._open[-1]:
-            raise ValueError(f"offset {offset} tracked out of order (last {self._open[-1]})")
-        self._open.append(offset)
+        last = self._ranges[-1] if self._ranges else None
+        if last is not None and offset < last[1]:
+            raise ValueError(f"offset {offset} tracked out of order (last {last[1] - 1})")
+        if last is not None and offset == last[1]:
+            last[1] += 1
+        else:
+            self._ranges.append([offset, offset + 1])
+        self._unfinished.add(offset)
 
     def finish(self, offset: int) -> None:
-        if not self._open or offset < self._open[0] or offset in self._finished:
-            return  # already finished (a duplicate ack) or from before a reset
-        self._finished.add(offset)
-        while self._open and self._open[0] in self._finished:
-            done = self._open.popleft()
-            self._finished.discard(done)
-            self.next_commit = done + 1
-        if self._open:
-            self._forget_taken_before(self._open[0])
+        if offset not in self._unfinished:
+            return  # already finished (a duplicate ack), from before a reset, or never taken here
+        self._unfinished.discard(offset)
+        # Move the head past what is finished (each offset is passed once: amortised O(1)).
+        while self._ranges:
+            head = self._ranges[0]
+            while head[0] < head[1] and head[0] not in self._unfinished:
+                head[0] += 1
+            if head[0] < head[1]:
+                break
+            self.next_commit = head[1]
+            self._ranges.popleft()
+        if self._ranges:
+            self.next_commit = self._ranges[0][0]
+            self._forget_taken_before(self._ranges[0][0])
         else:
             self._taken.clear()
 
     @property
     def pending(self) -> int:
-        return len(self._open)
+        """Offsets taken and not yet passed by the head (unfinished, or behind one)."""
+        return sum(end - start for start, end in self._ranges)
 
     def commit_due(self) -> int | None:
         """The offset to commit now, or None if nothing advanced since the last commit."""
-        target = self._open[0] if self._open else self.next_commit
+        target = self._ranges[0][0] if self._ranges else self.next_commit
         if target is None or target == self.committed:
             return None
         return target

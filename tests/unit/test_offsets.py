@@ -204,3 +204,30 @@ def test_age_of_the_oldest_unfinished_offset() -> None:
     assert part.oldest_open_age(now=120.0) == 10.0  # 3 still open: a pinned head keeps ageing
     tracker.finish("t", 0, 3)
     assert part.oldest_open_age(now=120.0) == 0.0
+
+
+def test_a_pinned_head_keeps_memory_flat() -> None:
+    """One record unfinished at the head, 100,000 finished behind it: what is kept is one
+    range and one unfinished offset, not 100,000 entries."""
+    part = PartitionOffsets()
+    for offset in range(100_001):
+        part.track(offset)
+    for offset in range(1, 100_001):
+        part.finish(offset)
+    assert len(part._ranges) == 1 and part._unfinished == {0}
+    assert part.commit_due() == 0 and part.pending == 100_001
+    part.finish(0)
+    assert part.commit_due() == 100_001 and part.pending == 0
+
+
+def test_an_offset_never_taken_here_does_not_count_as_finished() -> None:
+    """An acknowledgement from an earlier assignment, for an offset this one has not taken
+    yet, must not mark it finished in advance."""
+    part = PartitionOffsets()
+    part.track(10)
+    part.finish(12)  # not taken (yet) in this assignment
+    part.track(11)
+    part.track(12)
+    part.finish(10)
+    part.finish(11)
+    assert part.commit_due() == 12  # 12 is still open: its own answer has not come
