@@ -121,11 +121,19 @@ class OutputRecord(NamedTuple):
 
 @dataclass(frozen=True)
 class SinkBatch:
-    """Records to write, and the source records they finish once written."""
+    """Records to write; the source records each names are finished once it is written."""
 
     records: tuple[OutputRecord, ...]
-    finishes: tuple[SourceRef, ...]
     recommendations: int = 0
     dead_letters: int = 0
     duplicates: int = 0
     lane: str = ""  # which lane's producer writes it ("": the default one)
+
+    @property
+    def sources(self) -> list[RawRecord]:
+        """Every input the batch finishes, once each (a record names the inputs it answers)."""
+        return [src for rec in self.records for src in rec.sources]
+
+    @property
+    def finishes(self) -> tuple[SourceRef, ...]:
+        return tuple(SourceRef(s.topic, s.partition, s.offset) for s in self.sources)

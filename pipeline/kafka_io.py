@@ -48,7 +48,7 @@ async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 5.0) -
             return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        positions = {tp: 0 for tp in tps}  # next offset to hand on
+        positions = {tp: await consumer.position(tp) for tp in tps}  # next offset to hand on
         idle_since = asyncio.get_running_loop().time()
         while not await at_end(consumer, tps):
             try:

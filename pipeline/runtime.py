@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import time
 from collections import Counter
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 CLOSE_STEP_TIMEOUT_S = 1.0
 CONTRACT_WAIT_S = 10.0  # at start, for Triton to answer the model contract check
 CONTRACT_RETRY_S = 2.0
+CONTRACT_LOG_EVERY = 15  # retries between two warnings (30 s)
 
 
 @dataclass
@@ -319,14 +321,14 @@ class PipelineRuntime:
         # one (a re-read copy of an event shares its coordinates with the stale one), and
         # again after the write, during which a rebalance can happen.
         is_current = self.source.is_current
-        taken = [src for rec in batch.records for src in rec.sources]
+        taken = batch.sources
         if not all(map(is_current, taken)):
             kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
             self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
             batch = dataclasses.replace(batch, records=kept)
         written = await self.sink.write(batch) if batch.records else []  # refused outputs: dead letters
         per_topic: dict[str, int] = {}
-        for src in taken:  # every record of a sink batch names the inputs it finishes
+        for src in taken:
             if is_current(src):
                 self.tracker.finish(src.topic, src.partition, src.offset)
             per_topic[src.topic] = per_topic.get(src.topic, 0) + 1
@@ -379,12 +381,15 @@ class PipelineRuntime:
         server cannot be reached (an outage at start is the breaker's business, like any
         other); a mismatch raises ModelContractError."""
         model, sig = self.topology.model, self.dispatcher.config.signature
-        while True:
+        for attempt in itertools.count():
             try:
                 served = await fetch_served_model(self.pool.stub, model.name, model.version)
                 break
             except grpc.aio.AioRpcError as exc:
-                log.warning("model contract not checked yet, Triton at %s: %s", model.url, exc.code().name)
+                if attempt % CONTRACT_LOG_EVERY == 0:  # a long outage: a line now and then, not a flood
+                    log.warning(
+                        "model contract not checked yet, Triton at %s: %s", model.url, exc.code().name
+                    )
                 await asyncio.sleep(CONTRACT_RETRY_S)
         problems = contract_problems(served, sig, self._largest_batch())
         if problems:

@@ -73,12 +73,12 @@ class Dispatcher:
                 await self._infer_rows(list(batch.requests), batch, outcome)
             except Exception as exc:  # not one of ours: this batch fails, never the whole graph
                 log.exception("inference of a %d-row batch failed unexpectedly", len(batch.requests))
-                settled = {id(row) for row, _ in outcome.answers}
-                settled |= {id(dead.record) for dead in outcome.failures}
+                answered = {id(row) for row, _ in outcome.answers}
+                failed = {id(dead.record) for dead in outcome.failures}
                 rows = [
                     r
                     for r in batch.requests
-                    if id(r) not in settled and id(r.events[0].source) not in settled
+                    if id(r) not in answered and id(r.events[0].source) not in failed
                 ]
                 self._fail(rows, errors.InternalError(repr(exc)), outcome.attempts, outcome)
             outcome.completed_ms = _now_ms()

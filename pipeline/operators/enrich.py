@@ -18,7 +18,6 @@ from pipeline.events import (
     OutputRecord,
     Recommendations,
     SinkBatch,
-    SourceRef,
     UserRequest,
 )
 
@@ -62,16 +61,7 @@ def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
 
 
 def dead_letters_batch(dead: list[DeadLetter], topic: str) -> SinkBatch:
-    return SinkBatch(
-        tuple(dead_letter_record(d, topic) for d in dead),
-        tuple(_ref(d) for d in dead),
-        dead_letters=len(dead),
-    )
-
-
-def _ref(dead: DeadLetter) -> SourceRef:
-    r = dead.record
-    return SourceRef(r.topic, r.partition, r.offset)
+    return SinkBatch(tuple(dead_letter_record(d, topic) for d in dead), dead_letters=len(dead))
 
 
 def recommendation_value(
@@ -126,11 +116,8 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
         for row, recs in outcome.answers
     ]
     records.extend(dead_letter_record(d, spec.dead_letter_topic) for d in outcome.failures)
-    finishes = [e.ref for row, _ in outcome.answers for e in row.events]
-    finishes.extend(_ref(d) for d in outcome.failures)
     return SinkBatch(
         tuple(records),
-        tuple(finishes),
         recommendations=len(outcome.answers),
         dead_letters=len(outcome.failures),
         duplicates=sum(row.duplicates for row, _ in outcome.answers),

@@ -158,6 +158,10 @@ class KafkaSource:
             read = await step_past_undecodable(
                 self.consumer, starts, 2 * self.spec.max_poll_records, stop, generation_of=self.generation_of
             )
+            if not any(r.undecodable is not None for records in read.values() for r in records):
+                # Not found within the re-read's bounds: the next fetch fails again and this
+                # starts over from further on. Said, so that a repeat is not silent.
+                log.warning("fetch failed to decode a record (%r); none found on re-reading yet", error)
             for records in read.values():
                 for r in records:
                     if r.undecodable is not None:
@@ -188,8 +192,9 @@ class KafkaSource:
             if tp.topic not in self.credits.paused:
                 by_topic.setdefault(tp.topic, []).append(tp)
         if len(by_topic) <= 1:
-            got = await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
-            return {tp: [raw(m, self.generation_of(tp)) for m in messages] for tp, messages in got.items()}
+            return self._as_raw(
+                await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
+            )
         share = max(1, self.spec.max_poll_records // len(by_topic))
         topics = sorted(by_topic)
         self._turn = (self._turn + 1) % len(topics)  # who goes first rotates
@@ -198,6 +203,11 @@ class KafkaSource:
             fetched.update(await consumer.getmany(*by_topic[topic], timeout_ms=0, max_records=share))
         if not fetched:  # nothing buffered anywhere: wait for the next fetch response
             fetched = await consumer.getmany(timeout_ms=100, max_records=share)
+        return self._as_raw(fetched)
+
+    def _as_raw(
+        self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> dict[TopicPartition, list[RawRecord]]:
         return {tp: [raw(m, self.generation_of(tp)) for m in messages] for tp, messages in fetched.items()}
 
     def _apply_backpressure(self) -> None:

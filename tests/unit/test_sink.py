@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAuthorizationFailedError
 
-from pipeline.events import OutputRecord, RawRecord, SinkBatch, SourceRef
+from pipeline.events import OutputRecord, RawRecord, SinkBatch
 from pipeline.sinks import kafka as sink_module
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.topology.schema import Broker, Sink
@@ -51,7 +51,7 @@ SOURCES = tuple(RawRecord("in", 0, i, 0, b"k", b'{"n": %d}' % i, ()) for i in ra
 
 
 def batch(*records: OutputRecord) -> SinkBatch:
-    return SinkBatch(records, tuple(SourceRef("in", 0, i) for i in range(3)))
+    return SinkBatch(records)
 
 
 def test_a_permanently_refused_output_becomes_dead_letters_of_its_inputs() -> None:
