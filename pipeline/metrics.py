@@ -143,6 +143,11 @@ class Metrics:
             ["loop"],
             registry=r,
         )
+        self.contract_pending = Gauge(
+            "pipeline_model_contract_pending",
+            "1 until the served model was checked against the topology (consumption held meanwhile)",
+            registry=r,
+        )
         self.dead_letter_hold = Gauge(
             "pipeline_dead_letter_budget_holding",
             "1 while the dead-letter budget holds consumption (most events failing for one model reason)",

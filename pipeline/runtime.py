@@ -104,6 +104,7 @@ class PipelineRuntime:
         )
         self.model_checked = False  # consumption is held until the model contract passed
         self.metrics.dead_letter_hold.set_function(lambda: 1 if self._budget_holding() else 0)
+        self.metrics.contract_pending.set_function(lambda: 0 if self.model_checked else 1)
         self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
         self.metrics.watch_partitions(self.source.partition_readings)
         lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
@@ -312,7 +313,14 @@ class PipelineRuntime:
     def _on_sink_batch(self, batch: SinkBatch) -> None:
         task = asyncio.get_running_loop().create_task(self._write(batch))
         self._sink_tasks.add(task)
-        task.add_done_callback(self._sink_tasks.discard)
+        task.add_done_callback(self._on_write_done)
+
+    def _on_write_done(self, task: asyncio.Task[None]) -> None:
+        """A write that failed left its offsets unfinished and its credits taken: the
+        pipeline stops with the error rather than go on with them leaked."""
+        self._sink_tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._on_graph_error(error)
 
     async def _write(self, batch: SinkBatch) -> None:
         # Work of a partition revoked since it was taken (it missed its drain) is redone by
@@ -409,7 +417,16 @@ class PipelineRuntime:
         """Run until ``stop`` is set (or the graph fails), then drain and commit."""
         self._stop = stop or asyncio.Event()
         contract = asyncio.create_task(self.check_model(), name="model-contract")
-        done, _ = await asyncio.wait({contract}, timeout=CONTRACT_WAIT_S)
+        stopped = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait(
+            {contract, stopped}, timeout=CONTRACT_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        stopped.cancel()
+        if contract not in done and self._stop.is_set():  # stopped while waiting: nothing started
+            contract.cancel()
+            await self.source.stop()
+            await self.pool.close()
+            return
         if contract in done:
             if contract.exception() is not None:  # a mismatch stops here, before anything is consumed
                 await self.source.stop()  # the consumer exists already: close it, no warning at exit

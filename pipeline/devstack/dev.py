@@ -6,7 +6,6 @@ JSON object as its last line."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -202,9 +201,9 @@ async def run_epoch(
     )
     runtime = PipelineRuntime(topology)
     feeding, pipeline_stop, follow_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    pipeline_task = asyncio.create_task(runtime.run(pipeline_stop))
+    pipeline_task = asyncio.create_task(runtime.run(pipeline_stop), name="pipeline")
     ledger = books.new_epoch()
-    follower = asyncio.create_task(follow_outputs(topology, ledger, follow_stop))
+    follower = asyncio.create_task(follow_outputs(topology, ledger, follow_stop), name="follower")
     feeder: asyncio.Task[int] | None = None
     recycle = False
     try:
@@ -212,8 +211,8 @@ async def run_epoch(
         load = BrokerLoad(stack.broker.pid)
         while True:
             feeding.clear()
-            feeder = asyncio.create_task(feed(topology, events, ledger, rate, feeding))
-            if not await _watch(opts, books, feeder, pipeline_task, stop, started, load):
+            feeder = asyncio.create_task(feed(topology, events, ledger, rate, feeding), name="feeder")
+            if not await _watch(opts, books, (feeder, follower), pipeline_task, stop, started, load):
                 break
             # The broker holds the only copy of what is unfinished: restart it only once every
             # event it received is accounted for.
@@ -266,20 +265,27 @@ async def _accounted(ledger: Ledger, timeout_s: float) -> bool:
 
 
 async def _settle_task(task: asyncio.Task[object], timeout_s: float = 30.0) -> None:
-    with contextlib.suppress(Exception, asyncio.CancelledError):
+    """Wait for a task we are stopping; its failure is logged (the run is ending anyway)."""
+    try:
         await asyncio.wait_for(task, timeout_s)
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("%s ended with an error", task.get_name())
 
 
 async def _watch(
     opts: DevOptions,
     books: Books,
-    feeder: asyncio.Task[int],
+    helpers: tuple[asyncio.Task[int], asyncio.Task[None]],
     pipeline_task: asyncio.Task[None],
     stop: asyncio.Event,
     started: float,
     broker_load: BrokerLoad,
 ) -> bool:
-    """Until the run is over (False) or the broker needs recycling (True)."""
+    """Until the run is over (False) or the broker needs recycling (True). The feeder's or
+    the follower's failure ends the run with it: the books would be wrong without them."""
+    feeder = helpers[0]
     last_report = time.monotonic()
     broker_load.sample(last_report)
     while not stop.is_set():
@@ -287,6 +293,9 @@ async def _watch(
         if pipeline_task.done():
             pipeline_task.result()  # re-raises the pipeline's failure
             return False
+        for task in helpers:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                task.result()
         if opts.events is not None and feeder.done() and books.accounted() >= opts.events:
             return False
         if time.monotonic() - started > opts.timeout_s and opts.events is not None:

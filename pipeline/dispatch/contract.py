@@ -20,7 +20,15 @@ OUTPUTS = {"ITEM_IDS": "INT64", "SCORES": "FP32"}
 # Not there yet (starting, restarting, overloaded): the caller waits. Anything else the
 # server answers (unauthenticated, unimplemented...) will not change by waiting.
 WAIT_FOR = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
 )
 
 

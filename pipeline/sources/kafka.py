@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
@@ -25,6 +25,13 @@ from pipeline.topology.schema import Broker, Source
 log = logging.getLogger(__name__)
 EMIT_SLICE = 256  # records per synchronous pass through the operator chain
 FETCH_RETRY_S = 1.0  # wait after a retriable fetch error
+START_LOOKUP_S = 5.0  # bound on asking the broker where a partition's records start
+
+
+async def _pause(stop: asyncio.Event) -> None:
+    """FETCH_RETRY_S, or less if the source is stopped meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), FETCH_RETRY_S)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -135,12 +142,29 @@ class KafkaSource:
         taken = self.positions.get((tp.topic, tp.partition))
         if taken is not None:
             return taken
-        committed = await self.consumer.committed(tp)
+        committed = await asyncio.wait_for(self.consumer.committed(tp), START_LOOKUP_S)
         if committed is not None:
             return int(committed)
         if self.spec.auto_offset_reset == "earliest":
-            return int((await self.consumer.beginning_offsets([tp]))[tp])
+            return int((await asyncio.wait_for(self.consumer.beginning_offsets([tp]), START_LOOKUP_S))[tp])
         return int(await self.consumer.position(tp))
+
+    async def _re_read(self, stop: asyncio.Event) -> dict[TopicPartition, list[RawRecord]]:
+        starts = {}
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            if tp.topic in self.credits.paused or key in self.revoking:
+                continue
+            starts[tp] = await self._start_of(tp)
+        try:
+            return await step_past_undecodable(
+                self.consumer, starts, 2 * self.spec.max_poll_records, stop, generation_of=self.generation_of
+            )
+        except BaseException:
+            for tp, start in starts.items():  # what it read is not handed on: read it again
+                with contextlib.suppress(IllegalStateError):
+                    self.consumer.seek(tp, start)
+            raise
 
     async def _after_fetch_error(
         self, error: Exception, stop: asyncio.Event
@@ -149,15 +173,12 @@ class KafkaSource:
         retriable broker error is waited out; anything else stops the pipeline with the
         error, since retrying it would only repeat it."""
         if is_undecodable(error):
-            starts = {}
-            for tp in self.consumer.assignment():
-                key = (tp.topic, tp.partition)
-                if tp.topic in self.credits.paused or key in self.revoking:
-                    continue
-                starts[tp] = await self._start_of(tp)
-            read = await step_past_undecodable(
-                self.consumer, starts, 2 * self.spec.max_poll_records, stop, generation_of=self.generation_of
-            )
+            try:
+                read = await self._re_read(stop)
+            except (TimeoutError, KafkaError) as lookup:
+                log.warning("re-reading past an undecodable record failed, retrying: %r", lookup)
+                await _pause(stop)
+                return {}
             if not any(r.undecodable is not None for records in read.values() for r in records):
                 # Not found within the re-read's bounds: the next fetch fails again and this
                 # starts over from further on. Said, so that a repeat is not silent.
@@ -176,8 +197,7 @@ class KafkaSource:
             return read
         if isinstance(error, KafkaError) and error.retriable:
             log.warning("fetch failed, retrying in %.1f s: %r", FETCH_RETRY_S, error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), FETCH_RETRY_S)
+            await _pause(stop)
             return {}
         raise SourceFailed(f"consuming {self.spec.topics} failed: {error!r}") from error
 
