@@ -47,8 +47,8 @@ async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 5.0) -
         if not tps:
             return
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        positions = {tp: await consumer.position(tp) for tp in tps}  # next offset to hand on
+        seek_to_start(consumer, tps)
+        positions = {tp: 0 for tp in tps}  # next offset to hand on
         idle_since = asyncio.get_running_loop().time()
         while not await at_end(consumer, tps):
             try:
@@ -68,6 +68,16 @@ async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 5.0) -
                     yield record
     finally:
         await consumer.stop()
+
+
+def seek_to_start(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+    """Offset 0, not ListOffsets(earliest): the embedded broker answers that with the batch
+    stored first in time, which is not the first in offsets when producers write a partition
+    concurrently (a fresh reader then skipped records the live one had read). Real Kafka
+    answers offset 0 past retention with out-of-range, and auto_offset_reset="earliest"
+    moves the reader to the true start."""
+    for tp in tps:
+        consumer.seek(tp, 0)
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

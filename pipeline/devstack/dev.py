@@ -21,7 +21,7 @@ from pipeline.audit import Ledger, combined_summary
 from pipeline.devstack.broker_load import BrokerLoad
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.tuning import EMBEDDED_BROKER, BrokerTuning
-from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_io import ensure_topics, seek_to_start
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
 from pipeline.topology.loader import load_topology
@@ -119,7 +119,7 @@ async def follow_outputs(
             for p in range(INPUT_PARTITIONS)
         ]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        seek_to_start(consumer, tps)
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100)
             for tp, records in batch.items():
