@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -122,9 +123,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from pipeline.audit import audit_topology
+    from pipeline.audit import TimeRange, audit_topology, parse_instant
 
-    summary = asyncio.run(audit_topology(load_topology(args.topology)))
+    now_ms = time.time_ns() // 1_000_000
+    try:
+        window = TimeRange(
+            parse_instant(args.since, now_ms) if args.since else None,
+            parse_instant(args.until, now_ms) if args.until else None,
+        )
+    except ValueError as err:
+        print(f"pipeline audit: {err}", file=sys.stderr)
+        return 2
+    summary = asyncio.run(audit_topology(load_topology(args.topology), window))
     print(orjson.dumps(summary).decode())
     return 0 if summary["lost"] == 0 else 1
 
@@ -171,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="account for every input event of a topology")
     p.add_argument("topology", type=Path)
+    p.add_argument("--since", help="inputs produced from: ISO 8601 time or ago (90m, 2h, 7d)")
+    p.add_argument("--until", help="inputs produced before: ISO 8601 time or ago")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("redrive", help="re-send dead letters of chosen reasons to the input")

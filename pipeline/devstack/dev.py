@@ -72,13 +72,13 @@ async def feed(
     topic = topology.source.topics[0]
     sent = 0
     started = last_settle = time.monotonic()
-    pending: list[asyncio.Future[object]] = []
+    pending: list[tuple[asyncio.Future[object], int]] = []
     try:
         for event in events:
             if stop.is_set():
                 break
             fut = await producer.send(topic, orjson.dumps(event), key=str(event["user_id"]).encode())
-            pending.append(fut)
+            pending.append((fut, int(event["user_id"])))  # type: ignore[call-overload]
             sent += 1
             now = time.monotonic()
             if len(pending) >= 1000 or now - last_settle > 1.0:
@@ -94,9 +94,11 @@ async def feed(
     return sent
 
 
-async def _settle(pending: list[asyncio.Future[object]], ledger: Ledger) -> None:
-    for meta in await asyncio.gather(*pending):
-        ledger.add_input((meta.topic, meta.partition, meta.offset), meta.timestamp)  # type: ignore[attr-defined]
+async def _settle(pending: list[tuple[asyncio.Future[object], int]], ledger: Ledger) -> None:
+    metas = await asyncio.gather(*(fut for fut, _ in pending))
+    for meta, (_, user_id) in zip(metas, pending, strict=True):
+        coord = (meta.topic, meta.partition, meta.offset)  # type: ignore[attr-defined]
+        ledger.add_input(coord, meta.timestamp, user_id)  # type: ignore[attr-defined]
     pending.clear()
 
 

@@ -36,6 +36,12 @@ class OutputSpec:
 # input itself stays in its topic, named by the dlq.source_* headers.
 MAX_DEAD_LETTER_VALUE = 900_000
 
+# A recommendation lists at most this many of its source events (the first ones) and counts
+# them all in ``source_count``: one user with thousands of events in a window (a bot, a
+# backfill) would otherwise make a record past the producer's max_request_size. The
+# audit accounts for the unlisted ones by user (docs/reliability.md).
+MAX_LISTED_SOURCES = 100
+
 
 def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
     """The original bytes (up to MAX_DEAD_LETTER_VALUE), with why and where from in headers:
@@ -84,8 +90,9 @@ def recommendation_value(
                     "partition": e.source.partition,
                     "offset": e.source.offset,
                 }
-                for e in row.events
+                for e in row.events[:MAX_LISTED_SOURCES]
             ],
+            "source_count": len(row.events),
             "window": {"start_ms": batch.window_start_ms, "end_ms": batch.window_end_ms},
             "lane": batch.lane,
             "timings": {

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from pipeline.audit import Coord, Ledger
+from pipeline.audit import Coord, Ledger, input_user
 from pipeline.devstack.dev import follow_outputs
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
@@ -49,9 +49,9 @@ async def produce_raw(topology: Topology, records: list[RawIn], ledger: Ledger) 
             for key, value, headers in records
         ]
         coords = []
-        for meta in await asyncio.gather(*futures):
+        for meta, (_, value, _) in zip(await asyncio.gather(*futures), records, strict=True):
             coord = (meta.topic, meta.partition, meta.offset)
-            ledger.add_input(coord, meta.timestamp)
+            ledger.add_input(coord, meta.timestamp, input_user(value))
             coords.append(coord)
         return coords
     finally:

@@ -10,7 +10,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipeline.audit import audit_topology
 from pipeline.devstack.dev import live_events
+from pipeline.operators.enrich import MAX_LISTED_SOURCES
 from pipeline.recsys.generator import GeneratorConfig
 from tests.integration.harness import RawIn, fresh_topology, read_values, run_until_accounted
 
@@ -153,3 +155,22 @@ def test_streams_are_recycled_without_losing_requests(stack) -> None:
     states = run.runtime.dispatcher.lifecycle.snapshot()
     assert states["current"] == {s: 0 for s in states["current"]}  # all COMPLETE
     assert states["entered"]["COMPLETE"] == states["entered"]["START"] > 0
+
+
+def test_a_user_with_hundreds_of_events_in_a_window_gets_a_bounded_record(stack) -> None:
+    """A bot-like user: 600 events in a window. The recommendation lists the first
+    MAX_LISTED_SOURCES and counts them all; the audit accounts for the rest by user."""
+    topology = fresh_topology(stack, window={"max_ms": 1_000})
+    events = list(live_events(GeneratorConfig(seed=11), 600))
+    for e in events:
+        e["user_id"] = 4242
+    records: list[RawIn] = [(b"4242", orjson.dumps(e), []) for e in events]
+    run = asyncio.run(run_until_accounted(topology, records))
+    summary = run.ledger.summary()
+    assert summary["lost"] == 0 and summary["events_in"] == 600, summary
+    outputs = [orjson.loads(r.value) for r in asyncio.run(read_values(topology, topology.sink.topic))]
+    assert sum(doc["source_count"] for doc in outputs) == 600
+    assert all(len(doc["sources"]) <= MAX_LISTED_SOURCES for doc in outputs)
+    assert any(doc["source_count"] > len(doc["sources"]) for doc in outputs), "no window held >100"
+    audited = asyncio.run(audit_topology(topology))
+    assert audited["lost"] == 0 and audited["answered_unlisted"] == summary["answered_unlisted"] > 0

@@ -20,6 +20,7 @@ from pipeline.events import (
     UserRequest,
 )
 from pipeline.operators.enrich import (
+    MAX_LISTED_SOURCES,
     OutputSpec,
     dead_letter_record,
     dead_letters_batch,
@@ -205,3 +206,19 @@ def test_operator_maps_each_outcome():
     reactivex.of(result, result).pipe(enrich(SPEC)).subscribe(out.append)
     assert len(out) == 2
     assert [len(s.records) for s in out] == [3, 3]
+
+
+def test_a_recommendation_lists_a_bounded_number_of_sources_and_counts_them_all() -> None:
+    """One user with thousands of events in a window (a bot, a backfill) must not make a
+    record past the producer's max_request_size: the list is capped, the count kept, and
+    every input is still finished once the record is written."""
+    now = time.time() * 1000
+    events = tuple(event(7, 0, offset, int(now) - 1_000) for offset in range(MAX_LISTED_SOURCES * 3))
+    row = UserRequest(7, (101,), events)
+    batch = InferenceBatch((row,), int(now) - 100, int(now) - 80)
+    out = outcome_batch(BatchOutcome(batch, answers=[(row, Recommendations((5,), (0.5,)))]), SPEC)
+    doc = orjson.loads(out.records[0].value)
+    assert len(doc["sources"]) == MAX_LISTED_SOURCES
+    assert doc["source_count"] == MAX_LISTED_SOURCES * 3
+    assert len(out.records[0].value) < 20_000
+    assert len(out.finishes) == MAX_LISTED_SOURCES * 3
