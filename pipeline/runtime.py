@@ -288,6 +288,7 @@ class PipelineRuntime:
                 t.window.history_length,
                 t.window.remembered_users,
                 t.window.history_order == "event_time",
+                t.window.history_cache_mb,
             ),
             operators.batch(
                 self._batch_size,

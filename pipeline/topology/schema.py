@@ -71,6 +71,9 @@ class WindowSpec(Node):
     max_events: int = Field(4_096, gt=0)
     history_length: int = Field(16, gt=0, description="items per user sent as history")
     remembered_users: int = Field(100_000, ge=0, description="users whose recent items are kept")
+    history_cache_mb: float = Field(
+        64.0, gt=0, description="memory for remembered users' items (~430 B a user at 16 items)"
+    )
     history_order: Literal["event_time", "arrival"] = Field(
         "event_time", description="out-of-order events take their place by timestamp, or by arrival"
     )

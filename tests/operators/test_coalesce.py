@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import reactivex
 
 from pipeline.events import Event, RawRecord, UserRequest, Window
@@ -124,6 +126,31 @@ def test_recent_items_keeps_exactly_the_newest_max_users():
     # Probing a remembered user only refreshes it, so probe the newest 50 first.
     assert [recent.extend(u, []) for u in range(450, 500)] == [(u,) for u in range(450, 500)]
     assert recent.extend(449, []) == ()
+
+
+def test_recent_items_stay_within_their_memory_budget_forgetting_the_least_recent():
+    recent = RecentItems(history_length=16, max_users=10**9, max_bytes=1 << 20)
+    for user in range(20_000):
+        recent.extend(user, at(*range(user, user + 16)))
+    assert recent.bytes <= 1 << 20
+    kept = len(recent)
+    assert 2_000 < kept < 3_000  # ~456 estimated bytes a user
+    assert recent.extend(19_999, []) == tuple(range(19_999, 20_015))
+    assert recent.extend(20_000 - kept - 1, []) == ()  # the least recent beyond the budget
+
+
+def test_the_memory_estimate_is_not_below_what_python_allocates():
+    tracemalloc.start()
+    try:
+        recent = RecentItems(history_length=16, max_users=10**9, max_bytes=1 << 40)
+        before = tracemalloc.get_traced_memory()[0]
+        for user in range(20_000):
+            recent.extend(user, at(*range(100_000 + user, 100_016 + user)))
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert allocated <= recent.bytes, (allocated / 20_000, recent.bytes / 20_000)
+    assert recent.bytes < 1.3 * allocated  # and not wildly above
 
 
 def test_remembered_users_zero_keeps_nothing():
