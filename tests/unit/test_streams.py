@@ -45,9 +45,10 @@ async def echo(requests: AsyncIterator[Request], context: Any) -> AsyncIterator[
         yield answer(request.id, "unexpected shape [3]" if request.id.startswith("bad") else "")
 
 
-async def with_server(
-    test: Callable[[StreamPool, ScriptedTriton], Awaitable[None]], streams: int = 1
-) -> None:
+PoolTest = Callable[[StreamPool, ScriptedTriton], Awaitable[None]]
+
+
+async def with_server(test: PoolTest, streams: int = 1) -> None:
     server = grpc.aio.server()
     servicer = ScriptedTriton()
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
