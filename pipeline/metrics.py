@@ -175,6 +175,12 @@ class Metrics:
             ["topic", "error"],
             registry=r,
         )
+        self.fetch_errors = Counter(
+            "pipeline_fetch_errors_total",
+            "Failed fetches from the input topics, by error (retriable ones are retried each second)",
+            ["error"],
+            registry=r,
+        )
         self.undecodable_records = Counter(
             "pipeline_undecodable_records_total",
             "Records the Kafka client could not decode, dead-lettered and stepped past",

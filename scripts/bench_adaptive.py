@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pipeline.devstack.process import ChildProcess
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
-from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_io import ensure_topics, seek_to_start
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.topology.schema import Topology
 
@@ -148,7 +148,7 @@ async def collect(topology: Topology, stop: asyncio.Event, outputs: list[Output]
     await consumer.start()
     tps = [TopicPartition(topology.sink.topic, p) for p in range(4)]
     consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
+    seek_to_start(consumer, tps)
     try:
         while not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=50)).values():

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline.kafka_io import at_end, ensure_topics, topic_partitions
+from pipeline.kafka_io import at_end, ensure_topics, seek_to_start, topic_partitions
 
 
 def epoch_ms(text: str) -> int:
@@ -61,7 +61,7 @@ async def first_offset_at(consumer: AIOKafkaConsumer, tp: TopicPartition, ts: in
 
 async def high_watermarks(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
     consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
+    seek_to_start(consumer, tps)
     while not await at_end(consumer, tps):
         if not await consumer.getmany(timeout_ms=1_000, max_records=1):
             break

@@ -96,11 +96,20 @@ def _names(model: ServedModel) -> str:
     return ", ".join(sorted([*model.inputs, *model.outputs])) or "none"
 
 
+async def _server_ready(stub: service_pb2_grpc.GRPCInferenceServiceStub, timeout_s: float) -> bool:
+    """Triton is not ready until every model it was started with has loaded."""
+    try:
+        return bool((await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout_s)).ready)
+    except grpc.aio.AioRpcError:
+        return False
+
+
 async def fetch_served_model(
     stub: service_pb2_grpc.GRPCInferenceServiceStub, name: str, version: str, timeout_s: float = 5.0
 ) -> ServedModel:
-    """The model's metadata and config from the server. A model the server does not have is
-    a ModelContractError; an unreachable server raises grpc's own error (the caller waits)."""
+    """The model's metadata and config from the server. A model a ready server does not have
+    is a ModelContractError; an unreachable or still starting server raises grpc's own error
+    (the caller waits)."""
     try:
         meta = await stub.ModelMetadata(
             service_pb2.ModelMetadataRequest(name=name, version=version), timeout=timeout_s
@@ -111,6 +120,8 @@ async def fetch_served_model(
     except grpc.aio.AioRpcError as exc:
         if exc.code() in WAIT_FOR:
             raise
+        if exc.code() == grpc.StatusCode.NOT_FOUND and not await _server_ready(stub, timeout_s):
+            raise  # a server still loading its models (started with us): waited for
         if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             raise ModelContractError(
                 f"model.name: {name!r} (version {version or 'latest'}): {exc.details()}"

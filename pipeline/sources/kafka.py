@@ -25,6 +25,7 @@ from pipeline.topology.schema import Broker, Source
 log = logging.getLogger(__name__)
 EMIT_SLICE = 256  # records per synchronous pass through the operator chain
 FETCH_RETRY_S = 1.0  # wait after a retriable fetch error
+FETCH_ERROR_LOG_EVERY = 30  # failed fetches in a row between two warnings (a long outage)
 START_LOOKUP_S = 5.0  # bound on asking the broker where a partition's records start
 
 
@@ -69,6 +70,7 @@ class KafkaSource:
         self.generations: dict[tuple[str, int], int] = {}
         self._generation = 0
         self._turn = 0
+        self._failed_fetches = 0  # in a row
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=broker.bootstrap_servers,
             client_id=broker.client_id,
@@ -94,6 +96,9 @@ class KafkaSource:
             self._apply_backpressure()
             try:
                 fetched = await self._fetch()
+                if self._failed_fetches:
+                    log.info("fetching again after %d failed attempts", self._failed_fetches)
+                    self._failed_fetches = 0
             except Exception as error:
                 fetched = await self._after_fetch_error(error, stop)
             records: list[RawRecord] = []
@@ -196,7 +201,15 @@ class KafkaSource:
                         )
             return read
         if isinstance(error, KafkaError) and error.retriable:
-            log.warning("fetch failed, retrying in %.1f s: %r", FETCH_RETRY_S, error)
+            self.metrics.fetch_errors.labels(type(error).__name__).inc()
+            if self._failed_fetches % FETCH_ERROR_LOG_EVERY == 0:  # not a line a second
+                log.warning(
+                    "fetch failed (%d in a row), retrying every %.1f s: %r",
+                    self._failed_fetches + 1,
+                    FETCH_RETRY_S,
+                    error,
+                )
+            self._failed_fetches += 1
             await _pause(stop)
             return {}
         raise SourceFailed(f"consuming {self.spec.topics} failed: {error!r}") from error

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import NoReturn
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2
+
 from pipeline.dispatch.codec import ModelSignature
-from pipeline.dispatch.contract import BatchBound, ServedModel, Tensor, contract_problems
+from pipeline.dispatch.contract import (
+    BatchBound,
+    ModelContractError,
+    ServedModel,
+    Tensor,
+    contract_problems,
+    fetch_served_model,
+)
 
 
 def served(history: int = 16, top_k: int = 10, max_batch: int = 256, **changes: Tensor) -> ServedModel:
@@ -47,3 +61,28 @@ def test_missing_or_mistyped_tensors() -> None:
     problems = contract_problems(model, SIG, BOUND)
     assert any("has no input USER_ID" in p for p in problems)
     assert any("SCORES is FP64" in p for p in problems)
+
+
+class _Stub:
+    """Answers ModelMetadata with NOT_FOUND; ServerReady as told."""
+
+    def __init__(self, server_ready: bool) -> None:
+        self.server_ready = server_ready
+
+    async def ModelMetadata(self, request: object, timeout: float) -> NoReturn:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "unknown model"
+        )
+
+    async def ServerReady(self, request: object, timeout: float) -> object:
+        return service_pb2.ServerReadyResponse(ready=self.server_ready)
+
+
+def test_a_model_missing_from_a_starting_server_is_waited_for() -> None:
+    with pytest.raises(grpc.aio.AioRpcError):  # the caller's wait-and-retry path
+        asyncio.run(fetch_served_model(_Stub(server_ready=False), "recommender", ""))  # type: ignore[arg-type]
+
+
+def test_a_model_missing_from_a_ready_server_is_a_contract_error() -> None:
+    with pytest.raises(ModelContractError, match=r"model\.name: 'recommender'"):
+        asyncio.run(fetch_served_model(_Stub(server_ready=True), "recommender", ""))  # type: ignore[arg-type]

@@ -4,13 +4,18 @@ broker cases are in tests/faults)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
+import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
+from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
+from pipeline.sources import kafka as kafka_source
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource, _Rebalance
 from pipeline.topology.schema import Broker, Source
@@ -169,3 +174,55 @@ def test_records_of_a_revoked_assignment_are_stale() -> None:
         return current_before, revoked, source.is_current(first)
 
     assert asyncio.run(scenario()) == (True, False, False)
+
+
+class FailingConsumer(FakeConsumer):
+    """Raises ``errors`` from its first polls, one each, then hands out its log."""
+
+    def __init__(self, logs: dict[TopicPartition, list[bytes]], errors: list[Exception]) -> None:
+        super().__init__(logs)
+        self.errors = errors
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None):  # type: ignore[no-untyped-def]
+        if self.errors:
+            self.polls += 1
+            raise self.errors.pop(0)
+        return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+
+def test_a_long_broker_outage_is_retried_counted_and_logged_now_and_then(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(kafka_source, "FETCH_RETRY_S", 0.001)
+    failures = 65
+
+    async def scenario() -> tuple[list[RawRecord], Metrics]:
+        outage: list[Exception] = [KafkaConnectionError("broker down") for _ in range(failures)]
+        consumer = FailingConsumer({TP0: [b"{}"] * 5}, outage)
+        source = source_with(consumer, TopicCredits(["t"], 1000, 500))
+        got: list[RawRecord] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(got.extend, stop))
+        for _ in range(300):
+            if len(got) == 5:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 3)
+        return got, source.metrics
+
+    with caplog.at_level(logging.INFO, logger="pipeline.sources.kafka"):
+        got, metrics = asyncio.run(scenario())
+    assert [r.offset for r in got] == list(range(5))
+    assert metrics.fetch_errors.labels("KafkaConnectionError")._value.get() == failures
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3 and "(61 in a row)" in warnings[-1], warnings  # 1st, 31st, 61st
+    assert any(f"after {failures} failed attempts" in r.getMessage() for r in caplog.records)
+
+
+def test_a_fetch_error_that_retrying_cannot_fix_stops_the_source() -> None:
+    async def scenario() -> None:
+        consumer = FailingConsumer({TP0: [b"{}"]}, [TopicAuthorizationFailedError()])
+        source = source_with(consumer, TopicCredits(["t"], 1000, 500))
+        await asyncio.wait_for(source.run(lambda _: None, asyncio.Event()), 3)
+
+    with pytest.raises(SourceFailed, match="TopicAuthorizationFailedError"):
+        asyncio.run(scenario())
