@@ -3,7 +3,7 @@ their cause is fixed. The original key, value and headers are sent as they were 
 headers dropped, a ``redrive.from`` header added), to the input topic each came from.
 Progress is committed per batch, per reason, in a consumer group of its own: running it
 again, or after a crash, does not re-send what was re-driven. Dead letters holding a
-truncated copy of their input are counted, not re-driven."""
+truncated copy of their input (value or headers) are counted, not re-driven."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def redrive_reason(
                     if headers.get("dlq.reason", b"").decode() != reason:
                         counts["skipped"] += 1
                         continue
-                    if "dlq.truncated_from" in headers:
+                    if "dlq.truncated_from" in headers or "dlq.headers_dropped" in headers:
                         counts["not_redriven_truncated"] += 1  # a partial copy: re-drive from the source
                         continue
                     counts["redriven"] += 1

@@ -43,16 +43,33 @@ MAX_DEAD_LETTER_VALUE = 900_000
 MAX_LISTED_SOURCES = 100
 
 
+# ... and its input's headers up to this many bytes (names and values), in their order: a
+# header past the budget is dropped, and ``dlq.headers_dropped`` counts them.
+MAX_DEAD_LETTER_HEADERS = 64 * 1024
+
+
+def _bounded_headers(headers: Headers) -> Headers:
+    kept: list[tuple[str, bytes]] = []
+    used = 0
+    for name, value in headers:
+        used += len(name) + len(value)
+        if used > MAX_DEAD_LETTER_HEADERS:
+            dropped = str(len(headers) - len(kept)).encode()
+            return (*kept, ("dlq.headers_dropped", dropped))
+        kept.append((name, value))
+    return headers
+
+
 def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
-    """The original bytes (up to MAX_DEAD_LETTER_VALUE), with why and where from in headers:
-    re-drivable as is."""
+    """The original bytes (up to MAX_DEAD_LETTER_VALUE) and headers (up to
+    MAX_DEAD_LETTER_HEADERS), with why and where from in headers: re-drivable as is."""
     src = dead.record
     value = src.value or b""
     truncated: Headers = ()
     if len(value) > MAX_DEAD_LETTER_VALUE:
         value, truncated = value[:MAX_DEAD_LETTER_VALUE], (("dlq.truncated_from", str(len(value)).encode()),)
     headers: Headers = (
-        *src.headers,
+        *_bounded_headers(src.headers),
         *truncated,
         ("dlq.reason", dead.reason.encode()),
         ("dlq.error_class", dead.error_class.encode()),

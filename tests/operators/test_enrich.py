@@ -20,6 +20,7 @@ from pipeline.events import (
     UserRequest,
 )
 from pipeline.operators.enrich import (
+    MAX_DEAD_LETTER_HEADERS,
     MAX_LISTED_SOURCES,
     OutputSpec,
     dead_letter_record,
@@ -222,3 +223,18 @@ def test_a_recommendation_lists_a_bounded_number_of_sources_and_counts_them_all(
     assert doc["source_count"] == MAX_LISTED_SOURCES * 3
     assert len(out.records[0].value) < 20_000
     assert len(out.finishes) == MAX_LISTED_SOURCES * 3
+
+
+def test_a_dead_letter_keeps_its_inputs_headers_up_to_a_budget() -> None:
+    """An input with a 1 MB header: its dead letter would be refused by the broker like the
+    input's value would; headers past the budget are dropped and counted instead."""
+    big = [("traceparent", b"00-1-01"), ("blob", b"x" * 1_000_000), ("after", b"1")]
+    dead = DeadLetter(raw(0, 1, 5, headers=tuple(big)), "output_refused", "MessageSizeTooLargeError", "")
+    headers = dead_letter_record(dead, "dlq").headers
+    assert headers[0] == ("traceparent", b"00-1-01")
+    names = [name for name, _ in headers]
+    assert "blob" not in names and "after" not in names
+    assert dict(headers)["dlq.headers_dropped"] == b"2"
+    assert sum(len(n) + len(v) for n, v in headers) < MAX_DEAD_LETTER_HEADERS + 2_000
+    small = DeadLetter(raw(0, 2, 5, headers=TRACE), "malformed_json", "InvalidEvent", "")
+    assert "dlq.headers_dropped" not in dict(dead_letter_record(small, "dlq").headers)
