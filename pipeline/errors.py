@@ -12,11 +12,15 @@ class PipelineError(Exception):
 
 # --- bad input: never retried, the event goes to the dead-letter topic ---------------------
 class InvalidEvent(PipelineError):
+    """An input that cannot become an event; ``reason`` says which check it failed
+    (``malformed_json``, ``missing_field``, ``oversized``...)."""
+
     reason = "invalid_event"
 
-
-class OversizedEvent(InvalidEvent):
-    reason = "oversized"
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class StaleEvent(PipelineError):
@@ -48,11 +52,6 @@ class StreamBroken(InferenceError):
     retriable = True
     server_down = True
     reason = "stream_broken"
-
-
-class CircuitOpen(InferenceError):
-    retriable = True
-    reason = "circuit_open"
 
 
 class ModelNotFound(InferenceError):

@@ -90,7 +90,7 @@ class Metrics:
         )
         self.end_to_end = Histogram(
             "pipeline_end_to_end_seconds",
-            "Kafka timestamp of the source event to output ack",
+            "Kafka timestamp of a recommendation's first source event to its answer from Triton",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

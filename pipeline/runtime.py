@@ -16,7 +16,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import grpc
 import reactivex
@@ -60,14 +59,6 @@ CONTRACT_RETRY_S = 2.0
 CONTRACT_LOG_EVERY = 15  # retries between two warnings (30 s)
 
 
-@dataclass
-class RunStats:
-    recommendations: int = 0
-    dead_letters: int = 0
-    finished: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-
-
 def _count_of(counter: Counter[RequestState], state: RequestState) -> Callable[[], int]:
     """A gauge callback reading one state's count when scraped."""
     return lambda: counter[state]
@@ -85,7 +76,7 @@ class PipelineRuntime:
     def __init__(self, topology: Topology, metrics: Metrics | None = None) -> None:
         self.topology = topology
         self.metrics = metrics or Metrics()
-        self.stats = RunStats()
+        self.finished = 0  # input events finished (answered or dead-lettered): the watchdog's progress
         self.tracker = OffsetTracker()
         spec = topology.source
         dlb = topology.dead_letter_budget
@@ -172,7 +163,7 @@ class PipelineRuntime:
             )
         self.watchdog = StallWatchdog(
             self.source,
-            lambda: self.stats.finished,
+            lambda: self.finished,
             lambda: self.credits.in_flight,
             spec.stall_after_ms / 1000.0,
             self.metrics,
@@ -205,6 +196,9 @@ class PipelineRuntime:
     def _observe(self, outcome: BatchOutcome) -> None:
         latency_ms = outcome.completed_ms - outcome.batch.window_start_ms
         self.metrics.batch_latency.labels(outcome.batch.lane).observe(latency_ms / 1000.0)
+        done_ms = outcome.completed_ms
+        for row, _ in outcome.answers:  # from the row's first event's Kafka timestamp
+            self.metrics.end_to_end.observe((done_ms - row.events[0].source.timestamp_ms) / 1000.0)
         if self.controller is not None and not self.lanes.rationed(outcome.batch.lane):
             # A rationed lane's waits are the guard's doing, not a shortage of capacity.
             self.controller.observe(
@@ -348,9 +342,7 @@ class PipelineRuntime:
             dict(rec.headers).get("dlq.reason", b"unknown").decode() for rec in written if rec.topic == dlq
         ]
         recommendations = len(written) - len(reasons)
-        self.stats.finished += len(taken)
-        self.stats.recommendations += recommendations
-        self.stats.dead_letters += len(reasons)
+        self.finished += len(taken)
         self.metrics.events_finished.inc(len(taken))
         self.metrics.recommendations.inc(recommendations)
         self.metrics.duplicate_events.inc(batch.duplicates)

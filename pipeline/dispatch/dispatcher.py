@@ -119,7 +119,7 @@ class Dispatcher:
                 self.metrics.retries.labels(cfg.signature.name, err.reason).inc()
                 if not self.breaker.is_closed:
                     continue  # an outage: wait for the breaker, this attempt is not spent
-                if attempt < cfg.retry.max_attempts and self.budget.try_spend():
+                if cfg.retry.should_retry(err, attempt) and self.budget.try_spend():
                     await asyncio.sleep(cfg.retry.backoff_s(attempt))
                     attempt += 1
                     continue

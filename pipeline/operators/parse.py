@@ -13,6 +13,7 @@ import orjson
 import reactivex
 from reactivex import operators as ops
 
+from pipeline.errors import InvalidEvent
 from pipeline.events import EVENT_TYPES, DeadLetter, Event, RawRecord
 
 MAX_ID = 2**53 - 1  # largest integer every JSON consumer reads exactly
@@ -34,67 +35,62 @@ class ParsedBatch:
     rejects: list[DeadLetter]
 
 
-class _Reject(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 def _int_field(doc: dict[str, object], name: str) -> int:
     value = doc.get(name)
     if value is None:
-        raise _Reject("missing_field", f"missing required field '{name}'")
+        raise InvalidEvent("missing_field", f"missing required field '{name}'")
     if type(value) is not int:  # bool is an int subclass: reject it too
-        raise _Reject("wrong_type", f"field '{name}' must be an integer, got {type(value).__name__}")
+        raise InvalidEvent("wrong_type", f"field '{name}' must be an integer, got {type(value).__name__}")
     return value
 
 
 def _id_field(doc: dict[str, object], name: str) -> int:
     value = _int_field(doc, name)
     if not 0 <= value <= MAX_ID:
-        raise _Reject("out_of_range", f"field '{name}' must be in [0, 2^53), got {value}")
+        raise InvalidEvent("out_of_range", f"field '{name}' must be in [0, 2^53), got {value}")
     return value
 
 
 def parse_record(record: RawRecord, rules: ParseRules, now_ms: int) -> Event:
-    """Validate one record; raises _Reject with a machine reason and a readable detail."""
+    """Validate one record; raises InvalidEvent with a machine reason and a readable detail."""
     if record.undecodable is not None:
-        raise _Reject("undecodable_record", record.undecodable)
+        raise InvalidEvent("undecodable_record", record.undecodable)
     value = record.value
     if not value:
-        raise _Reject("empty", "empty message")
+        raise InvalidEvent("empty", "empty message")
     if rules.require_key and not record.key:
-        raise _Reject("missing_key", "record has no key (the topology requires the user id as key)")
+        raise InvalidEvent("missing_key", "record has no key (the topology requires the user id as key)")
     if len(value) > rules.max_event_bytes:
-        raise _Reject("oversized", f"{len(value)} bytes exceeds limit {rules.max_event_bytes}")
+        raise InvalidEvent("oversized", f"{len(value)} bytes exceeds limit {rules.max_event_bytes}")
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise _Reject("malformed_json", f"not valid UTF-8 JSON: {exc}") from None
+        raise InvalidEvent("malformed_json", f"not valid UTF-8 JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise _Reject("wrong_type", f"event must be a JSON object, got {type(doc).__name__}")
+        raise InvalidEvent("wrong_type", f"event must be a JSON object, got {type(doc).__name__}")
     event_id = doc.get("event_id")
     if event_id is None:
-        raise _Reject("missing_field", "missing required field 'event_id'")
+        raise InvalidEvent("missing_field", "missing required field 'event_id'")
     if not isinstance(event_id, str) or not 0 < len(event_id) <= MAX_EVENT_ID_LEN:
-        raise _Reject("wrong_type", f"field 'event_id' must be a string of 1..{MAX_EVENT_ID_LEN}")
+        raise InvalidEvent("wrong_type", f"field 'event_id' must be a string of 1..{MAX_EVENT_ID_LEN}")
     event_type = doc.get("type")
     if event_type is None:
-        raise _Reject("missing_field", "missing required field 'type'")
+        raise InvalidEvent("missing_field", "missing required field 'type'")
     if not isinstance(event_type, str):
-        raise _Reject("wrong_type", f"field 'type' must be a string, got {type(event_type).__name__}")
+        raise InvalidEvent("wrong_type", f"field 'type' must be a string, got {type(event_type).__name__}")
     if event_type not in EVENT_TYPES:
-        raise _Reject("unknown_type", f"unknown event type {event_type!r}")
+        raise InvalidEvent("unknown_type", f"unknown event type {event_type!r}")
     user_id = _id_field(doc, "user_id")
     item_id = _id_field(doc, "item_id")
     ts = _int_field(doc, "ts")
     if ts > now_ms + rules.max_future_skew_ms:
-        raise _Reject("future_timestamp", f"ts {ts} is {ts - now_ms} ms in the future")
+        raise InvalidEvent("future_timestamp", f"ts {ts} is {ts - now_ms} ms in the future")
     if ts < now_ms - rules.max_age_ms:
-        raise _Reject("too_old", f"ts {ts} is older than {rules.max_age_ms} ms")
+        raise InvalidEvent("too_old", f"ts {ts} is older than {rules.max_age_ms} ms")
     if rules.max_lateness_ms is not None and ts < now_ms - rules.max_lateness_ms:
-        raise _Reject("late_event", f"ts {ts} arrived {now_ms - ts} ms late (limit {rules.max_lateness_ms})")
+        raise InvalidEvent(
+            "late_event", f"ts {ts} arrived {now_ms - ts} ms late (limit {rules.max_lateness_ms})"
+        )
     return Event(event_id, user_id, item_id, str(event_type), ts, record)
 
 
@@ -104,8 +100,8 @@ def parse_batch(records: list[RawRecord], rules: ParseRules, now_ms: int) -> Par
     for record in records:
         try:
             events.append(parse_record(record, rules, now_ms))
-        except _Reject as rej:
-            rejects.append(DeadLetter(record, rej.reason, "InvalidEvent", rej.detail))
+        except InvalidEvent as rej:
+            rejects.append(DeadLetter(record, rej.reason, type(rej).__name__, rej.detail))
     return ParsedBatch(events, rejects)
 
 

@@ -81,7 +81,7 @@ def test_should_retry_retriable_errors_until_max_attempts(cls):
         errors.InvalidInput("x"),
         errors.BadOutput("x"),
         errors.InferenceError("x"),
-        errors.InvalidEvent("x"),
+        errors.InvalidEvent("malformed_json", "x"),
     ],
 )
 def test_should_not_retry_fatal_errors(err):
