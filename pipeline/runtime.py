@@ -1,10 +1,14 @@
 """The runtime: turns a Topology into the running graph
 
-    source ─► credits ─► parse ─► window ─► coalesce ─► batch ─► dispatch ─► enrich ─► sink ─► offsets
-                           └──────────────── dead letters ───────────────────────────┘
+    source ─► credits ─► parse ─► window ─► coalesce ─► batch ─► dispatch ─► enrich ─► sink ─► finish
+                           └──────────────── dead letters ────────────────────────────┘    (offsets, credits)
 
-and owns its lifecycle (start, run until stopped, drain, final commit, close). This is the
-only module that knows both the topology and the operators."""
+    beside it, supervised loops: commits, stall watchdog, adaptive controller, lane guard
+
+and owns its lifecycle (model contract check, start, run until stopped, drain, final commit,
+close). ``_build_graph`` is the dataflow, ``_write`` the sink and finish steps,
+``_background_loops`` the loops; ``wiring.py`` maps the topology onto each component. This
+is the only module that knows both the topology and the operators."""
 
 from __future__ import annotations
 
@@ -23,32 +27,27 @@ from reactivex import operators as ops
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
-from pipeline import operators
-from pipeline.dispatch.adaptive import AdaptiveBounds, AdaptiveController
-from pipeline.dispatch.breaker import CircuitBreaker
-from pipeline.dispatch.budget import RetryBudget
-from pipeline.dispatch.codec import ModelSignature
-from pipeline.dispatch.contract import BatchBound, ModelContractError, contract_problems, fetch_served_model
-from pipeline.dispatch.dead_letter_budget import DeadLetterBudget
-from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
-from pipeline.dispatch.lane_guard import GuardedLane, LaneGuard
-from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
+from pipeline import operators, wiring
+from pipeline.dispatch.adaptive import AdaptiveController
+from pipeline.dispatch.contract import ModelContractError, contract_problems, fetch_served_model
+from pipeline.dispatch.dispatcher import Dispatcher
+from pipeline.dispatch.lane_guard import LaneGuard
+from pipeline.dispatch.lanes import LaneScheduler
 from pipeline.dispatch.lifecycle import RequestState
-from pipeline.dispatch.retry import RetryPolicy
 from pipeline.dispatch.streams import StreamPool
 from pipeline.errors import Fatal
-from pipeline.events import BatchOutcome, Event, RawRecord, SinkBatch
+from pipeline.events import BatchOutcome, Event, OutputRecord, RawRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
-from pipeline.operators.enrich import OutputSpec, dead_letters_batch
-from pipeline.operators.parse import ParsedBatch, ParseRules
-from pipeline.operators.prioritize import LaneRule, lane_classifier
+from pipeline.operators.enrich import dead_letters_batch
+from pipeline.operators.parse import ParsedBatch
+from pipeline.operators.prioritize import lane_classifier
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
 from pipeline.sources.watchdog import StallWatchdog
 from pipeline.ticks import every, supervised
-from pipeline.topology.schema import Topology
+from pipeline.topology.schema import Sink, Topology
 
 log = logging.getLogger(__name__)
 # Each of the four closing steps (final commit, consumer, producer, streams) gets at most this
@@ -72,109 +71,75 @@ def _events_of(parsed: ParsedBatch) -> list[Event]:
     return parsed.events
 
 
+def _rejects(sink: Sink, parsed: ParsedBatch) -> SinkBatch:
+    return dead_letters_batch(parsed.rejects, sink.dead_letter_topic)
+
+
 class PipelineRuntime:
     def __init__(self, topology: Topology, metrics: Metrics | None = None) -> None:
-        self.topology = topology
+        t = self.topology = topology
         self.metrics = metrics or Metrics()
         self.finished = 0  # input events finished (answered or dead-lettered): the watchdog's progress
+        self.model_checked = False  # consumption is held until the model contract passed
+        # source side: offsets, credits (backpressure), the consumer
         self.tracker = OffsetTracker()
-        spec = topology.source
-        dlb = topology.dead_letter_budget
-        self.dead_letter_budget = DeadLetterBudget(
-            dlb.max_share,
-            dlb.window_ms / 1000.0,
-            dlb.min_events,
-            dlb.hold_ms / 1000.0,
-            dlb.max_hold_ms / 1000.0,
-        )
+        self.dead_letter_budget = wiring.dead_letter_budget(t)
         self.credits = TopicCredits(
-            spec.topics,
-            spec.credits.high_watermark,
-            spec.credits.low_watermark,
+            t.source.topics,
+            t.source.credits.high_watermark,
+            t.source.credits.low_watermark,
             hold=self._holding,
         )
-        self.model_checked = False  # consumption is held until the model contract passed
-        self.metrics.dead_letter_hold.set_function(lambda: 1 if self._budget_holding() else 0)
-        self.metrics.contract_pending.set_function(lambda: 0 if self.model_checked else 1)
-        self.source = KafkaSource(spec, topology.broker, self.tracker, self.credits, self.metrics)
-        self.metrics.watch_partitions(self.source.partition_readings)
-        lanes = [lane.id for lane in topology.lanes] if len(topology.lanes) > 1 else []
-        self.sink = KafkaSink(topology.sink, topology.broker, lanes, metrics=self.metrics)
-        self.metrics.sink_refusing.set_function(lambda: 1 if self.sink.refusing else 0)
-        model = topology.model
-        self.pool = StreamPool(model.url, model.streams, model.recycle_stream_after, model.keepalive_ms)
-        retry, cb = model.retry, model.circuit_breaker
+        self.source = KafkaSource(t.source, t.broker, self.tracker, self.credits, self.metrics)
+        # Triton side: the stream pool and the dispatcher, lanes in front of it
+        self.pool = StreamPool(
+            t.model.url, t.model.streams, t.model.recycle_stream_after, t.model.keepalive_ms
+        )
         self.dispatcher = Dispatcher(
             self.pool,
-            DispatchConfig(
-                ModelSignature(model.name, model.version, topology.window.history_length, model.top_k),
-                max_in_flight=max(model.max_in_flight, topology.adaptive.max_in_flight),
-                timeout_ms=model.timeout_ms,
-                retry=RetryPolicy(retry.max_attempts, retry.backoff_ms, retry.max_backoff_ms),
-                end_to_end_ms=topology.deadline.end_to_end_ms,
-                drop_stale=topology.deadline.stale_policy == "dead_letter",
-                lane_drop_stale={
-                    lane.id: lane.stale_policy == "dead_letter"
-                    for lane in topology.lanes
-                    if lane.stale_policy is not None
-                },
-            ),
+            wiring.dispatch_config(t),
             self.metrics,
-            CircuitBreaker(cb.failure_threshold, cb.open_ms, cb.max_open_ms),
-            RetryBudget(retry.budget_ratio, retry.budget_min_per_s),
+            wiring.circuit_breaker(t),
+            wiring.retry_budget(t),
         )
-        lifecycle = self.dispatcher.lifecycle
-        for state in RequestState:  # read at scrape time: no work on the hot path
-            self.metrics.request_state.labels(state.value).set_function(_count_of(lifecycle.current, state))
-            self.metrics.request_state_entered.labels(state.value).set_function(
-                _count_of(lifecycle.entered, state)
-            )
-        self.lanes = LaneScheduler(
-            [
-                LaneSpec(lane.id, lane.weight, lane.max_wait_ms, lane.max_in_flight, lane.triton_priority)
-                for lane in topology.lanes
-            ],
-            self._in_flight_limit,
-        )
-        # Batches queue in the lane scheduler (not at the dispatcher), so that is what the
-        # article's request_queue_size reports; read at scrape time.
-        self.metrics.request_queue_size.set_function(lambda: self.lanes.queued)
-        self.guard = LaneGuard(
-            [
-                GuardedLane(lane.id, lane.p99_bound_ms, lane.min_rate, lane.rate_step)
-                for lane in topology.lanes
-            ]
-        )
-        if self.guard.active:
-            self._apply_rations(self.guard.rates)  # a flood at start meets its floor at once
-        a = topology.adaptive
-        self.controller: AdaptiveController | None = None
-        if a.enabled:
-            self.controller = AdaptiveController(
-                AdaptiveBounds(
-                    a.target_p99_ms,
-                    a.min_batch,
-                    a.max_batch,
-                    a.min_in_flight,
-                    a.max_in_flight,
-                    a.min_window_ms,
-                    a.max_window_ms,
-                )
-            )
+        self.lanes = LaneScheduler(wiring.lane_specs(t), self._in_flight_limit)
+        self.guard = LaneGuard(wiring.guarded_lanes(t))
+        bounds = wiring.adaptive_bounds(t)
+        self.controller = AdaptiveController(bounds) if bounds is not None else None
+        # sink side
+        self.sink = KafkaSink(t.sink, t.broker, wiring.sink_lanes(t), metrics=self.metrics)
         self.watchdog = StallWatchdog(
             self.source,
             lambda: self.finished,
             lambda: self.credits.in_flight,
-            spec.stall_after_ms / 1000.0,
+            t.source.stall_after_ms / 1000.0,
             self.metrics,
             held=self._holding,
         )
+        self._watch_with_metrics()
+        if self.guard.active:
+            self._apply_rations(self.guard.rates)  # a flood at start meets its floor at once
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._sink_tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self.clean_stop = True  # False: work was left unfinished or uncommitted (it replays)
         self._background: set[asyncio.Task[None]] = set()
+
+    def _watch_with_metrics(self) -> None:
+        """Gauges read at scrape time: nothing on the hot path."""
+        m = self.metrics
+        m.dead_letter_hold.set_function(lambda: 1 if self._budget_holding() else 0)
+        m.contract_pending.set_function(lambda: 0 if self.model_checked else 1)
+        m.sink_refusing.set_function(lambda: 1 if self.sink.refusing else 0)
+        m.watch_partitions(self.source.partition_readings)
+        lifecycle = self.dispatcher.lifecycle
+        for state in RequestState:
+            m.request_state.labels(state.value).set_function(_count_of(lifecycle.current, state))
+            m.request_state_entered.labels(state.value).set_function(_count_of(lifecycle.entered, state))
+        # Batches queue in the lane scheduler (not at the dispatcher), so that is what the
+        # article's request_queue_size reports.
+        m.request_queue_size.set_function(lambda: self.lanes.queued)
 
     def _budget_holding(self) -> bool:
         return self.topology.dead_letter_budget.enabled and self.dead_letter_budget.holding
@@ -242,39 +207,11 @@ class PipelineRuntime:
             self.metrics.knobs.labels("in_flight").set(knobs.in_flight)
 
     def _build_graph(self, records: Subject[list[RawRecord]]) -> reactivex.Observable[SinkBatch]:
+        """The dataflow, one step a line; what leaves it is written by ``_write``."""
         t = self.topology
         scheduler = AsyncIOScheduler(asyncio.get_running_loop())
-        parsed: reactivex.Observable[ParsedBatch] = records.pipe(
-            operators.parse(
-                ParseRules(
-                    t.source.max_event_bytes,
-                    t.validation.max_future_skew_ms,
-                    t.validation.max_age_ms,
-                    t.validation.require_key,
-                    t.window.max_lateness_ms if t.window.late_policy == "dead_letter" else None,
-                )
-            ),
-            ops.share(),
-        )
-
-        def rejects_batch(p: ParsedBatch) -> SinkBatch:
-            return dead_letters_batch(p.rejects, t.sink.dead_letter_topic)
-
-        rejected = parsed.pipe(ops.filter(_has_rejects), ops.map(rejects_batch))
-        rules = [
-            LaneRule(lane.id, lane.triton_priority)
-            if lane.match is None
-            else LaneRule(
-                lane.id,
-                lane.triton_priority,
-                lane.match.field,
-                lane.match.header,
-                frozenset(lane.match.topics),
-                frozenset(lane.match.values),
-            )
-            for lane in t.lanes
-        ]
-        spec = OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers))
+        parsed = records.pipe(operators.parse(wiring.parse_rules(t)), ops.share())
+        rejected = parsed.pipe(ops.filter(_has_rejects), ops.map(functools.partial(_rejects, t.sink)))
         answered = parsed.pipe(
             ops.map(_events_of),
             operators.window(self._window_ms, t.window.max_events, scheduler),
@@ -285,13 +222,11 @@ class PipelineRuntime:
                 t.window.history_cache_mb,
             ),
             operators.batch(
-                self._batch_size,
-                lane_classifier(rules),
-                {lane.id: lane.max_batch for lane in t.lanes if lane.max_batch is not None},
+                self._batch_size, lane_classifier(wiring.lane_rules(t)), wiring.lane_batch_caps(t)
             ),
             operators.dispatch(self.dispatcher.infer, self.lanes),
             ops.do_action(self._observe),
-            operators.enrich(spec),
+            operators.enrich(wiring.output_spec(t)),
         )
         return reactivex.merge(rejected, answered)
 
@@ -318,49 +253,63 @@ class PipelineRuntime:
             self._on_graph_error(error)
 
     async def _write(self, batch: SinkBatch) -> None:
-        # Work of a partition revoked since it was taken (it missed its drain) is redone by
-        # the partition's new owner from the commit: its outputs are not written twice, and
-        # its offsets do not reach the new assignment's tracker. Records are judged one by
-        # one (a re-read copy of an event shares its coordinates with the stale one), and
-        # again after the write, during which a rebalance can happen.
-        is_current = self.source.is_current
+        """sink ─► finish: write, then finish each input (offsets, credits), then count."""
         taken = batch.sources
-        if not all(map(is_current, taken)):
-            kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
-            self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
-            batch = dataclasses.replace(batch, records=kept)
+        batch = self._without_revoked(batch)
         written = await self.sink.write(batch) if batch.records else []  # refused outputs: dead letters
+        self._finish(taken)
+        self._count(written, batch, len(taken))
+
+    def _without_revoked(self, batch: SinkBatch) -> SinkBatch:
+        """Work of a partition revoked since it was taken (it missed its drain) is redone by
+        the partition's new owner from the commit: its outputs are not written twice. Records
+        are judged one by one (a re-read copy of an event shares its coordinates with the
+        stale one)."""
+        is_current = self.source.is_current
+        if all(map(is_current, batch.sources)):
+            return batch
+        kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
+        self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
+        return dataclasses.replace(batch, records=kept)
+
+    def _finish(self, taken: list[RawRecord]) -> None:
+        """Offsets of the current assignment become committable (judged again: a rebalance
+        can happen during the write); every input's credit goes back."""
         per_topic: dict[str, int] = {}
         for src in taken:
-            if is_current(src):
+            if self.source.is_current(src):
                 self.tracker.finish(src.topic, src.partition, src.offset)
             per_topic[src.topic] = per_topic.get(src.topic, 0) + 1
         for topic, count in per_topic.items():
             self.credits.give_back(topic, count)
+        self.finished += len(taken)
+
+    def _count(self, written: list[OutputRecord], batch: SinkBatch, finished: int) -> None:
         dlq = self.topology.sink.dead_letter_topic
         reasons = [
             dict(rec.headers).get("dlq.reason", b"unknown").decode() for rec in written if rec.topic == dlq
         ]
-        recommendations = len(written) - len(reasons)
-        self.finished += len(taken)
-        self.metrics.events_finished.inc(len(taken))
-        self.metrics.recommendations.inc(recommendations)
+        self.metrics.events_finished.inc(finished)
+        self.metrics.recommendations.inc(len(written) - len(reasons))
         self.metrics.duplicate_events.inc(batch.duplicates)
         for reason in reasons:
             self.metrics.dead_letters.labels(reason).inc()
-        if self.topology.dead_letter_budget.enabled:
-            trip = self.dead_letter_budget.observe(len(taken), reasons)
-            if trip is not None:
-                log.error(
-                    "DEAD-LETTER BUDGET: %.0f%% of the last %d events dead-lettered as %s: holding "
-                    "consumption for %.0f s (not ready meanwhile); the rest waits in Kafka",
-                    trip.share * 100,
-                    trip.events,
-                    trip.reason,
-                    trip.hold_s,
-                )
-                self.metrics.dead_letter_trips.labels(trip.reason).inc()
         self.metrics.in_flight_events.set(self.credits.in_flight)
+        if self.topology.dead_letter_budget.enabled:
+            self._watch_dead_letter_share(finished, reasons)
+
+    def _watch_dead_letter_share(self, finished: int, reasons: list[str]) -> None:
+        trip = self.dead_letter_budget.observe(finished, reasons)
+        if trip is not None:
+            log.error(
+                "DEAD-LETTER BUDGET: %.0f%% of the last %d events dead-lettered as %s: holding "
+                "consumption for %.0f s (not ready meanwhile); the rest waits in Kafka",
+                trip.share * 100,
+                trip.events,
+                trip.reason,
+                trip.hold_s,
+            )
+            self.metrics.dead_letter_trips.labels(trip.reason).inc()
 
     def _on_loop_restart(self, name: str, error: BaseException) -> None:
         log.error("background loop %s failed, restarting it: %r", name, error, exc_info=error)
@@ -370,12 +319,6 @@ class PipelineRuntime:
         log.error("pipeline graph failed: %r", error, exc_info=error)
         self._failure = error
         self._stop.set()
-
-    def _largest_batch(self) -> BatchBound:
-        a = self.topology.adaptive
-        if a.enabled:
-            return BatchBound("adaptive.max_batch", a.max_batch)
-        return BatchBound("batch.max_size", self.topology.batch.max_size)
 
     async def check_model(self) -> None:
         """The served model against the topology (see dispatch/contract.py). Waits while the
@@ -392,7 +335,7 @@ class PipelineRuntime:
                         "model contract not checked yet, Triton at %s: %s", model.url, exc.code().name
                     )
                 await asyncio.sleep(CONTRACT_RETRY_S)
-        problems = contract_problems(served, sig, self._largest_batch())
+        problems = contract_problems(served, sig, wiring.largest_batch(self.topology))
         if problems:
             raise ModelContractError("; ".join(problems))
         self.model_checked = True
@@ -405,6 +348,18 @@ class PipelineRuntime:
             await first_wait
         except Exception as exc:
             self._on_graph_error(exc)
+
+    def _background_loops(self) -> dict[str, Callable[[asyncio.Event], Awaitable[None]]]:
+        """Beside the dataflow, each supervised (restarted on an error, counted)."""
+        loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
+            "commits": self.source.commit_loop,  # finished offsets → the group's commit
+            "watchdog": self.watchdog.run,  # lag or work with no progress → STALLED, /readyz 503
+        }
+        if self.controller is not None:
+            loops["adaptive"] = self._control_loop  # latency → batch size, window, in flight
+        if self.guard.active:
+            loops["lane_guard"] = self._guard_loop  # a protected lane's p99 → rations below it
+        return loops
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the graph fails), then drain and commit."""
@@ -436,26 +391,18 @@ class PipelineRuntime:
         records: Subject[list[RawRecord]] = Subject()
         graph = self._build_graph(records)
         graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
-        background: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
-            "commits": self.source.commit_loop,
-            "watchdog": self.watchdog.run,
-        }
-        if self.controller is not None:
-            background["adaptive"] = self._control_loop
-        if self.guard.active:
-            background["lane_guard"] = self._guard_loop
         loops = [
             asyncio.create_task(
                 supervised(
                     name,
-                    functools.partial(run, self._stop),
+                    functools.partial(loop, self._stop),
                     self._stop,
                     self._on_loop_restart,
                     self._on_graph_error,
                 ),
                 name=name,
             )
-            for name, run in background.items()
+            for name, loop in self._background_loops().items()
         ]
         self.ready.set()
         log.info("pipeline %s running", self.topology.name)

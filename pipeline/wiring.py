@@ -1,0 +1,127 @@
+"""Wiring: the topology → each component's configuration. Pure functions, no I/O: the
+runtime calls them and reads as the dataflow; a new topology key is mapped here."""
+
+from __future__ import annotations
+
+from pipeline.dispatch.adaptive import AdaptiveBounds
+from pipeline.dispatch.breaker import CircuitBreaker
+from pipeline.dispatch.budget import RetryBudget
+from pipeline.dispatch.codec import ModelSignature
+from pipeline.dispatch.contract import BatchBound
+from pipeline.dispatch.dead_letter_budget import DeadLetterBudget
+from pipeline.dispatch.dispatcher import DispatchConfig
+from pipeline.dispatch.lane_guard import GuardedLane
+from pipeline.dispatch.lanes import LaneSpec
+from pipeline.dispatch.retry import RetryPolicy
+from pipeline.operators.enrich import OutputSpec
+from pipeline.operators.parse import ParseRules
+from pipeline.operators.prioritize import LaneRule
+from pipeline.topology.schema import Topology
+
+
+def parse_rules(t: Topology) -> ParseRules:
+    return ParseRules(
+        t.source.max_event_bytes,
+        t.validation.max_future_skew_ms,
+        t.validation.max_age_ms,
+        t.validation.require_key,
+        t.window.max_lateness_ms if t.window.late_policy == "dead_letter" else None,
+    )
+
+
+def output_spec(t: Topology) -> OutputSpec:
+    return OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers))
+
+
+def sink_lanes(t: Topology) -> list[str]:
+    """Lanes that get a producer of their own (one lane: the default producer only)."""
+    return [lane.id for lane in t.lanes] if len(t.lanes) > 1 else []
+
+
+def model_signature(t: Topology) -> ModelSignature:
+    return ModelSignature(t.model.name, t.model.version, t.window.history_length, t.model.top_k)
+
+
+def dispatch_config(t: Topology) -> DispatchConfig:
+    model, retry = t.model, t.model.retry
+    return DispatchConfig(
+        model_signature(t),
+        max_in_flight=max(model.max_in_flight, t.adaptive.max_in_flight),
+        timeout_ms=model.timeout_ms,
+        retry=RetryPolicy(retry.max_attempts, retry.backoff_ms, retry.max_backoff_ms),
+        end_to_end_ms=t.deadline.end_to_end_ms,
+        drop_stale=t.deadline.stale_policy == "dead_letter",
+        lane_drop_stale={
+            lane.id: lane.stale_policy == "dead_letter" for lane in t.lanes if lane.stale_policy is not None
+        },
+    )
+
+
+def circuit_breaker(t: Topology) -> CircuitBreaker:
+    cb = t.model.circuit_breaker
+    return CircuitBreaker(cb.failure_threshold, cb.open_ms, cb.max_open_ms)
+
+
+def retry_budget(t: Topology) -> RetryBudget:
+    return RetryBudget(t.model.retry.budget_ratio, t.model.retry.budget_min_per_s)
+
+
+def dead_letter_budget(t: Topology) -> DeadLetterBudget:
+    b = t.dead_letter_budget
+    return DeadLetterBudget(
+        b.max_share, b.window_ms / 1000.0, b.min_events, b.hold_ms / 1000.0, b.max_hold_ms / 1000.0
+    )
+
+
+def lane_specs(t: Topology) -> list[LaneSpec]:
+    return [
+        LaneSpec(lane.id, lane.weight, lane.max_wait_ms, lane.max_in_flight, lane.triton_priority)
+        for lane in t.lanes
+    ]
+
+
+def guarded_lanes(t: Topology) -> list[GuardedLane]:
+    return [GuardedLane(lane.id, lane.p99_bound_ms, lane.min_rate, lane.rate_step) for lane in t.lanes]
+
+
+def lane_rules(t: Topology) -> list[LaneRule]:
+    """Which lane a request goes to: first match wins, a lane without ``match`` takes the rest."""
+    return [
+        LaneRule(lane.id, lane.triton_priority)
+        if lane.match is None
+        else LaneRule(
+            lane.id,
+            lane.triton_priority,
+            lane.match.field,
+            lane.match.header,
+            frozenset(lane.match.topics),
+            frozenset(lane.match.values),
+        )
+        for lane in t.lanes
+    ]
+
+
+def lane_batch_caps(t: Topology) -> dict[str, int]:
+    return {lane.id: lane.max_batch for lane in t.lanes if lane.max_batch is not None}
+
+
+def adaptive_bounds(t: Topology) -> AdaptiveBounds | None:
+    a = t.adaptive
+    if not a.enabled:
+        return None
+    return AdaptiveBounds(
+        a.target_p99_ms,
+        a.min_batch,
+        a.max_batch,
+        a.min_in_flight,
+        a.max_in_flight,
+        a.min_window_ms,
+        a.max_window_ms,
+    )
+
+
+def largest_batch(t: Topology) -> BatchBound:
+    """The largest batch the topology can send, and the key that sets it (model contract)."""
+    if t.adaptive.enabled:
+        return BatchBound("adaptive.max_batch", t.adaptive.max_batch)
+    return BatchBound("batch.max_size", t.batch.max_size)
