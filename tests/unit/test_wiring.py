@@ -31,7 +31,8 @@ def test_lanes_map_to_rules_specs_guards_and_caps_in_order() -> None:
     }
     assert wiring.lane_batch_caps(t) == {"backfill": 32}
     assert wiring.sink_lanes(t) == ["purchases", "live", "backfill"]
-    assert wiring.sink_lanes(LIVE) == []  # one lane: the default producer only
+    one_lane = LIVE.model_copy(update={"lanes": LIVE.lanes[:1]})
+    assert wiring.sink_lanes(one_lane) == []  # one lane: the default producer only
 
 
 def test_a_lane_overrides_the_stale_policy_and_in_flight_covers_the_adaptive_bound() -> None:
