@@ -1,5 +1,8 @@
-"""The topology file's schema: frozen pydantic models, unknown keys rejected, every node with
-a stable ``id`` used in logs and metric labels."""
+"""The topology file's schema: frozen pydantic models, unknown keys rejected.
+
+Every leaf field carries a one-sentence ``description`` and every model a docstring:
+``scripts/gen_topology_docs.py`` turns them into docs/topology.md (regenerate it after a
+change; a unit test fails while it is stale)."""
 
 from __future__ import annotations
 
@@ -9,40 +12,71 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Node(BaseModel):
+    """Base of every section: frozen, unknown keys are errors."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Credits(Node):
     """Events consumed but not yet finished; the source pauses at high, resumes at low."""
 
-    high_watermark: int = Field(20_000, gt=0)
-    low_watermark: int = Field(10_000, ge=0)
+    high_watermark: int = Field(
+        20_000, gt=0, description="per topic: pause its partitions at this many unfinished events"
+    )
+    low_watermark: int = Field(10_000, ge=0, description="per topic: resume its partitions at this many")
 
     @model_validator(mode="after")
     def _ordered(self) -> Credits:
+        """low_watermark must be below high_watermark."""
         if self.low_watermark >= self.high_watermark:
             raise ValueError("low_watermark must be below high_watermark")
         return self
 
 
 class Broker(Node):
-    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
-    client_id: str = "recommendation-pipeline"
+    """The Kafka cluster (env PIPELINE_BOOTSTRAP_SERVERS overrides the address)."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers")
+    client_id: str = Field(
+        "recommendation-pipeline", description="Kafka client id of the consumer (the producers add -sink)"
+    )
 
 
 class Source(Node):
-    id: str = "source"
-    topics: list[str] = Field(min_length=1)
-    group_id: str = Field(min_length=1)
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    max_poll_records: int = Field(2_000, gt=0)
-    fetch_max_wait_ms: int = Field(50, ge=0, description="broker's wait for data per fetch")
-    max_event_bytes: int = Field(65_536, gt=0)
-    commit_interval_ms: int = Field(500, gt=0)
-    drain_timeout_ms: int = Field(10_000, gt=0)
-    stall_after_ms: int = Field(30_000, gt=0, description="lag without progress this long: stalled")
+    """The Kafka consumer group member that reads the input topics, with backpressure."""
+
+    id: str = Field("source", description="a name for this node (informational)")
+    topics: list[str] = Field(
+        min_length=1, description="input topics; each has its own credits and an equal share of each poll"
+    )
+    group_id: str = Field(
+        min_length=1, description="consumer group: processes with the same group_id share the partitions"
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a partition without a committed offset starts"
+    )
+    max_poll_records: int = Field(2_000, gt=0, description="records per fetch, shared equally by the topics")
+    fetch_max_wait_ms: int = Field(
+        50,
+        ge=0,
+        description="broker's wait for data per fetch (the embedded Tansu broker always waits this long, "
+        "so the live topology uses 5; Kafka answers as soon as data is there)",
+    )
+    max_event_bytes: int = Field(65_536, gt=0, description="larger events are dead-lettered (`oversized`)")
+    commit_interval_ms: int = Field(500, gt=0, description="how often finished offsets are committed")
+    drain_timeout_ms: int = Field(
+        10_000, gt=0, description="bound on draining revoked partitions and on shutdown"
+    )
+    stall_after_ms: int = Field(
+        30_000,
+        gt=0,
+        description="lag (or work in flight) with no event finished this long: logged as STALLED, "
+        "`/readyz` answers 503",
+    )
     session_timeout_ms: int = Field(10_000, gt=0, description="no heartbeat this long: out of the group")
-    heartbeat_interval_ms: int = Field(3_000, gt=0)
+    heartbeat_interval_ms: int = Field(
+        3_000, gt=0, description="heartbeat period to the group coordinator (below session_timeout_ms)"
+    )
     max_poll_interval_ms: int = Field(
         300_000, gt=0, description="no poll this long: out of the group (the source polls while paused)"
     )
@@ -50,6 +84,7 @@ class Source(Node):
 
     @model_validator(mode="after")
     def _heartbeats_fit(self) -> Source:
+        """heartbeat_interval_ms must be below session_timeout_ms."""
         if self.heartbeat_interval_ms >= self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be below session_timeout_ms")
         return self
@@ -58,44 +93,64 @@ class Source(Node):
 class Validation(Node):
     """Policy for event timestamps: outside these bounds an event is a dead letter."""
 
-    max_future_skew_ms: int = Field(300_000, ge=0)
-    max_age_ms: int = Field(30 * 24 * 3_600_000, gt=0)
+    max_future_skew_ms: int = Field(
+        300_000,
+        ge=0,
+        description="events stamped further in the future are dead-lettered (`future_timestamp`)",
+    )
+    max_age_ms: int = Field(
+        30 * 24 * 3_600_000, gt=0, description="older events are dead-lettered (`too_old`)"
+    )
     require_key: bool = Field(
-        False, description="dead-letter records without a key (per-user order needs one)"
+        False, description="dead-letter records without a key (`missing_key`; per-user order needs one)"
     )
 
 
 class WindowSpec(Node):
-    id: str = "window"
+    """Groups events into per-user windows: a window closes at whichever bound comes first."""
+
+    id: str = Field("window", description="a name for this node (informational)")
     max_ms: int = Field(20, gt=0, description="a window never stays open longer than this")
-    max_events: int = Field(4_096, gt=0)
-    history_length: int = Field(16, gt=0, description="items per user sent as history")
-    remembered_users: int = Field(100_000, ge=0, description="users whose recent items are kept")
+    max_events: int = Field(4_096, gt=0, description="a window closes at this many events")
+    history_length: int = Field(
+        16, gt=0, description="items per user sent to the model as history (must match the model)"
+    )
+    remembered_users: int = Field(
+        100_000, ge=0, description="users whose recent items are kept across windows (LRU)"
+    )
     history_cache_mb: float = Field(
-        64.0, gt=0, description="memory for remembered users' items (~430 B a user at 16 items)"
+        64.0,
+        gt=0,
+        description="memory for remembered users' items, packed: ~430 B a user at 16 items "
+        "(100k users ≈ 43 MB); the least recent are forgotten first",
     )
     history_order: Literal["event_time", "arrival"] = Field(
         "event_time", description="out-of-order events take their place by timestamp, or by arrival"
     )
-    late_policy: Literal["include", "dead_letter"] = "include"
+    late_policy: Literal["include", "dead_letter"] = Field(
+        "include", description="a late event is included, or dead-lettered (`late_event`)"
+    )
     max_lateness_ms: int = Field(60_000, gt=0, description="older than this at arrival: late")
 
 
 class BatchSpec(Node):
-    id: str = "batch"
+    """Groups the windows' per-user requests into inference batches, per lane."""
+
+    id: str = Field("batch", description="a name for this node (informational)")
     max_size: int = Field(128, gt=0, description="users per inference request")
 
 
 class LaneMatch(Node):
     """Matches an event by a field, a header or its source topic (all given must hold)."""
 
-    field: Literal["type", "event_id"] | None = None
-    header: str | None = None
-    topics: list[str] = []
-    values: list[str] = []
+    field: Literal["type", "event_id"] | None = Field(None, description="event field compared with values")
+    header: str | None = Field(None, description="record header compared with values")
+    topics: list[str] = Field([], description="source topics that match")
+    values: list[str] = Field([], description="accepted values of field or header")
 
     @model_validator(mode="after")
     def _something(self) -> LaneMatch:
+        """A match needs a field, a header or topics; field and header need values."""
         if self.field is None and self.header is None and not self.topics:
             raise ValueError("a match needs a field, a header or topics")
         if (self.field is not None or self.header is not None) and not self.values:
@@ -104,10 +159,17 @@ class LaneMatch(Node):
 
 
 class Lane(Node):
-    id: str = Field(min_length=1)
-    match: LaneMatch | None = None  # None: takes everything (only the last lane)
+    """A priority class of requests, most important first: a request goes to the first lane
+    any of its events matches, the last lane takes the rest."""
+
+    id: str = Field(min_length=1, description="lane name, in metric labels and the output's `lane`")
+    match: LaneMatch | None = Field(
+        None, description="which requests this lane takes; none: all the rest (only the last lane)"
+    )
     weight: float = Field(1.0, gt=0, description="share of dispatch capacity")
-    max_wait_ms: int = Field(1_000, gt=0, description="bound on a batch's wait for a slot")
+    max_wait_ms: int = Field(
+        1_000, gt=0, description="bound on a batch's wait for a slot: older batches are served first"
+    )
     max_in_flight: int = Field(8, gt=0, description="this lane's own in-flight budget")
     triton_priority: int = Field(
         0, ge=0, description="Triton request priority (1 first; 0: the model's default)"
@@ -128,18 +190,24 @@ class Lane(Node):
 class Adaptive(Node):
     """Batch size, window time bound and in-flight limit follow the measured latency."""
 
-    enabled: bool = False
-    target_p99_ms: float = Field(50.0, gt=0)
-    interval_ms: int = Field(500, gt=0)
-    min_batch: int = Field(8, gt=0)
-    max_batch: int = Field(256, gt=0)
-    min_window_ms: int = Field(2, gt=0)
-    max_window_ms: int = Field(50, gt=0)
-    min_in_flight: int = Field(1, gt=0)
-    max_in_flight: int = Field(16, gt=0)
+    enabled: bool = Field(False, description="let the controller move the three knobs")
+    target_p99_ms: float = Field(50.0, gt=0, description="the p99 latency the controller aims at")
+    interval_ms: int = Field(
+        500,
+        gt=0,
+        description="how often the controller (and the lane guard, which runs whenever a lane has "
+        "p99_bound_ms) steps",
+    )
+    min_batch: int = Field(8, gt=0, description="smallest batch size")
+    max_batch: int = Field(256, gt=0, description="largest batch size")
+    min_window_ms: int = Field(2, gt=0, description="shortest window bound")
+    max_window_ms: int = Field(50, gt=0, description="longest window bound")
+    min_in_flight: int = Field(1, gt=0, description="fewest inference requests outstanding")
+    max_in_flight: int = Field(16, gt=0, description="most inference requests outstanding")
 
     @model_validator(mode="after")
     def _ordered(self) -> Adaptive:
+        """Each min_ bound must not exceed its max_ bound."""
         for low, high in (
             ("min_batch", "max_batch"),
             ("min_window_ms", "max_window_ms"),
@@ -153,15 +221,21 @@ class Adaptive(Node):
 class Retry(Node):
     """The failure budget of recoverable errors."""
 
-    max_attempts: int = Field(4, ge=1)
-    backoff_ms: int = Field(50, ge=0)
-    max_backoff_ms: int = Field(2_000, ge=0)
-    budget_ratio: float = Field(0.2, ge=0, description="retries per first attempt, at most")
+    max_attempts: int = Field(4, ge=1, description="attempts per request, the first included")
+    backoff_ms: int = Field(50, ge=0, description="first backoff; it doubles per attempt, with full jitter")
+    max_backoff_ms: int = Field(2_000, ge=0, description="longest backoff")
+    budget_ratio: float = Field(
+        0.2, ge=0, description="retries per first attempt, at most, over the last 10 s"
+    )
     budget_min_per_s: float = Field(10.0, ge=0, description="retries always allowed per second")
 
 
 class CircuitBreakerSpec(Node):
-    failure_threshold: int = Field(5, ge=1, description="consecutive failures that open it")
+    """Stops sending to a failing server; requests wait (holding their credits) for a probe."""
+
+    failure_threshold: int = Field(
+        5, ge=1, description='consecutive failures that open it (one "server unreachable" does)'
+    )
     open_ms: int = Field(500, gt=0, description="wait before the first probe")
     max_open_ms: int = Field(2_000, gt=0, description="longest wait between probes")
 
@@ -169,20 +243,34 @@ class CircuitBreakerSpec(Node):
 class Deadline(Node):
     """An event's budget ends end_to_end_ms after its Kafka timestamp."""
 
-    end_to_end_ms: int = Field(30_000, gt=0)
-    stale_policy: Literal["dead_letter", "best_effort"] = "dead_letter"
+    end_to_end_ms: int = Field(
+        30_000,
+        gt=0,
+        description="an event's budget from its Kafka timestamp: Triton's per-request timeout and the "
+        "client-side wait",
+    )
+    stale_policy: Literal["dead_letter", "best_effort"] = Field(
+        "dead_letter",
+        description="past the budget: dead letter (`deadline_exceeded`), or infer anyway (`best_effort`)",
+    )
 
 
 class Model(Node):
-    id: str = "model"
-    name: str = Field(min_length=1)
-    version: str = ""  # empty: the latest the server has
-    url: str = Field("127.0.0.1:8001", min_length=1)
-    top_k: int = Field(10, gt=0, le=1_000)
-    streams: int = Field(2, gt=0, le=64)
-    max_in_flight: int = Field(8, gt=0, description="inference requests outstanding at once")
-    timeout_ms: int = Field(2_000, gt=0)
-    recycle_stream_after: int = Field(100_000, gt=0, description="requests per stream")
+    """The Triton model and the client's pool of gRPC streams to it."""
+
+    id: str = Field("model", description="a name for this node (informational)")
+    name: str = Field(min_length=1, description="model name in Triton's repository")
+    version: str = Field("", description="model version; empty: the latest the server has")
+    url: str = Field(
+        "127.0.0.1:8001", min_length=1, description="Triton's gRPC address (env PIPELINE_TRITON_URL)"
+    )
+    top_k: int = Field(10, gt=0, le=1_000, description="items per recommendation (must match the model)")
+    streams: int = Field(2, gt=0, le=64, description="pooled bidirectional gRPC streams (ModelStreamInfer)")
+    max_in_flight: int = Field(
+        8, gt=0, description="inference requests outstanding at once (when not adaptive)"
+    )
+    timeout_ms: int = Field(2_000, gt=0, description="client-side bound per attempt")
+    recycle_stream_after: int = Field(100_000, gt=0, description="requests before a stream is replaced")
     keepalive_ms: int = Field(
         300_000,
         ge=10_000,
@@ -195,43 +283,65 @@ class Model(Node):
 
 
 class Sink(Node):
-    id: str = "sink"
-    topic: str = Field(min_length=1)
-    dead_letter_topic: str = Field(min_length=1)
-    linger_ms: int = Field(5, ge=0)
-    compression: Literal["gzip", "none"] = "none"
-    carry_headers: list[str] = ["traceparent", "tracestate"]
+    """The producers of recommendations and dead letters (one per lane); a record counts once
+    the broker acknowledged it."""
+
+    id: str = Field("sink", description="a name for this node (informational)")
+    topic: str = Field(min_length=1, description="output topic of recommendations (not an input topic)")
+    dead_letter_topic: str = Field(
+        min_length=1, description="output topic of dead letters (not topic, not an input topic)"
+    )
+    linger_ms: int = Field(5, ge=0, description="producer batching delay")
+    compression: Literal["gzip", "none"] = Field("none", description="producer compression")
+    carry_headers: list[str] = Field(
+        ["traceparent", "tracestate"], description="input headers copied to the recommendation"
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> Sink:
+        """dead_letter_topic must differ from topic."""
         if self.topic == self.dead_letter_topic:
             raise ValueError("dead_letter_topic must differ from topic")
         return self
 
 
 class DeadLetterBudgetSpec(Node):
-    """Hold consumption when most recent events are dead-lettered for one model-side reason."""
+    """Holds consumption (and readiness) while more than max_share of the recently finished
+    events were dead-lettered for one model-side reason (`invalid_argument`, `bad_output`,
+    `retries_exhausted`, `model_not_found`, ...): a broken model must not drain the backlog into
+    the dead-letter topic."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="trip the budget at all")
     max_share: float = Field(0.5, gt=0, le=1, description="share of finished events, one reason")
-    window_ms: int = Field(30_000, gt=0)
+    window_ms: int = Field(30_000, gt=0, description="the recent events judged")
     min_events: int = Field(100, gt=0, description="judge only with at least this many finished")
     hold_ms: int = Field(30_000, gt=0, description="first hold; doubles on trips in a row")
-    max_hold_ms: int = Field(600_000, gt=0)
+    max_hold_ms: int = Field(600_000, gt=0, description="longest hold")
 
 
 class Operations(Node):
-    metrics_port: int = Field(0, ge=0, le=65_535, description="0: no metrics endpoint")
+    """How the process is observed."""
+
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65_535,
+        description="serves `/metrics`, `/healthz`, `/readyz` on this port (env PIPELINE_METRICS_PORT); "
+        "0: no endpoint",
+    )
     bind: str = Field(
         "127.0.0.1",
         min_length=1,
-        description="address of the metrics/health endpoint (0.0.0.0: every interface)",
+        description="address of the metrics/health endpoint (env PIPELINE_OPERATIONS_BIND; "
+        "0.0.0.0: every interface)",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
 
 class Topology(Node):
-    name: str = Field(min_length=1)
+    """One pipeline: a source, its operators, one model and a sink."""
+
+    name: str = Field(min_length=1, description="pipeline name, in the log")
     broker: Broker = Broker()
     source: Source
     validation: Validation = Validation()
@@ -247,6 +357,7 @@ class Topology(Node):
 
     @model_validator(mode="after")
     def _lanes(self) -> Topology:
+        """Lane ids must be unique; only the last lane may omit match (it takes the rest)."""
         ids = [lane.id for lane in self.lanes]
         if len(set(ids)) != len(ids):
             raise ValueError(f"lane ids must be unique: {ids}")
@@ -256,6 +367,7 @@ class Topology(Node):
 
     @model_validator(mode="after")
     def _no_loops(self) -> Topology:
+        """Neither sink topic may be an input topic."""
         outputs = {self.sink.topic, self.sink.dead_letter_topic}
         looped = outputs.intersection(self.source.topics)
         if looped:
