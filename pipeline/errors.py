@@ -55,7 +55,7 @@ class StreamBroken(InferenceError):
 
 
 class ModelNotFound(InferenceError):
-    """Checked at start (dispatch/contract.py), so at run time it is a version switch or a
+    """Checked at start (triton/contract.py), so at run time it is a version switch or a
     reload in progress: waited out behind the breaker, not dead-lettered."""
 
     retriable = True

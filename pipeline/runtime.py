@@ -1,7 +1,7 @@
 """The runtime: turns a Topology into the running graph
 
-    source ─► credits ─► parse ─► window ─► coalesce ─► batch ─► dispatch ─► enrich ─► sink ─► finish
-                           └──────────────── dead letters ────────────────────────────┘    (offsets, credits)
+    source ─► credits ─► parse ─► window ─► coalesce ─► batch ─► infer ─► enrich ─► sink ─► finish
+                           └──────────────── dead letters ─────────────────────────┘    (offsets, credits)
 
     beside it, supervised loops: commits, stall watchdog, adaptive controller, lane guard
 
@@ -28,26 +28,26 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from pipeline import operators, wiring
-from pipeline.dispatch.adaptive import AdaptiveController
-from pipeline.dispatch.contract import ModelContractError, contract_problems, fetch_served_model
-from pipeline.dispatch.dispatcher import Dispatcher
-from pipeline.dispatch.lane_guard import LaneGuard
-from pipeline.dispatch.lanes import LaneScheduler
-from pipeline.dispatch.lifecycle import RequestState
-from pipeline.dispatch.streams import StreamPool
+from pipeline.control.adaptive import AdaptiveController
+from pipeline.control.lane_guard import LaneGuard
+from pipeline.control.lane_rules import lane_classifier
+from pipeline.control.lanes import LaneScheduler
 from pipeline.errors import Fatal
 from pipeline.events import BatchOutcome, Event, OutputRecord, RawRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
 from pipeline.operators.enrich import dead_letters_batch
 from pipeline.operators.parse import ParsedBatch
-from pipeline.operators.prioritize import lane_classifier
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
 from pipeline.sources.watchdog import StallWatchdog
 from pipeline.ticks import every, supervised
 from pipeline.topology.schema import Sink, Topology
+from pipeline.triton.contract import ModelContractError, contract_problems, fetch_served_model
+from pipeline.triton.dispatcher import Dispatcher
+from pipeline.triton.lifecycle import RequestState
+from pipeline.triton.streams import StreamPool
 
 log = logging.getLogger(__name__)
 # Each of the four closing steps (final commit, consumer, producer, streams) gets at most this
@@ -224,7 +224,7 @@ class PipelineRuntime:
             operators.batch(
                 self._batch_size, lane_classifier(wiring.lane_rules(t)), wiring.lane_batch_caps(t)
             ),
-            operators.dispatch(self.dispatcher.infer, self.lanes),
+            operators.infer(self.dispatcher.infer, self.lanes),
             ops.do_action(self._observe),
             operators.enrich(wiring.output_spec(t)),
         )
@@ -321,7 +321,7 @@ class PipelineRuntime:
         self._stop.set()
 
     async def check_model(self) -> None:
-        """The served model against the topology (see dispatch/contract.py). Waits while the
+        """The served model against the topology (see triton/contract.py). Waits while the
         server cannot be reached (an outage at start is the breaker's business, like any
         other); a mismatch raises ModelContractError."""
         model, sig = self.topology.model, self.dispatcher.config.signature

@@ -3,20 +3,20 @@ runtime calls them and reads as the dataflow; a new topology key is mapped here.
 
 from __future__ import annotations
 
-from pipeline.dispatch.adaptive import AdaptiveBounds
-from pipeline.dispatch.breaker import CircuitBreaker
-from pipeline.dispatch.budget import RetryBudget
-from pipeline.dispatch.codec import ModelSignature
-from pipeline.dispatch.contract import BatchBound
-from pipeline.dispatch.dead_letter_budget import DeadLetterBudget
-from pipeline.dispatch.dispatcher import DispatchConfig
-from pipeline.dispatch.lane_guard import GuardedLane
-from pipeline.dispatch.lanes import LaneSpec
-from pipeline.dispatch.retry import RetryPolicy
+from pipeline.control.adaptive import AdaptiveBounds
+from pipeline.control.breaker import CircuitBreaker
+from pipeline.control.budget import RetryBudget
+from pipeline.control.dead_letter_budget import DeadLetterBudget
+from pipeline.control.lane_guard import GuardedLane
+from pipeline.control.lane_rules import LaneRule
+from pipeline.control.lanes import LaneSpec
+from pipeline.control.retry import RetryPolicy
 from pipeline.operators.enrich import OutputSpec
 from pipeline.operators.parse import ParseRules
-from pipeline.operators.prioritize import LaneRule
 from pipeline.topology.schema import Topology
+from pipeline.triton.codec import ModelSignature
+from pipeline.triton.contract import BatchBound
+from pipeline.triton.dispatcher import DispatchConfig
 
 
 def parse_rules(t: Topology) -> ParseRules:

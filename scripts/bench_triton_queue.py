@@ -28,10 +28,10 @@ import tritonclient.grpc.aio as grpcclient
 
 from pipeline.devstack.stack import ensure_model
 from pipeline.devstack.triton import SINGLE_THREADED_BLAS, EmbeddedTriton
-from pipeline.dispatch import codec
-from pipeline.dispatch.streams import StreamPool
 from pipeline.events import UserRequest
 from pipeline.recsys.train import scheduling_block
+from pipeline.triton import codec
+from pipeline.triton.streams import StreamPool
 
 VARIANTS = {
     "plain (shipped)": "",

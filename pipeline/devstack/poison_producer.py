@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class RawKey(str):
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:  # type: ignore[override]
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         return NOT_UTF8
 
 
@@ -36,7 +36,15 @@ def produce_undecodable(
     """Write ``count`` undecodable records to ``topic``/``partition`` from a child process;
     returns their offsets. Blocking: call it in a thread from async code."""
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.devstack.poison_producer", bootstrap, topic, str(partition), str(count)],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.devstack.poison_producer",
+            bootstrap,
+            topic,
+            str(partition),
+            str(count),
+        ],
         cwd=ROOT,
         env={**os.environ, "AIOKAFKA_NO_EXTENSIONS": "1"},
         capture_output=True,

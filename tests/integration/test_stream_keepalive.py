@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from pipeline.dispatch import codec
-from pipeline.dispatch.streams import StreamPool
 from pipeline.events import Event, RawRecord, UserRequest
+from pipeline.triton import codec
+from pipeline.triton.streams import StreamPool
 
 pytestmark = pytest.mark.integration
 IDLE_S = 45

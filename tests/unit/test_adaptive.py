@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.dispatch.adaptive import AdaptiveBounds, AdaptiveController, Knobs
+from pipeline.control.adaptive import AdaptiveBounds, AdaptiveController, Knobs
 
 BOUNDS = AdaptiveBounds()  # target 50 ms; batch 8..256 step 8; window 2..50; in flight 1..16
 MIN = Knobs(8, 2, 1)

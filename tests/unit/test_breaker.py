@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from pipeline.dispatch.breaker import BreakerState, CircuitBreaker
+from pipeline.control.breaker import BreakerState, CircuitBreaker
 
 
 class FakeClock:

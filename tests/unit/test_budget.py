@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.dispatch.budget import RetryBudget, deadline_ms, split_stale
+from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
 from pipeline.events import Event, RawRecord, UserRequest
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
-from pipeline.dispatch.codec import HISTORY_PAD, ModelSignature, decode, encode, request_id
 from pipeline.errors import BadOutput
 from pipeline.events import Recommendations, UserRequest
+from pipeline.triton.codec import HISTORY_PAD, ModelSignature, decode, encode, request_id
 
 SIG = ModelSignature(name="recommender", version="2", history_length=4, top_k=3)
 

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2
 
-from pipeline.dispatch.codec import ModelSignature
-from pipeline.dispatch.contract import (
+from pipeline.triton.codec import ModelSignature
+from pipeline.triton.contract import (
     BatchBound,
     ModelContractError,
     ServedModel,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.dispatch.dead_letter_budget import DeadLetterBudget
+from pipeline.control.dead_letter_budget import DeadLetterBudget
 
 
 class Clock:

@@ -7,10 +7,10 @@ import asyncio
 import time
 from typing import Any, NoReturn
 
-from pipeline.dispatch.codec import ModelSignature
-from pipeline.dispatch.dispatcher import DispatchConfig, Dispatcher
 from pipeline.events import Event, InferenceBatch, RawRecord, UserRequest
 from pipeline.metrics import Metrics
+from pipeline.triton.codec import ModelSignature
+from pipeline.triton.dispatcher import DispatchConfig, Dispatcher
 
 
 class RaisingStream:

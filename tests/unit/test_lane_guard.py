@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.dispatch.lane_guard import CUT, GROW_BELOW, GuardedLane, LaneGuard
+from pipeline.control.lane_guard import CUT, GROW_BELOW, GuardedLane, LaneGuard
 
 LIVE = GuardedLane("live", p99_bound_ms=100.0)
 BACKFILL = GuardedLane("backfill", min_rate=50.0, rate_step=100.0)

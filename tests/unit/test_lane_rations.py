@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
+from pipeline.control.lanes import LaneScheduler, LaneSpec
 from pipeline.events import InferenceBatch, UserRequest
 
 _seq = itertools.count()

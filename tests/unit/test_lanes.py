@@ -10,7 +10,7 @@ from collections import Counter, deque
 
 import pytest
 
-from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
+from pipeline.control.lanes import LaneScheduler, LaneSpec
 from pipeline.events import InferenceBatch
 
 

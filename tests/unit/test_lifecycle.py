@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.dispatch.lifecycle import LifecycleCounts, RequestState
+from pipeline.triton.lifecycle import LifecycleCounts, RequestState
 
 S = RequestState
 

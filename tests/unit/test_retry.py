@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from pipeline import errors
-from pipeline.dispatch.retry import RetryPolicy, classify_message, classify_status
+from pipeline.control.retry import RetryPolicy
+from pipeline.triton.classify import classify_message, classify_status
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from pipeline import errors
-from pipeline.dispatch.streams import StreamPool
+from pipeline.triton.streams import StreamPool
 
 Request = service_pb2.ModelInferRequest
 Response = service_pb2.ModelStreamInferResponse

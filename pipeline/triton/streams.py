@@ -17,7 +17,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from pipeline import errors
-from pipeline.dispatch.retry import classify_message, classify_status
+from pipeline.triton.classify import classify_message, classify_status
 
 log = logging.getLogger(__name__)
 

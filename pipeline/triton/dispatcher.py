@@ -16,14 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipeline import errors
-from pipeline.dispatch import codec
-from pipeline.dispatch.breaker import CircuitBreaker
-from pipeline.dispatch.budget import RetryBudget, deadline_ms, split_stale
-from pipeline.dispatch.lifecycle import LifecycleCounts, RequestState
-from pipeline.dispatch.retry import RetryPolicy
-from pipeline.dispatch.streams import StreamPool
+from pipeline.control.breaker import CircuitBreaker
+from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
+from pipeline.control.retry import RetryPolicy
 from pipeline.events import BatchOutcome, DeadLetter, InferenceBatch, Recommendations, UserRequest
 from pipeline.metrics import Metrics
+from pipeline.triton import codec
+from pipeline.triton.lifecycle import LifecycleCounts, RequestState
+from pipeline.triton.streams import StreamPool
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class DispatchConfig:
     signature: codec.ModelSignature
     max_in_flight: int = 8
     timeout_ms: int = 2_000
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     end_to_end_ms: int = 30_000
     drop_stale: bool = True  # stale policy: dead-letter (True) or best effort (False)
     lane_drop_stale: Mapping[str, bool] = field(default_factory=dict)  # lanes that differ

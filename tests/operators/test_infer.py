@@ -1,4 +1,4 @@
-"""dispatch: batches → outcomes through a LaneScheduler, with a fake asynchronous infer.
+"""infer: batches → outcomes through a LaneScheduler, with a fake asynchronous infer.
 
 Each test runs its own event loop (asyncio.run); the fake infer either finishes after a few
 loop turns or waits on an asyncio.Event the test sets, so the order of dispatches and
@@ -13,9 +13,9 @@ import random
 import pytest
 from reactivex.subject import Subject
 
-from pipeline.dispatch.lanes import LaneScheduler, LaneSpec
+from pipeline.control.lanes import LaneScheduler, LaneSpec
 from pipeline.events import BatchOutcome, InferenceBatch
-from pipeline.operators.dispatch import dispatch
+from pipeline.operators.infer import infer as infer_operator
 
 _seq = itertools.count()
 
@@ -89,7 +89,7 @@ class Recorder:
 def wire(infer, lanes: LaneScheduler) -> tuple[Subject, Recorder]:
     subject: Subject = Subject()
     rec = Recorder()
-    subject.pipe(dispatch(infer, lanes)).subscribe(rec.on_next, rec.on_error, rec.on_completed)
+    subject.pipe(infer_operator(infer, lanes)).subscribe(rec.on_next, rec.on_error, rec.on_completed)
     return subject, rec
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from pipeline.dispatch.codec import ModelSignature
 from pipeline.errors import Fatal
+from pipeline.triton.codec import ModelSignature
 
 INPUTS = {"USER_ID": "INT64", "HISTORY": "INT64"}
 OUTPUTS = {"ITEM_IDS": "INT64", "SCORES": "FP32"}

@@ -1,4 +1,4 @@
-"""dispatch: inference batches → outcomes, in lane order, through the asynchronous dispatcher.
+"""infer: inference batches → outcomes, in lane order, through the asynchronous dispatcher.
 
 Batches queue per lane; a LaneScheduler picks which one takes the next free inference slot
 (weights, per-lane in-flight budgets, aging, rations). The scheduler is asked again on every
@@ -16,15 +16,15 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
 
-from pipeline.dispatch.lanes import LaneScheduler
+from pipeline.control.lanes import LaneScheduler
 from pipeline.events import BatchOutcome, InferenceBatch
 
 
-def dispatch(
+def infer(
     infer: Callable[[InferenceBatch], Awaitable[BatchOutcome]],
     lanes: LaneScheduler,
 ) -> Callable[[Observable[InferenceBatch]], Observable[BatchOutcome]]:
-    def _dispatch(source: Observable[InferenceBatch]) -> Observable[BatchOutcome]:
+    def _infer(source: Observable[InferenceBatch]) -> Observable[BatchOutcome]:
         def subscribe(
             observer: abc.ObserverBase[BatchOutcome], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
@@ -83,4 +83,4 @@ def dispatch(
 
         return reactivex.create(subscribe)
 
-    return _dispatch
+    return _infer

@@ -1,12 +1,8 @@
-"""Retry policy and error classification (plain data, no I/O).
-
-Classification turns what Triton and gRPC report into the project's error classes; it is
-the only place that looks at codes and messages. Retry decisions then read ``retriable``."""
+"""What Triton and gRPC report → the project's error classes (pipeline/errors.py). The only
+place that looks at status codes and messages; retry decisions then read the class's
+``retriable`` and ``server_down`` flags."""
 
 from __future__ import annotations
-
-import random
-from dataclasses import dataclass
 
 import grpc
 
@@ -55,18 +51,3 @@ def classify_message(message: str) -> errors.InferenceError:
         if needle in lowered:
             return cls(message)
     return errors.UnknownModelError(message)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 4
-    backoff_ms: int = 50
-    max_backoff_ms: int = 2_000
-
-    def should_retry(self, error: errors.PipelineError, attempt: int) -> bool:
-        return error.retriable and attempt < self.max_attempts
-
-    def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Exponential backoff with full jitter: spreads retries of many requests apart."""
-        ceiling = min(self.max_backoff_ms, self.backoff_ms * 2 ** (attempt - 1))
-        return (rng or random).uniform(0, ceiling) / 1000.0

@@ -1,9 +1,9 @@
-"""prioritize: which lane a user's request belongs to.
+"""lane rules: which lane a user's request belongs to.
 
 Lanes are declared in the topology in order of importance, each with a match on an event
 field, a header or the source topic; a request goes to the first lane that any of its events
 matches (a purchase lifts the user's whole request), the last lane being the fallback.
-Ordering between lanes happens at dispatch (see pipeline.dispatch.lanes)."""
+Ordering between lanes happens in the lane scheduler (pipeline.control.lanes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""prioritize: LaneRule matching and the lane classifier; batching per lane."""
+"""Lane rules: LaneRule matching and the lane classifier; batching per lane."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import reactivex
 from reactivex.subject import Subject
 
+from pipeline.control.lane_rules import LaneRule, lane_classifier
 from pipeline.events import Event, RawRecord, UserRequest, Window
 from pipeline.operators.batch import batch, split_batches
-from pipeline.operators.prioritize import LaneRule, lane_classifier
 
 _offsets = itertools.count()
 
