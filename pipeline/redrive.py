@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
+from pipeline import kafka_clients
 from pipeline.kafka_io import at_end, topic_partitions
 from pipeline.operators.enrich import DLQ_HEADER_PREFIX
 from pipeline.topology.schema import Topology
@@ -24,15 +23,14 @@ def redrive_group(topology: Topology, reason: str) -> str:
 async def redrive_reason(
     topology: Topology, reason: str, dry_run: bool = False, idle_timeout_s: float = 5.0
 ) -> Counter[str]:
-    bootstrap = topology.broker.bootstrap_servers
     counts: Counter[str] = Counter()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = kafka_clients.consumer(
+        topology.broker,
+        client_suffix="-redrive",
         group_id=redrive_group(topology, reason),
-        enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    producer = kafka_clients.producer(topology.broker, client_suffix="-redrive", linger_ms=5)
     await consumer.start()
     await producer.start()
     try:

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 
+from pipeline import kafka_clients
 from pipeline.events import DeadLetter, OutputRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import dead_letter_record
@@ -70,11 +71,10 @@ class KafkaSink:
 
     @staticmethod
     def _producer(spec: Sink, broker: Broker) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=broker.bootstrap_servers,
-            client_id=f"{broker.client_id}-sink",
+        return kafka_clients.producer(
+            broker,
+            client_suffix="-sink",
             acks="all",
-            enable_idempotence=False,
             linger_ms=spec.linger_ms,
             max_batch_size=1_048_576,
             compression_type=None if spec.compression == "none" else spec.compression,

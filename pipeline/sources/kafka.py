@@ -10,9 +10,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
+from pipeline import kafka_clients
 from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics, PartitionReading
@@ -71,11 +72,9 @@ class KafkaSource:
         self._generation = 0
         self._turn = 0
         self._failed_fetches = 0  # in a row
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=broker.bootstrap_servers,
-            client_id=broker.client_id,
+        self.consumer = kafka_clients.consumer(
+            broker,
             group_id=spec.group_id,
-            enable_auto_commit=False,
             auto_offset_reset=spec.auto_offset_reset,
             max_poll_records=spec.max_poll_records,
             fetch_max_wait_ms=spec.fetch_max_wait_ms,
