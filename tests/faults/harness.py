@@ -1,57 +1,24 @@
 """Fault-case harness: the pipeline runs as a real `pipeline run` process (so it can be
-killed), events are produced at a steady rate, a fault is injected mid-stream, and the case
-ends with the audit of the topics."""
+killed; `PipelineProcess`, now in pipeline/devstack/worker.py for the soak script), events
+are produced at a steady rate, a fault is injected mid-stream, and the case ends with the
+audit of the topics."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
-import yaml
 from aiokafka import AIOKafkaProducer
 
 from pipeline.audit import Ledger, audit_topology
 from pipeline.devstack.dev import follow_outputs, live_events
-from pipeline.devstack.process import ChildProcess, free_port
+from pipeline.devstack.worker import PipelineProcess as PipelineProcess  # moved; re-exported
 from pipeline.recsys.generator import GeneratorConfig
 from pipeline.topology.schema import Topology
-from tests.integration.harness import ROOT, create_topics
-
-
-class PipelineProcess(ChildProcess):
-    """`python -m pipeline run` on a topology written to a file, with /readyz polled."""
-
-    def __init__(self, topology: Topology, workdir: Path, name: str = "pipeline") -> None:
-        self.metrics_port = free_port()
-        data = topology.model_dump(mode="json")
-        data["operations"]["metrics_port"] = self.metrics_port
-        path = workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(data))
-        super().__init__(
-            name, [sys.executable, "-m", "pipeline", "run", str(path)], workdir / f"{name}.log", cwd=ROOT
-        )
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return str(resp.read().decode())
-
-    def start_ready(self, timeout: float = 60.0) -> None:
-        self.start()
-        self.wait_until(self.ready, timeout, "ready")
+from tests.integration.harness import create_topics
 
 
 @dataclass

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +21,14 @@ from tritonclient.grpc import InferenceServerClient
 from pipeline.audit import Ledger
 from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.dev import live_events
+from pipeline.devstack.poison_producer import produce_undecodable
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.triton import EmbeddedTriton
+from pipeline.devstack.worker import PipelineProcess
 from pipeline.kafka_io import read_to_end
 from pipeline.recsys.generator import GeneratorConfig
-from tests.faults.harness import CaseResult, PipelineProcess, produce_steady, run_case, wait_for_output_after
-from tests.integration.harness import ROOT, create_topics, fresh_topology, read_values
+from tests.faults.harness import CaseResult, produce_steady, run_case, wait_for_output_after
+from tests.integration.harness import create_topics, fresh_topology, read_values
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -377,23 +377,14 @@ def test_records_the_client_cannot_decode(stack, tmp_path, pipelines) -> None:
     async def fault(result: CaseResult) -> None:
         await asyncio.sleep(1)
         for partition in (0, 1, 2):  # mid-stream, between good records of each partition
-            done = await asyncio.to_thread(
-                subprocess.run,
-                [
-                    sys.executable,
-                    "tests/faults/poison_producer.py",
-                    topology.broker.bootstrap_servers,
-                    topology.source.topics[0],
-                    str(partition),
-                    "1",
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=60,
+            offsets = await asyncio.to_thread(
+                produce_undecodable,
+                topology.broker.bootstrap_servers,
+                topology.source.topics[0],
+                partition,
+                1,
             )
-            assert done.returncode == 0, done.stderr
-            poison_offsets.extend(orjson.loads(done.stdout))
+            poison_offsets.extend(offsets)
             await asyncio.sleep(0.5)
 
     result = asyncio.run(run_case(topology, 3000, 1000, fault))

@@ -1,0 +1,67 @@
+"""A pipeline worker as a real `python -m pipeline run` process (so it can be killed, stalled
+or joined to a group), with its /readyz and /metrics: used by the fault suite and the soak."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from pipeline.devstack.process import ChildProcess, free_port
+from pipeline.topology.schema import Topology
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (/proc/<pid>/status VmRSS); None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None  # a zombie has no VmRSS
+
+
+class PipelineProcess(ChildProcess):
+    """`python -m pipeline run` on a topology written to a file, with /readyz polled."""
+
+    def __init__(self, topology: Topology, workdir: Path, name: str = "pipeline") -> None:
+        self.metrics_port = free_port()
+        self.topology = topology
+        data = topology.model_dump(mode="json")
+        data["operations"]["metrics_port"] = self.metrics_port
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        super().__init__(
+            name, [sys.executable, "-m", "pipeline", "run", str(path)], workdir / f"{name}.log", cwd=ROOT
+        )
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return str(resp.read().decode())
+
+    def start_ready(self, timeout: float = 60.0) -> None:
+        self.start()
+        self.wait_until(self.ready, timeout, "ready")
+
+    @property
+    def stop_grace_s(self) -> float:
+        """How long a SIGTERM may take: the drain, closing the clients (the CLI's 5 s margin
+        before its own hard exit) and the interpreter's exit."""
+        return self.topology.source.drain_timeout_ms / 1000.0 + 5.0 + 5.0
+
+    def rss_mb(self) -> float | None:
+        return rss_mb(self.pid) if self.alive() else None
