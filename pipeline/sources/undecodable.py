@@ -46,20 +46,29 @@ async def step_past_undecodable(
     wait_ms: int = 300,
     generation_of: Callable[[TopicPartition], int] = lambda tp: 0,
 ) -> dict[TopicPartition, list[RawRecord]]:
-    """Re-read each partition from ``starts`` one record at a time, for at most ``limit``
-    records (the failed call read no further than its own max records past a position), and
+    """Re-read each partition from ``starts`` one record at a time, up to its high watermark
+    as last seen and at most ``limit`` records (the failed call read no further than its own
+    max records past a position), and
     return what was read: good records, and a marker for each one that cannot be decoded
     (the partition is then moved past it). A partition that is not answered within
     ``wait_ms`` is left for the normal fetch: if the bad record is there, the next fetch
     fails again and this starts over, having taken what it read so far."""
     read: dict[TopicPartition, list[RawRecord]] = {}
     for tp, start in starts.items():
+        # The failed call read no further than the partition's end as it last saw it: a
+        # clean partition under live traffic is re-read that far, not followed record by
+        # record as new ones arrive (which held everything up for ~40 s in the soak).
+        end = consumer.highwater(tp)
         try:
             consumer.seek(tp, start)  # drops what the failed call buffered past our position
         except kafka_errors.IllegalStateError:
             continue  # no longer assigned: a rebalance went on meanwhile
         taken: list[RawRecord] = []
-        while len(taken) < limit and not (stop is not None and stop.is_set()):
+        while (
+            len(taken) < limit
+            and (end is None or (taken[-1].offset + 1 if taken else start) < end)
+            and not (stop is not None and stop.is_set())
+        ):
             try:
                 got = await consumer.getmany(tp, timeout_ms=wait_ms, max_records=1)
             except kafka_errors.IllegalStateError:

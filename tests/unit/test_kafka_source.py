@@ -18,6 +18,7 @@ from pipeline.offsets import OffsetTracker
 from pipeline.sources import kafka as kafka_source
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource, _Rebalance
+from pipeline.sources.undecodable import step_past_undecodable
 from pipeline.topology.schema import Broker, Source
 
 BAD = b"<undecodable>"
@@ -226,3 +227,24 @@ def test_a_fetch_error_that_retrying_cannot_fix_stops_the_source() -> None:
 
     with pytest.raises(SourceFailed, match="TopicAuthorizationFailedError"):
         asyncio.run(scenario())
+
+
+class LiveConsumer(FakeConsumer):
+    """Live traffic: every poll appends a record to partition 0."""
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None):  # type: ignore[no-untyped-def]
+        self.logs[TP0].append(b"{}")
+        return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+
+def test_stepping_past_an_undecodable_record_stops_at_each_partitions_end() -> None:
+    """Found by the soak: a clean partition under live traffic was re-read record by record
+    as new ones arrived, up to 2 x max_poll_records, holding everything for ~40 s."""
+
+    async def scenario() -> dict[TopicPartition, list[RawRecord]]:
+        consumer = LiveConsumer({TP0: [b"{}"] * 5, TP1: [b"b0", BAD, b"b2"]})
+        return await step_past_undecodable(consumer, {TP0: 2, TP1: 0}, limit=1_000)  # type: ignore[arg-type]
+
+    read = asyncio.run(scenario())
+    assert [r.offset for r in read[TP0]] == [2, 3, 4]  # up to the end seen at the failure
+    assert [(r.offset, r.undecodable is not None) for r in read[TP1]] == [(0, False), (1, True)]
