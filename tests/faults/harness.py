@@ -65,8 +65,9 @@ async def produce_steady(
             ahead = (i + 1) / rate - (time.monotonic() - start)
             if ahead > 0:
                 await asyncio.sleep(ahead)
-        for meta in await asyncio.gather(*futures):
-            ledger.add_input((meta.topic, meta.partition, meta.offset), meta.timestamp)
+        for meta, event in zip(await asyncio.gather(*futures), events, strict=True):
+            coord = (meta.topic, meta.partition, meta.offset)
+            ledger.add_input(coord, meta.timestamp, int(event["user_id"]))  # type: ignore[call-overload]
     finally:
         await producer.stop()
 

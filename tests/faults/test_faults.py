@@ -528,9 +528,11 @@ def _committed_eventually(topology, timeout_s: float = 15) -> bool:
 
 def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> None:
     """Finding 2: a 1.2 MB input's dead letter would exceed the producer's 1 MiB request
-    limit, and so would the recommendation of a user with 4,096 events of long ids in one
-    window. Neither may pin its partition: the dead letter carries a bounded copy, the
-    refused recommendation becomes dead letters of its inputs, and offsets reach the end."""
+    limit; a user with 4,500 events of long ids in one window would make a recommendation
+    past it if it listed them all; an input carrying a 1.1 MB `tracestate` (a carried
+    header) makes one that is. None may pin its partition: the dead letter carries a bounded
+    copy, the long list is capped, the refused recommendation becomes a dead letter of its
+    input (its headers bounded too), and offsets reach the end."""
     topology = fresh_topology(
         stack,
         source={"max_poll_records": 5000},
@@ -538,9 +540,10 @@ def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> Non
     )
     proc = start_pipeline(topology, tmp_path, pipelines)
     events = list(live_events(GeneratorConfig(seed=11), 4500))
-    for i, event in enumerate(events):  # one user, long ids: one huge recommendation
+    for i, event in enumerate(events):  # one user, long ids
         event["user_id"] = 4242
         event["event_id"] = f"{i:08d}-" + "x" * 240
+    carried = next(live_events(GeneratorConfig(seed=12), 1)) | {"user_id": 777_777}
 
     async def oversized(result: CaseResult) -> None:
         producer = AIOKafkaProducer(
@@ -550,24 +553,30 @@ def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> Non
         )
         await producer.start()
         try:
-            meta = await producer.send_and_wait(
-                topology.source.topics[0], b"{" + b" " * 1_200_000 + b"}", key=b"1"
-            )
-            result.ledger.add_input((meta.topic, meta.partition, meta.offset), meta.timestamp)
+            source = topology.source.topics[0]
+            big = await producer.send_and_wait(source, b"{" + b" " * 1_200_000 + b"}", key=b"1")
+            result.ledger.add_input((big.topic, big.partition, big.offset), big.timestamp)
+            header = [("tracestate", b"v" * 1_100_000)]
+            meta = await producer.send_and_wait(source, orjson.dumps(carried), key=b"777777", headers=header)
+            result.ledger.add_input((meta.topic, meta.partition, meta.offset), meta.timestamp, 777_777)
         finally:
             await producer.stop()
 
     result = asyncio.run(run_case(topology, len(events), 5000, oversized, events=events))
-    report("1.2 MB input and a 4,096-event recommendation", result)
+    report("1.2 MB input, a 4,500-event user, a 1.1 MB carried header", result)
+    assert result.audit["lost"] == 0 and result.audit["duplicates"] == 0, result.line("oversized")
     reasons = result.audit["dead_letter_reasons"]
-    assert isinstance(reasons, dict) and reasons.get("oversized") == 1, reasons
-    assert reasons.get("output_refused", 0) > 0, reasons
+    assert reasons == {"oversized": 1, "output_refused": 1}, reasons
     assert proc.alive()
     assert 'error="MessageSizeTooLargeError"' in proc.metrics()
     assert _committed_eventually(topology), "a refused record pinned its partition's offsets"
-    [big] = [
-        r
+    dead = {
+        dict(r.headers)["dlq.reason"]: r
         for r in asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
-        if dict(r.headers)["dlq.reason"] == b"oversized"
-    ]
+    }
+    big = dead[b"oversized"]
     assert len(big.value) == 900_000 and dict(big.headers)["dlq.truncated_from"] == b"1200002"
+    refused = dict(dead[b"output_refused"].headers)
+    assert refused["dlq.headers_dropped"] == b"1" and "tracestate" not in refused
+    outputs = [orjson.loads(r.value) for r in asyncio.run(read_values(topology, topology.sink.topic))]
+    assert sum(doc["source_count"] for doc in outputs if doc["user_id"] == 4242) == 4500
