@@ -8,7 +8,7 @@ behind: the lag exceeds ``--max-lag-s`` seconds of traffic, or the consumer has 
 
 Why: Tansu's memory engine answers every fetch that returns data (and every ListOffsets) by
 listing all record batches stored for the partition, and it never deletes a batch. The cost
-of a fetch grows with the batches stored; see README "The embedded broker's limits".
+of a fetch grows with the batches stored; see docs/embedded_broker.md.
 
     python scripts/broker_longrun.py --minutes 10 --rate 500            # the dev stack's tuning
     python scripts/broker_longrun.py --minutes 3 --rate 500 --linger-ms 5 --fetch-max-wait-ms 5

@@ -15,7 +15,7 @@ range) one fault, drawn at random from a shuffled deck of all of them (seeded wi
 
 A round's recovery is the time from the fault's end until every input produced before that
 end is answered (a recommendation or a dead letter). The embedded broker slows with every
-batch it stores (README: The embedded broker's limits): when its CPU over a quiet interval
+batch it stores (docs/embedded_broker.md): when its CPU over a quiet interval
 has grown by ``--recycle-growth`` of a core (or the epoch is older than ``--recycle-every``
 minutes), the soak stops feeding, waits for every event to be answered, stops the workers,
 audits the epoch, restarts the broker empty and goes on with fresh topics and new workers.

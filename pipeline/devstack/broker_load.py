@@ -51,5 +51,5 @@ class BrokerLoad:
         return (
             f"the embedded broker's CPU grew from {self.baseline:.0%} to {share:.0%} of a core in "
             f"{minutes:.0f} min: its memory engine lists every stored batch on each fetch and never "
-            "deletes one. Draining, then restarting it empty (README: The embedded broker's limits)"
+            "deletes one. Draining, then restarting it empty (docs/embedded_broker.md)"
         )

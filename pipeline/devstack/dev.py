@@ -155,7 +155,7 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     """Feed and follow the pipeline until the user stops it (or ``--events`` are accounted
     for). The embedded broker slows down with every batch it stores, so when its CPU has
     grown by ``recycle_growth`` of a core the run drains, restarts the broker empty and goes
-    on: a pause of a few seconds instead of a stall (README: The embedded broker's limits)."""
+    on: a pause of a few seconds instead of a stall (docs/embedded_broker.md)."""
     stop = asyncio.Event()  # the user's signal, or the run's end
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,7 +7,7 @@ implemented). A fetch's cost grows with the batches stored, so what the broker s
 second grows with (batches arriving per partition) x (batches stored), i.e. with the square
 of the batch rate and linearly with time. Fewer, larger batches are the lever: a producer
 that lingers gives a partition at most 1000 / linger_ms batches per second, whatever the
-event rate. Measured limits: README, "The embedded broker's limits"."""
+event rate. Measured limits: docs/embedded_broker.md."""
 
 from __future__ import annotations
 

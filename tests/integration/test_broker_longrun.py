@@ -1,7 +1,7 @@
 """The embedded broker under steady traffic with the dev stack's tuning: consumption keeps
 up and the broker's CPU does not climb. Before the tuning (linger 5 ms) the broker's CPU
 went from 14 % to 57 % of a core in 40 s at this rate and consumption stopped after ~140 s.
-The same script runs for hours by hand (README: The embedded broker's limits)."""
+The same script runs for hours by hand (docs/embedded_broker.md)."""
 
 from __future__ import annotations
 
