@@ -285,17 +285,16 @@ def input_user(value: bytes | None) -> int | None:
 async def audit_topology(topology: Topology, window: TimeRange = TimeRange()) -> dict[str, object]:
     """Read input, output and dead-letter topics of a topology to their current ends, keeping
     only the inputs produced in ``window`` and the outputs that answer them."""
-    bootstrap = topology.broker.bootstrap_servers
     books = AuditBooks()
     for topic in topology.source.topics:
-        async for rec in read_to_end(bootstrap, topic):
+        async for rec in read_to_end(topology.broker, topic):
             if window.holds(rec.timestamp_ms):
                 books.add_input(rec.topic, rec.partition, rec.offset, input_user(rec.value))
     outputs_since = None if window.since_ms is None else window.since_ms - OUTPUT_CLOCK_SLACK_MS
-    async for rec in read_to_end(bootstrap, topology.sink.topic):
+    async for rec in read_to_end(topology.broker, topology.sink.topic):
         if outputs_since is None or rec.timestamp_ms >= outputs_since:
             books.add_recommendation(rec.value or b"")
-    async for rec in read_to_end(bootstrap, topology.sink.dead_letter_topic):
+    async for rec in read_to_end(topology.broker, topology.sink.dead_letter_topic):
         if outputs_since is None or rec.timestamp_ms >= outputs_since:
             books.add_dead_letter(rec.headers)
     return books.summary()

@@ -8,15 +8,22 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from pipeline import kafka_clients
 from pipeline.events import RawRecord
 from pipeline.sources.undecodable import DECODE_ERRORS, raw, step_past_undecodable
+from pipeline.topology.schema import Broker, Topology
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+def broker_at(bootstrap: str) -> Broker:
+    """The broker section for a bare address (scripts given ``--bootstrap``)."""
+    return Broker(bootstrap_servers=bootstrap)
+
+
+async def ensure_topics(broker: Broker, topics: Iterable[str], partitions: int = 4) -> None:
+    admin = kafka_clients.admin(broker)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -32,38 +39,52 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int =
         await admin.close()
 
 
-async def read_to_end(bootstrap: str, topic: str, idle_timeout_s: float = 5.0) -> AsyncIterator[RawRecord]:
-    """Every record of ``topic`` up to its high watermark (no group). A record the client
-    cannot decode comes as a marker (``undecodable`` set) instead of stopping the read.
-
-    The end is the high watermark reported by fetches, not ListOffsets: the embedded broker
-    answers ListOffsets(latest) wrongly once records arrive in batches."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+async def ensure_topology_topics(topology: Topology, partitions: int = 4) -> None:
+    """The topology's input, output and dead-letter topics (the dev stack, tests, scripts)."""
+    sink = topology.sink
+    await ensure_topics(
+        topology.broker, [*topology.source.topics, sink.topic, sink.dead_letter_topic], partitions
     )
+
+
+async def batches_to_end(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], idle_timeout_s: float = 5.0
+) -> AsyncIterator[dict[TopicPartition, list[RawRecord]]]:
+    """Batches of ``tps`` from the consumer's positions up to the high watermarks as fetches
+    report them (not ListOffsets: the embedded broker answers ListOffsets(latest) wrongly
+    once records arrive in batches). A record the client cannot decode comes as a marker
+    (``undecodable`` set) instead of stopping the read; no progress for ``idle_timeout_s``
+    before the end raises TimeoutError."""
+    positions = {tp: await consumer.position(tp) for tp in tps}  # next offset to hand on
+    loop = asyncio.get_running_loop()
+    idle_since = loop.time()
+    while tps and not await at_end(consumer, tps):
+        try:
+            got = await consumer.getmany(*tps, timeout_ms=200)
+            batch = {tp: [raw(m) for m in messages] for tp, messages in got.items()}
+        except DECODE_ERRORS:
+            batch = await step_past_undecodable(consumer, positions, limit=10_000)
+        if any(batch.values()):
+            idle_since = loop.time()
+        elif loop.time() - idle_since > idle_timeout_s:
+            raise TimeoutError(f"{tps[0].topic}: no progress for {idle_timeout_s}s before its end")
+        for tp, records in batch.items():
+            if records:
+                positions[tp] = records[-1].offset + 1
+        if batch:
+            yield batch
+
+
+async def read_to_end(broker: Broker, topic: str, idle_timeout_s: float = 5.0) -> AsyncIterator[RawRecord]:
+    """Every record of ``topic`` from its start up to its current end, without a group."""
+    consumer = kafka_clients.consumer(broker, client_suffix="-reader", auto_offset_reset="earliest")
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)
-        if not tps:
-            return
         consumer.assign(tps)
         seek_to_start(consumer, tps)
-        positions = {tp: 0 for tp in tps}  # next offset to hand on
-        idle_since = asyncio.get_running_loop().time()
-        while not await at_end(consumer, tps):
-            try:
-                got = await consumer.getmany(timeout_ms=200)
-                batch = {tp: [raw(m) for m in messages] for tp, messages in got.items()}
-            except DECODE_ERRORS:
-                batch = await step_past_undecodable(consumer, positions, limit=10_000)
-            now = asyncio.get_running_loop().time()
-            if batch:
-                idle_since = now
-            elif now - idle_since > idle_timeout_s:
-                raise TimeoutError(f"{topic}: no progress for {idle_timeout_s}s before its end")
-            for tp, records in batch.items():
-                if records:
-                    positions[tp] = records[-1].offset + 1
+        async for batch in batches_to_end(consumer, tps, idle_timeout_s):
+            for records in batch.values():
                 for record in records:
                     yield record
     finally:

@@ -11,7 +11,7 @@ import asyncio
 from collections import Counter
 
 from pipeline import kafka_clients
-from pipeline.kafka_io import at_end, topic_partitions
+from pipeline.kafka_io import batches_to_end, topic_partitions
 from pipeline.operators.enrich import DLQ_HEADER_PREFIX
 from pipeline.topology.schema import Topology
 
@@ -35,19 +35,15 @@ async def redrive_reason(
     await producer.start()
     try:
         tps = await topic_partitions(consumer, topology.sink.dead_letter_topic)
-        consumer.assign(tps)
+        consumer.assign(tps)  # from the group's commit: what earlier runs re-drove is skipped
         inputs = set(topology.source.topics)
-        loop = asyncio.get_running_loop()
-        idle_since = loop.time()
-        while tps and not await at_end(consumer, tps):
-            batch = await consumer.getmany(timeout_ms=200)
-            if batch:
-                idle_since = loop.time()
-            elif loop.time() - idle_since > idle_timeout_s:
-                raise TimeoutError("dead-letter topic: no progress before its end")
+        async for batch in batches_to_end(consumer, tps, idle_timeout_s):
             pending = []
             for records in batch.values():
                 for rec in records:
+                    if rec.undecodable is not None:
+                        counts["undecodable"] += 1
+                        continue
                     headers = dict(rec.headers)
                     if headers.get("dlq.reason", b"").decode() != reason:
                         counts["skipped"] += 1
@@ -64,11 +60,11 @@ async def redrive_reason(
                     kept = [(k, v) for k, v in rec.headers if not k.startswith(DLQ_HEADER_PREFIX)]
                     kept.append(("redrive.from", f"{rec.topic}:{rec.partition}:{rec.offset}".encode()))
                     pending.append(await producer.send(target, rec.value, key=rec.key, headers=kept))
-            if not dry_run and batch:
+            if not dry_run:
                 # Progress is committed as it goes, each batch once its re-sends are acknowledged:
                 # a crash half-way re-sends at most one batch.
                 await asyncio.gather(*pending)
-                await consumer.commit({tp: await consumer.position(tp) for tp in batch})
+                await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items() if recs})
     finally:
         await producer.stop()
         await consumer.stop()

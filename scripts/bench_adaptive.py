@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from pipeline import kafka_clients
 from pipeline.devstack.process import ChildProcess
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
-from pipeline.kafka_io import ensure_topics, seek_to_start
+from pipeline.kafka_io import ensure_topology_topics, seek_to_start
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.topology.schema import Topology
 
@@ -116,9 +117,7 @@ async def produce(
     users: int = 50_000,
 ) -> None:
     """Produce ``steps`` rates for ``step_s`` each; inputs: coord → (produce ts ms, step)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=topology.broker.bootstrap_servers, enable_idempotence=False, linger_ms=2
-    )
+    producer = kafka_clients.producer(topology.broker, linger_ms=2)
     await producer.start()
     events = EventGenerator(GeneratorConfig(users=users, seed=int(time.time()))).events(10**9)
     try:
@@ -142,9 +141,7 @@ async def produce(
 
 
 async def collect(topology: Topology, stop: asyncio.Event, outputs: list[Output]) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=topology.broker.bootstrap_servers, enable_auto_commit=False, fetch_max_wait_ms=20
-    )
+    consumer = kafka_clients.consumer(topology.broker, fetch_max_wait_ms=20)
     await consumer.start()
     tps = [TopicPartition(topology.sink.topic, p) for p in range(4)]
     consumer.assign(tps)
@@ -169,11 +166,7 @@ async def collect(topology: Topology, stop: asyncio.Event, outputs: list[Output]
 async def run_pipeline(
     topology: Topology, load: Any, settle_s: float = 60
 ) -> tuple[dict[Coord, tuple[int, int]], list[Output]]:
-    await ensure_topics(
-        topology.broker.bootstrap_servers,
-        [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
-        4,
-    )
+    await ensure_topology_topics(topology, 4)
     # The pipeline runs as its own process, as in production: the load generator must not
     # share its event loop.
     config = WORKDIR / f"{topology.source.group_id}.yaml"

@@ -25,12 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from pipeline import kafka_clients
 from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.broker_load import process_cpu_seconds
 from pipeline.devstack.tuning import EMBEDDED_BROKER, BrokerTuning
-from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_io import broker_at, ensure_topics
 
 
 @dataclass
@@ -56,9 +56,7 @@ class LongRun:
 
 
 async def produce(run: LongRun, topic: str, counters: Counters, stop: asyncio.Event) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=run.bootstrap, enable_idempotence=False, linger_ms=run.tuning.linger_ms
-    )
+    producer = kafka_clients.producer(broker_at(run.bootstrap), linger_ms=run.tuning.linger_ms)
     await producer.start()
     started = time.monotonic()
     pending: list[asyncio.Future[object]] = []
@@ -80,11 +78,10 @@ async def produce(run: LongRun, topic: str, counters: Counters, stop: asyncio.Ev
 
 
 async def consume(run: LongRun, topic: str, counters: Counters, done: asyncio.Event) -> None:
-    consumer = AIOKafkaConsumer(
+    consumer = kafka_clients.consumer(
+        broker_at(run.bootstrap),
         topic,
-        bootstrap_servers=run.bootstrap,
         group_id=f"{topic}-group",
-        enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=run.tuning.fetch_max_wait_ms,
         max_poll_records=run.tuning.max_poll_records,
@@ -102,7 +99,7 @@ async def consume(run: LongRun, topic: str, counters: Counters, done: asyncio.Ev
 
 async def long_run(run: LongRun) -> dict[str, object]:
     topic = f"longrun-{int(time.time() * 1000)}"
-    await ensure_topics(run.bootstrap, [topic], run.partitions)
+    await ensure_topics(broker_at(run.bootstrap), [topic], run.partitions)
     counters = Counters()
     stop_producing, consumed_all = asyncio.Event(), asyncio.Event()
     producer = asyncio.create_task(produce(run, topic, counters, stop_producing))

@@ -13,13 +13,14 @@ import sys
 import time
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka_clients
+from pipeline.kafka_io import broker_at
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 
 
 async def produce(events: list[dict[str, object]], topic: str, bootstrap: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    producer = kafka_clients.producer(broker_at(bootstrap), linger_ms=5)
     await producer.start()
     try:
         futures = [

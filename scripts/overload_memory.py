@@ -21,12 +21,12 @@ from pathlib import Path
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka_clients
 from pipeline.devstack.process import ChildProcess, free_port
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
-from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_io import broker_at, ensure_topics
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +51,7 @@ def scrape(port: int) -> str:
 
 async def feed(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
     """Produce at ``rate`` events/s for ``seconds`` (rate 0: as fast as possible)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20, max_batch_size=1_048_576
-    )
+    producer = kafka_clients.producer(broker_at(bootstrap), linger_ms=20, max_batch_size=1_048_576)
     await producer.start()
     # Many distinct users: little per-user coalescing, so capacity does not grow with backlog.
     gen = EventGenerator(GeneratorConfig(users=1_000_000, seed=int(time.time())))
@@ -117,7 +115,9 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, workdir: Path) -> 
     data["source"]["credits"] = {"high_watermark": 5000, "low_watermark": 2500}
     topology_file = workdir / "overload.yaml"
     topology_file.write_text(yaml.safe_dump(data))
-    await ensure_topics(stack.broker.bootstrap, ["interactions", "recommendations", "interactions.dlq"], 4)
+    await ensure_topics(
+        broker_at(stack.broker.bootstrap), ["interactions", "recommendations", "interactions.dlq"], 4
+    )
     proc = ChildProcess(
         "pipeline",
         [sys.executable, "-m", "pipeline", "run", str(topology_file)],

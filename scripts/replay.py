@@ -22,7 +22,8 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline.kafka_io import at_end, ensure_topics, seek_to_start, topic_partitions
+from pipeline import kafka_clients
+from pipeline.kafka_io import at_end, broker_at, ensure_topics, seek_to_start, topic_partitions
 
 
 def epoch_ms(text: str) -> int:
@@ -69,8 +70,8 @@ async def high_watermarks(consumer: AIOKafkaConsumer, tps: list[TopicPartition])
 
 
 async def replay_topic(args: argparse.Namespace, producer: AIOKafkaProducer) -> int:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=args.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    consumer = kafka_clients.consumer(
+        broker_at(args.bootstrap), client_suffix="-replay", auto_offset_reset="earliest"
     )
     await consumer.start()
     sent = 0
@@ -121,8 +122,8 @@ async def replay_file(args: argparse.Namespace, producer: AIOKafkaProducer) -> i
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    await ensure_topics(args.bootstrap, [args.to], args.partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, enable_idempotence=False, linger_ms=10)
+    await ensure_topics(broker_at(args.bootstrap), [args.to], args.partitions)
+    producer = kafka_clients.producer(broker_at(args.bootstrap), client_suffix="-replay", linger_ms=10)
     await producer.start()
     try:
         return await (replay_file(args, producer) if args.file else replay_topic(args, producer))

@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka_clients
 from pipeline.audit import Coord, Ledger, audit_topology, combined_summary
 from pipeline.devstack.broker_load import BrokerLoad
 from pipeline.devstack.dev import (
@@ -67,7 +67,7 @@ from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
 from pipeline.devstack.tuning import EMBEDDED_BROKER
 from pipeline.devstack.worker import PipelineProcess, rss_mb
-from pipeline.kafka_io import ensure_topics
+from pipeline.kafka_io import ensure_topology_topics
 from pipeline.recsys.generator import GeneratorConfig
 from pipeline.topology.schema import Topology
 
@@ -250,11 +250,7 @@ class Soak:
         self.epoch += 1
         topology = EMBEDDED_BROKER.apply(Topology.model_validate(topology_on_stack(self.stack)))
         self.topologies.append(topology)
-        await ensure_topics(
-            topology.broker.bootstrap_servers,
-            [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
-            INPUT_PARTITIONS,
-        )
+        await ensure_topology_topics(topology, INPUT_PARTITIONS)
         ledger = self.books.new_epoch()
         self.follow_stop = asyncio.Event()
         self.follower = asyncio.create_task(
@@ -609,9 +605,8 @@ class Soak:
     async def bad_inputs(self, row: Row) -> None:
         topology = self.topology
         topic = topology.source.topics[0]
-        producer = AIOKafkaProducer(
-            bootstrap_servers=topology.broker.bootstrap_servers,
-            enable_idempotence=False,
+        producer = kafka_clients.producer(
+            topology.broker,
             linger_ms=EMBEDDED_BROKER.linger_ms,
             max_request_size=4_000_000,
         )

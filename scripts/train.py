@@ -16,14 +16,14 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.kafka_io import read_to_end
+from pipeline.kafka_io import broker_at, read_to_end
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.recsys.train import TrainConfig, train_and_write
 
 
 async def from_topic(topic: str, bootstrap: str) -> list[dict[str, object]]:
     events = []
-    async for record in read_to_end(bootstrap, topic):
+    async for record in read_to_end(broker_at(bootstrap), topic):
         try:
             events.append(orjson.loads(record.value or b""))
         except orjson.JSONDecodeError:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from pipeline import kafka_clients
 from pipeline.audit import Ledger, combined_summary
 from pipeline.devstack.broker_load import BrokerLoad
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.tuning import EMBEDDED_BROKER, BrokerTuning
-from pipeline.kafka_io import ensure_topics, seek_to_start
+from pipeline.kafka_io import ensure_topology_topics, seek_to_start
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
 from pipeline.topology.loader import load_topology
@@ -63,11 +64,7 @@ async def feed(
     """Produce ``events`` at ``rate`` per second (0: as fast as the producer goes). Sends are
     not awaited one by one: the producer lingers, so each partition gets few, large batches
     (the embedded broker's cost grows with the number of batches it stores)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=topology.broker.bootstrap_servers,
-        enable_idempotence=False,
-        linger_ms=tuning.linger_ms,
-    )
+    producer = kafka_clients.producer(topology.broker, client_suffix="-feed", linger_ms=tuning.linger_ms)
     await producer.start()
     topic = topology.source.topics[0]
     sent = 0
@@ -107,9 +104,9 @@ async def follow_outputs(
 ) -> None:
     """Tail the output and dead-letter topics into the ledger."""
     sink = topology.sink
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=topology.broker.bootstrap_servers,
-        enable_auto_commit=False,
+    consumer = kafka_clients.consumer(
+        topology.broker,
+        client_suffix="-follower",
         auto_offset_reset="earliest",
         fetch_max_wait_ms=tuning.follower_fetch_max_wait_ms,
     )
@@ -196,11 +193,7 @@ async def run_epoch(
 ) -> bool:
     """One broker epoch: topics, pipeline, feeder and follower. Returns whether the broker
     needs recycling (False: the run is over)."""
-    await ensure_topics(
-        topology.broker.bootstrap_servers,
-        [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
-        INPUT_PARTITIONS,
-    )
+    await ensure_topology_topics(topology, INPUT_PARTITIONS)
     runtime = PipelineRuntime(topology)
     feeding, pipeline_stop, follow_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
     pipeline_task = asyncio.create_task(runtime.run(pipeline_stop), name="pipeline")

@@ -60,9 +60,10 @@ async def produce(bootstrap: str, topic: str, partition: int, count: int) -> lis
     """In the child process only (see the module's docstring)."""
     if os.environ.get("AIOKAFKA_NO_EXTENSIONS") != "1":
         raise RuntimeError("AIOKAFKA_NO_EXTENSIONS=1 must be set before aiokafka is imported")
-    from aiokafka import AIOKafkaProducer
+    from pipeline import kafka_clients
+    from pipeline.kafka_io import broker_at
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    producer = kafka_clients.producer(broker_at(bootstrap), client_suffix="-poison")
     await producer.start()
     try:
         offsets = []

@@ -502,7 +502,7 @@ def test_a_broken_model_version_is_held_not_drained(stack, controlled_triton, tm
 async def _committed_to_the_end(topology) -> bool:
     """The group's committed offsets reached every input partition's end."""
     ends: dict[int, int] = {}
-    async for rec in read_to_end(topology.broker.bootstrap_servers, topology.source.topics[0]):
+    async for rec in read_to_end(topology.broker, topology.source.topics[0]):
         ends[rec.partition] = rec.offset + 1
     consumer = AIOKafkaConsumer(
         bootstrap_servers=topology.broker.bootstrap_servers, group_id=topology.source.group_id

@@ -15,7 +15,7 @@ from pipeline.audit import Coord, Ledger, input_user
 from pipeline.devstack.dev import follow_outputs
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
-from pipeline.kafka_io import ensure_topics, read_to_end
+from pipeline.kafka_io import ensure_topology_topics, read_to_end
 from pipeline.runtime import PipelineRuntime
 from pipeline.topology.schema import Topology
 
@@ -28,11 +28,7 @@ def fresh_topology(stack: EmbeddedStack, **sections: dict[str, Any]) -> Topology
 
 
 async def create_topics(topology: Topology, partitions: int = 4) -> None:
-    await ensure_topics(
-        topology.broker.bootstrap_servers,
-        [*topology.source.topics, topology.sink.topic, topology.sink.dead_letter_topic],
-        partitions,
-    )
+    await ensure_topology_topics(topology, partitions)
 
 
 RawIn = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
@@ -90,4 +86,4 @@ async def run_until_accounted(topology: Topology, records: list[RawIn], timeout_
 
 
 async def read_values(topology: Topology, topic: str) -> list[Any]:
-    return [rec async for rec in read_to_end(topology.broker.bootstrap_servers, topic)]
+    return [rec async for rec in read_to_end(topology.broker, topic)]

@@ -70,7 +70,7 @@ def test_outputs_carry_their_lane_and_triton_accepts_lane_priorities(stack) -> N
 
 def test_adaptive_controller_runs_on_the_real_stack(stack) -> None:
     topology = fresh_topology(stack, adaptive={"enabled": True, "interval_ms": 100, "target_p99_ms": 50})
-    asyncio.run(ensure_topics(topology.broker.bootstrap_servers, topology.source.topics, 4))
+    asyncio.run(ensure_topics(topology.broker, topology.source.topics, 4))
     records: list[RawIn] = [(str(i % 97).encode(), event(i), []) for i in range(3000)]
     run = asyncio.run(run_until_accounted(topology, records))
     assert run.ledger.summary()["lost"] == 0

@@ -53,8 +53,6 @@ def test_a_topology_that_does_not_fit_the_model_stops_at_start(
     assert last.startswith("pipeline stopped: ") and message in last, last
 
     async def dead_letters() -> int:
-        return len(
-            [r async for r in read_to_end(topology.broker.bootstrap_servers, topology.sink.dead_letter_topic)]
-        )
+        return len([r async for r in read_to_end(topology.broker, topology.sink.dead_letter_topic)])
 
     assert asyncio.run(dead_letters()) == 0

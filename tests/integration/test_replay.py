@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from pipeline.kafka_io import ensure_topics, read_to_end
+from pipeline.kafka_io import broker_at, ensure_topics, read_to_end
 from tests.integration.harness import ROOT
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def test_replay_of_a_time_range(stack) -> None:
     bootstrap = stack.broker.bootstrap
 
     async def produce() -> None:
-        await ensure_topics(bootstrap, [source], 3)
+        await ensure_topics(broker_at(bootstrap), [source], 3)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
         await producer.start()
         futures = [
@@ -67,7 +67,7 @@ def test_replay_of_a_time_range(stack) -> None:
 
     async def replayed() -> list[int]:
         out = []
-        async for rec in read_to_end(bootstrap, target):
+        async for rec in read_to_end(broker_at(bootstrap), target):
             assert dict(rec.headers)["replay.from"].startswith(source.encode())
             out.append(orjson.loads(rec.value)["n"])
         return out
