@@ -10,8 +10,7 @@ from tritonclient.grpc import service_pb2
 
 from pipeline.errors import BadOutput
 from pipeline.events import Recommendations, UserRequest
-
-HISTORY_PAD = -1
+from pipeline.recsys.scoring import HISTORY_PAD  # the model reads the same value
 
 
 @dataclass(frozen=True)
