@@ -1,5 +1,6 @@
-"""Load a topology file: YAML → environment overrides → validated, frozen Topology.
-Every failure is a TopologyError naming the file, the key path and the reason."""
+"""Load a topology file: YAML → ``${NAME}`` references → environment overrides → validated,
+frozen Topology. Every failure is a TopologyError naming the file, the key path and the
+reason (never a value: they may be secrets)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.errors import TopologyError
+from pipeline.topology.interpolate import UnsetVariable, interpolate
 from pipeline.topology.schema import Topology
 
 # Deployment addresses change per environment; the rest of a topology does not.
@@ -53,7 +55,12 @@ def parse_topology(text: str, file: str = "<string>", env: Mapping[str, str] | N
         raise TopologyError(file, where, f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(data, dict):
         raise TopologyError(file, "", f"expected a mapping at the top, got {type(data).__name__}")
-    _apply_overrides(data, os.environ if env is None else env)
+    environment = os.environ if env is None else env
+    try:
+        data = interpolate(data, environment)
+    except UnsetVariable as exc:
+        raise TopologyError(file, exc.path, str(exc)) from None
+    _apply_overrides(data, environment)
     try:
         return Topology.model_validate(data)
     except ValidationError as exc:
