@@ -6,9 +6,10 @@ change; a unit test fails while it is stale)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class Node(BaseModel):
@@ -33,13 +34,89 @@ class Credits(Node):
         return self
 
 
+class Tls(Node):
+    """TLS to a server: which authorities to trust, and this client's own certificate for
+    mutual TLS. Paths are read at start; a file that cannot be read stops the process."""
+
+    ca_file: Path | None = Field(None, description="PEM file of the authorities to trust; none: the system's")
+    cert_file: Path | None = Field(None, description="PEM client certificate (mutual TLS), with key_file")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    key_password: SecretStr | None = Field(
+        None, description="password of key_file (prefer key_password_file)"
+    )
+    key_password_file: Path | None = Field(None, description="file holding the password of key_file")
+    check_hostname: bool = Field(True, description="check that the server's certificate names its host")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Tls:
+        """cert_file and key_file go together; a password comes from one place."""
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.key_password is not None and self.key_password_file is not None:
+            raise ValueError("key_password and key_password_file: give one")
+        return self
+
+
+class Sasl(Node):
+    """SASL authentication to Kafka. Secrets come from the environment (``${NAME}``) or from
+    mounted files (``*_file``), never from the YAML itself."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism"
+    )
+    username: str | None = Field(None, description="user (PLAIN, SCRAM)")
+    password: SecretStr | None = Field(None, description="password (PLAIN, SCRAM); prefer password_file")
+    password_file: Path | None = Field(None, description="file holding the password (PLAIN, SCRAM)")
+    oauth_token_file: Path | None = Field(
+        None, description="OAUTHBEARER: file holding the token, read again when it changes"
+    )
+    oauth_token_command: list[str] | None = Field(
+        None, description="OAUTHBEARER: command whose output is the token, run again after oauth_token_ttl_s"
+    )
+    oauth_token_ttl_s: float = Field(
+        300.0, gt=0, description="OAUTHBEARER: how long a command's token is used"
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Sasl:
+        """PLAIN and SCRAM need a username and one password; OAUTHBEARER one token source."""
+        if self.mechanism == "OAUTHBEARER":
+            if (self.oauth_token_file is None) == (self.oauth_token_command is None):
+                raise ValueError("OAUTHBEARER needs one of oauth_token_file and oauth_token_command")
+        else:
+            if not self.username:
+                raise ValueError(f"{self.mechanism} needs a username")
+            if (self.password is None) == (self.password_file is None):
+                raise ValueError(f"{self.mechanism} needs one of password and password_file")
+        return self
+
+
 class Broker(Node):
-    """The Kafka cluster (env PIPELINE_BOOTSTRAP_SERVERS overrides the address)."""
+    """The Kafka cluster (env PIPELINE_BOOTSTRAP_SERVERS overrides the address) and how to
+    connect to it: every Kafka client of the project takes these."""
 
     bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers")
     client_id: str = Field(
         "recommendation-pipeline", description="Kafka client id of the consumer (the producers add -sink)"
     )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol"
+    )
+    tls: Tls = Field(Tls(), description="TLS settings (SSL, SASL_SSL)")
+    sasl: Sasl | None = Field(None, description="SASL settings (SASL_PLAINTEXT, SASL_SSL)")
+
+    @model_validator(mode="after")
+    def _protocol_fits(self) -> Broker:
+        """A SASL protocol needs a sasl section; a sasl section needs a SASL protocol."""
+        uses_sasl = self.security_protocol.startswith("SASL_")
+        if uses_sasl and self.sasl is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs a sasl section")
+        if not uses_sasl and self.sasl is not None:
+            raise ValueError(
+                f"a sasl section needs security_protocol SASL_PLAINTEXT or SASL_SSL, "
+                f"not {self.security_protocol}"
+            )
+        return self
 
 
 class Source(Node):
@@ -277,6 +354,10 @@ class Model(Node):
         description="gRPC keepalive ping period. Triton's default server policy closes a connection "
         "(GOAWAY too_many_pings) pinged more often than every 300 s while idle: go lower only for "
         "servers started with a lower --grpc-http2-min-recv-ping-interval-without-data",
+    )
+    tls: Tls | None = Field(None, description="TLS to Triton (--grpc-use-ssl); none: plaintext gRPC")
+    headers: dict[str, SecretStr] = Field(
+        {}, description="extra gRPC request headers, e.g. a token for a gateway in front of Triton"
     )
     retry: Retry = Retry()
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()

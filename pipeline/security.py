@@ -1,0 +1,159 @@
+"""Credentials and TLS for the connections the pipeline makes: Kafka (TLS, SASL PLAIN, SCRAM,
+OAUTHBEARER) and Triton (TLS, mutual TLS, request headers).
+
+Secrets are read at start from the environment (through ``${NAME}`` in the topology) or
+from mounted files, and never logged. A file that cannot be read, a certificate or key that
+does not load, a token command that fails: each stops the process at start with one
+message naming the topology key (exit 2), instead of a retry loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiokafka.abc import AbstractTokenProvider
+from pydantic import SecretStr
+
+from pipeline.errors import Fatal
+from pipeline.topology.schema import Broker, Sasl, Tls
+
+TOKEN_COMMAND_TIMEOUT_S = 30.0
+
+
+class CredentialsError(Fatal):
+    """A credential or certificate the topology names cannot be used (exit 2)."""
+
+    exit_code = 2
+    reason = "credentials"
+
+
+def _read(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CredentialsError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
+    """A secret given inline (from ``${NAME}``) or in a file (trailing newline dropped)."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return _read(file, f"{key}_file").decode().rstrip("\r\n")
+    return None
+
+
+def kafka_ssl_context(tls: Tls, key: str = "broker.tls") -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    for name in ("ca_file", "cert_file", "key_file"):  # a missing file, named by its key
+        path = getattr(tls, name)
+        if path is not None:
+            _read(path, f"{key}.{name}")
+    try:
+        if tls.ca_file is not None:
+            context.load_verify_locations(cafile=str(tls.ca_file))
+        if tls.cert_file is not None and tls.key_file is not None:
+            password = secret(tls.key_password, tls.key_password_file, f"{key}.key_password")
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=password)
+    except (ssl.SSLError, OSError) as exc:
+        raise CredentialsError(f"{key}: the certificate or key does not load: {exc}") from None
+    context.check_hostname = tls.check_hostname  # verify_mode stays CERT_REQUIRED either way
+    return context
+
+
+class FileToken(AbstractTokenProvider):  # type: ignore[misc]
+    """OAUTHBEARER token from a mounted file, read again whenever the file changes (a
+    sidecar or the platform refreshes it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: float | None = None
+        self._token = ""
+
+    async def token(self) -> str:
+        try:
+            stamp = self.path.stat().st_mtime
+        except OSError as exc:
+            raise CredentialsError(f"broker.sasl.oauth_token_file: cannot read {self.path}: {exc}") from None
+        if stamp != self._stamp:
+            self._token = _read(self.path, "broker.sasl.oauth_token_file").decode().strip()
+            self._stamp = stamp
+        return self._token
+
+
+class CommandToken(AbstractTokenProvider):  # type: ignore[misc]
+    """OAUTHBEARER token printed by a command (a cloud CLI, a vault agent), run again once
+    the last token is ``ttl_s`` old."""
+
+    def __init__(self, command: list[str], ttl_s: float) -> None:
+        self.command = command
+        self.ttl_s = ttl_s
+        self._token = ""
+        self._at = -float("inf")
+
+    async def token(self) -> str:
+        if time.monotonic() - self._at < self.ttl_s and self._token:
+            return self._token
+        proc = await asyncio.create_subprocess_exec(
+            *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), TOKEN_COMMAND_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            raise CredentialsError(
+                f"broker.sasl.oauth_token_command: no token after {TOKEN_COMMAND_TIMEOUT_S:.0f} s"
+            ) from None
+        if proc.returncode != 0 or not out.strip():
+            raise CredentialsError(
+                f"broker.sasl.oauth_token_command exited {proc.returncode}: "
+                f"{err.decode(errors='replace').strip()[-300:]}"
+            )
+        self._token, self._at = out.decode().strip(), time.monotonic()
+        return self._token
+
+
+def _sasl_options(sasl: Sasl) -> dict[str, Any]:
+    options: dict[str, Any] = {"sasl_mechanism": sasl.mechanism}
+    if sasl.mechanism == "OAUTHBEARER":
+        if sasl.oauth_token_file is not None:
+            options["sasl_oauth_token_provider"] = FileToken(sasl.oauth_token_file)
+        elif sasl.oauth_token_command is not None:
+            options["sasl_oauth_token_provider"] = CommandToken(
+                sasl.oauth_token_command, sasl.oauth_token_ttl_s
+            )
+        return options
+    options["sasl_plain_username"] = sasl.username
+    options["sasl_plain_password"] = secret(sasl.password, sasl.password_file, "broker.sasl.password")
+    return options
+
+
+def kafka_security(broker: Broker) -> dict[str, Any]:
+    """aiokafka's security options for every client of ``broker``."""
+    options: dict[str, Any] = {"security_protocol": broker.security_protocol}
+    if broker.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = kafka_ssl_context(broker.tls)
+    if broker.sasl is not None:
+        options.update(_sasl_options(broker.sasl))
+    return options
+
+
+def grpc_credentials(tls: Tls, key: str = "model.tls") -> grpc.ChannelCredentials:
+    """Channel credentials for Triton's --grpc-use-ssl (and --grpc-use-ssl-mutual)."""
+    if not tls.check_hostname:
+        raise CredentialsError(f"{key}.check_hostname: gRPC always checks the server's name")
+    if tls.key_password is not None or tls.key_password_file is not None:
+        raise CredentialsError(f"{key}.key_password: gRPC takes an unencrypted key_file only")
+    root = _read(tls.ca_file, f"{key}.ca_file") if tls.ca_file is not None else None
+    chain = _read(tls.cert_file, f"{key}.cert_file") if tls.cert_file is not None else None
+    private = _read(tls.key_file, f"{key}.key_file") if tls.key_file is not None else None
+    return grpc.ssl_channel_credentials(root_certificates=root, private_key=private, certificate_chain=chain)
+
+
+def grpc_metadata(headers: dict[str, SecretStr]) -> tuple[tuple[str, str], ...]:
+    """Extra request headers for every call to Triton (gRPC wants lower-case names)."""
+    return tuple((name.lower(), value.get_secret_value()) for name, value in headers.items())
