@@ -1,6 +1,6 @@
 """The one way to build a Kafka client: every consumer, producer and admin client the project
-makes gets its connection options (address, client id; security settings belong here too)
-from the topology's broker section, and only its role's options from the caller."""
+makes gets its connection options (address, client id, TLS, SASL) from the topology's
+broker section, and only its role's options from the caller."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from pipeline.security import kafka_security
 from pipeline.topology.schema import Broker
 
 
 def connection(broker: Broker, client_suffix: str = "") -> dict[str, Any]:
-    """Options every client of this cluster shares."""
+    """Options every client of this cluster shares: address, client id, TLS and SASL."""
     return {
         "bootstrap_servers": broker.bootstrap_servers,
         "client_id": broker.client_id + client_suffix,
+        **kafka_security(broker),
     }
 
 

@@ -38,6 +38,7 @@ from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
 from pipeline.operators.enrich import dead_letters_batch
 from pipeline.operators.parse import ParsedBatch
+from pipeline.security import CredentialsError, grpc_credentials, grpc_metadata
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
@@ -92,8 +93,14 @@ class PipelineRuntime:
         )
         self.source = KafkaSource(t.source, t.broker, self.tracker, self.credits, self.metrics)
         # Triton side: the stream pool and the dispatcher, lanes in front of it
+        model = t.model
         self.pool = StreamPool(
-            t.model.url, t.model.streams, t.model.recycle_stream_after, t.model.keepalive_ms
+            model.url,
+            model.streams,
+            model.recycle_stream_after,
+            model.keepalive_ms,
+            grpc_credentials(model.tls) if model.tls is not None else None,  # unreadable: exit 2
+            grpc_metadata(model.headers),
         )
         self.dispatcher = Dispatcher(
             self.pool,
@@ -327,9 +334,16 @@ class PipelineRuntime:
         model, sig = self.topology.model, self.dispatcher.config.signature
         for attempt in itertools.count():
             try:
-                served = await fetch_served_model(self.pool.stub, model.name, model.version)
+                served = await fetch_served_model(
+                    self.pool.stub, model.name, model.version, metadata=self.pool.metadata
+                )
                 break
             except grpc.aio.AioRpcError as exc:
+                if model.tls is not None and "handshake" in (exc.details() or "").lower():
+                    # An untrusted or mismatched certificate: waiting will not change it.
+                    raise CredentialsError(
+                        f"model.tls: the TLS handshake with Triton at {model.url} failed: {exc.details()}"
+                    ) from None
                 if attempt % CONTRACT_LOG_EVERY == 0:  # a long outage: a line now and then, not a flood
                     log.warning(
                         "model contract not checked yet, Triton at %s: %s", model.url, exc.code().name

@@ -14,6 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from pipeline.errors import Fatal
 from pipeline.triton.codec import ModelSignature
+from pipeline.triton.streams import Metadata
 
 INPUTS = {"USER_ID": "INT64", "HISTORY": "INT64"}
 OUTPUTS = {"ITEM_IDS": "INT64", "SCORES": "FP32"}
@@ -96,31 +97,42 @@ def _names(model: ServedModel) -> str:
     return ", ".join(sorted([*model.inputs, *model.outputs])) or "none"
 
 
-async def _server_ready(stub: service_pb2_grpc.GRPCInferenceServiceStub, timeout_s: float) -> bool:
+async def _server_ready(
+    stub: service_pb2_grpc.GRPCInferenceServiceStub, timeout_s: float, metadata: Metadata
+) -> bool:
     """Triton is not ready until every model it was started with has loaded."""
+    request = service_pb2.ServerReadyRequest()
     try:
-        return bool((await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout_s)).ready)
+        return bool((await stub.ServerReady(request, timeout=timeout_s, metadata=metadata or None)).ready)
     except grpc.aio.AioRpcError:
         return False
 
 
 async def fetch_served_model(
-    stub: service_pb2_grpc.GRPCInferenceServiceStub, name: str, version: str, timeout_s: float = 5.0
+    stub: service_pb2_grpc.GRPCInferenceServiceStub,
+    name: str,
+    version: str,
+    timeout_s: float = 5.0,
+    metadata: Metadata = (),
 ) -> ServedModel:
     """The model's metadata and config from the server. A model a ready server does not have
     is a ModelContractError; an unreachable or still starting server raises grpc's own error
     (the caller waits)."""
     try:
         meta = await stub.ModelMetadata(
-            service_pb2.ModelMetadataRequest(name=name, version=version), timeout=timeout_s
+            service_pb2.ModelMetadataRequest(name=name, version=version),
+            timeout=timeout_s,
+            metadata=metadata or None,
         )
         config = await stub.ModelConfig(
-            service_pb2.ModelConfigRequest(name=name, version=version), timeout=timeout_s
+            service_pb2.ModelConfigRequest(name=name, version=version),
+            timeout=timeout_s,
+            metadata=metadata or None,
         )
     except grpc.aio.AioRpcError as exc:
         if exc.code() in WAIT_FOR:
             raise
-        if exc.code() == grpc.StatusCode.NOT_FOUND and not await _server_ready(stub, timeout_s):
+        if exc.code() == grpc.StatusCode.NOT_FOUND and not await _server_ready(stub, timeout_s, metadata):
             raise  # a server still loading its models (started with us): waited for
         if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             raise ModelContractError(

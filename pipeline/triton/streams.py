@@ -31,25 +31,38 @@ _CLOSE = None  # sentinel on a stream's send queue
 TRITON_MIN_PING_INTERVAL_MS = 300_000
 
 
-def open_channel(url: str, keepalive_ms: int = TRITON_MIN_PING_INTERVAL_MS) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
-        url,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", keepalive_ms),
-            ("grpc.keepalive_timeout_ms", 20_000),
-        ],
-    )
+Metadata = tuple[tuple[str, str], ...]  # extra request headers (a gateway's token)
+
+
+def open_channel(
+    url: str,
+    keepalive_ms: int = TRITON_MIN_PING_INTERVAL_MS,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> grpc.aio.Channel:
+    """Plaintext, or TLS with ``credentials`` (Triton's --grpc-use-ssl)."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+    if credentials is None:
+        return grpc.aio.insecure_channel(url, options=options)
+    return grpc.aio.secure_channel(url, credentials, options=options)
 
 
 class TritonStream:
     """One bidirectional stream; opened lazily, re-opened after a break."""
 
     def __init__(
-        self, stub: service_pb2_grpc.GRPCInferenceServiceStub, index: int, recycle_after: int
+        self,
+        stub: service_pb2_grpc.GRPCInferenceServiceStub,
+        index: int,
+        recycle_after: int,
+        metadata: Metadata = (),
     ) -> None:
         self.stub = stub
+        self.metadata = metadata
         self.index = index
         self.recycle_after = recycle_after
         self.pending: dict[str, asyncio.Future[service_pb2.ModelInferResponse]] = {}
@@ -69,7 +82,7 @@ class TritonStream:
             while (item := await queue.get()) is not _CLOSE:
                 yield item
 
-        call = self.stub.ModelStreamInfer(requests())
+        call = self.stub.ModelStreamInfer(requests(), metadata=self.metadata or None)
         self._queue = queue
         self._sent_on_current = 0
         self.opens += 1
@@ -150,11 +163,14 @@ class StreamPool:
         streams: int,
         recycle_after: int = 100_000,
         keepalive_ms: int = TRITON_MIN_PING_INTERVAL_MS,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Metadata = (),
     ) -> None:
         self.url = url
-        self._channel = open_channel(url, keepalive_ms)
+        self.metadata = metadata
+        self._channel = open_channel(url, keepalive_ms, credentials)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        self.streams = [TritonStream(self.stub, i, recycle_after) for i in range(streams)]
+        self.streams = [TritonStream(self.stub, i, recycle_after, metadata) for i in range(streams)]
 
     def pick(self) -> TritonStream:
         return min(self.streams, key=lambda s: s.load)
@@ -162,7 +178,9 @@ class StreamPool:
     async def model_ready(self, name: str, version: str = "", timeout_s: float = 2.0) -> bool:
         try:
             resp = await self.stub.ModelReady(
-                service_pb2.ModelReadyRequest(name=name, version=version), timeout=timeout_s
+                service_pb2.ModelReadyRequest(name=name, version=version),
+                timeout=timeout_s,
+                metadata=self.metadata or None,
             )
         except grpc.aio.AioRpcError:
             return False

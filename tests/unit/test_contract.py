@@ -69,12 +69,12 @@ class _Stub:
     def __init__(self, server_ready: bool) -> None:
         self.server_ready = server_ready
 
-    async def ModelMetadata(self, request: object, timeout: float) -> NoReturn:
+    async def ModelMetadata(self, request: object, timeout: float, metadata: object = None) -> NoReturn:
         raise grpc.aio.AioRpcError(
             grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "unknown model"
         )
 
-    async def ServerReady(self, request: object, timeout: float) -> object:
+    async def ServerReady(self, request: object, timeout: float, metadata: object = None) -> object:
         return service_pb2.ServerReadyResponse(ready=self.server_ready)
 
 
