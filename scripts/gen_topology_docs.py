@@ -43,6 +43,11 @@ ones. `pipeline validate FILE...` exits 0 when every file is valid and 2 otherwi
 `file: key.path: reason` for each problem. Unknown keys are errors. `pipeline run` refuses an
 invalid file the same way (exit 2) before it connects to anything.
 
+Any string value may hold `${NAME}` (or `${NAME:-default}`; `$${` is a literal `${`),
+replaced by the environment variable after the YAML is read: secrets and per-environment
+values stay out of the file. An unset variable without a default is a validation error
+naming its key.
+
 These environment variables override the file (deployment addresses change per environment;
 the rest of a topology does not):
 
