@@ -1,4 +1,4 @@
-"""`pipeline` command: run, validate, dev, audit."""
+"""`pipeline` command: run, validate, dev, audit, redrive, schema."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import os
 import signal
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import orjson
 
+from pipeline import logs
 from pipeline.errors import Fatal, TopologyError
 from pipeline.topology.loader import all_problems, load_topology
 
@@ -20,13 +22,8 @@ DEFAULT_TOPOLOGY = Path("topologies/recommendations.yaml")
 log = logging.getLogger("pipeline")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+def _setup_logging(args: argparse.Namespace, default_level: str = "INFO") -> None:
+    logs.setup(args.log_level or default_level, args.log_format)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -98,14 +95,14 @@ def _hard_exit(budget_s: float) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology)
-    _setup_logging(topology.operations.log_level)
+    _setup_logging(args, topology.operations.log_level)
     return asyncio.run(_serve(args.topology))
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.devstack.dev import DevOptions, main
 
-    _setup_logging("INFO")
+    _setup_logging(args)
     load_topology(args.topology)  # fail fast on a bad file, before starting anything
     summary = main(
         DevOptions(
@@ -125,6 +122,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from pipeline.audit import TimeRange, audit_topology, parse_instant
 
+    _setup_logging(args, "WARNING")
     now_ms = time.time_ns() // 1_000_000
     try:
         window = TimeRange(
@@ -142,24 +140,53 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_redrive(args: argparse.Namespace) -> int:
     from pipeline.redrive import redrive
 
+    _setup_logging(args, "WARNING")
     report = asyncio.run(redrive(load_topology(args.topology), args.reason, args.dry_run))
     print(orjson.dumps(report).decode())
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pipeline.topology.schema import Topology
+
+    print(orjson.dumps(Topology.model_json_schema(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("recommendation-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log lines as text or JSON"
+    )
+    common.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="default: the topology's operations.log_level for run, INFO for dev, WARNING otherwise",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run the pipeline of a topology until SIGTERM")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    p = command("run", "run the pipeline of a topology until SIGTERM")
     p.add_argument("topology", type=Path)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check topology files; exit 2 if any is invalid")
+    p = command("validate", "check topology files; exit 2 if any is invalid")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("dev", help="run everything on the embedded broker and Triton")
+    p = command("dev", "run everything on the embedded broker and Triton")
     p.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
     p.add_argument("--workdir", type=Path, default=Path("var/devstack"))
     p.add_argument(
@@ -179,13 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("audit", help="account for every input event of a topology")
+    p = command("audit", "account for every input event of a topology")
     p.add_argument("topology", type=Path)
     p.add_argument("--since", help="inputs produced from: ISO 8601 time or ago (90m, 2h, 7d)")
     p.add_argument("--until", help="inputs produced before: ISO 8601 time or ago")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("redrive", help="re-send dead letters of chosen reasons to the input")
+    p = command("redrive", "re-send dead letters of chosen reasons to the input")
     p.add_argument("topology", type=Path)
     p.add_argument(
         "--reason",
@@ -195,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="count only, send nothing")
     p.set_defaults(func=cmd_redrive)
+    p = command("schema", "print the topology files' JSON Schema (for editors)")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -1,0 +1,42 @@
+"""The command line: --version, schema, JSON logs."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+
+from pipeline import logs
+from pipeline.cli import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("pipeline 0.")
+
+
+def test_schema_is_the_topology_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = orjson.loads(capsys.readouterr().out)
+    assert schema["title"] == "Topology"
+    assert {"broker", "source", "sink", "model"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+def test_json_logs_are_one_object_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        logs.setup("INFO", "json")
+        logging.getLogger("pipeline.test").info("assigned %d partitions", 4)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("pipeline.test").exception("failed")
+    finally:
+        logs.setup("WARNING", "text")
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert lines[0]["message"] == "assigned 4 partitions" and lines[0]["level"] == "INFO"
+    assert lines[0]["logger"] == "pipeline.test" and lines[0]["ts"].endswith("Z")
+    assert "ValueError: boom" in lines[1]["exception"]
