@@ -7,11 +7,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+disable_created_metrics()  # no *_created series beside every counter and histogram
+
+# Up to the longest deadline a request can have (deadline.end_to_end_ms, 30 s by default).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class PartitionReading(NamedTuple):
@@ -51,33 +61,51 @@ class PartitionCollector(Collector):
         yield from (lag, committed, age)
 
 
+class CallbackCounter(Collector):
+    """A counter whose values are read from the code's own counts at scrape time (the
+    dispatcher's lifecycle counts), one series per label value."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.reads: dict[str, Callable[[], float]] = {}
+
+    def watch(self, value: str, read: Callable[[], float]) -> None:
+        self.reads[value] = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, read in self.reads.items():
+            family.add_metric([value], read())
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events_consumed = Counter(
-            "pipeline_events_consumed",
+            "pipeline_events_consumed_total",
             "Records taken from the source topics",
             ["topic"],
             registry=r,
         )
         self.events_finished = Counter(
-            "pipeline_events_finished",
+            "pipeline_events_finished_total",
             "Events finished: recommended or dead-lettered, and acked",
             registry=r,
         )
         self.recommendations = Counter(
-            "pipeline_recommendations",
+            "pipeline_recommendations_total",
             "Recommendation events acknowledged by the broker",
             registry=r,
         )
         self.dead_letters = Counter(
-            "pipeline_dead_letters",
+            "pipeline_dead_letters_total",
             "Events written to the dead-letter topic",
             ["reason"],
             registry=r,
         )
         self.duplicate_events = Counter(
-            "pipeline_duplicate_events",
+            "pipeline_duplicate_events_total",
             "Events whose id repeated inside a window (coalesced)",
             registry=r,
         )
@@ -103,34 +131,34 @@ class Metrics:
         )
         self.knobs = Gauge(
             "pipeline_adaptive_knob",
-            "Batch size, window ms and in-flight limit in force",
+            "Knobs in force: batch_size (rows), window_seconds, in_flight (requests)",
             ["knob"],
             registry=r,
         )
         self.lane_rate = Gauge(
             "pipeline_lane_rate_limit_rows_per_second",
-            "A lane's ration set by the lane guard (-1: not rationed)",
+            "A lane's ration set by the lane guard (no series: not rationed)",
             ["lane"],
             registry=r,
         )
         self.retries = Counter(
-            "pipeline_inference_retries",
+            "pipeline_inference_retries_total",
             "Inference attempts retried",
             ["model", "reason"],
             registry=r,
         )
         self.request_state = Gauge(
-            "inference_requests_in_state",
+            "pipeline_inference_requests_in_state",
             "Inference requests now in each lifecycle state",
             ["state"],
             registry=r,
         )
-        self.request_state_entered = Gauge(
-            "inference_requests_entered_state",
-            "Inference requests that ever entered each state",
-            ["state"],
-            registry=r,
+        self.request_state_entered = CallbackCounter(
+            "pipeline_inference_requests_entered",
+            "Inference requests that entered each lifecycle state",
+            "state",
         )
+        r.register(self.request_state_entered)
         self.request_queue_size = Gauge(
             "request_queue_size", "Batches waiting for an inference slot", registry=r
         )
@@ -195,7 +223,9 @@ class Metrics:
             "1 while work waits and nothing finishes (stall watchdog)",
             registry=r,
         )
-        self.committed = Counter("pipeline_offset_commits", "Offset commits sent to the broker", registry=r)
+        self.committed = Counter(
+            "pipeline_offset_commits_total", "Offset commits sent to the broker", registry=r
+        )
 
     def watch_partitions(self, read: Callable[[], Iterable[PartitionReading]]) -> None:
         self.registry.register(PartitionCollector(read))

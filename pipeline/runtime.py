@@ -13,6 +13,7 @@ is the only module that knows both the topology and the operators."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -143,7 +144,7 @@ class PipelineRuntime:
         lifecycle = self.dispatcher.lifecycle
         for state in RequestState:
             m.request_state.labels(state.value).set_function(_count_of(lifecycle.current, state))
-            m.request_state_entered.labels(state.value).set_function(_count_of(lifecycle.entered, state))
+            m.request_state_entered.watch(state.value, _count_of(lifecycle.entered, state))
         # Batches queue in the lane scheduler (not at the dispatcher), so that is what the
         # article's request_queue_size reports.
         m.request_queue_size.set_function(lambda: self.lanes.queued)
@@ -194,7 +195,11 @@ class PipelineRuntime:
     def _apply_rations(self, rates: dict[str, float | None]) -> None:
         for lane, rate in rates.items():
             self.lanes.set_rate(lane, rate)
-            self.metrics.lane_rate.labels(lane).set(-1 if rate is None else rate)
+            if rate is not None:
+                self.metrics.lane_rate.labels(lane).set(rate)
+            else:
+                with contextlib.suppress(KeyError):  # no series: not rationed
+                    self.metrics.lane_rate.remove(lane)
 
     async def _control_loop(self, stop: asyncio.Event) -> None:
         assert self.controller is not None
@@ -210,7 +215,7 @@ class PipelineRuntime:
                     knobs.in_flight,
                 )
             self.metrics.knobs.labels("batch_size").set(knobs.batch_size)
-            self.metrics.knobs.labels("window_ms").set(knobs.window_ms)
+            self.metrics.knobs.labels("window_seconds").set(knobs.window_ms / 1000.0)
             self.metrics.knobs.labels("in_flight").set(knobs.in_flight)
 
     def _build_graph(self, records: Subject[list[RawRecord]]) -> reactivex.Observable[SinkBatch]:
