@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from pipeline.devstack.stack import EmbeddedStack
+from pipeline.devstack.tuning import EMBEDDED_BROKER
 
 SHIPPED = Path(__file__).resolve().parents[2] / "topologies" / "recommendations.yaml"
 
@@ -16,12 +17,16 @@ SHIPPED = Path(__file__).resolve().parents[2] / "topologies" / "recommendations.
 def topology_on_stack(
     stack: EmbeddedStack, fresh: bool = True, base: Path = SHIPPED, **sections: dict[str, Any]
 ) -> dict[str, Any]:
-    """``base`` as a dict, with the stack's broker and Triton addresses; ``fresh``: on new
+    """``base`` as a dict, with the stack's broker and Triton addresses and the embedded
+    broker's fetch wait; ``fresh``: on new
     topics and a new group (so runs on one broker never meet). Each keyword merges into that
     section. Returns the dict, for further edits before validation."""
     data: dict[str, Any] = yaml.safe_load(base.read_text())
     data["broker"]["bootstrap_servers"] = stack.broker.bootstrap
     data["model"]["url"] = stack.triton.grpc_url
+    # The shipped topologies are for real Kafka; the embedded broker answers a fetch only at
+    # its max wait, even with data ready (devstack/tuning.py).
+    data["source"]["fetch_max_wait_ms"] = EMBEDDED_BROKER.fetch_max_wait_ms
     if fresh:
         tag = uuid.uuid4().hex[:8]
         data["source"].update({"topics": [f"in-{tag}"], "group_id": f"g-{tag}"})
