@@ -136,8 +136,8 @@ class Source(Node):
     fetch_max_wait_ms: int = Field(
         50,
         ge=0,
-        description="broker's wait for data per fetch (the embedded Tansu broker always waits this long, "
-        "so the live topology uses 5; Kafka answers as soon as data is there)",
+        description="broker's wait for data per fetch (Kafka answers as soon as data is there; the "
+        "embedded Tansu broker always waits this long, so the dev stack sets 5)",
     )
     max_event_bytes: int = Field(65_536, gt=0, description="larger events are dead-lettered (`oversized`)")
     commit_interval_ms: int = Field(500, gt=0, description="how often finished offsets are committed")
