@@ -3,6 +3,8 @@ with the source records it finishes once the broker has acknowledged it."""
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,9 +124,22 @@ def recommendation_value(
     )
 
 
+_TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def continue_trace(traceparent: bytes) -> bytes:
+    """W3C trace context: the recommendation continues its input's trace (same trace id and
+    flags) as a span of its own (a new parent id). A value that is not a valid traceparent is
+    carried as it came."""
+    match = _TRACEPARENT.match(traceparent)
+    if match is None or match[1] == b"ff" or match[2] == b"0" * 32:
+        return traceparent
+    return b"-".join((match[1], match[2], secrets.token_hex(8).encode(), match[4]))
+
+
 def _carried(row: UserRequest, names: frozenset[str]) -> Headers:
     latest = row.events[-1].source.headers
-    return tuple((k, v) for k, v in latest if k in names)
+    return tuple((k, continue_trace(v) if k == "traceparent" else v) for k, v in latest if k in names)
 
 
 def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
