@@ -4,7 +4,6 @@ clear."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -13,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka_clients
 from tests.integration.harness import ROOT, create_topics, fresh_topology
 
 pytestmark = pytest.mark.integration
@@ -25,7 +24,7 @@ HOUR_MS = 3_600_000
 async def _write(topology, now_ms: int) -> None:
     """Two hours ago: 3 inputs, one never answered. Now: 4 inputs, all answered (one by a
     dead letter)."""
-    producer = AIOKafkaProducer(bootstrap_servers=topology.broker.bootstrap_servers, linger_ms=5)
+    producer = kafka_clients.producer(topology.broker, client_suffix="-test", linger_ms=5)
     await producer.start()
     try:
         source = topology.source.topics[0]
@@ -64,11 +63,11 @@ def _audit(path: Path, *args: str) -> tuple[int, dict[str, object] | str]:
     return proc.returncode, orjson.loads(proc.stdout.splitlines()[-1])
 
 
-def test_audit_of_a_time_range(stack, tmp_path: Path) -> None:
+async def test_audit_of_a_time_range(stack, tmp_path: Path) -> None:
     topology = fresh_topology(stack)
-    asyncio.run(create_topics(topology))
+    await create_topics(topology)
     now_ms = time.time_ns() // 1_000_000
-    asyncio.run(_write(topology, now_ms))
+    await _write(topology, now_ms)
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(topology.model_dump(mode="json")))
 
