@@ -18,7 +18,9 @@ from pipeline import logs
 from pipeline.errors import Fatal, TopologyError
 from pipeline.topology.loader import all_problems, load_topology
 
-DEFAULT_TOPOLOGY = Path("topologies/recommendations.yaml")
+# The shipped topologies travel inside the package (pipeline/topologies links ../topologies
+# in a checkout), so `pipeline dev` runs from a plain `pip install` too.
+DEFAULT_TOPOLOGY = Path(__file__).resolve().parent / "topologies" / "recommendations.yaml"
 log = logging.getLogger("pipeline")
 
 

@@ -11,7 +11,7 @@ import yaml
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.tuning import EMBEDDED_BROKER
 
-SHIPPED = Path(__file__).resolve().parents[2] / "topologies" / "recommendations.yaml"
+SHIPPED = Path(__file__).resolve().parents[1] / "topologies" / "recommendations.yaml"
 
 
 def topology_on_stack(
