@@ -39,7 +39,7 @@ from pipeline.metrics import Metrics
 from pipeline.offsets import OffsetTracker
 from pipeline.operators.enrich import dead_letters_batch
 from pipeline.operators.parse import ParsedBatch
-from pipeline.security import CredentialsError, grpc_credentials, grpc_metadata
+from pipeline.security import CredentialsError, grpc_credentials, grpc_metadata, tls_refusal
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
@@ -344,10 +344,10 @@ class PipelineRuntime:
                 )
                 break
             except grpc.aio.AioRpcError as exc:
-                if model.tls is not None and "handshake" in (exc.details() or "").lower():
-                    # An untrusted or mismatched certificate: waiting will not change it.
+                if model.tls is not None and (refusal := await tls_refusal(model.url, model.tls)):
+                    # A certificate the other side refuses: waiting will not change it.
                     raise CredentialsError(
-                        f"model.tls: the TLS handshake with Triton at {model.url} failed: {exc.details()}"
+                        f"model.tls: the TLS handshake with Triton at {model.url} failed: {refusal}"
                     ) from None
                 if attempt % CONTRACT_LOG_EVERY == 0:  # a long outage: a line now and then, not a flood
                     log.warning(

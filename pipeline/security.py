@@ -154,6 +154,42 @@ def grpc_credentials(tls: Tls, key: str = "model.tls") -> grpc.ChannelCredential
     return grpc.ssl_channel_credentials(root_certificates=root, private_key=private, certificate_chain=chain)
 
 
+async def tls_refusal(url: str, tls: Tls, timeout_s: float = 5.0) -> str | None:
+    """Why a TLS connection to ``url`` with these settings is refused (an untrusted server
+    certificate, a client certificate the server wants or rejects), or None: it connects,
+    or the server is simply not there (an outage, waited out). gRPC reports both the same
+    way (UNAVAILABLE), so the handshake is made here, where the TLS alert is seen."""
+    host, _, port = url.rpartition(":")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if tls.ca_file is not None:
+        context.load_verify_locations(cafile=str(tls.ca_file))
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    context.set_alpn_protocols(["h2"])
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port), ssl=context, server_hostname=host), timeout_s
+        )
+    except ssl.SSLError as exc:
+        return f"{exc.reason or exc}"
+    except (OSError, TimeoutError):
+        return None
+    try:
+        # An HTTP/2 server speaks first (SETTINGS); a TLS 1.3 server refuses a client
+        # certificate only now, with an alert or by closing the connection.
+        first = await asyncio.wait_for(reader.read(1), timeout_s)
+    except ssl.SSLError as exc:
+        return f"{exc.reason or exc}"
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        writer.close()
+    if not first:
+        wants = "a client certificate it trusts" if tls.cert_file is None else "another client certificate"
+        return f"the server closed the connection after the handshake: it wants {wants} (cert_file, key_file)"
+    return None
+
+
 def grpc_metadata(headers: dict[str, SecretStr]) -> tuple[tuple[str, str], ...]:
     """Extra request headers for every call to Triton (gRPC wants lower-case names)."""
     return tuple((name.lower(), value.get_secret_value()) for name, value in headers.items())
