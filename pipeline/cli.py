@@ -102,21 +102,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from pipeline.devstack.dev import DevOptions, main
+    from pipeline.devstack.dev import DevOptions
+    from pipeline.devstack.dev import main as run_dev_stack
 
     _setup_logging(args)
     load_topology(args.topology)  # fail fast on a bad file, before starting anything
-    summary = main(
-        DevOptions(
-            args.topology,
-            args.workdir,
-            args.events,
-            args.rate,
-            args.timeout,
-            args.report_every,
-            args.recycle_growth,
-        )
+    options = DevOptions(
+        args.topology,
+        args.workdir,
+        args.events,
+        args.rate,
+        args.timeout,
+        args.report_every,
+        args.recycle_growth,
     )
+    try:
+        summary = run_dev_stack(options)
+    except KeyboardInterrupt:
+        print("pipeline dev: interrupted while starting; what it had started is stopped", file=sys.stderr)
+        return 130
     print(orjson.dumps(summary).decode(), flush=True)
     return 0 if summary["lost"] == 0 else 1
 

@@ -329,9 +329,19 @@ def _report(books: Books, broker_load: BrokerLoad, now: float, elapsed_s: float)
     return share
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(opts: DevOptions) -> dict[str, object]:
-    stack = EmbeddedStack.start(opts.workdir)
+    # Until run_dev installs its own handlers: a SIGTERM while the broker and Triton start
+    # (or the model trains) unwinds through the stops below instead of orphaning them.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return asyncio.run(run_dev(opts, stack))
+        stack = EmbeddedStack.start(opts.workdir)
+        try:
+            return asyncio.run(run_dev(opts, stack))
+        finally:
+            stack.stop()
     finally:
-        stack.stop()
+        signal.signal(signal.SIGTERM, previous)

@@ -86,15 +86,25 @@ class ChildProcess:
                 os.kill(self.pid, sig)
 
     def stop(self, grace: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """TERM to the child's process group, then KILL after ``grace``; returns once the
+        whole group is gone (Triton's backend stub outlives the server by a moment)."""
+        if self.proc is None:
             return
+        pgid = self.proc.pid
         try:
-            os.killpg(self.proc.pid, signal.SIGCONT)  # a stalled child cannot act on TERM
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=grace)
+            if self.proc.poll() is None:
+                os.killpg(pgid, signal.SIGCONT)  # a stalled child cannot act on TERM
+                os.killpg(pgid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    os.killpg(pgid, signal.SIGKILL)
+                    self.proc.wait(timeout=grace)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                os.killpg(pgid, 0)  # raises once no process of the group is left
+                time.sleep(0.05)
+            os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 

@@ -4,6 +4,7 @@ process left behind, whether it ends by itself or by SIGTERM."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,3 +89,26 @@ def test_dev_recycles_its_broker_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
     assert summary["events_in"] > 1_000
     assert summary["lost"] == 0 and summary["duplicates"] == 0
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_sigterm_while_the_stack_starts_leaves_no_process(stack, tmp_path: Path) -> None:
+    """Before `pipeline dev` has its own signal handlers (the broker and Triton starting),
+    SIGTERM still unwinds through their stops: exit 130, nothing orphaned."""
+    shutil.copytree(stack.model_repository, tmp_path / "model_repository")  # no training
+    proc = subprocess.Popen(dev_command(tmp_path), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(processes_mentioning(str(tmp_path))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the broker, then Triton (still loading its model)
+        started = processes_mentioning(str(tmp_path))
+        assert started, "the broker should have started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted while starting" in err
+    left = processes_mentioning(str(tmp_path))
+    assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left]
