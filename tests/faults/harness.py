@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka_clients
 from pipeline.audit import Ledger, audit_topology
 from pipeline.devstack.dev import follow_outputs, live_events
 from pipeline.devstack.worker import PipelineProcess as PipelineProcess  # moved; re-exported
@@ -45,11 +45,8 @@ class CaseResult:
 async def produce_steady(
     topology: Topology, events: list[dict[str, object]], rate: float, ledger: Ledger
 ) -> None:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=topology.broker.bootstrap_servers,
-        enable_idempotence=False,
-        linger_ms=5,
-        request_timeout_ms=60_000,
+    producer = kafka_clients.producer(
+        topology.broker, client_suffix="-test", linger_ms=5, request_timeout_ms=60_000
     )
     await producer.start()
     try:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tritonclient.grpc import InferenceServerClient
 
+from pipeline import kafka_clients
 from pipeline.audit import Ledger
 from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.dev import live_events
@@ -28,7 +28,7 @@ from pipeline.devstack.worker import PipelineProcess
 from pipeline.kafka_io import read_to_end
 from pipeline.recsys.generator import GeneratorConfig
 from tests.faults.harness import CaseResult, produce_steady, run_case, wait_for_output_after
-from tests.integration.harness import create_topics, fresh_topology, read_values
+from tests.integration.harness import committed_offsets, create_topics, fresh_topology, read_values
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
@@ -67,7 +67,7 @@ def report(case: str, result: CaseResult) -> None:
     assert result.audit["lost"] == 0, result.line(case)
 
 
-def test_triton_killed_and_restarted(stack, own_triton, tmp_path, pipelines) -> None:
+async def test_triton_killed_and_restarted(stack, own_triton, tmp_path, pipelines) -> None:
     topology = fresh_topology(stack, model={"url": own_triton.grpc_url, "timeout_ms": 1000})
     proc = start_pipeline(topology, tmp_path, pipelines)
 
@@ -80,7 +80,7 @@ def test_triton_killed_and_restarted(stack, own_triton, tmp_path, pipelines) -> 
         own_triton.start()
         result.recovered_at = await wait_for_output_after(result.ledger, before)
 
-    result = asyncio.run(run_case(topology, 4000, 500, fault))
+    result = await run_case(topology, 4000, 500, fault)
     report("triton killed 5 s", result)
     assert result.recovered_at > 0
     assert proc.alive()
@@ -88,7 +88,7 @@ def test_triton_killed_and_restarted(stack, own_triton, tmp_path, pipelines) -> 
     assert result.audit["dead_letters"] == 0
 
 
-def test_triton_stalled_past_the_deadline(stack, own_triton, tmp_path, pipelines) -> None:
+async def test_triton_stalled_past_the_deadline(stack, own_triton, tmp_path, pipelines) -> None:
     topology = fresh_topology(
         stack,
         model={
@@ -111,7 +111,7 @@ def test_triton_stalled_past_the_deadline(stack, own_triton, tmp_path, pipelines
         own_triton.signal(signal.SIGCONT, group=False)
         result.recovered_at = await wait_for_output_after(result.ledger, before)
 
-    result = asyncio.run(run_case(topology, 4000, 500, fault))
+    result = await run_case(topology, 4000, 500, fault)
     report("triton SIGSTOP 5 s, deadline 2.5 s", result)
     reasons = result.audit["dead_letter_reasons"]
     assert set(reasons) <= {"deadline_exceeded"}, reasons
@@ -119,7 +119,7 @@ def test_triton_stalled_past_the_deadline(stack, own_triton, tmp_path, pipelines
     assert result.recovered_at > 0 and proc.alive()
 
 
-def test_broker_stalled(stack, tmp_path, pipelines) -> None:
+async def test_broker_stalled(stack, tmp_path, pipelines) -> None:
     broker = EmbeddedBroker(tmp_path)
     broker.start()
     try:
@@ -136,7 +136,7 @@ def test_broker_stalled(stack, tmp_path, pipelines) -> None:
             broker.signal(signal.SIGCONT)
             result.recovered_at = await wait_for_output_after(result.ledger, before)
 
-        result = asyncio.run(run_case(topology, 3000, 500, fault, timeout_s=180))
+        result = await run_case(topology, 3000, 500, fault, timeout_s=180)
         report("broker SIGSTOP 10 s", result)
         assert proc.alive()
     finally:
@@ -145,7 +145,7 @@ def test_broker_stalled(stack, tmp_path, pipelines) -> None:
         broker.stop()
 
 
-def test_pipeline_killed_and_restarted(stack, tmp_path, pipelines) -> None:
+async def test_pipeline_killed_and_restarted(stack, tmp_path, pipelines) -> None:
     topology = fresh_topology(stack, source={"commit_interval_ms": 1000})
     first = start_pipeline(topology, tmp_path, pipelines, "first")
 
@@ -157,7 +157,7 @@ def test_pipeline_killed_and_restarted(stack, tmp_path, pipelines) -> None:
         start_pipeline(topology, tmp_path, pipelines, "second")
         result.recovered_at = await wait_for_output_after(result.ledger, before)
 
-    result = asyncio.run(run_case(topology, 4000, 500, fault))
+    result = await run_case(topology, 4000, 500, fault)
     report("pipeline SIGKILL + restart", result)
     assert result.audit["dead_letters"] == 0
     # At-least-once: what was done but not yet committed is done again, and counted: at most
@@ -166,7 +166,7 @@ def test_pipeline_killed_and_restarted(stack, tmp_path, pipelines) -> None:
     assert result.audit["duplicates"] <= 1000, result.line("pipeline SIGKILL + restart")
 
 
-def test_second_worker_joins_then_leaves(stack, tmp_path, pipelines) -> None:
+async def test_second_worker_joins_then_leaves(stack, tmp_path, pipelines) -> None:
     topology = fresh_topology(stack)
     first = start_pipeline(topology, tmp_path, pipelines, "first")
 
@@ -178,7 +178,7 @@ def test_second_worker_joins_then_leaves(stack, tmp_path, pipelines) -> None:
         await asyncio.to_thread(second.stop)  # SIGTERM: drains, commits, leaves the group
         result.recovered_at = time.monotonic()
 
-    result = asyncio.run(run_case(topology, 5000, 500, fault))
+    result = await run_case(topology, 5000, 500, fault)
     report("second worker joins, then leaves", result)
     assert first.alive()
     assert result.audit["dead_letters"] == 0
@@ -186,7 +186,7 @@ def test_second_worker_joins_then_leaves(stack, tmp_path, pipelines) -> None:
     assert "assigned" in second_log, "the second worker never got partitions"
 
 
-def test_model_rejects_some_inputs(stack, tmp_path, pipelines) -> None:
+async def test_model_rejects_some_inputs(stack, tmp_path, pipelines) -> None:
     topology = fresh_topology(stack)
     start_pipeline(topology, tmp_path, pipelines)
     events = list(live_events(GeneratorConfig(seed=3), 2000))
@@ -197,7 +197,7 @@ def test_model_rejects_some_inputs(stack, tmp_path, pipelines) -> None:
     async def no_fault(result: CaseResult) -> None:
         return None
 
-    result = asyncio.run(run_case(topology, len(events), 1000, no_fault, events=events))
+    result = await run_case(topology, len(events), 1000, no_fault, events=events)
     report("model answers INVALID_ARGUMENT for 1 %", result)
     assert result.audit["dead_letter_reasons"] == {"invalid_argument": 20}
 
@@ -223,7 +223,7 @@ async def _restart_and_wait_for_output(triton: EmbeddedTriton, result: CaseResul
     return await wait_for_output_after(result.ledger, before)
 
 
-def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pipelines) -> None:
+async def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pipelines) -> None:
     """Finding 1 of the reliability review: Triton down, the source paused on its credits, a
     second worker joins and leaves, Triton returns. The first worker must take up the whole
     backlog (it used to wait forever on a wake-up the rebalance had cleared)."""
@@ -256,7 +256,7 @@ def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pip
         before = result.ledger.recommendations
         result.recovered_at = await _restart_and_wait_for_output(own_triton, result, before)
 
-    result = asyncio.run(run_case(topology, 6000, 1000, fault, timeout_s=180))
+    result = await run_case(topology, 6000, 1000, fault, timeout_s=180)
     report("rebalance while paused (Triton down, credits 600)", result)
     assert first.alive()
     assert result.recovered_at > 0
@@ -266,7 +266,7 @@ def test_rebalance_while_paused_by_backpressure(stack, own_triton, tmp_path, pip
     assert result.audit["duplicates"] <= 600, result.line("rebalance while paused")
 
 
-def test_outage_longer_than_max_poll_interval(stack, own_triton, tmp_path, pipelines) -> None:
+async def test_outage_longer_than_max_poll_interval(stack, own_triton, tmp_path, pipelines) -> None:
     """Finding 4: while every partition is paused the source keeps polling, so an outage
     longer than max_poll_interval_ms does not push the member out of its group."""
     topology = fresh_topology(
@@ -291,14 +291,14 @@ def test_outage_longer_than_max_poll_interval(stack, own_triton, tmp_path, pipel
         before = result.ledger.recommendations
         result.recovered_at = await _restart_and_wait_for_output(own_triton, result, before)
 
-    result = asyncio.run(run_case(topology, 3000, 1000, fault, timeout_s=180))
+    result = await run_case(topology, 3000, 1000, fault, timeout_s=180)
     report("outage past max_poll_interval_ms", result)
     log = (tmp_path / "pipeline.log").read_text()
     assert log.count("assigned [") == 1, "the member left its group and was assigned again"
     assert result.audit["duplicates"] == 0
 
 
-def test_sigterm_while_the_broker_is_stalled(stack, tmp_path, pipelines) -> None:
+async def test_sigterm_while_the_broker_is_stalled(stack, tmp_path, pipelines) -> None:
     """Finding 3: the stop is bounded by drain_timeout_ms + 5 s even when the final commit
     cannot reach the broker; the exit code says the stop was not clean; a restarted worker
     redoes the uncommitted work and nothing is lost."""
@@ -327,7 +327,7 @@ def test_sigterm_while_the_broker_is_stalled(stack, tmp_path, pipelines) -> None
             await asyncio.to_thread(start_pipeline, topology, tmp_path, pipelines, "second")
             result.recovered_at = await wait_for_output_after(result.ledger, before)
 
-        result = asyncio.run(run_case(topology, 2500, 500, fault, timeout_s=180))
+        result = await run_case(topology, 2500, 500, fault, timeout_s=180)
         report("SIGTERM during a broker stall", result)
         assert stopped_in[0] <= 3 + 5 + 0.5, f"stop took {stopped_in[0]:.1f}s"  # (+ process exit)
         assert first.proc is not None and first.proc.returncode == 3  # not a clean stop
@@ -338,35 +338,35 @@ def test_sigterm_while_the_broker_is_stalled(stack, tmp_path, pipelines) -> None
         broker.stop()
 
 
-def test_a_second_signal_exits_at_once(stack, own_triton, tmp_path, pipelines) -> None:
+async def test_a_second_signal_exits_at_once(stack, own_triton, tmp_path, pipelines) -> None:
     """Triton stalled with events in flight: the first SIGTERM's drain waits (up to 30 s
     here); a second SIGTERM ends the process at once, with 128 + the signal's number."""
     topology = fresh_topology(
         stack, model={"url": own_triton.grpc_url, "timeout_ms": 60_000}, source={"drain_timeout_ms": 30_000}
     )
-    asyncio.run(create_topics(topology))
+    await create_topics(topology)
     proc = start_pipeline(topology, tmp_path, pipelines)
     own_triton.signal(signal.SIGSTOP, group=False)
     try:
         events = list(live_events(GeneratorConfig(seed=5), 200))
-        asyncio.run(produce_steady(topology, events, 2000, Ledger()))
+        await produce_steady(topology, events, 2000, Ledger())
         deadline = time.monotonic() + 30
         while "pipeline_in_flight_events 0.0" in proc.metrics() and time.monotonic() < deadline:
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         proc.signal(signal.SIGTERM, group=False)
-        time.sleep(1)
+        await asyncio.sleep(1)
         assert proc.alive(), "the first signal's drain should still be waiting for Triton"
         t0 = time.monotonic()
         proc.signal(signal.SIGTERM, group=False)
         assert proc.proc is not None
-        proc.proc.wait(10)
+        await asyncio.to_thread(proc.proc.wait, 10)
         assert time.monotonic() - t0 < 2
         assert proc.proc.returncode == 128 + signal.SIGTERM
     finally:
         own_triton.signal(signal.SIGCONT, group=False)
 
 
-def test_records_the_client_cannot_decode(stack, tmp_path, pipelines) -> None:
+async def test_records_the_client_cannot_decode(stack, tmp_path, pipelines) -> None:
     """Finding 5: a header key that is not UTF-8 makes aiokafka raise inside getmany. The
     pipeline dead-letters such records (reason undecodable_record, with their coordinates),
     recommends the good records around them, and keeps running: no crash, no restart loop."""
@@ -387,7 +387,7 @@ def test_records_the_client_cannot_decode(stack, tmp_path, pipelines) -> None:
             poison_offsets.extend(offsets)
             await asyncio.sleep(0.5)
 
-    result = asyncio.run(run_case(topology, 3000, 1000, fault))
+    result = await run_case(topology, 3000, 1000, fault)
     report("3 undecodable records among 3,000", result)
     assert len(poison_offsets) == 3
     assert result.audit["events_in"] == 3003
@@ -440,7 +440,7 @@ def _load(triton: EmbeddedTriton) -> None:
     InferenceServerClient(triton.grpc_url).load_model("recommender")
 
 
-def test_model_reloaded_mid_stream(stack, controlled_triton, tmp_path, pipelines) -> None:
+async def test_model_reloaded_mid_stream(stack, controlled_triton, tmp_path, pipelines) -> None:
     """Finding 6: a new model version loaded mid-stream (Triton's model control) is not a
     reason to dead-letter anything; the outputs name the new version afterwards."""
     triton, repository = controlled_triton
@@ -454,18 +454,19 @@ def test_model_reloaded_mid_stream(stack, controlled_triton, tmp_path, pipelines
         await asyncio.to_thread(_load, triton)
         result.recovered_at = time.monotonic()
 
-    result = asyncio.run(run_case(topology, 4000, 500, fault))
+    result = await run_case(topology, 4000, 500, fault)
     report("model version 2 loaded mid-stream", result)
     assert result.audit["dead_letters"] == 0
     assert result.audit["duplicates"] == 0
     versions = {
-        orjson.loads(r.value)["model"]["version"]
-        for r in asyncio.run(read_values(topology, topology.sink.topic))
+        orjson.loads(r.value)["model"]["version"] for r in await read_values(topology, topology.sink.topic)
     }
     assert {"1", "2"} <= versions, versions
 
 
-def test_a_broken_model_version_is_held_not_drained(stack, controlled_triton, tmp_path, pipelines) -> None:
+async def test_a_broken_model_version_is_held_not_drained(
+    stack, controlled_triton, tmp_path, pipelines
+) -> None:
     """Finding 6: a version that fails every request trips the dead-letter budget: the
     pipeline holds consumption (not ready) instead of dead-lettering the backlog; a fixed
     version loaded later is used once the hold ends, and nothing is lost."""
@@ -490,7 +491,7 @@ def test_a_broken_model_version_is_held_not_drained(stack, controlled_triton, tm
         await asyncio.to_thread(_load, triton)
         result.recovered_at = await wait_for_output_after(result.ledger, before, timeout_s=120)
 
-    result = asyncio.run(run_case(topology, 6000, 500, fault, timeout_s=180))
+    result = await run_case(topology, 6000, 500, fault, timeout_s=180)
     report("broken model version, then a fixed one", result)
     assert held == [True]
     assert "DEAD-LETTER BUDGET" in (tmp_path / "pipeline.log").read_text()
@@ -504,29 +505,19 @@ async def _committed_to_the_end(topology) -> bool:
     ends: dict[int, int] = {}
     async for rec in read_to_end(topology.broker, topology.source.topics[0]):
         ends[rec.partition] = rec.offset + 1
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=topology.broker.bootstrap_servers, group_id=topology.source.group_id
-    )
-    await consumer.start()
-    try:
-        for partition, end in ends.items():
-            if await consumer.committed(TopicPartition(topology.source.topics[0], partition)) != end:
-                return False
-        return True
-    finally:
-        await consumer.stop()
+    return await committed_offsets(topology, ends) == ends
 
 
-def _committed_eventually(topology, timeout_s: float = 15) -> bool:
+async def _committed_eventually(topology, timeout_s: float = 15) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if asyncio.run(_committed_to_the_end(topology)):
+        if await _committed_to_the_end(topology):
             return True
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
     return False
 
 
-def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> None:
+async def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> None:
     """Finding 2: a 1.2 MB input's dead letter would exceed the producer's 1 MiB request
     limit; a user with 4,500 events of long ids in one window would make a recommendation
     past it if it listed them all; an input carrying a 1.1 MB `tracestate` (a carried
@@ -546,11 +537,7 @@ def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> Non
     carried = next(live_events(GeneratorConfig(seed=12), 1)) | {"user_id": 777_777}
 
     async def oversized(result: CaseResult) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=topology.broker.bootstrap_servers,
-            enable_idempotence=False,
-            max_request_size=4_000_000,
-        )
+        producer = kafka_clients.producer(topology.broker, client_suffix="-test", max_request_size=4_000_000)
         await producer.start()
         try:
             source = topology.source.topics[0]
@@ -562,21 +549,20 @@ def test_oversized_input_and_oversized_output(stack, tmp_path, pipelines) -> Non
         finally:
             await producer.stop()
 
-    result = asyncio.run(run_case(topology, len(events), 5000, oversized, events=events))
+    result = await run_case(topology, len(events), 5000, oversized, events=events)
     report("1.2 MB input, a 4,500-event user, a 1.1 MB carried header", result)
     assert result.audit["lost"] == 0 and result.audit["duplicates"] == 0, result.line("oversized")
     reasons = result.audit["dead_letter_reasons"]
     assert reasons == {"oversized": 1, "output_refused": 1}, reasons
     assert proc.alive()
     assert 'error="MessageSizeTooLargeError"' in proc.metrics()
-    assert _committed_eventually(topology), "a refused record pinned its partition's offsets"
+    assert await _committed_eventually(topology), "a refused record pinned its partition's offsets"
     dead = {
-        dict(r.headers)["dlq.reason"]: r
-        for r in asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
+        dict(r.headers)["dlq.reason"]: r for r in await read_values(topology, topology.sink.dead_letter_topic)
     }
     big = dead[b"oversized"]
     assert len(big.value) == 900_000 and dict(big.headers)["dlq.truncated_from"] == b"1200002"
     refused = dict(dead[b"output_refused"].headers)
     assert refused["dlq.headers_dropped"] == b"1" and "tracestate" not in refused
-    outputs = [orjson.loads(r.value) for r in asyncio.run(read_values(topology, topology.sink.topic))]
+    outputs = [orjson.loads(r.value) for r in await read_values(topology, topology.sink.topic)]
     assert sum(doc["source_count"] for doc in outputs if doc["user_id"] == 4242) == 4500

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import TopicPartition
 
+from pipeline import kafka_clients
 from pipeline.audit import Coord, Ledger, input_user
 from pipeline.devstack.dev import follow_outputs
 from pipeline.devstack.stack import EmbeddedStack
@@ -35,9 +37,7 @@ RawIn = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value
 
 
 async def produce_raw(topology: Topology, records: list[RawIn], ledger: Ledger) -> list[Coord]:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=topology.broker.bootstrap_servers, enable_idempotence=False, linger_ms=5
-    )
+    producer = kafka_clients.producer(topology.broker, client_suffix="-test", linger_ms=5)
     await producer.start()
     try:
         futures = [
@@ -83,6 +83,19 @@ async def run_until_accounted(topology: Topology, records: list[RawIn], timeout_
         await asyncio.wait_for(pipeline_task, 60)
         await asyncio.wait_for(follower, 30)
     return run
+
+
+async def committed_offsets(topology: Topology, partitions: Iterable[int]) -> dict[int, int | None]:
+    """The group's committed offset of each of these partitions of the input topic (None: none)."""
+    topic = topology.source.topics[0]
+    consumer = kafka_clients.consumer(
+        topology.broker, client_suffix="-test", group_id=topology.source.group_id
+    )
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        await consumer.stop()
 
 
 async def read_values(topology: Topology, topic: str) -> list[Any]:

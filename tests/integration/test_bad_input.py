@@ -3,7 +3,6 @@ and the service keeps going (the valid events around them are recommended)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import orjson
@@ -11,26 +10,10 @@ import pytest
 
 from pipeline.audit import dead_letter_source
 from pipeline.redrive import redrive
-from tests.integration.harness import (
-    RawIn,
-    fresh_topology,
-    read_values,
-    run_until_accounted,
-)
+from tests.builders import OMIT, event_json, keyed_event
+from tests.integration.harness import RawIn, fresh_topology, read_values, run_until_accounted
 
 pytestmark = pytest.mark.integration
-
-
-def event(**fields: object) -> bytes:
-    doc: dict[str, object] = {
-        "event_id": f"e-{time.monotonic_ns()}",
-        "user_id": 1,
-        "item_id": 2,
-        "type": "view",
-        "ts": time.time_ns() // 1_000_000,
-    }
-    doc.update(fields)
-    return orjson.dumps({k: v for k, v in doc.items() if v is not ...})
 
 
 def bad_cases() -> list[tuple[str, RawIn, str]]:
@@ -39,39 +22,39 @@ def bad_cases() -> list[tuple[str, RawIn, str]]:
         ("invalid JSON", (b"1", b'{"event_id": ', []), "malformed_json"),
         ("JSON list", (b"1", b"[]", []), "wrong_type"),
         ("JSON number", (b"1", b"3.14", []), "wrong_type"),
-        ("missing user_id", (b"1", event(user_id=...), []), "missing_field"),
-        ("missing event_id", (b"1", event(event_id=...), []), "missing_field"),
-        ("user_id as string", (b"1", event(user_id="7"), []), "wrong_type"),
-        ("item_id as float", (b"1", event(item_id=2.5), []), "wrong_type"),
-        ("ts as bool", (b"1", event(ts=True), []), "wrong_type"),
-        ("unknown event type", (b"1", event(type="share"), []), "unknown_type"),
-        ("negative id", (b"1", event(user_id=-1), []), "out_of_range"),
-        ("huge id", (b"1", event(item_id=2**60), []), "out_of_range"),
+        ("missing user_id", (b"1", event_json(user_id=OMIT), []), "missing_field"),
+        ("missing event_id", (b"1", event_json(event_id=OMIT), []), "missing_field"),
+        ("user_id as string", (b"1", event_json(user_id="7"), []), "wrong_type"),
+        ("item_id as float", (b"1", event_json(item_id=2.5), []), "wrong_type"),
+        ("ts as bool", (b"1", event_json(ts=True), []), "wrong_type"),
+        ("unknown event type", (b"1", event_json(type="share"), []), "unknown_type"),
+        ("negative id", (b"1", event_json(user_id=-1), []), "out_of_range"),
+        ("huge id", (b"1", event_json(item_id=2**60), []), "out_of_range"),
         ("empty message", (b"1", b"", []), "empty"),
         ("null value", (b"1", None, []), "empty"),
-        ("null key", (None, event(), []), "missing_key"),
+        ("null key", (None, event_json(), []), "missing_key"),
         ("non-UTF-8 bytes", (b"1", b'{"event_id": "\xff\xfe"}', []), "malformed_json"),
-        ("oversized", (b"1", event(pad="x" * 5000), []), "oversized"),
-        ("far future", (b"1", event(ts=now + 3_600_000), []), "future_timestamp"),
-        ("far past", (b"1", event(ts=now - 10 * 86_400_000), []), "too_old"),
+        ("oversized", (b"1", event_json(pad="x" * 5000), []), "oversized"),
+        ("far future", (b"1", event_json(ts=now + 3_600_000), []), "future_timestamp"),
+        ("far past", (b"1", event_json(ts=now - 10 * 86_400_000), []), "too_old"),
     ]
 
 
-def test_every_bad_input_case_is_dead_lettered_with_its_reason(stack) -> None:
+async def test_every_bad_input_case_is_dead_lettered_with_its_reason(stack) -> None:
     topology = fresh_topology(
         stack,
         source={"max_event_bytes": 4096},
         validation={"require_key": True, "max_future_skew_ms": 60_000, "max_age_ms": 86_400_000},
     )
     cases = bad_cases()
-    good = [(str(u).encode(), event(user_id=u, item_id=u + 10), []) for u in range(50)]
+    good = [keyed_event(user_id=u, item_id=u + 10) for u in range(50)]
     records: list[RawIn] = good[:25] + [raw for _, raw, _ in cases] + good[25:]
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
 
     summary = run.ledger.summary()
     assert summary["lost"] == 0
     assert summary["recommendations"] == 50  # the service kept going around them
-    dead = asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
+    dead = await read_values(topology, topology.sink.dead_letter_topic)
     by_coord = {dead_letter_source(list(d.headers)): d for d in dead}
     for offset_in_run, (name, raw, reason) in enumerate(cases, start=25):
         letter = by_coord.get(run.coords[offset_in_run])
@@ -83,21 +66,21 @@ def test_every_bad_input_case_is_dead_lettered_with_its_reason(stack) -> None:
     assert len(dead) == len(cases)
 
 
-def test_null_key_is_accepted_unless_required(stack) -> None:
+async def test_null_key_is_accepted_unless_required(stack) -> None:
     topology = fresh_topology(stack)
-    run = asyncio.run(run_until_accounted(topology, [(None, event(user_id=5), [])]))
+    run = await run_until_accounted(topology, [(None, event_json(user_id=5), [])])
     assert run.ledger.summary()["recommendations"] == 1
 
 
-def test_duplicate_event_id_in_one_window_is_coalesced_and_counted(stack) -> None:
+async def test_duplicate_event_id_in_one_window_is_coalesced_and_counted(stack) -> None:
     topology = fresh_topology(stack, window={"max_ms": 1000, "max_events": 10_000})
-    same = event(event_id="dup-1", user_id=42, item_id=7)
-    other = event(event_id="dup-2", user_id=42, item_id=8)
+    same = event_json(event_id="dup-1", user_id=42, item_id=7)
+    other = event_json(event_id="dup-2", user_id=42, item_id=8)
     records: list[RawIn] = [(b"42", same, []), (b"42", same, []), (b"42", other, [])]
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["duplicates"] == 0
-    [rec] = asyncio.run(read_values(topology, topology.sink.topic))
+    [rec] = await read_values(topology, topology.sink.topic)
     doc = orjson.loads(rec.value)
     assert sorted(s["event_id"] for s in doc["sources"]) == ["dup-1", "dup-1", "dup-2"]
     assert {7, 8}.isdisjoint(i["item_id"] for i in doc["items"])
@@ -105,22 +88,22 @@ def test_duplicate_event_id_in_one_window_is_coalesced_and_counted(stack) -> Non
     assert run.runtime.metrics.duplicate_events._value.get() == 1
 
 
-def test_redrive_sends_chosen_dead_letters_back_once(stack) -> None:
+async def test_redrive_sends_chosen_dead_letters_back_once(stack) -> None:
     topology = fresh_topology(stack)
-    poison = event(event_id="p1", user_id=3, item_id=10**12)  # outside the catalogue
+    poison = event_json(event_id="p1", user_id=3, item_id=10**12)  # outside the catalogue
     malformed = b"{oops"
-    run = asyncio.run(run_until_accounted(topology, [(b"3", poison, []), (b"3", malformed, [])]))
+    run = await run_until_accounted(topology, [(b"3", poison, []), (b"3", malformed, [])])
     assert run.ledger.summary()["dead_letter_reasons"] == {
         "invalid_argument": 1,
         "malformed_json": 1,
     }
 
-    report = asyncio.run(redrive(topology, ["invalid_argument"]))
+    report = await redrive(topology, ["invalid_argument"])
     assert report["invalid_argument"] == {"redriven": 1, "skipped": 1}
-    again = asyncio.run(redrive(topology, ["invalid_argument"]))
+    again = await redrive(topology, ["invalid_argument"])
     assert again["invalid_argument"] == {}  # progress kept: nothing new to re-send
 
-    inputs = asyncio.run(read_values(topology, topology.source.topics[0]))
+    inputs = await read_values(topology, topology.source.topics[0])
     assert len(inputs) == 3
     redriven = next(r for r in inputs if "redrive.from" in dict(r.headers))
     headers = dict(redriven.headers)

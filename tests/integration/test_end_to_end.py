@@ -3,18 +3,21 @@ the output schema, exclusion of seen items, dead letters with reasons, committed
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.audit import audit_topology
 from pipeline.devstack.dev import live_events
 from pipeline.operators.enrich import MAX_LISTED_SOURCES
 from pipeline.recsys.generator import GeneratorConfig
-from tests.integration.harness import RawIn, fresh_topology, read_values, run_until_accounted
+from tests.builders import keyed_event
+from tests.integration.harness import (
+    RawIn,
+    committed_offsets,
+    fresh_topology,
+    read_values,
+    run_until_accounted,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +46,11 @@ MALFORMED: list[tuple[bytes | None, str]] = [
 ]
 
 
-def test_every_event_is_accounted_for_and_outputs_are_enriched(stack) -> None:
+async def test_every_event_is_accounted_for_and_outputs_are_enriched(stack) -> None:
     topology = fresh_topology(stack)
     records, events = valid_records(VALID)
     bad: list[RawIn] = [(None, value, []) for value, _ in MALFORMED]
-    run = asyncio.run(run_until_accounted(topology, records + bad))
+    run = await run_until_accounted(topology, records + bad)
 
     summary = run.ledger.summary()
     assert summary["events_in"] == VALID + len(MALFORMED)
@@ -59,7 +62,7 @@ def test_every_event_is_accounted_for_and_outputs_are_enriched(stack) -> None:
         expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
     assert summary["dead_letter_reasons"] == expected_reasons
 
-    outputs = asyncio.run(read_values(topology, topology.sink.topic))
+    outputs = await read_values(topology, topology.sink.topic)
     by_coord = {c: e for c, e in zip(run.coords, events, strict=False)}
     seen_sources = 0
     for rec in outputs:
@@ -83,12 +86,12 @@ def test_every_event_is_accounted_for_and_outputs_are_enriched(stack) -> None:
     assert seen_sources == VALID
 
 
-def test_dead_letters_keep_original_bytes_and_source(stack) -> None:
+async def test_dead_letters_keep_original_bytes_and_source(stack) -> None:
     topology = fresh_topology(stack)
     bad: list[RawIn] = [(b"k", b"{broken", [("traceparent", b"t1")])]
-    run = asyncio.run(run_until_accounted(topology, bad))
+    run = await run_until_accounted(topology, bad)
     assert run.ledger.summary()["lost"] == 0
-    [dead] = asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
+    [dead] = await read_values(topology, topology.sink.dead_letter_topic)
     headers = dict(dead.headers)
     assert dead.value == b"{broken"
     assert dead.key == b"k"
@@ -101,53 +104,38 @@ def test_dead_letters_keep_original_bytes_and_source(stack) -> None:
     assert headers["traceparent"] == b"t1"
 
 
-def test_offsets_are_committed_after_outputs(stack) -> None:
+async def test_offsets_are_committed_after_outputs(stack) -> None:
     topology = fresh_topology(stack)
     records, _ = valid_records(500, seed=9)
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
     assert run.ledger.summary()["lost"] == 0
 
-    produced: dict[TopicPartition, int] = {}
-    for topic, partition, offset in run.coords:
-        tp = TopicPartition(topic, partition)
-        produced[tp] = max(produced.get(tp, 0), offset + 1)
-
-    async def committed() -> dict[TopicPartition, int]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=topology.broker.bootstrap_servers,
-            group_id=topology.source.group_id,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            return {tp: (await consumer.committed(tp)) or 0 for tp in produced}
-        finally:
-            await consumer.stop()
-
-    assert asyncio.run(committed()) == produced
+    produced: dict[int, int] = {}
+    for _, partition, offset in run.coords:
+        produced[partition] = max(produced.get(partition, 0), offset + 1)
+    committed = await committed_offsets(topology, produced)
+    assert {p: offset or 0 for p, offset in committed.items()} == produced
 
 
-def test_unrecoverable_rows_are_isolated_from_their_batch(stack) -> None:
+async def test_unrecoverable_rows_are_isolated_from_their_batch(stack) -> None:
     """Triton answers INVALID_ARGUMENT for an item outside the catalogue: that event goes to
     the dead-letter topic, its batch neighbours still get recommendations."""
     topology = fresh_topology(stack, window={"max_ms": 200})
     records, _ = valid_records(200, seed=13)
-    now = time.time_ns() // 1_000_000
-    poison = {"event_id": "poison", "user_id": 77, "item_id": 10**12, "type": "view", "ts": now}
-    records.insert(100, (b"77", orjson.dumps(poison), []))
-    run = asyncio.run(run_until_accounted(topology, records))
+    records.insert(100, keyed_event(event_id="poison", user_id=77, item_id=10**12))
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0
     assert summary["dead_letter_reasons"] == {"invalid_argument": 1}
-    [dead] = asyncio.run(read_values(topology, topology.sink.dead_letter_topic))
+    [dead] = await read_values(topology, topology.sink.dead_letter_topic)
     assert orjson.loads(dead.value)["event_id"] == "poison"
     assert dict(dead.headers)["dlq.error_class"] == b"InvalidInput"
 
 
-def test_streams_are_recycled_without_losing_requests(stack) -> None:
+async def test_streams_are_recycled_without_losing_requests(stack) -> None:
     topology = fresh_topology(stack, model={"streams": 1, "recycle_stream_after": 3}, batch={"max_size": 8})
     records, _ = valid_records(400, seed=17)
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["dead_letters"] == 0
     assert run.runtime is not None
@@ -157,7 +145,7 @@ def test_streams_are_recycled_without_losing_requests(stack) -> None:
     assert states["entered"]["COMPLETE"] == states["entered"]["START"] > 0
 
 
-def test_a_user_with_hundreds_of_events_in_a_window_gets_a_bounded_record(stack) -> None:
+async def test_a_user_with_hundreds_of_events_in_a_window_gets_a_bounded_record(stack) -> None:
     """A bot-like user: 600 events in a window. The recommendation lists the first
     MAX_LISTED_SOURCES and counts them all; the audit accounts for the rest by user."""
     topology = fresh_topology(stack, window={"max_ms": 1_000})
@@ -165,12 +153,12 @@ def test_a_user_with_hundreds_of_events_in_a_window_gets_a_bounded_record(stack)
     for e in events:
         e["user_id"] = 4242
     records: list[RawIn] = [(b"4242", orjson.dumps(e), []) for e in events]
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["events_in"] == 600, summary
-    outputs = [orjson.loads(r.value) for r in asyncio.run(read_values(topology, topology.sink.topic))]
+    outputs = [orjson.loads(r.value) for r in await read_values(topology, topology.sink.topic)]
     assert sum(doc["source_count"] for doc in outputs) == 600
     assert all(len(doc["sources"]) <= MAX_LISTED_SOURCES for doc in outputs)
     assert any(doc["source_count"] > len(doc["sources"]) for doc in outputs), "no window held >100"
-    audited = asyncio.run(audit_topology(topology))
+    audited = await audit_topology(topology)
     assert audited["lost"] == 0 and audited["answered_unlisted"] == summary["answered_unlisted"] > 0

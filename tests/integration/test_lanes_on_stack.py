@@ -4,40 +4,35 @@ moves its knobs while nothing is lost."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 import orjson
 import pytest
 
 from pipeline.kafka_io import ensure_topics
+from tests.builders import keyed_event
 from tests.integration.harness import RawIn, fresh_topology, read_values, run_until_accounted
 
 pytestmark = pytest.mark.integration
 
 
-def event(i: int, kind: str = "view") -> bytes:
-    now = time.time_ns() // 1_000_000
-    return orjson.dumps(
-        {"event_id": f"l-{i}", "user_id": i % 97, "item_id": i % 500, "type": kind, "ts": now}
-    )
+def numbered(i: int, kind: str = "view") -> RawIn:
+    """Input ``i``: its event id is ``l-{i}``, of one of 97 users."""
+    return keyed_event(event_id=f"l-{i}", user_id=i % 97, item_id=i % 500, type=kind)
 
 
 def purchases_and_views(count: int, purchase_every: int) -> list[RawIn]:
     """Purchases and views from different users, so both lanes get requests (a purchase
     would lift a user's whole request into the purchases lane)."""
-    now = time.time_ns() // 1_000_000
     records: list[RawIn] = []
     for i in range(count):
         is_purchase = i % purchase_every == 0
         kind, user = ("purchase", 1000 + i % 10) if is_purchase else ("view", i % 97)
-        value = {"event_id": f"p-{i}", "user_id": user, "item_id": i % 500, "type": kind, "ts": now}
-        records.append((str(user).encode(), orjson.dumps(value), []))
+        records.append(keyed_event(event_id=f"p-{i}", user_id=user, item_id=i % 500, type=kind))
     return records
 
 
-def test_outputs_carry_their_lane_and_triton_accepts_lane_priorities(stack) -> None:
+async def test_outputs_carry_their_lane_and_triton_accepts_lane_priorities(stack) -> None:
     base = fresh_topology(stack)
     data = base.model_dump(mode="json")
     data["lanes"] = [
@@ -52,14 +47,12 @@ def test_outputs_carry_their_lane_and_triton_accepts_lane_priorities(stack) -> N
         {"id": "rest", "weight": 1, "max_in_flight": 2, "triton_priority": 3},
     ]
     topology = type(base).model_validate(data)
-    records: list[RawIn] = [
-        (str(i % 97).encode(), event(i, "purchase" if i % 10 == 0 else "view"), []) for i in range(600)
-    ]
-    run = asyncio.run(run_until_accounted(topology, records))
+    records = [numbered(i, "purchase" if i % 10 == 0 else "view") for i in range(600)]
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["dead_letters"] == 0
 
-    outputs = [orjson.loads(r.value) for r in asyncio.run(read_values(topology, topology.sink.topic))]
+    outputs = [orjson.loads(r.value) for r in await read_values(topology, topology.sink.topic)]
     by_id = {f"l-{i}": ("purchase" if i % 10 == 0 else "view") for i in range(600)}
     lanes = {doc["lane"] for doc in outputs}
     assert lanes == {"purchases", "rest"}
@@ -68,11 +61,11 @@ def test_outputs_carry_their_lane_and_triton_accepts_lane_priorities(stack) -> N
         assert doc["lane"] == ("purchases" if "purchase" in kinds else "rest")
 
 
-def test_adaptive_controller_runs_on_the_real_stack(stack) -> None:
+async def test_adaptive_controller_runs_on_the_real_stack(stack) -> None:
     topology = fresh_topology(stack, adaptive={"enabled": True, "interval_ms": 100, "target_p99_ms": 50})
-    asyncio.run(ensure_topics(topology.broker, topology.source.topics, 4))
-    records: list[RawIn] = [(str(i % 97).encode(), event(i), []) for i in range(3000)]
-    run = asyncio.run(run_until_accounted(topology, records))
+    await ensure_topics(topology.broker, topology.source.topics, 4)
+    records = [numbered(i) for i in range(3000)]
+    run = await run_until_accounted(topology, records)
     assert run.ledger.summary()["lost"] == 0
     assert run.runtime is not None and run.runtime.controller is not None
     exposition = run.runtime.metrics.exposition().decode()
@@ -81,7 +74,7 @@ def test_adaptive_controller_runs_on_the_real_stack(stack) -> None:
     assert "request_queue_size 0.0" in exposition  # the lane queues are empty once drained
 
 
-def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog) -> None:
+async def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog) -> None:
     """A bound the protected lane cannot meet (1 ms) holds the lane below it at its floor
     while both have work; its batches wait for tokens (the dispatcher's timer brings them
     out) and every event is still answered."""
@@ -98,7 +91,7 @@ def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog) -> N
     topology = type(base).model_validate(data)
     records = purchases_and_views(1500, purchase_every=10)
     caplog.set_level(logging.INFO, logger="pipeline.runtime")
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["dead_letters"] == 0
     runtime = run.runtime
@@ -111,7 +104,7 @@ def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog) -> N
     assert 'pipeline_lane_rate_limit_rows_per_second{lane="rest"}' in exposition
 
 
-def test_a_lane_can_keep_its_own_stale_policy(stack) -> None:
+async def test_a_lane_can_keep_its_own_stale_policy(stack) -> None:
     """A budget of 1 ms makes every event stale before dispatch. The purchases lane follows
     the pipeline's policy and dead-letters them; the rest lane (a backfill, say) says
     best_effort and infers them anyway."""
@@ -123,11 +116,11 @@ def test_a_lane_can_keep_its_own_stale_policy(stack) -> None:
     ]
     topology = type(base).model_validate(data)
     records = purchases_and_views(400, purchase_every=4)
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0
     assert summary["dead_letters"] == 100  # every purchase, and nothing else
     assert set(summary["dead_letter_reasons"]) == {"deadline_exceeded"}
-    outputs = [orjson.loads(r.value) for r in asyncio.run(read_values(topology, topology.sink.topic))]
+    outputs = [orjson.loads(r.value) for r in await read_values(topology, topology.sink.topic)]
     assert {doc["lane"] for doc in outputs} == {"rest"}
     assert sum(len(doc["sources"]) for doc in outputs) == 300

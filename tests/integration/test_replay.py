@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
+from pipeline import kafka_clients
 from pipeline.kafka_io import broker_at, ensure_topics, read_to_end
 from tests.integration.harness import ROOT
 
@@ -24,24 +24,21 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-def test_replay_of_a_time_range(stack) -> None:
+async def test_replay_of_a_time_range(stack) -> None:
     source, target = f"src-{uuid.uuid4().hex[:8]}", f"bf-{uuid.uuid4().hex[:8]}"
     bootstrap = stack.broker.bootstrap
-
-    async def produce() -> None:
-        await ensure_topics(broker_at(bootstrap), [source], 3)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
-        await producer.start()
-        futures = [
-            await producer.send(
-                source, orjson.dumps({"n": i}), key=str(i % 7).encode(), timestamp_ms=BASE_MS + i * 1000
-            )
-            for i in range(300)
-        ]
-        await asyncio.gather(*futures)
-        await producer.stop()
-
-    asyncio.run(produce())
+    broker = broker_at(bootstrap)
+    await ensure_topics(broker, [source], 3)
+    producer = kafka_clients.producer(broker, client_suffix="-test")
+    await producer.start()
+    futures = [
+        await producer.send(
+            source, orjson.dumps({"n": i}), key=str(i % 7).encode(), timestamp_ms=BASE_MS + i * 1000
+        )
+        for i in range(300)
+    ]
+    await asyncio.gather(*futures)
+    await producer.stop()
     done = subprocess.run(
         [
             sys.executable,
@@ -65,11 +62,8 @@ def test_replay_of_a_time_range(stack) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert orjson.loads(done.stdout.strip().splitlines()[-1])["replayed"] == 100
 
-    async def replayed() -> list[int]:
-        out = []
-        async for rec in read_to_end(broker_at(bootstrap), target):
-            assert dict(rec.headers)["replay.from"].startswith(source.encode())
-            out.append(orjson.loads(rec.value)["n"])
-        return out
-
-    assert sorted(asyncio.run(replayed())) == list(range(100, 200))
+    replayed = []
+    async for rec in read_to_end(broker, target):
+        assert dict(rec.headers)["replay.from"].startswith(source.encode())
+        replayed.append(orjson.loads(rec.value)["n"])
+    assert sorted(replayed) == list(range(100, 200))

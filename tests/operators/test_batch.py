@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import reactivex
 
-from pipeline.events import Event, InferenceBatch, RawRecord, UserRequest, Window
+from pipeline.events import InferenceBatch, UserRequest, Window
 from pipeline.operators.batch import batch, split_batches
+from tests.builders import event, user_request
 
 WINDOW = Window((), 5_000, 5_020)
 
 
 def req(user: int) -> UserRequest:
-    record = RawRecord("interactions", 0, user, 0, None, b"{}", ())
-    return UserRequest(user, (user,), (Event(f"e{user}", user, user, "view", 0, record),))
+    return user_request(event(user, user=user))
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ import tracemalloc
 
 import reactivex
 
-from pipeline.events import Event, RawRecord, UserRequest, Window
+from pipeline.events import Event, UserRequest, Window
 from pipeline.operators.coalesce import RecentItems, coalesce, coalesce_window
+from tests.builders import event
 
 _offsets = iter(range(1_000_000))
 
@@ -21,9 +22,8 @@ def at(*items: int) -> list[tuple[int, int]]:
 
 
 def ev(user: int, item: int, ts: int, event_id: str | None = None) -> Event:
-    offset = next(_offsets)
-    record = RawRecord("interactions", 0, offset, ts, None, b"{}", ())
-    return Event(event_id or f"e{offset}", user, item, "view", ts, record)
+    """An event at the next offset: each one its own record."""
+    return event(next(_offsets), user=user, item=item, ts=ts, event_id=event_id)
 
 
 def win(*events: Event) -> Window:

@@ -8,17 +8,7 @@ from collections import Counter
 import orjson
 import reactivex
 
-from pipeline.events import (
-    BatchOutcome,
-    DeadLetter,
-    Event,
-    InferenceBatch,
-    RawRecord,
-    Recommendations,
-    SinkBatch,
-    SourceRef,
-    UserRequest,
-)
+from pipeline.events import BatchOutcome, Event, Headers, Recommendations, SinkBatch, SourceRef
 from pipeline.operators.enrich import (
     MAX_DEAD_LETTER_HEADERS,
     MAX_LISTED_SOURCES,
@@ -28,39 +18,52 @@ from pipeline.operators.enrich import (
     enrich,
     outcome_batch,
 )
+from tests.builders import dead_letter, event, inference_batch, raw_record, user_request
 
 SPEC = OutputSpec(topic="recommendations", dead_letter_topic="interactions.dlq")
 TRACE = (("traceparent", b"00-trace-01"), ("tracestate", b"vendor=1"), ("x-internal", b"secret"))
 
 
-def raw(partition: int, offset: int, ts: int, headers=(), value: bytes | None = b'{"e":1}') -> RawRecord:
-    return RawRecord("interactions", partition, offset, ts, f"k{offset}".encode(), value, headers)
-
-
-def event(user: int, partition: int, offset: int, ts: int, headers=()) -> Event:
-    record = raw(partition, offset, ts, headers)
-    return Event(f"ev-{partition}-{offset}", user, 100 + offset, "view", ts, record)
+def input_event(user: int, partition: int, offset: int, ts: int, headers: Headers = ()) -> Event:
+    """An event whose id names its coordinates, keyed and valued like a real input."""
+    return event(
+        offset,
+        user=user,
+        partition=partition,
+        ts=ts,
+        event_id=f"ev-{partition}-{offset}",
+        key=f"k{offset}".encode(),
+        value=b'{"e":1}',
+        headers=headers,
+    )
 
 
 def outcome(now_ms: float):
-    row1 = UserRequest(
-        7,
-        (101, 102),
-        (
-            event(7, 0, 10, int(now_ms) - 1_500, headers=(("traceparent", b"old"),)),
-            event(7, 1, 4, int(now_ms) - 1_200, headers=TRACE),
-        ),
+    row1 = user_request(
+        input_event(7, 0, 10, int(now_ms) - 1_500, headers=(("traceparent", b"old"),)),
+        input_event(7, 1, 4, int(now_ms) - 1_200, headers=TRACE),
+        history=(101, 102),
     )
-    row2 = UserRequest(8, (105,), (event(8, 0, 11, int(now_ms) - 900),))
-    failed_row = UserRequest(9, (106,), (event(9, 2, 30, int(now_ms) - 800),))
-    batch = InferenceBatch((row1, row2, failed_row), int(now_ms) - 100, int(now_ms) - 80)
+    row2 = user_request(input_event(8, 0, 11, int(now_ms) - 900), history=(105,))
+    failed_row = user_request(input_event(9, 2, 30, int(now_ms) - 800), history=(106,))
+    batch = inference_batch(
+        row1, row2, failed_row, window_start_ms=int(now_ms) - 100, window_end_ms=int(now_ms) - 80
+    )
     result = BatchOutcome(
         batch,
         answers=[
             (row1, Recommendations((5, 6, 7), (0.91234567, 0.5, 0.25))),
             (row2, Recommendations((1,), (0.1,))),
         ],
-        failures=[DeadLetter(failed_row.events[0].source, "invalid_argument", "InvalidInput", "bad row", 1)],
+        failures=[
+            dead_letter(
+                failed_row.events[0].source,
+                reason="invalid_argument",
+                error_class="InvalidInput",
+                detail="bad row",
+                attempts=1,
+            )
+        ],
         model_name="recommender",
         model_version="3",
         dispatched_ms=now_ms - 70,
@@ -151,8 +154,21 @@ def test_finishes_cover_every_source_ref_exactly_once():
 
 def test_dead_letter_record_keeps_original_bytes_key_and_headers_and_adds_dlq_headers():
     headers = (("traceparent", b"00-x"), ("custom", b"\x00\xff"))
-    src = RawRecord("interactions", 5, 1234, 1_699_999_999_000, b"user-9", b"\xff not json \x00", headers)
-    dead = DeadLetter(src, "malformed_json", "InvalidEvent", "not valid UTF-8 JSON: caf\u00e9", 0)
+    src = raw_record(
+        1234,
+        partition=5,
+        timestamp_ms=1_699_999_999_000,
+        key=b"user-9",
+        value=b"\xff not json \x00",
+        headers=headers,
+    )
+    dead = dead_letter(
+        src,
+        reason="malformed_json",
+        error_class="InvalidEvent",
+        detail="not valid UTF-8 JSON: caf\u00e9",
+        attempts=0,
+    )
     out = dead_letter_record(dead, "interactions.dlq")
     assert out.topic == "interactions.dlq"
     assert out.key == b"user-9"
@@ -172,15 +188,15 @@ def test_dead_letter_record_keeps_original_bytes_key_and_headers_and_adds_dlq_he
 
 
 def test_dead_letter_of_an_empty_record_and_long_detail():
-    src = RawRecord("interactions", 0, 1, 0, None, None, ())
-    out = dead_letter_record(DeadLetter(src, "empty", "InvalidEvent", "x" * 5_000), "dlq")
+    src = raw_record(1, value=None)
+    out = dead_letter_record(dead_letter(src, reason="empty", detail="x" * 5_000), "dlq")
     assert out.value == b""
     assert out.key is None
     assert len(dict(out.headers)["dlq.detail"]) == 1_024
 
 
 def test_dead_letters_batch_finishes_each_record():
-    dead = [DeadLetter(raw(0, o, 0), "empty", "InvalidEvent", "empty message") for o in (3, 4, 9)]
+    dead = [dead_letter(raw_record(o), reason="empty", detail="empty message") for o in (3, 4, 9)]
     sink = dead_letters_batch(dead, "interactions.dlq")
     assert isinstance(sink, SinkBatch)
     assert [r.topic for r in sink.records] == ["interactions.dlq"] * 3
@@ -214,9 +230,9 @@ def test_a_recommendation_lists_a_bounded_number_of_sources_and_counts_them_all(
     record past the producer's max_request_size: the list is capped, the count kept, and
     every input is still finished once the record is written."""
     now = time.time() * 1000
-    events = tuple(event(7, 0, offset, int(now) - 1_000) for offset in range(MAX_LISTED_SOURCES * 3))
-    row = UserRequest(7, (101,), events)
-    batch = InferenceBatch((row,), int(now) - 100, int(now) - 80)
+    events = [input_event(7, 0, offset, int(now) - 1_000) for offset in range(MAX_LISTED_SOURCES * 3)]
+    row = user_request(*events, history=(101,))
+    batch = inference_batch(row, window_start_ms=int(now) - 100, window_end_ms=int(now) - 80)
     out = outcome_batch(BatchOutcome(batch, answers=[(row, Recommendations((5,), (0.5,)))]), SPEC)
     doc = orjson.loads(out.records[0].value)
     assert len(doc["sources"]) == MAX_LISTED_SOURCES
@@ -229,12 +245,16 @@ def test_a_dead_letter_keeps_its_inputs_headers_up_to_a_budget() -> None:
     """An input with a 1 MB header: its dead letter would be refused by the broker like the
     input's value would; headers past the budget are dropped and counted instead."""
     big = [("traceparent", b"00-1-01"), ("blob", b"x" * 1_000_000), ("after", b"1")]
-    dead = DeadLetter(raw(0, 1, 5, headers=tuple(big)), "output_refused", "MessageSizeTooLargeError", "")
+    dead = dead_letter(
+        raw_record(1, headers=tuple(big)),
+        reason="output_refused",
+        error_class="MessageSizeTooLargeError",
+    )
     headers = dead_letter_record(dead, "dlq").headers
     assert headers[0] == ("traceparent", b"00-1-01")
     names = [name for name, _ in headers]
     assert "blob" not in names and "after" not in names
     assert dict(headers)["dlq.headers_dropped"] == b"2"
     assert sum(len(n) + len(v) for n, v in headers) < MAX_DEAD_LETTER_HEADERS + 2_000
-    small = DeadLetter(raw(0, 2, 5, headers=TRACE), "malformed_json", "InvalidEvent", "")
+    small = dead_letter(raw_record(2, headers=TRACE), reason="malformed_json")
     assert "dlq.headers_dropped" not in dict(dead_letter_record(small, "dlq").headers)

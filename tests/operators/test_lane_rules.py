@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import reactivex
 from reactivex.subject import Subject
 
 from pipeline.control.lane_rules import LaneRule, lane_classifier
-from pipeline.events import Event, RawRecord, UserRequest, Window
+from pipeline.events import Event, UserRequest, Window
 from pipeline.operators.batch import batch, split_batches
+from tests.builders import event, user_request
 
 _offsets = itertools.count()
 
 
-def ev(
-    type_: str = "view",
-    *,
-    user: int = 1,
-    topic: str = "interactions",
-    headers: tuple[tuple[str, bytes], ...] = (),
-) -> Event:
-    offset = next(_offsets)
-    record = RawRecord(topic, 0, offset, 1_000, None, b"{}", headers)
-    return Event(f"e{offset}", user, 100 + offset, type_, 1_000, record)
-
-
-def req(*events: Event, user: int = 1) -> UserRequest:
-    return UserRequest(user, tuple(e.item_id for e in events), events)
+def ev(type_: str = "view", **fields: Any) -> Event:
+    """An event of ``type_`` at the next offset (``fields``: as for ``builders.event``)."""
+    return event(next(_offsets), type=type_, **fields)
 
 
 PURCHASES = LaneRule("purchases", 1, field="type", values=frozenset({"purchase"}))
@@ -109,34 +100,34 @@ def test_a_rule_without_conditions_is_a_catch_all():
 
 def test_first_matching_lane_wins_and_any_event_lifts_the_whole_request():
     classify = lane_classifier(RULES)
-    assert classify(req(ev("view"), ev("purchase"))) == ("purchases", 1)
-    assert classify(req(ev("click"), ev("purchase"), ev("view"))) == ("purchases", 1)
-    assert classify(req(ev("view"), ev("click"))) == ("clicks", 2)
-    assert classify(req(ev("click"))) == ("clicks", 2)
+    assert classify(user_request(ev("view"), ev("purchase"))) == ("purchases", 1)
+    assert classify(user_request(ev("click"), ev("purchase"), ev("view"))) == ("purchases", 1)
+    assert classify(user_request(ev("view"), ev("click"))) == ("clicks", 2)
+    assert classify(user_request(ev("click"))) == ("clicks", 2)
 
 
 def test_rule_order_not_event_order_decides():
     classify = lane_classifier([CLICKS, PURCHASES, DEFAULT])
-    assert classify(req(ev("purchase"), ev("click"))) == ("clicks", 2)
+    assert classify(user_request(ev("purchase"), ev("click"))) == ("clicks", 2)
 
 
 def test_no_match_falls_back_to_the_last_lane():
     classify = lane_classifier(RULES)
-    assert classify(req(ev("view"))) == ("default", 3)
-    assert classify(req(ev("view"), ev("view"))) == ("default", 3)
+    assert classify(user_request(ev("view"))) == ("default", 3)
+    assert classify(user_request(ev("view"), ev("view"))) == ("default", 3)
 
 
 def test_the_last_lane_is_the_fallback_even_with_a_condition_of_its_own():
     bulk = LaneRule("bulk", 0, topics=frozenset({"backfill"}))
     classify = lane_classifier([PURCHASES, bulk])
-    assert classify(req(ev("view", topic="interactions"))) == ("bulk", 0)
-    assert classify(req(ev("purchase", topic="backfill"))) == ("purchases", 1)
+    assert classify(user_request(ev("view", topic="interactions"))) == ("bulk", 0)
+    assert classify(user_request(ev("purchase", topic="backfill"))) == ("purchases", 1)
 
 
 def test_single_lane_fast_path_sends_everything_there():
     classify = lane_classifier([PURCHASES])  # its own condition does not matter: it is the fallback
-    assert classify(req(ev("view"))) == ("purchases", 1)
-    assert classify(req(ev("purchase"))) == ("purchases", 1)
+    assert classify(user_request(ev("view"))) == ("purchases", 1)
+    assert classify(user_request(ev("purchase"))) == ("purchases", 1)
 
 
 def test_at_least_one_rule():
@@ -152,14 +143,14 @@ WINDOW = Window((), 5_000, 5_020)
 def test_split_batches_groups_per_lane_with_the_lanes_priority_and_max_size():
     classify = lane_classifier(RULES)
     requests = [
-        req(ev("view"), user=1),
-        req(ev("purchase"), user=2),
-        req(ev("view"), user=3),
-        req(ev("view"), ev("purchase"), user=4),
-        req(ev("click"), user=5),
-        req(ev("view"), user=6),
-        req(ev("purchase"), user=7),
-        req(ev("view"), user=8),
+        user_request(ev("view"), user=1),
+        user_request(ev("purchase"), user=2),
+        user_request(ev("view"), user=3),
+        user_request(ev("view"), ev("purchase"), user=4),
+        user_request(ev("click"), user=5),
+        user_request(ev("view"), user=6),
+        user_request(ev("purchase"), user=7),
+        user_request(ev("view"), user=8),
     ]
     batches = split_batches(WINDOW, requests, 2, classify)
     summary = [(b.lane, b.priority, [r.user_id for r in b.requests]) for b in batches]
@@ -176,8 +167,8 @@ def test_split_batches_groups_per_lane_with_the_lanes_priority_and_max_size():
 
 def test_split_batches_max_size_applies_to_each_lane_separately():
     classify = lane_classifier(RULES)
-    purchases = [req(ev("purchase"), user=u) for u in range(5)]
-    views = [req(ev("view"), user=u) for u in range(5, 8)]
+    purchases = [user_request(ev("purchase"), user=u) for u in range(5)]
+    views = [user_request(ev("view"), user=u) for u in range(5, 8)]
     requests = purchases + views
     batches = split_batches(WINDOW, requests, 3, classify)
     assert [(b.lane, len(b.requests)) for b in batches] == [
@@ -190,7 +181,7 @@ def test_split_batches_max_size_applies_to_each_lane_separately():
 
 def test_batch_operator_tags_lanes():
     out = []
-    window = (WINDOW, [req(ev("view"), user=1), req(ev("purchase"), user=2)])
+    window = (WINDOW, [user_request(ev("view"), user=1), user_request(ev("purchase"), user=2)])
     reactivex.of(window).pipe(batch(10, lane_classifier(RULES))).subscribe(out.append)
     assert [(b.lane, b.priority, [r.user_id for r in b.requests]) for b in out] == [
         ("default", 3, [1]),
@@ -203,7 +194,7 @@ def test_batch_operator_reads_a_callable_max_size_for_every_window():
     out, done = [], []
     subject: Subject = Subject()
     subject.pipe(batch(lambda: size[0])).subscribe(out.append, on_completed=lambda: done.append(True))
-    users = [req(ev("view"), user=u) for u in range(6)]
+    users = [user_request(ev("view"), user=u) for u in range(6)]
 
     subject.on_next((WINDOW, users))
     assert [len(b.requests) for b in out] == [2, 2, 2]
@@ -226,7 +217,9 @@ def test_a_lane_cap_bounds_only_that_lanes_batches() -> None:
     def lane_of(request: UserRequest) -> tuple[str, int]:
         return ("backfill", 3) if request.user_id >= 100 else ("live", 1)
 
-    rows = [req(ev(), user=u) for u in range(10)] + [req(ev(), user=100 + u) for u in range(10)]
+    rows = [user_request(ev(), user=u) for u in range(10)] + [
+        user_request(ev(), user=100 + u) for u in range(10)
+    ]
     batches = split_batches(Window((), 0, 1), rows, 8, lane_of, {"backfill": 3})
     sizes = {lane: [len(b.requests) for b in batches if b.lane == lane] for lane in ("live", "backfill")}
     assert sizes == {"live": [8, 2], "backfill": [3, 3, 3, 1]}

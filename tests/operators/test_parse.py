@@ -8,28 +8,21 @@ import reactivex
 
 from pipeline.events import DeadLetter, Event, RawRecord
 from pipeline.operators.parse import MAX_EVENT_ID_LEN, MAX_ID, ParseRules, parse, parse_batch
+from tests.builders import OMIT, event_doc, raw_record
 
 NOW = 1_700_000_000_000
 RULES = ParseRules()
 
 
-_DROP = object()  # as an override: leave the field out
-
-
 def doc(**overrides: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "event_id": "ev-1",
-        "user_id": 42,
-        "item_id": 7,
-        "type": "click",
-        "ts": NOW - 1_000,
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not _DROP}
+    fields = {"event_id": "ev-1", "user_id": 42, "item_id": 7, "type": "click", "ts": NOW - 1_000}
+    return event_doc(**(fields | overrides))
 
 
 def rec(value: bytes | None, offset: int = 0) -> RawRecord:
-    return RawRecord("interactions", 3, offset, NOW, b"key", value, (("traceparent", b"00-abc"),))
+    return raw_record(
+        offset, partition=3, timestamp_ms=NOW, key=b"key", value=value, headers=(("traceparent", b"00-abc"),)
+    )
 
 
 def rec_doc(offset: int = 0, **overrides: object) -> RawRecord:
@@ -96,7 +89,7 @@ def test_oversized_is_checked_before_parsing():
 
 @pytest.mark.parametrize("field", ["event_id", "type", "user_id", "item_id", "ts"])
 def test_missing_field(field):
-    dead = reject(rec_doc(**{field: _DROP}))
+    dead = reject(rec_doc(**{field: OMIT}))
     assert dead.reason == "missing_field"
     assert field in dead.detail
 

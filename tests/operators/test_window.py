@@ -10,8 +10,9 @@ import random
 import pytest
 from reactivex.testing import ReactiveTest, TestScheduler
 
-from pipeline.events import Event, RawRecord, Window
+from pipeline.events import Event, Window
 from pipeline.operators.window import window
+from tests.builders import event
 
 on_next = ReactiveTest.on_next
 on_completed = ReactiveTest.on_completed
@@ -19,12 +20,7 @@ on_error = ReactiveTest.on_error
 subscribe = ReactiveTest.subscribe
 
 
-def ev(i: int, user: int = 1) -> Event:
-    record = RawRecord("interactions", 0, i, 1_000 + i, None, b"{}", ())
-    return Event(f"e{i}", user, 100 + i, "view", 1_000 + i, record)
-
-
-E = [ev(i) for i in range(20)]
+E = [event(i, ts=1_000 + i) for i in range(20)]
 
 
 def W(events: list[Event], start_tick: int, end_tick: int) -> Window:
@@ -229,7 +225,7 @@ def test_regression_every_event_exactly_once_and_in_order_across_time_and_count_
     events in varied batch sizes, with both kinds of close interleaved, and account for all."""
     rng = random.Random(20240607)
     max_ms, max_events = 5_000, 97  # 5 ticks
-    events = [ev(i, user=i % 31) for i in range(10_000)]
+    events = [event(i, user=i % 31, ts=1_000 + i) for i in range(10_000)]
     messages = []
     tick, pos = 201, 0
     while pos < len(events):

@@ -47,14 +47,11 @@ async def probing(**limits: int) -> tuple[FakeClock, CircuitBreaker]:
     return clock, breaker
 
 
-def test_closed_breaker_admits_at_once_without_probing():
-    async def scenario() -> None:
-        breaker = CircuitBreaker(clock=FakeClock())
-        assert breaker.is_closed
-        for _ in range(3):
-            assert await admit_within(breaker, 0.01) is False
-
-    asyncio.run(scenario())
+async def test_closed_breaker_admits_at_once_without_probing():
+    breaker = CircuitBreaker(clock=FakeClock())
+    assert breaker.is_closed
+    for _ in range(3):
+        assert await admit_within(breaker, 0.01) is False
 
 
 def test_opens_after_failure_threshold_consecutive_failures():
@@ -92,124 +89,106 @@ def test_success_resets_the_consecutive_count():
     assert breaker.state is BreakerState.OPEN
 
 
-def test_admit_waits_while_open_then_lets_one_probe_through_after_open_ms():
-    async def scenario() -> None:
-        clock = FakeClock()
-        breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
-        breaker.record_failure(probe=False)
+async def test_admit_waits_while_open_then_lets_one_probe_through_after_open_ms():
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
+    breaker.record_failure(probe=False)
 
-        waiter = asyncio.ensure_future(breaker.admit())
-        await settle()
-        assert not waiter.done()
-        clock.advance(15)
-        await settle()
-        assert not waiter.done()  # 15 of 20 ms
-        clock.advance(5)
-        assert await asyncio.wait_for(waiter, 0.5) is True
-        assert breaker.state is BreakerState.HALF_OPEN
-
-    asyncio.run(scenario())
+    waiter = asyncio.ensure_future(breaker.admit())
+    await settle()
+    assert not waiter.done()
+    clock.advance(15)
+    await settle()
+    assert not waiter.done()  # 15 of 20 ms
+    clock.advance(5)
+    assert await asyncio.wait_for(waiter, 0.5) is True
+    assert breaker.state is BreakerState.HALF_OPEN
 
 
-def test_only_one_probe_at_a_time():
-    async def scenario() -> None:
-        clock = FakeClock()
-        breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
-        breaker.record_failure(probe=False)
-        waiters = [asyncio.ensure_future(breaker.admit()) for _ in range(5)]
-        clock.advance(25)
-        await settle(0.15)  # several polls (every 10-20 ms) for each waiter
-        done = [w for w in waiters if w.done()]
-        assert [w.result() for w in done] == [True]
-        assert await admit_within(breaker, 0.03) is None  # a newcomer waits too
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-
-    asyncio.run(scenario())
+async def test_only_one_probe_at_a_time():
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
+    breaker.record_failure(probe=False)
+    waiters = [asyncio.ensure_future(breaker.admit()) for _ in range(5)]
+    clock.advance(25)
+    await settle(0.15)  # several polls (every 10-20 ms) for each waiter
+    done = [w for w in waiters if w.done()]
+    assert [w.result() for w in done] == [True]
+    assert await admit_within(breaker, 0.03) is None  # a newcomer waits too
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
 
 
-def test_probe_success_closes_and_releases_every_waiter():
-    async def scenario() -> None:
-        _, breaker = await probing()
-        waiters = [asyncio.ensure_future(breaker.admit()) for _ in range(4)]
-        await settle()
-        assert not any(w.done() for w in waiters)
+async def test_probe_success_closes_and_releases_every_waiter():
+    _, breaker = await probing()
+    waiters = [asyncio.ensure_future(breaker.admit()) for _ in range(4)]
+    await settle()
+    assert not any(w.done() for w in waiters)
 
-        breaker.record_success()
-        assert breaker.state is BreakerState.CLOSED
-        results = await asyncio.wait_for(asyncio.gather(*waiters), 0.5)
-        assert results == [False] * 4
-        assert breaker.consecutive_failures == 0
-
-    asyncio.run(scenario())
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    results = await asyncio.wait_for(asyncio.gather(*waiters), 0.5)
+    assert results == [False] * 4
+    assert breaker.consecutive_failures == 0
 
 
-def test_probe_failure_doubles_the_open_time_up_to_max_open_ms():
-    async def scenario() -> None:
-        clock, breaker = await probing(max_open_ms=70)
+async def test_probe_failure_doubles_the_open_time_up_to_max_open_ms():
+    clock, breaker = await probing(max_open_ms=70)
 
-        breaker.record_failure(probe=True)  # re-opens for 40 ms, from now
-        assert breaker.state is BreakerState.OPEN
-        clock.advance(35)
-        assert await admit_within(breaker) is None
-        clock.advance(6)
-        assert await admit_within(breaker) is True
+    breaker.record_failure(probe=True)  # re-opens for 40 ms, from now
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(35)
+    assert await admit_within(breaker) is None
+    clock.advance(6)
+    assert await admit_within(breaker) is True
 
-        breaker.record_failure(probe=True)  # 80 ms, capped at 70
-        clock.advance(65)
-        assert await admit_within(breaker) is None
-        clock.advance(6)
-        assert await admit_within(breaker) is True
+    breaker.record_failure(probe=True)  # 80 ms, capped at 70
+    clock.advance(65)
+    assert await admit_within(breaker) is None
+    clock.advance(6)
+    assert await admit_within(breaker) is True
 
-        breaker.record_failure(probe=True)  # still 70
-        clock.advance(65)
-        assert await admit_within(breaker) is None
-        clock.advance(6)
-        assert await admit_within(breaker) is True
-        assert breaker.trips == 1  # re-opening from half-open is the same outage
-
-    asyncio.run(scenario())
+    breaker.record_failure(probe=True)  # still 70
+    clock.advance(65)
+    assert await admit_within(breaker) is None
+    clock.advance(6)
+    assert await admit_within(breaker) is True
+    assert breaker.trips == 1  # re-opening from half-open is the same outage
 
 
-def test_a_successful_probe_resets_the_open_time_for_the_next_outage():
-    async def scenario() -> None:
-        clock = FakeClock()
-        breaker = CircuitBreaker(failure_threshold=1, open_ms=20, max_open_ms=1_000, clock=clock)
-        breaker.record_failure(probe=False)
-        for _ in range(3):  # 40, 80, 160 ms
-            clock.advance(200)
-            assert await admit_within(breaker) is True
-            breaker.record_failure(probe=True)
+async def test_a_successful_probe_resets_the_open_time_for_the_next_outage():
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, max_open_ms=1_000, clock=clock)
+    breaker.record_failure(probe=False)
+    for _ in range(3):  # 40, 80, 160 ms
         clock.advance(200)
         assert await admit_within(breaker) is True
-        breaker.record_success()
+        breaker.record_failure(probe=True)
+    clock.advance(200)
+    assert await admit_within(breaker) is True
+    breaker.record_success()
 
-        breaker.record_failure(probe=False, server_down=True)  # a new outage
-        assert breaker.trips == 2
-        clock.advance(21)
-        assert await admit_within(breaker) is True  # 20 ms again, not 320
-
-    asyncio.run(scenario())
+    breaker.record_failure(probe=False, server_down=True)  # a new outage
+    assert breaker.trips == 2
+    clock.advance(21)
+    assert await admit_within(breaker) is True  # 20 ms again, not 320
 
 
-def test_cancel_probe_lets_the_next_admit_probe():
-    async def scenario() -> None:
-        _, breaker = await probing()
-        waiter = asyncio.ensure_future(breaker.admit())
-        await settle()
-        assert not waiter.done()
+async def test_cancel_probe_lets_the_next_admit_probe():
+    _, breaker = await probing()
+    waiter = asyncio.ensure_future(breaker.admit())
+    await settle()
+    assert not waiter.done()
 
-        breaker.cancel_probe()  # the probe was never sent
-        assert breaker.state is BreakerState.OPEN
-        assert await asyncio.wait_for(waiter, 0.5) is True  # the waiter probes instead
-        assert breaker.state is BreakerState.HALF_OPEN
-        assert await admit_within(breaker, 0.03) is None  # and only it
+    breaker.cancel_probe()  # the probe was never sent
+    assert breaker.state is BreakerState.OPEN
+    assert await asyncio.wait_for(waiter, 0.5) is True  # the waiter probes instead
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert await admit_within(breaker, 0.03) is None  # and only it
 
-        breaker.cancel_probe()
-        assert await admit_within(breaker) is True
-
-    asyncio.run(scenario())
+    breaker.cancel_probe()
+    assert await admit_within(breaker) is True
 
 
 @pytest.mark.parametrize("state", ["closed", "open"])

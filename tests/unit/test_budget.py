@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
-from pipeline.events import Event, RawRecord, UserRequest
+from pipeline.events import UserRequest
+from tests.builders import event, user_request
 
 
 class FakeClock:
@@ -100,14 +101,9 @@ def test_remembered_requests_stay_bounded_by_the_window_when_nothing_fails():
 # -- deadlines -----------------------------------------------------------------------------
 
 
-def ev(ts_ms: int, offset: int = 0) -> Event:
-    record = RawRecord("interactions", 0, offset, ts_ms, None, b"{}", ())
-    return Event(f"e{offset}", 1, 100 + offset, "view", ts_ms, record)
-
-
 def row(user: int, *timestamps: int) -> UserRequest:
-    events = tuple(ev(ts, offset=i) for i, ts in enumerate(timestamps))
-    return UserRequest(user, tuple(range(len(events))), events)
+    """``user``'s row of events at these Kafka timestamps (ms)."""
+    return user_request(*(event(i, ts=ts) for i, ts in enumerate(timestamps)), user=user)
 
 
 def test_deadline_is_the_newest_event_plus_the_budget():
@@ -116,9 +112,8 @@ def test_deadline_is_the_newest_event_plus_the_budget():
 
 
 def test_deadline_uses_the_kafka_timestamp_not_the_event_ts_field():
-    record = RawRecord("interactions", 0, 0, 9_000, None, b"{}", ())
-    event = Event("e", 1, 1, "view", 1, record)  # a client-side ts of 1 ms
-    assert deadline_ms([UserRequest(1, (1,), (event,))], 100) == 9_100
+    late_clock = event(ts=1, timestamp_ms=9_000)  # a client-side ts of 1 ms
+    assert deadline_ms([user_request(late_clock)], 100) == 9_100
 
 
 def test_split_stale_judges_each_row_by_its_newest_event():

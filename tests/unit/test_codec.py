@@ -9,12 +9,13 @@ from tritonclient.grpc import service_pb2
 from pipeline.errors import BadOutput
 from pipeline.events import Recommendations, UserRequest
 from pipeline.triton.codec import HISTORY_PAD, ModelSignature, decode, encode, request_id
+from tests.builders import user_request
 
 SIG = ModelSignature(name="recommender", version="2", history_length=4, top_k=3)
 
 
 def row(user: int, *history: int) -> UserRequest:
-    return UserRequest(user, tuple(history), ())
+    return user_request(user=user, history=history)
 
 
 def inputs(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import NoReturn
 
 import grpc
@@ -78,11 +77,11 @@ class _Stub:
         return service_pb2.ServerReadyResponse(ready=self.server_ready)
 
 
-def test_a_model_missing_from_a_starting_server_is_waited_for() -> None:
+async def test_a_model_missing_from_a_starting_server_is_waited_for() -> None:
     with pytest.raises(grpc.aio.AioRpcError):  # the caller's wait-and-retry path
-        asyncio.run(fetch_served_model(_Stub(server_ready=False), "recommender", ""))  # type: ignore[arg-type]
+        await fetch_served_model(_Stub(server_ready=False), "recommender", "")  # type: ignore[arg-type]
 
 
-def test_a_model_missing_from_a_ready_server_is_a_contract_error() -> None:
+async def test_a_model_missing_from_a_ready_server_is_a_contract_error() -> None:
     with pytest.raises(ModelContractError, match=r"model\.name: 'recommender'"):
-        asyncio.run(fetch_served_model(_Stub(server_ready=True), "recommender", ""))  # type: ignore[arg-type]
+        await fetch_served_model(_Stub(server_ready=True), "recommender", "")  # type: ignore[arg-type]

@@ -3,14 +3,13 @@ what it does with failures that no Triton answer can produce."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any, NoReturn
 
-from pipeline.events import Event, InferenceBatch, RawRecord, UserRequest
+from pipeline.events import InferenceBatch
 from pipeline.metrics import Metrics
 from pipeline.triton.codec import ModelSignature
 from pipeline.triton.dispatcher import DispatchConfig, Dispatcher
+from tests.builders import event, inference_batch, now_ms, user_request
 
 
 class RaisingStream:
@@ -35,12 +34,10 @@ class FakePool:
 
 
 def batch_of(users: int) -> InferenceBatch:
-    now = time.time_ns() // 1_000_000
-    rows = []
-    for u in range(users):
-        raw = RawRecord("in", 0, u, now, None, b"{}", ())
-        rows.append(UserRequest(u, (1, 2), (Event(f"e{u}", u, 2, "view", now, raw),)))
-    return InferenceBatch(tuple(rows), now, now)
+    """Users 0..``users``-1, one event each, at offsets 0..``users``-1, all just now."""
+    now = now_ms()
+    rows = [user_request(event(u, user=u, ts=now), history=(1, 2)) for u in range(users)]
+    return inference_batch(*rows, window_start_ms=now, window_end_ms=now)
 
 
 def dispatcher(stream: RaisingStream) -> Dispatcher:
@@ -48,19 +45,19 @@ def dispatcher(stream: RaisingStream) -> Dispatcher:
     return Dispatcher(FakePool(stream), config, Metrics())  # type: ignore[arg-type]
 
 
-def test_an_unexpected_exception_fails_the_batch_not_the_caller() -> None:
+async def test_an_unexpected_exception_fails_the_batch_not_the_caller() -> None:
     stream = RaisingStream(ValueError("a bug in the client"))
-    outcome = asyncio.run(dispatcher(stream).infer(batch_of(3)))
+    outcome = await dispatcher(stream).infer(batch_of(3))
     assert outcome.answers == []
     assert [d.reason for d in outcome.failures] == ["internal_error"] * 3
     assert {d.record.offset for d in outcome.failures} == {0, 1, 2}
     assert "a bug in the client" in outcome.failures[0].detail
 
 
-def test_request_ids_differ_for_the_same_records_sent_twice() -> None:
+async def test_request_ids_differ_for_the_same_records_sent_twice() -> None:
     stream = RaisingStream(ValueError("x"))
     d = dispatcher(stream)
     batch = batch_of(2)
-    asyncio.run(d.infer(batch))
-    asyncio.run(d.infer(batch))
+    await d.infer(batch)
+    await d.infer(batch)
     assert len(stream.ids) == 2 and stream.ids[0] != stream.ids[1]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from pipeline.devstack.process import free_port
 from pipeline.health import OpsServer
@@ -19,57 +21,50 @@ async def _exchange(port: int, request: bytes) -> bytes:
     return answer
 
 
-def _serve(scenario, ready: bool = True, read_timeout_s: float = 5.0):
-    async def run():
-        port = free_port()
-        server = OpsServer(Metrics(), lambda: ready, port, read_timeout_s=read_timeout_s)
-        await server.start()
-        try:
-            return await scenario(port, server)
-        finally:
-            await server.stop()
+@contextlib.asynccontextmanager
+async def serving(ready: bool = True, read_timeout_s: float = 5.0) -> AsyncIterator[tuple[int, OpsServer]]:
+    """A started server and its port; stopped on leaving."""
+    port = free_port()
+    server = OpsServer(Metrics(), lambda: ready, port, read_timeout_s=read_timeout_s)
+    await server.start()
+    try:
+        yield port, server
+    finally:
+        await server.stop()
 
-    return asyncio.run(run())
 
-
-def test_routes_answer_and_it_binds_loopback_by_default() -> None:
-    async def scenario(port: int, server: OpsServer) -> list[bytes]:
+async def test_routes_answer_and_it_binds_loopback_by_default() -> None:
+    async with serving() as (port, server):
         assert server.host == "127.0.0.1"
-        return [
+        ready, metrics, missing = [
             await _exchange(port, f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             for p in ("/readyz", "/metrics", "/nope")
         ]
-
-    ready, metrics, missing = _serve(scenario)
     assert ready.startswith(b"HTTP/1.1 200") and metrics.startswith(b"HTTP/1.1 200")
     assert b"pipeline_stalled" in metrics
     assert missing.startswith(b"HTTP/1.1 404")
 
 
-def test_not_ready_is_503() -> None:
-    async def scenario(port: int, _: OpsServer) -> bytes:
-        return await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+async def test_not_ready_is_503() -> None:
+    async with serving(ready=False) as (port, _):
+        answer = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 503")
 
-    assert _serve(scenario, ready=False).startswith(b"HTTP/1.1 503")
 
-
-def test_oversized_headers_are_refused() -> None:
-    async def scenario(port: int, _: OpsServer) -> list[bytes]:
-        long_line = b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
-        many = b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n"
-        return [await _exchange(port, long_line), await _exchange(port, many)]
-
-    for answer in _serve(scenario):
+async def test_oversized_headers_are_refused() -> None:
+    long_line = b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    many = b"GET /metrics HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n"
+    async with serving() as (port, _):
+        answers = [await _exchange(port, long_line), await _exchange(port, many)]
+    for answer in answers:
         assert answer.startswith(b"HTTP/1.1 431")
 
 
-def test_a_silent_client_is_dropped_after_the_read_timeout() -> None:
-    async def scenario(port: int, _: OpsServer) -> tuple[bytes, float]:
+async def test_a_silent_client_is_dropped_after_the_read_timeout() -> None:
+    async with serving(read_timeout_s=0.3) as (port, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         started = time.monotonic()
         data = await asyncio.wait_for(reader.read(), 5)  # the server closes: EOF
         writer.close()
-        return data, time.monotonic() - started
-
-    data, waited = _serve(scenario, read_timeout_s=0.3)
+        waited = time.monotonic() - started
     assert data == b"" and 0.25 < waited < 2

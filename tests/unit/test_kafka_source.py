@@ -20,6 +20,7 @@ from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource, _Rebalance
 from pipeline.sources.undecodable import step_past_undecodable
 from pipeline.topology.schema import Broker, Source
+from tests.builders import raw_record
 
 BAD = b"<undecodable>"
 
@@ -104,57 +105,50 @@ def source_with(consumer: FakeConsumer, credits: TopicCredits, max_poll_records:
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
-def test_a_rebalance_while_paused_does_not_wedge_the_source() -> None:
-    async def scenario() -> tuple[list[int], int, int]:
-        consumer = FakeConsumer({TP0: [b"{}"] * 30})
-        credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
-        source = source_with(consumer, credits, max_poll_records=5)
-        got: list[RawRecord] = []
-        stop = asyncio.Event()
-        task = asyncio.create_task(source.run(got.extend, stop))
-        while len(got) < 10:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
-        assert TP0 in consumer.paused_tps and len(got) == 10  # full: paused
-        polls_while_paused = consumer.polls
-        # A rebalance hands the partition back unpaused, with the credits still taken.
-        consumer.paused_tps.clear()
-        await _Rebalance(source).on_partitions_assigned([TP0])
-        await asyncio.sleep(0.3)
-        paused_again = TP0 in consumer.paused_tps
-        credits.give_back("t", len(got))  # the work finishes
-        for _ in range(100):
-            if len(got) == 30:
-                break
-            credits.give_back("t", credits.gate("t").in_flight)
-            await asyncio.sleep(0.02)
-        stop.set()
-        await asyncio.wait_for(task, 2)
-        assert paused_again, "the full topic must be paused again after the assignment"
-        return [r.offset for r in got], polls_while_paused, consumer.polls
-
-    offsets, polls_paused, polls_end = asyncio.run(scenario())
-    assert offsets == list(range(30))
-    assert polls_paused >= 3  # kept polling while paused (membership), not parked
-    assert polls_end > polls_paused
+async def test_a_rebalance_while_paused_does_not_wedge_the_source() -> None:
+    consumer = FakeConsumer({TP0: [b"{}"] * 30})
+    credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
+    source = source_with(consumer, credits, max_poll_records=5)
+    got: list[RawRecord] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(got.extend, stop))
+    while len(got) < 10:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert TP0 in consumer.paused_tps and len(got) == 10  # full: paused
+    polls_while_paused = consumer.polls
+    # A rebalance hands the partition back unpaused, with the credits still taken.
+    consumer.paused_tps.clear()
+    await _Rebalance(source).on_partitions_assigned([TP0])
+    await asyncio.sleep(0.3)
+    paused_again = TP0 in consumer.paused_tps
+    credits.give_back("t", len(got))  # the work finishes
+    for _ in range(100):
+        if len(got) == 30:
+            break
+        credits.give_back("t", credits.gate("t").in_flight)
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert paused_again, "the full topic must be paused again after the assignment"
+    assert [r.offset for r in got] == list(range(30))
+    assert polls_while_paused >= 3  # kept polling while paused (membership), not parked
+    assert consumer.polls > polls_while_paused
 
 
-def test_an_undecodable_record_is_stepped_past_and_nothing_is_skipped() -> None:
-    async def scenario() -> list[tuple[int, int, bool]]:
-        consumer = FakeConsumer({TP0: [b"a0", b"a1"], TP1: [b"b0", BAD, b"b2"]})
-        source = source_with(consumer, TopicCredits(["t"], 1000, 500))
-        got: list[RawRecord] = []
-        stop = asyncio.Event()
-        task = asyncio.create_task(source.run(got.extend, stop))
-        for _ in range(200):
-            if len(got) >= 5:
-                break
-            await asyncio.sleep(0.01)
-        stop.set()
-        await asyncio.wait_for(task, 3)
-        return sorted((r.partition, r.offset, r.undecodable is not None) for r in got)
-
-    assert asyncio.run(scenario()) == [
+async def test_an_undecodable_record_is_stepped_past_and_nothing_is_skipped() -> None:
+    consumer = FakeConsumer({TP0: [b"a0", b"a1"], TP1: [b"b0", BAD, b"b2"]})
+    source = source_with(consumer, TopicCredits(["t"], 1000, 500))
+    got: list[RawRecord] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(got.extend, stop))
+    for _ in range(200):
+        if len(got) >= 5:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 3)
+    assert sorted((r.partition, r.offset, r.undecodable is not None) for r in got) == [
         (0, 0, False),
         (0, 1, False),
         (1, 0, False),
@@ -163,18 +157,15 @@ def test_an_undecodable_record_is_stepped_past_and_nothing_is_skipped() -> None:
     ]
 
 
-def test_records_of_a_revoked_assignment_are_stale() -> None:
-    async def scenario() -> tuple[bool, bool, bool]:
-        source = source_with(FakeConsumer({TP0: [b"{}"]}), TopicCredits(["t"], 10, 5))
-        source.new_generation([TP0])
-        first = RawRecord("t", 0, 5, 0, None, b"{}", (), None, source.generation_of(TP0))
-        current_before = source.is_current(first)
-        await source.release([TP0])  # revoked: nothing in flight in the tracker, released at once
-        revoked = source.is_current(first)
-        source.new_generation([TP0])  # assigned again: the old record stays stale
-        return current_before, revoked, source.is_current(first)
-
-    assert asyncio.run(scenario()) == (True, False, False)
+async def test_records_of_a_revoked_assignment_are_stale() -> None:
+    source = source_with(FakeConsumer({TP0: [b"{}"]}), TopicCredits(["t"], 10, 5))
+    source.new_generation([TP0])
+    first = raw_record(5, topic="t", generation=source.generation_of(TP0))
+    assert source.is_current(first)
+    await source.release([TP0])  # revoked: nothing in flight in the tracker, released at once
+    assert not source.is_current(first)
+    source.new_generation([TP0])  # assigned again: the old record stays stale
+    assert not source.is_current(first)
 
 
 class FailingConsumer(FakeConsumer):
@@ -191,12 +182,11 @@ class FailingConsumer(FakeConsumer):
         return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
 
 
-def test_a_long_broker_outage_is_retried_counted_and_logged_now_and_then(monkeypatch, caplog) -> None:
+async def test_a_long_broker_outage_is_retried_counted_and_logged_now_and_then(monkeypatch, caplog) -> None:
     monkeypatch.setattr(kafka_source, "FETCH_RETRY_S", 0.001)
     failures = 65
-
-    async def scenario() -> tuple[list[RawRecord], Metrics]:
-        outage: list[Exception] = [KafkaConnectionError("broker down") for _ in range(failures)]
+    outage: list[Exception] = [KafkaConnectionError("broker down") for _ in range(failures)]
+    with caplog.at_level(logging.INFO, logger="pipeline.sources.kafka"):
         consumer = FailingConsumer({TP0: [b"{}"] * 5}, outage)
         source = source_with(consumer, TopicCredits(["t"], 1000, 500))
         got: list[RawRecord] = []
@@ -208,25 +198,18 @@ def test_a_long_broker_outage_is_retried_counted_and_logged_now_and_then(monkeyp
             await asyncio.sleep(0.01)
         stop.set()
         await asyncio.wait_for(task, 3)
-        return got, source.metrics
-
-    with caplog.at_level(logging.INFO, logger="pipeline.sources.kafka"):
-        got, metrics = asyncio.run(scenario())
     assert [r.offset for r in got] == list(range(5))
-    assert metrics.fetch_errors.labels("KafkaConnectionError")._value.get() == failures
+    assert source.metrics.fetch_errors.labels("KafkaConnectionError")._value.get() == failures
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and "(61 in a row)" in warnings[-1], warnings  # 1st, 31st, 61st
     assert any(f"after {failures} failed attempts" in r.getMessage() for r in caplog.records)
 
 
-def test_a_fetch_error_that_retrying_cannot_fix_stops_the_source() -> None:
-    async def scenario() -> None:
-        consumer = FailingConsumer({TP0: [b"{}"]}, [TopicAuthorizationFailedError()])
-        source = source_with(consumer, TopicCredits(["t"], 1000, 500))
-        await asyncio.wait_for(source.run(lambda _: None, asyncio.Event()), 3)
-
+async def test_a_fetch_error_that_retrying_cannot_fix_stops_the_source() -> None:
+    consumer = FailingConsumer({TP0: [b"{}"]}, [TopicAuthorizationFailedError()])
+    source = source_with(consumer, TopicCredits(["t"], 1000, 500))
     with pytest.raises(SourceFailed, match="TopicAuthorizationFailedError"):
-        asyncio.run(scenario())
+        await asyncio.wait_for(source.run(lambda _: None, asyncio.Event()), 3)
 
 
 class LiveConsumer(FakeConsumer):
@@ -237,14 +220,10 @@ class LiveConsumer(FakeConsumer):
         return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
 
 
-def test_stepping_past_an_undecodable_record_stops_at_each_partitions_end() -> None:
+async def test_stepping_past_an_undecodable_record_stops_at_each_partitions_end() -> None:
     """Found by the soak: a clean partition under live traffic was re-read record by record
     as new ones arrived, up to 2 x max_poll_records, holding everything for ~40 s."""
-
-    async def scenario() -> dict[TopicPartition, list[RawRecord]]:
-        consumer = LiveConsumer({TP0: [b"{}"] * 5, TP1: [b"b0", BAD, b"b2"]})
-        return await step_past_undecodable(consumer, {TP0: 2, TP1: 0}, limit=1_000)  # type: ignore[arg-type]
-
-    read = asyncio.run(scenario())
+    consumer = LiveConsumer({TP0: [b"{}"] * 5, TP1: [b"b0", BAD, b"b2"]})
+    read = await step_past_undecodable(consumer, {TP0: 2, TP1: 0}, limit=1_000)  # type: ignore[arg-type]
     assert [r.offset for r in read[TP0]] == [2, 3, 4]  # up to the end seen at the failure
     assert [(r.offset, r.undecodable is not None) for r in read[TP1]] == [(0, False), (1, True)]

@@ -3,14 +3,10 @@ on a fake clock; other lanes are not held back by it."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from pipeline.control.lanes import LaneScheduler, LaneSpec
-from pipeline.events import InferenceBatch, UserRequest
-
-_seq = itertools.count()
+from tests.builders import distinct_batch
 
 
 class FakeClock:
@@ -21,10 +17,6 @@ class FakeClock:
         return self.ms / 1000.0
 
 
-def rows(lane: str, n: int) -> InferenceBatch:
-    return InferenceBatch(tuple(UserRequest(i, (), ()) for i in range(n)), next(_seq), 0, lane)
-
-
 def run(sched: LaneScheduler, clock: FakeClock, lanes: dict[str, int], ms: int) -> dict[str, int]:
     """Keep every lane backlogged with batches of ``lanes[lane]`` rows; every ms dispatch
     what the scheduler allows and complete it at once. Returns rows dispatched per lane."""
@@ -32,7 +24,7 @@ def run(sched: LaneScheduler, clock: FakeClock, lanes: dict[str, int], ms: int) 
     for _ in range(ms):
         for lane, size in lanes.items():
             while len(sched.lanes[lane].queue) < 2:
-                sched.push(rows(lane, size))
+                sched.push(distinct_batch(lane, users=size))
         while (batch := sched.pop()) is not None:
             sent[batch.lane] += len(batch.requests)
             sched.done(batch.lane)
@@ -65,8 +57,8 @@ def test_retry_in_says_when_a_rationed_lane_has_tokens_again():
     sched = LaneScheduler([LaneSpec("a")], lambda: 8, clock)
     assert sched.retry_in() is None
     sched.set_rate("a", 100.0)
-    sched.push(rows("a", 10))
-    sched.push(rows("a", 10))
+    sched.push(distinct_batch("a", users=10))
+    sched.push(distinct_batch("a", users=10))
     assert sched.pop() is not None  # tokens 0 → -10
     assert sched.pop() is None
     assert sched.retry_in() == pytest.approx(0.1)  # 10 rows at 100 rows/s

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.control.lanes import LaneScheduler, LaneSpec
 from pipeline.events import InferenceBatch
+from tests.builders import distinct_batch
 
 
 class FakeClock:
@@ -25,14 +26,6 @@ class FakeClock:
 
     def advance(self, ms: int = 1) -> None:
         self.ms += ms
-
-
-_seq = itertools.count()
-
-
-def mk(lane: str) -> InferenceBatch:
-    """A distinct batch of ``lane`` (window_start_ms doubles as a serial number)."""
-    return InferenceBatch((), next(_seq), 0, lane)
 
 
 class Sim:
@@ -49,7 +42,7 @@ class Sim:
         self.max_total_in_flight = 0
 
     def push(self, lane: str) -> None:
-        batch = mk(lane)
+        batch = distinct_batch(lane)
         self.pushed_at[batch.window_start_ms] = self.clock.ms
         self.sched.push(batch)
 
@@ -157,7 +150,7 @@ def test_a_lane_at_its_budget_does_not_block_the_global_pool():
     clock = FakeClock()
     sched = LaneScheduler([LaneSpec("x", max_in_flight=1), LaneSpec("y", max_in_flight=1)], lambda: 10, clock)
     for lane in "xxxyyy":
-        sched.push(mk(lane))
+        sched.push(distinct_batch(lane))
     popped = [sched.pop(), sched.pop(), sched.pop()]
     assert sorted(b.lane for b in popped[:2]) == ["x", "y"]
     assert popped[2] is None  # both lanes at their budget, although 8 global slots are free
@@ -188,11 +181,11 @@ def test_low_weight_lane_waits_no_longer_than_its_max_wait():
 def test_an_overdue_lane_goes_first_whatever_its_pass():
     clock = FakeClock()
     sched = LaneScheduler([LaneSpec("hi", weight=1_000), LaneSpec("lo", max_wait_ms=10)], lambda: 1, clock)
-    sched.push(mk("lo"))
+    sched.push(distinct_batch("lo"))
     sched.done(sched.pop().lane)  # "lo" ran once: its pass is 1, "hi" advances by 0.001
     for _ in range(5):
-        sched.push(mk("hi"))
-    sched.push(mk("lo"))  # "hi" is busy, so "lo" keeps its pass, far ahead
+        sched.push(distinct_batch("hi"))
+    sched.push(distinct_batch("lo"))  # "hi" is busy, so "lo" keeps its pass, far ahead
     clock.advance(9)
     nxt = sched.pop()
     assert nxt.lane == "hi"  # 9 ms: not yet overdue
@@ -231,14 +224,14 @@ def test_a_lane_returning_while_everything_is_idle_gets_no_burst_either():
     clock = FakeClock()
     sched = LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: 1, clock)
     for _ in range(1_000):
-        sched.push(mk("a"))
+        sched.push(distinct_batch("a"))
         sched.done(sched.pop().lane)
         clock.advance(1)
 
     for _ in range(200):
-        sched.push(mk("b"))
+        sched.push(distinct_batch("b"))
     for _ in range(200):
-        sched.push(mk("a"))
+        sched.push(distinct_batch("a"))
     order = []
     for _ in range(100):
         batch = sched.pop()
@@ -257,7 +250,7 @@ def test_pop_returns_none_at_the_global_limit_and_the_limit_is_read_live():
     limit = [2]
     sched = LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: limit[0], clock)
     for lane in "ababab":
-        sched.push(mk(lane))
+        sched.push(distinct_batch(lane))
 
     assert sched.pop() is not None
     assert sched.pop() is not None
@@ -290,7 +283,7 @@ def test_pop_on_empty_queues_returns_none():
 def test_unknown_lane_goes_to_the_last_lane():
     clock = FakeClock()
     sched = LaneScheduler([LaneSpec("first"), LaneSpec("mid"), LaneSpec("last")], lambda: 4, clock)
-    stray = InferenceBatch((), 1, 2, "no-such-lane")
+    stray = distinct_batch("no-such-lane")
     sched.push(stray)
     assert len(sched.lanes["last"].queue) == 1
     assert sched.queued == 1
@@ -304,10 +297,10 @@ def test_unknown_lane_goes_to_the_last_lane():
 def test_waits_ms_reports_each_lanes_oldest_batch():
     clock = FakeClock()
     sched = LaneScheduler([LaneSpec("a"), LaneSpec("b"), LaneSpec("c")], lambda: 0, clock)
-    sched.push(mk("a"))
+    sched.push(distinct_batch("a"))
     clock.advance(10)
-    sched.push(mk("a"))
-    sched.push(mk("b"))
+    sched.push(distinct_batch("a"))
+    sched.push(distinct_batch("b"))
     clock.advance(15)
     waits = sched.waits_ms()
     assert waits == {"a": pytest.approx(25.0), "b": pytest.approx(15.0), "c": 0.0}

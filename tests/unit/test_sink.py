@@ -8,10 +8,11 @@ import asyncio
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAuthorizationFailedError
 
-from pipeline.events import OutputRecord, RawRecord, SinkBatch
+from pipeline.events import OutputRecord, SinkBatch
 from pipeline.sinks import kafka as sink_module
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.topology.schema import Broker, Sink
+from tests.builders import raw_record
 
 
 class FakeProducer:
@@ -40,26 +41,19 @@ def sink_with(producer: FakeProducer) -> KafkaSink:
     return sink
 
 
-def write(producer: FakeProducer, sink_batch: SinkBatch) -> list[OutputRecord]:
-    async def scenario() -> list[OutputRecord]:
-        return await sink_with(producer).write(sink_batch)
-
-    return asyncio.run(scenario())
-
-
-SOURCES = tuple(RawRecord("in", 0, i, 0, b"k", b'{"n": %d}' % i, ()) for i in range(3))
+SOURCES = tuple(raw_record(i, key=b"k", value=b'{"n": %d}' % i) for i in range(3))
 
 
 def batch(*records: OutputRecord) -> SinkBatch:
     return SinkBatch(records)
 
 
-def test_a_permanently_refused_output_becomes_dead_letters_of_its_inputs() -> None:
+async def test_a_permanently_refused_output_becomes_dead_letters_of_its_inputs() -> None:
     huge = OutputRecord("out", b"u", b"x" * 2_000_000, (), SOURCES)
     producer = FakeProducer(
         lambda topic, value, n: MessageSizeTooLargeError() if len(value) > 1_000_000 else None
     )
-    written = write(producer, batch(huge))
+    written = await sink_with(producer).write(batch(huge))
     assert [r.topic for r in written] == ["dlq"] * 3
     assert [r.value for r in written] == [s.value for s in SOURCES]  # re-drivable
     headers = dict(written[0].headers)
@@ -69,29 +63,25 @@ def test_a_permanently_refused_output_becomes_dead_letters_of_its_inputs() -> No
     assert producer.attempts == 4  # one refusal, three dead letters, no retry of the refusal
 
 
-def test_a_retriable_refusal_is_sent_again_until_it_goes_through() -> None:
+async def test_a_retriable_refusal_is_sent_again_until_it_goes_through() -> None:
     rec = OutputRecord("out", b"u", b"{}", (), SOURCES)
     producer = FakeProducer(lambda topic, value, n: KafkaTimeoutError() if n < 3 else None)
-    written = write(producer, batch(rec))
+    written = await sink_with(producer).write(batch(rec))
     assert written == [rec] and producer.attempts == 3
 
 
-def test_a_refused_dead_letter_is_retried_slowly_and_makes_the_sink_not_ready(monkeypatch) -> None:
+async def test_a_refused_dead_letter_is_retried_slowly_and_makes_the_sink_not_ready(monkeypatch) -> None:
     monkeypatch.setattr(sink_module, "REFUSED_RETRY_S", 0.05)
     dead = OutputRecord("dlq", b"u", b"{}", (("dlq.reason", b"x"),), SOURCES[:1])
     producer = FakeProducer(lambda topic, value, n: TopicAuthorizationFailedError() if n < 3 else None)
-
-    async def scenario() -> tuple[list[bool], list[OutputRecord], bool]:
-        sink = sink_with(producer)
-        seen: list[bool] = []
-        task = asyncio.create_task(sink.write(batch(dead)))
-        while not task.done():
-            seen.append(sink.refusing)
-            await asyncio.sleep(0.01)
-        return seen, await task, sink.refusing
-
-    seen, written, refusing_after = asyncio.run(scenario())
-    assert True in seen and not refusing_after  # not ready only while it was refused
+    sink = sink_with(producer)
+    seen: list[bool] = []
+    task = asyncio.create_task(sink.write(batch(dead)))
+    while not task.done():
+        seen.append(sink.refusing)
+        await asyncio.sleep(0.01)
+    written = await task
+    assert True in seen and not sink.refusing  # not ready only while it was refused
     assert written == [dead] and producer.attempts == 3
 
 
