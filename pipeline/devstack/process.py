@@ -4,13 +4,15 @@ PID (never by name), and stopped on interpreter exit if the owner forgot."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 
 def free_port() -> int:
@@ -84,6 +86,16 @@ class ChildProcess:
                 os.killpg(self.pid, sig)
             else:
                 os.kill(self.pid, sig)
+
+    @contextlib.contextmanager
+    def running(self, check: Callable[[], bool], timeout: float, what: str = "ready") -> Iterator[Self]:
+        """Started, and ``check`` true within ``timeout``, for the ``with`` block; stopped after."""
+        self.start()
+        try:
+            self.wait_until(check, timeout, what)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self, grace: float = 10.0) -> None:
         """TERM to the child's process group, then KILL after ``grace``; returns once the

@@ -37,12 +37,8 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 def own_triton(stack: EmbeddedStack, tmp_path: Path) -> Iterator[EmbeddedTriton]:
     """A Triton of this test's own (the session's one must survive the fault)."""
     triton = EmbeddedTriton(tmp_path, stack.model_repository)
-    triton.start()
-    try:
-        triton.wait_until(triton.ready, 120, "ready")
+    with triton.running(triton.ready, 120):
         yield triton
-    finally:
-        triton.stop()
 
 
 @pytest.fixture
@@ -428,12 +424,8 @@ def controlled_triton(stack: EmbeddedStack, tmp_path: Path) -> Iterator[tuple[Em
     triton = EmbeddedTriton(
         tmp_path, repository, ("--model-control-mode=explicit", "--load-model=recommender")
     )
-    triton.start()
-    try:
-        triton.wait_until(triton.ready, 120, "ready")
+    with triton.running(triton.ready, 120):
         yield triton, repository
-    finally:
-        triton.stop()
 
 
 def _load(triton: EmbeddedTriton) -> None:

@@ -4,6 +4,8 @@ running a pipeline until every input is accounted for."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -96,6 +98,17 @@ async def committed_offsets(topology: Topology, partitions: Iterable[int]) -> di
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
     finally:
         await consumer.stop()
+
+
+def run_pipeline_command(*args: str | Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ARGS...` as a user runs it, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 async def read_values(topology: Topology, topic: str) -> list[Any]:

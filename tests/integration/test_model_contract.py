@@ -4,8 +4,6 @@ it consumes anything (nothing is dead-lettered, nothing committed)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from pipeline.audit import Ledger
 from pipeline.devstack.topology import topology_on_stack
 from pipeline.kafka_io import read_to_end
 from pipeline.topology.schema import Topology
-from tests.integration.harness import ROOT, create_topics, produce_raw
+from tests.integration.harness import create_topics, produce_raw, run_pipeline_command
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +38,7 @@ async def test_a_topology_that_does_not_fit_the_model_stops_at_start(
     await produce_raw(topology, [(b"1", b'{"not": "read"}', [])] * 5, Ledger())
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(data))
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_pipeline_command("run", path)
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeline stopped: ") and message in last, last

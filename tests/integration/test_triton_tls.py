@@ -6,8 +6,6 @@ run` at start with exit 2 and one message (no retry loop)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from pipeline.devstack.triton import EmbeddedTriton
 from pipeline.recsys.generator import GeneratorConfig
 from pipeline.topology.schema import Topology
 from tests.certs import Pki, make_pki
-from tests.integration.harness import ROOT, RawIn, run_until_accounted
+from tests.integration.harness import RawIn, run_pipeline_command, run_until_accounted
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +46,8 @@ def tls_triton(
             f"--grpc-root-cert={pki.ca}",
         ),
     )
-    triton.start()
-    try:
-        triton.wait_until(triton.ready, 120, "ready")
+    with triton.running(triton.ready, 120):
         yield triton
-    finally:
-        triton.stop()
 
 
 def _topology(stack: EmbeddedStack, triton: EmbeddedTriton, tls: dict[str, str]) -> dict[str, Any]:
@@ -85,13 +79,7 @@ def test_a_tls_misconfiguration_stops_at_start(
     files = {k: str(getattr(pki, v)) for k, v in tls.items()}
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(_topology(stack, tls_triton, files)))
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_pipeline_command("run", path)
     assert done.returncode == 2, (case, done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeline stopped: model.tls: the TLS handshake"), (case, last)
