@@ -1,16 +1,41 @@
 """The one way to build a Kafka client: every consumer, producer and admin client the project
 makes gets its connection options (address, client id, TLS, SASL) from the topology's
-broker section, and only its role's options from the caller."""
+broker section, and only its role's options from the caller.
+
+A client whose start fails asks why with one connection of its own (``check_connection``):
+aiokafka's bootstrap only says "Unable to bootstrap from ...", so an untrusted certificate
+or refused credentials would otherwise look like a broker that is down. What no retry can
+fix becomes ``CredentialsError`` with the real reason (exit 2); anything else is raised as
+aiokafka raised it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import AIOKafkaConnection, ScramAuthenticator
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from aiokafka.protocol.metadata import MetadataRequest
 
-from pipeline.security import kafka_security
+from pipeline.security import CredentialsError, kafka_security
 from pipeline.topology.schema import Broker
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_S = 10.0  # one connection attempt of check_connection, TLS and SASL included
+START_CHECK_TIMEOUT_S = 5.0  # the same, asking why a client's start failed (a live broker answers at once)
 
 
 def connection(broker: Broker, client_suffix: str = "") -> dict[str, Any]:
@@ -22,18 +47,245 @@ def connection(broker: Broker, client_suffix: str = "") -> dict[str, Any]:
     }
 
 
+class _Diagnosed:
+    """``start`` that names the cause when it fails for a reason no retry can fix (and
+    then closes the client: the process stops, and aiokafka would complain of it).
+
+    A client never started holds no connection and no task, so it is not reported as
+    "Unclosed" when collected: when one client's start stops the process, the clients made
+    beside it (the other lanes' producers, the source's consumer) add no noise after the
+    one line that says why."""
+
+    _broker: Broker
+    _start_called = False  # (aiokafka's admin client has a _started of its own)
+
+    async def start(self) -> None:
+        self._start_called = True
+        try:
+            await super().start()  # type: ignore[misc]
+        except Exception:
+            try:
+                await check_connection(self._broker, START_CHECK_TIMEOUT_S)  # CredentialsError, or nothing
+            except CredentialsError:
+                with contextlib.suppress(Exception):
+                    await self._close()
+                raise
+            raise
+
+    async def _close(self) -> None:
+        await self.stop()  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        warn = getattr(super(), "__del__", None)  # the consumer's and the producer's warning
+        if self._start_called and warn is not None:
+            warn()
+
+
+class Consumer(_Diagnosed, AIOKafkaConsumer):  # type: ignore[misc]
+    def __init__(self, broker: Broker, *args: Any, **kwargs: Any) -> None:
+        self._broker = broker
+        super().__init__(*args, **kwargs)
+
+
+class Producer(_Diagnosed, AIOKafkaProducer):  # type: ignore[misc]
+    def __init__(self, broker: Broker, **kwargs: Any) -> None:
+        self._broker = broker
+        super().__init__(**kwargs)
+
+
+class Admin(_Diagnosed, AIOKafkaAdminClient):  # type: ignore[misc]
+    def __init__(self, broker: Broker, **kwargs: Any) -> None:
+        self._broker = broker
+        super().__init__(**kwargs)
+
+    async def _close(self) -> None:
+        await self.close()
+
+
 def consumer(broker: Broker, *topics: str, client_suffix: str = "", **options: Any) -> AIOKafkaConsumer:
     """A consumer that commits only when told to (``enable_auto_commit`` is off unless given)."""
     options.setdefault("enable_auto_commit", False)
-    return AIOKafkaConsumer(*topics, **connection(broker, client_suffix), **options)
+    return Consumer(broker, *topics, **connection(broker, client_suffix), **options)
 
 
 def producer(broker: Broker, client_suffix: str = "", **options: Any) -> AIOKafkaProducer:
     """A producer without idempotence unless asked: the embedded broker fails InitProducerId,
     and delivery is at-least-once anyway (outputs name their sources for deduplication)."""
     options.setdefault("enable_idempotence", False)
-    return AIOKafkaProducer(**connection(broker, client_suffix), **options)
+    return Producer(broker, **connection(broker, client_suffix), **options)
 
 
 def admin(broker: Broker) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**connection(broker, "-admin"))
+    return Admin(broker, **connection(broker, "-admin"))
+
+
+# ---------------------------------------------------------------------------------------------
+# check_connection: one connection, as the clients make it, and what went wrong with it
+
+
+class _ScramRefused(Exception):
+    """The broker ended a SCRAM exchange with ``e=<reason>`` (RFC 5802) instead of failing
+    the SaslAuthenticate request (Tansu does; aiokafka then stops on a bare KeyError)."""
+
+
+class _Scram(ScramAuthenticator):  # type: ignore[misc]
+    def process_server_first_message(self, server_first: str) -> None:
+        self._refused(server_first)
+        super().process_server_first_message(server_first)
+
+    def process_server_final_message(self, server_final: str) -> None:
+        self._refused(server_final)
+        super().process_server_final_message(server_final)
+
+    @staticmethod
+    def _refused(message: str) -> None:
+        if message.startswith("e="):
+            raise _ScramRefused(message[2:].split(",", 1)[0])
+
+
+class _ProbeConnection(AIOKafkaConnection):  # type: ignore[misc]
+    def authenticator_scram(self) -> ScramAuthenticator:
+        return _Scram(
+            loop=self._loop,
+            sasl_plain_password=self._sasl_plain_password,
+            sasl_plain_username=self._sasl_plain_username,
+            sasl_mechanism=self._sasl_mechanism,
+        )
+
+
+def _addresses(bootstrap_servers: str) -> list[tuple[str, int]]:
+    addresses = []
+    for entry in bootstrap_servers.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        if host and port.isdigit():
+            addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
+class _ClosedAtMetadata(Exception):
+    """Connected (ApiVersions answered), then closed at the first Metadata request."""
+
+
+async def _connects(
+    host: str, port: int, options: dict[str, Any], timeout_s: float, metadata: bool = True
+) -> None:
+    """One connection (TCP, TLS, ApiVersions, SASL) with these options, then (``metadata``)
+    the Metadata request the bootstrap sends first, and closed again."""
+    conn = _ProbeConnection(host, port, request_timeout_ms=int(timeout_s * 1000), **options)
+    try:
+        await asyncio.wait_for(conn.connect(), timeout_s + 1)
+        if not metadata:
+            return
+        try:
+            await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s + 1)
+        except KafkaConnectionError:
+            raise _ClosedAtMetadata() from None
+    finally:
+        conn.close()
+
+
+def _tls_alert(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
+    """The TLS alert, if any, that ends a session right after the handshake: with TLS 1.3 a
+    server refuses the client's certificate (or its absence) only then. aiokafka sees a
+    closed connection (or a reset, having written meanwhile); a blocking socket that writes
+    nothing reads the alert itself."""
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.recv(1)
+    except ssl.SSLError as exc:
+        return exc.reason if "ALERT" in (exc.reason or "") else None
+    except OSError:
+        return None
+    return None
+
+
+async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int, timeout_s: float) -> bool:
+    """True: connected; False: no verdict (unreachable, timed out, closed for no known
+    reason); CredentialsError: a cause no retry fixes."""
+    where = f"the broker at {host}:{port}"
+    sasl = broker.sasl
+    who = f" as {sasl.username!r}" if sasl is not None and sasl.username else ""
+    mechanism = sasl.mechanism if sasl is not None else ""
+    try:
+        await _connects(host, port, options, timeout_s)
+        return True
+    except CredentialsError:  # an OAUTHBEARER token that cannot be had
+        raise
+    except _ClosedAtMetadata:
+        if sasl is not None:
+            return False
+        # What a SASL listener (Kafka's, Tansu's) does to a client that skips authentication.
+        raise CredentialsError(
+            f"broker.security_protocol: {where} closed the connection at the first request after "
+            f"connecting with {broker.security_protocol}: does it require SASL authentication?"
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise CredentialsError(
+            f"broker.tls: {where} presented a certificate that does not verify: "
+            f"{exc.verify_message or exc.reason} (check broker.tls.ca_file and check_hostname)"
+        ) from None
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError):
+        return False  # the peer went away mid-handshake: a restart looks the same
+    except ssl.SSLError as exc:
+        reason = (exc.reason or str(exc)).lower().replace("_", " ")
+        if "wrong version number" in reason:
+            reason += " (is that listener TLS at all?)"
+        raise CredentialsError(f"broker.tls: the TLS handshake with {where} failed: {reason}") from None
+    except (SaslAuthenticationFailed, AuthenticationFailedError, _ScramRefused) as exc:
+        refused = f"refused {mechanism} authentication{who}: {exc}"
+        raise CredentialsError(f"broker.sasl: {where} {refused}") from None
+    except (UnsupportedSaslMechanismError, IllegalSaslStateError):
+        raise CredentialsError(
+            f"broker.sasl.mechanism: {where} does not accept SASL {mechanism} "
+            f"(is SASL enabled on that listener, and this mechanism with it?)"
+        ) from None
+    except (KafkaConnectionError, OSError, TimeoutError) as exc:
+        closed: Exception = exc
+    except Exception as exc:  # anything else aiokafka may raise: not ours to judge
+        log.debug("check_connection: no verdict from %s: %r", where, exc)
+        return False
+    alert = None
+    if "ssl_context" in options:  # a refused client certificate shows as a closed connection
+        alert = await asyncio.to_thread(_tls_alert, host, port, options["ssl_context"], min(timeout_s, 3.0))
+    if alert is not None:
+        hint = (
+            "it wants a client certificate: broker.tls.cert_file and key_file"
+            if "CERTIFICATE_REQUIRED" in alert
+            else "is broker.tls.cert_file signed by an authority the broker trusts?"
+        )
+        text = alert.lower().replace("_", " ")
+        raise CredentialsError(f"broker.tls: {where} ended the TLS session: {text} ({hint})")
+    if sasl is None:
+        log.debug("check_connection: no verdict from %s: %r", where, closed)
+        return False
+    # A SASL connection closed or cut short: does the same connection without SASL live?
+    plain = {k: v for k, v in options.items() if not k.startswith("sasl_")}
+    plain["security_protocol"] = "SSL" if broker.security_protocol == "SASL_SSL" else "PLAINTEXT"
+    try:
+        await _connects(host, port, plain, timeout_s, metadata=False)  # ApiVersions: no SASL needed
+    except Exception as exc:  # the broker itself is the trouble: no verdict on the credentials
+        log.debug("check_connection: no verdict from %s: %r", where, exc)
+        return False
+    raise CredentialsError(
+        f"broker.sasl: {where} closed the connection during {mechanism} authentication{who} "
+        f"(mechanism not enabled there, or the credentials refused)"
+    )
+
+
+async def check_connection(broker: Broker, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
+    """Open one connection to the cluster with the clients' own options (TLS, SASL) and
+    turn what no retry can fix into ``CredentialsError`` naming the reason (exit 2): a
+    certificate file that cannot be read or loaded, a broker certificate that does not
+    verify against ``tls.ca_file`` (or names another host), a failed TLS handshake, a SASL
+    mechanism the broker does not offer, refused credentials. Returns True once one
+    bootstrap server accepted the connection, False when none gave a verdict (down,
+    unreachable, too slow): the clients then retry as they always do."""
+    options = kafka_security(broker)
+    options["client_id"] = broker.client_id + "-check"
+    for host, port in _addresses(broker.bootstrap_servers):
+        if await _verdict(broker, options, host, port, timeout_s):
+            return True
+    return False

@@ -28,7 +28,7 @@ from reactivex import operators as ops
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
-from pipeline import operators, wiring
+from pipeline import kafka_clients, operators, wiring
 from pipeline.control.adaptive import AdaptiveController
 from pipeline.control.lane_guard import LaneGuard
 from pipeline.control.lane_rules import lane_classifier
@@ -383,6 +383,11 @@ class PipelineRuntime:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or the graph fails), then drain and commit."""
         self._stop = stop or asyncio.Event()
+        try:  # refused credentials or an untrusted certificate: exit 2 now, not after Triton's wait
+            await kafka_clients.check_connection(self.topology.broker)
+        except BaseException:
+            await self._close_clients()
+            raise
         contract = asyncio.create_task(self.check_model(), name="model-contract")
         stopped = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait(
@@ -391,13 +396,11 @@ class PipelineRuntime:
         stopped.cancel()
         if contract not in done and self._stop.is_set():  # stopped while waiting: nothing started
             contract.cancel()
-            await self.source.stop()
-            await self.pool.close()
+            await self._close_clients()
             return
         if contract in done:
             if contract.exception() is not None:  # a mismatch stops here, before anything is consumed
-                await self.source.stop()  # the consumer exists already: close it, no warning at exit
-                await self.pool.close()
+                await self._close_clients()
             contract.result()
         else:
             log.warning(
@@ -405,8 +408,12 @@ class PipelineRuntime:
                 CONTRACT_WAIT_S,
             )
             self._background.add(asyncio.create_task(self._check_model_meanwhile(contract)))
-        await self.sink.start()
-        await self.source.start()
+        try:
+            await self.sink.start()
+            await self.source.start()
+        except BaseException:
+            await self._close_clients()
+            raise
         records: Subject[list[RawRecord]] = Subject()
         graph = self._build_graph(records)
         graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
@@ -440,6 +447,12 @@ class PipelineRuntime:
             raise self._failure
         if self._failure is not None:
             raise RuntimeError("pipeline graph failed") from self._failure
+
+    async def _close_clients(self) -> None:
+        """After a failed start: what was made is closed, each step bounded."""
+        for step in (self.source.stop, self.sink.stop, self.pool.close):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(step(), CLOSE_STEP_TIMEOUT_S)
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.topology.source.drain_timeout_ms / 1000.0

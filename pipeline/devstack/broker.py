@@ -17,19 +17,36 @@ def broker_binary() -> str:
 
 
 class EmbeddedBroker(ChildProcess):
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    """``advertised_port``: the port clients are told to connect to, when something else
+    (a TLS terminator: Tansu 0.6 serves plaintext only) listens there for it.
+    ``authentication``: clients must authenticate with SASL (SCRAM only; this build's
+    storage keeps no users, so every login fails: see tests/integration/test_kafka_security.py)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        authentication: bool = False,
+    ) -> None:
         self.port = port or free_port()
-        url = f"tcp://127.0.0.1:{self.port}"
-        super().__init__(
+        self.advertised_port = advertised_port or self.port
+        argv = [
+            broker_binary(),
             "broker",
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            workdir / "broker.log",
-            cwd=workdir,
-        )
+            "--listener-url",
+            f"tcp://127.0.0.1:{self.port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{self.advertised_port}",
+        ]
+        if authentication:
+            argv.append("--authentication")
+        super().__init__("broker", argv, workdir / "broker.log", cwd=workdir)
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """Where clients bootstrap: the advertised port (the broker's own unless proxied)."""
+        return f"127.0.0.1:{self.advertised_port}"
 
     def listening(self) -> bool:
         return port_open(self.port)
