@@ -5,7 +5,6 @@ run` at start with exit 2 and one message (no retry loop)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,12 +55,12 @@ def _topology(stack: EmbeddedStack, triton: EmbeddedTriton, tls: dict[str, str])
     return data
 
 
-def test_the_pipeline_answers_over_mutual_tls(stack, pki: Pki, tls_triton: EmbeddedTriton) -> None:
+async def test_the_pipeline_answers_over_mutual_tls(stack, pki: Pki, tls_triton: EmbeddedTriton) -> None:
     events = live_events(GeneratorConfig(seed=3), 300)
     records: list[RawIn] = [(str(e["user_id"]).encode(), orjson.dumps(e), []) for e in events]
     tls = {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}
     topology = Topology.model_validate(_topology(stack, tls_triton, tls))
-    run = asyncio.run(run_until_accounted(topology, records))
+    run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["dead_letters"] == 0, summary
 

@@ -105,32 +105,32 @@ async def _handshake(pki: Pki, client: ssl.SSLContext, require_client_cert: bool
         await server.wait_closed()
 
 
-def test_the_kafka_tls_context_trusts_its_ca_only(pki: Pki) -> None:
-    asyncio.run(_handshake(pki, kafka_ssl_context(Tls(ca_file=pki.ca))))
+async def test_the_kafka_tls_context_trusts_its_ca_only(pki: Pki) -> None:
+    await _handshake(pki, kafka_ssl_context(Tls(ca_file=pki.ca)))
     with pytest.raises(ssl.SSLCertVerificationError):
-        asyncio.run(_handshake(pki, kafka_ssl_context(Tls(ca_file=pki.other_ca))))
+        await _handshake(pki, kafka_ssl_context(Tls(ca_file=pki.other_ca)))
 
 
-def test_the_kafka_tls_context_presents_the_client_certificate(pki: Pki) -> None:
+async def test_the_kafka_tls_context_presents_the_client_certificate(pki: Pki) -> None:
     mutual = Tls(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
-    asyncio.run(_handshake(pki, kafka_ssl_context(mutual), require_client_cert=True))
+    await _handshake(pki, kafka_ssl_context(mutual), require_client_cert=True)
     with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
-        asyncio.run(_handshake(pki, kafka_ssl_context(Tls(ca_file=pki.ca)), require_client_cert=True))
+        await _handshake(pki, kafka_ssl_context(Tls(ca_file=pki.ca)), require_client_cert=True)
 
 
-def test_a_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+async def test_a_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("first\n")
     provider = FileToken(path)
-    assert asyncio.run(provider.token()) == "first"
+    assert await provider.token() == "first"
     path.write_text("second\n")
     import os
 
     os.utime(path, (1, 1))  # a different mtime, whatever the clock's resolution
-    assert asyncio.run(provider.token()) == "second"
+    assert await provider.token() == "second"
 
 
-def test_a_token_command_is_cached_and_its_failure_is_clear(tmp_path: Path) -> None:
+async def test_a_token_command_is_cached_and_its_failure_is_clear(tmp_path: Path) -> None:
     counter = tmp_path / "runs"
     script = (
         f"import pathlib; p = pathlib.Path({str(counter)!r}); "
@@ -138,14 +138,11 @@ def test_a_token_command_is_cached_and_its_failure_is_clear(tmp_path: Path) -> N
     )
     provider = CommandToken([sys.executable, "-c", script], ttl_s=60)
 
-    async def twice() -> tuple[str, str]:
-        return await provider.token(), await provider.token()
-
-    assert asyncio.run(twice()) == ("tok", "tok")
+    assert (await provider.token(), await provider.token()) == ("tok", "tok")
     assert counter.read_text() == "x"  # run once
     failing = CommandToken([sys.executable, "-c", "import sys; sys.exit('no vault')"], ttl_s=60)
     with pytest.raises(CredentialsError, match="oauth_token_command exited 1: no vault"):
-        asyncio.run(failing.token())
+        await failing.token()
 
 
 def test_grpc_credentials_need_a_plain_key_and_hostname_checks(pki: Pki) -> None:
