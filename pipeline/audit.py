@@ -59,12 +59,14 @@ class Ledger:
         self.last_output_ms = max(self.last_output_ms, timestamp_ms)
         doc = orjson.loads(value)
         sources = doc["sources"]
+        first = False
         for src in sources:
             coord = (src["topic"], src["partition"], src["offset"])
             self.outputs[coord] += 1
+            first = first or self.outputs[coord] == 1
             self._pending_latency.append((coord, timestamp_ms))
         unlisted = int(doc.get("source_count", len(sources))) - len(sources)
-        if unlisted > 0:
+        if unlisted > 0 and first:  # a replayed copy does not vouch twice
             self.unlisted[int(doc["user_id"])] += unlisted
 
     def add_dead_letter(self, headers: list[tuple[str, bytes]], timestamp_ms: int) -> None:
@@ -183,11 +185,12 @@ class _PartitionBooks:
         self.answers.append(0)
 
     def answer(self, offset: int) -> bool:
+        """Counts an output of ``offset``; True when it is an audited input's first."""
         i = bisect_left(self.offsets, offset)
         if i == len(self.offsets) or self.offsets[i] != offset:
             return False  # an input outside the audited range
         self.answers[i] = min(255, self.answers[i] + 1)
-        return True
+        return self.answers[i] == 1
 
 
 @dataclass
@@ -204,19 +207,19 @@ class AuditBooks:
     def add_input(self, topic: str, partition: int, offset: int, user: int | None) -> None:
         self.partitions.setdefault((topic, partition), _PartitionBooks()).add(offset, user)
 
-    def _answer(self, coord: Coord) -> None:
+    def _answer(self, coord: Coord) -> bool:
         books = self.partitions.get((coord[0], coord[1]))
-        if books is not None:
-            books.answer(coord[2])
+        return books is not None and books.answer(coord[2])
 
     def add_recommendation(self, value: bytes) -> None:
         self.recommendations += 1
         doc = orjson.loads(value)
         sources = doc["sources"]
-        for src in sources:
-            self._answer((src["topic"], src["partition"], src["offset"]))
+        first = [self._answer((src["topic"], src["partition"], src["offset"])) for src in sources]
         unlisted = int(doc.get("source_count", len(sources))) - len(sources)
-        if unlisted > 0:
+        # Only a first answer to audited inputs vouches for its unlisted ones: a replayed copy
+        # (or one answering inputs outside the range) must not cover real losses.
+        if unlisted > 0 and any(first):
             self.unlisted[int(doc["user_id"])] += unlisted
 
     def add_dead_letter(self, headers: Headers) -> None:
@@ -279,7 +282,7 @@ def input_user(value: bytes | None) -> int | None:
         user = orjson.loads(value or b"")["user_id"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-    return user if isinstance(user, int) else None
+    return user if isinstance(user, int) and 0 <= user < 2**63 else None  # parse's range
 
 
 async def audit_topology(topology: Topology, window: TimeRange = TimeRange()) -> dict[str, object]:

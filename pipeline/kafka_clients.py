@@ -242,7 +242,10 @@ async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int
             f"broker.sasl.mechanism: {where} does not accept SASL {mechanism} "
             f"(is SASL enabled on that listener, and this mechanism with it?)"
         ) from None
-    except (KafkaConnectionError, OSError, TimeoutError) as exc:
+    except TimeoutError as exc:  # slow (a token command, a loaded broker): not a refusal
+        log.debug("check_connection: no verdict from %s: %r", where, exc)
+        return False
+    except (KafkaConnectionError, OSError) as exc:
         closed: Exception = exc
     except Exception as exc:  # anything else aiokafka may raise: not ours to judge
         log.debug("check_connection: no verdict from %s: %r", where, exc)

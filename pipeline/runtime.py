@@ -412,6 +412,9 @@ class PipelineRuntime:
             await self.sink.start()
             await self.source.start()
         except BaseException:
+            for task in self._background:  # the model check still waiting for Triton
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
             await self._close_clients()
             raise
         records: Subject[list[RawRecord]] = Subject()

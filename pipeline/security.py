@@ -9,6 +9,7 @@ message naming the topology key (exit 2), instead of a retry loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 from pipeline.errors import Fatal
 from pipeline.topology.schema import Broker, Sasl, Tls
 
+log = logging.getLogger(__name__)
 TOKEN_COMMAND_TIMEOUT_S = 30.0
 
 
@@ -48,7 +50,8 @@ def secret(value: SecretStr | None, file: Path | None, key: str) -> str | None:
 
 
 def kafka_ssl_context(tls: Tls, key: str = "broker.tls") -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    """Trusts ``tls.ca_file`` only when given (else the system's authorities)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     for name in ("ca_file", "cert_file", "key_file"):  # a missing file, named by its key
         path = getattr(tls, name)
         if path is not None:
@@ -56,6 +59,8 @@ def kafka_ssl_context(tls: Tls, key: str = "broker.tls") -> ssl.SSLContext:
     try:
         if tls.ca_file is not None:
             context.load_verify_locations(cafile=str(tls.ca_file))
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if tls.cert_file is not None and tls.key_file is not None:
             password = secret(tls.key_password, tls.key_password_file, f"{key}.key_password")
             context.load_cert_chain(str(tls.cert_file), str(tls.key_file), password=password)
@@ -98,23 +103,35 @@ class CommandToken(AbstractTokenProvider):  # type: ignore[misc]
     async def token(self) -> str:
         if time.monotonic() - self._at < self.ttl_s and self._token:
             return self._token
-        proc = await asyncio.create_subprocess_exec(
-            *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+        try:
+            self._token, self._at = await self._run(), time.monotonic()
+        except CredentialsError:
+            if not self._token:
+                raise  # never had one: the start stops with the reason
+            # A refresh that failed: the last token may still be valid; the broker says if not.
+            log.warning("oauth_token_command failed; using the previous token", exc_info=True)
+        return self._token
+
+    async def _run(self) -> str:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:
+            raise CredentialsError(f"broker.sasl.oauth_token_command: cannot run: {exc}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), TOKEN_COMMAND_TIMEOUT_S)
         except TimeoutError:
             proc.kill()
+            await proc.wait()
             raise CredentialsError(
                 f"broker.sasl.oauth_token_command: no token after {TOKEN_COMMAND_TIMEOUT_S:.0f} s"
             ) from None
         if proc.returncode != 0 or not out.strip():
-            raise CredentialsError(
-                f"broker.sasl.oauth_token_command exited {proc.returncode}: "
-                f"{err.decode(errors='replace').strip()[-300:]}"
-            )
-        self._token, self._at = out.decode().strip(), time.monotonic()
-        return self._token
+            # stderr's last line only: a verbose script could print more than it should
+            last = (err.decode(errors="replace").strip().splitlines() or [""])[-1][-200:]
+            raise CredentialsError(f"broker.sasl.oauth_token_command exited {proc.returncode}: {last}")
+        return out.decode().strip()
 
 
 def _sasl_options(sasl: Sasl) -> dict[str, Any]:
@@ -148,6 +165,7 @@ def grpc_credentials(tls: Tls, key: str = "model.tls") -> grpc.ChannelCredential
         raise CredentialsError(f"{key}.check_hostname: gRPC always checks the server's name")
     if tls.key_password is not None or tls.key_password_file is not None:
         raise CredentialsError(f"{key}.key_password: gRPC takes an unencrypted key_file only")
+    kafka_ssl_context(tls, key)  # files that do not load: named now, not as an outage later
     root = _read(tls.ca_file, f"{key}.ca_file") if tls.ca_file is not None else None
     chain = _read(tls.cert_file, f"{key}.cert_file") if tls.cert_file is not None else None
     private = _read(tls.key_file, f"{key}.key_file") if tls.key_file is not None else None
@@ -160,16 +178,14 @@ async def tls_refusal(url: str, tls: Tls, timeout_s: float = 5.0) -> str | None:
     or the server is simply not there (an outage, waited out). gRPC reports both the same
     way (UNAVAILABLE), so the handshake is made here, where the TLS alert is seen."""
     host, _, port = url.rpartition(":")
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    if tls.ca_file is not None:
-        context.load_verify_locations(cafile=str(tls.ca_file))
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    context = kafka_ssl_context(tls, "model.tls")  # loaded once already by grpc_credentials
     context.set_alpn_protocols(["h2"])
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, int(port), ssl=context, server_hostname=host), timeout_s
         )
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError):
+        return None  # cut short: a restarting server looks the same
     except ssl.SSLError as exc:
         return f"{exc.reason or exc}"
     except (OSError, TimeoutError):

@@ -44,6 +44,7 @@ class ChildProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
 
     @property
     def pid(self) -> int:
@@ -54,6 +55,7 @@ class ChildProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        self._stopped = False
         self.proc = subprocess.Popen(
             self.argv,
             stdout=log,
@@ -102,21 +104,28 @@ class ChildProcess:
         whole group is gone (Triton's backend stub outlives the server by a moment)."""
         if self.proc is None:
             return
-        pgid = self.proc.pid
+        if self._stopped:
+            return  # a later call (atexit) must not signal a process group id reused since
+        self._stopped = True
+        proc = self.proc
+        pgid = proc.pid
         try:
-            if self.proc.poll() is None:
-                os.killpg(pgid, signal.SIGCONT)  # a stalled child cannot act on TERM
-                os.killpg(pgid, signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    os.killpg(pgid, signal.SIGKILL)
-                    self.proc.wait(timeout=grace)
+            os.killpg(pgid, signal.SIGCONT)  # a stalled child cannot act on TERM
+            os.killpg(pgid, signal.SIGTERM)  # the whole group, even if its leader has exited
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(pgid, signal.SIGKILL)
+                proc.wait(timeout=grace)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 os.killpg(pgid, 0)  # raises once no process of the group is left
                 time.sleep(0.05)
             os.killpg(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:  # the group's last processes die now
+                os.killpg(pgid, 0)
+                time.sleep(0.05)
         except ProcessLookupError:
             pass
 

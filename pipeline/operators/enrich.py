@@ -54,7 +54,7 @@ def _bounded_headers(headers: Headers) -> Headers:
     kept: list[tuple[str, bytes]] = []
     used = 0
     for name, value in headers:
-        used += len(name) + len(value)
+        used += len(name) + len(value or b"")  # a null header value is None
         if used > MAX_DEAD_LETTER_HEADERS:
             dropped = str(len(headers) - len(kept)).encode()
             return (*kept, ("dlq.headers_dropped", dropped))
@@ -139,7 +139,11 @@ def continue_trace(traceparent: bytes) -> bytes:
 
 def _carried(row: UserRequest, names: frozenset[str]) -> Headers:
     latest = row.events[-1].source.headers
-    return tuple((k, continue_trace(v) if k == "traceparent" else v) for k, v in latest if k in names)
+    return tuple(
+        (k, continue_trace(v) if k == "traceparent" and isinstance(v, bytes) else v)
+        for k, v in latest
+        if k in names
+    )
 
 
 def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:

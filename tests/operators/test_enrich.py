@@ -258,3 +258,15 @@ def test_a_dead_letter_keeps_its_inputs_headers_up_to_a_budget() -> None:
     assert sum(len(n) + len(v) for n, v in headers) < MAX_DEAD_LETTER_HEADERS + 2_000
     small = dead_letter(raw_record(2, headers=TRACE), reason="malformed_json")
     assert "dlq.headers_dropped" not in dict(dead_letter_record(small, "dlq").headers)
+
+
+def test_a_null_header_value_neither_crashes_a_recommendation_nor_a_dead_letter() -> None:
+    """aiokafka reads a null header value as None: it is carried, bounded and left alone."""
+    headers = (("traceparent", None), ("tracestate", None))
+    dead = dead_letter(raw_record(3, headers=headers), reason="malformed_json")  # type: ignore[arg-type]
+    assert ("traceparent", None) in dead_letter_record(dead, "dlq").headers
+    row = user_request(input_event(7, 0, 11, 1_000, headers=headers))  # type: ignore[arg-type]
+    now = int(time.time() * 1000)
+    batch = inference_batch(row, window_start_ms=now - 100, window_end_ms=now - 80)
+    out = outcome_batch(BatchOutcome(batch, answers=[(row, Recommendations((5,), (0.5,)))]), SPEC)
+    assert out.records[0].headers == headers

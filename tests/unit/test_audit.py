@@ -124,3 +124,16 @@ def test_a_time_range_is_half_open() -> None:
 )
 def test_the_user_of_an_input_is_read_when_it_is_an_event(value: bytes | None, user: int | None) -> None:
     assert input_user(value) == user
+
+
+def test_a_replayed_copy_of_a_capped_recommendation_does_not_cover_real_losses() -> None:
+    books, ledger = AuditBooks(), Ledger()
+    for offset in range(6):
+        books.add_input("in", 0, offset, user=7)
+        ledger.add_input(("in", 0, offset), 1_000, user_id=7)
+    capped = rec(7, [0], count=3)  # answers 0 and two unlisted (1, 2); 3-5 are lost
+    for _ in range(2):  # the second one replayed after a crash
+        books.add_recommendation(capped)
+        ledger.add_recommendation(capped, 2_000)
+    assert books.summary()["lost"] == 3 and books.summary()["duplicates"] == 1
+    assert ledger.summary()["lost"] == 3
