@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from typing import Any
 
@@ -29,7 +28,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from pipeline.security import CredentialsError, kafka_security
+from pipeline.security import CredentialsError, kafka_security, tls_session
 from pipeline.topology.schema import Broker
 
 log = logging.getLogger(__name__)
@@ -184,24 +183,6 @@ async def _connects(
         conn.close()
 
 
-def _tls_alert(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
-    """The TLS alert, if any, that ends a session right after the handshake: with TLS 1.3 a
-    server refuses the client's certificate (or its absence) only then. aiokafka sees a
-    closed connection (or a reset, having written meanwhile); a blocking socket that writes
-    nothing reads the alert itself."""
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout_s) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            tls.recv(1)
-    except ssl.SSLError as exc:
-        return exc.reason if "ALERT" in (exc.reason or "") else None
-    except OSError:
-        return None
-    return None
-
-
 async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int, timeout_s: float) -> bool:
     """True: connected; False: no verdict (unreachable, timed out, closed for no known
     reason); CredentialsError: a cause no retry fixes."""
@@ -252,7 +233,10 @@ async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int
         return False
     alert = None
     if "ssl_context" in options:  # a refused client certificate shows as a closed connection
-        alert = await asyncio.to_thread(_tls_alert, host, port, options["ssl_context"], min(timeout_s, 3.0))
+        session = await asyncio.to_thread(
+            tls_session, host, port, options["ssl_context"], min(timeout_s, 3.0)
+        )
+        alert = session if session is not None and "ALERT" in session else None
     if alert is not None:
         hint = (
             "it wants a client certificate: broker.tls.cert_file and key_file"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -172,38 +173,40 @@ def grpc_credentials(tls: Tls, key: str = "model.tls") -> grpc.ChannelCredential
     return grpc.ssl_channel_credentials(root_certificates=root, private_key=private, certificate_chain=chain)
 
 
-async def tls_refusal(url: str, tls: Tls, timeout_s: float = 5.0) -> str | None:
-    """Why a TLS connection to ``url`` with these settings is refused (an untrusted server
-    certificate, a client certificate the server wants or rejects), or None: it connects,
-    or the server is simply not there (an outage, waited out). gRPC reports both the same
-    way (UNAVAILABLE), so the handshake is made here, where the TLS alert is seen."""
-    host, _, port = url.rpartition(":")
-    context = kafka_ssl_context(tls, "model.tls")  # loaded once already by grpc_credentials
-    context.set_alpn_protocols(["h2"])
+TLS_CLOSED = "closed"  # tls_session: the server ended the session right after the handshake
+
+
+def tls_session(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
+    """One TLS session to ``host:port`` that writes nothing and reads one byte: the TLS error
+    (an untrusted certificate, or the alert with which a TLS 1.3 server refuses the client's
+    certificate only after the handshake), ``TLS_CLOSED`` when the server hangs up after the
+    handshake, or None (it answered, stayed silent, or is not there at all). Client libraries
+    report a refusal like an outage; this says which. Blocking: run it in a thread."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port), ssl=context, server_hostname=host), timeout_s
-        )
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            return None if tls.recv(1) else TLS_CLOSED
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError):
         return None  # cut short: a restarting server looks the same
     except ssl.SSLError as exc:
-        return f"{exc.reason or exc}"
-    except (OSError, TimeoutError):
+        return str(exc.reason or exc)
+    except OSError:  # refused, unreachable, timed out
         return None
-    try:
-        # An HTTP/2 server speaks first (SETTINGS); a TLS 1.3 server refuses a client
-        # certificate only now, with an alert or by closing the connection.
-        first = await asyncio.wait_for(reader.read(1), timeout_s)
-    except ssl.SSLError as exc:
-        return f"{exc.reason or exc}"
-    except (OSError, TimeoutError):
-        return None
-    finally:
-        writer.close()
-    if not first:
+
+
+async def tls_refusal(url: str, tls: Tls, timeout_s: float = 5.0) -> str | None:
+    """Why Triton refuses a TLS connection with these settings, or None (it connects, or it
+    is simply not there: an outage, waited out). gRPC reports both as UNAVAILABLE."""
+    host, _, port = url.rpartition(":")
+    context = kafka_ssl_context(tls, "model.tls")  # loaded once already by grpc_credentials
+    context.set_alpn_protocols(["h2"])  # an HTTP/2 server speaks first (SETTINGS)
+    refusal = await asyncio.to_thread(tls_session, host, int(port), context, timeout_s)
+    if refusal == TLS_CLOSED:
         wants = "a client certificate it trusts" if tls.cert_file is None else "another client certificate"
         return f"the server closed the connection after the handshake: it wants {wants} (cert_file, key_file)"
-    return None
+    return refusal
 
 
 def grpc_metadata(headers: dict[str, SecretStr]) -> tuple[tuple[str, str], ...]:
