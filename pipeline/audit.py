@@ -36,6 +36,15 @@ def dead_letter_source(headers: list[tuple[str, bytes]] | Headers) -> Coord:
     )
 
 
+def _covered_by_unlisted(budget: Counter[int], user: int | None) -> bool:
+    """Whether an unanswered input of ``user`` is one that a recommendation of that user
+    counted without listing it; if so it uses up one of the user's unlisted count."""
+    if user is None or budget[user] <= 0:
+        return False
+    budget[user] -= 1
+    return True
+
+
 @dataclass
 class Ledger:
     inputs: dict[Coord, int] = field(default_factory=dict)  # coord → produce timestamp
@@ -82,14 +91,7 @@ class Ledger:
         if not self.unlisted or not missing:
             return missing
         budget = Counter(self.unlisted)
-        still = []
-        for coord in missing:
-            user = self.input_users.get(coord)
-            if user is not None and budget[user] > 0:
-                budget[user] -= 1
-            else:
-                still.append(coord)
-        return still
+        return [c for c in missing if not _covered_by_unlisted(budget, self.input_users.get(c))]
 
     def accounted(self) -> int:
         return len(self.inputs) - len(self.missing())
@@ -236,11 +238,8 @@ class AuditBooks:
             for offset, user, answers in zip(books.offsets, books.users, books.answers, strict=True):
                 if answers > 1:
                     duplicates += answers - 1
-                elif answers == 0:
-                    if user >= 0 and budget[user] > 0:
-                        budget[user] -= 1
-                    else:
-                        missing.append((topic, partition, offset))
+                elif answers == 0 and not _covered_by_unlisted(budget, user if user >= 0 else None):
+                    missing.append((topic, partition, offset))
         return {
             "events_in": events_in,
             "recommendations": self.recommendations,
