@@ -4,8 +4,6 @@ clear."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline import kafka_clients
-from tests.integration.harness import ROOT, create_topics, fresh_topology
+from tests.integration.harness import create_topics, fresh_topology, run_pipeline_command
 
 pytestmark = pytest.mark.integration
 
@@ -51,13 +49,7 @@ async def _write(topology, now_ms: int) -> None:
 
 
 def _audit(path: Path, *args: str) -> tuple[int, dict[str, object] | str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "audit", str(path), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_pipeline_command("audit", path, *args, timeout_s=120)
     if proc.returncode == 2:
         return 2, proc.stderr
     return proc.returncode, orjson.loads(proc.stdout.splitlines()[-1])
