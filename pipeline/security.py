@@ -9,6 +9,7 @@ message naming the topology key (exit 2), instead of a retry loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -83,11 +84,17 @@ class FileToken(AbstractTokenProvider):  # type: ignore[misc]
     async def token(self) -> str:
         try:
             stamp = self.path.stat().st_mtime
-        except OSError as exc:
-            raise CredentialsError(f"broker.sasl.oauth_token_file: cannot read {self.path}: {exc}") from None
-        if stamp != self._stamp:
-            self._token = _read(self.path, "broker.sasl.oauth_token_file").decode().strip()
-            self._stamp = stamp
+            if stamp != self._stamp:
+                self._token = _read(self.path, "broker.sasl.oauth_token_file").decode().strip()
+                self._stamp = stamp
+        except (OSError, CredentialsError) as exc:
+            if not self._token:  # never had one: the start stops with the reason
+                raise CredentialsError(
+                    f"broker.sasl.oauth_token_file: cannot read {self.path}: {exc}"
+                ) from None
+            # Mid-run (a sidecar rewriting the file): an error raised here would end aiokafka's
+            # fetcher task silently; the last token may still be valid, the broker says if not.
+            log.warning("oauth_token_file unreadable (%s); using the previous token", exc)
         return self._token
 
 
@@ -122,17 +129,20 @@ class CommandToken(AbstractTokenProvider):  # type: ignore[misc]
             raise CredentialsError(f"broker.sasl.oauth_token_command: cannot run: {exc}") from None
         try:
             out, err = await asyncio.wait_for(proc.communicate(), TOKEN_COMMAND_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
+        except BaseException as exc:  # timed out, or the caller gave up (cancelled): no orphan
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
             await proc.wait()
-            raise CredentialsError(
-                f"broker.sasl.oauth_token_command: no token after {TOKEN_COMMAND_TIMEOUT_S:.0f} s"
-            ) from None
+            if isinstance(exc, TimeoutError):
+                raise CredentialsError(
+                    f"broker.sasl.oauth_token_command: no token after {TOKEN_COMMAND_TIMEOUT_S:.0f} s"
+                ) from None
+            raise
         if proc.returncode != 0 or not out.strip():
             # stderr's last line only: a verbose script could print more than it should
             last = (err.decode(errors="replace").strip().splitlines() or [""])[-1][-200:]
             raise CredentialsError(f"broker.sasl.oauth_token_command exited {proc.returncode}: {last}")
-        return out.decode().strip()
+        return out.decode(errors="replace").strip()
 
 
 def _sasl_options(sasl: Sasl) -> dict[str, Any]:

@@ -342,6 +342,9 @@ def main(opts: DevOptions) -> dict[str, object]:
         try:
             return asyncio.run(run_dev(opts, stack))
         finally:
+            # run_dev's handlers are gone (SIGTERM is back to its default): a signal now would
+            # kill this process mid-stop and orphan the broker and Triton. The stop is bounded.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             stack.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)

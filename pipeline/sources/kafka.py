@@ -151,7 +151,7 @@ class KafkaSource:
             return int(committed)
         if self.spec.auto_offset_reset == "earliest":
             return int((await asyncio.wait_for(self.consumer.beginning_offsets([tp]), START_LOOKUP_S))[tp])
-        return int(await self.consumer.position(tp))
+        return int(await asyncio.wait_for(self.consumer.position(tp), START_LOOKUP_S))
 
     async def _re_read(self, stop: asyncio.Event) -> dict[TopicPartition, list[RawRecord]]:
         starts = {}

@@ -155,3 +155,33 @@ def test_request_headers_for_a_gateway_stay_secret() -> None:
     model = Model.model_validate({"name": "m", "headers": {"Authorization": "Bearer abc"}})
     assert grpc_metadata(model.headers) == (("authorization", "Bearer abc"),)
     assert "abc" not in repr(model)
+
+
+async def test_a_token_file_gone_mid_run_keeps_the_last_token_and_missing_at_start_stops(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "token"
+    with pytest.raises(CredentialsError, match=r"oauth_token_file: cannot read"):
+        await FileToken(path).token()  # never had one
+    path.write_text("first\n")
+    provider = FileToken(path)
+    assert await provider.token() == "first"
+    path.unlink()  # a sidecar rewriting it
+    assert await provider.token() == "first"  # not an error inside aiokafka's fetcher
+
+
+async def test_a_cancelled_token_command_is_killed(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = (
+        f"import os, time, pathlib; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); "
+        "time.sleep(60)"
+    )
+    task = asyncio.create_task(CommandToken([sys.executable, "-c", script], ttl_s=60).token())
+    while not pid_file.exists():
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
