@@ -29,6 +29,8 @@ import yaml
 from pipeline.topology.loader import ENV_OVERRIDES, load_topology, parse_topology
 from pipeline.topology.schema import Topology
 
+pytestmark = pytest.mark.deployment
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 K8S = ROOT / "deploy" / "k8s"
