@@ -117,6 +117,7 @@ class OutputRecord(NamedTuple):
     value: bytes
     headers: Headers
     sources: tuple[RawRecord, ...] = ()  # the inputs it answers: dead-lettered if it is refused
+    trace: object | None = None  # tracing.OpenSpans, ended at the broker's answer (tracing enabled)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 import reactivex
@@ -28,7 +29,7 @@ from reactivex import operators as ops
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
-from pipeline import kafka_clients, operators, wiring
+from pipeline import kafka_clients, operators, tracing, wiring
 from pipeline.control.adaptive import AdaptiveController
 from pipeline.control.lane_guard import LaneGuard
 from pipeline.control.lane_rules import lane_classifier
@@ -78,9 +79,13 @@ def _rejects(sink: Sink, parsed: ParsedBatch) -> SinkBatch:
 
 
 class PipelineRuntime:
-    def __init__(self, topology: Topology, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, topology: Topology, metrics: Metrics | None = None, tracer_provider: Any = None
+    ) -> None:
         t = self.topology = topology
         self.metrics = metrics or Metrics()
+        # spans per output (operations.tracing); the extra missing: exit 2 here, at start
+        self.tracing = tracing.from_spec(t.operations.tracing, tracer_provider)
         self.finished = 0  # input events finished (answered or dead-lettered): the watchdog's progress
         self.model_checked = False  # consumption is held until the model contract passed
         # source side: offsets, credits (backpressure), the consumer
@@ -238,7 +243,7 @@ class PipelineRuntime:
             ),
             operators.infer(self.dispatcher.infer, self.lanes),
             ops.do_action(self._observe),
-            operators.enrich(wiring.output_spec(t)),
+            operators.enrich(wiring.output_spec(t, self.tracing)),
         )
         return reactivex.merge(rejected, answered)
 
@@ -269,6 +274,8 @@ class PipelineRuntime:
         taken = batch.sources
         batch = self._without_revoked(batch)
         written = await self.sink.write(batch) if batch.records else []  # refused outputs: dead letters
+        if self.tracing is not None:
+            self.tracing.finish(batch.records, written)
         self._finish(taken)
         self._count(written, batch, len(taken))
 
@@ -470,12 +477,14 @@ class PipelineRuntime:
     async def _close(self) -> None:
         """The final commit, then the clients, each bounded: a broker that is down must not
         hold the process (aiokafka retries a commit or a flush for as long as it is let)."""
-        steps = (
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("final commit", self.source.commit),
             ("consumer close", self.source.stop),
             ("producer close", self.sink.stop),
             ("Triton streams close", self.pool.close),
-        )
+        ]
+        if self.tracing is not None:  # the SDK's flush blocks: on a thread, bounded like the rest
+            steps.append(("span export", functools.partial(asyncio.to_thread, self.tracing.shutdown)))
         for name, step in steps:
             try:
                 await asyncio.wait_for(step(), CLOSE_STEP_TIMEOUT_S)

@@ -14,6 +14,7 @@ from pipeline.control.retry import RetryPolicy
 from pipeline.operators.enrich import OutputSpec
 from pipeline.operators.parse import ParseRules
 from pipeline.topology.schema import Topology
+from pipeline.tracing import Tracing
 from pipeline.triton.codec import ModelSignature
 from pipeline.triton.contract import BatchBound
 from pipeline.triton.dispatcher import DispatchConfig
@@ -29,8 +30,8 @@ def parse_rules(t: Topology) -> ParseRules:
     )
 
 
-def output_spec(t: Topology) -> OutputSpec:
-    return OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers))
+def output_spec(t: Topology, tracing: Tracing | None = None) -> OutputSpec:
+    return OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers), tracing)
 
 
 def sink_lanes(t: Topology) -> list[str]:

@@ -20,7 +20,7 @@ for version in "${versions[@]}"; do
     echo "== Python $version ($("$python" --version)) in $venv"
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
-    "$venv/bin/pip" install --quiet '.[test]'
+    "$venv/bin/pip" install --quiet '.[test,tracing]'
     "$venv/bin/pipeline" --version
     for topology in topologies/*.yaml; do
         "$venv/bin/pipeline" validate "$topology" >/dev/null

@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 from reactivex import Observable
@@ -23,6 +24,9 @@ from pipeline.events import (
     UserRequest,
 )
 
+if TYPE_CHECKING:
+    from pipeline.tracing import Tracing
+
 DLQ_HEADER_PREFIX = "dlq."
 
 
@@ -31,6 +35,7 @@ class OutputSpec:
     topic: str
     dead_letter_topic: str
     carry_headers: frozenset[str] = frozenset({"traceparent", "tracestate"})
+    tracing: Tracing | None = None  # spans per output; its context replaces the carried traceparent
 
 
 # A dead letter carries its input's bytes, up to this many (a producer's default
@@ -158,7 +163,10 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
         )
         for row, recs in outcome.answers
     ]
-    records.extend(dead_letter_record(d, spec.dead_letter_topic) for d in outcome.failures)
+    dead = [dead_letter_record(d, spec.dead_letter_topic) for d in outcome.failures]
+    if spec.tracing is not None:
+        records, dead = _traced(spec.tracing, outcome, records, dead, now_ms)
+    records.extend(dead)
     return SinkBatch(
         tuple(records),
         recommendations=len(outcome.answers),
@@ -166,6 +174,25 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
         duplicates=sum(row.duplicates for row, _ in outcome.answers),
         lane=outcome.batch.lane,
     )
+
+
+def _traced(
+    tracing: Tracing,
+    outcome: BatchOutcome,
+    records: list[OutputRecord],
+    dead: list[OutputRecord],
+    now_ms: float,
+) -> tuple[list[OutputRecord], list[OutputRecord]]:
+    """The same records, each with its open spans and their context in its headers."""
+    traced = []
+    for rec, (row, _) in zip(records, outcome.answers, strict=True):
+        headers, spans = tracing.recommendation(row, outcome, rec.headers, now_ms, rec.topic)
+        traced.append(rec._replace(headers=headers, trace=spans))
+    traced_dead = []
+    for rec, failure in zip(dead, outcome.failures, strict=True):
+        headers, spans = tracing.dead_letter(failure, outcome, rec.headers, now_ms, rec.topic)
+        traced_dead.append(rec._replace(headers=headers, trace=spans))
+    return traced, traced_dead
 
 
 def enrich(spec: OutputSpec) -> Callable[[Observable[BatchOutcome]], Observable[SinkBatch]]:

@@ -400,6 +400,27 @@ class DeadLetterBudgetSpec(Node):
     max_hold_ms: int = Field(600_000, gt=0, description="longest hold")
 
 
+class TracingSpec(Node):
+    """OpenTelemetry spans of each recommendation (recommend, window, infer, produce) in its
+    input's trace; needs the `tracing` extra. The exporter takes the standard OTEL_* variables."""
+
+    enabled: bool = Field(False, description="make spans (the output's traceparent is then its produce span)")
+    exporter: Literal["otlp", "console"] = Field(
+        "otlp", description="otlp: OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT; console: stdout, for a try"
+    )
+    sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the traces that start here to record (an input's flag rules)",
+    )
+    service_name: str = Field(
+        "recommendation-pipeline",
+        min_length=1,
+        description="service.name of the spans (OTEL_SERVICE_NAME rules)",
+    )
+
+
 class Operations(Node):
     """How the process is observed."""
 
@@ -417,6 +438,7 @@ class Operations(Node):
         "0.0.0.0: every interface)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    tracing: TracingSpec = TracingSpec()
 
 
 class Topology(Node):

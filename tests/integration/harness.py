@@ -64,12 +64,14 @@ class Run:
     runtime: PipelineRuntime | None = None
 
 
-async def run_until_accounted(topology: Topology, records: list[RawIn], timeout_s: float = 60.0) -> Run:
+async def run_until_accounted(
+    topology: Topology, records: list[RawIn], timeout_s: float = 60.0, tracer_provider: Any = None
+) -> Run:
     """Start a pipeline, produce the records, wait until each is accounted for, stop."""
     await create_topics(topology)
     run = Run(topology)
     stop = asyncio.Event()
-    run.runtime = PipelineRuntime(topology)
+    run.runtime = PipelineRuntime(topology, tracer_provider=tracer_provider)
     pipeline_task = asyncio.create_task(run.runtime.run(stop))
     follower = asyncio.create_task(follow_outputs(topology, run.ledger, stop))
     try:

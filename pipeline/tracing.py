@@ -1,0 +1,205 @@
+"""OpenTelemetry spans of each recommendation, in the trace its input's `traceparent` names:
+
+    recommend (CONSUMER: the input's produce time → the output's broker ack)
+    ├── window   (the window the input was grouped in: open → close)
+    ├── infer    (the batch's Triton request: dispatched → answered; model, rows, attempts)
+    └── produce  (PRODUCER: handed to the producer → acknowledged); its context is the
+                 output's `traceparent`, so a consumer of the recommendations continues it
+
+An inference failure's dead letter gets the same spans with an error status. Spans are made
+after the fact from times the pipeline keeps anyway, so the dataflow carries no context; the
+produce and recommend spans stay open until the broker's answer.
+
+Optional: `operations.tracing.enabled` needs the `tracing` extra (opentelemetry-sdk and the
+OTLP/HTTP exporter, configured by the standard OTEL_EXPORTER_OTLP_* and OTEL_SERVICE_NAME
+variables). Export runs on the SDK's thread from a bounded queue: a slow collector loses
+spans, never slows the pipeline. Disabled (the default), nothing here runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import Fatal
+from pipeline.events import BatchOutcome, DeadLetter, Headers, OutputRecord, UserRequest
+
+if TYPE_CHECKING:
+    from pipeline.topology.schema import TracingSpec
+
+log = logging.getLogger(__name__)
+
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+_MS = 1_000_000  # ns per ms
+
+
+class TracingUnavailable(Fatal):
+    """`operations.tracing.enabled` without the tracing extra installed (exit 2 at start)."""
+
+    exit_code = 2
+    reason = "tracing_unavailable"
+
+
+@dataclass
+class OpenSpans:
+    """What an output's broker answer ends: its produce span, then its recommend span."""
+
+    produce: Any
+    recommend: Any
+
+
+class Tracing:
+    def __init__(self, provider: Any, owned: bool) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self._trace = trace
+        self._provider = provider
+        self._owned = owned  # built here from the topology: shut down (flushed) here too
+        self._tracer = provider.get_tracer("pipeline")
+        self._propagator = TraceContextTextMapPropagator()
+
+    def _span(self, name: str, parent: Any, start_ms: float, **options: Any) -> Any:
+        return self._tracer.start_span(name, context=parent, start_time=int(start_ms * _MS), **options)
+
+    def _open(
+        self, sources: Headers, outcome: BatchOutcome, first_ms: float, now_ms: float, topic: str
+    ) -> tuple[Headers, OpenSpans]:
+        """The spans of one output up to its send; the headers that carry its context on."""
+        from opentelemetry.trace import SpanKind
+
+        carrier = {k: v.decode("latin-1") for k, v in sources if k in TRACE_HEADERS and v is not None}
+        parent = self._propagator.extract(carrier)
+        batch = outcome.batch
+        recommend = self._span(
+            "recommend",
+            parent,
+            min(first_ms, batch.window_start_ms),
+            kind=SpanKind.CONSUMER,
+            attributes={"messaging.system": "kafka", "pipeline.lane": batch.lane},
+        )
+        inside = self._trace.set_span_in_context(recommend)
+        window = self._span("window", inside, batch.window_start_ms)
+        window.end(end_time=int(max(batch.window_end_ms, batch.window_start_ms) * _MS))
+        if outcome.completed_ms > 0:
+            infer = self._span(
+                "infer",
+                inside,
+                outcome.dispatched_ms,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": "inference.GRPCInferenceService",
+                    "rpc.method": "ModelStreamInfer",
+                    "pipeline.model.name": outcome.model_name,
+                    "pipeline.model.version": outcome.model_version,
+                    "pipeline.batch.rows": len(batch.requests),
+                    "pipeline.attempts": outcome.attempts,
+                },
+            )
+            infer.end(end_time=int(outcome.completed_ms * _MS))
+        produce = self._span(
+            "produce",
+            inside,
+            now_ms,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+            },
+        )
+        out: dict[str, str] = {}
+        self._propagator.inject(out, context=self._trace.set_span_in_context(produce))
+        return tuple((k, v.encode()) for k, v in out.items()), OpenSpans(produce, recommend)
+
+    def recommendation(
+        self, row: UserRequest, outcome: BatchOutcome, carried: Headers, now_ms: float, topic: str
+    ) -> tuple[Headers, OpenSpans]:
+        """Headers for the output (the carried ones, trace context replaced) and its open spans."""
+        latest = row.events[-1].source
+        first_ms = min(e.source.timestamp_ms for e in row.events)
+        context, spans = self._open(latest.headers, outcome, first_ms, now_ms, topic)
+        spans.recommend.set_attributes(
+            {
+                "messaging.source.name": latest.topic,
+                "messaging.destination.partition.id": str(latest.partition),
+                "messaging.kafka.offset": latest.offset,
+                "pipeline.user_id": row.user_id,
+                "pipeline.source_count": len(row.events),
+            }
+        )
+        return (*(h for h in carried if h[0] not in TRACE_HEADERS), *context), spans
+
+    def dead_letter(
+        self, dead: DeadLetter, outcome: BatchOutcome, headers: Headers, now_ms: float, topic: str
+    ) -> tuple[Headers, OpenSpans]:
+        """A failed inference's dead letter: the same spans, the recommend span an error."""
+        from opentelemetry.trace import Status, StatusCode
+
+        src = dead.record
+        context, spans = self._open(src.headers, outcome, src.timestamp_ms, now_ms, topic)
+        spans.recommend.set_attributes({"pipeline.dead_letter.reason": dead.reason})
+        spans.recommend.set_status(Status(StatusCode.ERROR, f"{dead.reason}: {dead.detail}"[:256]))
+        return (*(h for h in headers if h[0] not in TRACE_HEADERS), *context), spans
+
+    def finish(self, records: Iterable[OutputRecord], written: Iterable[OutputRecord]) -> None:
+        """The broker answered: written records end well, refused ones (dead-lettered
+        instead) end in error."""
+        from opentelemetry.trace import Status, StatusCode
+
+        ok = {id(rec) for rec in written}
+        for rec in records:
+            spans = rec.trace
+            if not isinstance(spans, OpenSpans):
+                continue
+            if id(rec) not in ok:
+                spans.produce.set_status(Status(StatusCode.ERROR, "refused by the broker: dead-lettered"))
+                spans.recommend.set_status(Status(StatusCode.ERROR, "output_refused"))
+            spans.produce.end()
+            spans.recommend.end()
+
+    def shutdown(self) -> None:
+        """Flush what is queued (bounded by the SDK's export timeout); blocking: run it in a thread."""
+        if self._owned:
+            self._provider.shutdown()
+
+
+def from_spec(spec: TracingSpec, provider: Any = None) -> Tracing | None:
+    """The topology's tracing, or None when disabled. ``provider``: an SDK TracerProvider
+    to use instead of one built here (tests give one with an in-memory exporter)."""
+    if not spec.enabled:
+        return None
+    if provider is not None:
+        return Tracing(provider, owned=False)
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    except ImportError as exc:
+        raise TracingUnavailable(
+            "operations.tracing.enabled needs the tracing extra: "
+            f"pip install 'recommendation-pipeline[tracing]' ({exc})"
+        ) from exc
+    exporter: Any
+    if spec.exporter == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _CERTIFICATE
+    # The input's sampled flag decides; a trace that starts here is sampled at sample_ratio.
+    named = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": spec.service_name}
+    built = TracerProvider(
+        resource=Resource.create(named),
+        sampler=ParentBased(TraceIdRatioBased(spec.sample_ratio)),
+        shutdown_on_exit=False,  # the runtime flushes it at stop, bounded
+    )
+    built.add_span_processor(BatchSpanProcessor(exporter))
+    log.info(
+        "tracing: %s exporter, sample ratio %.3g for traces that start here", spec.exporter, spec.sample_ratio
+    )
+    return Tracing(built, owned=True)
