@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 10.0  # one connection attempt of check_connection, TLS and SASL included
 START_CHECK_TIMEOUT_S = 5.0  # the same, asking why a client's start failed (a live broker answers at once)
+CONFIRM_PAUSE_S = 1.0  # between the two attempts that must agree before a closed connection is a refusal
 
 
 def connection(broker: Broker, client_suffix: str = "") -> dict[str, Any]:
@@ -183,9 +184,34 @@ async def _connects(
         conn.close()
 
 
+class _ClosedRefusal(Exception):
+    """A refusal read from a closed connection alone (its message is the CredentialsError's).
+    A broker restarting, or a TLS terminator with no healthy broker behind it, closes
+    connections the same way: it only counts once a second attempt ends the same."""
+
+
 async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int, timeout_s: float) -> bool:
     """True: connected; False: no verdict (unreachable, timed out, closed for no known
-    reason); CredentialsError: a cause no retry fixes."""
+    reason); CredentialsError: a cause no retry fixes. A refusal read from a closed
+    connection must be seen on two attempts, CONFIRM_PAUSE_S apart (each bounded by
+    ``timeout_s``), before it is one."""
+    try:
+        return await _attempt(broker, options, host, port, timeout_s)
+    except _ClosedRefusal as exc:
+        first = str(exc)
+        log.debug("check_connection: %s; trying once more before calling it a refusal", first)
+    await asyncio.sleep(CONFIRM_PAUSE_S)
+    try:
+        return await _attempt(broker, options, host, port, timeout_s)
+    except _ClosedRefusal as exc:
+        if str(exc) != first:  # closed differently each time: the broker, not the settings
+            log.debug("check_connection: no verdict from %s:%d: %s, then %s", host, port, first, exc)
+            return False
+        raise CredentialsError(first) from None
+
+
+async def _attempt(broker: Broker, options: dict[str, Any], host: str, port: int, timeout_s: float) -> bool:
+    """One attempt of ``_verdict``: also _ClosedRefusal, a refusal still to be confirmed."""
     where = f"the broker at {host}:{port}"
     sasl = broker.sasl
     who = f" as {sasl.username!r}" if sasl is not None and sasl.username else ""
@@ -199,7 +225,7 @@ async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int
         if sasl is not None:
             return False
         # What a SASL listener (Kafka's, Tansu's) does to a client that skips authentication.
-        raise CredentialsError(
+        raise _ClosedRefusal(
             f"broker.security_protocol: {where} closed the connection at the first request after "
             f"connecting with {broker.security_protocol}: does it require SASL authentication?"
         ) from None
@@ -256,7 +282,7 @@ async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int
     except Exception as exc:  # the broker itself is the trouble: no verdict on the credentials
         log.debug("check_connection: no verdict from %s: %r", where, exc)
         return False
-    raise CredentialsError(
+    raise _ClosedRefusal(  # a restart between the two connections looks the same: confirmed again
         f"broker.sasl: {where} closed the connection during {mechanism} authentication{who} "
         f"(mechanism not enabled there, or the credentials refused)"
     )
@@ -267,7 +293,8 @@ async def check_connection(broker: Broker, timeout_s: float = CHECK_TIMEOUT_S) -
     turn what no retry can fix into ``CredentialsError`` naming the reason (exit 2): a
     certificate file that cannot be read or loaded, a broker certificate that does not
     verify against ``tls.ca_file`` (or names another host), a failed TLS handshake, a SASL
-    mechanism the broker does not offer, refused credentials. Returns True once one
+    mechanism the broker does not offer, refused credentials (a refusal told only by a closed
+    connection is confirmed by a second attempt first: see ``_verdict``). Returns True once one
     bootstrap server accepted the connection, False when none gave a verdict (down,
     unreachable, too slow): the clients then retry as they always do."""
     options = kafka_security(broker)

@@ -184,6 +184,7 @@ def grpc_credentials(tls: Tls, key: str = "model.tls") -> grpc.ChannelCredential
 
 
 TLS_CLOSED = "closed"  # tls_session: the server ended the session right after the handshake
+TLS_CONFIRM_PAUSE_S = 1.0  # tls_refusal: between the two sessions that must both be TLS_CLOSED
 
 
 def tls_session(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
@@ -208,11 +209,18 @@ def tls_session(host: str, port: int, context: ssl.SSLContext, timeout_s: float)
 
 async def tls_refusal(url: str, tls: Tls, timeout_s: float = 5.0) -> str | None:
     """Why Triton refuses a TLS connection with these settings, or None (it connects, or it
-    is simply not there: an outage, waited out). gRPC reports both as UNAVAILABLE."""
+    is simply not there: an outage, waited out). gRPC reports both as UNAVAILABLE.
+
+    A hang-up right after the handshake is also what a restarting server, or a TLS proxy
+    with no healthy backend, does: it is a refusal only when a second session,
+    TLS_CONFIRM_PAUSE_S later, ends the same way (each session bounded by ``timeout_s``)."""
     host, _, port = url.rpartition(":")
     context = kafka_ssl_context(tls, "model.tls")  # loaded once already by grpc_credentials
     context.set_alpn_protocols(["h2"])  # an HTTP/2 server speaks first (SETTINGS)
     refusal = await asyncio.to_thread(tls_session, host, int(port), context, timeout_s)
+    if refusal == TLS_CLOSED:
+        await asyncio.sleep(TLS_CONFIRM_PAUSE_S)
+        refusal = await asyncio.to_thread(tls_session, host, int(port), context, timeout_s)
     if refusal == TLS_CLOSED:
         wants = "a client certificate it trusts" if tls.cert_file is None else "another client certificate"
         return f"the server closed the connection after the handshake: it wants {wants} (cert_file, key_file)"
