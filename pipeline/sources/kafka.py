@@ -162,7 +162,12 @@ class KafkaSource:
             starts[tp] = await self._start_of(tp)
         try:
             return await step_past_undecodable(
-                self.consumer, starts, 2 * self.spec.max_poll_records, stop, generation_of=self.generation_of
+                self.consumer,
+                starts,
+                2 * self.spec.max_poll_records,
+                stop,
+                generation_of=self.generation_of,
+                fetch_errors=self.metrics.fetch_errors,
             )
         except BaseException:
             for tp, start in starts.items():  # what it read is not handed on: read it again
