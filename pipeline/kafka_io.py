@@ -16,6 +16,10 @@ from pipeline.events import RawRecord
 from pipeline.sources.undecodable import DECODE_ERRORS, raw, step_past_undecodable
 from pipeline.topology.schema import Broker, Topology
 
+# Bound on asking the consumer where it is in one partition: aiokafka's position() waits,
+# without end, for a position it cannot get (a broker gone, an offset reset never answered).
+POSITION_TIMEOUT_S = 10.0
+
 
 def broker_at(bootstrap: str) -> Broker:
     """The broker section for a bare address (scripts given ``--bootstrap``)."""
@@ -54,8 +58,8 @@ async def batches_to_end(
     report them (not ListOffsets: the embedded broker answers ListOffsets(latest) wrongly
     once records arrive in batches). A record the client cannot decode comes as a marker
     (``undecodable`` set) instead of stopping the read; no progress for ``idle_timeout_s``
-    before the end raises TimeoutError."""
-    positions = {tp: await consumer.position(tp) for tp in tps}  # next offset to hand on
+    before the end raises TimeoutError, and so does a position lookup past POSITION_TIMEOUT_S."""
+    positions = {tp: await read_position(consumer, tp) for tp in tps}  # next offset to hand on
     loop = asyncio.get_running_loop()
     idle_since = loop.time()
     while tps and not await at_end(consumer, tps):
@@ -109,9 +113,21 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
+async def read_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    """The consumer's next offset in ``tp``; TimeoutError naming the partition when it has
+    none within POSITION_TIMEOUT_S."""
+    try:
+        return int(await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT_S))
+    except TimeoutError:
+        raise TimeoutError(
+            f"{tp.topic}[{tp.partition}]: no read position within {POSITION_TIMEOUT_S:.0f} s "
+            f"(broker unreachable, or the partition's offsets never answered)"
+        ) from None
+
+
 async def at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
     for tp in tps:
         high = consumer.highwater(tp)
-        if high is None or await consumer.position(tp) < high:
+        if high is None or await read_position(consumer, tp) < high:
             return False
     return True
