@@ -94,7 +94,7 @@ class Recommendations:
     """Inference answer for one row."""
 
     item_ids: tuple[int, ...]
-    scores: tuple[float, ...]
+    scores: tuple[float, ...]  # rounded to 6 decimals by the codec
 
 
 @dataclass

@@ -71,6 +71,10 @@ class RecentItems:
 
     def extend(self, user_id: int, new_items: list[tuple[int, int]]) -> tuple[int, ...]:
         """Add (ts, item) pairs; returns the history, newest last."""
+        if len(new_items) == 1 and user_id not in self._items:  # a new user with one event: most of them
+            if self.max_users > 0:
+                self._remember(user_id, new_items)
+            return (new_items[0][1],)
         merged = self._forget(user_id)
         for ts, item in new_items:
             if self.by_event_time:
@@ -93,6 +97,11 @@ def coalesce_window(window: Window, recent: RecentItems) -> list[UserRequest]:
         by_user.setdefault(event.user_id, []).append(event)
     requests = []
     for user_id, events in by_user.items():
+        if len(events) == 1:  # one event: no duplicate, no order to restore
+            event = events[0]
+            history = recent.extend(user_id, [(event.ts, event.item_id)])
+            requests.append(UserRequest(user_id, history, (event,), 0))
+            continue
         seen_ids: set[str] = set()
         items: list[tuple[int, int]] = []
         ordered = sorted(events, key=lambda e: e.ts) if recent.by_event_time else events

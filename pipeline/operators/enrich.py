@@ -3,8 +3,8 @@ with the source records it finishes once the broker has acknowledged it."""
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +19,6 @@ from pipeline.events import (
     DeadLetter,
     Headers,
     OutputRecord,
-    Recommendations,
     SinkBatch,
     UserRequest,
 )
@@ -94,39 +93,52 @@ def dead_letters_batch(dead: list[DeadLetter], topic: str) -> SinkBatch:
     return SinkBatch(tuple(dead_letter_record(d, topic) for d in dead), dead_letters=len(dead))
 
 
-def recommendation_value(
-    row: UserRequest, recs: Recommendations, outcome: BatchOutcome, now_ms: float
-) -> bytes:
-    first = min(e.source.timestamp_ms for e in row.events)
+def recommendation_values(outcome: BatchOutcome, now_ms: float) -> list[bytes]:
+    """The JSON of each answered row. What the rows of a batch share is built once; scores
+    come rounded from the codec (per-item ``round`` was the costliest line here)."""
     batch = outcome.batch
-    return orjson.dumps(
-        {
-            "event_id": "rec-{}-{}-{}".format(*row.events[0].ref),
-            "user_id": row.user_id,
-            "items": [
-                {"item_id": i, "score": round(s, 6)} for i, s in zip(recs.item_ids, recs.scores, strict=True)
-            ],
-            "model": {"name": outcome.model_name, "version": outcome.model_version},
-            "sources": [
+    model = {"name": outcome.model_name, "version": outcome.model_version}
+    window = {"start_ms": batch.window_start_ms, "end_ms": batch.window_end_ms}
+    queued_ms = round(outcome.dispatched_ms - batch.window_end_ms, 3)
+    inference_ms = round(outcome.completed_ms - outcome.dispatched_ms, 3)
+    emitted_at_ms = int(now_ms)
+    dumps = orjson.dumps
+    values = []
+    for row, recs in outcome.answers:
+        events = row.events
+        src = events[0].source
+        first = src.timestamp_ms if len(events) == 1 else min(e.source.timestamp_ms for e in events)
+        values.append(
+            dumps(
                 {
-                    "event_id": e.event_id,
-                    "topic": e.source.topic,
-                    "partition": e.source.partition,
-                    "offset": e.source.offset,
+                    "event_id": f"rec-{src.topic}-{src.partition}-{src.offset}",
+                    "user_id": row.user_id,
+                    "items": [
+                        {"item_id": i, "score": s} for i, s in zip(recs.item_ids, recs.scores, strict=True)
+                    ],
+                    "model": model,
+                    "sources": [
+                        {
+                            "event_id": e.event_id,
+                            "topic": e.source.topic,
+                            "partition": e.source.partition,
+                            "offset": e.source.offset,
+                        }
+                        for e in events[:MAX_LISTED_SOURCES]
+                    ],
+                    "source_count": len(events),
+                    "window": window,
+                    "lane": batch.lane,
+                    "timings": {
+                        "queued_ms": queued_ms,
+                        "inference_ms": inference_ms,
+                        "end_to_end_ms": round(now_ms - first, 3),
+                    },
+                    "emitted_at_ms": emitted_at_ms,
                 }
-                for e in row.events[:MAX_LISTED_SOURCES]
-            ],
-            "source_count": len(row.events),
-            "window": {"start_ms": batch.window_start_ms, "end_ms": batch.window_end_ms},
-            "lane": batch.lane,
-            "timings": {
-                "queued_ms": round(outcome.dispatched_ms - batch.window_end_ms, 3),
-                "inference_ms": round(outcome.completed_ms - outcome.dispatched_ms, 3),
-                "end_to_end_ms": round(now_ms - first, 3),
-            },
-            "emitted_at_ms": int(now_ms),
-        }
-    )
+            )
+        )
+    return values
 
 
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -139,7 +151,8 @@ def continue_trace(traceparent: bytes) -> bytes:
     match = _TRACEPARENT.match(traceparent)
     if match is None or match[1] == b"ff" or match[2] == b"0" * 32:
         return traceparent
-    return b"-".join((match[1], match[2], secrets.token_hex(8).encode(), match[4]))
+    # a span id needs to be unique, not secret (OpenTelemetry's SDK draws them the same way)
+    return b"-".join((match[1], match[2], b"%016x" % (random.getrandbits(64) or 1), match[4]))
 
 
 def _carried(row: UserRequest, names: frozenset[str]) -> Headers:
@@ -153,15 +166,16 @@ def _carried(row: UserRequest, names: frozenset[str]) -> Headers:
 
 def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
     now_ms = time.time() * 1000.0
+    carry = spec.carry_headers
     records = [
         OutputRecord(
             spec.topic,
             str(row.user_id).encode(),
-            recommendation_value(row, recs, outcome, now_ms),
-            _carried(row, spec.carry_headers),
+            value,
+            _carried(row, carry),
             tuple(e.source for e in row.events),
         )
-        for row, recs in outcome.answers
+        for (row, _), value in zip(outcome.answers, recommendation_values(outcome, now_ms), strict=True)
     ]
     dead = [dead_letter_record(d, spec.dead_letter_topic) for d in outcome.failures]
     if spec.tracing is not None:

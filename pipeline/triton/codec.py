@@ -76,5 +76,6 @@ def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> l
         raise BadOutput(f"missing outputs, got {sorted(arrays)}")
     if ids.ndim != 2 or ids.shape[0] != rows or ids.shape != scores.shape:
         raise BadOutput(f"output shape {ids.shape}/{scores.shape} for {rows} rows")
-    ids, scores = ids[:, :top_k].tolist(), scores[:, :top_k].tolist()
+    # scores rounded to 6 decimals here, for the whole batch at once (the output shows 6)
+    ids, scores = ids[:, :top_k].tolist(), scores[:, :top_k].astype(np.float64).round(6).tolist()
     return [Recommendations(tuple(i), tuple(s)) for i, s in zip(ids, scores, strict=True)]

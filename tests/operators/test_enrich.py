@@ -52,7 +52,7 @@ def outcome(now_ms: float):
     result = BatchOutcome(
         batch,
         answers=[
-            (row1, Recommendations((5, 6, 7), (0.91234567, 0.5, 0.25))),
+            (row1, Recommendations((5, 6, 7), (0.912346, 0.5, 0.25))),  # as the codec rounds them
             (row2, Recommendations((1,), (0.1,))),
         ],
         failures=[

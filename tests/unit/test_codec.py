@@ -133,6 +133,14 @@ def test_decode_truncates_to_top_k_and_ignores_output_order():
     assert isinstance(recs[0], Recommendations)
 
 
+def test_decode_rounds_scores_to_six_decimals_as_the_output_shows_them():
+    scores = np.array([[0.91234567, 0.1234565, 1 / 3]], dtype=np.float32)
+    ids = np.array([[1, 2, 3]], dtype=np.int64)
+    [recs] = decode(response(("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores)), rows=1, top_k=3)
+    assert recs.scores == tuple(round(float(s), 6) for s in scores[0])
+    assert [repr(s) for s in recs.scores] == ["0.912346", "0.123457", "0.333333"]  # not 0.91234600543975
+
+
 def test_decode_empty_batch():
     ids, scores = np.zeros((0, 3), dtype=np.int64), np.zeros((0, 3), dtype=np.float32)
     resp = response(("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores))
