@@ -391,10 +391,13 @@ class PipelineRuntime:
         """Run until ``stop`` is set (or the graph fails), then drain and commit."""
         self._stop = stop or asyncio.Event()
         try:  # refused credentials or an untrusted certificate: exit 2 now, not after Triton's wait
-            await kafka_clients.check_connection(self.topology.broker)
+            checked = await self._check_broker()
         except BaseException:
             await self._close_clients()
             raise
+        if not checked:  # stopped during the check: nothing started
+            await self._close_clients()
+            return
         contract = asyncio.create_task(self.check_model(), name="model-contract")
         stopped = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait(
@@ -457,6 +460,25 @@ class PipelineRuntime:
             raise self._failure
         if self._failure is not None:
             raise RuntimeError("pipeline graph failed") from self._failure
+
+    async def _check_broker(self) -> bool:
+        """kafka_clients.check_connection raced against the stop signal: it can take its
+        timeout per bootstrap server (twice, to confirm a refusal), and a SIGTERM meanwhile
+        must end the start at once, not after it (nor after cli's hard-exit budget). False:
+        stopped first; CredentialsError as the check raises it."""
+        check = asyncio.create_task(kafka_clients.check_connection(self.topology.broker), name="broker-check")
+        stopped = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({check, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not check.done():  # stopped (or run() cancelled): the check's connection closes now
+                check.cancel()
+                await asyncio.wait({check})
+        if check.cancelled():
+            return False
+        check.result()  # a verdict reached as the stop came still counts (exit 2 over exit 0)
+        return True
 
     async def _close_clients(self) -> None:
         """After a failed start: what was made is closed, each step bounded."""

@@ -1,0 +1,48 @@
+"""A stop (SIGTERM) while the runtime checks the broker at start ends the start at once
+with a clean exit: the check can take its timeout per bootstrap server. A real listener
+that accepts connections and never answers (a broker hung at start)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pipeline.runtime import PipelineRuntime
+from pipeline.topology.schema import Topology
+
+
+async def test_a_stop_during_the_broker_check_ends_the_start_at_once() -> None:
+    connected = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        await reader.read()  # never answers; EOF once the check's connection is closed
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    topology = Topology.model_validate(
+        {
+            "name": "start-stop",
+            "broker": {"bootstrap_servers": f"127.0.0.1:{port}"},
+            "source": {"topics": ["in"], "group_id": "g"},
+            "model": {"name": "m", "url": "127.0.0.1:9"},
+            "sink": {"topic": "out", "dead_letter_topic": "dlq"},
+        }
+    )
+    runtime = PipelineRuntime(topology)
+    stop = asyncio.Event()
+    try:
+        run = asyncio.create_task(runtime.run(stop))
+        await asyncio.wait_for(connected.wait(), 5)  # the check is waiting on the broker
+        stop.set()
+        stopped_at = time.monotonic()
+        await asyncio.wait_for(run, 5)  # the check alone would take CHECK_TIMEOUT_S + 1 = 11 s
+        assert time.monotonic() - stopped_at < 2
+        assert runtime.clean_stop and not runtime.ready.is_set()
+        await asyncio.wait_for(closed.wait(), 2)  # its connection closed, not left behind
+    finally:
+        server.close()
+        await server.wait_closed()
