@@ -31,6 +31,10 @@ WAIT_FOR = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
+# ServerReady's answer when the server cannot say yet (starting, or too busy to answer in
+# time). Any other error (a gateway that does not route it, no permission) means it cannot
+# be asked at all: waiting would not change that.
+NOT_READY_YET = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class ModelContractError(Fatal):
@@ -100,12 +104,16 @@ def _names(model: ServedModel) -> str:
 async def _server_ready(
     stub: service_pb2_grpc.GRPCInferenceServiceStub, timeout_s: float, metadata: Metadata
 ) -> bool:
-    """Triton is not ready until every model it was started with has loaded."""
+    """Triton is not ready until every model it was started with has loaded. False too
+    while it cannot answer yet (NOT_READY_YET); any other error is raised: the question
+    cannot be asked (a gateway that does not route ServerReady, no permission)."""
     request = service_pb2.ServerReadyRequest()
     try:
         return bool((await stub.ServerReady(request, timeout=timeout_s, metadata=metadata or None)).ready)
-    except grpc.aio.AioRpcError:
-        return False
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in NOT_READY_YET:
+            return False
+        raise
 
 
 async def fetch_served_model(
@@ -132,8 +140,19 @@ async def fetch_served_model(
     except grpc.aio.AioRpcError as exc:
         if exc.code() in WAIT_FOR:
             raise
-        if exc.code() == grpc.StatusCode.NOT_FOUND and not await _server_ready(stub, timeout_s, metadata):
-            raise  # a server still loading its models (started with us): waited for
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            try:
+                loading = not await _server_ready(stub, timeout_s, metadata)
+            except grpc.aio.AioRpcError as asked:
+                # Whether it is still loading cannot be told: waiting could last forever for a
+                # misspelt name, so the model is taken as missing (exit 2), saying why.
+                raise ModelContractError(
+                    f"model.name: {name!r} (version {version or 'latest'}): {exc.details()}; "
+                    f"ServerReady could not be asked whether the server is still loading its "
+                    f"models ({asked.code().name}: {asked.details()}), so the model is taken as missing"
+                ) from None
+            if loading:
+                raise exc  # a server still loading its models (started with us): waited for
         if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             raise ModelContractError(
                 f"model.name: {name!r} (version {version or 'latest'}): {exc.details()}"
