@@ -54,6 +54,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread (/proc/<pid>/task/*: "name/tid"; the main thread is "main")."""
+    out: dict[str, float] = collections.defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "main" if task.name == str(pid) else f"{(task / 'comm').read_text().strip()}/{task.name}"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def answered(worker: PipelineProcess) -> float:
     total = 0.0
     for line in worker.metrics().splitlines():
@@ -69,6 +82,8 @@ def summarize(stacks: Path, top: int) -> None:
     samples = 0
     for line in stacks.read_text().splitlines():
         frames, _, count = line.rpartition(" ")
+        if frames.rsplit(";", 1)[-1].startswith("Thread.run "):
+            continue  # a thread waiting in native code (gRPC's poller): py-spy counts it, it uses no CPU
         n = int(count)
         samples += n
         names = [f.split(" (")[0] + " " + f.split("/")[-1].rstrip(")") for f in frames.split(";")]
@@ -124,10 +139,11 @@ def main() -> int:
             worker.wait_until(worker.ready, 60, "ready")
             while (first := answered(worker)) == 0:
                 time.sleep(0.02)
-            cpu0, t0 = cpu_seconds(worker.pid), time.monotonic()
+            cpu0, threads0, t0 = cpu_seconds(worker.pid), thread_cpu(worker.pid), time.monotonic()
             while (done := answered(worker)) < args.events and time.monotonic() - t0 < 600:
                 time.sleep(0.2)
             elapsed, cpu = time.monotonic() - t0, cpu_seconds(worker.pid) - cpu0
+            threads = {n: c - threads0.get(n, 0.0) for n, c in thread_cpu(worker.pid).items()}
             spy.signal(signal.SIGINT, group=False)  # py-spy writes its file on SIGINT
             deadline = time.monotonic() + 30
             while spy.alive() and time.monotonic() < deadline:
@@ -139,6 +155,12 @@ def main() -> int:
         print(
             f"{measured:.0f} events in {elapsed:.1f} s: {measured / elapsed:,.0f} ev/s, "
             f"{1000 * cpu / measured:.3f} CPU s per 1,000 events (pipeline process)"
+        )
+        print(
+            "CPU by thread: "
+            + ", ".join(
+                f"{n} {100 * c / cpu:.0f}%" for n, c in sorted(threads.items(), key=lambda x: -x[1]) if c > 0
+            )
         )
         summarize(out, args.top)
     finally:
