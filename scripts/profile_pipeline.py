@@ -107,6 +107,7 @@ def main() -> int:
         "--out", type=Path, default=None, help="collapsed stacks (default: WORKDIR/stacks.txt)"
     )
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true", help="C frames too (py-spy --native)")
     args = parser.parse_args()
     out = args.out or args.workdir / "stacks.txt"
     stack = EmbeddedStack.start(args.workdir)
@@ -129,6 +130,7 @@ def main() -> int:
                 "raw",
                 "--rate",
                 str(args.rate),
+                *(["--native"] if args.native else []),
                 "--output",
                 str(out),
             ],

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAuthorizationFailedError
+from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.events import OutputRecord, SinkBatch
 from pipeline.sinks import kafka as sink_module
@@ -15,13 +16,33 @@ from pipeline.topology.schema import Broker, Sink
 from tests.builders import raw_record
 
 
-class FakeProducer:
-    """Refuses per a rule; counts every attempt."""
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes | None, bytes]] = []
 
-    def __init__(self, refuse) -> None:
+    def append(self, *, key: bytes | None, value: bytes, timestamp: None, headers: list) -> object:
+        self.records.append((key, value))
+        return object()
+
+
+class FakeProducer:
+    """Refuses per a rule (a batch: as its first refused record is); counts every send, of
+    a record or of a batch, and keeps what each partition was sent, in order."""
+
+    def __init__(self, refuse, partitions: int = 1) -> None:
         self.refuse = refuse
+        self.partitions = partitions
         self.sent: list[tuple[str, bytes]] = []
+        self.by_partition: dict[int, list[bytes]] = {}
         self.attempts = 0
+
+    def _done(self, error: Exception | None) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+        return fut
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None, headers=None):
         self.attempts += 1
@@ -29,9 +50,21 @@ class FakeProducer:
         if error is not None:
             raise error
         self.sent.append((topic, value))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+        return self._done(None)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int):
+        self.attempts += 1
+        errors = [e for _, v in batch.records if (e := self.refuse(topic, v, self.attempts)) is not None]
+        if not errors:
+            self.sent.extend((topic, v) for _, v in batch.records)
+            self.by_partition.setdefault(partition, []).extend(v for _, v in batch.records)
+        return self._done(errors[0] if errors else None)
 
 
 def sink_with(producer: FakeProducer) -> KafkaSink:
@@ -60,7 +93,7 @@ async def test_a_permanently_refused_output_becomes_dead_letters_of_its_inputs()
     assert headers["dlq.reason"] == b"output_refused"
     assert headers["dlq.source_offset"] == b"0"
     assert b"2000000-byte" in headers["dlq.detail"]
-    assert producer.attempts == 4  # one refusal, three dead letters, no retry of the refusal
+    assert producer.attempts == 2  # one refusal, then its three dead letters in one batch; no retry
 
 
 async def test_a_retriable_refusal_is_sent_again_until_it_goes_through() -> None:
@@ -83,6 +116,33 @@ async def test_a_refused_dead_letter_is_retried_slowly_and_makes_the_sink_not_re
     written = await task
     assert True in seen and not sink.refusing  # not ready only while it was refused
     assert written == [dead] and producer.attempts == 3
+
+
+async def test_a_batch_refused_for_good_is_sent_again_record_by_record_so_only_the_culprit_is_refused() -> (
+    None
+):
+    good = [OutputRecord("out", b"u", b'{"ok": %d}' % i, (), SOURCES[i : i + 1]) for i in range(2)]
+    bad = OutputRecord("out", b"u", b"bad", (), SOURCES[2:])
+    producer = FakeProducer(lambda topic, value, n: MessageSizeTooLargeError() if value == b"bad" else None)
+    written = await sink_with(producer).write(batch(good[0], bad, good[1]))
+    assert written[:2] == good  # the batch failed as a whole; each good record went on its own
+    [dead] = written[2:]
+    assert dict(dead.headers)["dlq.reason"] == b"output_refused" and dead.value == SOURCES[2].value
+    assert producer.attempts == 1 + 3 + 1  # the batch, each record, the dead letter
+
+
+async def test_records_go_in_one_batch_per_partition_the_default_partitioner_picks_in_order() -> None:
+    records = [
+        OutputRecord("out", str(user).encode(), b"%d" % i, ()) for i, user in enumerate([5, 9, 5, 12, 9, 5])
+    ]
+    producer = FakeProducer(lambda topic, value, n: None, partitions=4)
+    written = await sink_with(producer).write(batch(*records))
+    assert written == records
+    expected: dict[int, list[bytes]] = {}
+    for rec in records:
+        expected.setdefault(DefaultPartitioner()(rec.key, [0, 1, 2, 3], [0, 1, 2, 3]), []).append(rec.value)
+    assert producer.by_partition == expected
+    assert producer.attempts == len(expected)  # a send per partition, not per record
 
 
 @pytest.mark.parametrize("error", [MessageSizeTooLargeError(), TopicAuthorizationFailedError()])
