@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -100,25 +101,48 @@ class FileToken(AbstractTokenProvider):  # type: ignore[misc]
 
 class CommandToken(AbstractTokenProvider):  # type: ignore[misc]
     """OAUTHBEARER token printed by a command (a cloud CLI, a vault agent), run again once
-    the last token is ``ttl_s`` old."""
+    the last token is ``ttl_s`` old. Callers that ask while it runs (the connections of
+    several clients sharing it: see ``command_token``) wait for that run and take its
+    outcome: one run per refresh."""
 
     def __init__(self, command: list[str], ttl_s: float) -> None:
         self.command = command
         self.ttl_s = ttl_s
         self._token = ""
         self._at = -float("inf")
+        self._runs = 0  # runs finished (token or CredentialsError); a cancelled one does not count
+        self._error: CredentialsError | None = None  # the last run's, if it failed
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     async def token(self) -> str:
         if time.monotonic() - self._at < self.ttl_s and self._token:
             return self._token
-        try:
-            self._token, self._at = await self._run(), time.monotonic()
-        except CredentialsError:
+        runs = self._runs
+        async with self._loop_lock():
+            if self._runs == runs:  # no run finished while this caller waited: it runs one
+                try:
+                    self._token, self._at = await self._run(), time.monotonic()
+                    self._error = None
+                except CredentialsError as exc:
+                    self._error = exc
+                    if self._token:
+                        # A refresh that failed: the last token may still be valid; the broker says if not.
+                        log.warning("oauth_token_command failed; using the previous token", exc_info=True)
+                self._runs += 1  # not reached when cancelled (killed): a waiter runs it instead
             if not self._token:
-                raise  # never had one: the start stops with the reason
-            # A refresh that failed: the last token may still be valid; the broker says if not.
-            log.warning("oauth_token_command failed; using the previous token", exc_info=True)
+                assert self._error is not None
+                raise self._error  # never had one: the start stops with the reason
         return self._token
+
+    def _loop_lock(self) -> asyncio.Lock:
+        """The lock for the running loop: an asyncio.Lock binds to the first loop it makes
+        wait, and this provider lives as long as the process (which may run several loops
+        one after another: scripts, tests)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is None or self._lock_loop() is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), weakref.ref(loop)
+        return self._lock
 
     async def _run(self) -> str:
         try:
@@ -145,13 +169,27 @@ class CommandToken(AbstractTokenProvider):  # type: ignore[misc]
         return out.decode(errors="replace").strip()
 
 
+_command_tokens: dict[tuple[tuple[str, ...], float], CommandToken] = {}
+
+
+def command_token(command: list[str], ttl_s: float) -> CommandToken:
+    """The process's one provider for this command: the clients made from a broker section
+    (the source's consumer, the sink's producers, admin clients, the connection checks) each
+    build their options, and a provider of their own would run the command once per client."""
+    key = (tuple(command), ttl_s)
+    provider = _command_tokens.get(key)
+    if provider is None:
+        provider = _command_tokens[key] = CommandToken(command, ttl_s)
+    return provider
+
+
 def _sasl_options(sasl: Sasl) -> dict[str, Any]:
     options: dict[str, Any] = {"sasl_mechanism": sasl.mechanism}
     if sasl.mechanism == "OAUTHBEARER":
         if sasl.oauth_token_file is not None:
             options["sasl_oauth_token_provider"] = FileToken(sasl.oauth_token_file)
         elif sasl.oauth_token_command is not None:
-            options["sasl_oauth_token_provider"] = CommandToken(
+            options["sasl_oauth_token_provider"] = command_token(
                 sasl.oauth_token_command, sasl.oauth_token_ttl_s
             )
         return options
