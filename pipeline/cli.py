@@ -114,6 +114,14 @@ def _tune_gc() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology)
     _setup_logging(args, topology.operations.log_level)
+    if args.workers < 1:
+        print("--workers: at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from pipeline.workers import supervise, worker_command
+
+        command = worker_command(args.topology, args.log_format, args.log_level)
+        return supervise(topology, command, args.workers)
     _tune_gc()
     return asyncio.run(_serve(args.topology))
 
@@ -203,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", "run the pipeline of a topology until SIGTERM")
     p.add_argument("topology", type=Path)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes in the consumer group (worker i serves metrics on metrics_port + i)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = command("validate", "check topology files; exit 2 if any is invalid")

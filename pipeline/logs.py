@@ -5,6 +5,7 @@ pause and resume, breaker, stall, shutdown); nothing is logged per event at INFO
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Literal
@@ -15,8 +16,11 @@ LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+WORKER = os.environ.get("PIPELINE_WORKER")  # set by `pipeline run --workers N` in each worker
+
+
 class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "message"[, "exception"]}``, one line each."""
+    """``{"ts", "level", "logger", "message"[, "worker"][, "exception"]}``, one line each."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -25,6 +29,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if WORKER is not None:
+            entry["worker"] = int(WORKER)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -36,7 +42,8 @@ def setup(level: str, fmt: LogFormat = "text") -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter(TEXT_FORMAT)
+        worker = f" [worker {WORKER}]" if WORKER is not None else ""
+        formatter = logging.Formatter(TEXT_FORMAT.replace(" %(name)s", f"{worker} %(name)s"))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
