@@ -101,14 +101,18 @@ class ChildProcess:
 
     def stop(self, grace: float = 10.0) -> None:
         """TERM to the child's process group, then KILL after ``grace``; returns once the
-        whole group is gone (Triton's backend stub outlives the server by a moment)."""
+        whole group is gone (Triton's backend stub outlives the server by a moment). Only
+        then is it stopped for good: a stop cut short (an interrupt, an error) is done again
+        by a later call (atexit), instead of orphaning the group."""
         if self.proc is None:
             return
         if self._stopped:
             return  # a later call (atexit) must not signal a process group id reused since
-        self._stopped = True
         proc = self.proc
         pgid = proc.pid
+        if not self._group_is_ours(proc):
+            self._stopped = True
+            return
         try:
             os.killpg(pgid, signal.SIGCONT)  # a stalled child cannot act on TERM
             os.killpg(pgid, signal.SIGTERM)  # the whole group, even if its leader has exited
@@ -127,7 +131,22 @@ class ChildProcess:
                 os.killpg(pgid, 0)
                 time.sleep(0.05)
         except ProcessLookupError:
-            pass
+            self._stopped = True  # the whole group is gone: its id may be reused from now on
+
+    @staticmethod
+    def _group_is_ours(proc: subprocess.Popen[bytes]) -> bool:
+        """The group id (the leader's pid) still names this child's group: the leader is not
+        reaped yet (its pid cannot be reused), or it is and no other process has taken its
+        pid (the leader of a new group by that id would hold it)."""
+        if proc.returncode is None:
+            return True
+        try:
+            os.kill(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # another user's process has that pid now
+        return False
 
     def kill(self) -> None:
         if self.alive():
