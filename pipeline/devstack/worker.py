@@ -3,16 +3,44 @@ or joined to a group), with its /readyz and /metrics: used by the fault suite an
 
 from __future__ import annotations
 
+import os
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydantic import SecretBytes, SecretStr
+from pydantic_core import to_jsonable_python
 
 from pipeline.devstack.process import ChildProcess, free_port
 from pipeline.topology.schema import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _revealed(value: Any) -> Any:
+    """Secrets in clear, and every ``${`` written ``$${``: the worker's loader interpolates
+    the file again (a resolved password holding ``${`` would otherwise not survive)."""
+    if isinstance(value, SecretStr | SecretBytes):
+        value = value.get_secret_value()
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        return value.replace("${", "$${")
+    if isinstance(value, dict):
+        return {key: _revealed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_revealed(item) for item in value]
+    return value
+
+
+def topology_document(topology: Topology) -> dict[str, Any]:
+    """The topology as YAML-able data a worker can load, secrets included: model_dump(mode=
+    "json") writes each SecretStr as "**********", which the worker would then present as
+    its password. Holds secrets in clear: written to the worker's own file (mode 0600),
+    never logged."""
+    return dict(to_jsonable_python(_revealed(topology.model_dump(mode="python"))))
 
 
 def rss_mb(pid: int) -> float | None:
@@ -32,11 +60,14 @@ class PipelineProcess(ChildProcess):
     def __init__(self, topology: Topology, workdir: Path, name: str = "pipeline") -> None:
         self.metrics_port = free_port()
         self.topology = topology
-        data = topology.model_dump(mode="json")
+        data = topology_document(topology)  # secrets in clear: not to be logged
         data["operations"]["metrics_port"] = self.metrics_port
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(data))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(fd, 0o600)  # a file left by an earlier run keeps its mode otherwise
+            file.write(yaml.safe_dump(data))
         super().__init__(
             name, [sys.executable, "-m", "pipeline", "run", str(path)], workdir / f"{name}.log", cwd=ROOT
         )
