@@ -34,6 +34,7 @@ from pipeline import kafka_clients
 from pipeline.devstack.process import ChildProcess
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
+from pipeline.devstack.worker import topology_document
 from pipeline.kafka_io import ensure_topology_topics, seek_to_start
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.topology.schema import Topology
@@ -170,7 +171,7 @@ async def run_pipeline(
     # The pipeline runs as its own process, as in production: the load generator must not
     # share its event loop.
     config = WORKDIR / f"{topology.source.group_id}.yaml"
-    config.write_text(yaml.safe_dump(topology.model_dump(mode="json")))
+    config.write_text(yaml.safe_dump(topology_document(topology)))  # secrets kept, not masked
     proc = ChildProcess(
         "pipeline",
         [sys.executable, "-m", "pipeline", "run", str(config)],

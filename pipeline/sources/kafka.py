@@ -185,9 +185,9 @@ class KafkaSource:
             try:
                 read = await self._re_read(stop)
             except (TimeoutError, KafkaError) as lookup:
-                log.warning("re-reading past an undecodable record failed, retrying: %r", lookup)
-                await _pause(stop)
-                return {}
+                if isinstance(lookup, KafkaError) and not lookup.retriable:
+                    raise SourceFailed(f"re-reading {self.spec.topics} failed: {lookup!r}") from lookup
+                return await self._retry_later("re-reading past an undecodable record", lookup, stop)
             if not any(r.undecodable is not None for records in read.values() for r in records):
                 # Not found within the re-read's bounds: the next fetch fails again and this
                 # starts over from further on. Said, so that a repeat is not silent.
@@ -205,18 +205,26 @@ class KafkaSource:
                         )
             return read
         if isinstance(error, KafkaError) and error.retriable:
-            self.metrics.fetch_errors.labels(type(error).__name__).inc()
-            if self._failed_fetches % FETCH_ERROR_LOG_EVERY == 0:  # not a line a second
-                log.warning(
-                    "fetch failed (%d in a row), retrying every %.1f s: %r",
-                    self._failed_fetches + 1,
-                    FETCH_RETRY_S,
-                    error,
-                )
-            self._failed_fetches += 1
-            await _pause(stop)
-            return {}
+            return await self._retry_later("fetch", error, stop)
         raise SourceFailed(f"consuming {self.spec.topics} failed: {error!r}") from error
+
+    async def _retry_later(
+        self, what: str, error: BaseException, stop: asyncio.Event
+    ) -> dict[TopicPartition, list[RawRecord]]:
+        """Counted, said every FETCH_ERROR_LOG_EVERY-th time in a row (not a line a second),
+        then waited out: the next fetch tries again."""
+        self.metrics.fetch_errors.labels(type(error).__name__).inc()
+        if self._failed_fetches % FETCH_ERROR_LOG_EVERY == 0:
+            log.warning(
+                "%s failed (%d in a row), retrying every %.1f s: %r",
+                what,
+                self._failed_fetches + 1,
+                FETCH_RETRY_S,
+                error,
+            )
+        self._failed_fetches += 1
+        await _pause(stop)
+        return {}
 
     async def _fetch(self) -> dict[TopicPartition, list[RawRecord]]:
         """Take from each unpaused topic in turn, an equal share of ``max_poll_records`` each.

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.devstack.process import ChildProcess, free_port, port_open
+from pipeline.devstack.worker import topology_document
 from pipeline.topology.schema import Topology
 from tests.faults.harness import CaseResult, run_case, wait_for_output_after
 from tests.integration.harness import ROOT, fresh_topology
@@ -29,7 +30,7 @@ def _two_free_ports() -> int:
 
 def _supervisor(topology: Topology, tmp_path: Path, workers: int) -> tuple[ChildProcess, int]:
     base = _two_free_ports()
-    data = topology.model_dump(mode="json")
+    data = topology_document(topology)
     data["operations"]["metrics_port"] = base
     path = tmp_path / "workers.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -227,3 +227,46 @@ async def test_stepping_past_an_undecodable_record_stops_at_each_partitions_end(
     read = await step_past_undecodable(consumer, {TP0: 2, TP1: 0}, limit=1_000)  # type: ignore[arg-type]
     assert [r.offset for r in read[TP0]] == [2, 3, 4]  # up to the end seen at the failure
     assert [(r.offset, r.undecodable is not None) for r in read[TP1]] == [(0, False), (1, True)]
+
+
+class LookupFailingConsumer(FakeConsumer):
+    """Its committed-offset lookup (the re-read's start) fails with ``errors``, one a call."""
+
+    def __init__(self, logs: dict[TopicPartition, list[bytes]], errors: list[Exception]) -> None:
+        super().__init__(logs)
+        self.errors = errors
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        if self.errors:
+            raise self.errors.pop(0)
+        return None
+
+
+async def test_a_failing_re_read_is_counted_retried_and_said_now_and_then(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(kafka_source, "FETCH_RETRY_S", 0.001)
+    failures = 35
+    consumer = LookupFailingConsumer(
+        {TP0: [b"a0", BAD, b"a2"]}, [KafkaConnectionError("broker away") for _ in range(failures)]
+    )
+    source = source_with(consumer, TopicCredits(["t"], 1000, 500))
+    got: list[RawRecord] = []
+    stop = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="pipeline.sources.kafka"):
+        task = asyncio.create_task(source.run(got.extend, stop))
+        for _ in range(300):
+            if len(got) == 3:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 3)
+    assert [(r.offset, r.undecodable is not None) for r in got] == [(0, False), (1, True), (2, False)]
+    assert source.metrics.fetch_errors.labels("KafkaConnectionError")._value.get() == failures
+    said = [r.getMessage() for r in caplog.records if "re-reading past an undecodable" in r.getMessage()]
+    assert len(said) == 2 and "(31 in a row)" in said[-1], said  # the 1st and the 31st
+
+
+async def test_a_re_read_error_that_retrying_cannot_fix_stops_the_source() -> None:
+    consumer = LookupFailingConsumer({TP0: [BAD]}, [TopicAuthorizationFailedError()])
+    source = source_with(consumer, TopicCredits(["t"], 1000, 500))
+    with pytest.raises(SourceFailed, match="re-reading"):
+        await asyncio.wait_for(source.run(lambda _: None, asyncio.Event()), 3)
