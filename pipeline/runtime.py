@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -391,7 +391,7 @@ class PipelineRuntime:
         """Run until ``stop`` is set (or the graph fails), then drain and commit."""
         self._stop = stop or asyncio.Event()
         try:  # refused credentials or an untrusted certificate: exit 2 now, not after Triton's wait
-            checked = await self._check_broker()
+            checked = await self._unless_stopped(kafka_clients.check_connection(self.topology.broker))
         except BaseException:
             await self._close_clients()
             raise
@@ -418,15 +418,17 @@ class PipelineRuntime:
                 CONTRACT_WAIT_S,
             )
             self._background.add(asyncio.create_task(self._check_model_meanwhile(contract)))
+        started = False
         try:
-            await self.sink.start()
-            await self.source.start()
-        except BaseException:
-            for task in self._background:  # the model check still waiting for Triton
-                task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
-            await self._close_clients()
-            raise
+            started = await self._unless_stopped(self._start_clients())
+        finally:
+            if not started:  # failed, or stopped while joining the group: nothing consumed
+                for task in self._background:  # the model check still waiting for Triton
+                    task.cancel()
+                await asyncio.gather(*self._background, return_exceptions=True)
+                await self._close_clients()
+        if not started:
+            return
         records: Subject[list[RawRecord]] = Subject()
         graph = self._build_graph(records)
         graph.subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
@@ -461,23 +463,28 @@ class PipelineRuntime:
         if self._failure is not None:
             raise RuntimeError("pipeline graph failed") from self._failure
 
-    async def _check_broker(self) -> bool:
-        """kafka_clients.check_connection raced against the stop signal: it can take its
-        timeout per bootstrap server (twice, to confirm a refusal), and a SIGTERM meanwhile
-        must end the start at once, not after it (nor after cli's hard-exit budget). False:
-        stopped first; CredentialsError as the check raises it."""
-        check = asyncio.create_task(kafka_clients.check_connection(self.topology.broker), name="broker-check")
+    async def _start_clients(self) -> None:
+        await self.sink.start()
+        await self.source.start()  # joins the group: as long as the broker takes
+
+    async def _unless_stopped(self, step: Coroutine[Any, Any, object]) -> bool:
+        """A start step raced against the stop signal: the broker check can take its timeout
+        per bootstrap server (twice, to confirm a refusal), joining the group as long as the
+        broker takes, and a SIGTERM meanwhile must end the start at once, not after it (nor
+        after cli's hard-exit budget). False: stopped first (the step cancelled, its
+        connections closed); the step's error as it raises it."""
+        task = asyncio.create_task(step)
         stopped = asyncio.create_task(self._stop.wait())
         try:
-            await asyncio.wait({check, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-            if not check.done():  # stopped (or run() cancelled): the check's connection closes now
-                check.cancel()
-                await asyncio.wait({check})
-        if check.cancelled():
+            if not task.done():  # stopped (or run() cancelled)
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
             return False
-        check.result()  # a verdict reached as the stop came still counts (exit 2 over exit 0)
+        task.result()  # a verdict reached as the stop came still counts (exit 2 over exit 0)
         return True
 
     async def _close_clients(self) -> None:

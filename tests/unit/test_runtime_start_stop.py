@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from pipeline.runtime import PipelineRuntime
 from pipeline.topology.schema import Topology
 
@@ -46,3 +48,36 @@ async def test_a_stop_during_the_broker_check_ends_the_start_at_once() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_any_start_step_a_stop_overtakes_is_cancelled_not_waited_out() -> None:
+    """Joining the group takes as long as the broker takes: the same race ends it."""
+    topology = Topology.model_validate(
+        {
+            "name": "start-stop",
+            "source": {"topics": ["in"], "group_id": "g"},
+            "model": {"name": "m", "url": "127.0.0.1:9"},
+            "sink": {"topic": "out", "dead_letter_topic": "dlq"},
+        }
+    )
+    runtime = PipelineRuntime(topology)
+    runtime._stop = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def joining_for_ever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    asyncio.get_running_loop().call_later(0.1, runtime._stop.set)
+    assert await asyncio.wait_for(runtime._unless_stopped(joining_for_ever()), 2) is False
+    assert cancelled.is_set()
+
+    async def refused() -> None:
+        raise RuntimeError("refused")
+
+    runtime._stop.clear()
+    with pytest.raises(RuntimeError, match="refused"):  # its own error, as it raised it
+        await runtime._unless_stopped(refused())
