@@ -16,6 +16,7 @@ one producer a lane's outputs would queue behind a flooded lane's."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -29,6 +30,7 @@ from pipeline import kafka_clients
 from pipeline.events import DeadLetter, OutputRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import dead_letter_record
+from pipeline.sinks.rounds import SendRounds
 from pipeline.topology.schema import Broker, Sink
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class KafkaSink:
         self._broker = broker
         self._lanes = [DEFAULT, *(lanes or [])]
         self.producers: dict[str, AIOKafkaProducer] = {}  # made at start: none to leak before
+        self._rounds: dict[int, SendRounds] = {}  # per producer: concurrent writes sent together
 
     @staticmethod
     def _producer(spec: Sink, broker: Broker) -> AIOKafkaProducer:
@@ -108,6 +111,12 @@ class KafkaSink:
             compression_type=None if spec.compression == "none" else spec.compression,
             request_timeout_ms=30_000,
         )
+
+    def _rounds_of(self, producer: AIOKafkaProducer) -> SendRounds:
+        rounds = self._rounds.get(id(producer))
+        if rounds is None:
+            rounds = self._rounds[id(producer)] = SendRounds(functools.partial(self._send_all, producer))
+        return rounds
 
     async def start(self) -> None:
         self.producers = {lane: self._producer(self.spec, self._broker) for lane in self._lanes}
@@ -219,7 +228,7 @@ class KafkaSink:
         pending, written = list(batch.records), list[OutputRecord]()
         backoff = 0.1
         while pending:
-            failed = await self._send_all(producer, pending)
+            failed = await self._rounds_of(producer).send(pending)
             failed_ids = {id(rec) for rec, _ in failed}
             written.extend(rec for rec in pending if id(rec) not in failed_ids)
             pending = []

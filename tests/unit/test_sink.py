@@ -12,6 +12,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from pipeline.events import OutputRecord, SinkBatch
 from pipeline.sinks import kafka as sink_module
 from pipeline.sinks.kafka import KafkaSink
+from pipeline.sinks.rounds import SendRounds
 from pipeline.topology.schema import Broker, Sink
 from tests.builders import raw_record
 
@@ -149,3 +150,47 @@ async def test_records_go_in_one_batch_per_partition_the_default_partitioner_pic
 def test_permanent_refusals(error: Exception) -> None:
     assert sink_module.permanent(error)
     assert not sink_module.permanent(KafkaTimeoutError())
+
+
+async def test_concurrent_writes_go_out_together_in_rounds() -> None:
+    """Ten writes at once on one partition go out in one or two rounds (the first round
+    may leave before the others are handed in), not one a write."""
+    producer = FakeProducer(lambda topic, value, n: None)
+    sink = sink_with(producer)
+    records = [OutputRecord("out", b"u", b"%d" % i, ()) for i in range(10)]
+    written = await asyncio.gather(*(sink.write(batch(rec)) for rec in records))
+    assert written == [[rec] for rec in records]
+    assert producer.attempts <= 2
+    assert producer.by_partition == {0: [rec.value for rec in records]}  # in order
+
+
+async def test_each_write_of_a_round_learns_only_its_own_refusals() -> None:
+    producer = FakeProducer(lambda topic, value, n: MessageSizeTooLargeError() if value == b"bad" else None)
+    sink = sink_with(producer)
+    fine = OutputRecord("out", b"u", b"fine", (), SOURCES[:1])
+    bad = OutputRecord("out", b"u", b"bad", (), SOURCES[1:2])
+    first, second = await asyncio.gather(sink.write(batch(fine)), sink.write(batch(bad)))
+    assert first == [fine]
+    [dead] = second
+    assert dict(dead.headers)["dlq.reason"] == b"output_refused"
+
+
+async def test_a_failed_round_fails_its_writes_and_the_next_round_goes_on() -> None:
+    rounds = SendRounds(lambda records: _explode_once(records))
+    a = asyncio.create_task(rounds.send([OutputRecord("out", b"u", b"a", ())]))
+    await asyncio.sleep(0)
+    b = asyncio.create_task(rounds.send([OutputRecord("out", b"u", b"b", ())]))  # waits for round 2
+    with pytest.raises(OSError, match="round 1"):
+        await a
+    assert await b == []
+
+
+_rounds_seen: list[int] = []
+
+
+async def _explode_once(records: list[OutputRecord]) -> list[tuple[OutputRecord, BaseException]]:
+    _rounds_seen.append(len(records))
+    await asyncio.sleep(0.01)
+    if len(_rounds_seen) == 1:
+        raise OSError("round 1")
+    return []
