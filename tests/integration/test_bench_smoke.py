@@ -1,0 +1,62 @@
+"""scripts/bench_throughput.py --smoke as anyone runs it: its own broker and Triton, every
+variant for both models, a table and a plot in the workdir, and no process left behind.
+No timing is asserted: only that each variant answered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ("recommender", "trivial")
+VARIANTS = ("naive", "hand", "pipeline", "ceiling")
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if text in cmdline or cwd.startswith(text):
+            found.append(int(entry.name))
+    return found
+
+
+def rates(table: str) -> dict[tuple[str, str], float]:
+    """The main table's steady rate per (model, variant)."""
+    out = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0] in MODELS and cells[1] in VARIANTS:
+            out[(cells[0], cells[1])] = float(cells[2].replace(",", ""))
+    return out
+
+
+@pytest.mark.timeout(330)
+def test_bench_throughput_smoke(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "scripts/bench_throughput.py", "--smoke", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    table = (tmp_path / "bench_throughput.md").read_text()
+    found = rates(table)
+    for model in MODELS:
+        for variant in VARIANTS:
+            assert found.get((model, variant), 0) > 0, f"no positive rate for {model}/{variant}:\n{table}"
+    assert "half its median rate" in table
+    assert (tmp_path / "bench_throughput.png").stat().st_size > 0
+    assert processes_mentioning(str(tmp_path)) == []
