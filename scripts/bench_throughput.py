@@ -76,7 +76,7 @@ from pipeline.topology.schema import Broker, Topology
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 MODELS = ("recommender", "trivial")
-VARIANTS = ("naive", "hand", "pipeline", "ceiling")
+VARIANTS = ("naive", "hand", "pipeline", "pipeline-2w", "ceiling")  # 2w: `pipeline run --workers 2`
 CEILING_SHAPES = ((1, 2), (2, 4), (2, 8), (4, 8))  # streams x requests in flight (in all)
 CEILING_SECONDS = 2.0  # each shape sends for at least this long (the trivial model answers in ~1 ms)
 PARTITIONS = 4
@@ -180,7 +180,8 @@ class Sampler:
     def sample(self) -> None:
         self.times.append(time.time())
         for name, pids in self.groups.items():
-            self.values[name].append(cpu_seconds(pids))
+            tree = [p for pid in pids for p in (pid, *children(pid))] if name == "consumer" else pids
+            self.values[name].append(cpu_seconds(tree))  # a supervisor's workers count with it
 
     def between(self, name: str, t0_ms: float, t1_ms: float) -> float:
         times = np.asarray(self.times) * 1000.0
@@ -767,8 +768,8 @@ class Bench:
 
     def run(self, model: str, variant: str) -> dict[str, Any]:
         tag = uuid.uuid4().hex[:8]
-        if variant == "pipeline":
-            return self.run_pipeline(model, tag)
+        if variant in ("pipeline", "pipeline-2w"):
+            return self.run_pipeline(model, tag, workers=2 if variant == "pipeline-2w" else 1)
         if variant == "ceiling":
             return self.run_ceiling(model, tag)
         events = self.args.events if variant == "hand" else min(self.args.naive_events, self.args.events)
@@ -800,22 +801,23 @@ class Bench:
         data["model"]["name"] = model
         return Topology.model_validate(data)
 
-    def run_pipeline(self, model: str, tag: str) -> dict[str, Any]:
+    def run_pipeline(self, model: str, tag: str, workers: int = 1) -> dict[str, Any]:
         topology = self.topology(model)
         asyncio.run(ensure_topology_topics(topology, PARTITIONS))
         topic = topology.source.topics[0]
         inputs = asyncio.run(preload(self.broker, topic, self.events, self.args.events))
-        worker = PipelineProcess(topology, self.runs, name=f"pipeline-{tag}")
+        worker = PipelineProcess(topology, self.runs, name=f"pipeline-{tag}", workers=workers)
         try:
             worker.start()
             sampler = self.sampler(worker.pid)
             self.wait(worker, sampler, lambda: finished(worker) >= self.args.events, 0.5)
-            rss = peak_rss_mb(worker.pid)
+            rss = sum(peak_rss_mb(pid) for pid in (worker.pid, *children(worker.pid)))
             dead = counter(worker, "pipeline_dead_letters_total")
         finally:
             worker.stop(worker.stop_grace_s)
         outputs = asyncio.run(read_outputs(self.broker, topology.sink.topic))
-        row = summarise("pipeline", model, outputs, inputs, sampler, rss, "window")
+        variant = "pipeline" if workers == 1 else f"pipeline-{workers}w"
+        row = summarise(variant, model, outputs, inputs, sampler, rss, "window")
         row["dead_letters"] = dead
         return row
 
@@ -1105,12 +1107,13 @@ def report(
     lines += [
         "",
         "| model | pipeline / hand | pipeline / ceiling | pipeline / naive "
-        "| CPU per event: pipeline / hand |",
+        "| CPU per event: pipeline / hand | 2 workers / hand |",
     ]
-    lines.append("|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|")
     for model in MODELS:
         pipe, hand = agg.get((model, "pipeline")), agg.get((model, "hand"))
         ceiling, naive = agg.get((model, "ceiling")), agg.get((model, "naive"))
+        two = agg.get((model, "pipeline-2w"))
         if pipe is None:
             continue
 
@@ -1118,7 +1121,8 @@ def report(
             return f"{p[key] / other[key]:.2f}" if other and other[key] else "–"
 
         lines.append(
-            f"| {model} | {ratio(hand)} | {ratio(ceiling)} | {ratio(naive)} | {ratio(hand, 'cpu_consumer')} |"
+            f"| {model} | {ratio(hand)} | {ratio(ceiling)} | {ratio(naive)} | {ratio(hand, 'cpu_consumer')} "
+            f"| {ratio(hand, p=two) if two else '–'} |"
         )
     if half is not None:
         lines += [

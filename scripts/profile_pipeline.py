@@ -50,8 +50,14 @@ async def preload(topology: Topology, events: int) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
+    user, system = user_system(pid)
+    return user + system
+
+
+def user_system(pid: int) -> tuple[float, float]:
+    """CPU seconds in user space and in the kernel (system calls: sockets, epoll)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -131,6 +137,9 @@ def main() -> int:
                 "--rate",
                 str(args.rate),
                 *(["--native"] if args.native else []),
+                # only samples holding the GIL: a thread blocked in a call that released it
+                # (epoll, a socket send, gRPC's own waits) is not using Python's CPU
+                "--gil",
                 "--output",
                 str(out),
             ],
@@ -142,10 +151,12 @@ def main() -> int:
             while (first := answered(worker)) == 0:
                 time.sleep(0.02)
             cpu0, threads0, t0 = cpu_seconds(worker.pid), thread_cpu(worker.pid), time.monotonic()
+            split0 = user_system(worker.pid)
             while (done := answered(worker)) < args.events and time.monotonic() - t0 < 600:
                 time.sleep(0.2)
             elapsed, cpu = time.monotonic() - t0, cpu_seconds(worker.pid) - cpu0
             threads = {n: c - threads0.get(n, 0.0) for n, c in thread_cpu(worker.pid).items()}
+            user, system = (b - a for a, b in zip(split0, user_system(worker.pid), strict=True))
             spy.signal(signal.SIGINT, group=False)  # py-spy writes its file on SIGINT
             deadline = time.monotonic() + 30
             while spy.alive() and time.monotonic() < deadline:
@@ -158,6 +169,7 @@ def main() -> int:
             f"{measured:.0f} events in {elapsed:.1f} s: {measured / elapsed:,.0f} ev/s, "
             f"{1000 * cpu / measured:.3f} CPU s per 1,000 events (pipeline process)"
         )
+        print(f"user {100 * user / max(cpu, 1e-9):.0f}%, kernel {100 * system / max(cpu, 1e-9):.0f}%")
         print(
             "CPU by thread: "
             + ", ".join(

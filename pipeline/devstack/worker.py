@@ -13,7 +13,7 @@ import yaml
 from pydantic import SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
-from pipeline.devstack.process import ChildProcess, free_port
+from pipeline.devstack.process import ChildProcess, free_port, port_open
 from pipeline.topology.schema import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +54,21 @@ def rss_mb(pid: int) -> float | None:
     return None  # a zombie has no VmRSS
 
 
+def _free_ports(count: int) -> int:
+    """A free port followed by ``count - 1`` free ones."""
+    while True:
+        port = free_port()
+        if not any(port_open(port + i) for i in range(1, count)):
+            return port
+
+
 class PipelineProcess(ChildProcess):
     """`python -m pipeline run` on a topology written to a file, with /readyz polled."""
 
-    def __init__(self, topology: Topology, workdir: Path, name: str = "pipeline") -> None:
-        self.metrics_port = free_port()
+    def __init__(self, topology: Topology, workdir: Path, name: str = "pipeline", workers: int = 1) -> None:
+        """``workers`` > 1: `pipeline run --workers N`, worker i on ``metrics_port + i``."""
+        self.metrics_port = _free_ports(workers)
+        self.metrics_ports = [self.metrics_port + i for i in range(workers)]
         self.topology = topology
         data = topology_document(topology)  # secrets in clear: not to be logged
         data["operations"]["metrics_port"] = self.metrics_port
@@ -68,21 +78,32 @@ class PipelineProcess(ChildProcess):
         with os.fdopen(fd, "w") as file:
             os.fchmod(fd, 0o600)  # a file left by an earlier run keeps its mode otherwise
             file.write(yaml.safe_dump(data))
+        argv = [sys.executable, "-m", "pipeline", "run", str(path)]
         super().__init__(
-            name, [sys.executable, "-m", "pipeline", "run", str(path)], workdir / f"{name}.log", cwd=ROOT
+            name,
+            argv + (["--workers", str(workers)] if workers > 1 else []),
+            workdir / f"{name}.log",
+            cwd=ROOT,
         )
 
     def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        """Every worker's /readyz answers 200."""
+        for port in self.metrics_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status != 200:
+                        return False
+            except OSError:
+                return False
+        return True
 
     def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return str(resp.read().decode())
+        """The exposition of every worker, one after the other (counters add up by line)."""
+        texts = []
+        for port in self.metrics_ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                texts.append(str(resp.read().decode()))
+        return "".join(texts)
 
     def start_ready(self, timeout: float = 60.0) -> None:
         self.start()
