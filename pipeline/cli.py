@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -184,6 +185,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_throughput.py"
+
+
+def bench(argv: list[str]) -> int:
+    """scripts/bench_throughput.py with the arguments after `bench`, passed on untouched (a
+    checkout's tool: it writes docs/bench_throughput.md and starts its own embedded stack)."""
+    if not BENCH_SCRIPT.is_file():
+        print(f"pipeline bench runs {BENCH_SCRIPT.name} from a checkout of the project", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(BENCH_SCRIPT), *argv])
+
+
 def _version() -> str:
     try:
         return metadata.version("recommendation-pipeline")
@@ -261,10 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_redrive)
     p = command("schema", "print the topology files' JSON Schema (for editors)")
     p.set_defaults(func=cmd_schema)
+    # listed for --help; main() hands `bench ...` to the script before parsing
+    command("bench", "throughput benchmark (scripts/bench_throughput.py; its options follow)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
