@@ -271,11 +271,14 @@ class PipelineRuntime:
 
     async def _write(self, batch: SinkBatch) -> None:
         """sink ─► finish: write, then finish each input (offsets, credits), then count."""
-        taken = batch.sources
+        taken, all_records = batch.sources, batch.records
         batch = self._without_revoked(batch)
-        written = await self.sink.write(batch) if batch.records else []  # refused outputs: dead letters
-        if self.tracing is not None:
-            self.tracing.finish(batch.records, written)
+        written: list[OutputRecord] = []
+        try:
+            written = await self.sink.write(batch) if batch.records else []  # refused: dead letters
+        finally:
+            if self.tracing is not None:  # every open span ends: written, refused, dropped, cut short
+                self.tracing.finish(all_records, written, kept=batch.records)
         self._finish(taken)
         self._count(written, batch, len(taken))
 
@@ -427,7 +430,8 @@ class PipelineRuntime:
                     task.cancel()
                 await asyncio.gather(*self._background, return_exceptions=True)
                 await self._close_clients()
-        if not started:
+        if not started:  # stopped, or stopped by a failure meanwhile (a model contract found
+            self._raise_failure()  # to mismatch while joining): that failure is the exit, not 0
             return
         records: Subject[list[RawRecord]] = Subject()
         graph = self._build_graph(records)
@@ -458,6 +462,9 @@ class PipelineRuntime:
             await self._close()
         for task in self._background:
             task.cancel()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
         if isinstance(self._failure, Fatal):
             raise self._failure
         if self._failure is not None:
@@ -512,11 +519,11 @@ class PipelineRuntime:
             ("producer close", self.sink.stop),
             ("Triton streams close", self.pool.close),
         ]
-        if self.tracing is not None:  # the SDK's flush blocks: on a thread, bounded like the rest
-            steps.append(("span export", functools.partial(asyncio.to_thread, self.tracing.shutdown)))
         for name, step in steps:
             try:
                 await asyncio.wait_for(step(), CLOSE_STEP_TIMEOUT_S)
             except Exception as exc:
                 self.clean_stop = False
                 log.error("%s failed or timed out after %.0f s: %r", name, CLOSE_STEP_TIMEOUT_S, exc)
+        if self.tracing is not None:  # spans lost to a slow collector do not make the stop unclean
+            await asyncio.to_thread(self.tracing.shutdown, CLOSE_STEP_TIMEOUT_S)

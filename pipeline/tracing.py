@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -145,26 +146,51 @@ class Tracing:
         spans.recommend.set_status(Status(StatusCode.ERROR, f"{dead.reason}: {dead.detail}"[:256]))
         return (*(h for h in headers if h[0] not in TRACE_HEADERS), *context), spans
 
-    def finish(self, records: Iterable[OutputRecord], written: Iterable[OutputRecord]) -> None:
-        """The broker answered: written records end well, refused ones (dead-lettered
-        instead) end in error."""
+    def finish(
+        self,
+        records: Iterable[OutputRecord],
+        written: Iterable[OutputRecord],
+        kept: Iterable[OutputRecord] | None = None,
+    ) -> None:
+        """The write is over: written records end well; refused ones (dead-lettered instead)
+        end in error; records not ``kept`` (their partition was revoked: the new owner redoes
+        them) and those of a write cut short end in error too, each saying so."""
         from opentelemetry.trace import Status, StatusCode
 
         ok = {id(rec) for rec in written}
+        sent = {id(rec) for rec in kept} if kept is not None else None
         for rec in records:
             spans = rec.trace
             if not isinstance(spans, OpenSpans):
                 continue
             if id(rec) not in ok:
-                spans.produce.set_status(Status(StatusCode.ERROR, "refused by the broker: dead-lettered"))
-                spans.recommend.set_status(Status(StatusCode.ERROR, "output_refused"))
+                if sent is not None and id(rec) not in sent:
+                    why = "not written: its partition was revoked (the new owner redoes it)"
+                elif not written:
+                    why = "not written: the write did not finish"
+                else:
+                    why = "refused by the broker: dead-lettered"
+                spans.produce.set_status(Status(StatusCode.ERROR, why))
+                spans.recommend.set_status(Status(StatusCode.ERROR, why))
             spans.produce.end()
             spans.recommend.end()
 
-    def shutdown(self) -> None:
-        """Flush what is queued (bounded by the SDK's export timeout); blocking: run it in a thread."""
-        if self._owned:
-            self._provider.shutdown()
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Flush what is queued within ``timeout_s``, then stop the exporter; blocking: run it
+        in a thread. What a slow collector has not taken by then is lost (logged by the SDK)."""
+        if not self._owned:
+            return
+
+        def flush_and_stop() -> None:
+            self._provider.force_flush(timeout_millis=int(timeout_s * 1000))
+            self._provider.shutdown()  # joins the export thread: may outlast the bound
+
+        # a daemon thread: an export stuck past the bound cannot hold the process's exit
+        stopping = threading.Thread(target=flush_and_stop, name="span-export-stop", daemon=True)
+        stopping.start()
+        stopping.join(timeout_s)
+        if stopping.is_alive():
+            log.warning("span export did not finish within %.0f s: the rest of the spans are lost", timeout_s)
 
 
 def from_spec(spec: TracingSpec, provider: Any = None) -> Tracing | None:
@@ -188,8 +214,13 @@ def from_spec(spec: TracingSpec, provider: Any = None) -> Tracing | None:
     if spec.exporter == "console":
         exporter = ConsoleSpanExporter()
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:
+            raise TracingUnavailable(
+                "operations.tracing.exporter otlp needs the tracing extra: "
+                f"pip install 'recommendation-pipeline[tracing]' ({exc})"
+            ) from exc
         exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _CERTIFICATE
     # The input's sampled flag decides; a trace that starts here is sampled at sample_ratio.
     named = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": spec.service_name}

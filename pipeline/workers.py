@@ -19,6 +19,7 @@ per-event Python work spreads over the machine's cores. This process only superv
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -40,13 +41,14 @@ EXIT_CONFIGURATION = 2
 STOP_MARGIN_S = 10.0  # past a worker's own stop bound (drain + its close margin)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent(supervisor: int) -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the supervisor dies
     except OSError:
         pass  # not Linux: a killed supervisor leaves its workers to be stopped by hand
-    os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only; it passes one SIGTERM on
+    if os.getppid() != supervisor:  # it died before prctl took effect: nobody would stop us
+        os._exit(1)
 
 
 @dataclass
@@ -60,11 +62,23 @@ class Worker:
     restart_at: float | None = None
     codes: list[int] = field(default_factory=list)
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.command, env=self.env, preexec_fn=_die_with_parent)
+    def start(self) -> bool:
+        """False if it could not be started (no memory or processes left for a fork): the
+        caller tries again after a backoff, the running workers go on."""
+        try:
+            self.proc = subprocess.Popen(
+                self.command,
+                env=self.env,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                process_group=0,  # a terminal's Ctrl-C reaches the supervisor only; it passes one on
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("worker %d could not be started: %r", self.index, exc)
+            return False
         self.started_at = time.monotonic()
         self.restart_at = None
         log.info("worker %d started (pid %d)", self.index, self.proc.pid)
+        return True
 
     def signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -99,12 +113,14 @@ def supervise(topology: Topology, command: list[str], count: int) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for worker in workers:
-            worker.start()
+            _start(worker, stopping, time.monotonic())
         code = _watch(workers, stopping)
         if not stopping:  # a configuration error: the others stop too
             for worker in workers:
                 worker.signal(signal.SIGTERM)
-        return max(code, _wait_all(workers, topology))
+        code = max(code, _wait_all(workers, topology))
+        # a worker's configuration error is the exit, whatever the others' stop made of theirs
+        return EXIT_CONFIGURATION if EXIT_CONFIGURATION in (c for w in workers for c in w.codes) else code
     finally:
         for worker in workers:  # never leave one behind, whatever happened here
             if worker.proc is not None and worker.proc.poll() is None:
@@ -112,6 +128,23 @@ def supervise(topology: Topology, command: list[str], count: int) -> int:
                 worker.proc.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _start(worker: Worker, stopping: list[signal.Signals], now: float) -> None:
+    """Start ``worker`` unless a stop came; one that came while it started reaches it too."""
+    if stopping:
+        return
+    if not worker.start():
+        _backoff(worker, now)
+    elif stopping:
+        worker.signal(signal.SIGTERM)
+
+
+def _backoff(worker: Worker, now: float) -> float:
+    delay = BACKOFF_S[min(worker.failures, len(BACKOFF_S) - 1)]
+    worker.failures += 1
+    worker.restart_at = now + delay
+    return delay
 
 
 def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> int:
@@ -123,7 +156,7 @@ def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> int:
                 break  # what exits from now on is the stop's: _wait_all reads it
             if worker.proc is None:
                 if worker.restart_at is not None and now >= worker.restart_at:
-                    worker.start()
+                    _start(worker, stopping, now)
                 continue
             code = worker.proc.poll()
             if code is None:
@@ -135,9 +168,7 @@ def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> int:
             if code == EXIT_CONFIGURATION:
                 log.error("worker %d exited 2 (configuration): stopping every worker", worker.index)
                 return EXIT_CONFIGURATION
-            delay = BACKOFF_S[min(worker.failures, len(BACKOFF_S) - 1)]
-            worker.failures += 1
-            worker.restart_at = now + delay
+            delay = _backoff(worker, now)
             log.error("worker %d exited with %d; restarting it in %.0f s", worker.index, code, delay)
         time.sleep(POLL_S)
     return 0

@@ -30,7 +30,7 @@ from pipeline import kafka_clients
 from pipeline.events import DeadLetter, OutputRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import dead_letter_record
-from pipeline.sinks.rounds import SendRounds
+from pipeline.sinks.rounds import Failed, SendRounds
 from pipeline.topology.schema import Broker, Sink
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ def permanent(error: BaseException) -> bool:
 
 PARTITIONER = DefaultPartitioner()  # the producer's own choice for a key: murmur2, as Java's
 ALONE_BYTES = 256 * 1024  # a record this large is sent by itself, and its size checked
+
+
+async def _partitions(producer: AIOKafkaProducer, topic: str) -> tuple[list[int], list[int]]:
+    """Every partition of ``topic`` (sorted, as the default partitioner wants them) and those
+    with a leader now (where a keyless record may go)."""
+    every = sorted(await producer.partitions_for(topic))
+    available = producer.client.cluster.available_partitions_for_topic(topic) or every
+    return every, sorted(available)
 
 
 def _size(rec: OutputRecord) -> int:
@@ -133,11 +141,7 @@ class KafkaSink:
         the partition the default partitioner would pick. A batch refused for good is sent
         again record by record, so that only the record at fault is refused; a large record
         goes alone from the start (the producer checks its size)."""
-        failed: list[tuple[OutputRecord, BaseException]] = []
-        try:
-            groups, alone = await self._by_partition(producer, records)
-        except KafkaError as exc:  # no metadata for a topic: nothing could be sent
-            return [(rec, exc) for rec in records]
+        groups, alone, failed = await self._by_partition(producer, records)
         sent: list[tuple[list[OutputRecord], asyncio.Future[object]]] = []
         for (topic, partition), group in groups.items():
             for chunk, batch in _batches(producer, group):
@@ -159,21 +163,31 @@ class KafkaSink:
     @staticmethod
     async def _by_partition(
         producer: AIOKafkaProducer, records: list[OutputRecord]
-    ) -> tuple[dict[tuple[str, int], list[OutputRecord]], list[OutputRecord]]:
-        """Records by (topic, partition), in their order; and the large ones, to send alone."""
-        partitions: dict[str, list[int]] = {}
+    ) -> tuple[dict[tuple[str, int], list[OutputRecord]], list[OutputRecord], Failed]:
+        """Records by (topic, partition), in their order; the large ones, to send alone; and
+        those of a topic whose partitions cannot be had (only theirs fail: a missing dead
+        letter topic must not take the recommendations of the same round with it)."""
+        partitions: dict[str, tuple[list[int], list[int]] | BaseException] = {}
         groups: dict[tuple[str, int], list[OutputRecord]] = {}
         alone: list[OutputRecord] = []
+        failed: Failed = []
         for rec in records:
             if _size(rec) > ALONE_BYTES:
                 alone.append(rec)
                 continue
-            ids = partitions.get(rec.topic)
-            if ids is None:
-                ids = partitions[rec.topic] = sorted(await producer.partitions_for(rec.topic))
-            partition = PARTITIONER(rec.key, ids, ids)
+            known = partitions.get(rec.topic)
+            if known is None:
+                try:
+                    known = partitions[rec.topic] = await _partitions(producer, rec.topic)
+                except KafkaError as exc:
+                    known = partitions[rec.topic] = exc
+            if isinstance(known, BaseException):
+                failed.append((rec, known))
+                continue
+            every, available = known
+            partition = PARTITIONER(rec.key, every, available)
             groups.setdefault((rec.topic, partition), []).append(rec)
-        return groups, alone
+        return groups, alone, failed
 
     @staticmethod
     async def _send_each(
@@ -223,12 +237,30 @@ class KafkaSink:
         finally:
             self._refused.pop(token, None)
 
+    @staticmethod
+    async def _unknown_topics(producer: AIOKafkaProducer, records: list[OutputRecord]) -> Failed:
+        """The records of topics whose partitions cannot be had, with why. Looked up before a
+        write joins a send round, so that a lookup that waits (aiokafka waits up to its
+        request timeout for a topic that does not exist) holds only this write."""
+        failed: Failed = []
+        for topic in {rec.topic for rec in records}:
+            try:
+                await producer.partitions_for(topic)  # at once when the producer knows the topic
+            except KafkaError as exc:
+                failed.extend((rec, exc) for rec in records if rec.topic == topic)
+        return failed
+
     async def _write(self, batch: SinkBatch, token: int) -> list[OutputRecord]:
         producer = self.producers.get(batch.lane) or self.producers[DEFAULT]
         pending, written = list(batch.records), list[OutputRecord]()
         backoff = 0.1
         while pending:
-            failed = await self._rounds_of(producer).send(pending)
+            failed = await self._unknown_topics(producer, pending)  # looked up here, not in a round
+            if failed:
+                unknown = {id(rec) for rec, _ in failed}
+                failed += await self._rounds_of(producer).send([r for r in pending if id(r) not in unknown])
+            else:
+                failed = await self._rounds_of(producer).send(pending)
             failed_ids = {id(rec) for rec, _ in failed}
             written.extend(rec for rec in pending if id(rec) not in failed_ids)
             pending = []

@@ -27,7 +27,7 @@ class SendRounds:
         """Once the round that takes them is answered: the records of ``records`` refused, with why."""
         answered: asyncio.Future[Failed] = asyncio.get_running_loop().create_future()
         self._waiting.append((records, answered))
-        if self._round is None:
+        if self._round is None or self._round.done():  # done: cancelled before it could clean up
             self._round = asyncio.create_task(self._rounds(), name="sink-rounds")
         return await answered
 
@@ -36,23 +36,28 @@ class SendRounds:
         of the round itself (not a refusal) is every one of its writes' error."""
         try:
             while self._waiting:
-                taken, self._waiting = self._waiting, []
+                # a write cancelled while it waited (a stop) is not sent: it would be a duplicate
+                taken = [(records, answered) for records, answered in self._waiting if not answered.done()]
+                self._waiting = []
                 try:
                     failed = await self._send_all([rec for records, _ in taken for rec in records])
-                except BaseException as exc:
+                except Exception as exc:
                     for _, answered in taken:
                         if not answered.done():
                             answered.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
                     continue
+                except BaseException:  # cancelled (the loop ends), KeyboardInterrupt: its writes fail
+                    for _, answered in taken:
+                        if not answered.done():
+                            answered.set_exception(RuntimeError("send round ended before its answer"))
+                    raise
                 why = {id(rec): error for rec, error in failed}
                 for records, answered in taken:
-                    if not answered.done():  # a write cancelled meanwhile (a stop) wants nothing
+                    if not answered.done():
                         answered.set_result([(rec, why[id(rec)]) for rec in records if id(rec) in why])
         finally:
             self._round = None
-            for _, answered in self._waiting:  # cancelled with writes still waiting
+            for _, answered in self._waiting:  # the round ended with writes still waiting
                 if not answered.done():
-                    answered.cancel()
+                    answered.set_exception(RuntimeError("send round ended before their turn"))
             self._waiting = []

@@ -81,3 +81,40 @@ async def test_any_start_step_a_stop_overtakes_is_cancelled_not_waited_out() -> 
     runtime._stop.clear()
     with pytest.raises(RuntimeError, match="refused"):  # its own error, as it raised it
         await runtime._unless_stopped(refused())
+
+
+async def test_a_contract_mismatch_found_while_joining_the_group_is_the_exit(monkeypatch) -> None:
+    """Triton answered only after the start went on to join the group, and the model does
+    not fit: the join is cancelled and run() raises the mismatch (exit 2), not a clean 0."""
+    from pipeline import kafka_clients
+    from pipeline import runtime as runtime_module
+    from pipeline.triton.contract import ModelContractError
+
+    async def broker_fine(*_args: object, **_kwargs: object) -> bool:
+        return True
+
+    monkeypatch.setattr(kafka_clients, "check_connection", broker_fine)
+    monkeypatch.setattr(runtime_module, "CONTRACT_WAIT_S", 0.05)
+    topology = Topology.model_validate(
+        {
+            "name": "start-stop",
+            "source": {"topics": ["in"], "group_id": "g"},
+            "model": {"name": "m", "url": "127.0.0.1:9"},
+            "sink": {"topic": "out", "dead_letter_topic": "dlq"},
+        }
+    )
+    runtime = PipelineRuntime(topology)
+    contract_answered = asyncio.Event()
+
+    async def contract_later() -> None:
+        await contract_answered.wait()
+        raise ModelContractError("model m: HISTORY is [8], the topology sends [16]")
+
+    async def joining() -> None:
+        contract_answered.set()  # Triton answers while the group join is under way
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(runtime, "check_model", contract_later)
+    monkeypatch.setattr(runtime, "_start_clients", joining)
+    with pytest.raises(ModelContractError, match="HISTORY"):
+        await asyncio.wait_for(runtime.run(asyncio.Event()), 5)

@@ -4,6 +4,7 @@ refuse a given record on demand; the real broker is used in the fault suite)."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAuthorizationFailedError
@@ -36,6 +37,7 @@ class FakeProducer:
         self.sent: list[tuple[str, bytes]] = []
         self.by_partition: dict[int, list[bytes]] = {}
         self.attempts = 0
+        self.unknown_topics: set[str] = set()
 
     def _done(self, error: Exception | None) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -54,7 +56,14 @@ class FakeProducer:
         return self._done(None)
 
     async def partitions_for(self, topic: str) -> set[int]:
+        if topic in self.unknown_topics:
+            raise TopicAuthorizationFailedError()
         return set(range(self.partitions))
+
+    @property
+    def client(self) -> SimpleNamespace:  # aiokafka's metadata: every partition has a leader
+        every = list(range(self.partitions))
+        return SimpleNamespace(cluster=SimpleNamespace(available_partitions_for_topic=lambda topic: every))
 
     def create_batch(self) -> FakeBatch:
         return FakeBatch()
@@ -194,3 +203,56 @@ async def _explode_once(records: list[OutputRecord]) -> list[tuple[OutputRecord,
     if len(_rounds_seen) == 1:
         raise OSError("round 1")
     return []
+
+
+async def test_a_topic_without_metadata_fails_only_its_own_records() -> None:
+    """A dead-letter topic the producer may not see: the recommendations of the same round
+    are written; only the dead letter waits (refused for good: retried slowly)."""
+    producer = FakeProducer(lambda topic, value, n: None)
+    producer.unknown_topics = {"dlq"}
+    sink = sink_with(producer)
+    rec = OutputRecord("out", b"u", b"{}", (), SOURCES[:1])
+    dead = OutputRecord("dlq", b"u", b"{}", (("dlq.reason", b"x"),), SOURCES[1:2])
+    written = await sink.write(batch(rec))
+    blocked = asyncio.create_task(sink.write(batch(dead)))
+    await asyncio.sleep(0.05)
+    assert written == [rec] and producer.sent == [("out", b"{}")]
+    assert sink.refusing and not blocked.done()
+    blocked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocked
+
+
+async def test_a_write_cancelled_while_it_waits_for_a_round_is_not_sent() -> None:
+    gate = asyncio.Event()
+
+    async def send_all(records: list[OutputRecord]) -> list[tuple[OutputRecord, BaseException]]:
+        sent.extend(records)
+        await gate.wait()
+        return []
+
+    sent: list[OutputRecord] = []
+    rounds = SendRounds(send_all)
+    first = asyncio.create_task(rounds.send([OutputRecord("out", b"u", b"1", ())]))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(rounds.send([OutputRecord("out", b"u", b"2", ())]))
+    await asyncio.sleep(0)
+    second.cancel()  # a stop, while round 1 is out
+    gate.set()
+    assert await first == []
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await asyncio.sleep(0.01)
+    assert [r.value for r in sent] == [b"1"]
+
+
+async def test_rounds_recover_from_a_round_cancelled_before_it_ran() -> None:
+    """Its cleanup never ran: the next write starts a round that answers both."""
+    _rounds_seen[:] = [0]  # _explode_once answers from its second round on
+    rounds = SendRounds(_explode_once)
+    first = asyncio.create_task(rounds.send([OutputRecord("out", b"u", b"a", ())]))
+    await asyncio.sleep(0)
+    assert rounds._round is not None
+    rounds._round.cancel()  # the loop tearing down, say
+    second = asyncio.create_task(rounds.send([OutputRecord("out", b"u", b"b", ())]))
+    assert await asyncio.wait_for(asyncio.gather(first, second), 2) == [[], []]

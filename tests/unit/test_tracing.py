@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from pipeline import tracing
 from pipeline.events import BatchOutcome, Recommendations
-from pipeline.operators.enrich import OutputSpec, outcome_batch
+from pipeline.operators.enrich import OutputSpec, dead_letter_record, outcome_batch
 from pipeline.topology.schema import TracingSpec
 from tests.builders import dead_letter, event, inference_batch, user_request
 
@@ -110,10 +110,28 @@ def test_a_recommendation_continues_its_inputs_trace_as_recommend_window_infer_p
 def test_a_refused_output_ends_its_spans_in_error(spec: OutputSpec, exporter: InMemorySpanExporter) -> None:
     sink = outcome_batch(_outcome(time.time() * 1000.0, SAMPLED), spec)
     assert spec.tracing is not None
-    spec.tracing.finish(sink.records, written=[])  # the broker refused it: dead-lettered instead
+    instead = dead_letter_record(dead_letter(reason="output_refused"), "interactions.dlq")
+    spec.tracing.finish(sink.records, written=[instead])  # the broker refused it: dead-lettered
     spans = _by_name(exporter.get_finished_spans())
     assert spans["produce"].status.status_code == StatusCode.ERROR
-    assert spans["recommend"].status.description == "output_refused"
+    assert spans["recommend"].status.description == "refused by the broker: dead-lettered"
+
+
+def test_outputs_not_written_end_their_spans_saying_why(
+    spec: OutputSpec, exporter: InMemorySpanExporter
+) -> None:
+    """Dropped (their partition was revoked) or cut short (the write failed or a stop came):
+    the spans end in error instead of staying open with their children already exported."""
+    assert spec.tracing is not None
+    revoked = outcome_batch(_outcome(time.time() * 1000.0, SAMPLED), spec)
+    spec.tracing.finish(revoked.records, written=[], kept=[])
+    cut_short = outcome_batch(_outcome(time.time() * 1000.0, SAMPLED), spec)
+    spec.tracing.finish(cut_short.records, written=[])
+    ends = [s.status.description for s in exporter.get_finished_spans() if s.name == "recommend"]
+    assert ends == [
+        "not written: its partition was revoked (the new owner redoes it)",
+        "not written: the write did not finish",
+    ]
 
 
 def test_an_inference_failures_dead_letter_is_traced_as_an_error(
