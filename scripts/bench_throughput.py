@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 import orjson
 import yaml
+from aiokafka import AIOKafkaConsumer
 
 from pipeline import kafka_clients
 from pipeline.devstack.process import ChildProcess
@@ -372,19 +373,25 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def input_consumer(broker: Broker, spec: dict[str, Any], suffix: str, **options: Any) -> AIOKafkaConsumer:
+    """A loop's consumer of the pre-loaded topic: its own group, from the start, the embedded
+    broker's fetch wait (as the pipeline gets it from the dev stack)."""
+    return kafka_clients.consumer(
+        broker,
+        spec["input"],
+        client_suffix=suffix,
+        group_id=spec["group"],
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=EMBEDDED_BROKER.fetch_max_wait_ms,
+        **options,
+    )
+
+
 async def hand_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import tritonclient.grpc.aio as aio
 
     broker = broker_at(spec["bootstrap"])
-    consumer = kafka_clients.consumer(
-        broker,
-        spec["input"],
-        client_suffix="-hand",
-        group_id=spec["group"],
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=EMBEDDED_BROKER.fetch_max_wait_ms,
-        max_poll_records=spec["max_poll_records"],
-    )
+    consumer = input_consumer(broker, spec, "-hand", max_poll_records=spec["max_poll_records"])
     producer = kafka_clients.producer(
         broker, client_suffix="-hand", linger_ms=spec["linger_ms"], max_batch_size=spec["max_batch_bytes"]
     )
@@ -530,14 +537,7 @@ async def naive_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from aiokafka import TopicPartition
 
     broker = broker_at(spec["bootstrap"])
-    consumer = kafka_clients.consumer(
-        broker,
-        spec["input"],
-        client_suffix="-naive",
-        group_id=spec["group"],
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=EMBEDDED_BROKER.fetch_max_wait_ms,
-    )
+    consumer = input_consumer(broker, spec, "-naive")
     producer = kafka_clients.producer(broker, client_suffix="-naive")
     client = grpcclient.InferenceServerClient(spec["url"])
     outputs = requested_outputs()

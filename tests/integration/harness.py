@@ -4,6 +4,7 @@ running a pipeline until every input is accounted for."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -111,6 +112,23 @@ def run_pipeline_command(*args: str | Path, timeout_s: float = 60) -> subprocess
         text=True,
         timeout=timeout_s,
     )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes (not this one) whose command line names ``text`` or whose working directory
+    is under it: what a test that starts a stack in ``tmp_path`` may have left behind."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if text in cmdline or cwd.startswith(text):
+            found.append(int(entry.name))
+    return found
 
 
 async def read_values(topology: Topology, topic: str) -> list[Any]:

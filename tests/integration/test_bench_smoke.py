@@ -4,32 +4,18 @@ No timing is asserted: only that each variant answered."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration.harness import processes_mentioning
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("recommender", "trivial")
 VARIANTS = ("naive", "hand", "pipeline", "ceiling")
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if text in cmdline or cwd.startswith(text):
-            found.append(int(entry.name))
-    return found
 
 
 def rates(table: str) -> dict[tuple[str, str], float]:

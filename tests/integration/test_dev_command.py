@@ -3,7 +3,6 @@ process left behind, whether it ends by itself or by SIGTERM."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -14,23 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.integration.harness import processes_mentioning
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if text in cmdline or cwd.startswith(text):
-            found.append(int(entry.name))
-    return found
 
 
 def dev_command(workdir: Path, *extra: str) -> list[str]:

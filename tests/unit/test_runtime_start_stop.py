@@ -13,6 +13,19 @@ from pipeline.runtime import PipelineRuntime
 from pipeline.topology.schema import Topology
 
 
+def start_stop_topology(bootstrap: str = "127.0.0.1:9092") -> Topology:
+    """A pipeline whose Triton (port 9) never answers: only the start is under test."""
+    return Topology.model_validate(
+        {
+            "name": "start-stop",
+            "broker": {"bootstrap_servers": bootstrap},
+            "source": {"topics": ["in"], "group_id": "g"},
+            "model": {"name": "m", "url": "127.0.0.1:9"},
+            "sink": {"topic": "out", "dead_letter_topic": "dlq"},
+        }
+    )
+
+
 async def test_a_stop_during_the_broker_check_ends_the_start_at_once() -> None:
     connected = asyncio.Event()
     closed = asyncio.Event()
@@ -25,15 +38,7 @@ async def test_a_stop_during_the_broker_check_ends_the_start_at_once() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    topology = Topology.model_validate(
-        {
-            "name": "start-stop",
-            "broker": {"bootstrap_servers": f"127.0.0.1:{port}"},
-            "source": {"topics": ["in"], "group_id": "g"},
-            "model": {"name": "m", "url": "127.0.0.1:9"},
-            "sink": {"topic": "out", "dead_letter_topic": "dlq"},
-        }
-    )
+    topology = start_stop_topology(f"127.0.0.1:{port}")
     runtime = PipelineRuntime(topology)
     stop = asyncio.Event()
     try:
@@ -52,14 +57,7 @@ async def test_a_stop_during_the_broker_check_ends_the_start_at_once() -> None:
 
 async def test_any_start_step_a_stop_overtakes_is_cancelled_not_waited_out() -> None:
     """Joining the group takes as long as the broker takes: the same race ends it."""
-    topology = Topology.model_validate(
-        {
-            "name": "start-stop",
-            "source": {"topics": ["in"], "group_id": "g"},
-            "model": {"name": "m", "url": "127.0.0.1:9"},
-            "sink": {"topic": "out", "dead_letter_topic": "dlq"},
-        }
-    )
+    topology = start_stop_topology()
     runtime = PipelineRuntime(topology)
     runtime._stop = asyncio.Event()
     cancelled = asyncio.Event()
@@ -95,14 +93,7 @@ async def test_a_contract_mismatch_found_while_joining_the_group_is_the_exit(mon
 
     monkeypatch.setattr(kafka_clients, "check_connection", broker_fine)
     monkeypatch.setattr(runtime_module, "CONTRACT_WAIT_S", 0.05)
-    topology = Topology.model_validate(
-        {
-            "name": "start-stop",
-            "source": {"topics": ["in"], "group_id": "g"},
-            "model": {"name": "m", "url": "127.0.0.1:9"},
-            "sink": {"topic": "out", "dead_letter_topic": "dlq"},
-        }
-    )
+    topology = start_stop_topology()
     runtime = PipelineRuntime(topology)
     contract_answered = asyncio.Event()
 

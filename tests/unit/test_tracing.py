@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from pipeline import tracing
-from pipeline.events import BatchOutcome, Recommendations
+from pipeline.events import BatchOutcome, Recommendations, SinkBatch
 from pipeline.operators.enrich import OutputSpec, dead_letter_record, outcome_batch
 from pipeline.topology.schema import TracingSpec
 from tests.builders import dead_letter, event, inference_batch, user_request
@@ -58,6 +58,14 @@ def _outcome(now: float, traceparent: bytes | None, fail: bool = False) -> Batch
         dispatched_ms=now - 150,
         completed_ms=now - 50,
     )
+
+
+def _written(spec: OutputSpec, traceparent: bytes | None, fail: bool = False) -> SinkBatch:
+    """An outcome made into outputs now, and every output acknowledged."""
+    sink = outcome_batch(_outcome(time.time() * 1000.0, traceparent, fail), spec)
+    assert spec.tracing is not None
+    spec.tracing.finish(sink.records, sink.records)
+    return sink
 
 
 def _by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
@@ -137,9 +145,7 @@ def test_outputs_not_written_end_their_spans_saying_why(
 def test_an_inference_failures_dead_letter_is_traced_as_an_error(
     spec: OutputSpec, exporter: InMemorySpanExporter
 ) -> None:
-    sink = outcome_batch(_outcome(time.time() * 1000.0, SAMPLED, fail=True), spec)
-    assert spec.tracing is not None
-    spec.tracing.finish(sink.records, sink.records)
+    sink = _written(spec, SAMPLED, fail=True)
     spans = _by_name(exporter.get_finished_spans())
     assert spans["recommend"].status.status_code == StatusCode.ERROR
     assert spans["recommend"].attributes is not None
@@ -152,9 +158,7 @@ def test_an_inference_failures_dead_letter_is_traced_as_an_error(
 def test_an_input_without_trace_context_starts_a_trace(
     spec: OutputSpec, exporter: InMemorySpanExporter
 ) -> None:
-    sink = outcome_batch(_outcome(time.time() * 1000.0, None), spec)
-    assert spec.tracing is not None
-    spec.tracing.finish(sink.records, sink.records)
+    sink = _written(spec, None)
     spans = _by_name(exporter.get_finished_spans())
     assert spans["recommend"].parent is None
     trace_id = f"{spans['recommend'].context.trace_id:032x}"
@@ -164,9 +168,7 @@ def test_an_input_without_trace_context_starts_a_trace(
 def test_an_unsampled_input_records_no_span_but_passes_its_flag_on(
     spec: OutputSpec, exporter: InMemorySpanExporter
 ) -> None:
-    sink = outcome_batch(_outcome(time.time() * 1000.0, NOT_SAMPLED), spec)
-    assert spec.tracing is not None
-    spec.tracing.finish(sink.records, sink.records)
+    sink = _written(spec, NOT_SAMPLED)
     assert exporter.get_finished_spans() == ()
     _, trace_id, span_id, flags = dict(sink.records[0].headers)["traceparent"].split(b"-")
     assert (trace_id, flags) == (TRACE_ID.encode(), b"00") and span_id != INPUT_SPAN.encode()
