@@ -53,10 +53,14 @@ class OpenSpans:
 
 class Tracing:
     def __init__(self, provider: Any, owned: bool) -> None:
+        # imported here, once: the module loads without the extra, and outputs are many
         from opentelemetry import trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._trace = trace
+        self._kind = SpanKind
+        self._error = lambda why: Status(StatusCode.ERROR, why)
         self._provider = provider
         self._owned = owned  # built here from the topology: shut down (flushed) here too
         self._tracer = provider.get_tracer("pipeline")
@@ -66,11 +70,16 @@ class Tracing:
         return self._tracer.start_span(name, context=parent, start_time=int(start_ms * _MS), **options)
 
     def _open(
-        self, sources: Headers, outcome: BatchOutcome, first_ms: float, now_ms: float, topic: str
+        self,
+        sources: Headers,
+        outcome: BatchOutcome,
+        first_ms: float,
+        now_ms: float,
+        topic: str,
+        headers: Headers,
     ) -> tuple[Headers, OpenSpans]:
-        """The spans of one output up to its send; the headers that carry its context on."""
-        from opentelemetry.trace import SpanKind
-
+        """The spans of one output up to its send, and its ``headers`` with the trace
+        context replaced by the produce span's (``sources``: the input's headers)."""
         carrier = {k: v.decode("latin-1") for k, v in sources if k in TRACE_HEADERS and v is not None}
         parent = self._propagator.extract(carrier)
         batch = outcome.batch
@@ -78,7 +87,7 @@ class Tracing:
             "recommend",
             parent,
             min(first_ms, batch.window_start_ms),
-            kind=SpanKind.CONSUMER,
+            kind=self._kind.CONSUMER,
             attributes={"messaging.system": "kafka", "pipeline.lane": batch.lane},
         )
         inside = self._trace.set_span_in_context(recommend)
@@ -89,7 +98,7 @@ class Tracing:
                 "infer",
                 inside,
                 outcome.dispatched_ms,
-                kind=SpanKind.CLIENT,
+                kind=self._kind.CLIENT,
                 attributes={
                     "rpc.system": "grpc",
                     "rpc.service": "inference.GRPCInferenceService",
@@ -105,7 +114,7 @@ class Tracing:
             "produce",
             inside,
             now_ms,
-            kind=SpanKind.PRODUCER,
+            kind=self._kind.PRODUCER,
             attributes={
                 "messaging.system": "kafka",
                 "messaging.operation.type": "send",
@@ -114,7 +123,8 @@ class Tracing:
         )
         out: dict[str, str] = {}
         self._propagator.inject(out, context=self._trace.set_span_in_context(produce))
-        return tuple((k, v.encode()) for k, v in out.items()), OpenSpans(produce, recommend)
+        kept = (h for h in headers if h[0] not in TRACE_HEADERS)
+        return (*kept, *((k, v.encode()) for k, v in out.items())), OpenSpans(produce, recommend)
 
     def recommendation(
         self, row: UserRequest, outcome: BatchOutcome, carried: Headers, now_ms: float, topic: str
@@ -122,7 +132,7 @@ class Tracing:
         """Headers for the output (the carried ones, trace context replaced) and its open spans."""
         latest = row.events[-1].source
         first_ms = min(e.source.timestamp_ms for e in row.events)
-        context, spans = self._open(latest.headers, outcome, first_ms, now_ms, topic)
+        headers, spans = self._open(latest.headers, outcome, first_ms, now_ms, topic, carried)
         spans.recommend.set_attributes(
             {
                 "messaging.source.name": latest.topic,
@@ -132,19 +142,17 @@ class Tracing:
                 "pipeline.source_count": len(row.events),
             }
         )
-        return (*(h for h in carried if h[0] not in TRACE_HEADERS), *context), spans
+        return headers, spans
 
     def dead_letter(
         self, dead: DeadLetter, outcome: BatchOutcome, headers: Headers, now_ms: float, topic: str
     ) -> tuple[Headers, OpenSpans]:
         """A failed inference's dead letter: the same spans, the recommend span an error."""
-        from opentelemetry.trace import Status, StatusCode
-
         src = dead.record
-        context, spans = self._open(src.headers, outcome, src.timestamp_ms, now_ms, topic)
+        headers, spans = self._open(src.headers, outcome, src.timestamp_ms, now_ms, topic, headers)
         spans.recommend.set_attributes({"pipeline.dead_letter.reason": dead.reason})
-        spans.recommend.set_status(Status(StatusCode.ERROR, f"{dead.reason}: {dead.detail}"[:256]))
-        return (*(h for h in headers if h[0] not in TRACE_HEADERS), *context), spans
+        spans.recommend.set_status(self._error(f"{dead.reason}: {dead.detail}"[:256]))
+        return headers, spans
 
     def finish(
         self,
@@ -155,8 +163,6 @@ class Tracing:
         """The write is over: written records end well; refused ones (dead-lettered instead)
         end in error; records not ``kept`` (their partition was revoked: the new owner redoes
         them) and those of a write cut short end in error too, each saying so."""
-        from opentelemetry.trace import Status, StatusCode
-
         ok = {id(rec) for rec in written}
         sent = {id(rec) for rec in kept} if kept is not None else None
         for rec in records:
@@ -170,8 +176,8 @@ class Tracing:
                     why = "not written: the write did not finish"
                 else:
                     why = "refused by the broker: dead-lettered"
-                spans.produce.set_status(Status(StatusCode.ERROR, why))
-                spans.recommend.set_status(Status(StatusCode.ERROR, why))
+                spans.produce.set_status(self._error(why))
+                spans.recommend.set_status(self._error(why))
             spans.produce.end()
             spans.recommend.end()
 

@@ -114,11 +114,11 @@ def supervise(topology: Topology, command: list[str], count: int) -> int:
     try:
         for worker in workers:
             _start(worker, stopping, time.monotonic())
-        code = _watch(workers, stopping)
-        if not stopping:  # a configuration error: the others stop too
+        _watch(workers, stopping)
+        if not stopping:  # _watch ends early only on a configuration error: the others stop too
             for worker in workers:
                 worker.signal(signal.SIGTERM)
-        code = max(code, _wait_all(workers, topology))
+        code = _wait_all(workers, topology)
         # a worker's configuration error is the exit, whatever the others' stop made of theirs
         return EXIT_CONFIGURATION if EXIT_CONFIGURATION in (c for w in workers for c in w.codes) else code
     finally:
@@ -147,8 +147,8 @@ def _backoff(worker: Worker, now: float) -> float:
     return delay
 
 
-def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> int:
-    """Restart workers that exit on their own until a stop; 2 if one was misconfigured."""
+def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> None:
+    """Restart workers that exit on their own until a stop, or until one exits 2."""
     while not stopping:
         now = time.monotonic()
         for worker in workers:
@@ -167,11 +167,10 @@ def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> int:
             worker.proc = None
             if code == EXIT_CONFIGURATION:
                 log.error("worker %d exited 2 (configuration): stopping every worker", worker.index)
-                return EXIT_CONFIGURATION
+                return
             delay = _backoff(worker, now)
             log.error("worker %d exited with %d; restarting it in %.0f s", worker.index, code, delay)
         time.sleep(POLL_S)
-    return 0
 
 
 def _wait_all(workers: list[Worker], topology: Topology) -> int:

@@ -131,9 +131,7 @@ class KafkaSink:
         for producer in self.producers.values():
             await producer.start()
 
-    async def _send_all(
-        self, producer: AIOKafkaProducer, records: list[OutputRecord]
-    ) -> list[tuple[OutputRecord, BaseException]]:
+    async def _send_all(self, producer: AIOKafkaProducer, records: list[OutputRecord]) -> Failed:
         """Send, wait for every acknowledgement; return the records that failed, with why.
 
         Records go out as one batch per partition (aiokafka's batch API: one future per
@@ -190,12 +188,10 @@ class KafkaSink:
         return groups, alone, failed
 
     @staticmethod
-    async def _send_each(
-        producer: AIOKafkaProducer, records: list[OutputRecord]
-    ) -> list[tuple[OutputRecord, BaseException]]:
+    async def _send_each(producer: AIOKafkaProducer, records: list[OutputRecord]) -> Failed:
         """One send per record: each refusal is the record's own."""
         futures: list[asyncio.Future[object] | None] = []
-        failed: list[tuple[OutputRecord, BaseException]] = []
+        failed: Failed = []
         for rec in records:
             try:
                 futures.append(
@@ -256,11 +252,9 @@ class KafkaSink:
         backoff = 0.1
         while pending:
             failed = await self._unknown_topics(producer, pending)  # looked up here, not in a round
-            if failed:
-                unknown = {id(rec) for rec, _ in failed}
-                failed += await self._rounds_of(producer).send([r for r in pending if id(r) not in unknown])
-            else:
-                failed = await self._rounds_of(producer).send(pending)
+            unknown = {id(rec) for rec, _ in failed}
+            if sendable := [rec for rec in pending if id(rec) not in unknown]:
+                failed += await self._rounds_of(producer).send(sendable)
             failed_ids = {id(rec) for rec, _ in failed}
             written.extend(rec for rec in pending if id(rec) not in failed_ids)
             pending = []
