@@ -767,6 +767,39 @@ class Bench:
             time.sleep(SAMPLE_S)
 
     def run(self, model: str, variant: str) -> dict[str, Any]:
+        """One run, with what Triton saw of it: requests and executions (merged requests)."""
+        before = self.triton_counts(model)
+        row = self.run_variant(model, variant)
+        after = self.triton_counts(model)
+        requests, executions, rows, queue_ns, infer_ns = (a - b for a, b in zip(after, before, strict=True))
+        row["rows_per_request"] = rows / max(requests, 1)
+        row["requests_per_execution"] = requests / max(executions, 1)
+        row["triton_queue_ms"] = queue_ns / 1e6 / max(requests, 1)
+        row["triton_infer_us_per_row"] = infer_ns / 1e3 / max(rows, 1)
+        return row
+
+    def triton_counts(self, model: str) -> tuple[int, int, int, int, int]:
+        """(requests, executions, rows, queue ns, compute ns) Triton counted for ``model``."""
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.stack.triton.grpc_url)
+        try:
+            stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        finally:
+            client.close()
+        inference = stats["inference_stats"]
+        requests = int(inference["success"].get("count", 0))
+        queue_ns = int(inference["queue"].get("ns", 0))
+        compute_ns = sum(int(inference[k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output"))
+        return (
+            requests,
+            int(stats.get("execution_count", 0)),
+            int(stats.get("inference_count", 0)),
+            queue_ns,
+            compute_ns,
+        )
+
+    def run_variant(self, model: str, variant: str) -> dict[str, Any]:
         tag = uuid.uuid4().hex[:8]
         if variant in ("pipeline", "pipeline-2w"):
             return self.run_pipeline(model, tag, workers=2 if variant == "pipeline-2w" else 1)
@@ -1316,7 +1349,11 @@ def main() -> int:
                     rows.append(row)
                     print(
                         f"  {row['rate']:,.0f} ev/s, {row['cpu_consumer']:.3f} CPU s/1k, "
-                        f"RSS {row['rss_mb']:.0f} MB",
+                        f"RSS {row['rss_mb']:.0f} MB, Triton rows/request {row['rows_per_request']:.1f}, "
+                        f"requests/execution {row['requests_per_execution']:.2f}, "
+                        f"Triton queue {row['triton_queue_ms']:.1f} ms/request, "
+                        f"compute {row['triton_infer_us_per_row']:.1f} us/row, "
+                        f"Triton {row['cpu_triton']:.3f} CPU s/1k",
                         file=sys.stderr,
                         flush=True,
                     )
