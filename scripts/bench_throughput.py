@@ -790,7 +790,9 @@ class Bench:
         inference = stats["inference_stats"]
         requests = int(inference["success"].get("count", 0))
         queue_ns = int(inference["queue"].get("ns", 0))
-        compute_ns = sum(int(inference[k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output"))
+        compute_ns = sum(
+            int(inference[k].get("ns", 0)) for k in ("compute_input", "compute_infer", "compute_output")
+        )
         return (
             requests,
             int(stats.get("execution_count", 0)),
