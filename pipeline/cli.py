@@ -1,4 +1,4 @@
-"""`pipeline` command: run, validate, dev, audit, redrive, schema."""
+"""`pipeline` command: run, validate, dev, audit, redrive, replay, train, schema, bench."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import orjson
 
 from pipeline import logs
 from pipeline.errors import Fatal, TopologyError
+from pipeline.replay.cli import add_replay_command
 from pipeline.topology.loader import all_problems, load_topology
 
 # The shipped topologies travel inside the package (pipeline/topologies links ../topologies
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="count only, send nothing")
     p.set_defaults(func=cmd_redrive)
+    add_replay_command(sub, common)
     p = command("schema", "print the topology files' JSON Schema (for editors)")
     p.set_defaults(func=cmd_schema)
     # listed for --help; main() hands `bench ...` to the script before parsing

@@ -27,6 +27,7 @@ def parse_rules(t: Topology) -> ParseRules:
         t.validation.max_age_ms,
         t.validation.require_key,
         t.window.max_lateness_ms if t.window.late_policy == "dead_letter" else None,
+        t.validation.age_reference,
     )
 
 

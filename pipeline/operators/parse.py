@@ -6,8 +6,10 @@ this operator moves whole batches."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
 import reactivex
@@ -18,6 +20,7 @@ from pipeline.events import EVENT_TYPES, DeadLetter, Event, RawRecord
 
 MAX_ID = 2**53 - 1  # largest integer every JSON consumer reads exactly
 MAX_EVENT_ID_LEN = 256
+REPLAY_RUN_HEADER = "replay.run"  # set by `pipeline replay` on every record it sends
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,29 @@ class ParseRules:
     max_age_ms: int = 30 * 24 * 3_600_000
     require_key: bool = False
     max_lateness_ms: int | None = None  # set: later events are dead letters ("late_event")
+    age_reference: Literal["wall_clock", "replay"] = "wall_clock"
+
+
+class ReplayClock:
+    """Age for replayed records is judged against their own replay, not the wall clock: the
+    newest event time seen so far in the same replay run (``replay.run`` header). A backfill of
+    years-old history is then as fresh as live traffic; an event far older than its replay's
+    newest is still ``too_old``. Records without the header keep the wall clock."""
+
+    MAX_RUNS = 1_024  # replay runs remembered (least recently seen forgotten)
+
+    def __init__(self) -> None:
+        self.newest: OrderedDict[bytes, int] = OrderedDict()
+
+    def reference_ms(self, record: RawRecord, ts: int, now_ms: int) -> int:
+        run = next((v for k, v in record.headers if k == REPLAY_RUN_HEADER), None)
+        if run is None:
+            return now_ms
+        newest = max(self.newest.pop(run, ts), ts)
+        self.newest[run] = newest
+        if len(self.newest) > self.MAX_RUNS:
+            self.newest.popitem(last=False)
+        return newest
 
 
 @dataclass(frozen=True)
@@ -51,8 +77,11 @@ def _id_field(doc: dict[str, object], name: str) -> int:
     return value
 
 
-def parse_record(record: RawRecord, rules: ParseRules, now_ms: int) -> Event:
-    """Validate one record; raises InvalidEvent with a machine reason and a readable detail."""
+def parse_record(
+    record: RawRecord, rules: ParseRules, now_ms: int, replays: ReplayClock | None = None
+) -> Event:
+    """Validate one record; raises InvalidEvent with a machine reason and a readable detail.
+    With ``replays`` (age_reference: replay) a replayed record's age is judged against its replay."""
     if record.undecodable is not None:
         raise InvalidEvent("undecodable_record", record.undecodable)
     value = record.value
@@ -85,21 +114,24 @@ def parse_record(record: RawRecord, rules: ParseRules, now_ms: int) -> Event:
     ts = _int_field(doc, "ts")
     if ts > now_ms + rules.max_future_skew_ms:
         raise InvalidEvent("future_timestamp", f"ts {ts} is {ts - now_ms} ms in the future")
-    if ts < now_ms - rules.max_age_ms:
+    reference = now_ms if replays is None else replays.reference_ms(record, ts, now_ms)
+    if ts < reference - rules.max_age_ms:
         raise InvalidEvent("too_old", f"ts {ts} is older than {rules.max_age_ms} ms")
-    if rules.max_lateness_ms is not None and ts < now_ms - rules.max_lateness_ms:
+    if rules.max_lateness_ms is not None and ts < reference - rules.max_lateness_ms:
         raise InvalidEvent(
-            "late_event", f"ts {ts} arrived {now_ms - ts} ms late (limit {rules.max_lateness_ms})"
+            "late_event", f"ts {ts} arrived {reference - ts} ms late (limit {rules.max_lateness_ms})"
         )
     return Event(event_id, user_id, item_id, str(event_type), ts, record)
 
 
-def parse_batch(records: list[RawRecord], rules: ParseRules, now_ms: int) -> ParsedBatch:
+def parse_batch(
+    records: list[RawRecord], rules: ParseRules, now_ms: int, replays: ReplayClock | None = None
+) -> ParsedBatch:
     events: list[Event] = []
     rejects: list[DeadLetter] = []
     for record in records:
         try:
-            events.append(parse_record(record, rules, now_ms))
+            events.append(parse_record(record, rules, now_ms, replays))
         except InvalidEvent as rej:
             rejects.append(DeadLetter(record, rej.reason, type(rej).__name__, rej.detail))
     return ParsedBatch(events, rejects)
@@ -109,4 +141,5 @@ def parse(
     rules: ParseRules, clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
 ) -> Callable[[reactivex.Observable[list[RawRecord]]], reactivex.Observable[ParsedBatch]]:
     """Operator: each list of raw records becomes one ParsedBatch."""
-    return ops.map(lambda records: parse_batch(records, rules, clock_ms()))
+    replays = ReplayClock() if rules.age_reference == "replay" else None
+    return ops.map(lambda records: parse_batch(records, rules, clock_ms(), replays))

@@ -181,6 +181,12 @@ class Validation(Node):
     require_key: bool = Field(
         False, description="dead-letter records without a key (`missing_key`; per-user order needs one)"
     )
+    age_reference: Literal["wall_clock", "replay"] = Field(
+        "wall_clock",
+        description="what `max_age_ms` (and `max_lateness_ms`) are measured from: the wall clock, or "
+        "for records a `pipeline replay` sent, the newest event time of that replay so far "
+        "(a backfill of years-old history); other records keep the wall clock",
+    )
 
 
 class WindowSpec(Node):

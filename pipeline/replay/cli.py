@@ -1,0 +1,233 @@
+"""`pipeline replay`: send past events into a backfill topology's input topic.
+
+    pipeline replay --topology topologies/backfill.yaml --file history.csv.gz --mapping map.yaml
+    pipeline replay --topology topologies/backfill.yaml --file events.jsonl --rate 2000
+    pipeline replay --topology topologies/backfill.yaml --topic interactions \\
+        --since 2026-11-25T10:00:00Z --until 2026-11-25T11:00:00Z
+    pipeline replay ... --dry-run          # counts per dead-letter reason, sends nothing
+
+The broker (and its TLS/SASL settings) and the destination come from the topology: its input
+topic, or --to when it has several. Progress is checkpointed as the broker acknowledges; an
+interrupted replay (Ctrl-C, SIGKILL) run again with the same arguments continues where it
+stopped and sends no acknowledged row twice. The last line is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline import kafka_clients
+from pipeline.errors import TopologyError
+from pipeline.kafka_io import ensure_topics
+from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or_start
+from pipeline.replay.dry_run import dry_run
+from pipeline.replay.files import EventFile, Row, count_rows
+from pipeline.replay.mapping import load_mapping
+from pipeline.replay.progress import Progress
+from pipeline.replay.sender import ReplayFailed, Sender, destination_ends, rows_already_sent
+from pipeline.replay.topic import TopicRange
+from pipeline.topology.loader import load_topology
+from pipeline.topology.schema import Topology
+from pipeline.wiring import parse_rules
+
+log = logging.getLogger("pipeline.replay")
+EXIT_INTERRUPTED = 130
+EXIT_FAILED = 1
+YIELD_EVERY = 256  # rows read between turns of the event loop (a file read never yields)
+
+
+def add_replay_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="replay events from a file or a topic range into a backfill topology's input",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    p.add_argument("--topology", type=Path, required=True, help="the topology that reads the replay")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", type=Path, help="JSON lines or CSV, plain or gzip-compressed")
+    source.add_argument("--topic", help="a topic to replay a time range of")
+    p.add_argument("--mapping", type=Path, help="YAML column mapping for files with their own columns")
+    p.add_argument("--format", choices=["jsonl", "csv"], help="default: told by the file name")
+    p.add_argument("--since", help="topic replay: ISO time, inclusive")
+    p.add_argument("--until", help="topic replay: ISO time, exclusive")
+    p.add_argument("--to", help="destination topic (default: the topology's input, if it has one)")
+    p.add_argument("--rate", type=float, default=0.0, help="rows per second (0: as fast as acknowledged)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="progress file (default: .pipeline-replay/<source>-<destination>.json here)",
+    )
+    p.add_argument("--restart", action="store_true", help="ignore the checkpoint: a new run from row 0")
+    p.add_argument("--dry-run", action="store_true", help="validate every row, count dead-letter reasons")
+    p.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
+    p.add_argument("--partitions", type=int, default=4, help="partitions if the destination is new")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    topology = load_topology(args.topology)
+    destination = _destination(args, topology)
+    source, identity = _source(args, topology)
+    total = count_rows(source.path, source.format) if isinstance(source, EventFile) else None
+    progress = Progress(total, bar={"auto": None, "bar": True, "log": False}[args.progress])
+    started = time.monotonic()
+    try:
+        if args.dry_run:
+            report = asyncio.run(
+                dry_run(_rows(source, 0), parse_rules(topology), destination, "dry-run", progress)
+            )
+            code = 0
+        else:
+            path = args.checkpoint or _default_checkpoint(identity, destination)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if args.restart:
+                path.unlink(missing_ok=True)
+            try:
+                checkpoint = resume_or_start(path, identity, destination)
+            except CheckpointMismatch as err:
+                raise TopologyError(str(path), "", str(err)) from None
+            code, report = asyncio.run(
+                _replay(topology, source, destination, checkpoint, path, args, progress)
+            )
+    finally:
+        progress.close()
+    elapsed = time.monotonic() - started
+    report.update(
+        source=identity,
+        destination=destination,
+        elapsed_s=round(elapsed, 3),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    )
+    print(orjson.dumps(report).decode())
+    return code
+
+
+async def _replay(
+    topology: Topology,
+    source: EventFile | TopicRange,
+    destination: str,
+    checkpoint: Checkpoint,
+    path: Path,
+    args: argparse.Namespace,
+    progress: Progress,
+) -> tuple[int, dict[str, Any]]:
+    await ensure_topics(topology.broker, [destination], args.partitions)
+    consumer = kafka_clients.consumer(topology.broker, client_suffix="-replay-resume")
+    await consumer.start()
+    try:
+        if checkpoint.next_row == 0 and not checkpoint.partition_marks:
+            checkpoint.partition_marks = await destination_ends(consumer, destination)
+            checkpoint.save(path)
+            already: set[int] = set()
+        else:
+            already = await rows_already_sent(consumer, checkpoint, destination)
+    finally:
+        await consumer.stop()
+    resumed_at = checkpoint.next_row
+    producer = kafka_clients.producer(
+        topology.broker, client_suffix="-replay", linger_ms=20, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    stop = asyncio.Event()
+    _on_stop_signals(stop.set)
+    sender = Sender(producer, destination, checkpoint, path, progress, args.rate, already_sent=already)
+    code = 0
+    error = None
+    try:
+        if checkpoint.finished:
+            log.info("replay: %s is finished already (--restart to run it again)", path)
+        else:
+            done = await sender.run(_rows(source, resumed_at), stop)
+            code = 0 if done else EXIT_INTERRUPTED
+    except ReplayFailed as err:
+        code, error = EXIT_FAILED, str(err)
+        log.error("replay stopped: %s; its checkpoint %s resumes it", err, path)
+    finally:
+        await producer.stop()
+    counts = sender.counts
+    report: dict[str, Any] = {
+        "run_id": checkpoint.run_id,
+        "finished": checkpoint.finished,
+        "resumed_at_row": resumed_at,
+        "rows_read": counts.read,
+        "sent": counts.sent,
+        "acknowledged": counts.acknowledged,
+        "skipped": counts.skipped,
+        "already_sent": counts.already_sent,
+        "checkpoint": str(path),
+        "next_row": checkpoint.next_row,
+    }
+    if error:
+        report["error"] = error
+    return code, report
+
+
+def _destination(args: argparse.Namespace, topology: Topology) -> str:
+    if args.to:
+        return str(args.to)
+    topics = topology.source.topics
+    if len(topics) != 1:
+        raise TopologyError(
+            str(args.topology), "source.topics", f"reads {len(topics)} topics: say which with --to"
+        )
+    return topics[0]
+
+
+def _source(args: argparse.Namespace, topology: Topology) -> tuple[EventFile | TopicRange, str]:
+    if args.topic:
+        source = TopicRange(topology.broker, args.topic, args.since, args.until)
+        return source, source.identity
+    if not args.file.is_file():
+        raise TopologyError(str(args.file), "", "no such file")
+    mapping = load_mapping(args.mapping) if args.mapping else None
+    events = EventFile(args.file, mapping, args.format)
+    stat = args.file.stat()
+    # The file as it is now: a checkpoint never resumes a different file under the same name.
+    return events, f"file:{args.file.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def _default_checkpoint(identity: str, destination: str) -> Path:
+    digest = hashlib.sha1(f"{identity}\x1f{destination}".encode()).hexdigest()[:12]
+    name = identity.split(":")[1].rsplit("/", 1)[-1]
+    return Path(".pipeline-replay") / f"{name}-{destination}-{digest}.json"
+
+
+async def _rows(source: EventFile | TopicRange, start: int) -> AsyncIterator[Row]:
+    if isinstance(source, TopicRange):
+        async for row in source.rows(start):
+            yield row
+        return
+    for row in source.rows(start):
+        yield row
+        if row.number % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    """First SIGINT/SIGTERM: stop reading, wait for the acknowledgements, save; second: exit."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if getattr(on_signal, "seen", False):
+            log.error("second %s: exiting now (the checkpoint holds what was acknowledged)", sig.name)
+            os._exit(128 + sig.value)
+        on_signal.seen = True  # type: ignore[attr-defined]
+        log.info("%s: finishing the sends in flight and saving the checkpoint", sig.name)
+        stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)

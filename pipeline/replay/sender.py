@@ -1,0 +1,166 @@
+"""Send a replay's rows to the destination topic: paced, with bounded memory, checkpointed
+as the broker acknowledges, resumable without sending an acknowledged row twice.
+
+Every record carries ``origin: backfill`` (lanes match it, outputs carry it),
+``replay.run`` (the run: the backfill topologies judge event age against it) and
+``replay.row`` (its row number: how a resumed run knows what is already in the topic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from pipeline.kafka_io import batches_to_end, topic_partitions
+from pipeline.operators.parse import REPLAY_RUN_HEADER
+from pipeline.replay.checkpoint import Checkpoint
+from pipeline.replay.files import Row
+from pipeline.replay.progress import Counts, Progress
+
+ORIGIN_HEADER = "origin"
+ROW_HEADER = "replay.row"
+OWN_HEADERS = frozenset({ORIGIN_HEADER, REPLAY_RUN_HEADER, ROW_HEADER})
+MAX_PENDING = 20_000  # sends awaiting acknowledgement (the memory bound with the producer's buffer)
+CHECKPOINT_EVERY_S = 1.0
+FINAL_ACK_TIMEOUT_S = 60.0
+
+
+class ReplayFailed(RuntimeError):
+    """A send the producer gave up on: the replay stops at its checkpoint (run it again)."""
+
+
+@dataclass
+class Sender:
+    producer: AIOKafkaProducer
+    topic: str
+    checkpoint: Checkpoint
+    checkpoint_path: Path | None
+    progress: Progress
+    rate: float = 0.0  # rows per second; 0: as fast as the broker acknowledges
+    counts: Counts = field(default_factory=Counts)
+    already_sent: set[int] = field(default_factory=set)
+    _pending: collections.deque[tuple[int, asyncio.Future[RecordMetadata] | None]] = field(
+        default_factory=collections.deque
+    )
+
+    async def run(self, rows: AsyncIterator[Row], stop: asyncio.Event) -> bool:
+        """Send every row from the checkpoint on; True when the source is done, False when
+        ``stop`` cut it short. The checkpoint is saved either way (ReplayFailed too)."""
+        started = time.monotonic()
+        next_save = started + CHECKPOINT_EVERY_S
+        run = self.checkpoint.run_id.encode()
+        finished = False
+        try:
+            async for row in rows:
+                if stop.is_set():
+                    break
+                self.counts.read += 1
+                await self._send(row, run)
+                if self.rate > 0:
+                    ahead = started + self.counts.read / self.rate - time.monotonic()
+                    if ahead > 0.005:
+                        await asyncio.sleep(ahead)
+                self._advance()
+                if len(self._pending) >= MAX_PENDING:
+                    await self._wait_oldest()
+                now = time.monotonic()
+                if now >= next_save:
+                    next_save = now + CHECKPOINT_EVERY_S
+                    self._save()
+                    self.progress.update(self.counts, self.checkpoint.next_row + len(self._pending))
+            else:
+                finished = True
+            await asyncio.wait_for(self._drain(), FINAL_ACK_TIMEOUT_S)
+        finally:
+            self._advance()
+            self.checkpoint.finished = finished and not self._pending
+            self._save()
+            self.progress.update(self.counts, self.checkpoint.next_row)
+        return self.checkpoint.finished
+
+    async def _send(self, row: Row, run: bytes) -> None:
+        if row.value is None:
+            self.counts.skipped += 1
+            self._pending.append((row.number, None))
+            return
+        if row.number in self.already_sent:
+            self.counts.already_sent += 1
+            self._pending.append((row.number, None))
+            return
+        headers = [(k, v) for k, v in row.headers if k not in OWN_HEADERS]
+        headers += [
+            (ORIGIN_HEADER, b"backfill"),
+            (REPLAY_RUN_HEADER, run),
+            (ROW_HEADER, str(row.number).encode()),
+        ]
+        future = await self.producer.send(self.topic, row.value, key=row.key, headers=headers)
+        self.counts.sent += 1
+        self._pending.append((row.number, future))
+
+    def _advance(self) -> None:
+        """Move the acknowledged prefix over the sends that are done, oldest first."""
+        pending, checkpoint = self._pending, self.checkpoint
+        while pending:
+            number, future = pending[0]
+            if future is not None:
+                if not future.done():
+                    return
+                error = future.exception()
+                if error is not None:
+                    raise ReplayFailed(f"row {number}: the broker did not take it: {error!r}") from error
+                meta = future.result()
+                checkpoint.partition_marks[meta.partition] = meta.offset + 1
+                checkpoint.acknowledged += 1
+                self.counts.acknowledged += 1
+            else:
+                checkpoint.skipped += 1
+            pending.popleft()
+            checkpoint.next_row = number + 1
+
+    async def _wait_oldest(self) -> None:
+        future = self._pending[0][1]
+        if future is not None:
+            await asyncio.wait([future])
+        self._advance()
+
+    async def _drain(self) -> None:
+        while self._pending:
+            await self._wait_oldest()
+
+    def _save(self) -> None:
+        if self.checkpoint_path is not None:
+            self.checkpoint.save(self.checkpoint_path)
+
+
+async def destination_ends(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]:
+    """Where a fresh replay's records will start, per destination partition."""
+    tps = await topic_partitions(consumer, topic)
+    ends = await consumer.end_offsets(tps)
+    return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+
+async def rows_already_sent(consumer: AIOKafkaConsumer, checkpoint: Checkpoint, topic: str) -> set[int]:
+    """Rows past the checkpoint's prefix that an interrupted run got into the topic anyway:
+    read from the partition marks to the end (at most the sends of the last second or so)."""
+    tps = await topic_partitions(consumer, topic)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, checkpoint.partition_marks.get(tp.partition, 0))
+    run = checkpoint.run_id.encode()
+    found: set[int] = set()
+    async for batch in batches_to_end(consumer, tps):
+        for records in batch.values():
+            for rec in records:
+                headers = dict(rec.headers)
+                if headers.get(REPLAY_RUN_HEADER) == run and ROW_HEADER in headers:
+                    number = int(headers[ROW_HEADER])
+                    if number >= checkpoint.next_row:
+                        found.add(number)
+    return found
