@@ -1,6 +1,8 @@
-"""Triton Python-backend recommender: matrix-factorisation embeddings, top-K per user,
-excluding the items in the request's history. All requests of one execute() call are
-scored with one matrix product."""
+"""Triton Python-backend recommender: embeddings and an item bias, top-K per user,
+excluding the items in the request's history. Requests carry catalogue ids (USER_ID, the
+items of HISTORY) and ITEM_IDS answers with catalogue ids; inside, ids are dense indices
+(scoring.Recommender maps them with np.searchsorted). All requests of one execute() call
+are scored with one matrix product."""
 
 import json
 import os
@@ -18,9 +20,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.top_k = int(config["parameters"]["top_k"]["string_value"])
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        data = np.load(os.path.join(version_dir, "embeddings.npz"))
-        self.user_emb = data["user_emb"]
-        self.item_emb = data["item_emb"]
+        with np.load(os.path.join(version_dir, "embeddings.npz")) as data:
+            self.model = scoring.Recommender({name: data[name] for name in data.files})
 
     def execute(self, requests):
         users, histories, bad = [], [], []
@@ -29,14 +30,13 @@ class TritonPythonModel:
             history = pb_utils.get_input_tensor_by_name(request, "HISTORY").as_numpy()
             users.append(user.reshape(-1))
             histories.append(history)
-            bad.append(bool(scoring.invalid_history(history, self.item_emb.shape[0]).any()))
+            bad.append(bool(self.model.invalid_history(history).any()))
         good = [i for i, is_bad in enumerate(bad) if not is_bad]
         results = {}
         if good:
             user_ids = np.concatenate([users[i] for i in good])
             history = np.concatenate([histories[i] for i in good])
-            vecs = scoring.user_vectors(user_ids, history, self.user_emb, self.item_emb)
-            ids, scores = scoring.top_k(vecs, self.item_emb, history, self.top_k)
+            ids, scores = self.model.recommend(user_ids, history, self.top_k)
             start = 0
             for i in good:
                 end = start + len(users[i])
@@ -46,7 +46,7 @@ class TritonPythonModel:
         for i in range(len(requests)):
             if i not in results:
                 error = pb_utils.TritonError(
-                    f"HISTORY holds an item id outside the catalogue [0, {self.item_emb.shape[0]})",
+                    f"HISTORY holds an item id outside the catalogue of {self.model.n_items} items",
                     pb_utils.TritonError.INVALID_ARG,
                 )
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
