@@ -242,7 +242,7 @@ def test_file_rows_that_do_not_convert_are_skipped_and_counted(tmp_path: Path) -
         "skipped by the mapping": 1,
         "ts is not an integer (epoch ms)": 1,
     }
-    users, items, ts, kinds = log.arrays()
+    _, items, ts, kinds = log.arrays()
     assert items.tolist() == [193609, 31] and kinds.tolist() == [2, 0] and ts[0] == 964982703000
 
 
