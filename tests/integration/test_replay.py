@@ -1,5 +1,6 @@
-"""scripts/replay.py on the real broker: a time range of a topic lands in the backfill
-topic, exactly, even though the embedded broker answers offsets_for_times wrongly."""
+"""`pipeline replay --topic` (also scripts/replay.py) on the real broker: a time range of a
+topic lands in the backfill topic, exactly, even though the embedded broker answers
+offsets_for_times wrongly; the source records' headers are kept and the replay's added."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+import yaml
 
 from pipeline import kafka_clients
+from pipeline.devstack.topology import topology_on_stack
 from pipeline.kafka_io import broker_at, ensure_topics, read_to_end
 from tests.integration.harness import ROOT
 
@@ -24,8 +27,10 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-async def test_replay_of_a_time_range(stack) -> None:
+async def test_replay_of_a_time_range(stack, tmp_path) -> None:
     source, target = f"src-{uuid.uuid4().hex[:8]}", f"bf-{uuid.uuid4().hex[:8]}"
+    topology = tmp_path / "backfill.yaml"
+    topology.write_text(yaml.safe_dump(topology_on_stack(stack, base=ROOT / "topologies" / "backfill.yaml")))
     bootstrap = stack.broker.bootstrap
     broker = broker_at(bootstrap)
     await ensure_topics(broker, [source], 3)
@@ -33,7 +38,11 @@ async def test_replay_of_a_time_range(stack) -> None:
     await producer.start()
     futures = [
         await producer.send(
-            source, orjson.dumps({"n": i}), key=str(i % 7).encode(), timestamp_ms=BASE_MS + i * 1000
+            source,
+            orjson.dumps({"n": i}),
+            key=str(i % 7).encode(),
+            timestamp_ms=BASE_MS + i * 1000,
+            headers=[("traceparent", b"00-x")],
         )
         for i in range(300)
     ]
@@ -43,6 +52,10 @@ async def test_replay_of_a_time_range(stack) -> None:
         [
             sys.executable,
             "scripts/replay.py",
+            "--topology",
+            str(topology),
+            "--checkpoint",
+            str(tmp_path / "ck.json"),
             "--topic",
             source,
             "--to",
@@ -51,8 +64,6 @@ async def test_replay_of_a_time_range(stack) -> None:
             iso(BASE_MS + 100_000),
             "--until",
             iso(BASE_MS + 200_000),
-            "--bootstrap",
-            bootstrap,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -60,10 +71,13 @@ async def test_replay_of_a_time_range(stack) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert orjson.loads(done.stdout.strip().splitlines()[-1])["replayed"] == 100
+    summary = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["acknowledged"] == 100 and summary["finished"]
 
     replayed = []
     async for rec in read_to_end(broker, target):
-        assert dict(rec.headers)["replay.from"].startswith(source.encode())
+        headers = dict(rec.headers)
+        assert headers["replay.from"].startswith(source.encode())
+        assert headers["traceparent"] == b"00-x" and headers["origin"] == b"backfill"
         replayed.append(orjson.loads(rec.value)["n"])
     assert sorted(replayed) == list(range(100, 200))
