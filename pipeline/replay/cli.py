@@ -32,7 +32,7 @@ from pipeline.errors import TopologyError
 from pipeline.kafka_io import ensure_topics
 from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or_start
 from pipeline.replay.dry_run import dry_run
-from pipeline.replay.files import EventFile, Row, count_rows
+from pipeline.replay.files import EventFile, Row, UnreadableFile, count_rows
 from pipeline.replay.mapping import load_mapping
 from pipeline.replay.progress import Progress
 from pipeline.replay.sender import ReplayFailed, Sender, destination_ends, rows_already_sent
@@ -86,10 +86,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         if args.dry_run:
-            report = asyncio.run(
-                dry_run(_rows(source, 0), parse_rules(topology), destination, "dry-run", progress)
-            )
-            code = 0
+            try:
+                report = asyncio.run(
+                    dry_run(_rows(source, 0), parse_rules(topology), destination, "dry-run", progress)
+                )
+                code = 0
+            except UnreadableFile as err:
+                report, code = {"dry_run": True, "error": str(err)}, EXIT_FAILED
         else:
             path = args.checkpoint or _default_checkpoint(identity, destination)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +155,7 @@ async def _replay(
         else:
             done = await sender.run(_rows(source, resumed_at), stop)
             code = 0 if done else EXIT_INTERRUPTED
-    except ReplayFailed as err:
+    except (ReplayFailed, UnreadableFile) as err:
         code, error = EXIT_FAILED, str(err)
         log.error("replay stopped: %s; its checkpoint %s resumes it", err, path)
     finally:

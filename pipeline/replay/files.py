@@ -24,6 +24,11 @@ from pipeline.replay.mapping import IDENTITY, ColumnMapping, Mapper
 Format = Literal["jsonl", "csv"]
 GZIP_MAGIC = b"\x1f\x8b"
 CSV_FIELD_LIMIT = 1 << 20  # a cell past this is a broken file, not an event
+csv.field_size_limit(CSV_FIELD_LIMIT)
+
+
+class UnreadableFile(ValueError):
+    """A file the reader cannot go on with (a broken CSV record): where and why."""
 
 
 @dataclass(frozen=True)
@@ -110,11 +115,14 @@ class EventFile:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
         tabs = ".tsv" in (s.lower() for s in self.path.suffixes)
         dialect: type[csv.Dialect] = csv.excel_tab if tabs else csv.excel
-        csv.field_size_limit(CSV_FIELD_LIMIT)
         reader = csv.DictReader(text, dialect=dialect)
-        for number, row in enumerate(reader):
-            if number >= start:
-                yield number, {k: v for k, v in row.items() if k is not None}
+        number = 0
+        try:
+            for number, row in enumerate(reader):
+                if number >= start:
+                    yield number, {k: v for k, v in row.items() if k is not None}
+        except csv.Error as err:
+            raise UnreadableFile(f"{self.path}: line {reader.line_num} (row {number + 1}): {err}") from err
 
 
 def _lines(raw: IO[bytes]) -> Iterator[bytes]:
@@ -134,10 +142,14 @@ def _user_key_of_line(line: bytes) -> bytes | None:
     return str(user).encode() if user is not None else None
 
 
-def count_rows(path: Path, fmt: Format) -> int:
-    """Rows in a file (for the progress bar's total and ETA): one pass, bounded memory."""
+def count_rows(path: Path, fmt: Format) -> int | None:
+    """Rows in a file (for the progress bar's total and ETA): one pass, bounded memory; None
+    if the file breaks off (the replay then says where, when it gets there)."""
     with open_binary(path) as raw:
         if fmt == "csv":
             text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-            return max(sum(1 for _ in csv.reader(text)) - 1, 0)
+            try:
+                return max(sum(1 for _ in csv.reader(text)) - 1, 0)
+            except csv.Error:
+                return None
         return sum(1 for _ in _lines(raw))

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from pipeline.kafka_io import batches_to_end, topic_partitions
@@ -77,12 +79,18 @@ class Sender:
                     self.progress.update(self.counts, self.checkpoint.next_row + len(self._pending))
             else:
                 finished = True
-            await asyncio.wait_for(self._drain(), FINAL_ACK_TIMEOUT_S)
         finally:
-            self._advance()
+            # However the loop ended (done, stopped, a row refused), what is in flight gets its
+            # answer first (bounded), so the checkpoint holds everything acknowledged.
+            await self._settle()
             self.checkpoint.finished = finished and not self._pending
             self._save()
             self.progress.update(self.counts, self.checkpoint.next_row)
+        if self._pending:  # a send failed, or its answer did not come in time
+            self._advance()  # raises ReplayFailed for a failed one
+            raise ReplayFailed(
+                f"row {self._pending[0][0]}: no acknowledgement in {FINAL_ACK_TIMEOUT_S:.0f} s"
+            )
         return self.checkpoint.finished
 
     async def _send(self, row: Row, run: bytes) -> None:
@@ -100,7 +108,10 @@ class Sender:
             (REPLAY_RUN_HEADER, run),
             (ROW_HEADER, str(row.number).encode()),
         ]
-        future = await self.producer.send(self.topic, row.value, key=row.key, headers=headers)
+        try:
+            future = await self.producer.send(self.topic, row.value, key=row.key, headers=headers)
+        except KafkaError as err:  # refused before sending: too large for the producer, ...
+            raise ReplayFailed(f"row {row.number}: cannot be sent: {err!r}") from err
         self.counts.sent += 1
         self._pending.append((row.number, future))
 
@@ -116,7 +127,8 @@ class Sender:
                 if error is not None:
                     raise ReplayFailed(f"row {number}: the broker did not take it: {error!r}") from error
                 meta = future.result()
-                checkpoint.partition_marks[meta.partition] = meta.offset + 1
+                marks = checkpoint.partition_marks
+                marks[meta.partition] = max(marks.get(meta.partition, 0), meta.offset + 1)
                 checkpoint.acknowledged += 1
                 self.counts.acknowledged += 1
             else:
@@ -130,9 +142,13 @@ class Sender:
             await asyncio.wait([future])
         self._advance()
 
-    async def _drain(self) -> None:
-        while self._pending:
-            await self._wait_oldest()
+    async def _settle(self) -> None:
+        """Wait (bounded) for every send in flight, then move the prefix as far as it goes."""
+        futures = [f for _, f in self._pending if f is not None and not f.done()]
+        if futures:
+            await asyncio.wait(futures, timeout=FINAL_ACK_TIMEOUT_S)
+        with contextlib.suppress(ReplayFailed):
+            self._advance()
 
     def _save(self) -> None:
         if self.checkpoint_path is not None:
