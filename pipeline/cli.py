@@ -174,7 +174,8 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     from pipeline.redrive import redrive
 
     _setup_logging(args, "WARNING")
-    report = asyncio.run(redrive(load_topology(args.topology), args.reason, args.dry_run))
+    bar = {"auto": None, "bar": True, "log": False}[args.progress]
+    report = asyncio.run(redrive(load_topology(args.topology), args.reason, args.dry_run, args.rate, bar))
     print(orjson.dumps(report).decode())
     return 0
 
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="dead-letter reason to re-drive (repeatable), e.g. invalid_argument",
     )
     p.add_argument("--dry-run", action="store_true", help="count only, send nothing")
+    p.add_argument("--rate", type=float, default=0.0, help="re-sends per second (0: as fast as acknowledged)")
+    p.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
     p.set_defaults(func=cmd_redrive)
     add_replay_command(sub, common)
     p = command("schema", "print the topology files' JSON Schema (for editors)")

@@ -3,6 +3,7 @@ seconds otherwise (a job's log has no use for carriage returns)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -19,6 +20,21 @@ class Counts:
     acknowledged: int = 0  # confirmed by the broker
     skipped: int = 0  # dropped by the mapping on purpose (otherwise: skip)
     already_sent: int = 0  # acknowledged by an earlier, interrupted run: not sent again
+
+
+class Pacer:
+    """Holds a loop to ``rate`` items per second (0: no bound), from its first item."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.started = time.monotonic()
+
+    async def wait(self, done: int) -> None:
+        """Sleep until ``done`` items are due (sleeps shorter than 5 ms are not worth taking)."""
+        if self.rate > 0:
+            ahead = self.started + done / self.rate - time.monotonic()
+            if ahead > 0.005:
+                await asyncio.sleep(ahead)
 
 
 class Progress:

@@ -24,7 +24,7 @@ from pipeline.kafka_io import batches_to_end, topic_partitions
 from pipeline.operators.parse import REPLAY_RUN_HEADER
 from pipeline.replay.checkpoint import Checkpoint
 from pipeline.replay.files import Row
-from pipeline.replay.progress import Counts, Progress
+from pipeline.replay.progress import Counts, Pacer, Progress
 
 ORIGIN_HEADER = "origin"
 ROW_HEADER = "replay.row"
@@ -55,8 +55,8 @@ class Sender:
     async def run(self, rows: AsyncIterator[Row], stop: asyncio.Event) -> bool:
         """Send every row from the checkpoint on; True when the source is done, False when
         ``stop`` cut it short. The checkpoint is saved either way (ReplayFailed too)."""
-        started = time.monotonic()
-        next_save = started + CHECKPOINT_EVERY_S
+        pacer = Pacer(self.rate)
+        next_save = time.monotonic() + CHECKPOINT_EVERY_S
         run = self.checkpoint.run_id.encode()
         finished = False
         try:
@@ -65,10 +65,7 @@ class Sender:
                     break
                 self.counts.read += 1
                 await self._send(row, run)
-                if self.rate > 0:
-                    ahead = started + self.counts.read / self.rate - time.monotonic()
-                    if ahead > 0.005:
-                        await asyncio.sleep(ahead)
+                await pacer.wait(self.counts.read)
                 self._advance()
                 if len(self._pending) >= MAX_PENDING:
                     await self._wait_oldest()
