@@ -18,6 +18,7 @@ import orjson
 
 from pipeline import logs
 from pipeline.errors import Fatal, TopologyError
+from pipeline.recsys.cli import add_train_command
 from pipeline.replay.cli import add_replay_command
 from pipeline.topology.loader import all_problems, load_topology
 
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
     p.set_defaults(func=cmd_redrive)
     add_replay_command(sub, common)
+    add_train_command(sub, common)
     p = command("schema", "print the topology files' JSON Schema (for editors)")
     p.set_defaults(func=cmd_schema)
     # listed for --help; main() hands `bench ...` to the script before parsing
