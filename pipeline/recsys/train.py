@@ -44,7 +44,9 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "re
 TYPE_WEIGHTS: dict[str, tuple[float, float, float]] = {"graded": (1.0, 3.0, 8.0), "flat": (1.0, 1.0, 1.0)}
 TYPE_CONFIDENCE = dict(zip(TYPE_NAMES, TYPE_WEIGHTS["graded"], strict=True))
 MIN_USER_ITEMS = 3  # distinct items a user needs to give a test and a validation event
-EVAL_USERS_MAX = 5_000  # validation users scored per candidate (a seeded sample past this)
+# Validation users scored per candidate (a seeded sample past this): at most 5,000, fewer
+# on large catalogues (10^8 scores), never fewer than 1,000.
+EVAL_USERS_MAX, EVAL_USERS_MIN, EVAL_SCORES_MAX = 5_000, 1_000, 100_000_000
 EVAL_SCORE_BLOCK = 1 << 24  # scores (users × items) per block of the evaluation
 GRID_ENTRIES_MAX = 2_000_000  # train pairs for the grid; past this, a sample of users
 SIGNIFICANCE_Z = 2.0  # a candidate must beat popularity by this many standard errors
@@ -239,7 +241,7 @@ class EvalSet:
 
 
 def hits(model: ServedModel, ev: EvalSet, k: int) -> np.ndarray:
-    """Per evaluated user: is the held-out item among the model's top k (as served)?"""
+    """Per evaluated user: is the held-out item among the top k the model serves?"""
     rec = model.recommender()
     n_items = max(model.item_emb.shape[0], 1)
     step = max(1, EVAL_SCORE_BLOCK // n_items)
@@ -248,6 +250,32 @@ def hits(model: ServedModel, ev: EvalSet, k: int) -> np.ndarray:
         end = start + step
         ids, _ = rec.recommend_dense(ev.users[start:end], ev.history[start:end], k)
         out[start:end] = (ids == ev.truth[start:end, None]).any(axis=1)
+    return out
+
+
+def hit_table(model: ServedModel, ev: EvalSet, k: int, biases: Sequence[np.ndarray]) -> np.ndarray:
+    """hits() for the model with each of ``biases`` as its item bias (biases × users), from
+    one matrix product: the held-out item is a hit when fewer than k items outside the
+    history score at least as high (ties count against it)."""
+    rec = model.recommender()
+    n_items = max(model.item_emb.shape[0], 1)
+    step = max(1, EVAL_SCORE_BLOCK // n_items)
+    out = np.zeros((len(biases), len(ev.users)), dtype=bool)
+    for start in range(0, len(ev.users), step):
+        end = min(start + step, len(ev.users))
+        history = ev.history[start:end]
+        vecs = scoring.user_vectors(
+            ev.users[start:end], history, rec.user_emb, rec.item_emb, rec.user_weight, rec.history_weight
+        )
+        base = vecs @ rec.item_emb.T
+        rows, cols = np.nonzero(history != scoring.HISTORY_PAD)
+        base[rows, history[rows, cols]] = -np.inf
+        truth = ev.truth[start:end]
+        at = np.arange(end - start)
+        for b, bias in enumerate(biases):
+            scores = base + bias
+            mine = scores[at, truth]
+            out[b, start:end] = (scores >= mine[:, None]).sum(axis=1) - 1 < k
     return out
 
 
@@ -291,7 +319,15 @@ class Candidate:
             base = f"svd {self.svd.label()}"
         return f"{base} user*{self.mode[0]:g}+history*{self.mode[1]:g} +{self.beta:.3g}*log(pop)"
 
-    def fit(self, ds: Dataset, mask: np.ndarray) -> ServedModel:
+    def fit(
+        self,
+        ds: Dataset,
+        mask: np.ndarray,
+        svd_cache: dict[float, np.ndarray] | None = None,
+        svd_rank: int = 0,
+    ) -> ServedModel:
+        """``svd_cache``: SVD factors by damping, shared by candidates on the same mask (a
+        lower rank is the leading columns of a higher one); ``svd_rank``: rank to compute."""
         by_user, by_item = pair_matrices(ds, mask, self.weights)
         pop = popularity_model(by_user, ds.n_items)
         if self.family == "popularity":
@@ -300,7 +336,12 @@ class Candidate:
             user_emb, item_emb = train_als(by_user, by_item, self.als)
         else:
             assert self.svd is not None
-            item_emb = svd_item_factors(by_user, ds.n_items, self.svd)
+            cache = {} if svd_cache is None else svd_cache
+            damping = self.svd.popularity_damping
+            if damping not in cache or cache[damping].shape[1] < self.svd.rank:
+                config = replace(self.svd, rank=max(self.svd.rank, svd_rank))
+                cache[damping] = svd_item_factors(by_user, ds.n_items, config)
+            item_emb = np.ascontiguousarray(cache[damping][:, : self.svd.rank])
             user_emb = mean_item_vectors(by_user, item_emb)
         return ServedModel(item_emb, user_emb, self.beta * pop.item_bias, *self.mode)
 
@@ -348,8 +389,9 @@ def select(ds: Dataset, split: Split, config: TrainConfig, k: int, history_lengt
     best that beats popularity significantly, else popularity itself."""
     started = time.monotonic()
     mask, rows = _grid_mask(ds, split, config.seed)
-    if len(rows) > EVAL_USERS_MAX:
-        rows = np.sort(np.random.default_rng(config.seed).choice(rows, EVAL_USERS_MAX, replace=False))
+    most = min(EVAL_USERS_MAX, max(EVAL_USERS_MIN, EVAL_SCORES_MAX // max(ds.n_items, 1)))
+    if len(rows) > most:
+        rows = np.sort(np.random.default_rng(config.seed).choice(rows, most, replace=False))
     ev = eval_set(ds, mask, split.val_users[rows], split.val_pos[rows], history_length)
     by_user, _ = pair_matrices(ds, mask, "graded")
     pop = popularity_model(by_user, ds.n_items)
@@ -363,24 +405,29 @@ def select(ds: Dataset, split: Split, config: TrainConfig, k: int, history_lengt
         Candidate("als", als=a, weights=w) for w in config.als_weights for a in config.als
     ]
     pop_std = float(np.std(pop.item_bias)) or 1.0
+    svd_cache: dict[float, np.ndarray] = {}
+    svd_ranks: dict[float, int] = {}
+    for svd in config.svd:
+        svd_ranks[svd.popularity_damping] = max(svd.rank, svd_ranks.get(svd.popularity_damping, 0))
     for base in bases:
         if time.monotonic() - started > config.time_budget_s:
             skipped.append(f"{base.label().split(' user*')[0]}: time budget")
             continue
         t0 = time.monotonic()
-        fitted = base.fit(ds, mask)
+        fitted = base.fit(
+            ds, mask, svd_cache, svd_ranks.get(base.svd.popularity_damping, 0) if base.svd else 0
+        )
         fit_s = time.monotonic() - t0
         by_mode = []
         for mode in config.modes:
             model = replace(fitted, user_weight=mode[0], history_weight=mode[1])
-            by_mode.append((float(hits(model, ev, k).mean()), mode, model))
+            no_bias = np.zeros(ds.n_items, dtype=np.float32)
+            by_mode.append((float(hit_table(model, ev, k, [no_bias])[0].mean()), mode, model))
         plain, mode, model = max(by_mode, key=lambda m: m[0])
         scale = score_scale(model, ev) / pop_std
-        results: list[tuple[float, float, np.ndarray]] = []
-        for rel in config.betas:
-            beta = rel * scale
-            h = hits(replace(model, item_bias=beta * pop.item_bias), ev, k)
-            results.append((float(h.mean()), beta, h))
+        betas = [rel * scale for rel in config.betas]
+        table = hit_table(model, ev, k, [beta * pop.item_bias for beta in betas])
+        results = [(float(h.mean()), beta, h) for beta, h in zip(betas, table, strict=True)]
         rate, beta, h = max(results, key=lambda r: r[0])
         entry = Tried(base.label().split(" user*")[0], rate, plain, mode, beta, fit_s, beats(h, pop_hits))
         tried.append(entry)
@@ -514,7 +561,11 @@ def train_log(
     say(f"chose {selection.chosen.label()} ({selection.reason}); refitting on train + validation")
     model = selection.chosen.fit(ds, split.fit)
     pop = popularity_model(pair_matrices(ds, split.fit, "graded")[0], ds.n_items)
-    test = eval_set(ds, split.fit, split.val_users, split.test_pos, history_length)
+    rows = np.arange(len(split.val_users))
+    most = max(EVAL_USERS_MIN, 2 * EVAL_SCORES_MAX // max(ds.n_items, 1))
+    if len(rows) > most:  # a seeded sample on big data
+        rows = np.sort(np.random.default_rng(config.seed + 1).choice(rows, most, replace=False))
+    test = eval_set(ds, split.fit, split.val_users[rows], split.test_pos[rows], history_length)
     model_hits, pop_hits = hits(model, test, top_k), hits(pop, test, top_k)
     hit_model = float(model_hits.mean()) if len(model_hits) else 0.0
     hit_pop = float(pop_hits.mean()) if len(pop_hits) else 0.0
