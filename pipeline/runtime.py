@@ -367,8 +367,15 @@ class PipelineRuntime:
         problems = contract_problems(served, sig, wiring.largest_batch(self.topology))
         if problems:
             raise ModelContractError("; ".join(problems))
+        self.dispatcher.reads = served.reads  # parameters Triton would ignore are not sent
         self.model_checked = True
-        log.info("model %s fits the topology (max_batch_size %d)", served.name, served.max_batch_size)
+        log.info(
+            "model %s fits the topology (max_batch_size %d; request priority %s, timeout %s)",
+            served.name,
+            served.max_batch_size,
+            "sent" if served.reads.priority else "not read by its queue, not sent",
+            "sent" if served.reads.timeout else "not read by its queue, not sent",
+        )
 
     async def _check_model_meanwhile(self, first_wait: asyncio.Task[None]) -> None:
         """What the start did not wait for. Consumption stays held until it passes; a

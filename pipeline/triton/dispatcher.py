@@ -22,6 +22,7 @@ from pipeline.control.retry import RetryPolicy
 from pipeline.events import BatchOutcome, DeadLetter, InferenceBatch, Recommendations, UserRequest
 from pipeline.metrics import Metrics
 from pipeline.triton import codec
+from pipeline.triton.contract import ReadParameters
 from pipeline.triton.lifecycle import LifecycleCounts, RequestState
 from pipeline.triton.streams import StreamPool
 
@@ -63,6 +64,7 @@ class Dispatcher:
         self.lifecycle = LifecycleCounts()
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._sends = itertools.count()  # makes request ids unique per send
+        self.reads = ReadParameters()  # set from the served model's config once it is checked
 
     async def infer(self, batch: InferenceBatch) -> BatchOutcome:
         sig = self.config.signature
@@ -146,7 +148,13 @@ class Dispatcher:
             left_s = (deadline_ms(rows, self.config.end_to_end_ms) - _now_ms()) / 1000.0
             timeout_s = max(0.001, min(timeout_s, left_s))
         req_id = codec.request_id(rows[0].events[0].ref, len(rows), attempt, next(self._sends))
-        request = codec.encode(rows, sig, req_id, batch.priority, int(timeout_s * 1_000_000))
+        request = codec.encode(
+            rows,
+            sig,
+            req_id,
+            batch.priority if self.reads.priority else 0,
+            int(timeout_s * 1_000_000) if self.reads.timeout else None,
+        )
         states.enter(RequestState.READ, RequestState.START)
         stream = self.pool.pick()
         started = time.perf_counter()

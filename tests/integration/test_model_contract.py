@@ -43,3 +43,18 @@ async def test_a_topology_that_does_not_fit_the_model_stops_at_start(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeline stopped: ") and message in last, last
     assert [r async for r in read_to_end(topology.broker, topology.sink.dead_letter_topic)] == []
+
+
+async def test_the_served_models_queue_says_which_parameters_are_sent(stack) -> None:
+    """The shipped model has a plain queue: Triton would ignore a request's priority and
+    timeout, so the dispatcher leaves them out (they cost its Python backend per row)."""
+    from pipeline.triton.contract import ReadParameters, fetch_served_model
+    from pipeline.triton.streams import StreamPool
+
+    topology = Topology.model_validate(topology_on_stack(stack))
+    pool = StreamPool(topology.model.url, 1)
+    try:
+        served = await fetch_served_model(pool.stub, topology.model.name, "")
+    finally:
+        await pool.close()
+    assert served.reads == ReadParameters(priority=False, timeout=False)

@@ -85,3 +85,24 @@ async def test_a_model_missing_from_a_starting_server_is_waited_for() -> None:
 async def test_a_model_missing_from_a_ready_server_is_a_contract_error() -> None:
     with pytest.raises(ModelContractError, match=r"model\.name: 'recommender'"):
         await fetch_served_model(_Stub(server_ready=True), "recommender", "")  # type: ignore[arg-type]
+
+
+def test_parameters_the_queue_ignores_are_not_sent() -> None:
+    """priority only with priority levels, timeout only where a queue policy lets a request
+    override it (Triton ignores them otherwise, and pays ~7 % per row for them)."""
+    from tritonclient.grpc import model_config_pb2
+
+    from pipeline.triton.contract import ReadParameters, read_parameters
+
+    plain = model_config_pb2.ModelConfig()
+    plain.dynamic_batching.max_queue_delay_microseconds = 500
+    assert read_parameters(plain) == ReadParameters(priority=False, timeout=False)
+    levels = model_config_pb2.ModelConfig()
+    levels.dynamic_batching.priority_levels = 3
+    levels.dynamic_batching.default_queue_policy.allow_timeout_override = True
+    assert read_parameters(levels) == ReadParameters(priority=True, timeout=True)
+    per_level = model_config_pb2.ModelConfig()
+    per_level.dynamic_batching.priority_levels = 2
+    per_level.dynamic_batching.priority_queue_policy[1].allow_timeout_override = True
+    assert read_parameters(per_level) == ReadParameters(priority=True, timeout=True)
+    assert read_parameters(model_config_pb2.ModelConfig()) == ReadParameters()  # another scheduler
