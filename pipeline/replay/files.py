@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ class EventFile:
             if self.format == "csv":
                 yield from self._csv_rows(raw, start)
                 return
-            for number, line in enumerate(_lines(raw)):
+            for number, line in enumerate(_lines(raw, self.path)):
                 if number < start:
                     continue
                 try:
@@ -96,7 +97,7 @@ class EventFile:
         """The rows to send, from row ``start`` on."""
         if self.format == "jsonl" and self.mapping is None:
             with open_binary(self.path) as raw:
-                for number, line in enumerate(_lines(raw)):
+                for number, line in enumerate(_lines(raw, self.path)):
                     if number >= start:
                         yield Row(number, line, _user_key_of_line(line))
             return
@@ -112,25 +113,43 @@ class EventFile:
             yield Row(number, orjson.dumps(event), str(user).encode() if user is not None else None)
 
     def _csv_rows(self, raw: IO[bytes], start: int) -> Iterator[tuple[int, dict[str, object]]]:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        # utf-8-sig: a byte-order mark (spreadsheet exports write one) is not part of the first column's name
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
         tabs = ".tsv" in (s.lower() for s in self.path.suffixes)
         dialect: type[csv.Dialect] = csv.excel_tab if tabs else csv.excel
         reader = csv.DictReader(text, dialect=dialect)
-        number = 0
+        number = -1
         try:
             for number, row in enumerate(reader):
                 if number >= start:
                     yield number, {k: v for k, v in row.items() if k is not None}
         except csv.Error as err:
             raise UnreadableFile(f"{self.path}: line {reader.line_num} (row {number + 1}): {err}") from err
+        except READ_ERRORS as err:
+            raise UnreadableFile(f"{self.path}: after row {number}: {_why(err)}") from err
 
 
-def _lines(raw: IO[bytes]) -> Iterator[bytes]:
-    """Non-blank lines, without their line ends."""
-    for line in raw:
-        stripped = line.strip()
-        if stripped:
-            yield stripped
+READ_ERRORS = (OSError, EOFError, zlib.error)  # a truncated or corrupt gzip stream, a read that failed
+BOM = b"\xef\xbb\xbf"
+
+
+def _why(err: BaseException) -> str:
+    return f"cannot read on: {err or type(err).__name__}"
+
+
+def _lines(raw: IO[bytes], path: Path) -> Iterator[bytes]:
+    """Non-blank lines, without their line ends (nor a byte-order mark before the first)."""
+    number = -1
+    try:
+        for line in raw:
+            stripped = line.strip()
+            if number < 0:
+                stripped = stripped.removeprefix(BOM).strip()
+            if stripped:
+                number += 1
+                yield stripped
+    except READ_ERRORS as err:
+        raise UnreadableFile(f"{path}: after row {number}: {_why(err)}") from err
 
 
 def _user_key_of_line(line: bytes) -> bytes | None:
@@ -146,10 +165,10 @@ def count_rows(path: Path, fmt: Format) -> int | None:
     """Rows in a file (for the progress bar's total and ETA): one pass, bounded memory; None
     if the file breaks off (the replay then says where, when it gets there)."""
     with open_binary(path) as raw:
-        if fmt == "csv":
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-            try:
-                return max(sum(1 for _ in csv.reader(text)) - 1, 0)
-            except csv.Error:
-                return None
-        return sum(1 for _ in _lines(raw))
+        try:
+            if fmt == "csv":
+                text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+                return max(sum(1 for record in csv.reader(text) if record) - 1, 0)  # blank lines are no rows
+            return sum(1 for _ in _lines(raw, path))
+        except (csv.Error, UnreadableFile, *READ_ERRORS):
+            return None

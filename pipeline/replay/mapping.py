@@ -19,8 +19,9 @@ Rows a mapping drops on purpose (``otherwise: skip``) are counted as skipped.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,34 +171,54 @@ class Mapper:
         return rule.otherwise if rule.otherwise is not None else value
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what an event can carry (orjson writes no wider int)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _int64(number: int, original: Any) -> Any:
+    """``number`` if it fits an event; else the value as it was (the pipeline names the problem)."""
+    return number if INT64_MIN <= number <= INT64_MAX else original
+
+
 def to_int(value: Any) -> Any:
     """Integers and their text ("42", "42.0") as int; anything else unchanged."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return _int64(int(value), value)
     if isinstance(value, str):
         text = value.strip()
         try:
-            return int(text)
+            return _int64(int(text), value)
         except ValueError:
             number = to_float(text)
             if number is not None and number.is_integer():
-                return int(number)
+                return _int64(int(number), value)
     return value
 
 
 def to_float(value: Any) -> float | None:
+    """A finite number (NaN and infinities are not numbers a mapping can use), else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def iso_to_epoch_ms(text: str) -> int:
+    """ISO 8601 text as epoch ms, exactly (naive text is UTC); ValueError if it is not."""
+    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return (parsed - EPOCH) // timedelta(milliseconds=1)
 
 
 def to_epoch_ms(value: Any, unit: str) -> Any:
@@ -206,13 +227,10 @@ def to_epoch_ms(value: Any, unit: str) -> Any:
         if not isinstance(value, str):
             return value
         try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            return iso_to_epoch_ms(value)
         except ValueError:
             return value
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return int(parsed.timestamp() * 1000)
     number = to_float(value)
     if number is None:
         return value
-    return round(number * 1000) if unit == "s" else int(number)
+    return _int64(round(number * 1000) if unit == "s" else int(number), value)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pipeline.errors import TopologyError
-from pipeline.replay.files import EventFile, count_rows
+from pipeline.replay.files import EventFile, UnreadableFile, count_rows
 from pipeline.replay.mapping import ColumnMapping, Mapper, load_mapping, to_epoch_ms
 
 MOVIES = """\
@@ -124,3 +124,52 @@ def test_jsonl_without_mapping_is_passed_on_byte_for_byte(tmp_path: Path) -> Non
         (2, b'{"user_id": 6}', b"6"),
     ]
     assert count_rows(path, "jsonl") == 3
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    csv_path = tmp_path / "excel.csv"  # spreadsheet exports start with one
+    csv_path.write_bytes(b"\xef\xbb\xbfuserId,movieId,rating,timestamp\r\n7,12,5.0,964982703\r\n\r\n")
+    (row,) = EventFile(csv_path, write_mapping(tmp_path)).rows()
+    assert orjson.loads(row.value or b"")["user_id"] == 7 and row.key == b"7"
+    assert count_rows(csv_path, "csv") == 1  # the blank line is no row
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b'\xef\xbb\xbf{"user_id": 5}\n')
+    assert [(r.value, r.key) for r in EventFile(jsonl).rows()] == [(b'{"user_id": 5}', b"5")]
+
+
+def test_numbers_an_event_cannot_carry_are_passed_on_not_a_traceback(tmp_path: Path) -> None:
+    mapper = Mapper(write_mapping(tmp_path), "ratings")
+    row = {"userId": "1e30", "movieId": str(2**70), "rating": "nan", "timestamp": "inf"}
+    event = mapper.event(row, 0)
+    assert event is not None
+    # as they were: the pipeline dead-letters them (wrong_type, unknown_type), and the row is sent
+    assert (event["user_id"], event["item_id"], event["type"], event["ts"]) == (
+        "1e30",
+        str(2**70),
+        "nan",
+        "inf",
+    )
+    orjson.dumps(event)
+    assert to_epoch_ms("nan", "ms") == "nan" and to_epoch_ms("1e300", "s") == "1e300"
+    assert mapper.event({**row, "rating": "inf", "timestamp": "964982703"}, 1)["type"] == "inf"  # type: ignore[index]
+
+
+def test_iso_times_to_the_millisecond() -> None:
+    # epoch seconds as a float, times 1000, truncated: ...237 (about one time in 150 is 1 ms off)
+    assert to_epoch_ms("1978-07-18T13:00:48.238Z", "iso") == 269_614_848_238
+    assert to_epoch_ms("1978-07-18T14:00:48.238+01:00", "iso") == 269_614_848_238
+    assert to_epoch_ms("1969-12-31T23:59:59.999", "iso") == -1
+
+
+def test_a_truncated_gzip_file_stops_with_where_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "cut.csv.gz"
+    lines = ["userId,movieId,rating,timestamp"] + [f"{u},{u},4.0,{964981247 + u}" for u in range(5_000)]
+    whole = gzip.compress("\n".join(lines).encode())
+    path.write_bytes(whole[: len(whole) // 2])  # a download that broke off
+    assert count_rows(path, "csv") is None
+    with pytest.raises(UnreadableFile, match=r"cut\.csv\.gz: after row"):
+        list(EventFile(path, write_mapping(tmp_path)).rows())
+    jsonl = tmp_path / "cut.jsonl"
+    jsonl.write_bytes(gzip.compress(b'{"user_id": 1}\n' * 5_000)[:-30])
+    with pytest.raises(UnreadableFile, match=r"cut\.jsonl"):
+        list(EventFile(jsonl).rows())
