@@ -25,6 +25,8 @@ class Checkpoint:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     next_row: int = 0
     partition_marks: dict[int, int] = field(default_factory=dict)  # destination partition → offset
+    # a topic range: source partition → [first offset, end], located once (rows keep their numbers)
+    source_offsets: dict[int, list[int]] = field(default_factory=dict)
     acknowledged: int = 0
     skipped: int = 0
     finished: bool = False
@@ -34,6 +36,7 @@ class Checkpoint:
         tmp = path.with_name(path.name + ".tmp")
         data = asdict(self)
         data["partition_marks"] = {str(k): v for k, v in self.partition_marks.items()}
+        data["source_offsets"] = {str(k): list(v) for k, v in self.source_offsets.items()}
         with tmp.open("wb") as handle:
             handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
             handle.flush()
@@ -44,6 +47,9 @@ class Checkpoint:
     def load(cls, path: Path) -> Checkpoint:
         data = orjson.loads(path.read_bytes())
         data["partition_marks"] = {int(k): int(v) for k, v in data.get("partition_marks", {}).items()}
+        data["source_offsets"] = {
+            int(k): [int(v[0]), int(v[1])] for k, v in data.get("source_offsets", {}).items()
+        }
         return cls(**data)
 
 
@@ -55,7 +61,10 @@ def resume_or_start(path: Path | None, source: str, destination: str) -> Checkpo
     """The checkpoint at ``path`` if it is this replay's, else a fresh one."""
     if path is None or not path.exists():
         return Checkpoint(source, destination)
-    checkpoint = Checkpoint.load(path)
+    try:
+        checkpoint = Checkpoint.load(path)
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise CheckpointMismatch(f"{path}: not a replay checkpoint ({err})") from None
     if (checkpoint.source, checkpoint.destination) != (source, destination):
         raise CheckpointMismatch(
             f"{path}: the checkpoint is of {checkpoint.source} → {checkpoint.destination}, "

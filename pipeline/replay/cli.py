@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from pipeline import kafka_clients
 from pipeline.errors import TopologyError
@@ -81,20 +82,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology)
     destination = _destination(args, topology)
     source, identity = _source(args, topology)
-    total = count_rows(source.path, source.format) if isinstance(source, EventFile) else None
-    progress = Progress(total, bar={"auto": None, "bar": True, "log": False}[args.progress])
     started = time.monotonic()
+    progress: Progress | None = None
+    report: dict[str, Any] = {"dry_run": True} if args.dry_run else {}
     try:
+        total = count_rows(source.path, source.format) if isinstance(source, EventFile) else None
+        progress = Progress(total, bar={"auto": None, "bar": True, "log": False}[args.progress])
         if args.dry_run:
-            try:
-                report = asyncio.run(
-                    dry_run(_rows(source, 0), parse_rules(topology), destination, "dry-run", progress)
-                )
-                code = 0
-            except UnreadableFile as err:
-                report, code = {"dry_run": True, "error": str(err)}, EXIT_FAILED
+            report = asyncio.run(
+                dry_run(_rows(source, 0), parse_rules(topology), destination, "dry-run", progress)
+            )
+            code = 0
         else:
-            path = args.checkpoint or _default_checkpoint(identity, destination)
+            path = _checkpoint_path(args.checkpoint, identity, destination)
             path.parent.mkdir(parents=True, exist_ok=True)
             if args.restart:
                 path.unlink(missing_ok=True)
@@ -105,8 +105,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
             code, report = asyncio.run(
                 _replay(topology, source, destination, checkpoint, path, args, progress)
             )
+    except UnreadableFile as err:
+        code = EXIT_FAILED
+        report["error"] = str(err)
+    except KeyboardInterrupt:  # before the replay's own handler (counting rows, the resume's scan)
+        code = EXIT_INTERRUPTED
+        report["error"] = "interrupted"
+    except (KafkaError, TimeoutError, OSError) as err:  # the broker, or the file, failed us
+        code = EXIT_FAILED
+        report["error"] = f"{type(err).__name__}: {err}"
+        log.error("replay stopped: %s", report["error"])
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
     elapsed = time.monotonic() - started
     report.update(
         source=identity,
@@ -128,17 +139,9 @@ async def _replay(
     progress: Progress,
 ) -> tuple[int, dict[str, Any]]:
     await ensure_topics(topology.broker, [destination], args.partitions)
-    consumer = kafka_clients.consumer(topology.broker, client_suffix="-replay-resume")
-    await consumer.start()
-    try:
-        if checkpoint.next_row == 0 and not checkpoint.partition_marks:
-            checkpoint.partition_marks = await destination_ends(consumer, destination)
-            checkpoint.save(path)
-            already: set[int] = set()
-        else:
-            already = await rows_already_sent(consumer, checkpoint, destination)
-    finally:
-        await consumer.stop()
+    already: set[int] = set()
+    if not checkpoint.finished:  # (a finished one sends nothing: no need to read the destination)
+        already = await _prepare(topology, source, destination, checkpoint, path)
     resumed_at = checkpoint.next_row
     producer = kafka_clients.producer(
         topology.broker, client_suffix="-replay", linger_ms=20, max_batch_size=256 * 1024
@@ -155,8 +158,8 @@ async def _replay(
         else:
             done = await sender.run(_rows(source, resumed_at), stop)
             code = 0 if done else EXIT_INTERRUPTED
-    except (ReplayFailed, UnreadableFile) as err:
-        code, error = EXIT_FAILED, str(err)
+    except (ReplayFailed, UnreadableFile, KafkaError, TimeoutError, OSError) as err:
+        code, error = EXIT_FAILED, str(err) or type(err).__name__
         log.error("replay stopped: %s; its checkpoint %s resumes it", err, path)
     finally:
         await producer.stop()
@@ -176,6 +179,32 @@ async def _replay(
     if error:
         report["error"] = error
     return code, report
+
+
+async def _prepare(
+    topology: Topology, source: EventFile | TopicRange, destination: str, checkpoint: Checkpoint, path: Path
+) -> set[int]:
+    """A fresh run: where the topic range and the destination start, saved before any send.
+    A resumed one: the rows past its checkpoint that are in the destination already."""
+    consumer = kafka_clients.consumer(topology.broker, client_suffix="-replay-resume")
+    await consumer.start()
+    try:
+        if isinstance(source, TopicRange):
+            if checkpoint.source_offsets:  # the range located by the first run: rows keep their numbers
+                source.offsets = {p: (first, end) for p, (first, end) in checkpoint.source_offsets.items()}
+            elif checkpoint.next_row or checkpoint.partition_marks:
+                raise TopologyError(
+                    str(path), "source_offsets", "the checkpoint does not say where the range is (--restart)"
+                )
+            else:
+                checkpoint.source_offsets = {p: list(o) for p, o in (await source.locate()).items()}
+        if checkpoint.next_row == 0 and not checkpoint.partition_marks:
+            checkpoint.partition_marks = await destination_ends(consumer, destination)
+            checkpoint.save(path)
+            return set()
+        return await rows_already_sent(consumer, checkpoint, destination)
+    finally:
+        await consumer.stop()
 
 
 def peak_rss_mb() -> float:
@@ -200,7 +229,10 @@ def _destination(args: argparse.Namespace, topology: Topology) -> str:
 
 def _source(args: argparse.Namespace, topology: Topology) -> tuple[EventFile | TopicRange, str]:
     if args.topic:
-        source = TopicRange(topology.broker, args.topic, args.since, args.until)
+        try:
+            source = TopicRange(topology.broker, args.topic, args.since, args.until)
+        except ValueError as err:
+            raise TopologyError("--since/--until", "", f"not an ISO 8601 time: {err}") from None
         return source, source.identity
     if not args.file.is_file():
         raise TopologyError(str(args.file), "", "no such file")
@@ -211,7 +243,20 @@ def _source(args: argparse.Namespace, topology: Topology) -> tuple[EventFile | T
     return events, f"file:{args.file.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
 
 
-def _default_checkpoint(identity: str, destination: str) -> Path:
+def _checkpoint_path(given: Path | None, identity: str, destination: str) -> Path:
+    if given is not None:
+        return given
+    path = _default_checkpoint(identity, destination)
+    # the name a checkpoint had before it left the file's version out
+    legacy = path.with_name(_default_checkpoint(identity, destination, versioned=True).name)
+    return legacy if legacy.exists() and not path.exists() else path
+
+
+def _default_checkpoint(identity: str, destination: str, versioned: bool = False) -> Path:
+    """Named after the file without its version (size, mtime): a changed file finds its old
+    checkpoint and is refused, instead of starting over and sending every row again."""
+    if identity.startswith("file:") and not versioned:
+        identity = identity.rsplit(":", 2)[0]
     digest = hashlib.sha1(f"{identity}\x1f{destination}".encode()).hexdigest()[:12]
     name = identity.split(":")[1].rsplit("/", 1)[-1]
     return Path(".pipeline-replay") / f"{name}-{destination}-{digest}.json"

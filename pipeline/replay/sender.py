@@ -25,6 +25,7 @@ from pipeline.operators.parse import REPLAY_RUN_HEADER
 from pipeline.replay.checkpoint import Checkpoint
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Pacer, Progress
+from pipeline.replay.topic import high_watermarks
 
 ORIGIN_HEADER = "origin"
 ROW_HEADER = "replay.row"
@@ -51,6 +52,13 @@ class Sender:
     _pending: collections.deque[tuple[int, asyncio.Future[RecordMetadata] | None]] = field(
         default_factory=collections.deque
     )
+
+    def __post_init__(self) -> None:
+        # Rows an earlier attempt got into the topic sit before every send of this one. Until
+        # the prefix is past all of them the marks stay where the scan found them: a mark moved
+        # past one (by an acknowledgement of this attempt) would hide it from the next resume,
+        # and it would be sent twice.
+        self._marks_held_below = max(self.already_sent, default=-1) + 1
 
     async def run(self, rows: AsyncIterator[Row], stop: asyncio.Event) -> bool:
         """Send every row from the checkpoint on; True when the source is done, False when
@@ -124,8 +132,9 @@ class Sender:
                 if error is not None:
                     raise ReplayFailed(f"row {number}: the broker did not take it: {error!r}") from error
                 meta = future.result()
-                marks = checkpoint.partition_marks
-                marks[meta.partition] = max(marks.get(meta.partition, 0), meta.offset + 1)
+                if number >= self._marks_held_below:
+                    marks = checkpoint.partition_marks
+                    marks[meta.partition] = max(marks.get(meta.partition, 0), meta.offset + 1)
                 checkpoint.acknowledged += 1
                 self.counts.acknowledged += 1
             else:
@@ -153,10 +162,13 @@ class Sender:
 
 
 async def destination_ends(consumer: AIOKafkaConsumer, topic: str) -> dict[int, int]:
-    """Where a fresh replay's records will start, per destination partition."""
+    """Where a fresh replay's records will start, per destination partition: the high
+    watermarks a fetch reports. These marks must not be past the run's first record there
+    (a resume reads from them, and would miss and send again what lies before), so they are
+    not ListOffsets' answer, which the embedded broker gets wrong."""
     tps = await topic_partitions(consumer, topic)
-    ends = await consumer.end_offsets(tps)
-    return {tp.partition: int(offset) for tp, offset in ends.items()}
+    ends = await high_watermarks(consumer, tps)
+    return {tp.partition: offset for tp, offset in ends.items()}
 
 
 async def rows_already_sent(consumer: AIOKafkaConsumer, checkpoint: Checkpoint, topic: str) -> set[int]:

@@ -6,25 +6,34 @@ the source record.
 The start is located with ``offsets_for_times`` and checked against the records themselves;
 where the broker answers wrongly (the embedded one does), it is found by binary search on
 record timestamps instead.
+
+The offsets located on the first run are kept in the checkpoint and used again on resume,
+and a row's number is its place in them (a partition's rows follow the previous partition's
+offsets): records that arrive in the source topic meanwhile, or a start found again after
+retention moved, never renumber the rows a resumed run skips by.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import kafka_clients
-from pipeline.kafka_io import at_end, seek_to_start, topic_partitions
+from pipeline.kafka_io import read_position, topic_partitions
 from pipeline.replay.files import Row
+from pipeline.replay.mapping import iso_to_epoch_ms
 from pipeline.topology.schema import Broker
 
 FETCH_TIMEOUT_MS = 5_000
+END_TIMEOUT_S = 10.0  # for a fetch to report every partition's high watermark
+Offsets = dict[int, tuple[int, int]]  # partition → (first offset of the range, end)
 
 
 def epoch_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    """--since / --until: ISO 8601, naive text as UTC (as in a mapping)."""
+    return iso_to_epoch_ms(text)
 
 
 async def _timestamp_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> int:
@@ -57,14 +66,29 @@ async def first_offset_at(consumer: AIOKafkaConsumer, tp: TopicPartition, ts: in
     return lo
 
 
-async def high_watermarks(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """Each partition's end, as fetches report it (the embedded broker's ListOffsets is wrong)."""
+async def high_watermarks(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout_s: float = END_TIMEOUT_S
+) -> dict[TopicPartition, int]:
+    """Each partition's end as a fetch reports it (its high watermark), not ListOffsets: the
+    embedded broker answers ListOffsets(latest) wrongly. ListOffsets' answer only says where to
+    fetch from (the end on Kafka, at or below it on the embedded broker), so a partition is not
+    read from its start to learn its end. Assigns ``tps`` to the consumer."""
+    if not tps:
+        return {}
+    hints = await consumer.end_offsets(tps)
     consumer.assign(tps)
-    seek_to_start(consumer, tps)
-    while not await at_end(consumer, tps):
-        if not await consumer.getmany(timeout_ms=1_000, max_records=1):
-            break
-    return {tp: consumer.highwater(tp) or 0 for tp in tps}
+    for tp in tps:
+        consumer.seek(tp, max(int(hints.get(tp) or 0) - 1, 0))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(consumer.highwater(tp) is None for tp in tps):
+        if loop.time() > deadline:
+            missing = [tp.partition for tp in tps if consumer.highwater(tp) is None]
+            raise TimeoutError(
+                f"{tps[0].topic}: no fetch answered for partitions {missing} in {timeout_s:.0f} s"
+            )
+        await consumer.getmany(*tps, timeout_ms=200, max_records=1)
+    return {tp: int(consumer.highwater(tp) or 0) for tp in tps}
 
 
 class TopicRange:
@@ -73,36 +97,62 @@ class TopicRange:
         self.topic = topic
         self.since = epoch_ms(since) if since else 0
         self.until = epoch_ms(until) if until else 2**62
+        self.offsets: Offsets | None = None  # located once, or given back by a checkpoint
 
     @property
     def identity(self) -> str:
         return f"topic:{self.topic}[{self.since},{self.until})"
 
+    def _consumer(self) -> AIOKafkaConsumer:
+        return kafka_clients.consumer(self.broker, client_suffix="-replay", auto_offset_reset="earliest")
+
+    async def locate(self) -> Offsets:
+        """Per partition: the first offset at or after ``since``, and the end it has now."""
+        if self.offsets is None:
+            consumer = self._consumer()
+            await consumer.start()
+            try:
+                tps = await topic_partitions(consumer, self.topic)
+                ends = await high_watermarks(consumer, tps)
+                self.offsets = {
+                    tp.partition: (await first_offset_at(consumer, tp, self.since, ends[tp]), ends[tp])
+                    for tp in tps
+                }
+            finally:
+                await consumer.stop()
+        return self.offsets
+
     async def rows(self, start: int = 0) -> AsyncIterator[Row]:
-        """The range's records as rows numbered in read order, from row ``start`` on."""
-        consumer = kafka_clients.consumer(self.broker, client_suffix="-replay", auto_offset_reset="earliest")
+        """The range's records as rows, from row ``start`` on. A row's number is its offset's
+        place in the located offsets, partition after partition (numbers a record that is not
+        in the range would have are left unused)."""
+        offsets = await self.locate()
+        consumer = self._consumer()
         await consumer.start()
         try:
-            tps = await topic_partitions(consumer, self.topic)
-            ends = await high_watermarks(consumer, tps)
-            number = 0
-            for tp in tps:
-                position = await first_offset_at(consumer, tp, self.since, ends[tp])
+            base = 0
+            for partition, (first, end) in sorted(offsets.items()):
+                span, base = end - first, base + max(end - first, 0)
+                if base <= start or span <= 0:
+                    continue
+                tp = TopicPartition(self.topic, partition)
+                consumer.assign([tp])
+                position = first + max(start - (base - span), 0)
                 consumer.seek(tp, position)
-                while position < ends[tp]:
+                while position < end:
                     batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=1_000)
                     records = batch.get(tp, [])
                     if not records:
-                        raise TimeoutError(f"{tp}: no records at offset {position} (end {ends[tp]})")
+                        if await read_position(consumer, tp) >= end:
+                            break  # the rest are not records (transaction markers, compacted away)
+                        raise TimeoutError(f"{tp}: no records at offset {position} (end {end})")
                     for rec in records:
                         position = rec.offset + 1
-                        if rec.offset >= ends[tp] or rec.timestamp >= self.until:
-                            position = ends[tp]
+                        if rec.offset >= end or rec.timestamp >= self.until:
+                            position = end
                             break
-                        if number >= start:
-                            origin = f"{tp.topic}:{tp.partition}:{rec.offset}".encode()
-                            headers = (*rec.headers, ("replay.from", origin))
-                            yield Row(number, rec.value, rec.key, headers)
-                        number += 1
+                        origin = f"{tp.topic}:{tp.partition}:{rec.offset}".encode()
+                        headers = (*rec.headers, ("replay.from", origin))
+                        yield Row(base - span + rec.offset - first, rec.value, rec.key, headers)
         finally:
             await consumer.stop()

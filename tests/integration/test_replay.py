@@ -81,3 +81,63 @@ async def test_replay_of_a_time_range(stack, tmp_path) -> None:
         assert headers["traceparent"] == b"00-x" and headers["origin"] == b"backfill"
         replayed.append(orjson.loads(rec.value)["n"])
     assert sorted(replayed) == list(range(100, 200))
+
+
+async def test_a_topic_range_resumed_after_the_source_grew_sends_each_record_once(stack, tmp_path) -> None:
+    """No --until: the range ends where the source ended when the replay started. Records that
+    arrive in the source before the resume neither join the range nor renumber its rows (a
+    partition's growth used to shift the next partitions' row numbers: rows sent twice)."""
+    import signal
+    import time
+    from collections import Counter
+
+    source, target = f"src-{uuid.uuid4().hex[:8]}", f"bf-{uuid.uuid4().hex[:8]}"
+    topology = tmp_path / "backfill.yaml"
+    topology.write_text(yaml.safe_dump(topology_on_stack(stack, base=ROOT / "topologies" / "backfill.yaml")))
+    broker = broker_at(stack.broker.bootstrap)
+    await ensure_topics(broker, [source], 3)
+    producer = kafka_clients.producer(broker, client_suffix="-test")
+    await producer.start()
+
+    async def produce(first: int, count: int, partition: int | None = None) -> None:
+        futures = [
+            await producer.send(
+                source,
+                orjson.dumps({"n": i}),
+                key=str(i).encode(),
+                partition=i % 3 if partition is None else partition,
+                timestamp_ms=BASE_MS + i * 1000,
+            )
+            for i in range(first, first + count)
+        ]
+        await asyncio.gather(*futures)
+
+    await produce(0, 600)  # 200 per partition
+    checkpoint = tmp_path / "ck.json"
+    args = [sys.executable, "-m", "pipeline", "replay", "--topology", str(topology), "--progress", "log"]
+    args += ["--checkpoint", str(checkpoint), "--topic", source, "--to", target, "--since", iso(BASE_MS)]
+    first = subprocess.Popen(
+        [*args, "--rate", "100"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # into the second partition
+        assert first.poll() is None
+        try:
+            if orjson.loads(checkpoint.read_bytes())["next_row"] > 250:
+                break
+        except (OSError, ValueError):
+            pass
+        await asyncio.sleep(0.1)
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err[-2000:]
+    await produce(600, 100, partition=0)  # the first partition grows meanwhile
+    await producer.stop()
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert orjson.loads(done.stdout.strip().splitlines()[-1])["finished"]
+
+    replayed = Counter()
+    async for rec in read_to_end(broker, target):
+        replayed[orjson.loads(rec.value)["n"]] += 1
+    assert set(replayed) == set(range(600)) and max(replayed.values()) == 1

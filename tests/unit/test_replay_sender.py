@@ -7,15 +7,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
 
 from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or_start
+from pipeline.replay.cli import _default_checkpoint
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Progress
-from pipeline.replay.sender import ReplayFailed, Sender
+from pipeline.replay.sender import ReplayFailed, Sender, destination_ends
 
 
 class Producer:
@@ -168,3 +171,82 @@ def test_the_progress_line() -> None:
     progress = Progress(1_000, bar=False)
     line = progress.line(Counts(read=250, sent=240, acknowledged=200, skipped=10), 250)
     assert "250/1,000 rows (25 %)" in line and "acknowledged 200" in line and "ETA" in line
+
+
+async def test_marks_stay_before_rows_an_earlier_attempt_sent_until_the_prefix_passes_them(
+    tmp_path: Path,
+) -> None:
+    """A resumed run found row 2 in the topic (partition 0, offset 100, at the mark). Its own
+    sends land after it; if an acknowledgement of row 0 moved the mark past offset 100 and the
+    run were killed before the prefix reached row 2, the next resume would not find row 2 and
+    would send it a second time."""
+    producer = Producer()
+    s = sender(producer, tmp_path, already_sent={2})
+    run = asyncio.create_task(s.run(rows(5), asyncio.Event()))
+    while len(producer.futures) < 4:  # rows 0, 1, 3, 4 (row 2 is already in the topic)
+        await asyncio.sleep(0.01)
+    producer.ack(0, 0, 105)  # row 0: after the earlier attempt's row 2 (offset 100)
+    producer.ack(1, 1, 300)  # row 1
+    await asyncio.sleep(0.05)
+    s._advance()
+    assert s.checkpoint.next_row == 3  # rows 0-2 done (2 found in the topic)
+    assert s.checkpoint.partition_marks == {0: 100, 1: 200}  # a resume still finds row 2
+    producer.ack(2, 0, 106)  # row 3: past every row of the earlier attempt
+    producer.ack(3, 1, 301)
+    assert await asyncio.wait_for(run, 5) is True
+    assert Checkpoint.load(tmp_path / "ck.json").partition_marks == {0: 107, 1: 302}
+
+
+class Destination:
+    """A consumer of a destination whose ListOffsets answers are off (too high: a resume
+    scanning from there would miss rows before them); its fetches report the true end."""
+
+    def __init__(self, true_ends: dict[int, int], listed: dict[int, int]) -> None:
+        self.true_ends, self.listed = true_ends, listed
+        self.positions: dict[int, int] = {}
+        self.fetched: set[int] = set()
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(self.true_ends)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.listed[tp.partition] for tp in tps}
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        self.fetched.clear()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.positions[tp.partition] = offset
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        self.fetched.update(tp.partition for tp in tps)
+        return {}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.true_ends[tp.partition] if tp.partition in self.fetched else None
+
+
+async def test_a_fresh_run_marks_the_ends_fetches_report_not_listoffsets() -> None:
+    consumer = Destination(true_ends={0: 500, 1: 0}, listed={0: 540, 1: 3})
+    assert await destination_ends(consumer, "dest") == {0: 500, 1: 0}  # type: ignore[arg-type]
+    assert consumer.positions == {0: 539, 1: 2}  # fetched near the end, not read from offset 0
+
+
+def test_a_changed_file_finds_its_checkpoint_and_is_refused(tmp_path: Path) -> None:
+    """The default checkpoint's name leaves the file's version out: a file touched or rewritten
+    between runs is refused (exit 2) instead of being replayed again from row 0."""
+    before = _default_checkpoint(f"file:{tmp_path}/history.csv:1000:1700000000", "bf")
+    after = _default_checkpoint(f"file:{tmp_path}/history.csv:1200:1700000100", "bf")
+    assert before == after and before.name.startswith("history.csv-bf-")
+    assert _default_checkpoint(f"file:{tmp_path}/other.csv:1000:1700000000", "bf") != before
+    path = tmp_path / before.name
+    Checkpoint(f"file:{tmp_path}/history.csv:1000:1700000000", "bf", next_row=5).save(path)
+    with pytest.raises(CheckpointMismatch):
+        resume_or_start(path, f"file:{tmp_path}/history.csv:1200:1700000100", "bf")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.yaml"  # --checkpoint given the wrong file
+    path.write_text("user: userId\n")
+    with pytest.raises(CheckpointMismatch, match=r"mapping\.yaml: not a replay checkpoint"):
+        resume_or_start(path, "file:x", "dest")
