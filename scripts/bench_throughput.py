@@ -1174,16 +1174,25 @@ def report(
         ]
     lines += [
         "",
-        "Every run (drain: all its events over first take → last output, a check on the steady rate):",
+        "Every run (drain: all its events over first take → last output, a check on the steady "
+        "rate; Triton: from its statistics, the run's rows per request, requests per execution "
+        "and execution time per row, queue excluded):",
         "",
-        "| rep | model | variant | ev/s | drain ev/s | CPU s/1k | RSS MB | e2e p99 ms | ceiling shapes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rep | model | variant | ev/s | drain ev/s | CPU s/1k | RSS MB | e2e p99 ms "
+        "| Triton rows/req · req/exec · us/row | ceiling shapes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        triton = (
+            f"{r['rows_per_request']:.0f} · {r['requests_per_execution']:.2f} · "
+            f"{r['triton_infer_us_per_row']:.1f}"
+            if "rows_per_request" in r
+            else "–"
+        )
         lines.append(
             f"| {r['rep']} | {r['model']} | {r['variant']} | {fmt(r['rate'])} | "
             f"{fmt(r.get('span_rate'))} | {fmt(r['cpu_consumer'], 3)} | "
-            f"{fmt(r['rss_mb'])} | {fmt(r['e2e_p99'])} | "
+            f"{fmt(r['rss_mb'])} | {fmt(r['e2e_p99'])} | {triton} | "
             f"{', '.join(f'{k}: {v:,}' for k, v in r.get('shapes', {}).items())} |"
         )
     lines += ["", "![throughput](bench_throughput.png)", ""]
