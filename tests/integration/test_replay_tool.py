@@ -37,14 +37,7 @@ TOPOLOGIES = ROOT / "topologies"
 YEAR_S = 365 * 86_400
 HISTORY_START_S = 1_500_000_000  # July 2017: years before any wall-clock age bound
 ITEMS = GeneratorConfig().items  # the served model's catalogue
-MOVIES = """\
-user: userId
-item: movieId
-timestamp: {column: timestamp, unit: s}
-type:
-  thresholds: {column: rating, at_least: {purchase: 4.5, click: 3.5}, otherwise: view}
-event_id: null
-"""
+MOVIES = (TOPOLOGIES / "mappings" / "ratings.yaml").read_text()  # the shipped example
 
 
 def write_csv(path: Path, rows: int, start_s: int = HISTORY_START_S, users: int = 500, seed: int = 3) -> None:
