@@ -13,11 +13,15 @@ from typing import Any
 
 import numpy as np
 import orjson
+from aiokafka.errors import KafkaError
 
+from pipeline.errors import TopologyError
 from pipeline.recsys import data
 from pipeline.recsys.train import TrainConfig, train_log
+from pipeline.replay.files import UnreadableFile
 
 log = logging.getLogger("pipeline.train")
+EXIT_UNUSABLE = 2  # a bad --mapping, a missing or broken file, a broker or output that failed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,20 +92,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     logs.setup(getattr(args, "log_level", None) or "INFO", getattr(args, "log_format", "text"))
     started = time.monotonic()
-    interactions, catalogue, source = read_interactions(args)
-    read_s = time.monotonic() - started
-    log.info("read %d interactions from %s in %.1f s", len(interactions), source, read_s)
-    config = TrainConfig(time_budget_s=args.time_budget, min_user_items=args.min_user_items)
-    report = train_log(
-        interactions,
-        args.out,
-        catalogue,
-        config,
-        top_k=args.top_k,
-        history_length=args.history_length,
-        model_name=args.name,
-        priority_levels=args.priority_levels,
-    )
+    try:
+        interactions, catalogue, source = read_interactions(args)
+        read_s = time.monotonic() - started
+        log.info("read %d interactions from %s in %.1f s", len(interactions), source, read_s)
+        config = TrainConfig(time_budget_s=args.time_budget, min_user_items=args.min_user_items)
+        report = train_log(
+            interactions,
+            args.out,
+            catalogue,
+            config,
+            top_k=args.top_k,
+            history_length=args.history_length,
+            model_name=args.name,
+            priority_levels=args.priority_levels,
+        )
+    except TopologyError as err:  # the --mapping file: names the file, the key and the reason
+        print(f"train: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except (UnreadableFile, KafkaError, TimeoutError, OSError) as err:  # the input or the output failed us
+        print(f"train: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
     summary = {"source": source, **report.summary}
     summary.setdefault("timing_s", {})["read"] = round(read_s, 2)
     print(orjson.dumps(summary).decode())

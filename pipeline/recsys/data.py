@@ -2,8 +2,8 @@
 
 Sources: an event file (JSON lines or CSV, gzip or not, with an optional column mapping:
 the replay tool's reader), a Kafka topic read to its end, or the synthetic generator. Rows
-that do not make an interaction (ids that are not non-negative integers, an unknown event
-type, a timestamp that is not epoch ms) are skipped and counted by reason.
+that do not make an interaction (ids that are not integers in the pipeline's 0..2^53-1, an
+unknown event type, a timestamp that is not epoch ms) are skipped and counted by reason.
 
 Memory: 8 + 8 + 8 + 1 bytes an interaction (user, item, ts, type), grown in chunks.
 """
@@ -19,15 +19,21 @@ from typing import Any
 import numpy as np
 import orjson
 
+from pipeline.operators.parse import MAX_ID as PIPELINE_MAX_ID
+
 TYPE_NAMES = ("view", "click", "purchase")
 TYPE_CODES = {name: code for code, name in enumerate(TYPE_NAMES)}
-MAX_ID = (1 << 62) - 1  # ids stay far from int64 overflow (dense keys are products of counts)
+# Ids the pipeline itself accepts (operators/parse.py: 0..2^53-1, what every JSON consumer
+# reads exactly): a model trained on a larger id would recommend an item, or know a user,
+# that the pipeline refuses (out_of_range).
+MAX_ID = PIPELINE_MAX_ID
+MAX_TS = (1 << 62) - 1
 _CHUNK = 1 << 16
 
 
 def _id(value: Any) -> int | None:
     """A non-negative integer id, else None."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return value if ok else None
 
 
@@ -70,11 +76,15 @@ class InteractionLog:
         if item is None:
             self.skip("item_id is not a non-negative integer")
             return False
+        if user > MAX_ID or item > MAX_ID:
+            name = "user_id" if user > MAX_ID else "item_id"
+            self.skip(f"{name} is past 2^53 - 1 (the pipeline refuses it)")
+            return False
         code = TYPE_CODES.get(kind) if isinstance(kind, str) else None
         if code is None:
             self.skip("type is not view, click or purchase")
             return False
-        if not isinstance(ts, int) or isinstance(ts, bool) or abs(ts) > MAX_ID:
+        if not isinstance(ts, int) or isinstance(ts, bool) or abs(ts) > MAX_TS:
             self.skip("ts is not an integer (epoch ms)")
             return False
         self.rows_read += 1

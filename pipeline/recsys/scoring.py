@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 HISTORY_PAD = -1  # history slots without an item
+SCORE_BLOCK = 1 << 24  # scores (rows x items) held at once: a batch is scored in row blocks
 
 
 def dense_index(catalogue: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -82,6 +83,8 @@ def top_k(
     order = np.argsort(-part_scores, axis=1, kind="stable")
     ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
     best = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    # k beyond the items outside the history: the history's -inf fill the tail, not as items
+    ids[best == -np.inf] = -1
     if kk < k:
         ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
         best = np.pad(best, ((0, 0), (0, k - kk)), constant_values=-np.inf)
@@ -123,11 +126,19 @@ class Recommender:
     def recommend_dense(
         self, users: np.ndarray, history: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Dense users and history in, dense item indices out."""
-        vecs = user_vectors(
-            users, history, self.user_emb, self.item_emb, self.user_weight, self.history_weight
-        )
-        return top_k(vecs, self.item_emb, history, k, self.item_bias)
+        """Dense users and history in, dense item indices out; rows in blocks of at most
+        SCORE_BLOCK scores, so memory stays bounded on a large catalogue."""
+        step = max(1, SCORE_BLOCK // max(self.n_items, 1))
+        ids = np.full((users.shape[0], k), -1, dtype=np.int64)
+        scores = np.full((users.shape[0], k), -np.inf, dtype=np.float32)
+        for start in range(0, users.shape[0], step):
+            rows = slice(start, start + step)
+            block = history[rows]
+            vecs = user_vectors(
+                users[rows], block, self.user_emb, self.item_emb, self.user_weight, self.history_weight
+            )
+            ids[rows], scores[rows] = top_k(vecs, self.item_emb, block, k, self.item_bias)
+        return ids, scores
 
     def recommend(self, user_ids: np.ndarray, history: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue ids in and out (rows with unknown history items must be left out)."""

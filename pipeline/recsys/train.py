@@ -280,8 +280,9 @@ def hit_table(model: ServedModel, ev: EvalSet, k: int, biases: Sequence[np.ndarr
 
 
 def score_scale(model: ServedModel, ev: EvalSet) -> float:
-    """Typical spread of a user's scores (sets the popularity blend's beta scale)."""
-    sample = slice(0, min(256, len(ev.users)))
+    """Typical spread of a user's scores (sets the popularity blend's beta scale), on a few
+    users (at most EVAL_SCORE_BLOCK scores: 16 users on 10^6 items)."""
+    sample = slice(0, min(256, max(1, EVAL_SCORE_BLOCK // max(model.item_emb.shape[0], 1)), len(ev.users)))
     rec = model.recommender()
     vecs = scoring.user_vectors(
         ev.users[sample], ev.history[sample], rec.user_emb, rec.item_emb, rec.user_weight, rec.history_weight
@@ -439,6 +440,7 @@ def select(ds: Dataset, split: Split, config: TrainConfig, k: int, history_lengt
         why = (
             "no candidate beats popularity significantly on the validation split"
             + (f" (best: {top.label} at {top.val_hit:.4f})" if top else "")
+            + (f"; {len(skipped)} of {len(bases)} not tried within the time budget" if skipped else "")
             + ": writing the popularity model"
         )
         return Selection(popularity, why, pop_rate, pop_rate, len(ev.users), tried, skipped)

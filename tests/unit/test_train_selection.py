@@ -9,6 +9,7 @@ import importlib.util
 import sys
 import tracemalloc
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,13 @@ from pipeline.recsys.data import InteractionLog, from_file
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.recsys.models import AlsConfig, SvdConfig
 from pipeline.recsys.train import (
+    EvalSet,
+    ServedModel,
     TrainConfig,
     build_dataset,
     popularity_top_k,
     recent_items,
+    score_scale,
     split_by_time,
     train_log,
 )
@@ -277,3 +281,99 @@ def test_train_command_wiring(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     summary = orjson.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["input"]["interactions"] == 240 and summary["version"] == 1
     assert (tmp_path / "repo" / "recommender" / "1" / "embeddings.npz").is_file()
+
+
+def test_top_k_past_the_items_outside_history_serves_no_history_item(tmp_path: Path) -> None:
+    # 5 items, 3 in the history, top 4: the 2 others, then -1 (never a history item)
+    model = scoring.Recommender(
+        {
+            "item_ids": np.array([10, 20, 30, 40, 50]),
+            "item_emb": np.zeros((5, 1), dtype=np.float32),
+            "user_emb": np.zeros((0, 1), dtype=np.float32),
+            "item_bias": np.arange(5, dtype=np.float32),
+        }
+    )
+    ids, scores = model.recommend(np.array([1]), np.array([[50, 40, 30, -1]]), 4)
+    assert ids.tolist() == [[20, 10, -1, -1]]
+    assert np.isneginf(scores[0, 2:]).all()
+    # the same through a written version's model.py: a catalogue of 6 items, top 10
+    log = log_of([(u, 1000 + (u + j) % 6, j) for u in range(30) for j in range(4)])
+    train_log(log, tmp_path, config=SMALL)
+    served = _load_served_model(tmp_path / "recommender" / "1")
+    history = np.array([[1000, 1001, 1002, -1], [1003, -1, -1, -1]])
+    (response,) = served.execute([{"USER_ID": np.array([[0], [77]]), "HISTORY": history}])
+    got = response.outputs["ITEM_IDS"]
+    assert got.shape == (2, 10)
+    for row, hist in zip(got.tolist(), history.tolist(), strict=True):
+        items = [i for i in row if i >= 0]
+        assert not set(items) & set(hist) and len(items) == len(set(items)) == 6 - sum(h >= 0 for h in hist)
+
+
+def test_serving_and_the_blend_scale_hold_a_bounded_block_of_scores() -> None:
+    n_items = 10**6  # ids up to 10^6, every one in the catalogue
+    model = scoring.Recommender(
+        {
+            "item_emb": np.ones((n_items, 4), dtype=np.float32),
+            "user_emb": np.ones((1, 4), dtype=np.float32),
+            "item_bias": np.linspace(0, 1, n_items, dtype=np.float32),
+        }
+    )
+    users, history = np.zeros(64, dtype=np.int64), np.full((64, 16), -1, dtype=np.int64)
+    history[:, 0] = n_items - 1
+    tracemalloc.start()
+    try:
+        ids, _ = model.recommend_dense(users, history, 10)
+        _, serve_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        served = ServedModel(model.item_emb, model.user_emb, np.zeros(n_items, dtype=np.float32))
+        ev = EvalSet(np.zeros(256, dtype=np.int64), np.full((256, 16), -1, dtype=np.int64), np.zeros(256))
+        score_scale(served, ev)
+        _, scale_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ids[:, 0].tolist() == [n_items - 2] * 64  # the best item outside the history
+    assert serve_peak < 400 * 2**20, f"serving 64 rows: peak {serve_peak / 2**20:.0f} MiB"
+    assert scale_peak < 400 * 2**20, f"score scale: peak {scale_peak / 2**20:.0f} MiB"
+
+
+def test_popularity_written_when_the_time_budget_leaves_no_candidate_says_so() -> None:
+    report = train_log(structured(events=10_000), None, config=replace(SMALL, time_budget_s=0.0))
+    chosen = report.summary["chosen"]
+    assert report.summary["test"]["model_is_popularity"]
+    assert "not tried within the time budget" in chosen["why"], chosen
+    assert len(report.summary["candidates_skipped"]) == 2
+
+
+def test_train_command_refuses_unusable_input_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.recsys.cli import main
+
+    (tmp_path / "r.csv").write_text("userId,movieId,timestamp\n1,2,3\n")
+    (tmp_path / "bad.yaml").write_text("user: userId\nbogus: 1\n")
+    out = str(tmp_path / "repo")
+    cases = {
+        "bad.yaml: bogus": ["--file", str(tmp_path / "r.csv"), "--mapping", str(tmp_path / "bad.yaml")],
+        "nope.yaml": ["--file", str(tmp_path / "r.csv"), "--mapping", str(tmp_path / "nope.yaml")],
+        "No such file": ["--file", str(tmp_path / "missing.csv")],
+    }
+    for expected, argv in cases.items():
+        assert main([*argv, "--out", out, "--log-level", "WARNING"]) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_ids_the_pipeline_refuses_are_not_trained_on() -> None:
+    # the pipeline's parse takes ids in 0..2^53-1: a model knowing a larger one would
+    # recommend an item (or know a user) that no event of the pipeline can name
+    log = InteractionLog()
+    for user, item in ((1, 2**53 - 1), (2**53, 5), (2**62, 5), (3, 2**53)):
+        log.add({"user_id": user, "item_id": item, "type": "view", "ts": 1})
+    summary = log.summary()
+    assert summary["interactions"] == 1 and summary["rows_read"] == 4
+    assert summary["skipped_reasons"] == {
+        "user_id is past 2^53 - 1 (the pipeline refuses it)": 2,
+        "item_id is past 2^53 - 1 (the pipeline refuses it)": 1,
+    }
+    assert log.arrays()[1].tolist() == [2**53 - 1]

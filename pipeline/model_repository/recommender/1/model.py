@@ -2,7 +2,7 @@
 excluding the items in the request's history. Requests carry catalogue ids (USER_ID, the
 items of HISTORY) and ITEM_IDS answers with catalogue ids; inside, ids are dense indices
 (scoring.Recommender maps them with np.searchsorted). All requests of one execute() call
-are scored with one matrix product."""
+are scored together: one matrix product per block of rows (scoring.SCORE_BLOCK scores)."""
 
 import json
 import os
