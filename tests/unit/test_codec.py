@@ -192,3 +192,12 @@ def test_decode_malformed_tensor_raises_bad_output_not_a_numpy_error(case):
     except Exception as exc:
         pytest.fail(f"decode raised {type(exc).__name__}: {exc} instead of BadOutput")
     pytest.fail("decode accepted a malformed tensor")
+
+
+def test_padding_of_a_model_with_fewer_items_than_top_k_is_dropped() -> None:
+    """A model with fewer items left to offer than top_k pads with -1 (score -inf): those
+    slots are no recommendations (and -inf is no JSON number)."""
+    ids = np.array([[5, 6, -1], [7, -1, -1]], dtype=np.int64)
+    scores = np.array([[0.5, 0.25, -np.inf], [0.125, -np.inf, -np.inf]], dtype=np.float32)
+    decoded = decode(response(("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores)), 2, 3)
+    assert decoded == [Recommendations((5, 6), (0.5, 0.25)), Recommendations((7,), (0.125,))]
