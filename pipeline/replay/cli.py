@@ -244,18 +244,12 @@ def _source(args: argparse.Namespace, topology: Topology) -> tuple[EventFile | T
 
 
 def _checkpoint_path(given: Path | None, identity: str, destination: str) -> Path:
+    """``given``, else named after the source without its version (a file's size and mtime):
+    a changed file finds its old checkpoint and is refused, instead of starting over and
+    sending every row again."""
     if given is not None:
         return given
-    path = _default_checkpoint(identity, destination)
-    # the name a checkpoint had before it left the file's version out
-    legacy = path.with_name(_default_checkpoint(identity, destination, versioned=True).name)
-    return legacy if legacy.exists() and not path.exists() else path
-
-
-def _default_checkpoint(identity: str, destination: str, versioned: bool = False) -> Path:
-    """Named after the file without its version (size, mtime): a changed file finds its old
-    checkpoint and is refused, instead of starting over and sending every row again."""
-    if identity.startswith("file:") and not versioned:
+    if identity.startswith("file:"):
         identity = identity.rsplit(":", 2)[0]
     digest = hashlib.sha1(f"{identity}\x1f{destination}".encode()).hexdigest()[:12]
     name = identity.split(":")[1].rsplit("/", 1)[-1]

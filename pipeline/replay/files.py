@@ -72,10 +72,6 @@ class EventFile:
         self.mapping = mapping
         self.mapper = Mapper(mapping or IDENTITY, source_tag=self.path.name.split(".")[0] or "row")
 
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
     def documents(self, start: int = 0) -> Iterator[tuple[int, dict[str, object] | None]]:
         """(row number, column → value) from row ``start`` on; None for a line that is not
         a JSON object (CSV rows are always dicts)."""
@@ -113,11 +109,7 @@ class EventFile:
             yield Row(number, orjson.dumps(event), str(user).encode() if user is not None else None)
 
     def _csv_rows(self, raw: IO[bytes], start: int) -> Iterator[tuple[int, dict[str, object]]]:
-        # utf-8-sig: a byte-order mark (spreadsheet exports write one) is not part of the first column's name
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-        tabs = ".tsv" in (s.lower() for s in self.path.suffixes)
-        dialect: type[csv.Dialect] = csv.excel_tab if tabs else csv.excel
-        reader = csv.DictReader(text, dialect=dialect)
+        reader = csv.DictReader(_csv_text(raw), dialect=_csv_dialect(self.path))
         number = -1
         try:
             for number, row in enumerate(reader):
@@ -127,6 +119,15 @@ class EventFile:
             raise UnreadableFile(f"{self.path}: line {reader.line_num} (row {number + 1}): {err}") from err
         except READ_ERRORS as err:
             raise UnreadableFile(f"{self.path}: after row {number}: {_why(err)}") from err
+
+
+def _csv_text(raw: IO[bytes]) -> io.TextIOWrapper:
+    # utf-8-sig: a byte-order mark (spreadsheet exports write one) is not part of the first column's name
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _csv_dialect(path: Path) -> type[csv.Dialect]:
+    return csv.excel_tab if ".tsv" in (s.lower() for s in path.suffixes) else csv.excel
 
 
 READ_ERRORS = (OSError, EOFError, zlib.error)  # a truncated or corrupt gzip stream, a read that failed
@@ -167,8 +168,8 @@ def count_rows(path: Path, fmt: Format) -> int | None:
     with open_binary(path) as raw:
         try:
             if fmt == "csv":
-                text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-                return max(sum(1 for record in csv.reader(text) if record) - 1, 0)  # blank lines are no rows
+                records = csv.reader(_csv_text(raw), dialect=_csv_dialect(path))
+                return max(sum(1 for record in records if record) - 1, 0)  # blank lines are no rows
             return sum(1 for _ in _lines(raw, path))
         except (csv.Error, UnreadableFile, *READ_ERRORS):
             return None

@@ -31,11 +31,6 @@ END_TIMEOUT_S = 10.0  # for a fetch to report every partition's high watermark
 Offsets = dict[int, tuple[int, int]]  # partition → (first offset of the range, end)
 
 
-def epoch_ms(text: str) -> int:
-    """--since / --until: ISO 8601, naive text as UTC (as in a mapping)."""
-    return iso_to_epoch_ms(text)
-
-
 async def _timestamp_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> int:
     consumer.seek(tp, offset)
     batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=1)
@@ -95,8 +90,9 @@ class TopicRange:
     def __init__(self, broker: Broker, topic: str, since: str | None, until: str | None) -> None:
         self.broker = broker
         self.topic = topic
-        self.since = epoch_ms(since) if since else 0
-        self.until = epoch_ms(until) if until else 2**62
+        # ISO 8601, naive text as UTC (as in a mapping)
+        self.since = iso_to_epoch_ms(since) if since else 0
+        self.until = iso_to_epoch_ms(until) if until else 2**62
         self.offsets: Offsets | None = None  # located once, or given back by a checkpoint
 
     @property

@@ -76,6 +76,7 @@ def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> l
         raise BadOutput(f"missing outputs, got {sorted(arrays)}")
     if ids.ndim != 2 or ids.shape[0] != rows or ids.shape != scores.shape:
         raise BadOutput(f"output shape {ids.shape}/{scores.shape} for {rows} rows")
+    # scores rounded to 6 decimals here, for the whole batch at once (the output shows 6)
     ids, scores = ids[:, :top_k], scores[:, :top_k].astype(np.float64).round(6)
     if (ids < 0).any():  # padding: the model had fewer items to offer than top_k (-1, -inf)
         kept = ids >= 0
@@ -83,6 +84,5 @@ def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> l
             Recommendations(tuple(i[k].tolist()), tuple(s[k].tolist()))
             for i, s, k in zip(ids, scores, kept, strict=True)
         ]
-    # scores rounded to 6 decimals here, for the whole batch at once (the output shows 6)
     id_rows, score_rows = ids.tolist(), scores.tolist()
     return [Recommendations(tuple(i), tuple(s)) for i, s in zip(id_rows, score_rows, strict=True)]

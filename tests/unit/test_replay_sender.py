@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
 
 from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or_start
-from pipeline.replay.cli import _default_checkpoint
+from pipeline.replay.cli import _checkpoint_path
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Progress
 from pipeline.replay.sender import ReplayFailed, Sender, destination_ends
@@ -235,10 +235,10 @@ async def test_a_fresh_run_marks_the_ends_fetches_report_not_listoffsets() -> No
 def test_a_changed_file_finds_its_checkpoint_and_is_refused(tmp_path: Path) -> None:
     """The default checkpoint's name leaves the file's version out: a file touched or rewritten
     between runs is refused (exit 2) instead of being replayed again from row 0."""
-    before = _default_checkpoint(f"file:{tmp_path}/history.csv:1000:1700000000", "bf")
-    after = _default_checkpoint(f"file:{tmp_path}/history.csv:1200:1700000100", "bf")
+    before = _checkpoint_path(None, f"file:{tmp_path}/history.csv:1000:1700000000", "bf")
+    after = _checkpoint_path(None, f"file:{tmp_path}/history.csv:1200:1700000100", "bf")
     assert before == after and before.name.startswith("history.csv-bf-")
-    assert _default_checkpoint(f"file:{tmp_path}/other.csv:1000:1700000000", "bf") != before
+    assert _checkpoint_path(None, f"file:{tmp_path}/other.csv:1000:1700000000", "bf") != before
     path = tmp_path / before.name
     Checkpoint(f"file:{tmp_path}/history.csv:1000:1700000000", "bf", next_row=5).save(path)
     with pytest.raises(CheckpointMismatch):
