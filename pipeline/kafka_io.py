@@ -77,6 +77,7 @@ async def batches_to_end(
                 positions[tp] = records[-1].offset + 1
         if batch:
             yield batch
+            idle_since = loop.time()  # the caller's time with the batch (a paced re-drive) is not idleness
 
 
 async def read_to_end(broker: Broker, topic: str, idle_timeout_s: float = 5.0) -> AsyncIterator[RawRecord]:

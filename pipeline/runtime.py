@@ -533,4 +533,7 @@ class PipelineRuntime:
                 self.clean_stop = False
                 log.error("%s failed or timed out after %.0f s: %r", name, CLOSE_STEP_TIMEOUT_S, exc)
         if self.tracing is not None:  # spans lost to a slow collector do not make the stop unclean
-            await asyncio.to_thread(self.tracing.shutdown, CLOSE_STEP_TIMEOUT_S)
+            try:
+                await asyncio.to_thread(self.tracing.shutdown, CLOSE_STEP_TIMEOUT_S)
+            except Exception as exc:  # not in place of the stop's own outcome (a thread not started, ...)
+                log.error("span export shutdown failed: %r", exc)

@@ -31,11 +31,15 @@ END_TIMEOUT_S = 10.0  # for a fetch to report every partition's high watermark
 Offsets = dict[int, tuple[int, int]]  # partition → (first offset of the range, end)
 
 
-async def _timestamp_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> int:
+async def _timestamp_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, end: int) -> int:
+    """The timestamp of the first record at or after ``offset``; past every record before
+    ``end`` (only transaction markers or compacted-away offsets left): later than any time."""
     consumer.seek(tp, offset)
     batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=1)
     records = batch.get(tp, [])
     if not records:
+        if await read_position(consumer, tp) >= end:
+            return 2**63
         raise TimeoutError(f"{tp}: no record at offset {offset}")
     return int(records[0].timestamp)
 
@@ -47,14 +51,14 @@ async def first_offset_at(consumer: AIOKafkaConsumer, tp: TopicPartition, ts: in
     if (
         answer is not None
         and begin <= answer.offset < end
-        and await _timestamp_at(consumer, tp, answer.offset) >= ts
-        and (answer.offset == begin or await _timestamp_at(consumer, tp, answer.offset - 1) < ts)
+        and await _timestamp_at(consumer, tp, answer.offset, end) >= ts
+        and (answer.offset == begin or await _timestamp_at(consumer, tp, answer.offset - 1, end) < ts)
     ):
         return int(answer.offset)  # the broker's answer checks out against the records
     lo, hi = begin, end  # binary search: record timestamps grow within a partition
     while lo < hi:
         mid = (lo + hi) // 2
-        if await _timestamp_at(consumer, tp, mid) < ts:
+        if await _timestamp_at(consumer, tp, mid, end) < ts:
             lo = mid + 1
         else:
             hi = mid

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from pipeline.replay.cli import _checkpoint_path
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Progress
 from pipeline.replay.sender import ReplayFailed, Sender, destination_ends
+from pipeline.replay.topic import first_offset_at
 
 
 class Producer:
@@ -250,3 +252,37 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_with_its_name(tmp_path: Path
     path.write_text("user: userId\n")
     with pytest.raises(CheckpointMismatch, match=r"mapping\.yaml: not a replay checkpoint"):
         resume_or_start(path, "file:x", "dest")
+
+
+class TransactionalPartition:
+    """Records at offsets 0-8 (timestamp = offset), a transaction marker at 9, end 10."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 0 for tp in tps}
+
+    async def offsets_for_times(self, query: dict[TopicPartition, int]) -> dict[TopicPartition, None]:
+        return {tp: None for tp in query}  # no record at or after the time
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.pos = offset
+
+    async def getmany(self, tp: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        if self.pos >= 9:
+            self.pos = 10  # the marker is skipped: nothing to hand on
+            return {}
+        return {tp: [SimpleNamespace(offset=self.pos, timestamp=self.pos)]}
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.pos
+
+
+async def test_a_range_starting_after_the_last_record_of_a_transactional_partition_is_empty() -> None:
+    """The binary search may land on the commit marker that ends a transactional partition:
+    no record there is the end, not a timeout."""
+    tp = TopicPartition("src", 0)
+    # the marker's offset: reading the range from there finds no record before the end
+    assert await first_offset_at(TransactionalPartition(), tp, 100, 10) == 9  # type: ignore[arg-type]
+    assert await first_offset_at(TransactionalPartition(), tp, 5, 10) == 5  # type: ignore[arg-type]
