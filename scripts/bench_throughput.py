@@ -31,7 +31,13 @@ Writes a markdown table and a PNG plot (docs/bench_throughput.* by default; --sm
 workdir), and every run's numbers to WORKDIR/bench_throughput.json (--render JSON writes the
 table and plot again from it).
 
+`--set KEY.PATH=VALUE` (repeatable) changes a key of the shipped topology for the run, e.g.
+`--set batch.max_size=256`; hand and ceiling follow the batch size, streams, in-flight and
+poll settings so the comparison stays like for like. Each run's log line and JSON also give
+the CPU of Triton's model process (the Python backend's stub) apart from the server's.
+
     python scripts/bench_throughput.py [--events 100000] [--reps 3] [--smoke] [--workdir DIR]
+                                       [--models M,..] [--variants V,..] [--set KEY.PATH=VALUE]
 """
 
 from __future__ import annotations
@@ -712,6 +718,8 @@ class Bench:
         self.runs.mkdir(parents=True, exist_ok=True)
         self.broker = broker_at(stack.broker.bootstrap)
         self.shipped: dict[str, Any] = yaml.safe_load(SHIPPED.read_text())
+        for path, value in args.set:  # hand and ceiling follow the pipeline's batch, streams, ...
+            set_key(self.shipped, path, value)
         self.batch = int(self.shipped["batch"]["max_size"])
         self.events = Events(max(args.events, args.naive_events))
 
@@ -721,6 +729,7 @@ class Bench:
             {
                 "consumer": [consumer_pid],
                 "triton": [triton, *children(triton)],
+                "triton_stub": children(triton),  # the Python backend's model process
                 "broker": [self.stack.broker.pid],
             }
         )
@@ -834,6 +843,8 @@ class Bench:
     def topology(self, model: str) -> Topology:
         data = topology_on_stack(self.stack)  # fresh topics and group
         data["model"]["name"] = model
+        for path, value in self.args.set:
+            set_key(data, path, value)
         return Topology.model_validate(data)
 
     def run_pipeline(self, model: str, tag: str, workers: int = 1) -> dict[str, Any]:
@@ -877,6 +888,7 @@ class Bench:
             "events": events,
             "cpu_consumer": 1000 * sampler.between("consumer", t10, t90) / events,
             "cpu_triton": 1000 * sampler.between("triton", t10, t90) / events,
+            "cpu_triton_stub": 1000 * sampler.between("triton_stub", t10, t90) / events,
             "cpu_broker": 1000 * sampler.between("broker", t10, t90) / events,
             "rss_mb": rss,
             "e2e_p50": None,
@@ -999,6 +1011,7 @@ def summarise(
         "events": int(weights.sum()),
         "cpu_consumer": 1000 * sampler.between("consumer", t10, t90) / max(events, 1),
         "cpu_triton": 1000 * sampler.between("triton", t10, t90) / max(events, 1),
+        "cpu_triton_stub": 1000 * sampler.between("triton_stub", t10, t90) / max(events, 1),
         "cpu_broker": 1000 * sampler.between("broker", t10, t90) / max(events, 1),
         "rss_mb": rss,
         "e2e_p50": float(p(e2e, 50)),
@@ -1081,6 +1094,12 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def overrides_note(overrides: list[str]) -> str:
+    if not overrides:
+        return "."
+    return f"; topology overrides (`--set`, hand and ceiling follow them): {', '.join(overrides)}."
+
+
 def report(
     meta: dict[str, Any], rows: list[dict[str, Any]], half: dict[str, Any] | None, facts: dict[str, str]
 ) -> str:
@@ -1099,7 +1118,7 @@ def report(
         f"{min(args.naive_events, args.events):,}), {args.reps} rep(s), order rotated per rep; "
         "medians, rate spread min–max. Each variant is a process of its own on one stack, "
         f"both models served side by side. Batch {batch} users, 2 streams, 8 requests in "
-        "flight (the shipped topology's) for hand and pipeline.",
+        "flight (the shipped topology's) for hand and pipeline" + overrides_note(meta.get("overrides", [])),
         "- **naive**: getone → blocking unary infer → produce and await → commit, per record. "
         "**hand**: getmany → chunks of the batch size → tritonclient aio stream_infer → "
         + ("send each output, gather" if args.hand_produce == "send" else "send_batch per partition, gather")
@@ -1304,6 +1323,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="only write the table and plot again from a run's WORKDIR/bench_throughput.json",
     )
+    parser.add_argument(
+        "--set",
+        type=topology_override,
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a topology key (YAML value), e.g. batch.max_size=256; hand and ceiling follow it",
+    )
     parser.add_argument("--_worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--_spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1312,9 +1339,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, allowed in (("models", MODELS), ("variants", VARIANTS)):
         if not set(getattr(args, name)) <= set(allowed):
             parser.error(f"--{name}: choose from {', '.join(allowed)}")
+    shipped = yaml.safe_load(SHIPPED.read_text())
+    for path, value in args.set:  # a wrong path or value fails here, before any stack starts
+        set_key(shipped, path, value)
+    if args.set:
+        try:
+            Topology.model_validate(shipped)
+        except ValueError as error:
+            parser.error(f"--set: the topology is no longer valid: {error}")
     if args.smoke:
         args.events, args.naive_events, args.reps, args.half_rate_seconds = 2_000, 200, 1, 3.0
     return args
+
+
+def set_key(data: dict[str, Any], path: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for the path ``a.b`` (the section must exist)."""
+    *parents, key = path.split(".")
+    for name in parents:
+        if not isinstance(data.get(name), dict):
+            raise SystemExit(f"--set {path}: the topology has no section {name!r}")
+        data = data[name]
+    data[key] = value
+
+
+def topology_override(text: str) -> tuple[str, Any]:
+    path, sep, value = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY.PATH=VALUE")
+    return path, yaml.safe_load(value)
 
 
 def main() -> int:
@@ -1364,7 +1416,8 @@ def main() -> int:
                         f"requests/execution {row['requests_per_execution']:.2f}, "
                         f"Triton queue {row['triton_queue_ms']:.1f} ms/request, "
                         f"compute {row['triton_infer_us_per_row']:.1f} us/row, "
-                        f"Triton {row['cpu_triton']:.3f} CPU s/1k",
+                        f"Triton {row['cpu_triton']:.3f} CPU s/1k "
+                        f"(model process {row['cpu_triton_stub']:.3f})",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -1385,6 +1438,7 @@ def main() -> int:
             k: getattr(args, k)
             for k in ("events", "naive_events", "reps", "hand_produce", "hand_batch_bytes")
         },
+        "overrides": [f"{path}={value}" for path, value in args.set],
     }
     results = {"meta": meta, "rows": rows, "half": half, "facts": facts}
     (workdir / "bench_throughput.json").write_text(json.dumps(results, indent=1))
