@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.triton import EmbeddedTriton
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
-from pipeline.recsys.train import TrainReport, train_and_write
+from pipeline.recsys.train import TrainReport, serving_code, train_and_write
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,10 @@ def has_model(repository: Path, name: str = "recommender") -> bool:
 def ensure_model(
     repository: Path, generator: GeneratorConfig = GeneratorConfig(), events: int = TRAINING_EVENTS
 ) -> TrainReport | None:
-    """Train the recommender on synthetic events unless the repository already has it."""
+    """Train the recommender on synthetic events unless the repository already has it; a
+    version trained by an earlier release is served with this release's code."""
     if has_model(repository):
+        refresh_serving_code(repository / "recommender")
         return None
     log.info("training the recommender on %d synthetic events", events)
     data = list(EventGenerator(generator).events(events))
@@ -39,6 +41,19 @@ def ensure_model(
         report.hit_rate_popularity,
     )
     return report
+
+
+def refresh_serving_code(model_dir: Path) -> None:
+    """The stack's repository outlives releases (var/...): each version gets this release's
+    model.py and scoring.py, so that a benchmark or `pipeline dev` never serves stale code
+    (the arrays of older versions are still read: scoring.Recommender's defaults)."""
+    code = {name: source.read_bytes() for name, source in serving_code().items()}
+    for version_dir in sorted(p for p in model_dir.iterdir() if p.name.isdigit()):
+        for name, content in code.items():
+            target = version_dir / name
+            if not target.exists() or target.read_bytes() != content:
+                target.write_bytes(content)
+                log.info("model version %s: %s replaced by this release's", version_dir.name, name)
 
 
 @dataclass

@@ -40,6 +40,14 @@ from pipeline.recsys.models import (
 log = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_repository" / "recommender"
+
+
+def serving_code() -> dict[str, Path]:
+    """The files a model version is served with, by name: this release's model.py and
+    scoring.py (the same scoring the trainer evaluates with)."""
+    return {"model.py": TEMPLATE_DIR / "1" / "model.py", "scoring.py": Path(scoring.__file__)}
+
+
 # Weight of one interaction of each type in a pair's confidence: a purchase says more.
 TYPE_WEIGHTS: dict[str, tuple[float, float, float]] = {"graded": (1.0, 3.0, 8.0), "flat": (1.0, 1.0, 1.0)}
 TYPE_CONFIDENCE = dict(zip(TYPE_NAMES, TYPE_WEIGHTS["graded"], strict=True))
@@ -487,8 +495,8 @@ def write_model_repository(
     version = max(versions, default=0) + 1
     version_dir = model_dir / str(version)
     version_dir.mkdir()
-    shutil.copy(TEMPLATE_DIR / "1" / "model.py", version_dir / "model.py")
-    shutil.copy(Path(scoring.__file__), version_dir / "scoring.py")
+    for name, source in serving_code().items():
+        shutil.copy(source, version_dir / name)
     np.savez(version_dir / "embeddings.npz", **arrays)  # type: ignore[arg-type]
     config = (TEMPLATE_DIR / "config.pbtxt").read_text()
     config = (
