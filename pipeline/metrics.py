@@ -216,7 +216,9 @@ class Metrics:
             registry=r,
         )
         self.paused = Gauge(
-            "pipeline_source_paused", "1 while the source is paused by backpressure", registry=r
+            "pipeline_source_paused",
+            "Topics the source holds back by backpressure (at their high watermark)",
+            registry=r,
         )
         self.stalled = Gauge(
             "pipeline_stalled",

@@ -1,8 +1,9 @@
 """Credit gate: the pipeline's only backpressure (RxPY is push-only, it has no demand).
 
 Every consumed event takes a credit and gives it back when finished (written to the output
-or the dead-letter topic). At the high watermark the source pauses its partitions; below
-the low watermark it resumes. So memory stays flat and Kafka's lag absorbs any burst."""
+or the dead-letter topic). At the high watermark the source holds the topic (takes nothing
+of it; paused in the consumer if held long, sources/kafka.py); at the low watermark it takes
+again. So memory stays flat and Kafka's lag absorbs any burst."""
 
 from __future__ import annotations
 

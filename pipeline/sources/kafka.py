@@ -1,6 +1,6 @@
 """The Kafka source: an aiokafka consumer group member that hands lists of records on,
-tracks their offsets, takes credits, pauses under backpressure and commits only what is
-finished. Auto-commit is off: the offset tracker decides what is safe."""
+tracks their offsets, takes credits, holds (then pauses) topics under backpressure and
+commits only what is finished. Auto-commit is off: the offset tracker decides what is safe."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ EMIT_SLICE = 256  # records per synchronous pass through the operator chain
 FETCH_RETRY_S = 1.0  # wait after a retriable fetch error
 FETCH_ERROR_LOG_EVERY = 30  # failed fetches in a row between two warnings (a long outage)
 START_LOOKUP_S = 5.0  # bound on asking the broker where a partition's records start
+# A topic at its high watermark is first only held: not taken from, while aiokafka keeps the
+# fetch it has buffered for it. Pausing it in the consumer drops that buffer (aiokafka
+# discards a paused partition's fetched records), so every pause/resume cycle of a backlog
+# re-fetched up to a fetch per partition and parsed it again. A topic held this long is
+# paused for real, so that the loop can go on polling (group membership) while it waits.
+# While other topics flow, a full one is paused at once: aiokafka holds back a broker's next
+# fetch (for every partition on it) up to 100 ms while a fresh buffer waits unconsumed, and
+# the live topic beside a flooded backfill must not wait for that.
+PAUSE_AFTER_S = 5.0
+HOLD_CHECK_S = 0.01  # while every topic is held: how often credits are looked at again
 
 
 async def _pause(stop: asyncio.Event) -> None:
@@ -46,17 +56,30 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.source.revoking.clear()
         self.source.new_generation(assigned)
-        # New assignments start unpaused in the consumer: forget which topics were paused so
-        # that the run loop's next pass pauses the full ones again.
+        # New assignments start unpaused in the consumer: forget which topics were held and
+        # paused so that the run loop's next pass holds (and later pauses) the full ones again.
         self.source.credits.paused.clear()
+        self.source.held_since.clear()
+        self.source.paused_in_consumer.clear()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
 class KafkaSource:
     def __init__(
-        self, spec: Source, broker: Broker, tracker: OffsetTracker, credits: TopicCredits, metrics: Metrics
+        self,
+        spec: Source,
+        broker: Broker,
+        tracker: OffsetTracker,
+        credits: TopicCredits,
+        metrics: Metrics,
+        pause_after_s: float = PAUSE_AFTER_S,
     ) -> None:
         self.spec = spec
+        # Held this long, a topic is paused in the consumer; well inside max_poll_interval_ms,
+        # since the loop does not poll while every topic is only held.
+        self.pause_after_s = min(pause_after_s, spec.max_poll_interval_ms / 1000.0 / 4)
+        self.held_since: dict[str, float] = {}  # topics in credits.paused, since when
+        self.paused_in_consumer: set[str] = set()
         self.tracker = tracker
         self.credits = credits
         self.metrics = metrics
@@ -236,9 +259,15 @@ class KafkaSource:
         for tp in consumer.assignment():
             if tp.topic not in self.credits.paused:
                 by_topic.setdefault(tp.topic, []).append(tp)
+        if not by_topic and self.credits.paused - self.paused_in_consumer:
+            await asyncio.sleep(HOLD_CHECK_S)  # held, not paused yet: no poll, buffers kept
+            return {}
         if len(by_topic) <= 1:
+            # One topic, or none left unpaused (a poll then keeps the group membership).
+            # Held partitions are left out by name: getmany would hand out their buffers.
+            only = next(iter(by_topic.values()), [])
             return self._as_raw(
-                await consumer.getmany(timeout_ms=100, max_records=self.spec.max_poll_records)
+                await consumer.getmany(*only, timeout_ms=100, max_records=self.spec.max_poll_records)
             )
         share = max(1, self.spec.max_poll_records // len(by_topic))
         topics = sorted(by_topic)
@@ -247,7 +276,8 @@ class KafkaSource:
         for topic in topics[self._turn :] + topics[: self._turn]:
             fetched.update(await consumer.getmany(*by_topic[topic], timeout_ms=0, max_records=share))
         if not fetched:  # nothing buffered anywhere: wait for the next fetch response
-            fetched = await consumer.getmany(timeout_ms=100, max_records=share)
+            taking = [tp for topic in topics for tp in by_topic[topic]]
+            fetched = await consumer.getmany(*taking, timeout_ms=100, max_records=share)
         return self._as_raw(fetched)
 
     def _as_raw(
@@ -256,16 +286,33 @@ class KafkaSource:
         return {tp: [raw(m, self.generation_of(tp)) for m in messages] for tp, messages in fetched.items()}
 
     def _apply_backpressure(self) -> None:
-        """Pause the partitions of topics at their high watermark, resume those at their
-        low watermark."""
+        """Hold the topics at their high watermark (``_fetch`` takes nothing of them), pause
+        in the consumer those held for ``pause_after_s`` (at once while another topic
+        flows), and let go of those back at their low watermark."""
         credits, consumer = self.credits, self.consumer
         full, room = credits.to_pause(), credits.to_resume()
+        now = time.monotonic()
         if full:
-            consumer.pause(*(tp for tp in consumer.assignment() if tp.topic in full))
             credits.paused |= full
+            for topic in full:
+                self.held_since[topic] = now
         if room:
-            consumer.resume(*(tp for tp in consumer.assignment() if tp.topic in room))
             credits.paused -= room
+            resumed = room & self.paused_in_consumer
+            if resumed:
+                consumer.resume(*(tp for tp in consumer.assignment() if tp.topic in resumed))
+            self.paused_in_consumer -= room
+            for topic in room:
+                self.held_since.pop(topic, None)
+        flowing = any(tp.topic not in credits.paused for tp in consumer.assignment())
+        overdue = {
+            t
+            for t in credits.paused - self.paused_in_consumer
+            if flowing or now - self.held_since.get(t, now) >= self.pause_after_s
+        }
+        if overdue:
+            consumer.pause(*(tp for tp in consumer.assignment() if tp.topic in overdue))
+            self.paused_in_consumer |= overdue
         self.metrics.paused.set(len(credits.paused))
 
     async def commit(self) -> None:

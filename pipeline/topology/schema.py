@@ -19,12 +19,13 @@ class Node(BaseModel):
 
 
 class Credits(Node):
-    """Events consumed but not yet finished; the source pauses at high, resumes at low."""
+    """Events consumed but not yet finished; the source holds a topic at high (pausing it if
+    held long), takes from it again at low."""
 
     high_watermark: int = Field(
-        20_000, gt=0, description="per topic: pause its partitions at this many unfinished events"
+        20_000, gt=0, description="per topic: stop taking from it at this many unfinished events"
     )
-    low_watermark: int = Field(10_000, ge=0, description="per topic: resume its partitions at this many")
+    low_watermark: int = Field(10_000, ge=0, description="per topic: take from it again at this many")
 
     @model_validator(mode="after")
     def _ordered(self) -> Credits:
@@ -155,7 +156,9 @@ class Source(Node):
         3_000, gt=0, description="heartbeat period to the group coordinator (below session_timeout_ms)"
     )
     max_poll_interval_ms: int = Field(
-        300_000, gt=0, description="no poll this long: out of the group (the source polls while paused)"
+        300_000,
+        gt=0,
+        description="no poll this long: out of the group (the source pauses and polls when held long)",
     )
     credits: Credits = Credits()
 

@@ -94,10 +94,15 @@ class FakeConsumer:
         return out
 
 
-def source_with(consumer: FakeConsumer, credits: TopicCredits, max_poll_records: int = 100) -> KafkaSource:
+def source_with(
+    consumer: FakeConsumer,
+    credits: TopicCredits,
+    max_poll_records: int = 100,
+    pause_after_s: float = kafka_source.PAUSE_AFTER_S,
+) -> KafkaSource:
     """Call inside a running loop (the real consumer it replaces wants one)."""
     spec = Source(topics=["t"], group_id="g", max_poll_records=max_poll_records)
-    source = KafkaSource(spec, Broker(), OffsetTracker(), credits, Metrics())
+    source = KafkaSource(spec, Broker(), OffsetTracker(), credits, Metrics(), pause_after_s)
     source.consumer = consumer  # type: ignore[assignment]
     return source
 
@@ -105,10 +110,73 @@ def source_with(consumer: FakeConsumer, credits: TopicCredits, max_poll_records:
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
+async def test_a_full_topic_is_held_with_its_buffer_and_paused_only_when_held_long() -> None:
+    """aiokafka drops what it has fetched for a partition when it is paused: a topic at its
+    high watermark is first only held (not taken from, not polled, the consumer untouched)
+    and is paused in the consumer only once held for pause_after_s, so that the loop can go
+    on polling for its group membership."""
+    consumer = FakeConsumer({TP0: [b"{}"] * 30})
+    credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
+    source = source_with(consumer, credits, max_poll_records=5, pause_after_s=0.3)
+    got: list[RawRecord] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(got.extend, stop))
+    while len(got) < 10:
+        await asyncio.sleep(0.01)
+    polls_at_full = consumer.polls
+    await asyncio.sleep(0.1)
+    assert len(got) == 10 and not consumer.paused_tps and consumer.polls == polls_at_full
+    assert source.metrics.paused._value.get() == 1  # held counts as paused for operators
+    credits.give_back("t", 10)  # the work finishes: taken from again, nothing to resume
+    while len(got) < 20:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # held again, now past pause_after_s
+    assert len(got) == 20 and TP0 in consumer.paused_tps
+    polls_paused = consumer.polls
+    await asyncio.sleep(0.3)
+    assert consumer.polls > polls_paused  # paused: the loop polls (membership)
+    credits.give_back("t", 10)
+    while len(got) < 30:
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert TP0 not in consumer.paused_tps
+    assert [r.offset for r in got] == list(range(30))
+
+
+async def test_a_full_topic_is_paused_at_once_while_another_topic_flows() -> None:
+    """Beside a flowing (live) topic a full one is paused in the consumer at once: aiokafka
+    would hold back the broker's next fetch while a fresh buffer of it waits unconsumed."""
+    a0, b0 = TopicPartition("a", 0), TopicPartition("b", 0)
+    consumer = FakeConsumer({a0: [b"{}"] * 30, b0: [b"{}"] * 3})
+    credits = TopicCredits(["a", "b"], high_watermark=10, low_watermark=5)
+    source = source_with(consumer, credits, max_poll_records=10, pause_after_s=60.0)
+    got: list[RawRecord] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(got.extend, stop))
+    for _ in range(100):
+        if a0 in consumer.paused_tps:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert a0 in consumer.paused_tps and b0 not in consumer.paused_tps
+    assert sum(r.topic == "a" for r in got) == 10 and sum(r.topic == "b" for r in got) == 3
+
+
+def test_pause_after_stays_well_inside_max_poll_interval() -> None:
+    spec = Source(topics=["t"], group_id="g", max_poll_interval_ms=3000)
+
+    async def build() -> KafkaSource:
+        return KafkaSource(spec, Broker(), OffsetTracker(), TopicCredits(["t"], 10, 5), Metrics())
+
+    assert asyncio.run(build()).pause_after_s == 0.75
+
+
 async def test_a_rebalance_while_paused_does_not_wedge_the_source() -> None:
     consumer = FakeConsumer({TP0: [b"{}"] * 30})
     credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
-    source = source_with(consumer, credits, max_poll_records=5)
+    source = source_with(consumer, credits, max_poll_records=5, pause_after_s=0.0)
     got: list[RawRecord] = []
     stop = asyncio.Event()
     task = asyncio.create_task(source.run(got.extend, stop))
