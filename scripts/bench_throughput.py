@@ -149,15 +149,17 @@ def write_trivial(repository: Path, name: str = "trivial") -> None:
 # /proc readings
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_and_faults(pids: list[int]) -> tuple[float, int]:
+    """CPU seconds (user + system) and minor page faults of ``pids``, summed."""
+    ticks, faults = 0, 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        faults += int(fields[7])  # minflt
+    return ticks / os.sysconf("SC_CLK_TCK"), faults
 
 
 def children(pid: int) -> list[int]:
@@ -183,16 +185,20 @@ class Sampler:
         self.groups = groups
         self.times: list[float] = []
         self.values: dict[str, list[float]] = {name: [] for name in groups}
+        self.faults: dict[str, list[float]] = {name: [] for name in groups}
 
     def sample(self) -> None:
         self.times.append(time.time())
         for name, pids in self.groups.items():
             tree = [p for pid in pids for p in (pid, *children(pid))] if name == "consumer" else pids
-            self.values[name].append(cpu_seconds(tree))  # a supervisor's workers count with it
+            cpu, faults = cpu_and_faults(tree)  # a supervisor's workers count with it
+            self.values[name].append(cpu)
+            self.faults[name].append(faults)
 
-    def between(self, name: str, t0_ms: float, t1_ms: float) -> float:
+    def between(self, name: str, t0_ms: float, t1_ms: float, faults: bool = False) -> float:
+        """CPU seconds (or minor page faults) of group ``name`` between two wall times."""
         times = np.asarray(self.times) * 1000.0
-        values = np.asarray(self.values[name])
+        values = np.asarray((self.faults if faults else self.values)[name])
         return float(np.interp(t1_ms, times, values) - np.interp(t0_ms, times, values))
 
 
@@ -889,6 +895,8 @@ class Bench:
             "cpu_consumer": 1000 * sampler.between("consumer", t10, t90) / events,
             "cpu_triton": 1000 * sampler.between("triton", t10, t90) / events,
             "cpu_triton_stub": 1000 * sampler.between("triton_stub", t10, t90) / events,
+            "faults_consumer": 1000 * sampler.between("consumer", t10, t90, faults=True) / events,
+            "faults_triton_stub": 1000 * sampler.between("triton_stub", t10, t90, faults=True) / events,
             "cpu_broker": 1000 * sampler.between("broker", t10, t90) / events,
             "rss_mb": rss,
             "e2e_p50": None,
@@ -1012,6 +1020,8 @@ def summarise(
         "cpu_consumer": 1000 * sampler.between("consumer", t10, t90) / max(events, 1),
         "cpu_triton": 1000 * sampler.between("triton", t10, t90) / max(events, 1),
         "cpu_triton_stub": 1000 * sampler.between("triton_stub", t10, t90) / max(events, 1),
+        "faults_consumer": 1000 * sampler.between("consumer", t10, t90, faults=True) / max(events, 1),
+        "faults_triton_stub": 1000 * sampler.between("triton_stub", t10, t90, faults=True) / max(events, 1),
         "cpu_broker": 1000 * sampler.between("broker", t10, t90) / max(events, 1),
         "rss_mb": rss,
         "e2e_p50": float(p(e2e, 50)),
@@ -1417,7 +1427,9 @@ def main() -> int:
                         f"Triton queue {row['triton_queue_ms']:.1f} ms/request, "
                         f"compute {row['triton_infer_us_per_row']:.1f} us/row, "
                         f"Triton {row['cpu_triton']:.3f} CPU s/1k "
-                        f"(model process {row['cpu_triton_stub']:.3f})",
+                        f"(model process {row['cpu_triton_stub']:.3f}); minor page faults per 1k: "
+                        f"process {row['faults_consumer']:,.0f}, "
+                        f"model process {row['faults_triton_stub']:,.0f}",
                         file=sys.stderr,
                         flush=True,
                     )
