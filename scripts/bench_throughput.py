@@ -34,7 +34,7 @@ table and plot again from it).
 `--set KEY.PATH=VALUE` (repeatable) changes a key of the shipped topology for the run, e.g.
 `--set batch.max_size=256`; hand and ceiling follow the batch size, streams, in-flight and
 poll settings so the comparison stays like for like. Each run's log line and JSON also give
-the CPU of Triton's model process (the Python backend's stub) apart from the server's.
+the CPU of Triton's model processes (the Python backend's stubs) apart from the server's.
 
     python scripts/bench_throughput.py [--events 100000] [--reps 3] [--smoke] [--workdir DIR]
                                        [--models M,..] [--variants V,..] [--set KEY.PATH=VALUE]
@@ -735,7 +735,7 @@ class Bench:
             {
                 "consumer": [consumer_pid],
                 "triton": [triton, *children(triton)],
-                "triton_stub": children(triton),  # the Python backend's model process
+                "triton_stub": children(triton),  # the Python backend's model processes (stubs)
                 "broker": [self.stack.broker.pid],
             }
         )
@@ -1372,10 +1372,20 @@ def set_key(data: dict[str, Any], path: str, value: Any) -> None:
     data[key] = value
 
 
+# What the bench sets per run (fresh topics and group, the model under test, the stack's
+# addresses): an override of these would break the runs' isolation or the comparison.
+RESERVED_KEYS = frozenset(
+    {"broker", "source", "source.topics", "source.group_id", "sink", "sink.topic"}
+    | {"sink.dead_letter_topic", "model", "model.name", "model.url"}
+)
+
+
 def topology_override(text: str) -> tuple[str, Any]:
     path, sep, value = text.partition("=")
     if not sep or not path:
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY.PATH=VALUE")
+    if path in RESERVED_KEYS or path.startswith("broker."):
+        raise argparse.ArgumentTypeError(f"{path}: set by the benchmark for every run")
     return path, yaml.safe_load(value)
 
 
@@ -1427,9 +1437,9 @@ def main() -> int:
                         f"Triton queue {row['triton_queue_ms']:.1f} ms/request, "
                         f"compute {row['triton_infer_us_per_row']:.1f} us/row, "
                         f"Triton {row['cpu_triton']:.3f} CPU s/1k "
-                        f"(model process {row['cpu_triton_stub']:.3f}); minor page faults per 1k: "
+                        f"(model processes {row['cpu_triton_stub']:.3f}); minor page faults per 1k: "
                         f"process {row['faults_consumer']:,.0f}, "
-                        f"model process {row['faults_triton_stub']:,.0f}",
+                        f"model processes {row['faults_triton_stub']:,.0f}",
                         file=sys.stderr,
                         flush=True,
                     )

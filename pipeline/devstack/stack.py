@@ -4,6 +4,7 @@ repository (trained first if absent). Used by `pipeline dev`, the tests and the 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,17 +44,30 @@ def ensure_model(
     return report
 
 
+# How this project's model.py begins, in every release: a version whose model.py begins
+# otherwise is someone's own model and is left alone.
+MODEL_OPENING = b'"""Triton Python-backend recommender:'
+
+
 def refresh_serving_code(model_dir: Path) -> None:
-    """The stack's repository outlives releases (var/...): each version gets this release's
-    model.py and scoring.py, so that a benchmark or `pipeline dev` never serves stale code
-    (the arrays of older versions are still read: scoring.Recommender's defaults)."""
+    """The stack's repository outlives releases (var/...): each version this project's
+    trainer wrote gets this release's model.py and scoring.py, so that a benchmark or
+    `pipeline dev` never serves stale code (older arrays are still read: scoring.Recommender's
+    defaults). Each file is replaced whole (os.replace): a Triton loading it meanwhile reads
+    the old file or the new one."""
     code = {name: source.read_bytes() for name, source in serving_code().items()}
     for version_dir in sorted(p for p in model_dir.iterdir() if p.name.isdigit()):
+        model = version_dir / "model.py"
+        if not model.exists() or not model.read_bytes().startswith(MODEL_OPENING):
+            continue
         for name, content in code.items():
             target = version_dir / name
-            if not target.exists() or target.read_bytes() != content:
-                target.write_bytes(content)
-                log.info("model version %s: %s replaced by this release's", version_dir.name, name)
+            if target.exists() and target.read_bytes() == content:
+                continue
+            partial = target.with_name(f".{name}.new")
+            partial.write_bytes(content)
+            os.replace(partial, target)
+            log.info("model version %s: %s replaced by this release's", version_dir.name, name)
 
 
 @dataclass

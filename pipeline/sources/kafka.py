@@ -59,7 +59,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # New assignments start unpaused in the consumer: forget which topics were held and
         # paused so that the run loop's next pass holds (and later pauses) the full ones again.
         self.source.credits.paused.clear()
-        self.source.held_since.clear()
         self.source.paused_in_consumer.clear()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
@@ -78,8 +77,10 @@ class KafkaSource:
         # Held this long, a topic is paused in the consumer; well inside max_poll_interval_ms,
         # since the loop does not poll while every topic is only held.
         self.pause_after_s = min(pause_after_s, spec.max_poll_interval_ms / 1000.0 / 4)
-        self.held_since: dict[str, float] = {}  # topics in credits.paused, since when
-        self.paused_in_consumer: set[str] = set()
+        self.paused_in_consumer: set[str] = set()  # held topics paused in the consumer too
+        # The end of the last getmany: aiokafka's idle time towards max_poll_interval_ms. A
+        # rebalance does not reset it, so holds across rebalances cannot outlast the bound.
+        self.last_poll = time.monotonic()
         self.tracker = tracker
         self.credits = credits
         self.metrics = metrics
@@ -111,9 +112,10 @@ class KafkaSource:
         await self.consumer.start()
 
     async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
-        # The loop polls even when every topic is paused (paused partitions are not fetched):
-        # a poll is what keeps this member in its group past max_poll_interval_ms, and each
-        # pass re-applies backpressure, so a rebalance that un-pauses partitions is noticed.
+        # Every pass re-applies backpressure, so a rebalance that un-pauses partitions is
+        # noticed. While every topic is only held the loop does not poll; at pause_after_s
+        # without a poll the held topics are paused and the loop polls again (paused
+        # partitions are not fetched): a poll keeps the member in its group.
         while not stop.is_set():
             self._apply_backpressure()
             try:
@@ -267,18 +269,27 @@ class KafkaSource:
             # Held partitions are left out by name: getmany would hand out their buffers.
             only = next(iter(by_topic.values()), [])
             return self._as_raw(
-                await consumer.getmany(*only, timeout_ms=100, max_records=self.spec.max_poll_records)
+                await self._poll(only, timeout_ms=100, max_records=self.spec.max_poll_records)
             )
         share = max(1, self.spec.max_poll_records // len(by_topic))
         topics = sorted(by_topic)
         self._turn = (self._turn + 1) % len(topics)  # who goes first rotates
         fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
         for topic in topics[self._turn :] + topics[: self._turn]:
-            fetched.update(await consumer.getmany(*by_topic[topic], timeout_ms=0, max_records=share))
+            fetched.update(await self._poll(by_topic[topic], timeout_ms=0, max_records=share))
         if not fetched:  # nothing buffered anywhere: wait for the next fetch response
             taking = [tp for topic in topics for tp in by_topic[topic]]
-            fetched = await consumer.getmany(*taking, timeout_ms=100, max_records=share)
+            fetched = await self._poll(taking, timeout_ms=100, max_records=share)
         return self._as_raw(fetched)
+
+    async def _poll(
+        self, partitions: list[TopicPartition], timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """getmany on ``partitions`` (none named: every unpaused one), its end noted."""
+        try:
+            return await self.consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+        finally:
+            self.last_poll = time.monotonic()
 
     def _as_raw(
         self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -287,29 +298,21 @@ class KafkaSource:
 
     def _apply_backpressure(self) -> None:
         """Hold the topics at their high watermark (``_fetch`` takes nothing of them), pause
-        in the consumer those held for ``pause_after_s`` (at once while another topic
-        flows), and let go of those back at their low watermark."""
+        the held ones in the consumer once ``pause_after_s`` passed without a poll (at once
+        while another topic flows), and let go of those back at their low watermark."""
         credits, consumer = self.credits, self.consumer
         full, room = credits.to_pause(), credits.to_resume()
-        now = time.monotonic()
         if full:
             credits.paused |= full
-            for topic in full:
-                self.held_since[topic] = now
         if room:
             credits.paused -= room
             resumed = room & self.paused_in_consumer
             if resumed:
                 consumer.resume(*(tp for tp in consumer.assignment() if tp.topic in resumed))
             self.paused_in_consumer -= room
-            for topic in room:
-                self.held_since.pop(topic, None)
         flowing = any(tp.topic not in credits.paused for tp in consumer.assignment())
-        overdue = {
-            t
-            for t in credits.paused - self.paused_in_consumer
-            if flowing or now - self.held_since.get(t, now) >= self.pause_after_s
-        }
+        unpolled_too_long = time.monotonic() - self.last_poll >= self.pause_after_s
+        overdue = credits.paused - self.paused_in_consumer if flowing or unpolled_too_long else set()
         if overdue:
             consumer.pause(*(tp for tp in consumer.assignment() if tp.topic in overdue))
             self.paused_in_consumer |= overdue

@@ -23,6 +23,9 @@ def test_set_parses_yaml_values_and_nested_paths() -> None:
         ("batch.max_size=0", "greater than 0"),
         ("batch=1", "no longer valid"),
         ("batch.max_size", "expected KEY.PATH=VALUE"),
+        ("source.topics=[x]", "set by the benchmark"),
+        ("model.name=other", "set by the benchmark"),
+        ("broker.bootstrap_servers=h:1", "set by the benchmark"),
     ],
 )
 def test_a_wrong_override_fails_before_anything_starts(

@@ -164,6 +164,28 @@ async def test_a_full_topic_is_paused_at_once_while_another_topic_flows() -> Non
     assert sum(r.topic == "a" for r in got) == 10 and sum(r.topic == "b" for r in got) == 3
 
 
+async def test_rebalances_while_held_do_not_put_off_the_pause() -> None:
+    """The pause comes pause_after_s after the last poll however often the group rebalances
+    meanwhile (each assignment forgets what was held): the member's idle time stays bounded."""
+    consumer = FakeConsumer({TP0: [b"{}"] * 30})
+    credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
+    source = source_with(consumer, credits, max_poll_records=10, pause_after_s=0.4)
+    got: list[RawRecord] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(got.extend, stop))
+    while len(got) < 10:
+        await asyncio.sleep(0.01)
+    held_at = asyncio.get_running_loop().time()
+    while TP0 not in consumer.paused_tps and asyncio.get_running_loop().time() - held_at < 2:
+        await _Rebalance(source).on_partitions_assigned([TP0])  # every 50 ms
+        await asyncio.sleep(0.05)
+    paused_after = asyncio.get_running_loop().time() - held_at
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert TP0 in consumer.paused_tps and paused_after < 0.8, paused_after
+    assert len(got) == 10
+
+
 def test_pause_after_stays_well_inside_max_poll_interval() -> None:
     spec = Source(topics=["t"], group_id="g", max_poll_interval_ms=3000)
 

@@ -5,7 +5,6 @@ items of HISTORY) and ITEM_IDS answers with catalogue ids; inside, ids are dense
 are scored together: one matrix product per block of rows (scoring.SCORE_BLOCK scores)."""
 
 import ctypes
-import ctypes.util
 import json
 import os
 import sys
@@ -23,14 +22,16 @@ import scoring
 # uniform ones. Fixed thresholds keep them in the heap: at most TRIM_THRESHOLD of freed
 # memory stays with the process. (M_* are glibc's mallopt parameter numbers.)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64 bits; larger blocks still get a mapping
+# glibc's largest on 64 bits. Arrays above it still get a mapping (and their faults): a
+# catalogue so large that a block of scoring.SCORE_BLOCK scores' arrays exceeds 32 MiB.
+MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 256 << 20
 
 
 def keep_freed_memory():
     """Sets the thresholds; False where the C library is not glibc (left as it is)."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
