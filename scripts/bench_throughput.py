@@ -723,9 +723,7 @@ class Bench:
         self.runs = workdir / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
         self.broker = broker_at(stack.broker.bootstrap)
-        self.shipped: dict[str, Any] = yaml.safe_load(SHIPPED.read_text())
-        for path, value in args.set:  # hand and ceiling follow the pipeline's batch, streams, ...
-            set_key(self.shipped, path, value)
+        self.shipped: dict[str, Any] = args.shipped  # hand and ceiling follow its batch, streams, ...
         self.batch = int(self.shipped["batch"]["max_size"])
         self.events = Events(max(args.events, args.naive_events))
 
@@ -1349,12 +1347,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, allowed in (("models", MODELS), ("variants", VARIANTS)):
         if not set(getattr(args, name)) <= set(allowed):
             parser.error(f"--{name}: choose from {', '.join(allowed)}")
-    shipped = yaml.safe_load(SHIPPED.read_text())
-    for path, value in args.set:  # a wrong path or value fails here, before any stack starts
-        set_key(shipped, path, value)
+    # The shipped topology with the overrides (what hand and ceiling follow): a wrong path
+    # or value fails here, before any stack starts.
+    args.shipped = yaml.safe_load(SHIPPED.read_text())
+    for path, value in args.set:
+        set_key(args.shipped, path, value)
     if args.set:
         try:
-            Topology.model_validate(shipped)
+            Topology.model_validate(args.shipped)
         except ValueError as error:
             parser.error(f"--set: the topology is no longer valid: {error}")
     if args.smoke:

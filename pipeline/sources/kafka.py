@@ -308,15 +308,18 @@ class KafkaSource:
             credits.paused -= room
             resumed = room & self.paused_in_consumer
             if resumed:
-                consumer.resume(*(tp for tp in consumer.assignment() if tp.topic in resumed))
+                consumer.resume(*self._partitions_of(resumed))
             self.paused_in_consumer -= room
         flowing = any(tp.topic not in credits.paused for tp in consumer.assignment())
         unpolled_too_long = time.monotonic() - self.last_poll >= self.pause_after_s
         overdue = credits.paused - self.paused_in_consumer if flowing or unpolled_too_long else set()
         if overdue:
-            consumer.pause(*(tp for tp in consumer.assignment() if tp.topic in overdue))
+            consumer.pause(*self._partitions_of(overdue))
             self.paused_in_consumer |= overdue
         self.metrics.paused.set(len(credits.paused))
+
+    def _partitions_of(self, topics: set[str]) -> list[TopicPartition]:
+        return [tp for tp in self.consumer.assignment() if tp.topic in topics]
 
     async def commit(self) -> None:
         due = self.tracker.commits_due()

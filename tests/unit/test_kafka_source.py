@@ -79,7 +79,7 @@ class FakeConsumer:
         for tp in sorted(tps or self.logs):
             if tp in self.paused_tps:
                 continue
-            taken = []
+            taken: list[ConsumerRecord[bytes, bytes]] = []
             while budget and self.pos[tp] + len(taken) < len(self.logs[tp]):
                 offset = self.pos[tp] + len(taken)
                 if self.logs[tp][offset] == BAD:
@@ -110,6 +110,28 @@ def source_with(
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
 
+@dataclass
+class Running:
+    """A source's run loop as a task, and the records it handed on."""
+
+    source: KafkaSource
+    got: list[RawRecord] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.task = asyncio.create_task(self.source.run(self.got.extend, self.stop))
+
+    async def until_taken(self, count: int) -> None:
+        while len(self.got) < count:
+            await asyncio.sleep(0.01)
+
+    async def finish(self, timeout_s: float = 2) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, timeout_s)
+
+
 async def test_a_full_topic_is_held_with_its_buffer_and_paused_only_when_held_long() -> None:
     """aiokafka drops what it has fetched for a partition when it is paused: a topic at its
     high watermark is first only held (not taken from, not polled, the consumer untouched)
@@ -118,30 +140,24 @@ async def test_a_full_topic_is_held_with_its_buffer_and_paused_only_when_held_lo
     consumer = FakeConsumer({TP0: [b"{}"] * 30})
     credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
     source = source_with(consumer, credits, max_poll_records=5, pause_after_s=0.3)
-    got: list[RawRecord] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(source.run(got.extend, stop))
-    while len(got) < 10:
-        await asyncio.sleep(0.01)
+    run = Running(source)
+    await run.until_taken(10)
     polls_at_full = consumer.polls
     await asyncio.sleep(0.1)
-    assert len(got) == 10 and not consumer.paused_tps and consumer.polls == polls_at_full
+    assert len(run.got) == 10 and not consumer.paused_tps and consumer.polls == polls_at_full
     assert source.metrics.paused._value.get() == 1  # held counts as paused for operators
     credits.give_back("t", 10)  # the work finishes: taken from again, nothing to resume
-    while len(got) < 20:
-        await asyncio.sleep(0.01)
+    await run.until_taken(20)
     await asyncio.sleep(0.5)  # held again, now past pause_after_s
-    assert len(got) == 20 and TP0 in consumer.paused_tps
+    assert len(run.got) == 20 and TP0 in consumer.paused_tps
     polls_paused = consumer.polls
     await asyncio.sleep(0.3)
     assert consumer.polls > polls_paused  # paused: the loop polls (membership)
     credits.give_back("t", 10)
-    while len(got) < 30:
-        await asyncio.sleep(0.01)
-    stop.set()
-    await asyncio.wait_for(task, 2)
+    await run.until_taken(30)
+    await run.finish()
     assert TP0 not in consumer.paused_tps
-    assert [r.offset for r in got] == list(range(30))
+    assert [r.offset for r in run.got] == list(range(30))
 
 
 async def test_a_full_topic_is_paused_at_once_while_another_topic_flows() -> None:
@@ -151,17 +167,14 @@ async def test_a_full_topic_is_paused_at_once_while_another_topic_flows() -> Non
     consumer = FakeConsumer({a0: [b"{}"] * 30, b0: [b"{}"] * 3})
     credits = TopicCredits(["a", "b"], high_watermark=10, low_watermark=5)
     source = source_with(consumer, credits, max_poll_records=10, pause_after_s=60.0)
-    got: list[RawRecord] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(source.run(got.extend, stop))
+    run = Running(source)
     for _ in range(100):
         if a0 in consumer.paused_tps:
             break
         await asyncio.sleep(0.01)
-    stop.set()
-    await asyncio.wait_for(task, 2)
+    await run.finish()
     assert a0 in consumer.paused_tps and b0 not in consumer.paused_tps
-    assert sum(r.topic == "a" for r in got) == 10 and sum(r.topic == "b" for r in got) == 3
+    assert sum(r.topic == "a" for r in run.got) == 10 and sum(r.topic == "b" for r in run.got) == 3
 
 
 async def test_rebalances_while_held_do_not_put_off_the_pause() -> None:
@@ -170,20 +183,16 @@ async def test_rebalances_while_held_do_not_put_off_the_pause() -> None:
     consumer = FakeConsumer({TP0: [b"{}"] * 30})
     credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
     source = source_with(consumer, credits, max_poll_records=10, pause_after_s=0.4)
-    got: list[RawRecord] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(source.run(got.extend, stop))
-    while len(got) < 10:
-        await asyncio.sleep(0.01)
+    run = Running(source)
+    await run.until_taken(10)
     held_at = asyncio.get_running_loop().time()
     while TP0 not in consumer.paused_tps and asyncio.get_running_loop().time() - held_at < 2:
         await _Rebalance(source).on_partitions_assigned([TP0])  # every 50 ms
         await asyncio.sleep(0.05)
     paused_after = asyncio.get_running_loop().time() - held_at
-    stop.set()
-    await asyncio.wait_for(task, 2)
+    await run.finish()
     assert TP0 in consumer.paused_tps and paused_after < 0.8, paused_after
-    assert len(got) == 10
+    assert len(run.got) == 10
 
 
 def test_pause_after_stays_well_inside_max_poll_interval() -> None:
@@ -199,29 +208,25 @@ async def test_a_rebalance_while_paused_does_not_wedge_the_source() -> None:
     consumer = FakeConsumer({TP0: [b"{}"] * 30})
     credits = TopicCredits(["t"], high_watermark=10, low_watermark=5)
     source = source_with(consumer, credits, max_poll_records=5, pause_after_s=0.0)
-    got: list[RawRecord] = []
-    stop = asyncio.Event()
-    task = asyncio.create_task(source.run(got.extend, stop))
-    while len(got) < 10:
-        await asyncio.sleep(0.01)
+    run = Running(source)
+    await run.until_taken(10)
     await asyncio.sleep(0.3)
-    assert TP0 in consumer.paused_tps and len(got) == 10  # full: paused
+    assert TP0 in consumer.paused_tps and len(run.got) == 10  # full: paused
     polls_while_paused = consumer.polls
     # A rebalance hands the partition back unpaused, with the credits still taken.
     consumer.paused_tps.clear()
     await _Rebalance(source).on_partitions_assigned([TP0])
     await asyncio.sleep(0.3)
     paused_again = TP0 in consumer.paused_tps
-    credits.give_back("t", len(got))  # the work finishes
+    credits.give_back("t", len(run.got))  # the work finishes
     for _ in range(100):
-        if len(got) == 30:
+        if len(run.got) == 30:
             break
         credits.give_back("t", credits.gate("t").in_flight)
         await asyncio.sleep(0.02)
-    stop.set()
-    await asyncio.wait_for(task, 2)
+    await run.finish()
     assert paused_again, "the full topic must be paused again after the assignment"
-    assert [r.offset for r in got] == list(range(30))
+    assert [r.offset for r in run.got] == list(range(30))
     assert polls_while_paused >= 3  # kept polling while paused (membership), not parked
     assert consumer.polls > polls_while_paused
 
