@@ -3,6 +3,7 @@ or joined to a group), with its /readyz and /metrics: used by the fault suite an
 
 from __future__ import annotations
 
+import http.client
 import os
 import sys
 import urllib.request
@@ -93,8 +94,8 @@ class PipelineProcess(ChildProcess):
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                     if r.status != 200:
                         return False
-            except OSError:
-                return False
+            except (OSError, http.client.HTTPException):  # not listening yet: a connect to a free
+                return False  # local port can meet itself and read its own request back
         return True
 
     def metrics(self) -> str:

@@ -5,6 +5,7 @@ drains every worker, and a configuration error stops them all at once instead of
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import sys
@@ -42,7 +43,7 @@ def _get(port: int, path: str) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
             return str(resp.read().decode())
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not listening yet (a self-connect echoes the request)
         return ""
 
 
