@@ -14,6 +14,10 @@ Variants, each a process of its own whose CPU and peak RSS are read from /proc:
 - pipeline: `pipeline run` on the shipped topology, every guarantee on.
 - ceiling: Triton alone, requests built in advance at the pipeline's batch size, the best
   of a few streams x in-flight shapes.
+- ceiling-shm (only with --variants): the same with the tensors in system shared memory (a
+  region pair per request in flight, registered with Triton; inputs written in, outputs
+  copied out), as a client next to Triton could. It measured no gain here, so the pipeline
+  sends its tensors in the gRPC messages (docs/benchmarks.md).
 
 Each Kafka run consumes a fresh 4-partition topic pre-loaded (just before it starts: the
 shipped deadline dead-letters events older than 30 s) with --events events of distinct
@@ -25,7 +29,9 @@ span. The default backlog is 100,000 events, 5x the shipped topology's credits
 in its first ~150 ms and its 10th-90th percentile span holds only the work after the parse
 (measured at 20,000 on the trivial model, commit a017e8f: 50,000-66,000 ev/s "steady" for
 25,000-36,000 ev/s from the first take to the last output). Reps rotate the order. A last
-step runs the pipeline at half its median rate and reports its latency.
+step runs the pipeline at half its median rate (or --half-rate EV_S) and reports its latency;
+`--half-rate-set KEY.PATH=VALUE` (repeatable) adds settings to compare there, each run
+interleaved with the shipped one --half-rate-reps times (`--reps 0` runs only this step).
 
 Writes a markdown table and a PNG plot (docs/bench_throughput.* by default; --smoke: in the
 workdir), and every run's numbers to WORKDIR/bench_throughput.json (--render JSON writes the
@@ -38,6 +44,8 @@ the CPU of Triton's model processes (the Python backend's stubs) apart from the 
 
     python scripts/bench_throughput.py [--events 100000] [--reps 3] [--smoke] [--workdir DIR]
                                        [--models M,..] [--variants V,..] [--set KEY.PATH=VALUE]
+                                       [--half-rate EV_S] [--half-rate-reps N]
+                                       [--half-rate-set KEY.PATH=VALUE]
 """
 
 from __future__ import annotations
@@ -83,7 +91,12 @@ from pipeline.topology.schema import Broker, Topology
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 MODELS = ("recommender", "trivial")
-VARIANTS = ("naive", "hand", "pipeline", "pipeline-2w", "ceiling")  # 2w: `pipeline run --workers 2`
+# 2w: `pipeline run --workers 2`
+VARIANTS = ("naive", "hand", "pipeline", "pipeline-2w", "ceiling", "ceiling-shm")
+# ceiling-shm (Triton alone with its tensors in system shared memory) is on request only: it
+# measured no gain on this stack (docs/benchmarks.md), so the pipeline does not use it
+DEFAULT_VARIANTS = VARIANTS[:-1]
+CEILING_VARIANTS = ("ceiling", "ceiling-shm")
 CEILING_SHAPES = ((1, 2), (2, 4), (2, 8), (4, 8))  # streams x requests in flight (in all)
 CEILING_SECONDS = 2.0  # each shape sends for at least this long (the trivial model answers in ~1 ms)
 PARTITIONS = 4
@@ -288,11 +301,22 @@ def output_value(
     )
 
 
-def request_inputs(users: np.ndarray, items: np.ndarray, history_length: int) -> list[Any]:
-    import tritonclient.grpc as grpcclient
-
+def request_arrays(
+    users: np.ndarray, items: np.ndarray, history_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """USER_ID (n, 1) and HISTORY (n, history_length): each user's one item, then padding."""
     history = np.full((len(users), history_length), HISTORY_PAD, dtype=np.int64)
     history[:, 0] = items
+    return users.reshape(-1, 1), history
+
+
+def request_inputs(users: np.ndarray, items: np.ndarray, history_length: int) -> list[Any]:
+    return inputs_of(*request_arrays(users, items, history_length))
+
+
+def inputs_of(users: np.ndarray, history: np.ndarray) -> list[Any]:
+    import tritonclient.grpc as grpcclient
+
     user_input = grpcclient.InferInput("USER_ID", [len(users), 1], "INT64")
     user_input.set_data_from_numpy(users.reshape(-1, 1))
     history_input = grpcclient.InferInput("HISTORY", list(history.shape), "INT64")
@@ -590,8 +614,16 @@ async def naive_worker(spec: dict[str, Any]) -> dict[str, Any]:
 class Shape:
     """One streams x in-flight shape of the ceiling client."""
 
-    def __init__(self, client: Any, spec: dict[str, Any], prebuilt: list[list[Any]], n_streams: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        spec: dict[str, Any],
+        prebuilt: list[Any],
+        n_streams: int,
+        regions: ShmSlots | None = None,
+    ) -> None:
         self.client, self.spec, self.prebuilt, self.n_streams = client, spec, prebuilt, n_streams
+        self.regions = regions
         self.outputs = requested_outputs()
         self.serial = 0
         self.times: list[float] = []
@@ -601,18 +633,23 @@ class Shape:
         """``count`` requests, and more until ``min_s`` has passed, ``window`` at a time."""
         slots = asyncio.Semaphore(window)
 
-        async def one(inputs: list[Any]) -> None:
+        async def one(inputs: Any) -> None:
             self.serial += 1
+            slot = self.regions.take() if self.regions else None
             request = {
                 "model_name": self.spec["model"],
-                "inputs": inputs,
-                "outputs": self.outputs,
+                "inputs": slot.write(inputs) if slot else inputs,
+                "outputs": slot.outputs if slot else self.outputs,
                 "request_id": str(self.serial),
             }
             started = time.perf_counter()
             try:
                 await stream.submit(request)
+                if slot:
+                    slot.read()
             finally:
+                if slot and self.regions:
+                    self.regions.give(slot)
                 slots.release()
             if record:
                 self.times.append(time.time() * 1000.0)
@@ -649,9 +686,75 @@ class Shape:
         }
 
 
+class ShmSlot:
+    """One request's tensors in system shared memory: the inputs written into one region,
+    the outputs answered into another and copied out, as a client would."""
+
+    def __init__(self, name: str, batch: int, history_length: int, top_k: int) -> None:
+        import tritonclient.grpc as grpcclient
+        import tritonclient.utils.shared_memory as shm
+
+        self.name, self.batch, self.top_k = name, batch, top_k
+        self.in_size = batch * (1 + history_length) * 8
+        self.out_size = batch * top_k * (8 + 4)
+        self.in_handle = shm.create_shared_memory_region(f"{name}-in", f"/{name}-in", self.in_size)
+        self.out_handle = shm.create_shared_memory_region(f"{name}-out", f"/{name}-out", self.out_size)
+        user = grpcclient.InferInput("USER_ID", [batch, 1], "INT64")
+        user.set_shared_memory(f"{name}-in", batch * 8)
+        history = grpcclient.InferInput("HISTORY", [batch, history_length], "INT64")
+        history.set_shared_memory(f"{name}-in", batch * history_length * 8, offset=batch * 8)
+        self.inputs = [user, history]
+        ids = grpcclient.InferRequestedOutput("ITEM_IDS")
+        ids.set_shared_memory(f"{name}-out", batch * top_k * 8)
+        scores = grpcclient.InferRequestedOutput("SCORES")
+        scores.set_shared_memory(f"{name}-out", batch * top_k * 4, offset=batch * top_k * 8)
+        self.outputs = [ids, scores]
+
+    def write(self, arrays: tuple[np.ndarray, np.ndarray]) -> list[Any]:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.set_shared_memory_region(self.in_handle, list(arrays))
+        return self.inputs
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        import tritonclient.utils.shared_memory as shm
+
+        shape, offset = [self.batch, self.top_k], self.batch * self.top_k * 8
+        ids = shm.get_contents_as_numpy(self.out_handle, np.int64, shape)
+        scores = shm.get_contents_as_numpy(self.out_handle, np.float32, shape, offset=offset)
+        return ids.copy(), scores.copy()
+
+    async def register(self, client: Any) -> None:
+        await client.register_system_shared_memory(f"{self.name}-in", f"/{self.name}-in", self.in_size)
+        await client.register_system_shared_memory(f"{self.name}-out", f"/{self.name}-out", self.out_size)
+
+    async def release(self, client: Any) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        for suffix, handle in (("in", self.in_handle), ("out", self.out_handle)):
+            with contextlib.suppress(Exception):
+                await client.unregister_system_shared_memory(f"{self.name}-{suffix}")
+            shm.destroy_shared_memory_region(handle)
+
+
+class ShmSlots:
+    """A region pair per request in flight, taken while the request is out."""
+
+    def __init__(self, slots: list[ShmSlot]) -> None:
+        self.all, self.free = slots, list(slots)
+
+    def take(self) -> ShmSlot:
+        return self.free.pop()
+
+    def give(self, slot: ShmSlot) -> None:
+        self.free.append(slot)
+
+
 async def ceiling_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Triton alone: requests of the pipeline's batch size built in advance, sent over S
-    streams with F requests in flight in all, for each shape; rate from the answers' times."""
+    streams with F requests in flight in all, for each shape; rate from the answers' times.
+    With ``shm`` the tensors go through system shared memory (a region pair per request in
+    flight, registered with Triton) instead of the gRPC messages."""
     import tritonclient.grpc.aio as aio
 
     client = aio.InferenceServerClient(spec["url"])
@@ -659,20 +762,37 @@ async def ceiling_worker(spec: dict[str, Any]) -> dict[str, Any]:
     # the users and items of the Kafka runs' first events (the items' popularity changes
     # the model's cost a little: uniform random items cost ~7 % more Triton CPU)
     items = np.asarray([item for item, _ in Events(16 * batch).rows], dtype=np.int64)
-    prebuilt = [
-        request_inputs(
+    arrays = [
+        request_arrays(
             np.arange(k * batch, (k + 1) * batch, dtype=np.int64),
             items[k * batch : (k + 1) * batch],
             spec["history_length"],
         )
         for k in range(16)
     ]
+    prebuilt: list[Any] = arrays if spec.get("shm") else [inputs_of(*a) for a in arrays]
+    top_k = 0
+    if spec.get("shm"):
+        metadata = await client.get_model_metadata(spec["model"], as_json=True)
+        top_k = next(int(o["shape"][-1]) for o in metadata["outputs"] if o["name"] == "ITEM_IDS")
     requests = min(max(math.ceil(spec["events"] / batch), 200), 400)
     shapes = []
     try:
         for n_streams, in_flight in spec["shapes"]:
-            shape = Shape(client, spec, prebuilt, n_streams)
-            shapes.append(await shape.run(in_flight, requests, spec["ceiling_seconds"]))
+            regions = None
+            if spec.get("shm"):
+                window = max(1, in_flight // n_streams)
+                prefix = f"bench-{os.getpid()}-{n_streams}x{in_flight}"
+                names = [f"{prefix}-{i}" for i in range(window * n_streams)]
+                regions = ShmSlots([ShmSlot(n, batch, spec["history_length"], top_k) for n in names])
+                for slot in regions.all:
+                    await slot.register(client)
+            try:
+                shape = Shape(client, spec, prebuilt, n_streams, regions)
+                shapes.append(await shape.run(in_flight, requests, spec["ceiling_seconds"]))
+            finally:
+                for slot in regions.all if regions else []:
+                    await slot.release(client)
             print(json.dumps(shapes[-1]), flush=True)
     finally:
         await client.close()
@@ -818,8 +938,8 @@ class Bench:
         tag = uuid.uuid4().hex[:8]
         if variant in ("pipeline", "pipeline-2w"):
             return self.run_pipeline(model, tag, workers=2 if variant == "pipeline-2w" else 1)
-        if variant == "ceiling":
-            return self.run_ceiling(model, tag)
+        if variant in CEILING_VARIANTS:
+            return self.run_ceiling(model, tag, shm=variant == "ceiling-shm")
         events = self.args.events if variant == "hand" else min(self.args.naive_events, self.args.events)
         spec = self.worker_spec(variant, model, tag, events)
         asyncio.run(ensure_topics(self.broker, [spec["input"], spec["output"]], PARTITIONS))
@@ -844,10 +964,10 @@ class Bench:
             cwd=ROOT,
         )
 
-    def topology(self, model: str) -> Topology:
+    def topology(self, model: str, setting: tuple[tuple[str, Any], ...] = ()) -> Topology:
         data = topology_on_stack(self.stack)  # fresh topics and group
         data["model"]["name"] = model
-        for path, value in self.args.set:
+        for path, value in (*self.args.set, *setting):
             set_key(data, path, value)
         return Topology.model_validate(data)
 
@@ -871,8 +991,9 @@ class Bench:
         row["dead_letters"] = dead
         return row
 
-    def run_ceiling(self, model: str, tag: str) -> dict[str, Any]:
+    def run_ceiling(self, model: str, tag: str, shm: bool = False) -> dict[str, Any]:
         spec = self.worker_spec("ceiling", model, tag, self.args.events)
+        spec["shm"] = shm
         proc = self.worker("ceiling", tag, spec)
         status = Path(spec["status"])
         try:
@@ -886,7 +1007,7 @@ class Bench:
         best = result["best"]
         t10, t90, events = best["t10"], best["t90"], best["events"]
         return {
-            "variant": "ceiling",
+            "variant": "ceiling-shm" if shm else "ceiling",
             "model": model,
             "rate": best["rate"],
             "events": events,
@@ -905,9 +1026,12 @@ class Bench:
             "shapes": {s["shape"]: round(s["rate"]) for s in result["shapes"]},
         }
 
-    def half_rate(self, rate: float, seconds: float) -> dict[str, Any]:
-        """The pipeline on the shipped model at a steady ``rate`` for ``seconds``: latency."""
-        topology = self.topology("recommender")
+    def half_rate(
+        self, rate: float, seconds: float, setting: tuple[tuple[str, Any], ...] = ()
+    ) -> dict[str, Any]:
+        """The pipeline on the shipped model (with ``setting``'s overrides on top) at a steady
+        ``rate`` for ``seconds``: latency."""
+        topology = self.topology("recommender", setting)
         asyncio.run(ensure_topology_topics(topology, PARTITIONS))
         topic = topology.source.topics[0]
         worker = PipelineProcess(topology, self.runs, name=f"pipeline-half-{uuid.uuid4().hex[:8]}")
@@ -930,7 +1054,9 @@ class Bench:
             if all((s["topic"], s["partition"], s["offset"]) in inputs for s in o[1]["sources"])
         ]
         row = summarise("pipeline", "recommender", outputs, inputs, sampler, rss, "window")
-        row.update({"offered": rate, "seconds": seconds, "dead_letters": dead})
+        row.update(
+            {"offered": rate, "seconds": seconds, "dead_letters": dead, "setting": setting_name(setting)}
+        )
         return row
 
 
@@ -1109,7 +1235,10 @@ def overrides_note(overrides: list[str]) -> str:
 
 
 def report(
-    meta: dict[str, Any], rows: list[dict[str, Any]], half: dict[str, Any] | None, facts: dict[str, str]
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    half: list[dict[str, Any]] | dict[str, Any] | None,
+    facts: dict[str, str],
 ) -> str:
     """The markdown page; ``meta``: the command line and the settings of the run."""
     agg = aggregate(rows)
@@ -1152,7 +1281,7 @@ def report(
     ]
     for (model, variant), a in agg.items():
         note = ""
-        if variant == "ceiling":
+        if variant in CEILING_VARIANTS:
             note = f"batch {batch}, best shape {'/'.join(sorted(set(a['shapes'])))}"
         elif variant == "naive":
             note = f"{a['events']:,.0f} events per run"
@@ -1161,7 +1290,7 @@ def report(
         lines.append(
             f"| {model} | {variant} | {fmt(a['rate'])} | {fmt(a['rate_min'])}–{fmt(a['rate_max'])} | "
             f"{fmt(a['cpu_consumer'], 3)} | {fmt(a['cpu_triton'], 3)} | "
-            f"{fmt(a['cpu_broker'], 3) if variant != 'ceiling' else '–'} | {fmt(a['rss_mb'])} | "
+            f"{fmt(a['cpu_broker'], 3) if variant not in CEILING_VARIANTS else '–'} | {fmt(a['rss_mb'])} | "
             f"{fmt(a['e2e_p50'])} / {fmt(a['e2e_p99'])} | "
             f"{fmt(a['proc_p50'], 1)} / {fmt(a['proc_p99'], 1)} | "
             f"{note} |"
@@ -1186,19 +1315,9 @@ def report(
             f"| {model} | {ratio(hand)} | {ratio(ceiling)} | {ratio(naive)} | {ratio(hand, 'cpu_consumer')} "
             f"| {ratio(hand, p=two) if two else '–'} |"
         )
-    if half is not None:
-        lines += [
-            "",
-            f"Pipeline at half its median rate (shipped model, {half['seconds']:.0f} s, load "
-            "generator in the bench process, producer linger 5 ms):",
-            "",
-            "| offered ev/s | delivered ev/s | e2e p50 / p99 ms | in-process p50 / p99 ms | "
-            "CPU s/1k ev | Triton CPU s/1k | broker CPU s/1k |",
-            "|---|---|---|---|---|---|---|",
-            f"| {fmt(half['offered'])} | {fmt(half['rate'])} | {fmt(half['e2e_p50'], 1)} / "
-            f"{fmt(half['e2e_p99'], 1)} | {fmt(half['proc_p50'], 1)} / {fmt(half['proc_p99'], 1)} | "
-            f"{fmt(half['cpu_consumer'], 3)} | {fmt(half['cpu_triton'], 3)} | {fmt(half['cpu_broker'], 3)} |",
-        ]
+    halves = [half] if isinstance(half, dict) else (half or [])
+    if halves:
+        lines += half_rate_table(halves)
     lines += [
         "",
         "Every run (drain: all its events over first take → last output, a check on the steady "
@@ -1258,7 +1377,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         for part, hatch in (("cpu_consumer", ""), ("cpu_triton", "//"), ("cpu_broker", "..")):
             # the ceiling has no broker in its path
             vals = np.asarray(
-                [0.0 if part == "cpu_broker" and v == "ceiling" else a[part] for _, v, a in present]
+                [0.0 if part == "cpu_broker" and v in CEILING_VARIANTS else a[part] for _, v, a in present]
             )
             ax2.bar(
                 [x for x, _, _ in present],
@@ -1299,19 +1418,74 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def setting_name(setting: tuple[tuple[str, Any], ...]) -> str:
+    return ", ".join(f"{path}={value}" for path, value in setting) or "shipped"
+
+
+def half_rate_table(halves: list[dict[str, Any]]) -> list[str]:
+    """A row per setting: the medians over its runs, and each run's p99 (the spread)."""
+    by_setting: dict[str, list[dict[str, Any]]] = {}
+    for h in halves:
+        by_setting.setdefault(h.get("setting", "shipped"), []).append(h)
+    first = halves[0]
+    lines = [
+        "",
+        f"Pipeline at half its median rate (shipped model, {first['seconds']:.0f} s a run, load "
+        "generator in the bench process, producer linger 5 ms; with several settings the runs "
+        "are interleaved and each cell is the median of its runs):",
+        "",
+        "| setting | runs | offered ev/s | delivered ev/s | e2e p50 / p99 ms | e2e p99 per run ms "
+        "| in-process p50 / p99 ms | CPU s/1k ev | Triton CPU s/1k | broker CPU s/1k |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in by_setting.items():
+
+        def m(key: str, runs: list[dict[str, Any]] = runs) -> float:
+            return median([r[key] for r in runs])
+
+        lines.append(
+            f"| {name} | {len(runs)} | {fmt(m('offered'))} | {fmt(m('rate'))} | "
+            f"{fmt(m('e2e_p50'), 1)} / {fmt(m('e2e_p99'), 1)} | "
+            f"{', '.join(fmt(r['e2e_p99']) for r in runs)} | "
+            f"{fmt(m('proc_p50'), 1)} / {fmt(m('proc_p99'), 1)} | "
+            f"{fmt(m('cpu_consumer'), 3)} | {fmt(m('cpu_triton'), 3)} | {fmt(m('cpu_broker'), 3)} |"
+        )
+    return lines
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000, help="pre-loaded events per run")
     parser.add_argument("--naive-events", type=int, default=2_000, help="cap of the naive loop")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--half-rate-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--half-rate",
+        type=float,
+        default=None,
+        metavar="EV_S",
+        help="the latency step's offered rate (default: half the pipeline's median rate)",
+    )
+    parser.add_argument("--half-rate-reps", type=int, default=1, help="runs of each latency setting")
+    parser.add_argument(
+        "--half-rate-set",
+        type=topology_override,
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="a setting the latency step also runs, interleaved with the shipped one (repeatable)",
+    )
     parser.add_argument("--smoke", action="store_true", help="~2,000 events, 1 rep, output in the workdir")
     parser.add_argument("--workdir", type=Path, default=None, help="default var/bench_throughput")
     parser.add_argument(
         "--out", type=Path, default=None, help="table and plot (default docs/bench_throughput)"
     )
     parser.add_argument("--models", default=",".join(MODELS), help="a subset, comma-separated")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="a subset, comma-separated")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)}",
+    )
     parser.add_argument(
         "--hand-produce",
         choices=("send", "batch"),
@@ -1357,6 +1531,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             Topology.model_validate(args.shipped)
         except ValueError as error:
             parser.error(f"--set: the topology is no longer valid: {error}")
+    for path, value in args.half_rate_set:
+        alternative = yaml.safe_load(yaml.safe_dump(args.shipped))
+        set_key(alternative, path, value)
+        try:
+            Topology.model_validate(alternative)
+        except ValueError as error:
+            parser.error(f"--half-rate-set {path}: the topology is no longer valid: {error}")
     if args.smoke:
         args.events, args.naive_events, args.reps, args.half_rate_seconds = 2_000, 200, 1, 3.0
     return args
@@ -1418,7 +1599,7 @@ def main() -> int:
     fingerprint = code_fingerprint()
     stack = EmbeddedStack.start(workdir, repository)
     rows: list[dict[str, Any]] = []
-    half = None
+    halves: list[dict[str, Any]] = []
     try:
         bench = Bench(args, stack, workdir)
         for rep in range(args.reps):
@@ -1444,9 +1625,25 @@ def main() -> int:
                         flush=True,
                     )
         rates = [r["rate"] for r in rows if r["variant"] == "pipeline" and r["model"] == "recommender"]
-        if rates and args.half_rate_seconds > 0:
-            print(f"half rate: {median(rates) / 2:,.0f} ev/s ...", file=sys.stderr, flush=True)
-            half = bench.half_rate(median(rates) / 2, args.half_rate_seconds)
+        rate = args.half_rate or (median(rates) / 2 if rates else 0.0)
+        if rate > 0 and args.half_rate_seconds > 0:
+            settings = [(), *(((path, value),) for path, value in args.half_rate_set)]
+            for rep in range(args.half_rate_reps):
+                for setting in settings[rep % len(settings) :] + settings[: rep % len(settings)]:
+                    name = setting_name(setting)
+                    print(
+                        f"half rate {rep + 1}/{args.half_rate_reps}: {rate:,.0f} ev/s, {name} ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    halves.append({**bench.half_rate(rate, args.half_rate_seconds, setting), "rep": rep + 1})
+                    h = halves[-1]
+                    print(
+                        f"  e2e p50 {h['e2e_p50']:.0f} / p99 {h['e2e_p99']:.0f} ms, "
+                        f"delivered {h['rate']:,.0f} ev/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         batch = bench.batch
     finally:
         stack.stop()
@@ -1462,7 +1659,7 @@ def main() -> int:
         },
         "overrides": [f"{path}={value}" for path, value in args.set],
     }
-    results = {"meta": meta, "rows": rows, "half": half, "facts": facts}
+    results = {"meta": meta, "rows": rows, "half": halves, "facts": facts}
     (workdir / "bench_throughput.json").write_text(json.dumps(results, indent=1))
     write_outputs(out, results)
     return 0

@@ -1,6 +1,8 @@
-"""scripts/bench_throughput.py --smoke as anyone runs it: its own broker and Triton, every
-variant for both models, a table and a plot in the workdir, and no process left behind.
-No timing is asserted: only that each variant answered."""
+"""scripts/bench_throughput.py --smoke as anyone runs it: its own broker and Triton, the
+variants for both models (Triton alone with and without shared memory; the 2-worker
+pipeline is left to test_workers), the latency step with a second setting, a table and a
+plot in the workdir, and no process left behind. No timing is asserted: only that each
+variant and setting answered."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tests.integration.harness import processes_mentioning
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("recommender", "trivial")
-VARIANTS = ("naive", "hand", "pipeline", "ceiling")
+VARIANTS = ("naive", "hand", "pipeline", "ceiling", "ceiling-shm")
 
 
 def rates(table: str) -> dict[tuple[str, str], float]:
@@ -31,7 +33,17 @@ def rates(table: str) -> dict[tuple[str, str], float]:
 @pytest.mark.timeout(330)
 def test_bench_throughput_smoke(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "scripts/bench_throughput.py", "--smoke", "--workdir", str(tmp_path)],
+        [
+            sys.executable,
+            "scripts/bench_throughput.py",
+            "--smoke",
+            "--workdir",
+            str(tmp_path),
+            "--variants",
+            ",".join(VARIANTS),
+            "--half-rate-set",
+            "window.max_ms=5",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -44,5 +56,7 @@ def test_bench_throughput_smoke(tmp_path: Path) -> None:
         for variant in VARIANTS:
             assert found.get((model, variant), 0) > 0, f"no positive rate for {model}/{variant}:\n{table}"
     assert "half its median rate" in table
+    for setting in ("shipped", "window.max_ms=5"):  # a latency row per setting, one run each
+        assert any(line.startswith(f"| {setting} | 1 |") for line in table.splitlines()), table
     assert (tmp_path / "bench_throughput.png").stat().st_size > 0
     assert processes_mentioning(str(tmp_path)) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.bench_throughput import parse_args, set_key
+from scripts.bench_throughput import DEFAULT_VARIANTS, half_rate_table, parse_args, set_key
 
 
 def test_set_parses_yaml_values_and_nested_paths() -> None:
@@ -34,3 +34,49 @@ def test_a_wrong_override_fails_before_anything_starts(
     with pytest.raises(SystemExit) as exited:
         parse_args(["--set", override])
     assert message in str(exited.value) + capsys.readouterr().err
+
+
+def test_a_wrong_latency_setting_fails_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--half-rate-set", "window.max_ms=0"])
+    assert "--half-rate-set window.max_ms" in str(exited.value) + capsys.readouterr().err
+    assert parse_args(["--half-rate-set", "window.max_ms=5"]).half_rate_set == [("window.max_ms", 5)]
+
+
+def test_shared_memory_ceiling_runs_only_on_request() -> None:
+    assert "ceiling-shm" not in DEFAULT_VARIANTS
+    assert parse_args([]).variants == list(DEFAULT_VARIANTS)
+    assert "ceiling-shm" in parse_args(["--variants", "ceiling,ceiling-shm"]).variants
+
+
+def half(setting: str, p99: float) -> dict[str, object]:
+    return {
+        "setting": setting,
+        "seconds": 15.0,
+        "offered": 10_000.0,
+        "rate": 9_990.0,
+        "e2e_p50": 40.0,
+        "e2e_p99": p99,
+        "proc_p50": 30.0,
+        "proc_p99": p99 - 5,
+        "cpu_consumer": 0.03,
+        "cpu_triton": 0.05,
+        "cpu_broker": 0.04,
+    }
+
+
+def test_latency_table_has_a_row_per_setting_with_the_median_and_each_runs_p99() -> None:
+    rows = [
+        half("shipped", 120.0),
+        half("window.max_ms=5", 60.0),
+        half("shipped", 100.0),
+        half("shipped", 90.0),
+    ]
+    lines = half_rate_table(rows)
+    shipped = next(line for line in lines if line.startswith("| shipped |"))
+    assert "| 3 |" in shipped and "40.0 / 100.0" in shipped and "120, 100, 90" in shipped
+    assert any(line.startswith("| window.max_ms=5 | 1 |") for line in lines)
+    # a results file written before settings existed holds one row without a setting
+    old = half("shipped", 80.0)
+    del old["setting"]
+    assert any(line.startswith("| shipped | 1 |") for line in half_rate_table([old]))
