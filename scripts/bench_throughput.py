@@ -732,9 +732,10 @@ class ShmSlot:
         import tritonclient.utils.shared_memory as shm
 
         for suffix, handle in (("in", self.in_handle), ("out", self.out_handle)):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # not registered (a failed start) is fine
                 await client.unregister_system_shared_memory(f"{self.name}-{suffix}")
-            shm.destroy_shared_memory_region(handle)
+            with contextlib.suppress(shm.SharedMemoryException):
+                shm.destroy_shared_memory_region(handle)
 
 
 class ShmSlots:
@@ -779,19 +780,18 @@ async def ceiling_worker(spec: dict[str, Any]) -> dict[str, Any]:
     shapes = []
     try:
         for n_streams, in_flight in spec["shapes"]:
-            regions = None
-            if spec.get("shm"):
-                window = max(1, in_flight // n_streams)
-                prefix = f"bench-{os.getpid()}-{n_streams}x{in_flight}"
-                names = [f"{prefix}-{i}" for i in range(window * n_streams)]
-                regions = ShmSlots([ShmSlot(n, batch, spec["history_length"], top_k) for n in names])
-                for slot in regions.all:
-                    await slot.register(client)
+            created: list[ShmSlot] = []  # released whatever happens, each as far as it got
             try:
+                if spec.get("shm"):
+                    prefix = f"bench-{os.getpid()}-{n_streams}x{in_flight}"
+                    for i in range(max(1, in_flight // n_streams) * n_streams):
+                        created.append(ShmSlot(f"{prefix}-{i}", batch, spec["history_length"], top_k))
+                        await created[-1].register(client)
+                regions = ShmSlots(created) if created else None
                 shape = Shape(client, spec, prebuilt, n_streams, regions)
                 shapes.append(await shape.run(in_flight, requests, spec["ceiling_seconds"]))
             finally:
-                for slot in regions.all if regions else []:
+                for slot in created:
                     await slot.release(client)
             print(json.dumps(shapes[-1]), flush=True)
     finally:
@@ -1430,7 +1430,8 @@ def half_rate_table(halves: list[dict[str, Any]]) -> list[str]:
     first = halves[0]
     lines = [
         "",
-        f"Pipeline at half its median rate (shipped model, {first['seconds']:.0f} s a run, load "
+        f"Pipeline at {first.get('rate_from', 'half its median rate')} (shipped model, "
+        f"{first['seconds']:.0f} s a run, load "
         "generator in the bench process, producer linger 5 ms; with several settings the runs "
         "are interleaved and each cell is the median of its runs):",
         "",
@@ -1531,6 +1532,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             Topology.model_validate(args.shipped)
         except ValueError as error:
             parser.error(f"--set: the topology is no longer valid: {error}")
+    if args.reps == 0 and not args.half_rate:
+        parser.error("--reps 0 runs only the latency step, which then needs --half-rate EV_S")
     for path, value in args.half_rate_set:
         alternative = yaml.safe_load(yaml.safe_dump(args.shipped))
         set_key(alternative, path, value)
@@ -1636,7 +1639,12 @@ def main() -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-                    halves.append({**bench.half_rate(rate, args.half_rate_seconds, setting), "rep": rep + 1})
+                    row = bench.half_rate(rate, args.half_rate_seconds, setting)
+                    row["rep"] = rep + 1
+                    row["rate_from"] = (
+                        "a set rate (--half-rate)" if args.half_rate else "half its median rate"
+                    )
+                    halves.append(row)
                     h = halves[-1]
                     print(
                         f"  e2e p50 {h['e2e_p50']:.0f} / p99 {h['e2e_p99']:.0f} ms, "

@@ -80,3 +80,10 @@ def test_latency_table_has_a_row_per_setting_with_the_median_and_each_runs_p99()
     old = half("shipped", 80.0)
     del old["setting"]
     assert any(line.startswith("| shipped | 1 |") for line in half_rate_table([old]))
+
+
+def test_only_the_latency_step_needs_its_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--reps", "0"])
+    assert "--half-rate EV_S" in capsys.readouterr().err
+    assert parse_args(["--reps", "0", "--half-rate", "10000"]).half_rate == 10_000
