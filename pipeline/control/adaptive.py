@@ -6,10 +6,14 @@ answer), and the number of batches waiting for an inference slot. It moves three
 within the topology's bounds, the way Clipper's AIMD does for batch size:
 
 - inference p99 over its budget (a fixed share of the target): Triton is
-  given too much at once, so in-flight backs off fast (multiplicative), then batch size;
+  given too much at once, so in-flight backs off fast (multiplicative), then batch size.
+  While batches wait, in-flight stays at 2 or more: with one request at a time Triton idles
+  for every round trip, and that lost capacity only lengthens the wait (at half the maximum
+  rate the benchmark fell behind for good at in-flight 1);
 - else, batches waiting for a slot: capacity is short, so batch size and the window grow,
-  in-flight too while inference has ample headroom. By a step (additive) when a queue is
-  only seen at the tick; by a factor when batches waited long for a slot during the
+  in-flight too while inference has ample headroom, or once the batch size is at its
+  maximum (concurrency is then the only capacity left). By a step (additive) when a queue
+  is only seen at the tick; by a factor when batches waited long for a slot during the
   interval (a load step: additive growth took most of an 8 s benchmark step to get there);
 - else, batch latency over the target: the time goes into waiting for windows to close, so
   the window shrinks fast;
@@ -29,6 +33,7 @@ QUEUE_WAIT_SHARE = 0.1  # batches waiting longer than this share of the target: 
 INFERENCE_SHARE = 0.5  # share of the latency target that inference may take
 HEADROOM = 0.5  # in-flight grows only while inference p99 stays under this share of its budget
 GROW = 1.25  # multiplicative increase of batch size and window after long waits for a slot
+PIPELINED = 2  # requests in flight that keep Triton busy across a round trip
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,11 @@ class AdaptiveController:
             # Triton is given too much at once. Fewer requests in parallel first (that is
             # queueing in Triton); smaller batches only once in-flight is at its floor.
             self.last_reason = "inference over budget"
-            if k.in_flight > b.min_in_flight:
-                self.knobs = Knobs(k.batch_size, k.window_ms, max(b.min_in_flight, int(k.in_flight * SHRINK)))
+            floor = max(b.min_in_flight, min(PIPELINED, b.max_in_flight)) if waiting else b.min_in_flight
+            if k.in_flight > floor:
+                self.knobs = Knobs(k.batch_size, k.window_ms, max(floor, int(k.in_flight * SHRINK)))
+            elif k.in_flight < floor:  # work waits behind one request at a time
+                self.knobs = Knobs(k.batch_size, k.window_ms, floor)
             elif not waiting:
                 self.knobs = Knobs(max(b.min_batch, int(k.batch_size * SHRINK)), k.window_ms, k.in_flight)
             # else: work is waiting and the target is out of reach at this load; smaller
@@ -110,7 +118,7 @@ class AdaptiveController:
             # Capacity is short: bigger batches carry more events per request; another
             # request in parallel only while inference has ample headroom.
             self.last_reason = "batches waiting"
-            more_in_flight = inference_p99 < budget * HEADROOM
+            more_in_flight = inference_p99 < budget * HEADROOM or k.batch_size >= b.max_batch
             batch, window = k.batch_size + b.batch_step, k.window_ms + 1
             if waited:
                 batch, window = max(batch, int(k.batch_size * GROW)), max(window, int(k.window_ms * GROW))

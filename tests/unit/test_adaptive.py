@@ -1,7 +1,7 @@
 """AdaptiveController: additive growth while batches wait (by a factor after long slot
-waits), multiplicative back-off when the
-inference p99 exceeds its budget (0.8 x (target - window)), window shrink when only the batch
-latency is over the target; and a toy closed loop around it."""
+waits), multiplicative back-off when the inference p99 exceeds its budget (half the target;
+in-flight not under 2 while work waits), window shrink when only the batch latency is over
+the target; and a toy closed loop around it."""
 
 from __future__ import annotations
 
@@ -93,14 +93,15 @@ def test_latency_step_backs_off_multiplicatively_on_the_first_tick_after_it():
     assert ctl.knobs == Knobs(256, 20, 16)
 
     # The step: inference now takes 30 ms, over its 25 ms budget. Work is still queued, but
-    # the back-off wins: in flight first (queueing in Triton); then, once nothing waits, the
-    # batch size. The window is left alone.
+    # the back-off wins: in flight first (queueing in Triton), down to 2 while work waits;
+    # then, once nothing waits, to its minimum and the batch size. The window is left alone.
     seen = [tick_with(ctl, queue_depth=5 if n < 4 else 0, inference_ms=30.0) for n in range(12)]
     assert seen == [
         Knobs(256, 20, 9),  # int(16 x 0.6)
         Knobs(256, 20, 5),
         Knobs(256, 20, 3),
-        Knobs(256, 20, 1),  # in flight clamped at its minimum
+        Knobs(256, 20, 2),  # work waits: Triton keeps a request queued behind the running one
+        Knobs(256, 20, 1),  # nothing waits: in flight clamped at its minimum
         Knobs(153, 20, 1),  # now int(256 x 0.6)
         Knobs(91, 20, 1),
         Knobs(54, 20, 1),
@@ -108,7 +109,6 @@ def test_latency_step_backs_off_multiplicatively_on_the_first_tick_after_it():
         Knobs(19, 20, 1),
         Knobs(11, 20, 1),
         Knobs(8, 20, 1),  # batch clamped at its minimum
-        Knobs(8, 20, 1),
     ]
     assert ctl.last_reason == "inference over budget"
 
@@ -200,6 +200,34 @@ def test_samples_are_used_up_by_the_tick_that_reads_them():
     assert tick_with(ctl, queue_depth=0, inference_ms=80.0) == Knobs(40, 10, 3)
     for _ in range(5):  # the 80 ms samples do not count again
         assert ctl.tick(queue_depth=0) == Knobs(40, 10, 3)
+
+
+def test_work_waiting_behind_one_request_at_a_time_gets_a_second_in_flight():
+    """The benchmark at half the maximum rate: inference over budget had cut in-flight to 1;
+    batches kept waiting, so the batch grew to its maximum, and in-flight never grew back
+    (a 256-row batch takes over half the inference budget). One request at a time carried
+    less than the offered load: the pipeline fell behind for good."""
+    ctl = AdaptiveController(BOUNDS, Knobs(256, 20, 1))
+    # over budget, work waiting: in flight up to 2; the batch holds
+    assert tick_with(ctl, queue_depth=3, inference_ms=30.0) == Knobs(256, 20, 2)
+    assert ctl.last_reason == "inference over budget"
+    # within budget but without the headroom, work waiting, batch at its maximum: one more
+    assert tick_with(ctl, queue_depth=3, inference_ms=20.0) == Knobs(256, 21, 3)
+    # over budget again: back to 2, never 1, while work waits
+    assert tick_with(ctl, queue_depth=3, inference_ms=40.0) == Knobs(256, 21, 2)
+    assert tick_with(ctl, queue_depth=3, inference_ms=40.0) == Knobs(256, 21, 2)
+    # below its maximum the batch grows first and in-flight waits for headroom, as before
+    below = AdaptiveController(BOUNDS, Knobs(128, 20, 2))
+    assert tick_with(below, queue_depth=3, inference_ms=20.0) == Knobs(136, 21, 2)
+
+
+def test_the_waiting_floor_respects_the_bounds():
+    one = AdaptiveBounds(max_in_flight=1)  # a topology that allows one request only
+    ctl = AdaptiveController(one, Knobs(256, 20, 1))
+    assert tick_with(ctl, queue_depth=3, inference_ms=30.0) == Knobs(256, 20, 1)
+    high = AdaptiveBounds(min_in_flight=4)
+    ctl = AdaptiveController(high, Knobs(256, 20, 8))
+    assert tick_with(ctl, queue_depth=3, inference_ms=30.0) == Knobs(256, 20, 4)
 
 
 def test_grows_slowly_and_shrinks_fast():
