@@ -1055,7 +1055,13 @@ class Bench:
         ]
         row = summarise("pipeline", "recommender", outputs, inputs, sampler, rss, "window")
         row.update(
-            {"offered": rate, "seconds": seconds, "dead_letters": dead, "setting": setting_name(setting)}
+            {
+                "offered": rate,
+                "seconds": seconds,
+                "dead_letters": dead,
+                "setting": setting_name(setting),
+                "stages": stages(outputs, inputs),
+            }
         )
         return row
 
@@ -1156,6 +1162,26 @@ def summarise(
         "span_rate": float(weights.sum()) / max((ts.max() - min(taken)) / 1000.0, 1e-3),
         "span_s": (ts.max() - min(taken)) / 1000.0,
     }
+
+
+STAGES = ("to window close", "queued", "inference", "to output")
+
+
+def stages(outputs: list[tuple[int, dict[str, Any]]], inputs: dict[Coord, int]) -> dict[str, list[float]]:
+    """Where a recommendation's time went, p50 and p99 per stage, from its own timings: input
+    produce → its window's close (producer linger, broker, fetch, parse and the wait in the
+    window: the output does not say when its event was taken), waiting for an inference
+    slot, inference, then enrich and produce until the output's timestamp."""
+    parts: dict[str, list[float]] = {name: [] for name in STAGES}
+    for t, doc in outputs:
+        first = doc["sources"][0]
+        produced = inputs[(first["topic"], first["partition"], first["offset"])]
+        closed, timings = doc["window"]["end_ms"], doc["timings"]
+        answered = closed + timings["queued_ms"] + timings["inference_ms"]
+        values = (closed - produced, timings["queued_ms"], timings["inference_ms"], t - answered)
+        for name, value in zip(STAGES, values, strict=True):
+            parts[name].append(value)
+    return {name: [float(np.percentile(v, 50)), float(np.percentile(v, 99))] for name, v in parts.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1451,6 +1477,27 @@ def half_rate_table(halves: list[dict[str, Any]]) -> list[str]:
             f"{fmt(m('proc_p50'), 1)} / {fmt(m('proc_p99'), 1)} | "
             f"{fmt(m('cpu_consumer'), 3)} | {fmt(m('cpu_triton'), 3)} | {fmt(m('cpu_broker'), 3)} |"
         )
+    staged = {name: [r["stages"] for r in runs if "stages" in r] for name, runs in by_setting.items()}
+    if any(staged.values()):
+        lines += [
+            "",
+            "Where the time goes, p50 / p99 ms per stage (medians over the runs; percentiles of "
+            "stages do not add up): input produce → its window's close (producer linger, broker, "
+            "fetch, parse, the wait in the window), waiting for an inference slot, inference, "
+            "enrich and produce.",
+            "",
+            "| setting | " + " | ".join(STAGES) + " |",
+            "|---|" + "---|" * len(STAGES),
+        ]
+        for name, runs_stages in staged.items():
+            if not runs_stages:
+                continue
+            cells = [
+                f"{fmt(median([r[stage][0] for r in runs_stages]), 1)} / "
+                f"{fmt(median([r[stage][1] for r in runs_stages]), 1)}"
+                for stage in STAGES
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.bench_throughput import DEFAULT_VARIANTS, half_rate_table, parse_args, set_key
+from scripts.bench_throughput import DEFAULT_VARIANTS, half_rate_table, parse_args, set_key, stages
 
 
 def test_set_parses_yaml_values_and_nested_paths() -> None:
@@ -87,3 +87,23 @@ def test_only_the_latency_step_needs_its_rate(capsys: pytest.CaptureFixture[str]
         parse_args(["--reps", "0"])
     assert "--half-rate EV_S" in capsys.readouterr().err
     assert parse_args(["--reps", "0", "--half-rate", "10000"]).half_rate == 10_000
+
+
+def test_stages_split_a_recommendations_time_by_its_own_timings() -> None:
+    inputs = {("in", 0, 7): 1_000}
+    doc = {
+        "sources": [{"topic": "in", "partition": 0, "offset": 7}],
+        "window": {"start_ms": 1_012, "end_ms": 1_032},
+        "timings": {"queued_ms": 3.0, "inference_ms": 15.0},
+    }
+    split = stages([(1_056, doc)], inputs)
+    assert split == {
+        "to window close": [32.0, 32.0],
+        "queued": [3.0, 3.0],
+        "inference": [15.0, 15.0],
+        "to output": [6.0, 6.0],
+    }
+    lines = half_rate_table([{**half("shipped", 90.0), "stages": split}])
+    assert any(
+        line.startswith("| shipped | 32.0 / 32.0 | 3.0 / 3.0 | 15.0 / 15.0 | 6.0 / 6.0 |") for line in lines
+    )
