@@ -4,9 +4,11 @@ run several pipelines in one process). Names follow the source article where it 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,8 +17,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 disable_created_metrics()  # no *_created series beside every counter and histogram
 
@@ -79,6 +82,38 @@ class CallbackCounter(Collector):
         yield family
 
 
+class BatchHistogram(Collector):
+    """A histogram observed a batch of values at a time: one numpy pass per batch instead of
+    prometheus_client's locked, per-value observe (0.7 µs a value, ~3 % of the pipeline's
+    CPU when every recommendation was observed alone). Exposed like any histogram."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last: above every bound
+        self.sum = 0.0
+        self._lock = threading.Lock()  # scrapes run on the HTTP server's thread
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        # side="left": a value equal to a bound falls in that bound's bucket (le is <=)
+        slots = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+        total = float(values.sum())
+        with self._lock:
+            self.counts += slots
+            self.sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self.counts).tolist(), self.sum
+        les = [floatToGoString(b) for b in self.bounds.tolist()] + ["+Inf"]
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=list(zip(les, cumulative, strict=True)), sum_value=total
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -116,11 +151,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.end_to_end = Histogram(
+        self.end_to_end = BatchHistogram(
             "pipeline_end_to_end_seconds",
             "Kafka timestamp of a recommendation's first source event to its answer from Triton",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
         self.batch_latency = Histogram(
             "pipeline_batch_latency_seconds",

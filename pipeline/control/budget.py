@@ -62,6 +62,9 @@ def split_stale(
     fresh: list[UserRequest] = []
     stale: list[UserRequest] = []
     for row in rows:
-        newest = max(e.source.timestamp_ms for e in row.events)
+        events = row.events
+        newest = (
+            events[0].source.timestamp_ms if len(events) == 1 else max(e.source.timestamp_ms for e in events)
+        )
         (stale if newest + end_to_end_ms <= now_ms else fresh).append(row)
     return fresh, stale

@@ -23,7 +23,12 @@ from pipeline.events import Event, UserRequest, Window
 ENTRY_OVERHEAD_BYTES = 200
 
 
+_PAIR = struct.Struct("2q")
+
+
 def _pack(pairs: list[tuple[int, int]]) -> bytes:
+    if len(pairs) == 1:  # a user's first event: most of them, so no format string to build
+        return _PAIR.pack(*pairs[0])
     return struct.pack(f"{2 * len(pairs)}q", *chain.from_iterable(pairs))
 
 

@@ -173,7 +173,7 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
             str(row.user_id).encode(),
             value,
             _carried(row, carry),
-            tuple(e.source for e in row.events),
+            (row.events[0].source,) if len(row.events) == 1 else tuple(e.source for e in row.events),
         )
         for (row, _), value in zip(outcome.answers, recommendation_values(outcome, now_ms), strict=True)
     ]
