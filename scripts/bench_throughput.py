@@ -1305,6 +1305,9 @@ def report(
         "broker CPU s/1k | peak RSS MB | e2e p50 / p99 ms | in-process p50 / p99 ms | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if not rows:  # only the latency step ran (--reps 0): the page is its table
+        halves = [half] if isinstance(half, dict) else (half or [])
+        return "\n".join(lines[:-2] + half_rate_table(halves)[1:] + [""])
     for (model, variant), a in agg.items():
         note = ""
         if variant in CEILING_VARIANTS:
@@ -1700,6 +1703,12 @@ def main() -> int:
                         flush=True,
                     )
         batch = bench.batch
+    except BaseException:
+        # a failed or interrupted run: the runs before it are kept for a closer look
+        partial = workdir / "bench_throughput.partial.json"
+        partial.write_text(json.dumps({"rows": rows, "half": halves}, indent=1))
+        print(f"stopped early: the runs so far are in {partial}", file=sys.stderr)
+        raise
     finally:
         stack.stop()
     if code_fingerprint() != fingerprint:
@@ -1726,6 +1735,9 @@ def write_outputs(out: Path, results: dict[str, Any]) -> None:
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
+    if not results["rows"]:  # only the latency step ran (--reps 0): nothing to plot
+        print(f"\ntable: {out.with_suffix('.md')}", file=sys.stderr)
+        return
     plot(results["rows"], out.with_suffix(".png"))
     print(f"\ntable: {out.with_suffix('.md')}  plot: {out.with_suffix('.png')}", file=sys.stderr)
 

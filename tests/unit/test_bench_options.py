@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.bench_throughput import DEFAULT_VARIANTS, half_rate_table, parse_args, set_key, stages
+from scripts.bench_throughput import DEFAULT_VARIANTS, half_rate_table, parse_args, report, set_key, stages
 
 
 def test_set_parses_yaml_values_and_nested_paths() -> None:
@@ -107,3 +107,19 @@ def test_stages_split_a_recommendations_time_by_its_own_timings() -> None:
     assert any(
         line.startswith("| shipped | 32.0 / 32.0 | 3.0 / 3.0 | 15.0 / 15.0 | 6.0 / 6.0 |") for line in lines
     )
+
+
+def test_a_latency_only_page_has_no_empty_run_tables() -> None:
+    meta = {
+        "command": "python scripts/bench_throughput.py --reps 0 --half-rate 10000",
+        "batch": 128,
+        "events": 100_000,
+        "naive_events": 2_000,
+        "reps": 0,
+        "hand_produce": "send",
+        "hand_batch_bytes": 1_048_576,
+    }
+    facts = {"date": "today", "nproc": "2", "cpu": "cpu", "python": "3.11", "commit": "abc"}
+    page = report(meta, [], [half("shipped", 90.0)], facts)
+    assert "| shipped | 1 |" in page
+    assert "| model | variant |" not in page and "![throughput]" not in page
