@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,7 +16,27 @@ from pathlib import Path
 from typing import Self
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A free port below the kernel's ephemeral range. A port from inside it can be taken by
+    a client's own connect as its source port (a readiness poll before the server binds
+    meets itself and holds the port), and the server then fails to bind: seen as a worker
+    crash-looping on "address already in use" in a clean-clone CI run."""
+    low, high = 20_000, _ephemeral_low()
+    for _ in range(100) if high - low > 1_000 else ():
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
