@@ -23,23 +23,50 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range. A port from inside it can be taken by
-    a client's own connect as its source port (a readiness poll before the server binds
-    meets itself and holds the port), and the server then fails to bind: seen as a worker
-    crash-looping on "address already in use" in a clean-clone CI run."""
-    low, high = 20_000, _ephemeral_low()
-    for _ in range(100) if high - low > 1_000 else ():
-        port = random.randrange(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+# Ports this process has handed out: two picks made before either port is bound must not
+# collide (random picks from ~12,800 ports would, about once in 12,800 pairs).
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _claim(first: int, count: int) -> bool:
+    run = range(first, first + count)
+    if any(port in _handed_out for port in run) or not all(_bindable(port) for port in run):
+        return False
+    _handed_out.update(run)
+    return True
+
+
+def free_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range and
+    not handed out before by this process. A port from inside the range can be taken by a
+    client's own connect as its source port (a readiness poll before the server binds meets
+    itself and holds the port), and the server then fails to bind: seen as a worker
+    crash-looping on "address already in use" in a clean-clone CI run."""
+    low, high = 20_000, _ephemeral_low() - count
+    for _ in range(100) if high - low > 1_000 else ():
+        first = random.randrange(low, high)
+        if _claim(first, count):
+            return first
+    for _ in range(100):  # a machine whose ephemeral range starts low: the kernel's pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = int(sock.getsockname()[1])
+        if _claim(first, count):
+            return first
+    raise RuntimeError(f"no run of {count} free ports found in 200 tries")
+
+
+def free_port() -> int:
+    return free_ports(1)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

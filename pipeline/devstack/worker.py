@@ -14,7 +14,7 @@ import yaml
 from pydantic import SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
-from pipeline.devstack.process import ChildProcess, free_port, port_open
+from pipeline.devstack.process import ChildProcess, free_ports
 from pipeline.topology.schema import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,20 +55,12 @@ def rss_mb(pid: int) -> float | None:
     return None  # a zombie has no VmRSS
 
 
-def _free_ports(count: int) -> int:
-    """A free port followed by ``count - 1`` free ones."""
-    while True:
-        port = free_port()
-        if not any(port_open(port + i) for i in range(1, count)):
-            return port
-
-
 class PipelineProcess(ChildProcess):
     """`python -m pipeline run` on a topology written to a file, with /readyz polled."""
 
     def __init__(self, topology: Topology, workdir: Path, name: str = "pipeline", workers: int = 1) -> None:
         """``workers`` > 1: `pipeline run --workers N`, worker i on ``metrics_port + i``."""
-        self.metrics_port = _free_ports(workers)
+        self.metrics_port = free_ports(workers)
         self.metrics_ports = [self.metrics_port + i for i in range(workers)]
         self.topology = topology
         data = topology_document(topology)  # secrets in clear: not to be logged

@@ -15,22 +15,15 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.devstack.process import ChildProcess, free_port, port_open
+from pipeline.devstack.process import ChildProcess, free_ports
 from pipeline.devstack.worker import topology_document
 from pipeline.topology.schema import Topology
 from tests.faults.harness import CaseResult, run_case, wait_for_output_after
 from tests.integration.harness import ROOT, fresh_topology
 
 
-def _two_free_ports() -> int:
-    while True:
-        port = free_port()
-        if not port_open(port + 1):
-            return port
-
-
 def _supervisor(topology: Topology, tmp_path: Path, workers: int) -> tuple[ChildProcess, int]:
-    base = _two_free_ports()
+    base = free_ports(2)
     data = topology_document(topology)
     data["operations"]["metrics_port"] = base
     path = tmp_path / "workers.yaml"
