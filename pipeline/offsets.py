@@ -52,7 +52,17 @@ class PartitionOffsets:
         if offset not in self._unfinished:
             return  # already finished (a duplicate ack), from before a reset, or never taken here
         self._unfinished.discard(offset)
-        # Move the head past what is finished (each offset is passed once: amortised O(1)).
+        self._advance()
+
+    def finish_many(self, offsets: Iterable[int]) -> None:
+        """As ``finish`` of each, in one set operation and one move of the head."""
+        before = len(self._unfinished)
+        self._unfinished.difference_update(offsets)
+        if len(self._unfinished) != before:
+            self._advance()
+
+    def _advance(self) -> None:
+        """Move the head past what is finished (each offset is passed once: amortised O(1))."""
         while self._ranges:
             head = self._ranges[0]
             while head[0] < head[1] and head[0] not in self._unfinished:
@@ -99,6 +109,11 @@ class OffsetTracker:
         part = self.partitions.get((topic, partition))
         if part is not None:
             part.finish(offset)
+
+    def finish_many(self, topic: str, partition: int, offsets: Iterable[int]) -> None:
+        part = self.partitions.get((topic, partition))
+        if part is not None:
+            part.finish_many(offsets)
 
     def commits_due(self) -> dict[tuple[str, int], int]:
         due = {}

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import operator
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -77,6 +78,23 @@ def _events_of(parsed: ParsedBatch) -> list[Event]:
 
 def _rejects(sink: Sink, parsed: ParsedBatch) -> SinkBatch:
     return dead_letters_batch(parsed.rejects, sink.dead_letter_topic)
+
+
+_TAKE = operator.itemgetter(0, 1, 8)  # RawRecord: topic, partition, generation
+_OFFSET = operator.itemgetter(2)
+
+
+def _offsets_by_take(sources: list[RawRecord]) -> dict[tuple[str, int, int], list[int]]:
+    """The inputs' offsets by (topic, partition, generation): judged and finished a
+    partition at a time rather than a record at a time."""
+    taken: dict[tuple[str, int, int], list[int]] = {}
+    for take, offset in zip(map(_TAKE, sources), map(_OFFSET, sources), strict=True):
+        offsets = taken.get(take)
+        if offsets is None:
+            taken[take] = [offset]
+        else:
+            offsets.append(offset)
+    return taken
 
 
 class PipelineRuntime:
@@ -277,16 +295,18 @@ class PipelineRuntime:
 
     async def _write(self, batch: SinkBatch) -> None:
         """sink ─► finish: write, then finish each input (offsets, credits), then count."""
-        taken, all_records = batch.sources, batch.records
-        batch = self._without_revoked(batch)
+        all_records = batch.records
+        taken = _offsets_by_take(batch.sources)
+        if not all(map(self.source.is_current_in, taken)):
+            batch = self._without_revoked(batch)
         written: list[OutputRecord] = []
         try:
             written = await self.sink.write(batch) if batch.records else []  # refused: dead letters
         finally:
             if self.tracing is not None:  # every open span ends: written, refused, dropped, cut short
                 self.tracing.finish(all_records, written, kept=batch.records)
-        self._finish(taken)
-        self._count(written, batch, len(taken))
+        finished = self._finish(taken)
+        self._count(written, batch, finished)
 
     def _without_revoked(self, batch: SinkBatch) -> SinkBatch:
         """Work of a partition revoked since it was taken (it missed its drain) is redone by
@@ -294,23 +314,24 @@ class PipelineRuntime:
         are judged one by one (a re-read copy of an event shares its coordinates with the
         stale one)."""
         is_current = self.source.is_current
-        if all(map(is_current, batch.sources)):
-            return batch
         kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
         self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
         return dataclasses.replace(batch, records=kept)
 
-    def _finish(self, taken: list[RawRecord]) -> None:
+    def _finish(self, taken: dict[tuple[str, int, int], list[int]]) -> int:
         """Offsets of the current assignment become committable (judged again: a rebalance
-        can happen during the write); every input's credit goes back."""
+        can happen during the write); every input's credit goes back. Returns the inputs."""
         per_topic: dict[str, int] = {}
-        for src in taken:
-            if self.source.is_current(src):
-                self.tracker.finish(src.topic, src.partition, src.offset)
-            per_topic[src.topic] = per_topic.get(src.topic, 0) + 1
+        for take, offsets in taken.items():
+            topic, partition, _ = take
+            if self.source.is_current_in(take):
+                self.tracker.finish_many(topic, partition, offsets)
+            per_topic[topic] = per_topic.get(topic, 0) + len(offsets)
         for topic, count in per_topic.items():
             self.credits.give_back(topic, count)
-        self.finished += len(taken)
+        finished = sum(per_topic.values())
+        self.finished += finished
+        return finished
 
     def _count(self, written: list[OutputRecord], batch: SinkBatch, finished: int) -> None:
         dlq = self.topology.sink.dead_letter_topic

@@ -17,6 +17,7 @@ from reactivex import operators as ops
 from pipeline.events import (
     BatchOutcome,
     DeadLetter,
+    Event,
     Headers,
     OutputRecord,
     SinkBatch,
@@ -93,21 +94,40 @@ def dead_letters_batch(dead: list[DeadLetter], topic: str) -> SinkBatch:
     return SinkBatch(tuple(dead_letter_record(d, topic) for d in dead), dead_letters=len(dead))
 
 
+def _listed(event: Event) -> dict[str, object]:
+    src = event.source
+    return {"event_id": event.event_id, "topic": src.topic, "partition": src.partition, "offset": src.offset}
+
+
 def recommendation_values(outcome: BatchOutcome, now_ms: float) -> list[bytes]:
-    """The JSON of each answered row. What the rows of a batch share is built once; scores
-    come rounded from the codec (per-item ``round`` was the costliest line here)."""
+    """The JSON of each answered row. What the rows of a batch share is serialized once
+    (orjson fragments); scores come rounded from the codec (per-item ``round`` was the
+    costliest line here)."""
     batch = outcome.batch
-    model = {"name": outcome.model_name, "version": outcome.model_version}
-    window = {"start_ms": batch.window_start_ms, "end_ms": batch.window_end_ms}
+    dumps, fragment = orjson.dumps, orjson.Fragment
+    model = fragment(dumps({"name": outcome.model_name, "version": outcome.model_version}))
+    window = fragment(dumps({"start_ms": batch.window_start_ms, "end_ms": batch.window_end_ms}))
     queued_ms = round(outcome.dispatched_ms - batch.window_end_ms, 3)
     inference_ms = round(outcome.completed_ms - outcome.dispatched_ms, 3)
     emitted_at_ms = int(now_ms)
-    dumps = orjson.dumps
+    lane = batch.lane
     values = []
     for row, recs in outcome.answers:
         events = row.events
         src = events[0].source
-        first = src.timestamp_ms if len(events) == 1 else min(e.source.timestamp_ms for e in events)
+        if len(events) == 1:  # most rows: no minimum to take, one source to list (inline: no call)
+            first = src.timestamp_ms
+            sources = [
+                {
+                    "event_id": events[0].event_id,
+                    "topic": src.topic,
+                    "partition": src.partition,
+                    "offset": src.offset,
+                }
+            ]
+        else:
+            first = min(e.source.timestamp_ms for e in events)
+            sources = [_listed(e) for e in events[:MAX_LISTED_SOURCES]]
         values.append(
             dumps(
                 {
@@ -117,18 +137,10 @@ def recommendation_values(outcome: BatchOutcome, now_ms: float) -> list[bytes]:
                         {"item_id": i, "score": s} for i, s in zip(recs.item_ids, recs.scores, strict=True)
                     ],
                     "model": model,
-                    "sources": [
-                        {
-                            "event_id": e.event_id,
-                            "topic": e.source.topic,
-                            "partition": e.source.partition,
-                            "offset": e.source.offset,
-                        }
-                        for e in events[:MAX_LISTED_SOURCES]
-                    ],
+                    "sources": sources,
                     "source_count": len(events),
                     "window": window,
-                    "lane": batch.lane,
+                    "lane": lane,
                     "timings": {
                         "queued_ms": queued_ms,
                         "inference_ms": inference_ms,
@@ -172,7 +184,7 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
             spec.topic,
             str(row.user_id).encode(),
             value,
-            _carried(row, carry),
+            _carried(row, carry) if row.events[-1].source.headers else (),
             (row.events[0].source,) if len(row.events) == 1 else tuple(e.source for e in row.events),
         )
         for (row, _), value in zip(outcome.answers, recommendation_values(outcome, now_ms), strict=True)

@@ -23,13 +23,13 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from pipeline import kafka_clients
 from pipeline.events import DeadLetter, OutputRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import dead_letter_record
+from pipeline.sinks.partitioner import partitions_for
 from pipeline.sinks.rounds import Failed, SendRounds
 from pipeline.topology.schema import Broker, Sink
 
@@ -57,7 +57,6 @@ def permanent(error: BaseException) -> bool:
     return isinstance(error, PERMANENT)
 
 
-PARTITIONER = DefaultPartitioner()  # the producer's own choice for a key: murmur2, as Java's
 ALONE_BYTES = 256 * 1024  # a record this large is sent by itself, and its size checked
 
 
@@ -70,7 +69,8 @@ async def _partitions(producer: AIOKafkaProducer, topic: str) -> tuple[list[int]
 
 
 def _size(rec: OutputRecord) -> int:
-    return len(rec.value) + len(rec.key or b"") + sum(len(k) + len(v or b"") for k, v in rec.headers)
+    size = len(rec.value) + len(rec.key or b"")
+    return size + sum(len(k) + len(v or b"") for k, v in rec.headers) if rec.headers else size
 
 
 def _batches(
@@ -169,6 +169,7 @@ class KafkaSink:
         groups: dict[tuple[str, int], list[OutputRecord]] = {}
         alone: list[OutputRecord] = []
         failed: Failed = []
+        by_topic: dict[str, tuple[tuple[list[int], list[int]], list[OutputRecord]]] = {}
         for rec in records:
             if _size(rec) > ALONE_BYTES:
                 alone.append(rec)
@@ -182,9 +183,11 @@ class KafkaSink:
             if isinstance(known, BaseException):
                 failed.append((rec, known))
                 continue
-            every, available = known
-            partition = PARTITIONER(rec.key, every, available)
-            groups.setdefault((rec.topic, partition), []).append(rec)
+            by_topic.setdefault(rec.topic, (known, []))[1].append(rec)
+        for topic, ((every, available), chunk) in by_topic.items():
+            chosen = partitions_for([rec.key for rec in chunk], every, available)
+            for rec, partition in zip(chunk, chosen, strict=True):
+                groups.setdefault((topic, partition), []).append(rec)
         return groups, alone, failed
 
     @staticmethod

@@ -154,6 +154,10 @@ class KafkaSource:
         """Taken in the partition's current assignment (not in one revoked since)."""
         return self.generations.get((record.topic, record.partition)) == record.generation
 
+    def is_current_in(self, taken: tuple[str, int, int]) -> bool:
+        """``is_current`` for every record taken as (topic, partition, generation)."""
+        return self.generations.get(taken[:2]) == taken[2]
+
     def _take(self, tp: TopicPartition, taken: list[RawRecord]) -> None:
         key = (tp.topic, tp.partition)
         self.tracker.track(tp.topic, tp.partition, (r.offset for r in taken))
@@ -294,7 +298,11 @@ class KafkaSource:
     def _as_raw(
         self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> dict[TopicPartition, list[RawRecord]]:
-        return {tp: [raw(m, self.generation_of(tp)) for m in messages] for tp, messages in fetched.items()}
+        taken = {}
+        for tp, messages in fetched.items():
+            generation = self.generation_of(tp)
+            taken[tp] = [raw(m, generation) for m in messages]
+        return taken
 
     def _apply_backpressure(self) -> None:
         """Hold the topics at their high watermark (``_fetch`` takes nothing of them), pause

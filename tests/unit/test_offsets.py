@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from pipeline.offsets import OffsetTracker, PartitionOffsets
@@ -231,3 +233,22 @@ def test_an_offset_never_taken_here_does_not_count_as_finished() -> None:
     part.finish(10)
     part.finish(11)
     assert part.commit_due() == 12  # 12 is still open: its own answer has not come
+
+
+def test_finishing_a_batch_at_once_ends_where_finishing_each_does() -> None:
+    rng = random.Random(5)
+    for _ in range(50):
+        one, many = PartitionOffsets(), PartitionOffsets()
+        offsets = sorted(rng.sample(range(400), 120))  # gaps, as a compacted topic has
+        for part in (one, many):
+            for offset in offsets:
+                part.track(offset)
+        done = offsets[:]
+        rng.shuffle(done)
+        for start in range(0, len(done), 17):  # batches, with duplicates and never-taken ones
+            chunk = done[start : start + 17] + done[start : start + 2] + [rng.randrange(400, 500)]
+            for offset in chunk:
+                one.finish(offset)
+            many.finish_many(chunk)
+            assert (many.commit_due(), many.pending) == (one.commit_due(), one.pending)
+        assert many.commit_due() == offsets[-1] + 1
