@@ -80,8 +80,8 @@ def _rejects(sink: Sink, parsed: ParsedBatch) -> SinkBatch:
     return dead_letters_batch(parsed.rejects, sink.dead_letter_topic)
 
 
-_TAKE = operator.itemgetter(0, 1, 8)  # RawRecord: topic, partition, generation
-_OFFSET = operator.itemgetter(2)
+_TAKE = operator.itemgetter(*map(RawRecord._fields.index, ("topic", "partition", "generation")))
+_OFFSET = operator.itemgetter(RawRecord._fields.index("offset"))
 
 
 def _offsets_by_take(sources: list[RawRecord]) -> dict[tuple[str, int, int], list[int]]:
