@@ -48,6 +48,25 @@ class PartitionOffsets:
             self._ranges.append([offset, offset + 1])
         self._unfinished.add(offset)
 
+    def track_many(self, offsets: list[int]) -> None:
+        """As ``track`` of each; a run of consecutive offsets (a fetch without gaps) in one
+        range and one set update."""
+        if not offsets:
+            return
+        first, last = offsets[0], offsets[-1]
+        if last - first + 1 != len(offsets) or offsets != list(range(first, last + 1)):
+            for offset in offsets:  # gaps (compaction, transaction markers): one at a time
+                self.track(offset)
+            return
+        tail = self._ranges[-1] if self._ranges else None
+        if tail is not None and first < tail[1]:
+            raise ValueError(f"offset {first} tracked out of order (last {tail[1] - 1})")
+        if tail is not None and first == tail[1]:
+            tail[1] = last + 1
+        else:
+            self._ranges.append([first, last + 1])
+        self._unfinished.update(offsets)
+
     def finish(self, offset: int) -> None:
         if offset not in self._unfinished:
             return  # already finished (a duplicate ack), from before a reset, or never taken here
@@ -98,12 +117,11 @@ class OffsetTracker:
 
     def track(self, topic: str, partition: int, offsets: Iterable[int], now: float | None = None) -> None:
         part = self.partitions.setdefault((topic, partition), PartitionOffsets())
-        first = True
-        for offset in offsets:
-            if first:
-                part.taken_at(offset, time.monotonic() if now is None else now)
-                first = False
-            part.track(offset)
+        taken = offsets if isinstance(offsets, list) else list(offsets)
+        if not taken:
+            return
+        part.taken_at(taken[0], time.monotonic() if now is None else now)
+        part.track_many(taken)
 
     def finish(self, topic: str, partition: int, offset: int) -> None:
         part = self.partitions.get((topic, partition))

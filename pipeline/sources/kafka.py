@@ -160,7 +160,7 @@ class KafkaSource:
 
     def _take(self, tp: TopicPartition, taken: list[RawRecord]) -> None:
         key = (tp.topic, tp.partition)
-        self.tracker.track(tp.topic, tp.partition, (r.offset for r in taken))
+        self.tracker.track(tp.topic, tp.partition, [r.offset for r in taken])
         self.positions[key] = taken[-1].offset + 1
         high = self.consumer.highwater(tp)
         if high is not None:

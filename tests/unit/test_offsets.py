@@ -252,3 +252,32 @@ def test_finishing_a_batch_at_once_ends_where_finishing_each_does() -> None:
             many.finish_many(chunk)
             assert (many.commit_due(), many.pending) == (one.commit_due(), one.pending)
         assert many.commit_due() == offsets[-1] + 1
+
+
+def test_tracking_a_fetch_at_once_ends_where_tracking_each_does() -> None:
+    rng = random.Random(9)
+    for _ in range(50):
+        one, many = PartitionOffsets(), PartitionOffsets()
+        start = 0
+        for _ in range(6):  # fetches: runs without gaps, and some with (compaction)
+            run = list(range(start, start + rng.randrange(1, 40)))
+            if rng.random() < 0.4:
+                run = sorted(rng.sample(run, max(1, len(run) // 2)))
+            for offset in run:
+                one.track(offset)
+            many.track_many(run)
+            start = run[-1] + 1 + rng.randrange(0, 3)
+            assert (many.pending, many.commit_due()) == (one.pending, one.commit_due())
+        tracked_offsets = sorted(one._unfinished)
+        assert many._unfinished == one._unfinished
+        for offset in tracked_offsets:
+            one.finish(offset)
+            many.finish(offset)
+        assert many.commit_due() == one.commit_due() == tracked_offsets[-1] + 1
+
+
+@pytest.mark.parametrize("fetch", [[5, 6, 7], [3, 5, 4], [4, 6, 5, 7]])
+def test_a_fetch_tracked_at_once_is_still_refused_out_of_order(fetch: list[int]) -> None:
+    part = tracked(5, 6, 7)
+    with pytest.raises(ValueError, match="out of order"):
+        part.track_many(fetch)
