@@ -84,7 +84,7 @@ _TAKE = operator.itemgetter(*map(RawRecord._fields.index, ("topic", "partition",
 _OFFSET = operator.itemgetter(RawRecord._fields.index("offset"))
 
 
-def _offsets_by_take(sources: list[RawRecord]) -> dict[tuple[str, int, int], list[int]]:
+def offsets_by_take(sources: list[RawRecord]) -> dict[tuple[str, int, int], list[int]]:
     """The inputs' offsets by (topic, partition, generation): judged and finished a
     partition at a time rather than a record at a time."""
     taken: dict[tuple[str, int, int], list[int]] = {}
@@ -296,8 +296,8 @@ class PipelineRuntime:
     async def _write(self, batch: SinkBatch) -> None:
         """sink ─► finish: write, then finish each input (offsets, credits), then count."""
         all_records = batch.records
-        taken = _offsets_by_take(batch.sources)
-        if not all(map(self.source.is_current_in, taken)):
+        taken = offsets_by_take(batch.sources)
+        if not all(map(self.source.is_current_take, taken)):
             batch = self._without_revoked(batch)
         written: list[OutputRecord] = []
         try:
@@ -320,11 +320,11 @@ class PipelineRuntime:
 
     def _finish(self, taken: dict[tuple[str, int, int], list[int]]) -> int:
         """Offsets of the current assignment become committable (judged again: a rebalance
-        can happen during the write); every input's credit goes back. Returns the inputs."""
+        can happen during the write); every input's credit goes back. Returns how many."""
         per_topic: dict[str, int] = {}
         for take, offsets in taken.items():
             topic, partition, _ = take
-            if self.source.is_current_in(take):
+            if self.source.is_current_take(take):
                 self.tracker.finish_many(topic, partition, offsets)
             per_topic[topic] = per_topic.get(topic, 0) + len(offsets)
         for topic, count in per_topic.items():

@@ -28,7 +28,7 @@ from pipeline.offsets import OffsetTracker
 from pipeline.operators.coalesce import RecentItems, coalesce_window
 from pipeline.operators.enrich import OutputSpec, outcome_batch
 from pipeline.operators.parse import ParseRules, parse_batch
-from pipeline.runtime import _offsets_by_take
+from pipeline.runtime import offsets_by_take
 from pipeline.sinks.partitioner import partitions_for
 from pipeline.sources.undecodable import raw
 from pipeline.triton.codec import ModelSignature, decode, encode
@@ -71,7 +71,7 @@ def finish_each(tracker: OffsetTracker, sources: list[RawRecord]) -> None:
 
 
 def finish_batch(tracker: OffsetTracker, sources: list[RawRecord]) -> None:
-    for (topic, partition, _), offsets in _offsets_by_take(sources).items():
+    for (topic, partition, _), offsets in offsets_by_take(sources).items():
         tracker.finish_many(topic, partition, offsets)
 
 

@@ -248,7 +248,8 @@ class Soak:
         """Fresh topics and group on the (possibly restarted) broker, the follower, the
         members, then the feed."""
         self.epoch += 1
-        topology = EMBEDDED_BROKER.apply(Topology.model_validate(topology_on_stack(self.stack)))
+        shipped_session = topology_on_stack(self.stack, quick_join=False)  # its stalls outlast 6 s
+        topology = EMBEDDED_BROKER.apply(Topology.model_validate(shipped_session))
         self.topologies.append(topology)
         await ensure_topology_topics(topology, INPUT_PARTITIONS)
         ledger = self.books.new_epoch()

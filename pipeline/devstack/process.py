@@ -32,7 +32,7 @@ def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind(("127.0.0.1", port))
-        except OSError:
+        except (OSError, OverflowError):  # taken, or past 65535 (a run from a high pick)
             return False
         return True
 
@@ -51,7 +51,7 @@ def free_ports(count: int = 1) -> int:
     client's own connect as its source port (a readiness poll before the server binds meets
     itself and holds the port), and the server then fails to bind: seen as a worker
     crash-looping on "address already in use" in a clean-clone CI run."""
-    low, high = 20_000, _ephemeral_low() - count
+    low, high = 20_000, _ephemeral_low() - count + 1  # the run ends below the range
     for _ in range(100) if high - low > 1_000 else ():
         first = random.randrange(low, high)
         if _claim(first, count):

@@ -15,10 +15,14 @@ SHIPPED = Path(__file__).resolve().parents[1] / "topologies" / "recommendations.
 
 
 def topology_on_stack(
-    stack: EmbeddedStack, fresh: bool = True, base: Path = SHIPPED, **sections: dict[str, Any]
+    stack: EmbeddedStack,
+    fresh: bool = True,
+    base: Path = SHIPPED,
+    quick_join: bool = True,
+    **sections: dict[str, Any],
 ) -> dict[str, Any]:
     """``base`` as a dict, with the stack's broker and Triton addresses and the embedded
-    broker's fetch wait; ``fresh``: on new
+    broker's fetch wait and (``quick_join``) a shorter group session; ``fresh``: on new
     topics and a new group (so runs on one broker never meet). Each keyword merges into that
     section. Returns the dict, for further edits before validation."""
     data: dict[str, Any] = yaml.safe_load(base.read_text())
@@ -27,7 +31,8 @@ def topology_on_stack(
     # The shipped topologies are for real Kafka; the embedded broker answers a fetch only at
     # its max wait, even with data ready (devstack/tuning.py).
     data["source"]["fetch_max_wait_ms"] = EMBEDDED_BROKER.fetch_max_wait_ms
-    data["source"].update(STACK_GROUP_SESSION)  # a 2 s join instead of 5 (tuning.py)
+    if quick_join:  # a 3 s join instead of 5 (tuning.py); long runs keep the shipped session
+        data["source"].update(STACK_GROUP_SESSION)
     if fresh:
         tag = uuid.uuid4().hex[:8]
         data["source"].update({"topics": [f"in-{tag}"], "group_id": f"g-{tag}"})

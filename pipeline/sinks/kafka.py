@@ -70,7 +70,7 @@ async def _partitions(producer: AIOKafkaProducer, topic: str) -> tuple[list[int]
 
 def _size(rec: OutputRecord) -> int:
     size = len(rec.value) + len(rec.key or b"")
-    return size + sum(len(k) + len(v or b"") for k, v in rec.headers) if rec.headers else size
+    return (size + sum(len(k) + len(v or b"") for k, v in rec.headers)) if rec.headers else size
 
 
 def _batches(

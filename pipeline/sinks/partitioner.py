@@ -11,6 +11,11 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
+from aiokafka.partitioner import murmur2 as murmur2_of_one
+
+# numpy's fixed cost per call outweighs the Python loop for a few keys of one length, and
+# its cost per 4 bytes for long keys (a dead letter keeps its input's key, of any length)
+MIN_KEYS, MAX_KEY_BYTES = 8, 64
 
 _SEED = np.uint32(0x9747B28C)
 _M = np.uint32(0x5BD1E995)
@@ -56,9 +61,11 @@ def partitions_for(keys: Sequence[bytes | None], every: list[int], available: li
             indices, same_length = by_length.setdefault(len(key), ([], []))
             indices.append(i)
             same_length.append(key)
-    count = np.uint32(len(every))
-    for indices, same_length in by_length.values():
-        slots = (murmur2(same_length) & np.uint32(0x7FFFFFFF)) % count
-        for i, slot in zip(indices, slots.tolist(), strict=True):
-            chosen[i] = every[slot]
+    for length, (indices, same_length) in by_length.items():
+        if len(indices) < MIN_KEYS or length > MAX_KEY_BYTES:
+            hashes = [murmur2_of_one(key) for key in same_length]
+        else:
+            hashes = murmur2(same_length).tolist()
+        for i, hashed in zip(indices, hashes, strict=True):
+            chosen[i] = every[(hashed & 0x7FFFFFFF) % len(every)]
     return chosen

@@ -154,8 +154,8 @@ class KafkaSource:
         """Taken in the partition's current assignment (not in one revoked since)."""
         return self.generations.get((record.topic, record.partition)) == record.generation
 
-    def is_current_in(self, taken: tuple[str, int, int]) -> bool:
-        """``is_current`` for every record taken as (topic, partition, generation)."""
+    def is_current_take(self, taken: tuple[str, int, int]) -> bool:
+        """``is_current`` at once for the records of one take: (topic, partition, generation)."""
         return self.generations.get(taken[:2]) == taken[2]
 
     def _take(self, tp: TopicPartition, taken: list[RawRecord]) -> None:

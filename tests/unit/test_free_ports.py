@@ -26,10 +26,16 @@ def test_a_run_of_ports_is_consecutive_bindable_and_apart_from_other_runs() -> N
 
 
 def test_a_port_in_use_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = free_port()
+    process._handed_out.discard(taken)  # only the bind can refuse it now
+    real, picks = process.random.randrange, []
+
+    def pick(low: int, high: int) -> int:
+        picks.append(low)
+        return taken if len(picks) == 1 else real(low, high)
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
-        held.bind(("127.0.0.1", 0))
-        taken = int(held.getsockname()[1])
-        picks = iter([taken, taken + 10])
-        monkeypatch.setattr(process.random, "randrange", lambda low, high: next(picks))
-        monkeypatch.setattr(process, "_ephemeral_low", lambda: 65_000)
-        assert free_port() == taken + 10
+        held.bind(("127.0.0.1", taken))
+        monkeypatch.setattr(process.random, "randrange", pick)
+        assert free_port() != taken
+    assert len(picks) >= 2

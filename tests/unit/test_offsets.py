@@ -7,6 +7,8 @@ import random
 import pytest
 
 from pipeline.offsets import OffsetTracker, PartitionOffsets
+from pipeline.runtime import offsets_by_take
+from tests.builders import raw_record
 
 
 def tracked(*offsets: int) -> PartitionOffsets:
@@ -276,8 +278,25 @@ def test_tracking_a_fetch_at_once_ends_where_tracking_each_does() -> None:
         assert many.commit_due() == one.commit_due() == tracked_offsets[-1] + 1
 
 
-@pytest.mark.parametrize("fetch", [[5, 6, 7], [3, 5, 4], [4, 6, 5, 7]])
+@pytest.mark.parametrize("fetch", [[5, 6, 7], [3, 5, 4], [4, 6, 5, 7], [8, 10, 9], [8, 9, 9], [8, 9, 10, 9]])
 def test_a_fetch_tracked_at_once_is_still_refused_out_of_order(fetch: list[int]) -> None:
     part = tracked(5, 6, 7)
     with pytest.raises(ValueError, match="out of order"):
         part.track_many(fetch)
+
+
+def test_a_batchs_inputs_are_grouped_by_partition_and_assignment() -> None:
+    sources = [
+        raw_record(5, partition=0, generation=1),
+        raw_record(9, partition=1, generation=1),
+        raw_record(6, partition=0, generation=1),
+        raw_record(6, partition=0, generation=2),  # re-read after a rebalance: its own take
+        raw_record(3, topic="other", partition=0, generation=1),
+    ]
+    assert offsets_by_take(sources) == {
+        ("interactions", 0, 1): [5, 6],
+        ("interactions", 1, 1): [9],
+        ("interactions", 0, 2): [6],
+        ("other", 0, 1): [3],
+    }
+    assert offsets_by_take([]) == {}
