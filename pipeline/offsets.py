@@ -39,13 +39,7 @@ class PartitionOffsets:
             self._taken.popleft()
 
     def track(self, offset: int) -> None:
-        last = self._ranges[-1] if self._ranges else None
-        if last is not None and offset < last[1]:
-            raise ValueError(f"offset {offset} tracked out of order (last {last[1] - 1})")
-        if last is not None and offset == last[1]:
-            last[1] += 1
-        else:
-            self._ranges.append([offset, offset + 1])
+        self._extend(offset, offset + 1)
         self._unfinished.add(offset)
 
     def track_many(self, offsets: list[int]) -> None:
@@ -58,23 +52,25 @@ class PartitionOffsets:
             for offset in offsets:  # gaps (compaction, transaction markers): one at a time
                 self.track(offset)
             return
-        tail = self._ranges[-1] if self._ranges else None
-        if tail is not None and first < tail[1]:
-            raise ValueError(f"offset {first} tracked out of order (last {tail[1] - 1})")
-        if tail is not None and first == tail[1]:
-            tail[1] = last + 1
-        else:
-            self._ranges.append([first, last + 1])
+        self._extend(first, last + 1)
         self._unfinished.update(offsets)
 
+    def _extend(self, start: int, end: int) -> None:
+        """Offsets [start, end) taken: they join the last range if they follow it."""
+        last = self._ranges[-1] if self._ranges else None
+        if last is not None and start < last[1]:
+            raise ValueError(f"offset {start} tracked out of order (last {last[1] - 1})")
+        if last is not None and start == last[1]:
+            last[1] = end
+        else:
+            self._ranges.append([start, end])
+
     def finish(self, offset: int) -> None:
-        if offset not in self._unfinished:
-            return  # already finished (a duplicate ack), from before a reset, or never taken here
-        self._unfinished.discard(offset)
-        self._advance()
+        # already finished (a duplicate ack), from before a reset, or never taken here: no-op
+        self.finish_many((offset,))
 
     def finish_many(self, offsets: Iterable[int]) -> None:
-        """As ``finish`` of each, in one set operation and one move of the head."""
+        """Finished offsets leave the open set; the head moves once past what is finished."""
         before = len(self._unfinished)
         self._unfinished.difference_update(offsets)
         if len(self._unfinished) != before:

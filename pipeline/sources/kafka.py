@@ -152,7 +152,7 @@ class KafkaSource:
 
     def is_current(self, record: RawRecord) -> bool:
         """Taken in the partition's current assignment (not in one revoked since)."""
-        return self.generations.get((record.topic, record.partition)) == record.generation
+        return self.is_current_take((record.topic, record.partition, record.generation))
 
     def is_current_take(self, taken: tuple[str, int, int]) -> bool:
         """``is_current`` at once for the records of one take: (topic, partition, generation)."""
