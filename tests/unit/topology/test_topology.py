@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.errors import TopologyError
 from pipeline.topology.loader import ENV_OVERRIDES, all_problems, load_topology, parse_topology
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHIPPED = sorted((ROOT / "topologies").glob("*.yaml"))
 BASE: dict[str, Any] = yaml.safe_load((ROOT / "topologies" / "recommendations.yaml").read_text())
 

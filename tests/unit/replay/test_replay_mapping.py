@@ -13,7 +13,7 @@ from pipeline.errors import TopologyError
 from pipeline.replay.files import EventFile, UnreadableFile, count_rows
 from pipeline.replay.mapping import ColumnMapping, Mapper, load_mapping, to_epoch_ms
 
-MOVIES = (Path(__file__).resolve().parents[2] / "topologies" / "mappings" / "ratings.yaml").read_text()
+MOVIES = (Path(__file__).resolve().parents[3] / "topologies" / "mappings" / "ratings.yaml").read_text()
 
 
 def write_mapping(tmp_path: Path, text: str = MOVIES) -> ColumnMapping:

@@ -58,7 +58,7 @@ def test_the_input_is_not_changed() -> None:
 def test_validate_reports_an_unset_variable_as_file_key_path_reason(tmp_path, capsys) -> None:
     from pipeline.cli import main
 
-    text = (Path(__file__).resolve().parents[2] / "topologies" / "recommendations.yaml").read_text()
+    text = (Path(__file__).resolve().parents[3] / "topologies" / "recommendations.yaml").read_text()
     path = tmp_path / "topo.yaml"
     path.write_text(text.replace("group_id:", "group_id: ${GROUP_FOR_TEST_XYZ}  #", 1))
     assert main(["validate", str(path)]) == 2
@@ -69,6 +69,6 @@ def test_validate_reports_an_unset_variable_as_file_key_path_reason(tmp_path, ca
 def test_a_topology_takes_its_values_from_the_environment() -> None:
     from pipeline.topology.loader import parse_topology
 
-    text = (Path(__file__).resolve().parents[2] / "topologies" / "recommendations.yaml").read_text()
+    text = (Path(__file__).resolve().parents[3] / "topologies" / "recommendations.yaml").read_text()
     text = text.replace("group_id:", "group_id: ${GROUP_FOR_TEST_XYZ}  #", 1)
     assert parse_topology(text, env={"GROUP_FOR_TEST_XYZ": "team-a"}).source.group_id == "team-a"
