@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
+from pipeline import procfs
 from pipeline.devstack.stack import ensure_model
 from pipeline.devstack.triton import SINGLE_THREADED_BLAS, EmbeddedTriton
 from pipeline.events import UserRequest
@@ -116,38 +116,23 @@ async def closed_loop(url: str, variant: str, requests: int) -> list[dict[str, A
     return out
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
-
-
-def stub_pids(server_pid: int) -> list[int]:
-    """The Python-backend stubs are the server's children."""
-    with open(f"/proc/{server_pid}/task/{server_pid}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
 async def paced(url: str, server_pid: int, label: str, seconds: float = 5.0) -> list[dict[str, Any]]:
     pool = StreamPool(url, 2)
     if not await pool.model_ready("recommender", "", 60):
         raise RuntimeError("model not ready")
-    rng, serial, hz = np.random.default_rng(1), 0, os.sysconf("SC_CLK_TCK")
+    rng, serial = np.random.default_rng(1), 0
     out: list[dict[str, Any]] = []
     try:
         for batch, rate in ((64, 10), (64, 30), (16, 100)):
             batch_rows = rows(rng, batch)
-            stubs = stub_pids(server_pid)
-            ticks, started = cpu_ticks(stubs), time.monotonic()
+            stubs = procfs.children(server_pid)  # the Python-backend stubs
+            cpu0, started = procfs.cpu_and_faults(stubs)[0], time.monotonic()
             while time.monotonic() - started < seconds:
                 serial += 1
                 sent = time.monotonic()
                 await pool.pick().submit(codec.encode(batch_rows, SIG, f"paced-{serial}"))
                 await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - sent)))
-            cpu = (cpu_ticks(stubs) - ticks) / hz / (time.monotonic() - started) * 100
+            cpu = (procfs.cpu_and_faults(stubs)[0] - cpu0) / (time.monotonic() - started) * 100
             out.append({"blas": label, "batch": batch, "req_per_s": rate, "stub_cpu_pct": round(cpu, 1)})
             print(out[-1], file=sys.stderr, flush=True)
     finally:

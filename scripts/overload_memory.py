@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from pipeline import kafka_clients
+from pipeline import kafka_clients, procfs
 from pipeline.devstack.process import ChildProcess, free_port
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
@@ -30,13 +30,6 @@ from pipeline.kafka_io import broker_at, ensure_topics
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def metric(text: str, name: str) -> float:
@@ -90,7 +83,7 @@ async def sample(
             {
                 "t": round(now - t0, 1),
                 "phase": phase,
-                "rss_mb": round(rss_mb(proc.pid), 1),
+                "rss_mb": round(procfs.rss_mb(proc.pid) or 0.0, 1),
                 "in_flight": metric(text, "pipeline_in_flight_events"),
                 "paused": metric(text, "pipeline_source_paused"),
                 "consumed": metric(text, 'pipeline_events_consumed_total{topic="interactions"}'),

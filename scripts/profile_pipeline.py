@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import signal
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from pipeline import kafka_clients
+from pipeline import kafka_clients, procfs
 from pipeline.devstack.process import ChildProcess
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
@@ -49,28 +48,10 @@ async def preload(topology: Topology, events: int) -> None:
         await producer.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    user, system = user_system(pid)
-    return user + system
-
-
 def user_system(pid: int) -> tuple[float, float]:
     """CPU seconds in user space and in the kernel (system calls: sockets, epoll)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread (/proc/<pid>/task/*: "name/tid"; the main thread is "main")."""
-    out: dict[str, float] = collections.defaultdict(float)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = "main" if task.name == str(pid) else f"{(task / 'comm').read_text().strip()}/{task.name}"
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended meanwhile
-        out[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+    stat = procfs.stat(pid)
+    return stat.user_s, stat.system_s
 
 
 def answered(worker: PipelineProcess) -> float:
@@ -150,12 +131,16 @@ def main() -> int:
             worker.wait_until(worker.ready, 60, "ready")
             while (first := answered(worker)) == 0:
                 time.sleep(0.02)
-            cpu0, threads0, t0 = cpu_seconds(worker.pid), thread_cpu(worker.pid), time.monotonic()
+            cpu0, threads0, t0 = (
+                procfs.cpu_seconds(worker.pid),
+                procfs.thread_cpu_seconds(worker.pid),
+                time.monotonic(),
+            )
             split0 = user_system(worker.pid)
             while (done := answered(worker)) < args.events and time.monotonic() - t0 < 600:
                 time.sleep(0.2)
-            elapsed, cpu = time.monotonic() - t0, cpu_seconds(worker.pid) - cpu0
-            threads = {n: c - threads0.get(n, 0.0) for n, c in thread_cpu(worker.pid).items()}
+            elapsed, cpu = time.monotonic() - t0, procfs.cpu_seconds(worker.pid) - cpu0
+            threads = {n: c - threads0.get(n, 0.0) for n, c in procfs.thread_cpu_seconds(worker.pid).items()}
             user, system = (b - a for a, b in zip(split0, user_system(worker.pid), strict=True))
             spy.signal(signal.SIGINT, group=False)  # py-spy writes its file on SIGINT
             deadline = time.monotonic() + 30

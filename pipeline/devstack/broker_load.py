@@ -4,15 +4,10 @@ restarts the broker before it runs out of CPU, instead of stalling without a wor
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+# imported from here by scripts/broker_longrun.py and the unit tests
+from pipeline.procfs import cpu_seconds as process_cpu_seconds
 
 
 @dataclass

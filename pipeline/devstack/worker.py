@@ -14,6 +14,7 @@ import yaml
 from pydantic import SecretBytes, SecretStr
 from pydantic_core import to_jsonable_python
 
+from pipeline import procfs
 from pipeline.devstack.process import ChildProcess, free_ports
 from pipeline.topology.schema import Topology
 
@@ -42,17 +43,6 @@ def topology_document(topology: Topology) -> dict[str, Any]:
     its password. Holds secrets in clear: written to the worker's own file (mode 0600),
     never logged."""
     return dict(to_jsonable_python(_revealed(topology.model_dump(mode="python"))))
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process in MB (/proc/<pid>/status VmRSS); None once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        return None
-    return None  # a zombie has no VmRSS
 
 
 class PipelineProcess(ChildProcess):
@@ -109,4 +99,4 @@ class PipelineProcess(ChildProcess):
         return self.topology.source.drain_timeout_ms / 1000.0 + 5.0 + 5.0
 
     def rss_mb(self) -> float | None:
-        return rss_mb(self.pid) if self.alive() else None
+        return procfs.rss_mb(self.pid) if self.alive() else None

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiokafka.errors import KafkaError
 
-from pipeline import kafka_clients
+from pipeline import kafka_clients, procfs
 from pipeline.errors import TopologyError
 from pipeline.kafka_io import ensure_topics
 from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or_start
@@ -210,10 +210,8 @@ async def _prepare(
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM: unlike getrusage's maxrss, not inherited
     from the parent that started it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
+    peak = procfs.peak_rss_mb()
+    return round(peak, 1) if peak is not None else float("nan")
 
 
 def _destination(args: argparse.Namespace, topology: Topology) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import procfs
 from pipeline.devstack.process import ChildProcess, free_ports
 from pipeline.devstack.worker import topology_document
 from pipeline.topology.schema import Topology
@@ -41,8 +42,7 @@ def _get(port: int, path: str) -> str:
 
 
 def _worker_pids(supervisor: ChildProcess) -> list[int]:
-    children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children").read_text().split()
-    return [int(pid) for pid in children]
+    return procfs.children(supervisor.pid)
 
 
 def _gone(pid: int) -> bool:
@@ -50,8 +50,7 @@ def _gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+    return procfs.stat(pid).state == "Z"
 
 
 async def test_workers_share_the_partitions_and_a_killed_one_comes_back(stack, tmp_path) -> None:
