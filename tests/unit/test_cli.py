@@ -40,9 +40,3 @@ def test_json_logs_are_one_object_a_line(capsys: pytest.CaptureFixture[str]) -> 
     assert lines[0]["message"] == "assigned 4 partitions" and lines[0]["level"] == "INFO"
     assert lines[0]["logger"] == "pipeline.test" and lines[0]["ts"].endswith("Z")
     assert "ValueError: boom" in lines[1]["exception"]
-
-
-def test_bench_passes_its_options_on_to_the_benchmark_script(capfd: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--help"]) == 0  # the script's own --help, not pipeline's
-    out = capfd.readouterr().out
-    assert "bench_throughput.py" in out and "--smoke" in out and "--variants" in out
