@@ -188,14 +188,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_throughput.py"
+BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench"  # python runs its __main__.py
 
 
 def bench(argv: list[str]) -> int:
-    """scripts/bench_throughput.py with the arguments after `bench`, passed on untouched (a
+    """scripts/bench with the arguments after `bench`, passed on untouched (a
     checkout's tool: it writes docs/bench_throughput.md and starts its own embedded stack)."""
-    if not BENCH_SCRIPT.is_file():
-        print(f"pipeline bench runs {BENCH_SCRIPT.name} from a checkout of the project", file=sys.stderr)
+    if not (BENCH_SCRIPT / "__main__.py").is_file():
+        print("pipeline bench runs scripts/bench from a checkout of the project", file=sys.stderr)
         return 2
     return subprocess.call([sys.executable, str(BENCH_SCRIPT), *argv])
 
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("schema", "print the topology files' JSON Schema (for editors)")
     p.set_defaults(func=cmd_schema)
     # listed for --help; main() hands `bench ...` to the script before parsing
-    command("bench", "throughput benchmark (scripts/bench_throughput.py; its options follow)")
+    command("bench", "throughput benchmark (scripts/bench; its options follow)")
     return parser
 
 

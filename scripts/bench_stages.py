@@ -34,7 +34,7 @@ from pipeline.sources.undecodable import raw
 from pipeline.triton.codec import ModelSignature, decode, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_throughput import machine  # a sibling script
+from bench.report import machine  # the throughput benchmark's, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 HISTORY, TOP_K, PARTITIONS = 16, 10, [0, 1, 2, 3]

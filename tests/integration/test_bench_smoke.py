@@ -1,4 +1,4 @@
-"""scripts/bench_throughput.py --smoke as anyone runs it: its own broker and Triton, the
+"""scripts/bench --smoke as anyone runs it: its own broker and Triton, the
 variants for both models (Triton alone with and without shared memory; the 2-worker
 pipeline is left to test_workers), the latency step with a second setting, a table and a
 plot in the workdir, and no process left behind. No timing is asserted: only that each
@@ -35,7 +35,7 @@ def test_bench_throughput_smoke(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            "scripts/bench_throughput.py",
+            "scripts/bench",
             "--smoke",
             "--workdir",
             str(tmp_path),

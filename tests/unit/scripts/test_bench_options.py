@@ -1,11 +1,14 @@
-"""scripts/bench_throughput.py --set: topology overrides are checked before any stack starts,
+"""scripts/bench --set: topology overrides are checked before any stack starts,
 and the hand loop and the ceiling follow the pipeline's batch size."""
 
 from __future__ import annotations
 
 import pytest
 
-from scripts.bench_throughput import DEFAULT_VARIANTS, half_rate_table, parse_args, report, set_key, stages
+from scripts.bench.cli import parse_args, set_key
+from scripts.bench.config import DEFAULT_VARIANTS
+from scripts.bench.report import half_rate_table, report
+from scripts.bench.stats import stages
 
 
 def test_set_parses_yaml_values_and_nested_paths() -> None:
@@ -111,7 +114,7 @@ def test_stages_split_a_recommendations_time_by_its_own_timings() -> None:
 
 def test_a_latency_only_page_has_no_empty_run_tables() -> None:
     meta = {
-        "command": "python scripts/bench_throughput.py --reps 0 --half-rate 10000",
+        "command": "python scripts/bench --reps 0 --half-rate 10000",
         "batch": 128,
         "events": 100_000,
         "naive_events": 2_000,
