@@ -10,28 +10,24 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
-from aiokafka import TopicPartition
 
-from pipeline import kafka_clients
-from pipeline.audit import Ledger, combined_summary
+from pipeline.audit import combined_summary
 from pipeline.devstack.broker_load import BrokerLoad
+from pipeline.devstack.epoch import RECYCLE_DRAIN_S, Books, Epoch, settle_task
+from pipeline.devstack.epoch import follow_outputs as follow_outputs  # the test harnesses' import
 from pipeline.devstack.stack import EmbeddedStack
-from pipeline.devstack.tuning import EMBEDDED_BROKER, BrokerTuning
-from pipeline.kafka_io import ensure_topology_topics, seek_to_start
+from pipeline.devstack.tuning import EMBEDDED_BROKER
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
 from pipeline.topology.loader import load_topology
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
-INPUT_PARTITIONS = 4
 UNANSWERED_AFTER_MS = 10_000
-RECYCLE_DRAIN_S = 60.0  # for the events in flight to be answered before a broker restart
 
 
 @dataclass(frozen=True)
@@ -51,101 +47,6 @@ def live_events(config: GeneratorConfig, count: int | None) -> Iterator[dict[str
     for event in gen.events(count if count is not None else 10**12):
         event["ts"] = time.time_ns() // 1_000_000
         yield event
-
-
-async def feed(
-    topology: Topology,
-    events: Iterator[dict[str, object]],
-    ledger: Ledger,
-    rate: float,
-    stop: asyncio.Event,
-    tuning: BrokerTuning = EMBEDDED_BROKER,
-) -> int:
-    """Produce ``events`` at ``rate`` per second (0: as fast as the producer goes). Sends are
-    not awaited one by one: the producer lingers, so each partition gets few, large batches
-    (the embedded broker's cost grows with the number of batches it stores)."""
-    producer = kafka_clients.producer(topology.broker, client_suffix="-feed", linger_ms=tuning.linger_ms)
-    await producer.start()
-    topic = topology.source.topics[0]
-    sent = 0
-    started = last_settle = time.monotonic()
-    pending: list[tuple[asyncio.Future[object], int]] = []
-    try:
-        for event in events:
-            if stop.is_set():
-                break
-            fut = await producer.send(topic, orjson.dumps(event), key=str(event["user_id"]).encode())
-            pending.append((fut, int(event["user_id"])))  # type: ignore[call-overload]
-            sent += 1
-            now = time.monotonic()
-            if len(pending) >= 1000 or now - last_settle > 1.0:
-                await _settle(pending, ledger)
-                last_settle = time.monotonic()
-            if rate > 0:
-                ahead = sent / rate - (now - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        await _settle(pending, ledger)
-    finally:
-        await producer.stop()
-    return sent
-
-
-async def _settle(pending: list[tuple[asyncio.Future[object], int]], ledger: Ledger) -> None:
-    metas = await asyncio.gather(*(fut for fut, _ in pending))
-    for meta, (_, user_id) in zip(metas, pending, strict=True):
-        coord = (meta.topic, meta.partition, meta.offset)  # type: ignore[attr-defined]
-        ledger.add_input(coord, meta.timestamp, user_id)  # type: ignore[attr-defined]
-    pending.clear()
-
-
-async def follow_outputs(
-    topology: Topology, ledger: Ledger, stop: asyncio.Event, tuning: BrokerTuning = EMBEDDED_BROKER
-) -> None:
-    """Tail the output and dead-letter topics into the ledger."""
-    sink = topology.sink
-    consumer = kafka_clients.consumer(
-        topology.broker,
-        client_suffix="-follower",
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=tuning.follower_fetch_max_wait_ms,
-    )
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(t, p)
-            for t in (sink.topic, sink.dead_letter_topic)
-            for p in range(INPUT_PARTITIONS)
-        ]
-        consumer.assign(tps)
-        seek_to_start(consumer, tps)
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=100)
-            for tp, records in batch.items():
-                for rec in records:
-                    if tp.topic == sink.topic:
-                        ledger.add_recommendation(rec.value or b"", rec.timestamp)
-                    else:
-                        ledger.add_dead_letter(list(rec.headers), rec.timestamp)
-    finally:
-        await consumer.stop()
-
-
-@dataclass
-class Books:
-    """The ledgers of a dev run, one per broker epoch (offsets restart with a fresh broker)."""
-
-    ledgers: list[Ledger] = field(default_factory=list)
-
-    def new_epoch(self) -> Ledger:
-        self.ledgers.append(Ledger())
-        return self.ledgers[-1]
-
-    def accounted(self) -> int:
-        return sum(ledger.accounted() for ledger in self.ledgers)
-
-    def inputs(self) -> int:
-        return sum(len(ledger.inputs) for ledger in self.ledgers)
 
 
 async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
@@ -193,27 +94,19 @@ async def run_epoch(
 ) -> bool:
     """One broker epoch: topics, pipeline, feeder and follower. Returns whether the broker
     needs recycling (False: the run is over)."""
-    await ensure_topology_topics(topology, INPUT_PARTITIONS)
+    epoch = await Epoch.open(topology, books, events, rate)
     runtime = PipelineRuntime(topology)
-    feeding, pipeline_stop, follow_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    pipeline_stop = asyncio.Event()
     pipeline_task = asyncio.create_task(runtime.run(pipeline_stop), name="pipeline")
-    ledger = books.new_epoch()
-    follower = asyncio.create_task(follow_outputs(topology, ledger, follow_stop), name="follower")
-    feeder: asyncio.Task[int] | None = None
     recycle = False
     try:
         await _until_ready(runtime, pipeline_task)
         load = BrokerLoad(stack.broker.pid)
         while True:
-            feeding.clear()
-            feeder = asyncio.create_task(feed(topology, events, ledger, rate, feeding), name="feeder")
-            if not await _watch(opts, books, (feeder, follower), pipeline_task, stop, started, load):
+            epoch.start_feeding()
+            if not await _watch(opts, books, epoch, pipeline_task, stop, started, load):
                 break
-            # The broker holds the only copy of what is unfinished: restart it only once every
-            # event it received is accounted for.
-            feeding.set()
-            await _settle_task(feeder)
-            if await _accounted(ledger, RECYCLE_DRAIN_S):
+            if await epoch.drained(RECYCLE_DRAIN_S):
                 recycle = True
                 break
             log.warning(
@@ -223,14 +116,10 @@ async def run_epoch(
             load = BrokerLoad(stack.broker.pid)
     finally:
         # Stop in dataflow order so that what is in flight still gets counted.
-        feeding.set()
-        if feeder is not None:
-            await _settle_task(feeder)
+        await epoch.stop_feeding()
         pipeline_stop.set()
-        await _settle_task(pipeline_task, timeout_s=topology.source.drain_timeout_ms / 1000 + 30)
-        await _accounted(ledger, 10)
-        follow_stop.set()
-        await _settle_task(follower)
+        await settle_task(pipeline_task, timeout_s=topology.source.drain_timeout_ms / 1000 + 30)
+        await epoch.close()
     return recycle and not stop.is_set()
 
 
@@ -250,29 +139,10 @@ async def _until_ready(
         raise TimeoutError(f"the pipeline was not ready after {timeout_s:.0f} s")
 
 
-async def _accounted(ledger: Ledger, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while ledger.accounted() < len(ledger.inputs):  # O(inputs): polled twice a second
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.5)
-    return True
-
-
-async def _settle_task(task: asyncio.Task[object], timeout_s: float = 30.0) -> None:
-    """Wait for a task we are stopping; its failure is logged (the run is ending anyway)."""
-    try:
-        await asyncio.wait_for(task, timeout_s)
-    except asyncio.CancelledError:
-        pass
-    except Exception:
-        log.exception("%s ended with an error", task.get_name())
-
-
 async def _watch(
     opts: DevOptions,
     books: Books,
-    helpers: tuple[asyncio.Task[int], asyncio.Task[None]],
+    epoch: Epoch,
     pipeline_task: asyncio.Task[None],
     stop: asyncio.Event,
     started: float,
@@ -280,7 +150,6 @@ async def _watch(
 ) -> bool:
     """Until the run is over (False) or the broker needs recycling (True). The feeder's or
     the follower's failure ends the run with it: the books would be wrong without them."""
-    feeder = helpers[0]
     last_report = time.monotonic()
     broker_load.sample(last_report)
     while not stop.is_set():
@@ -288,10 +157,8 @@ async def _watch(
         if pipeline_task.done():
             pipeline_task.result()  # re-raises the pipeline's failure
             return False
-        for task in helpers:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                task.result()
-        if opts.events is not None and feeder.done() and books.accounted() >= opts.events:
+        epoch.raise_failure()
+        if opts.events is not None and epoch.fed and books.accounted() >= opts.events:
             return False
         if time.monotonic() - started > opts.timeout_s and opts.events is not None:
             log.error("timed out with %d of %d events accounted for", books.accounted(), opts.events)
