@@ -1,4 +1,4 @@
-"""`pipeline replay --topic` (also scripts/replay.py) on the real broker: a time range of a
+"""`pipeline replay --topic` on the real broker: a time range of a
 topic lands in the backfill topic, exactly, even though the embedded broker answers
 offsets_for_times wrongly; the source records' headers are kept and the replay's added."""
 
@@ -51,7 +51,9 @@ async def test_replay_of_a_time_range(stack, tmp_path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            "scripts/replay.py",
+            "-m",
+            "pipeline",
+            "replay",
             "--topology",
             str(topology),
             "--checkpoint",

@@ -70,7 +70,9 @@ def test_trained_on_a_ratings_file_and_served_with_catalogue_ids(tmp_path: Path)
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "train.py"),
+            "-m",
+            "pipeline",
+            "train",
             "--file",
             str(ratings),
             "--mapping",
