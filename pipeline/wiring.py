@@ -1,9 +1,16 @@
 """Wiring: the topology → each component's configuration. Pure functions, no I/O: the
-runtime calls them and reads as the dataflow; a new topology key is mapped here."""
+runtime calls them and reads as the dataflow. The runtime reads no topology key itself: a
+new key is mapped here (see README, "Adding a topology key")."""
 
 from __future__ import annotations
 
-from pipeline.control.adaptive import AdaptiveBounds
+from collections.abc import Callable
+from typing import NamedTuple
+
+from reactivex import Observable
+
+from pipeline import operators
+from pipeline.control.adaptive import AdaptiveBounds, Knobs
 from pipeline.control.breaker import CircuitBreaker
 from pipeline.control.budget import RetryBudget
 from pipeline.control.dead_letter_budget import DeadLetterBudget
@@ -11,13 +18,61 @@ from pipeline.control.lane_guard import GuardedLane
 from pipeline.control.lane_rules import LaneRule
 from pipeline.control.lanes import LaneSpec
 from pipeline.control.retry import RetryPolicy
+from pipeline.events import UserRequest, Window
 from pipeline.operators.enrich import OutputSpec
 from pipeline.operators.parse import ParseRules
+from pipeline.sources.credits import TopicCredits
 from pipeline.topology.schema import Topology
 from pipeline.tracing import Tracing
 from pipeline.triton.codec import ModelSignature
 from pipeline.triton.contract import BatchBound
 from pipeline.triton.dispatcher import DispatchConfig
+
+
+class RuntimeSettings(NamedTuple):
+    """What the runtime itself needs to know of the topology."""
+
+    name: str
+    dead_letter_topic: str
+    drain_timeout_s: float
+    stall_after_s: float
+    commit_interval_s: float
+
+
+def runtime_settings(t: Topology) -> RuntimeSettings:
+    return RuntimeSettings(
+        t.name,
+        t.sink.dead_letter_topic,
+        t.source.drain_timeout_ms / 1000.0,
+        t.source.stall_after_ms / 1000.0,
+        t.source.commit_interval_ms / 1000.0,
+    )
+
+
+def topic_credits(t: Topology, hold: Callable[[], bool]) -> TopicCredits:
+    credits = t.source.credits
+    return TopicCredits(t.source.topics, credits.high_watermark, credits.low_watermark, hold=hold)
+
+
+def fixed_knobs(t: Topology) -> Knobs:
+    """Batch size, window and in flight while the adaptive controller is off."""
+    return Knobs(t.batch.max_size, t.window.max_ms, t.model.max_in_flight)
+
+
+def control_interval_s(t: Topology) -> float:
+    return t.adaptive.interval_ms / 1000.0
+
+
+def window_max_events(t: Topology) -> int:
+    return t.window.max_events
+
+
+def coalesce(t: Topology) -> Callable[[Observable[Window]], Observable[tuple[Window, list[UserRequest]]]]:
+    """The coalesce step: each user's events of a window as one request, with history."""
+    w = t.window
+    return operators.coalesce(
+        w.history_length, w.remembered_users, w.history_order == "event_time", w.history_cache_mb
+    )
 
 
 def parse_rules(t: Topology) -> ParseRules:
@@ -68,8 +123,10 @@ def retry_budget(t: Topology) -> RetryBudget:
     return RetryBudget(t.model.retry.budget_ratio, t.model.retry.budget_min_per_s)
 
 
-def dead_letter_budget(t: Topology) -> DeadLetterBudget:
+def dead_letter_budget(t: Topology) -> DeadLetterBudget | None:
     b = t.dead_letter_budget
+    if not b.enabled:
+        return None
     return DeadLetterBudget(
         b.max_share, b.window_ms / 1000.0, b.min_events, b.hold_ms / 1000.0, b.max_hold_ms / 1000.0
     )

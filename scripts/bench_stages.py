@@ -24,12 +24,12 @@ from aiokafka.structs import ConsumerRecord
 from tritonclient.grpc import service_pb2
 
 from pipeline.events import BatchOutcome, InferenceBatch, RawRecord, Window
-from pipeline.offsets import OffsetTracker
 from pipeline.operators.coalesce import RecentItems, coalesce_window
 from pipeline.operators.enrich import OutputSpec, outcome_batch
 from pipeline.operators.parse import ParseRules, parse_batch
-from pipeline.runtime import offsets_by_take
 from pipeline.sinks.partitioner import partitions_for
+from pipeline.sources.offsets import OffsetTracker
+from pipeline.sources.partitions import offsets_by_take
 from pipeline.sources.undecodable import raw
 from pipeline.triton.codec import ModelSignature, decode, encode
 

@@ -1,0 +1,24 @@
+"""Where outputs go. ``Sink`` is what the runtime asks of one: Kafka's is ``kafka.py``; the
+testing kit's (``pipeline/testing.py``) captures into a list."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pipeline.events import OutputRecord, SinkBatch
+
+
+class Sink(Protocol):
+    async def start(self) -> None: ...
+
+    async def write(self, batch: SinkBatch) -> list[OutputRecord]:
+        """Returns once every record is acknowledged: the records written (a refused
+        recommendation replaced by its dead letters)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    @property
+    def refusing(self) -> bool:
+        """A dead letter is being refused right now (readiness turns false)."""
+        ...

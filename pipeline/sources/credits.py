@@ -49,8 +49,7 @@ class TopicCredits:
     ) -> None:
         self.gates = {topic: CreditGate(high_watermark, low_watermark) for topic in topics}
         self.high, self.low = high_watermark, low_watermark
-        self.paused: set[str] = set()
-        self.hold = hold  # True: every topic pauses, none resumes (the dead-letter budget)
+        self.hold = hold  # True: every topic is held, none let go (the dead-letter budget)
 
     def gate(self, topic: str) -> CreditGate:
         found = self.gates.get(topic)
@@ -68,13 +67,13 @@ class TopicCredits:
     def give_back(self, topic: str, n: int) -> None:
         self.gate(topic).give_back(n)
 
-    def to_pause(self) -> set[str]:
-        """Topics that reached their high watermark (all while held) and are not paused yet."""
-        held = self.hold()
-        return {t for t, g in self.gates.items() if (held or g.exhausted) and t not in self.paused}
+    def to_hold(self, held: set[str]) -> set[str]:
+        """Topics that reached their high watermark (all while held) and are not held yet."""
+        holding = self.hold()
+        return {t for t, g in self.gates.items() if (holding or g.exhausted) and t not in held}
 
-    def to_resume(self) -> set[str]:
-        """Paused topics that fell to their low watermark (none while held)."""
+    def to_let_go(self, held: set[str]) -> set[str]:
+        """Held topics that fell to their low watermark (none while held on purpose)."""
         if self.hold():
             return set()
-        return {t for t in self.paused if self.gates[t].has_room}
+        return {t for t in held if self.gate(t).has_room}

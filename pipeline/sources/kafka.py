@@ -1,6 +1,7 @@
-"""The Kafka source: an aiokafka consumer group member that hands lists of records on,
-tracks their offsets, takes credits, holds (then pauses) topics under backpressure and
-commits only what is finished. Auto-commit is off: the offset tracker decides what is safe."""
+"""The Kafka source: an aiokafka consumer group member that hands lists of records on and
+holds (then pauses) topics under backpressure. What it takes, finishes and commits is
+decided by the partitions' owner (sources/partitions.py); this module does the consumer's
+I/O. Auto-commit is off."""
 
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ from pipeline import kafka_clients
 from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics, PartitionReading
-from pipeline.offsets import OffsetTracker
-from pipeline.sources.credits import TopicCredits
+from pipeline.sources.partitions import PartitionKey, Partitions
 from pipeline.sources.undecodable import is_undecodable, raw, step_past_undecodable
-from pipeline.ticks import every
 from pipeline.topology.schema import Broker, Source
 
 log = logging.getLogger(__name__)
@@ -51,16 +50,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.source = source
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.source.release(revoked)
+        await self.source.partitions.release({(tp.topic, tp.partition) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.source.revoking.clear()
-        self.source.new_generation(assigned)
-        # New assignments start unpaused in the consumer: forget which topics were held and
-        # paused so that the run loop's next pass holds (and later pauses) the full ones again.
-        self.source.credits.paused.clear()
-        self.source.paused_in_consumer.clear()
-        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.source.assigned(assigned)
 
 
 class KafkaSource:
@@ -68,8 +61,7 @@ class KafkaSource:
         self,
         spec: Source,
         broker: Broker,
-        tracker: OffsetTracker,
-        credits: TopicCredits,
+        partitions: Partitions,
         metrics: Metrics,
         pause_after_s: float = PAUSE_AFTER_S,
     ) -> None:
@@ -77,23 +69,14 @@ class KafkaSource:
         # Held this long, a topic is paused in the consumer; well inside max_poll_interval_ms,
         # since the loop does not poll while every topic is only held.
         self.pause_after_s = min(pause_after_s, spec.max_poll_interval_ms / 1000.0 / 4)
+        self.held: set[str] = set()  # topics at their high watermark: nothing taken of them
         self.paused_in_consumer: set[str] = set()  # held topics paused in the consumer too
         # The end of the last getmany: aiokafka's idle time towards max_poll_interval_ms. A
         # rebalance does not reset it, so holds across rebalances cannot outlast the bound.
         self.last_poll = time.monotonic()
-        self.tracker = tracker
-        self.credits = credits
+        self.partitions = partitions
+        self.credits = partitions.credits
         self.metrics = metrics
-        self.revoking: set[tuple[str, int]] = set()
-        self.positions: dict[tuple[str, int], int] = {}  # next offset to take, per partition
-        # Last high watermark and commit seen per partition, kept across rebalances: the lag
-        # of a partition that is assigned but not fetched (paused, or wedged) stays visible.
-        self.highs: dict[tuple[str, int], int] = {}
-        self.committed: dict[tuple[str, int], int] = {}
-        # Each assignment of a partition is a generation; records carry theirs, so work of a
-        # revoked assignment that finishes late is told apart from the current one's.
-        self.generations: dict[tuple[str, int], int] = {}
-        self._generation = 0
         self._turn = 0
         self._failed_fetches = 0  # in a row
         self.consumer = kafka_clients.consumer(
@@ -106,6 +89,7 @@ class KafkaSource:
             heartbeat_interval_ms=spec.heartbeat_interval_ms,
             max_poll_interval_ms=spec.max_poll_interval_ms,
         )
+        partitions.commit_with(self._commit_offsets)
 
     async def start(self) -> None:
         self.consumer.subscribe(self.spec.topics, listener=_Rebalance(self))
@@ -128,9 +112,10 @@ class KafkaSource:
             records: list[RawRecord] = []
             assigned = self.consumer.assignment()  # a fetch can outlast a rebalance
             for tp, taken in fetched.items():
-                if (tp.topic, tp.partition) in self.revoking or tp not in assigned or not taken:
+                key = (tp.topic, tp.partition)
+                if not self.partitions.taking(key) or tp not in assigned or not taken:
                     continue  # being handed to another member: it re-reads from our commit
-                self._take(tp, taken)
+                self.partitions.take(key, [r.offset for r in taken], self.consumer.highwater(tp))
                 records.extend(taken)
             if records:
                 self.metrics.in_flight_events.set(self.credits.in_flight)
@@ -142,37 +127,23 @@ class KafkaSource:
                     if start + EMIT_SLICE < len(records):
                         await asyncio.sleep(0)
 
-    def new_generation(self, assigned: list[TopicPartition]) -> None:
-        self._generation += 1
-        for tp in assigned:
-            self.generations[(tp.topic, tp.partition)] = self._generation
+    def assigned(self, assigned: list[TopicPartition]) -> None:
+        """A new generation. New assignments start unpaused in the consumer: forget which
+        topics were held and paused, so that the next pass holds (and later pauses) the full
+        ones again."""
+        self.partitions.assign((tp.topic, tp.partition) for tp in assigned)
+        self.held.clear()
+        self.paused_in_consumer.clear()
+        log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     def generation_of(self, tp: TopicPartition) -> int:
-        return self.generations.get((tp.topic, tp.partition), 0)
-
-    def is_current(self, record: RawRecord) -> bool:
-        """Taken in the partition's current assignment (not in one revoked since)."""
-        return self.is_current_take((record.topic, record.partition, record.generation))
-
-    def is_current_take(self, taken: tuple[str, int, int]) -> bool:
-        """``is_current`` at once for the records of one take: (topic, partition, generation)."""
-        return self.generations.get(taken[:2]) == taken[2]
-
-    def _take(self, tp: TopicPartition, taken: list[RawRecord]) -> None:
-        key = (tp.topic, tp.partition)
-        self.tracker.track(tp.topic, tp.partition, [r.offset for r in taken])
-        self.positions[key] = taken[-1].offset + 1
-        high = self.consumer.highwater(tp)
-        if high is not None:
-            self.highs[key] = high
-        self.metrics.events_consumed.labels(tp.topic).inc(len(taken))
-        self.credits.take(tp.topic, len(taken))
+        return self.partitions.generation_of((tp.topic, tp.partition))
 
     async def _start_of(self, tp: TopicPartition) -> int:
         """The next offset this source has not taken from ``tp``: its own position, else the
         group's commit (where the fetches of this assignment began), else the log's start
         (aiokafka's position may have run past records a failed call never handed out)."""
-        taken = self.positions.get((tp.topic, tp.partition))
+        taken = self.partitions.positions.get((tp.topic, tp.partition))
         if taken is not None:
             return taken
         committed = await asyncio.wait_for(self.consumer.committed(tp), START_LOOKUP_S)
@@ -185,8 +156,7 @@ class KafkaSource:
     async def _re_read(self, stop: asyncio.Event) -> dict[TopicPartition, list[RawRecord]]:
         starts = {}
         for tp in self.consumer.assignment():
-            key = (tp.topic, tp.partition)
-            if tp.topic in self.credits.paused or key in self.revoking:
+            if tp.topic in self.held or not self.partitions.taking((tp.topic, tp.partition)):
                 continue
             starts[tp] = await self._start_of(tp)
         try:
@@ -263,9 +233,9 @@ class KafkaSource:
         consumer = self.consumer
         by_topic: dict[str, list[TopicPartition]] = {}
         for tp in consumer.assignment():
-            if tp.topic not in self.credits.paused:
+            if tp.topic not in self.held:
                 by_topic.setdefault(tp.topic, []).append(tp)
-        if not by_topic and self.credits.paused - self.paused_in_consumer:
+        if not by_topic and self.held - self.paused_in_consumer:
             await asyncio.sleep(HOLD_CHECK_S)  # held, not paused yet: no poll, buffers kept
             return {}
         if len(by_topic) <= 1:
@@ -308,92 +278,44 @@ class KafkaSource:
         """Hold the topics at their high watermark (``_fetch`` takes nothing of them), pause
         the held ones in the consumer once ``pause_after_s`` passed without a poll (at once
         while another topic flows), and let go of those back at their low watermark."""
-        credits, consumer = self.credits, self.consumer
-        full, room = credits.to_pause(), credits.to_resume()
-        if full:
-            credits.paused |= full
+        held, consumer = self.held, self.consumer
+        full, room = self.credits.to_hold(held), self.credits.to_let_go(held)
+        held |= full
         if room:
-            credits.paused -= room
+            held -= room
             resumed = room & self.paused_in_consumer
             if resumed:
                 consumer.resume(*self._partitions_of(resumed))
             self.paused_in_consumer -= room
-        flowing = any(tp.topic not in credits.paused for tp in consumer.assignment())
+        flowing = any(tp.topic not in held for tp in consumer.assignment())
         unpolled_too_long = time.monotonic() - self.last_poll >= self.pause_after_s
-        overdue = credits.paused - self.paused_in_consumer if flowing or unpolled_too_long else set()
+        overdue = held - self.paused_in_consumer if flowing or unpolled_too_long else set()
         if overdue:
             consumer.pause(*self._partitions_of(overdue))
             self.paused_in_consumer |= overdue
-        self.metrics.paused.set(len(credits.paused))
+        self.metrics.paused.set(len(held))
 
     def _partitions_of(self, topics: set[str]) -> list[TopicPartition]:
         return [tp for tp in self.consumer.assignment() if tp.topic in topics]
 
-    async def commit(self) -> None:
-        due = self.tracker.commits_due()
-        if not due:
-            return
+    async def _commit_offsets(self, due: dict[PartitionKey, int]) -> None:
         await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in due.items()})
-        self.tracker.mark_committed(due)
-        self.committed.update(due)
-        self.metrics.committed.inc()
-
-    async def commit_loop(self, stop: asyncio.Event) -> None:
-        async for _ in every(self.spec.commit_interval_ms / 1000.0, stop):
-            try:
-                await self.commit()
-            except Exception as exc:  # a failed commit is retried at the next tick
-                log.warning("offset commit failed, will retry: %r", exc)
-
-    async def release(self, revoked: list[TopicPartition]) -> None:
-        """Stop taking from revoked partitions, drain their in-flight events within the
-        bound, commit what finished, then let them go."""
-        keys = {(tp.topic, tp.partition) for tp in revoked}
-        if not keys:
-            return
-        self.revoking |= keys
-        deadline = time.monotonic() + self.spec.drain_timeout_ms / 1000.0
-        while self.tracker.pending(keys) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        left = self.tracker.pending(keys)
-        try:
-            await self.commit()
-        except Exception as exc:
-            log.warning("commit on revocation failed: %r", exc)
-        self.tracker.release(keys)
-        for key in keys:
-            self.positions.pop(key, None)
-            self.generations.pop(key, None)  # what is still in flight of it is now stale
-        log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
     def partition_readings(self) -> list[PartitionReading]:
-        now = time.monotonic()
-        readings = []
-        for tp in sorted(self.consumer.assignment()):
-            key = (tp.topic, tp.partition)
-            high = max(self.consumer.highwater(tp) or 0, self.highs.get(key, 0))
-            position = self.positions.get(key, self.committed.get(key))
-            part = self.tracker.partitions.get(key)
-            readings.append(
-                PartitionReading(
-                    tp.topic,
-                    tp.partition,
-                    max(0, high - position) if position is not None and high else None,
-                    self.committed.get(key),
-                    part.oldest_open_age(now) if part is not None else 0.0,
-                )
-            )
-        return readings
+        consumer = self.consumer
+
+        def high_of(key: PartitionKey) -> int | None:
+            return consumer.highwater(TopicPartition(*key))
+
+        return self.partitions.readings(((tp.topic, tp.partition) for tp in consumer.assignment()), high_of)
 
     def lag(self) -> int:
-        """Records behind the high watermark on every assigned partition, fetched or not: from
-        the fetch position, else the last commit, up to the highest high watermark seen (a
-        partition paused since its assignment keeps the one from before)."""
+        """Records behind the high watermark on every assigned partition, fetched or not."""
         return sum(r.lag or 0 for r in self.partition_readings())
 
     def resume_if_room(self) -> None:
         """No partition may stay paused while its topic has room for more events."""
-        stray = [tp for tp in self.consumer.paused() if tp.topic not in self.credits.paused]
+        stray = [tp for tp in self.consumer.paused() if tp.topic not in self.held]
         if stray:
             log.warning("resuming %d partitions left paused", len(stray))
             self.consumer.resume(*stray)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from pipeline.metrics import Metrics
-from pipeline.sources.kafka import KafkaSource
+from pipeline.sources import Source
 from pipeline.ticks import every
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class StallWatchdog:
     def __init__(
         self,
-        source: KafkaSource,
+        source: Source,
         progress: Callable[[], int],
         in_flight: Callable[[], int],
         stall_after_s: float,

@@ -14,7 +14,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from pipeline.errors import Fatal
 from pipeline.triton.codec import ModelSignature
-from pipeline.triton.streams import Metadata
+
+Metadata = tuple[tuple[str, str], ...]  # extra request headers (a gateway's token)
 
 INPUTS = {"USER_ID": "INT64", "HISTORY": "INT64"}
 OUTPUTS = {"ITEM_IDS": "INT64", "SCORES": "FP32"}

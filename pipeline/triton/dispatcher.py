@@ -21,10 +21,9 @@ from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
 from pipeline.control.retry import RetryPolicy
 from pipeline.events import BatchOutcome, DeadLetter, InferenceBatch, Recommendations, UserRequest
 from pipeline.metrics import Metrics
-from pipeline.triton import codec
+from pipeline.triton import InferenceServer, codec
 from pipeline.triton.contract import ReadParameters
 from pipeline.triton.lifecycle import LifecycleCounts, RequestState
-from pipeline.triton.streams import StreamPool
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def _now_ms() -> float:
 class Dispatcher:
     def __init__(
         self,
-        pool: StreamPool,
+        pool: InferenceServer,
         config: DispatchConfig,
         metrics: Metrics,
         breaker: CircuitBreaker | None = None,

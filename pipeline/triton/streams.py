@@ -18,6 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from pipeline import errors
 from pipeline.triton.classify import classify_message, classify_status
+from pipeline.triton.contract import Metadata, ServedModel, fetch_served_model
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ _CLOSE = None  # sentinel on a stream's send queue
 # than every 5 minutes gets GOAWAY "too_many_pings" and loses its streams.
 TRITON_MIN_PING_INTERVAL_MS = 300_000
 
-
-Metadata = tuple[tuple[str, str], ...]  # extra request headers (a gateway's token)
 
 
 def open_channel(
@@ -174,6 +173,9 @@ class StreamPool:
 
     def pick(self) -> TritonStream:
         return min(self.streams, key=lambda s: s.load)
+
+    async def served_model(self, name: str, version: str) -> ServedModel:
+        return await fetch_served_model(self.stub, name, version, metadata=self.metadata)
 
     async def model_ready(self, name: str, version: str = "", timeout_s: float = 2.0) -> bool:
         try:

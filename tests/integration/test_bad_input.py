@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import time
 
-import orjson
 import pytest
 
 from pipeline.audit import dead_letter_source
 from pipeline.redrive import redrive
-from tests.builders import OMIT, event_json, keyed_event
+from pipeline.testing.builders import OMIT, event_json, keyed_event
 from tests.integration.harness import RawIn, fresh_topology, read_values, run_until_accounted
 
 pytestmark = pytest.mark.integration
@@ -64,28 +63,6 @@ async def test_every_bad_input_case_is_dead_lettered_with_its_reason(stack) -> N
         assert headers["dlq.detail"], name  # a readable explanation
         assert letter.value == (raw[1] or b""), name
     assert len(dead) == len(cases)
-
-
-async def test_null_key_is_accepted_unless_required(stack) -> None:
-    topology = fresh_topology(stack)
-    run = await run_until_accounted(topology, [(None, event_json(user_id=5), [])])
-    assert run.ledger.summary()["recommendations"] == 1
-
-
-async def test_duplicate_event_id_in_one_window_is_coalesced_and_counted(stack) -> None:
-    topology = fresh_topology(stack, window={"max_ms": 1000, "max_events": 10_000})
-    same = event_json(event_id="dup-1", user_id=42, item_id=7)
-    other = event_json(event_id="dup-2", user_id=42, item_id=8)
-    records: list[RawIn] = [(b"42", same, []), (b"42", same, []), (b"42", other, [])]
-    run = await run_until_accounted(topology, records)
-    summary = run.ledger.summary()
-    assert summary["lost"] == 0 and summary["duplicates"] == 0
-    [rec] = await read_values(topology, topology.sink.topic)
-    doc = orjson.loads(rec.value)
-    assert sorted(s["event_id"] for s in doc["sources"]) == ["dup-1", "dup-1", "dup-2"]
-    assert {7, 8}.isdisjoint(i["item_id"] for i in doc["items"])
-    assert run.runtime is not None
-    assert run.runtime.metrics.duplicate_events._value.get() == 1
 
 
 async def test_redrive_sends_chosen_dead_letters_back_once(stack) -> None:

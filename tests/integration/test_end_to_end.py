@@ -10,7 +10,7 @@ from pipeline.audit import audit_topology
 from pipeline.devstack.dev import live_events
 from pipeline.operators.enrich import MAX_LISTED_SOURCES
 from pipeline.recsys.generator import GeneratorConfig
-from tests.builders import keyed_event
+from pipeline.testing.builders import keyed_event
 from tests.integration.harness import (
     RawIn,
     committed_offsets,

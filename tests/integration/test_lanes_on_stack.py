@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from pipeline.kafka_io import ensure_topics
-from tests.builders import keyed_event
+from pipeline.testing.builders import keyed_event
 from tests.integration.harness import RawIn, fresh_topology, read_values, run_until_accounted
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ async def test_adaptive_controller_runs_on_the_real_stack(stack) -> None:
     records = [numbered(i) for i in range(3000)]
     run = await run_until_accounted(topology, records)
     assert run.ledger.summary()["lost"] == 0
-    assert run.runtime is not None and run.runtime.controller is not None
+    assert run.runtime is not None and run.runtime.control.controller is not None
     exposition = run.runtime.metrics.exposition().decode()
     assert 'pipeline_adaptive_knob{knob="batch_size"}' in exposition
     assert "pipeline_batch_latency_seconds_count" in exposition
@@ -95,9 +95,9 @@ async def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["dead_letters"] == 0
     runtime = run.runtime
-    assert runtime is not None and runtime.guard.active
-    assert runtime.lanes.lanes["rest"].dispatched > 0
-    assert runtime.lanes.lanes["purchases"].dispatched > 0
+    assert runtime is not None and runtime.control.guard.active
+    assert runtime.control.lanes.lanes["rest"].dispatched > 0
+    assert runtime.control.lanes.lanes["purchases"].dispatched > 0
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lane guard:")]
     assert any("purchases over its bound" in m and "'rest': 400.0" in m for m in steps), steps
     exposition = runtime.metrics.exposition().decode()

@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
+from pipeline.testing.builders import event, user_request
 from pipeline.triton import codec
 from pipeline.triton.streams import StreamPool
-from tests.builders import event, user_request
 
 pytestmark = pytest.mark.integration
 IDLE_S = 45

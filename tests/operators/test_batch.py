@@ -7,7 +7,7 @@ import reactivex
 
 from pipeline.events import InferenceBatch, UserRequest, Window
 from pipeline.operators.batch import batch, split_batches
-from tests.builders import event, user_request
+from pipeline.testing.builders import event, user_request
 
 WINDOW = Window((), 5_000, 5_020)
 

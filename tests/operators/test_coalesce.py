@@ -8,7 +8,7 @@ import reactivex
 
 from pipeline.events import Event, UserRequest, Window
 from pipeline.operators.coalesce import RecentItems, coalesce, coalesce_window
-from tests.builders import event
+from pipeline.testing.builders import event
 
 _offsets = iter(range(1_000_000))
 

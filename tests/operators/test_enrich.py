@@ -18,7 +18,7 @@ from pipeline.operators.enrich import (
     enrich,
     outcome_batch,
 )
-from tests.builders import dead_letter, event, inference_batch, raw_record, user_request
+from pipeline.testing.builders import dead_letter, event, inference_batch, raw_record, user_request
 
 SPEC = OutputSpec(topic="recommendations", dead_letter_topic="interactions.dlq")
 TRACE = (("traceparent", b"00-trace-01"), ("tracestate", b"vendor=1"), ("x-internal", b"secret"))

@@ -15,7 +15,7 @@ from reactivex.subject import Subject
 from pipeline.control.lanes import LaneScheduler, LaneSpec
 from pipeline.events import BatchOutcome, InferenceBatch
 from pipeline.operators.infer import infer as infer_operator
-from tests.builders import distinct_batch
+from pipeline.testing.builders import distinct_batch
 
 
 async def settle(turns: int = 10) -> None:

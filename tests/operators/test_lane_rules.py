@@ -12,7 +12,7 @@ from reactivex.subject import Subject
 from pipeline.control.lane_rules import LaneRule, lane_classifier
 from pipeline.events import Event, UserRequest, Window
 from pipeline.operators.batch import batch, split_batches
-from tests.builders import event, user_request
+from pipeline.testing.builders import event, user_request
 
 _offsets = itertools.count()
 

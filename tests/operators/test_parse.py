@@ -8,7 +8,7 @@ import reactivex
 
 from pipeline.events import DeadLetter, Event, RawRecord
 from pipeline.operators.parse import MAX_EVENT_ID_LEN, MAX_ID, ParseRules, parse, parse_batch
-from tests.builders import OMIT, event_doc, raw_record
+from pipeline.testing.builders import OMIT, event_doc, raw_record
 
 NOW = 1_700_000_000_000
 RULES = ParseRules()

@@ -12,7 +12,7 @@ from reactivex.testing import ReactiveTest, TestScheduler
 
 from pipeline.events import Event, Window
 from pipeline.operators.window import window
-from tests.builders import event
+from pipeline.testing.builders import event
 
 on_next = ReactiveTest.on_next
 on_completed = ReactiveTest.on_completed

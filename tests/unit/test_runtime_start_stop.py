@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pipeline.runtime import PipelineRuntime
+from pipeline.stopping import unless_stopped
 from pipeline.topology.schema import Topology
 
 
@@ -57,9 +58,7 @@ async def test_a_stop_during_the_broker_check_ends_the_start_at_once() -> None:
 
 async def test_any_start_step_a_stop_overtakes_is_cancelled_not_waited_out() -> None:
     """Joining the group takes as long as the broker takes: the same race ends it."""
-    topology = start_stop_topology()
-    runtime = PipelineRuntime(topology)
-    runtime._stop = asyncio.Event()
+    stop = asyncio.Event()
     cancelled = asyncio.Event()
 
     async def joining_for_ever() -> None:
@@ -69,16 +68,16 @@ async def test_any_start_step_a_stop_overtakes_is_cancelled_not_waited_out() -> 
             cancelled.set()
             raise
 
-    asyncio.get_running_loop().call_later(0.1, runtime._stop.set)
-    assert await asyncio.wait_for(runtime._unless_stopped(joining_for_ever()), 2) is False
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    assert await asyncio.wait_for(unless_stopped(joining_for_ever(), stop), 2) is False
     assert cancelled.is_set()
 
     async def refused() -> None:
         raise RuntimeError("refused")
 
-    runtime._stop.clear()
+    stop.clear()
     with pytest.raises(RuntimeError, match="refused"):  # its own error, as it raised it
-        await runtime._unless_stopped(refused())
+        await unless_stopped(refused(), stop)
 
 
 async def test_a_contract_mismatch_found_while_joining_the_group_is_the_exit(monkeypatch) -> None:

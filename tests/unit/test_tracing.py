@@ -21,8 +21,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pipeline import tracing
 from pipeline.events import BatchOutcome, Recommendations, SinkBatch
 from pipeline.operators.enrich import OutputSpec, dead_letter_record, outcome_batch
+from pipeline.testing.builders import dead_letter, event, inference_batch, user_request
 from pipeline.topology.schema import TracingSpec
-from tests.builders import dead_letter, event, inference_batch, user_request
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 INPUT_SPAN = "00f067aa0ba902b7"

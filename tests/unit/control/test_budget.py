@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
 from pipeline.events import UserRequest
-from tests.builders import event, user_request
+from pipeline.testing.builders import event, user_request
 
 
 class FakeClock:

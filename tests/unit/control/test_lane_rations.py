@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.control.lanes import LaneScheduler, LaneSpec
-from tests.builders import distinct_batch
+from pipeline.testing.builders import distinct_batch
 
 
 class FakeClock:

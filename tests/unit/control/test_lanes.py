@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.control.lanes import LaneScheduler, LaneSpec
 from pipeline.events import InferenceBatch
-from tests.builders import distinct_batch
+from pipeline.testing.builders import distinct_batch
 
 
 class FakeClock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from pipeline.operators.parse import REPLAY_RUN_HEADER, ParseRules, ReplayClock, parse_batch
-from tests.builders import event_doc, raw_record
+from pipeline.testing.builders import event_doc, raw_record
 
 NOW = 1_800_000_000_000
 YEAR_MS = 365 * 24 * 3_600_000

@@ -14,8 +14,8 @@ from pipeline.events import OutputRecord, SinkBatch
 from pipeline.sinks import kafka as sink_module
 from pipeline.sinks.kafka import KafkaSink
 from pipeline.sinks.rounds import SendRounds
+from pipeline.testing.builders import raw_record
 from pipeline.topology.schema import Broker, Sink
-from tests.builders import raw_record
 
 
 class FakeBatch:

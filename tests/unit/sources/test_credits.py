@@ -1,4 +1,4 @@
-"""Credits: a topic pauses at its high watermark and resumes only once back at its low
+"""Credits: a topic is held at its high watermark and let go only once back at its low
 watermark; each topic has its own gate."""
 
 from __future__ import annotations
@@ -31,33 +31,34 @@ def test_has_room_only_at_or_below_the_low_watermark():
     assert seen == [(7, False), (5, False), (4, True)]
 
 
-def test_a_flooded_topic_pauses_alone_and_in_flight_is_the_sum():
+def test_a_flooded_topic_is_held_alone_and_in_flight_is_the_sum():
     credits = TopicCredits(["live", "backfill"], 10, 4)
     credits.take("backfill", 10)
     credits.take("live", 3)
-    assert credits.to_pause() == {"backfill"}
+    held: set[str] = set()
+    assert credits.to_hold(held) == {"backfill"}
     assert credits.in_flight == 13
-    credits.paused |= credits.to_pause()
-    assert credits.to_pause() == set()  # already paused
+    held |= credits.to_hold(held)
+    assert credits.to_hold(held) == set()  # already held
 
 
 def test_a_topic_not_named_at_start_gets_its_own_gate():
     credits = TopicCredits(["a"], 10, 4)
     credits.take("b", 10)
-    assert credits.to_pause() == {"b"}
+    assert credits.to_hold(set()) == {"b"}
     assert credits.gate("a").in_flight == 0
 
 
-def test_a_paused_topic_is_due_for_resuming_only_back_at_its_low_watermark():
+def test_a_held_topic_is_let_go_only_back_at_its_low_watermark():
     credits = TopicCredits(["live", "backfill"], 10, 4)
     credits.take("backfill", 10)
-    credits.paused |= credits.to_pause()
+    held = credits.to_hold(set())
     seen = []
     for n in (3, 2, 1):  # 7, 5, 4
-        seen.append((credits.gate("backfill").in_flight, credits.to_resume()))
+        seen.append((credits.gate("backfill").in_flight, credits.to_let_go(held)))
         credits.give_back("backfill", n)
         credits.give_back("live", 0)  # another topic's progress does not resume it
-    seen.append((credits.gate("backfill").in_flight, credits.to_resume()))
+    seen.append((credits.gate("backfill").in_flight, credits.to_let_go(held)))
     assert seen == [(10, set()), (7, set()), (5, set()), (4, {"backfill"})]
 
 

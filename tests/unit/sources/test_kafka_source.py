@@ -14,13 +14,12 @@ from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
-from pipeline.offsets import OffsetTracker
 from pipeline.sources import kafka as kafka_source
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource, _Rebalance
+from pipeline.sources.partitions import Partitions
 from pipeline.sources.undecodable import step_past_undecodable
 from pipeline.topology.schema import Broker, Source
-from tests.builders import raw_record
 
 BAD = b"<undecodable>"
 
@@ -102,7 +101,8 @@ def source_with(
 ) -> KafkaSource:
     """Call inside a running loop (the real consumer it replaces wants one)."""
     spec = Source(topics=["t"], group_id="g", max_poll_records=max_poll_records)
-    source = KafkaSource(spec, Broker(), OffsetTracker(), credits, Metrics(), pause_after_s)
+    metrics = Metrics()
+    source = KafkaSource(spec, Broker(), Partitions(credits, metrics, 1.0), metrics, pause_after_s)
     source.consumer = consumer  # type: ignore[assignment]
     return source
 
@@ -199,7 +199,8 @@ def test_pause_after_stays_well_inside_max_poll_interval() -> None:
     spec = Source(topics=["t"], group_id="g", max_poll_interval_ms=3000)
 
     async def build() -> KafkaSource:
-        return KafkaSource(spec, Broker(), OffsetTracker(), TopicCredits(["t"], 10, 5), Metrics())
+        metrics = Metrics()
+        return KafkaSource(spec, Broker(), Partitions(TopicCredits(["t"], 10, 5), metrics, 1.0), metrics)
 
     assert asyncio.run(build()).pause_after_s == 0.75
 
@@ -250,17 +251,6 @@ async def test_an_undecodable_record_is_stepped_past_and_nothing_is_skipped() ->
         (1, 1, True),
         (1, 2, False),
     ]
-
-
-async def test_records_of_a_revoked_assignment_are_stale() -> None:
-    source = source_with(FakeConsumer({TP0: [b"{}"]}), TopicCredits(["t"], 10, 5))
-    source.new_generation([TP0])
-    first = raw_record(5, topic="t", generation=source.generation_of(TP0))
-    assert source.is_current(first)
-    await source.release([TP0])  # revoked: nothing in flight in the tracker, released at once
-    assert not source.is_current(first)
-    source.new_generation([TP0])  # assigned again: the old record stays stale
-    assert not source.is_current(first)
 
 
 class FailingConsumer(FakeConsumer):

@@ -16,10 +16,10 @@ from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError,
 from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
-from pipeline.offsets import OffsetTracker
 from pipeline.sources import undecodable
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.kafka import KafkaSource
+from pipeline.sources.partitions import Partitions
 from pipeline.topology.schema import Broker, Source
 
 TP = TopicPartition("t", 0)
@@ -89,7 +89,9 @@ class Consumer:
 def source_on(consumer: Consumer) -> KafkaSource:
     """Call inside a running loop (the real consumer it replaces wants one)."""
     spec = Source(topics=["t"], group_id="g", max_poll_records=10)
-    source = KafkaSource(spec, Broker(), OffsetTracker(), TopicCredits(["t"], 1000, 500), Metrics())
+    metrics = Metrics()
+    partitions = Partitions(TopicCredits(["t"], 1000, 500), metrics, 1.0)
+    source = KafkaSource(spec, Broker(), partitions, metrics)
     source.consumer = consumer  # type: ignore[assignment]
     return source
 

@@ -8,8 +8,8 @@ from tritonclient.grpc import service_pb2
 
 from pipeline.errors import BadOutput
 from pipeline.events import Recommendations, UserRequest
+from pipeline.testing.builders import user_request
 from pipeline.triton.codec import HISTORY_PAD, ModelSignature, decode, encode, request_id
-from tests.builders import user_request
 
 SIG = ModelSignature(name="recommender", version="2", history_length=4, top_k=3)
 

@@ -7,9 +7,9 @@ from typing import Any, NoReturn
 
 from pipeline.events import InferenceBatch
 from pipeline.metrics import Metrics
+from pipeline.testing.builders import event, inference_batch, now_ms, user_request
 from pipeline.triton.codec import ModelSignature
 from pipeline.triton.dispatcher import DispatchConfig, Dispatcher
-from tests.builders import event, inference_batch, now_ms, user_request
 
 
 class RaisingStream:

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from pipeline.offsets import OffsetTracker, PartitionOffsets
-from pipeline.runtime import offsets_by_take
-from tests.builders import raw_record
+from pipeline.sources.offsets import OffsetTracker, PartitionOffsets
+from pipeline.sources.partitions import offsets_by_take
+from pipeline.testing.builders import raw_record
 
 
 def tracked(*offsets: int) -> PartitionOffsets:

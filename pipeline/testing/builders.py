@@ -142,6 +142,15 @@ def event_json(**fields: Any) -> bytes:
     return orjson.dumps(event_doc(**fields))
 
 
+def input_record(
+    *, partition: int = 0, topic: str = TOPIC, key: bytes | None = None, **fields: Any
+) -> RawRecord:
+    """A consumed input record holding ``event_json(**fields)``, stamped now."""
+    return raw_record(
+        0, topic=topic, partition=partition, timestamp_ms=now_ms(), key=key, value=event_json(**fields)
+    )
+
+
 def keyed_event(**fields: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """An input (key, value, headers) as a client sends it: keyed by its user, no headers."""
     doc = event_doc(**fields)

@@ -1,0 +1,50 @@
+"""The pipeline's ends: where records come from, where outputs go, which server answers.
+``on_kafka_and_triton`` builds the real ones from the topology; the testing kit
+(``pipeline/testing.py``) builds in-memory ones, and the runtime cannot tell them apart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, NamedTuple
+
+from pipeline import kafka_clients, wiring
+from pipeline.metrics import Metrics
+from pipeline.security import grpc_credentials, grpc_metadata
+from pipeline.sinks import Sink
+from pipeline.sinks.kafka import KafkaSink
+from pipeline.sources import Source
+from pipeline.sources.kafka import KafkaSource
+from pipeline.sources.partitions import Partitions
+from pipeline.topology.schema import Topology
+from pipeline.triton import InferenceServer
+from pipeline.triton.streams import StreamPool
+
+
+class Ends(NamedTuple):
+    source: Source
+    sink: Sink
+    server: InferenceServer
+    # Before anything waits on the model: a misconfigured connection (refused credentials,
+    # an untrusted certificate) raises; True once the input side answered, False if not yet.
+    check_connection: Callable[[], Coroutine[Any, Any, bool]]
+
+
+EndsFactory = Callable[[Topology, Partitions, Metrics], Ends]
+
+
+def on_kafka_and_triton(t: Topology, partitions: Partitions, metrics: Metrics) -> Ends:
+    model = t.model
+    server = StreamPool(
+        model.url,
+        model.streams,
+        model.recycle_stream_after,
+        model.keepalive_ms,
+        grpc_credentials(model.tls) if model.tls is not None else None,  # unreadable: exit 2
+        grpc_metadata(model.headers),
+    )
+    return Ends(
+        KafkaSource(t.source, t.broker, partitions, metrics),
+        KafkaSink(t.sink, t.broker, wiring.sink_lanes(t), metrics=metrics),
+        server,
+        lambda: kafka_clients.check_connection(t.broker),
+    )

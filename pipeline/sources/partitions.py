@@ -1,0 +1,208 @@
+"""The one owner of a partition's life in this member: assigned, taken from, finished,
+committed, released.
+
+    assign ─► take (offsets tracked, credits taken) ─► finish (committable, credits back)
+           ─► commit (what is finished, in order) ─► release (drain, commit, forget)
+
+Each assignment of a partition is a generation, and a record carries the generation it was
+taken in. The revocation rule: work of a generation revoked since it was taken is neither
+written nor made committable; the partition's next owner redoes it from the commit.
+
+The source does the consumer's I/O and calls ``assign``, ``take`` and ``release``; the
+runtime calls ``inputs_of``, ``without_revoked`` and ``finish`` around each write. Nothing
+else changes offsets, positions or credits."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import operator
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from pipeline.events import RawRecord, SinkBatch
+from pipeline.metrics import Metrics, PartitionReading
+from pipeline.sources.credits import TopicCredits
+from pipeline.sources.offsets import OffsetTracker
+from pipeline.ticks import every
+
+log = logging.getLogger(__name__)
+
+PartitionKey = tuple[str, int]  # (topic, partition)
+Take = tuple[str, int, int]  # (topic, partition, generation): records judged together
+CommitOffsets = Callable[[dict[PartitionKey, int]], Awaitable[None]]
+DRAIN_POLL_S = 0.02  # how often a revocation looks at what is still in flight
+
+_TAKE = operator.itemgetter(*map(RawRecord._fields.index, ("topic", "partition", "generation")))
+_OFFSET = operator.itemgetter(RawRecord._fields.index("offset"))
+
+
+def offsets_by_take(sources: list[RawRecord]) -> dict[Take, list[int]]:
+    """The inputs' offsets by (topic, partition, generation): judged and finished a
+    partition at a time rather than a record at a time."""
+    taken: dict[Take, list[int]] = {}
+    for take, offset in zip(map(_TAKE, sources), map(_OFFSET, sources), strict=True):
+        offsets = taken.get(take)
+        if offsets is None:
+            taken[take] = [offset]
+        else:
+            offsets.append(offset)
+    return taken
+
+
+async def _nothing_to_commit(due: dict[PartitionKey, int]) -> None:
+    raise RuntimeError(f"no committer set: {len(due)} partitions due")
+
+
+class Partitions:
+    def __init__(self, credits: TopicCredits, metrics: Metrics, drain_timeout_s: float) -> None:
+        self.credits = credits
+        self.metrics = metrics
+        self.drain_timeout_s = drain_timeout_s
+        self.tracker = OffsetTracker()
+        self.finished = 0  # inputs finished (answered or dead-lettered): the watchdog's progress
+        self.revoking: set[PartitionKey] = set()
+        self.positions: dict[PartitionKey, int] = {}  # next offset to take
+        # Last high watermark and commit seen, kept across rebalances: the lag of a partition
+        # that is assigned but not fetched (paused, or wedged) stays visible.
+        self.highs: dict[PartitionKey, int] = {}
+        self.committed: dict[PartitionKey, int] = {}
+        self.generations: dict[PartitionKey, int] = {}
+        self._generation = 0
+        self._commit_offsets: CommitOffsets = _nothing_to_commit
+
+    def commit_with(self, commit_offsets: CommitOffsets) -> None:
+        """How offsets reach the group: the source's consumer (or a test's list)."""
+        self._commit_offsets = commit_offsets
+
+    # ── assignment ──────────────────────────────────────────────────────────────────────
+    def assign(self, keys: Iterable[PartitionKey]) -> None:
+        """A new generation for the partitions just assigned."""
+        self.revoking.clear()
+        self._generation += 1
+        for key in keys:
+            self.generations[key] = self._generation
+
+    def generation_of(self, key: PartitionKey) -> int:
+        return self.generations.get(key, 0)
+
+    def is_current(self, record: RawRecord) -> bool:
+        """Taken in the partition's current assignment (not in one revoked since)."""
+        return self.is_current_take((record.topic, record.partition, record.generation))
+
+    def is_current_take(self, take: Take) -> bool:
+        return self.generations.get(take[:2]) == take[2]
+
+    def taking(self, key: PartitionKey) -> bool:
+        """Not being handed to another member: its records may be taken."""
+        return key not in self.revoking
+
+    # ── take ────────────────────────────────────────────────────────────────────────────
+    def take(self, key: PartitionKey, offsets: list[int], high: int | None) -> None:
+        """Records of one partition handed on: tracked, positioned, a credit each."""
+        topic, partition = key
+        self.tracker.track(topic, partition, offsets)
+        self.positions[key] = offsets[-1] + 1
+        if high is not None:
+            self.highs[key] = high
+        self.metrics.events_consumed.labels(topic).inc(len(offsets))
+        self.credits.take(topic, len(offsets))
+
+    # ── finish ──────────────────────────────────────────────────────────────────────────
+    def inputs_of(self, batch: SinkBatch) -> dict[Take, list[int]]:
+        return offsets_by_take(batch.sources)
+
+    def without_revoked(self, batch: SinkBatch, inputs: dict[Take, list[int]]) -> SinkBatch:
+        """The batch less the outputs of work revoked since it was taken (its new owner
+        redoes it: not written twice). Records are judged one by one: a re-read copy of an
+        event shares its coordinates with the stale one."""
+        if all(map(self.is_current_take, inputs)):
+            return batch
+        is_current = self.is_current
+        kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
+        self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
+        return dataclasses.replace(batch, records=kept)
+
+    def finish(self, inputs: dict[Take, list[int]]) -> int:
+        """Inputs answered or dead-lettered: offsets of the current assignment become
+        committable (judged again: a rebalance can happen during the write), every credit
+        goes back. Returns how many."""
+        per_topic: dict[str, int] = {}
+        for take, offsets in inputs.items():
+            topic, partition, _ = take
+            if self.is_current_take(take):
+                self.tracker.finish_many(topic, partition, offsets)
+            per_topic[topic] = per_topic.get(topic, 0) + len(offsets)
+        for topic, count in per_topic.items():
+            self.credits.give_back(topic, count)
+        finished = sum(per_topic.values())
+        self.finished += finished
+        return finished
+
+    @property
+    def in_flight(self) -> int:
+        return self.credits.in_flight
+
+    # ── commit ──────────────────────────────────────────────────────────────────────────
+    async def commit(self) -> None:
+        """Every partition's finished prefix, in one request."""
+        due = self.tracker.commits_due()
+        if not due:
+            return
+        await self._commit_offsets(due)
+        self.tracker.mark_committed(due)
+        self.committed.update(due)
+        self.metrics.committed.inc()
+
+    async def commit_loop(self, stop: asyncio.Event, interval_s: float) -> None:
+        async for _ in every(interval_s, stop):
+            try:
+                await self.commit()
+            except Exception as exc:  # a failed commit is retried at the next tick
+                log.warning("offset commit failed, will retry: %r", exc)
+
+    # ── release ─────────────────────────────────────────────────────────────────────────
+    async def release(self, keys: set[PartitionKey]) -> None:
+        """Stop taking from revoked partitions, drain their in-flight events within the
+        bound, commit what finished, then forget them."""
+        if not keys:
+            return
+        self.revoking |= keys
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self.tracker.pending(keys) and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        left = self.tracker.pending(keys)
+        try:
+            await self.commit()
+        except Exception as exc:
+            log.warning("commit on revocation failed: %r", exc)
+        self.tracker.release(keys)
+        for key in keys:
+            self.positions.pop(key, None)
+            self.generations.pop(key, None)  # what is still in flight of it is now stale
+        log.info("released %d partitions (%d events still in flight)", len(keys), left)
+
+    # ── readings ────────────────────────────────────────────────────────────────────────
+    def readings(
+        self, assigned: Iterable[PartitionKey], high_of: Callable[[PartitionKey], int | None]
+    ) -> list[PartitionReading]:
+        """Lag, last commit and oldest open offset's age of each assigned partition: from
+        the position, else the last commit, up to the highest high watermark seen (a
+        partition paused since its assignment keeps the one from before)."""
+        now = time.monotonic()
+        readings = []
+        for key in sorted(assigned):
+            high = max(high_of(key) or 0, self.highs.get(key, 0))
+            position = self.positions.get(key, self.committed.get(key))
+            part = self.tracker.partitions.get(key)
+            readings.append(
+                PartitionReading(
+                    key[0],
+                    key[1],
+                    max(0, high - position) if position is not None and high else None,
+                    self.committed.get(key),
+                    part.oldest_open_age(now) if part is not None else 0.0,
+                )
+            )
+        return readings

@@ -1,0 +1,164 @@
+"""In-memory ends: a source over lists of records and a sink that captures what it is
+given. They keep the contracts of ``pipeline/sources`` and ``pipeline/sinks``: records are
+taken through the partitions' owner (offsets, credits, generations, the same hold rule as
+Kafka's), and commits land in a list a test can read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+import orjson
+
+from pipeline.events import OutputRecord, RawRecord, SinkBatch
+from pipeline.metrics import PartitionReading
+from pipeline.sources.partitions import PartitionKey, Partitions
+
+IDLE_WAIT_S = 0.005  # nothing to take: how long the loop waits for new records or room
+
+
+class ListSource:
+    """One consumer-group member that owns every partition its records name. Records are
+    numbered per partition as they are added (their offsets are ignored), so a test can add
+    more while the pipeline runs; ``rebalance`` revokes and assigns as a group would."""
+
+    def __init__(
+        self, partitions: Partitions, records: Iterable[RawRecord] = (), max_poll_records: int = 500
+    ):
+        self.partitions = partitions
+        self.max_poll_records = max_poll_records
+        self.logs: dict[PartitionKey, list[RawRecord]] = {}
+        self.commits: list[dict[PartitionKey, int]] = []  # every commit, in order
+        self.committed: dict[PartitionKey, int] = {}
+        self.assignment: set[PartitionKey] = set()
+        self.held: set[str] = set()
+        self._positions: dict[PartitionKey, int] = {}
+        self._added: asyncio.Event | None = None
+        partitions.commit_with(self._commit)
+        self.add(records)
+
+    def add(self, records: Iterable[RawRecord]) -> None:
+        """Appended to their partitions; a partition new since the start is assigned."""
+        for record in records:
+            log = self.logs.setdefault((record.topic, record.partition), [])
+            log.append(record._replace(offset=len(log)))
+        if self._added is not None:
+            if new := set(self.logs) - self.assignment - self._positions.keys():
+                self._assign(new)
+            self._added.set()
+
+    async def _commit(self, due: dict[PartitionKey, int]) -> None:
+        self.commits.append(dict(due))
+        self.committed.update(due)
+
+    async def start(self) -> None:
+        self._added = asyncio.Event()
+        self._assign(set(self.logs))
+
+    def _assign(self, keys: set[PartitionKey]) -> None:
+        self.partitions.assign(keys)
+        self.assignment |= keys
+        for key in keys:  # a new assignment reads from the group's commit
+            self._positions[key] = self.committed.get(key, 0)
+        self.held.clear()
+
+    async def rebalance(self, revoked: set[PartitionKey], assigned: set[PartitionKey]) -> None:
+        """As the group would: the revoked are drained, committed and let go, then the
+        assigned (possibly the same ones again) start from their commits."""
+        await self.partitions.release(revoked)
+        self.assignment -= revoked
+        self._assign(assigned)
+
+    async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.held |= self.partitions.credits.to_hold(self.held)
+            self.held -= self.partitions.credits.to_let_go(self.held)
+            taken = self._take()
+            if taken:
+                emit(taken)
+                await asyncio.sleep(0)
+                continue
+            assert self._added is not None
+            self._added.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._added.wait(), IDLE_WAIT_S)
+
+    def _take(self) -> list[RawRecord]:
+        taken: list[RawRecord] = []
+        for key in sorted(self.assignment):
+            room = self.max_poll_records - len(taken)
+            if room <= 0 or key[0] in self.held or not self.partitions.taking(key):
+                continue
+            position = self._positions[key]
+            records = self.logs.get(key, [])[position : position + room]
+            if not records:
+                continue
+            generation = self.partitions.generation_of(key)
+            records = [r._replace(generation=generation) for r in records]
+            self.partitions.take(key, [r.offset for r in records], len(self.logs[key]))
+            self._positions[key] = position + len(records)
+            taken.extend(records)
+        return taken
+
+    async def stop(self) -> None:
+        self._added = None
+
+    def lag(self) -> int:
+        return sum(len(self.logs.get(key, [])) - self._positions.get(key, 0) for key in self.assignment)
+
+    def resume_if_room(self) -> None:
+        """Nothing is paused here: held topics are looked at again on every pass."""
+
+    def partition_readings(self) -> list[PartitionReading]:
+        return self.partitions.readings(self.assignment, lambda key: len(self.logs.get(key, [])))
+
+    @property
+    def total(self) -> int:
+        return sum(len(log) for log in self.logs.values())
+
+
+class CaptureSink:
+    """Keeps every record written, in order. ``hold()`` makes writes wait (acknowledgements
+    held back) until ``release()``; ``entered`` counts the writes begun."""
+
+    def __init__(self, dead_letter_topic: str) -> None:
+        self.dead_letter_topic = dead_letter_topic
+        self.records: list[OutputRecord] = []
+        self.entered = 0
+        self._open = asyncio.Event()
+        self._open.set()
+
+    @property
+    def refusing(self) -> bool:
+        return False
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def write(self, batch: SinkBatch) -> list[OutputRecord]:
+        self.entered += 1
+        await self._open.wait()
+        self.records.extend(batch.records)
+        return list(batch.records)
+
+    def answers(self) -> Counter[tuple[str, int, int]]:
+        """How many outputs (recommendations and dead letters) name each input."""
+        return Counter((s.topic, s.partition, s.offset) for rec in self.records for s in rec.sources)
+
+    def recommendations(self) -> list[dict[str, object]]:
+        return [orjson.loads(r.value) for r in self.records if r.topic != self.dead_letter_topic]
+
+    def dead_letters(self) -> list[OutputRecord]:
+        return [r for r in self.records if r.topic == self.dead_letter_topic]
+
+    def dead_letter_reasons(self) -> list[str]:
+        return [dict(r.headers)["dlq.reason"].decode() for r in self.dead_letters()]

@@ -1,0 +1,146 @@
+"""A fake Triton: the ``InferenceServer`` contract (pipeline/triton/__init__.py) answered
+in process, with the real request and response messages, so the dispatcher, codec and
+retries run as they do against the real server. Scores are deterministic per user and
+never name an item of the row's history, as the shipped model's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from pipeline import errors
+from pipeline.recsys.scoring import HISTORY_PAD
+from pipeline.triton.contract import ReadParameters, ServedModel, Tensor
+
+NOT_READ = ReadParameters(priority=False, timeout=False)  # a queue without priorities or timeouts
+# (users [n], histories [n, h]) → (item ids [n, k], scores [n, k])
+Scorer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def request_arrays(request: service_pb2.ModelInferRequest) -> dict[str, np.ndarray]:
+    """A request's input tensors as numpy arrays, by name."""
+    return {
+        tensor.name: np.frombuffer(raw, dtype=np.int64).reshape(tuple(tensor.shape))
+        for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+    }
+
+
+def hashed_scorer(items: int, top_k: int) -> Scorer:
+    """Item i's score for user u is a fixed hash of (u, i); history items are left out."""
+    catalogue = np.arange(items, dtype=np.uint64)
+
+    def score(users: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mixed = users.astype(np.uint64)[:, None] * np.uint64(2654435761) + catalogue[None, :] * np.uint64(
+            40503
+        )
+        scores = (mixed % np.uint64(1_000_003)).astype(np.float32) / np.float32(1_000_003)
+        for row, seen in enumerate(history):
+            known = seen[(seen != HISTORY_PAD) & (seen >= 0) & (seen < items)]
+            scores[row, known] = -np.inf
+        ids = np.argsort(-scores, axis=1, kind="stable")[:, :top_k].astype(np.int64)
+        return ids, np.take_along_axis(scores, ids, axis=1)
+
+    return score
+
+
+def _response(
+    request: service_pb2.ModelInferRequest, ids: np.ndarray, scores: np.ndarray
+) -> service_pb2.ModelInferResponse:
+    response = service_pb2.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version or "1", id=request.id
+    )
+    for name, datatype, array in (("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores)):
+        out = response.outputs.add()
+        out.name, out.datatype = name, datatype
+        out.shape.extend(array.shape)
+        response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    return response
+
+
+class FakeTriton:
+    """Answers every request after ``delay_s``; ``fail_next`` makes the next requests fail
+    with a chosen error, ``unknown_items`` makes a request naming one fail as the real model
+    refuses a history it does not know (INVALID_ARG), and ``unreachable`` makes the contract
+    check wait as for a server that is down."""
+
+    def __init__(
+        self,
+        items: int = 1_000,
+        top_k: int = 10,
+        max_batch_size: int = 1_024,
+        scorer: Scorer | None = None,
+        delay_s: float = 0.0,
+        reads: ReadParameters = NOT_READ,
+    ) -> None:
+        self.items = items
+        self.top_k = top_k
+        self.max_batch_size = max_batch_size
+        self.scorer = scorer or hashed_scorer(items, top_k)
+        self.delay_s = delay_s
+        self.reads = reads
+        self.unknown_items: set[int] = set()
+        self.unreachable = False
+        self.requests: list[service_pb2.ModelInferRequest] = []
+        self.rows = 0
+        self._failures: deque[errors.InferenceError] = deque()
+        self._pending: dict[str, asyncio.Future[service_pb2.ModelInferResponse]] = {}
+
+    def fail_next(self, error: errors.InferenceError, times: int = 1) -> None:
+        self._failures.extend([error] * times)
+
+    # ── InferenceServer ─────────────────────────────────────────────────────────────────
+    def pick(self) -> FakeTriton:
+        return self
+
+    async def served_model(self, name: str, version: str) -> ServedModel:
+        if self.unreachable:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "fake: unreachable"
+            )
+        any_rows = (-1, -1)
+        return ServedModel(
+            name,
+            {"USER_ID": Tensor("INT64", (-1, 1)), "HISTORY": Tensor("INT64", any_rows)},
+            {"ITEM_IDS": Tensor("INT64", any_rows), "SCORES": Tensor("FP32", any_rows)},
+            self.max_batch_size,
+            self.reads,
+        )
+
+    async def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+    # ── InferenceStream ─────────────────────────────────────────────────────────────────
+    def submit(
+        self, request: service_pb2.ModelInferRequest
+    ) -> asyncio.Future[service_pb2.ModelInferResponse]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[service_pb2.ModelInferResponse] = loop.create_future()
+        self.requests.append(request)
+        self._pending[request.id] = future
+        loop.call_later(self.delay_s, self._answer, request)
+        return future
+
+    def forget(self, req_id: str) -> None:
+        self._pending.pop(req_id, None)
+
+    def _answer(self, request: service_pb2.ModelInferRequest) -> None:
+        future = self._pending.pop(request.id, None)
+        if future is None or future.done():
+            return
+        if self._failures:
+            future.set_exception(self._failures.popleft())
+            return
+        arrays = request_arrays(request)
+        users, history = arrays["USER_ID"][:, 0], arrays["HISTORY"]
+        if self.unknown_items and np.isin(history, list(self.unknown_items)).any():
+            future.set_exception(errors.InvalidInput("invalid_history: an item the model does not know"))
+            return
+        self.rows += len(users)
+        future.set_result(_response(request, *self.scorer(users, history)))

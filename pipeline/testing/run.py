@@ -1,0 +1,142 @@
+"""The real runtime, in process, on the in-memory ends: no broker, no Triton.
+
+    async with running(topology(), records) as run:
+        await run.settled()
+    assert run.sink.recommendations() ...
+
+Everything between the ends is the production code: parse, window, coalesce, batch, lanes,
+dispatcher and codec, enrich, the partitions' owner, commits, watchdog and control loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.ends import Ends
+from pipeline.events import RawRecord
+from pipeline.metrics import Metrics
+from pipeline.runtime import PipelineRuntime
+from pipeline.sources.partitions import Partitions
+from pipeline.testing.ends import CaptureSink, ListSource
+from pipeline.testing.fake_triton import FakeTriton
+from pipeline.topology.schema import Topology
+
+SHIPPED = Path(__file__).resolve().parents[1] / "topologies" / "recommendations.yaml"
+SETTLE_POLL_S = 0.01
+
+
+async def _no_broker_to_check() -> bool:
+    return True
+
+
+def topology(**sections: dict[str, Any]) -> Topology:
+    """The shipped recommender topology with each keyword merged into its section, and
+    commits and checks quick enough for tests."""
+    data: dict[str, Any] = yaml.safe_load(SHIPPED.read_text())
+    data["source"].update(commit_interval_ms=20, drain_timeout_ms=2_000)
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Topology.model_validate(data)
+
+
+@dataclass
+class InProcessRun:
+    runtime: PipelineRuntime
+    source: ListSource
+    sink: CaptureSink
+    triton: FakeTriton
+
+    @property
+    def finished(self) -> int:
+        return self.runtime.partitions.finished
+
+    async def until(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        """Wait until ``condition()``; TimeoutError naming it after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not reached within {timeout_s} s: {condition}")
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    def inputs(self) -> list[tuple[str, int, int]]:
+        return [(r.topic, r.partition, r.offset) for log in self.source.logs.values() for r in log]
+
+    def lost(self) -> list[tuple[str, int, int]]:
+        """Inputs with neither a recommendation nor a dead letter."""
+        answers = self.sink.answers()
+        return [coord for coord in self.inputs() if answers[coord] == 0]
+
+    def duplicates(self) -> int:
+        """Outputs beyond the first that name the same input."""
+        return sum(count - 1 for count in self.sink.answers().values() if count > 1)
+
+    def committed_everything(self) -> bool:
+        logs = self.source.logs
+        return all(self.source.committed.get(key) == len(log) for key, log in logs.items())
+
+    async def settled(self, timeout_s: float = 10.0) -> None:
+        """Every record added so far finished and committed."""
+        await self.until(
+            lambda: self.finished >= self.source.total and self.committed_everything(), timeout_s
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(
+    topology: Topology,
+    records: Iterable[RawRecord] = (),
+    triton: FakeTriton | None = None,
+    metrics: Metrics | None = None,
+    ready_timeout_s: float = 10.0,
+) -> AsyncIterator[InProcessRun]:
+    """The runtime running on a ListSource of ``records``, a CaptureSink and ``triton``;
+    stopped (drained, committed) on leaving."""
+    server = triton or FakeTriton(top_k=topology.model.top_k)
+    made: dict[str, Any] = {}
+
+    def ends(t: Topology, partitions: Partitions, m: Metrics) -> Ends:
+        made["source"] = ListSource(partitions, records, t.source.max_poll_records)
+        made["sink"] = CaptureSink(t.sink.dead_letter_topic)
+        return Ends(made["source"], made["sink"], server, _no_broker_to_check)
+
+    runtime = PipelineRuntime(topology, ends, metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop), name="pipeline-in-process")
+    try:
+        ready = asyncio.create_task(runtime.ready.wait())
+        await asyncio.wait({task, ready}, timeout=ready_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if task.done():
+            task.result()  # the start's failure, as it raised
+            raise RuntimeError("the pipeline stopped during its start")
+        if not runtime.ready.is_set():
+            raise TimeoutError(f"the pipeline was not ready within {ready_timeout_s} s")
+        yield InProcessRun(runtime, made["source"], made["sink"], server)
+    finally:
+        stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), runtime.settings.drain_timeout_s + 5.0)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if not task.cancelled() and (failure := task.exception()) is not None:
+        raise failure
+
+
+async def run_to_end(
+    topology: Topology,
+    records: Iterable[RawRecord],
+    triton: FakeTriton | None = None,
+    timeout_s: float = 10.0,
+) -> InProcessRun:
+    """Run until every record is finished and committed, then stop."""
+    async with running(topology, records, triton) as run:
+        await run.settled(timeout_s)
+    return run
