@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +17,7 @@ from pipeline import logs
 from pipeline.errors import Fatal, TopologyError
 from pipeline.recsys.cli import add_train_command
 from pipeline.replay.cli import add_replay_command
+from pipeline.serve import serve
 from pipeline.topology.loader import all_problems, load_topology
 
 # The shipped topologies travel inside the package (pipeline/topologies links ../topologies
@@ -51,69 +49,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return status
 
 
-# Exit codes of `pipeline run`: 0 drained and committed; 2 bad configuration; 3 stopped with
-# work unfinished or uncommitted (it is replayed: nothing is lost); 128 + signal number when
-# a second signal cut the stop short.
-EXIT_UNCLEAN_STOP = 3
-SHUTDOWN_MARGIN_S = 5.0  # past drain_timeout_ms: closing the clients, then a hard exit
-
-
-async def _serve(topology_path: Path) -> int:
-    from pipeline.health import OpsServer
-    from pipeline.runtime import PipelineRuntime
-
-    topology = load_topology(topology_path)
-    runtime = PipelineRuntime(topology)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    budget_s = topology.source.drain_timeout_ms / 1000.0 + SHUTDOWN_MARGIN_S
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
-            log.error("second %s: exiting now, without draining", sig.name)
-            os._exit(128 + sig.value)
-        log.info("%s: draining for at most %.0f s (send it again to exit at once)", sig.name, budget_s)
-        stop.set()
-        # The last resort if a close step ignores its own bound: the stop never takes longer.
-        loop.call_later(budget_s, _hard_exit, budget_s)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    ops = None
-    if topology.operations.metrics_port:
-        ops = OpsServer(
-            runtime.metrics, runtime.is_ready, topology.operations.metrics_port, topology.operations.bind
-        )
-        await ops.start()
-    try:
-        await runtime.run(stop)
-    finally:
-        if ops is not None:
-            await ops.stop()
-    return 0 if runtime.clean_stop else EXIT_UNCLEAN_STOP
-
-
-def _hard_exit(budget_s: float) -> None:
-    log.error("stop took longer than %.0f s: exiting with work unfinished (it is replayed)", budget_s)
-    logging.shutdown()
-    os._exit(EXIT_UNCLEAN_STOP)
-
-
-# The cyclic garbage collector's first generation runs every 700 container allocations by
-# default; thousands of small tuples per fetch made it run ~20 times a fetch and walk the
-# in-flight events each time: about 13 % of the process's CPU (scripts/profile_pipeline.py).
-# Reference counting still frees everything acyclic at once; cycles wait a little longer.
-GC_FIRST_GENERATION = 50_000
-
-
-def _tune_gc() -> None:
-    """Start-up objects (modules, the topology) are frozen out of every collection, and the
-    first generation is collected every GC_FIRST_GENERATION allocations."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_FIRST_GENERATION, 20, 20)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology)
     _setup_logging(args, topology.operations.log_level)
@@ -125,8 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         command = worker_command(args.topology, args.log_format, args.log_level)
         return supervise(topology, command, args.workers)
-    _tune_gc()
-    return asyncio.run(_serve(args.topology))
+    return serve(args.topology)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -49,6 +49,17 @@ def runtime_settings(t: Topology) -> RuntimeSettings:
     )
 
 
+class Endpoint(NamedTuple):
+    port: int
+    bind: str
+
+
+def operations_endpoint(t: Topology) -> Endpoint | None:
+    """Where /metrics, /healthz and /readyz are served (None: not served)."""
+    ops = t.operations
+    return Endpoint(ops.metrics_port, ops.bind) if ops.metrics_port else None
+
+
 def topic_credits(t: Topology, hold: Callable[[], bool]) -> TopicCredits:
     credits = t.source.credits
     return TopicCredits(t.source.topics, credits.high_watermark, credits.low_watermark, hold=hold)
