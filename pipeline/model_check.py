@@ -11,24 +11,23 @@ import logging
 
 import grpc
 
-from pipeline import wiring
 from pipeline.security import CredentialsError, tls_refusal
-from pipeline.topology.schema import Topology
 from pipeline.triton import InferenceServer
 from pipeline.triton.contract import ModelContractError, ServedModel, contract_problems
+from pipeline.wiring import ModelCheck
 
 log = logging.getLogger(__name__)
 RETRY_S = 2.0
 LOG_EVERY = 15  # retries between two warnings
 
 
-async def checked_model(server: InferenceServer, topology: Topology) -> ServedModel:
+async def checked_model(server: InferenceServer, model: ModelCheck) -> ServedModel:
     """The served model once it answers and fits; raises ModelContractError on a mismatch,
     CredentialsError on a refused TLS handshake."""
-    model, sig = topology.model, wiring.model_signature(topology)
+    sig = model.signature
     for attempt in itertools.count():
         try:
-            served = await server.served_model(model.name, model.version)
+            served = await server.served_model(sig.name, sig.version)
             break
         except grpc.aio.AioRpcError as exc:
             if model.tls is not None and (refusal := await tls_refusal(model.url, model.tls)):
@@ -39,7 +38,7 @@ async def checked_model(server: InferenceServer, topology: Topology) -> ServedMo
             if attempt % LOG_EVERY == 0:  # a long outage: a line now and then, not a flood
                 log.warning("model contract not checked yet, Triton at %s: %s", model.url, exc.code().name)
             await asyncio.sleep(RETRY_S)
-    problems = contract_problems(served, sig, wiring.largest_batch(topology))
+    problems = contract_problems(served, sig, model.largest)
     if problems:
         raise ModelContractError("; ".join(problems))
     log.info(

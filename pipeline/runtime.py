@@ -175,7 +175,7 @@ class PipelineRuntime:
 
     async def check_model(self) -> None:
         """Waits for the served model, checks it fits; consumption starts once it does."""
-        served = await model_check.checked_model(self.pool, self.topology)
+        served = await model_check.checked_model(self.pool, wiring.model_check(self.topology))
         self.dispatcher.reads = served.reads  # parameters Triton would ignore are not sent
         self.model_checked = True
 

@@ -1,6 +1,7 @@
 """Wiring: the topology → each component's configuration. Pure functions, no I/O: the
-runtime calls them and reads as the dataflow. The runtime reads no topology key itself: a
-new key is mapped here (see README, "Adding a topology key")."""
+runtime calls them and reads as the dataflow. Only this module and ``ends.py`` (which hands
+the Kafka and Triton clients their sections) read topology keys: a new key is mapped here
+(see README, "Adding a topology key")."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pipeline.events import UserRequest, Window
 from pipeline.operators.enrich import OutputSpec
 from pipeline.operators.parse import ParseRules
 from pipeline.sources.credits import TopicCredits
-from pipeline.topology.schema import Topology
+from pipeline.topology.schema import Tls, Topology
 from pipeline.tracing import Tracing
 from pipeline.triton.codec import ModelSignature
 from pipeline.triton.contract import BatchBound
@@ -104,6 +105,19 @@ def output_spec(t: Topology, tracing: Tracing | None = None) -> OutputSpec:
 def sink_lanes(t: Topology) -> list[str]:
     """Lanes that get a producer of their own (one lane: the default producer only)."""
     return [lane.id for lane in t.lanes] if len(t.lanes) > 1 else []
+
+
+class ModelCheck(NamedTuple):
+    """What the start checks the served model against."""
+
+    url: str
+    tls: Tls | None
+    signature: ModelSignature
+    largest: BatchBound
+
+
+def model_check(t: Topology) -> ModelCheck:
+    return ModelCheck(t.model.url, t.model.tls, model_signature(t), largest_batch(t))
 
 
 def model_signature(t: Topology) -> ModelSignature:
