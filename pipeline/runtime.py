@@ -23,7 +23,7 @@ from reactivex import operators as ops
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
-from pipeline import model_check, operators, tracing, wiring
+from pipeline import model_check, operators, wiring
 from pipeline.accounting import Accounting
 from pipeline.control.lane_rules import lane_classifier
 from pipeline.control_loops import ControlLoops, Loop
@@ -64,8 +64,7 @@ class PipelineRuntime:
         t = self.topology = topology
         self.settings = wiring.runtime_settings(t)
         self.metrics = metrics or Metrics()
-        # spans per output (operations.tracing); the extra missing: exit 2 here, at start
-        self.tracing = tracing.from_spec(t.operations.tracing, tracer_provider)
+        self.tracing = wiring.tracing(t, tracer_provider)
         self.model_checked = False  # consumption is held until the model contract passed
         budget = wiring.dead_letter_budget(t)
         self.accounting = Accounting(self.metrics, self.settings.dead_letter_topic, budget)

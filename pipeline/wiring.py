@@ -6,7 +6,7 @@ the Kafka and Triton clients their sections) read topology keys: a new key is ma
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from reactivex import Observable
 
@@ -24,7 +24,7 @@ from pipeline.operators.enrich import OutputSpec
 from pipeline.operators.parse import ParseRules
 from pipeline.sources.credits import TopicCredits
 from pipeline.topology.schema import Tls, Topology
-from pipeline.tracing import Tracing
+from pipeline.tracing import Tracing, from_spec
 from pipeline.triton.codec import ModelSignature
 from pipeline.triton.contract import BatchBound
 from pipeline.triton.dispatcher import DispatchConfig
@@ -96,6 +96,11 @@ def parse_rules(t: Topology) -> ParseRules:
         t.window.max_lateness_ms if t.window.late_policy == "dead_letter" else None,
         t.validation.age_reference,
     )
+
+
+def tracing(t: Topology, provider: Any = None) -> Tracing | None:
+    """Spans per output (operations.tracing); the extra missing: a Fatal error at start."""
+    return from_spec(t.operations.tracing, provider)
 
 
 def output_spec(t: Topology, tracing: Tracing | None = None) -> OutputSpec:

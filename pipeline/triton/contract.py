@@ -55,7 +55,7 @@ class Tensor:
 class ReadParameters:
     """Which per-request parameters the model's scheduler reads. Triton ignores the others,
     yet pays for them: a request carrying priority and timeout costs its Python backend ~7 %
-    more per row (scripts/bench_throughput.py, ceiling client with and without them)."""
+    more per row (scripts/bench, ceiling client with and without them)."""
 
     priority: bool = True
     timeout: bool = True
