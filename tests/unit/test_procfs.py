@@ -1,11 +1,9 @@
-"""pipeline.procfs on this test's own process and a child it starts."""
+"""pipeline.procfs on this test's own process (on a child: tests/integration/test_procfs_children.py)."""
 
 from __future__ import annotations
 
 import mmap
 import os
-import subprocess
-import sys
 import time
 
 from pipeline import procfs
@@ -48,19 +46,6 @@ def test_resident_memory_and_its_peak() -> None:
         assert now is not None and grown is not None
         assert now >= rss + 50
         assert grown >= now
-
-
-def test_children_and_a_process_that_is_gone() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        assert child.pid in procfs.children(os.getpid())
-        assert procfs.rss_mb(child.pid) is not None
-    finally:
-        child.kill()
-        child.wait()
-    assert child.pid not in procfs.children(os.getpid())
-    assert procfs.rss_mb(child.pid) is None and procfs.peak_rss_mb(child.pid) is None
-    assert procfs.cpu_and_faults([child.pid]) == (0.0, 0)
 
 
 def test_threads_are_named_and_the_main_one_counts_this_work() -> None:
