@@ -1,17 +1,16 @@
 """Credentials and TLS options built from the topology: files read once at start, errors
-that name the topology key, and TLS contexts that really verify (a local TLS server)."""
+that name the topology key, and TLS contexts that really verify (a local TLS server). Token
+commands run processes: tests/integration/test_token_command.py."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.security import (
-    CommandToken,
     CredentialsError,
     FileToken,
     grpc_credentials,
@@ -130,21 +129,6 @@ async def test_a_token_file_is_read_again_when_it_changes(tmp_path: Path) -> Non
     assert await provider.token() == "second"
 
 
-async def test_a_token_command_is_cached_and_its_failure_is_clear(tmp_path: Path) -> None:
-    counter = tmp_path / "runs"
-    script = (
-        f"import pathlib; p = pathlib.Path({str(counter)!r}); "
-        "p.write_text(p.read_text() + 'x' if p.exists() else 'x'); print('tok')"
-    )
-    provider = CommandToken([sys.executable, "-c", script], ttl_s=60)
-
-    assert (await provider.token(), await provider.token()) == ("tok", "tok")
-    assert counter.read_text() == "x"  # run once
-    failing = CommandToken([sys.executable, "-c", "import sys; sys.exit('no vault')"], ttl_s=60)
-    with pytest.raises(CredentialsError, match="oauth_token_command exited 1: no vault"):
-        await failing.token()
-
-
 def test_grpc_credentials_need_a_plain_key_and_hostname_checks(pki: Pki) -> None:
     assert grpc_credentials(Tls(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key))
     with pytest.raises(CredentialsError, match=r"model\.tls\.check_hostname"):
@@ -168,20 +152,3 @@ async def test_a_token_file_gone_mid_run_keeps_the_last_token_and_missing_at_sta
     assert await provider.token() == "first"
     path.unlink()  # a sidecar rewriting it
     assert await provider.token() == "first"  # not an error inside aiokafka's fetcher
-
-
-async def test_a_cancelled_token_command_is_killed(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    script = (
-        f"import os, time, pathlib; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); "
-        "time.sleep(60)"
-    )
-    task = asyncio.create_task(CommandToken([sys.executable, "-c", script], ttl_s=60).token())
-    while not pid_file.exists():
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    pid = int(pid_file.read_text())
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
