@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The core package (no embedded extra) on every Python it supports beyond CI's 3.11: install it
 # with the `test` extra into a fresh venv per version, check the CLI starts and the shipped
-# topologies validate, and run the unit tests (the deployment checks need the dev extra's tools).
+# topologies validate, and run the fast loop (tests/unit and tests/operators: no process started,
+# nothing beyond the test extra; the deployment checks in tests/deployment need the dev extra's tools).
 #   scripts/check_pythons.sh [3.12 3.13]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,6 @@ for version in "${versions[@]}"; do
     for topology in topologies/*.yaml; do
         "$venv/bin/pipeline" validate "$topology" >/dev/null
     done
-    "$venv/bin/python" -m pytest tests/unit -q -p no:cacheprovider -m "not deployment"
+    "$venv/bin/python" -m pytest tests/unit tests/operators -q -p no:cacheprovider
     rm -rf "$(dirname "$venv")"
 done

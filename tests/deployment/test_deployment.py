@@ -1,7 +1,8 @@
 """The deployment files agree with the code and with each other, checked offline.
 
 - docker/alerts.yml: `promtool check rules` and `promtool test rules docker/alerts_test.yml`
-  (promtool from Debian's `prometheus` package; missing, the tests fail: CI installs it).
+  (promtool from Debian's `prometheus` package, which scripts/setup.sh installs; missing, the
+  tests fail naming that script: none is skipped).
 - Every PromQL expression (alerts, their test series, the Grafana dashboard) names only metrics
   and labels of docs/operations.md's table.
 - docker/compose.yaml: the compose specification's JSON schema (check-jsonschema's vendored
@@ -61,13 +62,16 @@ def require_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
-        pytest.fail(f"{name} is not installed: it is a dev dependency (pip install -e '.[dev]')")
+        pytest.fail(f"{name} is not installed: it is a dev dependency (scripts/setup.sh installs it)")
 
 
 def promtool(*args: str, cwd: Path = DOCKER) -> str:
     exe = shutil.which("promtool")
     if exe is None:
-        pytest.fail("promtool not found: `apt-get install -y --no-install-recommends prometheus` (CI does)")
+        pytest.fail(
+            "promtool not found: run scripts/setup.sh as root (it installs Debian's prometheus "
+            "package), or `apt-get install -y --no-install-recommends prometheus`"
+        )
     done = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"promtool {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
@@ -718,7 +722,7 @@ def test_kustomize_renders_valid_objects() -> None:
     """`kubectl kustomize` (on the machine image) renders the directory; the rendered core
     objects validate and name the generated ConfigMap."""
     kubectl = shutil.which("kubectl")
-    assert kubectl is not None, "kubectl (on this machine's image) renders the kustomization"
+    assert kubectl is not None, "kubectl (on this machine's image) renders the kustomization: install it"
     kv = require_module("kubernetes_validate")
     done = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
