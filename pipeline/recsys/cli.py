@@ -17,7 +17,8 @@ from aiokafka.errors import KafkaError
 
 from pipeline.errors import TopologyError
 from pipeline.recsys import data
-from pipeline.recsys.train import TrainConfig, train_log
+from pipeline.recsys.selection import TrainConfig
+from pipeline.recsys.train import train_log
 from pipeline.replay.files import UnreadableFile
 
 log = logging.getLogger("pipeline.train")

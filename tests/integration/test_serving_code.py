@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.devstack.stack import refresh_serving_code
-from pipeline.recsys.train import serving_code
+from pipeline.recsys.repository import serving_code
 
 
 def test_a_version_written_by_an_earlier_release_gets_this_releases_code(tmp_path: Path) -> None:

@@ -20,19 +20,12 @@ import pytest
 from pipeline.recsys import scoring
 from pipeline.recsys.cli import add_train_command
 from pipeline.recsys.data import InteractionLog, from_file
+from pipeline.recsys.dataset import build_dataset, pair_matrices, recent_items, split_by_time
+from pipeline.recsys.evaluation import EvalSet, ServedModel, popularity_model, score_scale
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.recsys.models import AlsConfig, SvdConfig
-from pipeline.recsys.train import (
-    EvalSet,
-    ServedModel,
-    TrainConfig,
-    build_dataset,
-    popularity_top_k,
-    recent_items,
-    score_scale,
-    split_by_time,
-    train_log,
-)
+from pipeline.recsys.selection import TrainConfig
+from pipeline.recsys.train import train_log
 
 SMALL = TrainConfig(
     als=(AlsConfig(factors=32, regularization=1.0, alpha=4.0, iterations=6),),
@@ -107,9 +100,12 @@ def test_split_holds_out_each_users_last_two_new_items() -> None:
 
 def test_popularity_needs_no_items_by_items_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(np, "eye", lambda *a, **k: pytest.fail("an n_items × n_items matrix"))
-    events = [{"user_id": u, "item_id": item} for u, item in enumerate([10**9, 10**9, 10**9, 7, 7, 123_456])]
+    items = [10**9, 10**9, 10**9, 7, 7, 123_456]
+    ds = build_dataset(log_of([(user, item, 0) for user, item in enumerate(items)]))
+    by_user, _ = pair_matrices(ds, np.ones(len(ds), dtype=bool), "graded")
+    served = scoring.Recommender(popularity_model(by_user, ds.n_items).arrays(ds))
     history = np.array([[10**9, -1], [-1, -1], [55, -1]])  # 55: unknown to training, ignored
-    top = popularity_top_k(events, history, 0, 2)
+    top, _ = served.recommend(np.full(len(history), -1), history, 2)
     assert top.tolist() == [[7, 123_456], [10**9, 7], [10**9, 7]]
 
 
