@@ -8,19 +8,19 @@ within the topology's bounds, the way Clipper's AIMD does for batch size:
 - inference p99 over its budget (a fixed share of the target): Triton is
   given too much at once, so in-flight backs off fast (multiplicative), then batch size.
   While batches wait, in-flight stays at 2 or more: with one request at a time Triton idles
-  for every round trip, and that lost capacity only lengthens the wait (at half the maximum
-  rate the benchmark fell behind for good at in-flight 1);
+  for every round trip, and that lost capacity only lengthens the wait (docs/benchmarks.md:
+  at in-flight 1 the pipeline fell behind for good well below its maximum rate);
 - else, batches waiting for a slot: capacity is short, so batch size and the window grow,
   in-flight too while inference has ample headroom, or once the batch size is at its
   maximum (concurrency is then the only capacity left). By a step (additive) when a queue
   is only seen at the tick; by a factor when batches waited long for a slot during the
-  interval (a load step: additive growth took most of an 8 s benchmark step to get there);
+  interval (a load step, which additive growth is too slow to follow);
 - else, batch latency over the target: the time goes into waiting for windows to close, so
   the window shrinks fast;
 - else: nothing to fix, nothing changes.
 
 Shrinking on end-to-end latency alone would be wrong: under load most of it is queueing, and
-smaller batches would cut capacity and feed the queue (a collapse seen in the benchmark)."""
+smaller batches would cut capacity and feed the queue until throughput collapses."""
 
 from __future__ import annotations
 

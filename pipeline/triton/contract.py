@@ -53,9 +53,8 @@ class Tensor:
 
 @dataclass(frozen=True)
 class ReadParameters:
-    """Which per-request parameters the model's scheduler reads. Triton ignores the others,
-    yet pays for them: a request carrying priority and timeout costs its Python backend ~7 %
-    more per row (scripts/bench, ceiling client with and without them)."""
+    """Which per-request parameters the model's scheduler reads. Triton ignores the others
+    but still pays for them per row (docs/design.md), so only these are sent."""
 
     priority: bool = True
     timeout: bool = True

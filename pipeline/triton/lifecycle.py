@@ -1,4 +1,5 @@
-"""The request lifecycle of the source article, counted per state (plain data, no I/O).
+"""The lifecycle of one inference request, in the states of Triton's gRPC request handling,
+counted per state (plain data, no I/O).
 
 START → READ → ISSUED → WRITEREADY → COMPLETE: created, inputs read from the batch, written
 to a stream, answer ready to hand back, handed back and released."""
