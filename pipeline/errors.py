@@ -5,17 +5,29 @@ from __future__ import annotations
 
 
 class PipelineError(Exception):
+    """A subclass states its facts in its header:
+    ``class ServerUnavailable(InferenceError, reason="unavailable", retriable=True)``."""
+
     retriable: bool = False
     server_down: bool = False  # says the server is unreachable, not that this request failed
     reason: str = "error"  # short machine-readable reason, used in dead letters and metrics
 
+    def __init_subclass__(
+        cls, *, reason: str | None = None, retriable: bool | None = None, server_down: bool | None = None
+    ) -> None:
+        super().__init_subclass__()
+        if reason is not None:
+            cls.reason = reason
+        if retriable is not None:
+            cls.retriable = retriable
+        if server_down is not None:
+            cls.server_down = server_down
+
 
 # --- bad input: never retried, the event goes to the dead-letter topic ---------------------
-class InvalidEvent(PipelineError):
+class InvalidEvent(PipelineError, reason="invalid_event"):
     """An input that cannot become an event; ``reason`` says which check it failed
     (``malformed_json``, ``missing_field``, ``oversized``...)."""
-
-    reason = "invalid_event"
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -23,73 +35,56 @@ class InvalidEvent(PipelineError):
         self.detail = detail
 
 
-class StaleEvent(PipelineError):
-    reason = "deadline_exceeded"
+class StaleEvent(PipelineError, reason="deadline_exceeded"):
+    """An event already past its end-to-end budget: an answer would come too late."""
 
 
 # --- inference errors ------------------------------------------------------------------------
-class InferenceError(PipelineError):
-    reason = "inference_error"
+class InferenceError(PipelineError, reason="inference_error"):
+    """A batch could not be inferred; the subclass says why."""
 
 
-class ServerUnavailable(InferenceError):
-    retriable = True
-    server_down = True
-    reason = "unavailable"
+class ServerUnavailable(InferenceError, reason="unavailable", retriable=True, server_down=True):
+    """Triton cannot be reached, or is not ready: waited out behind the breaker."""
 
 
-class ResourceExhausted(InferenceError):
-    retriable = True
-    reason = "resource_exhausted"
+class ResourceExhausted(InferenceError, reason="resource_exhausted", retriable=True):
+    """Triton refused the request for lack of room (its queue, a size limit)."""
 
 
-class DeadlineExceeded(InferenceError):
-    retriable = True
-    reason = "deadline_exceeded"
+class DeadlineExceeded(InferenceError, reason="deadline_exceeded", retriable=True):
+    """No answer within the request timeout."""
 
 
-class StreamBroken(InferenceError):
-    retriable = True
-    server_down = True
-    reason = "stream_broken"
+class StreamBroken(InferenceError, reason="stream_broken", retriable=True, server_down=True):
+    """The gRPC stream ended with the request in flight."""
 
 
-class ModelNotFound(InferenceError):
+class ModelNotFound(InferenceError, reason="model_not_found", retriable=True, server_down=True):
     """Checked at start (triton/contract.py), so at run time it is a version switch or a
     reload in progress: waited out behind the breaker, not dead-lettered."""
 
-    retriable = True
-    server_down = True
-    reason = "model_not_found"
 
-
-class UnknownModelError(InferenceError):
+class UnknownModelError(InferenceError, reason="model_error", retriable=True):
     """An in-stream error no rule recognises: retried within the budget, then dead-lettered
     (where the dead-letter budget watches it)."""
 
-    retriable = True
-    reason = "model_error"
+
+class InvalidInput(InferenceError, reason="invalid_argument"):
+    """Triton refused the batch's tensors (INVALID_ARGUMENT): the rows are dead-lettered."""
 
 
-class InvalidInput(InferenceError):
-    reason = "invalid_argument"
+class BadOutput(InferenceError, reason="bad_output"):
+    """The model answered with outputs that do not fit the contract."""
 
 
-class BadOutput(InferenceError):
-    reason = "bad_output"
-
-
-class InternalError(InferenceError):
+class InternalError(InferenceError, reason="internal_error"):
     """Anything else raised while inferring a batch (a bug, an unforeseen client error): the
     batch's events are dead-lettered with it, the pipeline goes on."""
 
-    reason = "internal_error"
 
-
-class RetriesExhausted(InferenceError):
+class RetriesExhausted(InferenceError, reason="retries_exhausted"):
     """Wraps the last retriable error once the failure budget is spent."""
-
-    reason = "retries_exhausted"
 
     def __init__(self, last: PipelineError, attempts: int) -> None:
         super().__init__(f"{attempts} attempts, last error: {last.reason}: {last}")
@@ -98,10 +93,8 @@ class RetriesExhausted(InferenceError):
 
 
 # --- configuration ---------------------------------------------------------------------------
-class TopologyError(PipelineError):
+class TopologyError(PipelineError, reason="invalid_topology"):
     """A topology file that cannot be used: names the file, the key path and the reason."""
-
-    reason = "invalid_topology"
 
     def __init__(self, file: str, path: str, problem: str) -> None:
         super().__init__(f"{file}: {path or '<root>'}: {problem}")
@@ -111,13 +104,12 @@ class TopologyError(PipelineError):
 
 
 # --- the process cannot go on ------------------------------------------------------------------
-class Fatal(PipelineError):
+class Fatal(PipelineError, reason="fatal"):
     """Stops `pipeline run` with one clear message and a non-zero exit (the supervisor
     restarts it, or a person looks): retrying inside the process would only repeat it."""
 
     exit_code = 1
-    reason = "fatal"
 
 
-class SourceFailed(Fatal):
-    reason = "source_failed"
+class SourceFailed(Fatal, reason="source_failed"):
+    """The Kafka source cannot go on consuming."""
