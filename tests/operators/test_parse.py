@@ -135,8 +135,8 @@ def test_unknown_type(value):
 
 @pytest.mark.parametrize("value", [["view"], {"kind": "view"}, 5])
 def test_non_string_type_is_a_dead_letter_not_a_crash(value):
-    """A list or object is unhashable: the membership test once raised TypeError out of
-    parse_batch and failed the whole stream instead of dead-lettering one record."""
+    """A ``type`` that is a list, an object or a number dead-letters its record; an
+    unhashable one must not raise TypeError out of parse_batch and fail the stream."""
     record = rec_doc(type=value)
     try:
         parsed = parse_batch([record], RULES, NOW)

@@ -203,10 +203,10 @@ def test_samples_are_used_up_by_the_tick_that_reads_them():
 
 
 def test_work_waiting_behind_one_request_at_a_time_gets_a_second_in_flight():
-    """The benchmark at half the maximum rate: inference over budget had cut in-flight to 1;
-    batches kept waiting, so the batch grew to its maximum, and in-flight never grew back
-    (a 256-row batch takes over half the inference budget). One request at a time carried
-    less than the offered load: the pipeline fell behind for good."""
+    """In-flight at 1 with the batch at its maximum and batches waiting: in-flight grows to
+    2 even with inference over budget, and past that while inference is within it. A
+    256-row batch takes over half the inference budget, so growth that waited for headroom
+    would leave one request at a time carrying less than the offered load."""
     ctl = AdaptiveController(BOUNDS, Knobs(256, 20, 1))
     # over budget, work waiting: in flight up to 2; the batch holds
     assert tick_with(ctl, queue_depth=3, inference_ms=30.0) == Knobs(256, 20, 2)
@@ -216,7 +216,7 @@ def test_work_waiting_behind_one_request_at_a_time_gets_a_second_in_flight():
     # over budget again: back to 2, never 1, while work waits
     assert tick_with(ctl, queue_depth=3, inference_ms=40.0) == Knobs(256, 21, 2)
     assert tick_with(ctl, queue_depth=3, inference_ms=40.0) == Knobs(256, 21, 2)
-    # below its maximum the batch grows first and in-flight waits for headroom, as before
+    # below its maximum the batch grows first; in-flight waits for inference headroom
     below = AdaptiveController(BOUNDS, Knobs(128, 20, 2))
     assert tick_with(below, queue_depth=3, inference_ms=20.0) == Knobs(136, 21, 2)
 
@@ -297,9 +297,9 @@ def test_closed_loop_converges_and_keeps_p99_under_the_target(demand):
 def test_closed_loop_does_not_collapse_under_sustained_load():
     """Demand of 150 rows/ms. The toy server can carry it inside the target (e.g. batch
     176, 16 in flight: ~19 ms of inference, ~158 rows/ms), and the controller gets close at
-    first. It must then not lose that capacity: "smaller batches would cut capacity and feed
-    the queue (a collapse seen in the benchmark)". Capacity late in the run must stay within
-    half of the best it reached, and batch size and in-flight must stay off their minimums."""
+    first. It must then not lose that capacity by shrinking batches, which would feed the
+    queue: capacity late in the run stays within half of the best it reached, and batch
+    size and in-flight stay off their minimums."""
     history = run_loop(150.0, 200)
     best = max(h["capacity"] for h in history)
     assert best > 100

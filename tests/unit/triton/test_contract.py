@@ -89,7 +89,7 @@ async def test_a_model_missing_from_a_ready_server_is_a_contract_error() -> None
 
 def test_parameters_the_queue_ignores_are_not_sent() -> None:
     """priority only with priority levels, timeout only where a queue policy lets a request
-    override it (Triton ignores them otherwise, and pays ~7 % per row for them)."""
+    override it (Triton ignores them otherwise, yet pays for them per row)."""
     from tritonclient.grpc import model_config_pb2
 
     from pipeline.triton.contract import ReadParameters, read_parameters
