@@ -161,12 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", "run the pipeline of a topology until SIGTERM")
     p.add_argument("topology", type=Path)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="worker processes in the consumer group (worker i serves metrics on metrics_port + i)",
-    )
+    # worker i serves its metrics on metrics_port + i
+    p.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group")
     p.set_defaults(func=cmd_run)
 
     p = command("validate", "check topology files; exit 2 if any is invalid")

@@ -90,7 +90,7 @@ async def test_lane_guard_rations_the_lower_lane_and_loses_nothing(stack, caplog
     ]
     topology = type(base).model_validate(data)
     records = purchases_and_views(1500, purchase_every=10)
-    caplog.set_level(logging.INFO, logger="pipeline.runtime")
+    caplog.set_level(logging.INFO, logger="pipeline.control_loops")
     run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
     assert summary["lost"] == 0 and summary["dead_letters"] == 0
