@@ -1,6 +1,6 @@
 """Prometheus metrics of one pipeline instance, in a registry of its own (so that tests can
-run several pipelines in one process). Names follow the source article where it names them:
-``inference_duration`` by model and status, ``request_queue_size`` (alert at 1000)."""
+run several pipelines in one process). Two names are the ones the project's requirements
+give: ``inference_duration`` by model and status, ``request_queue_size`` (alert at 1000)."""
 
 from __future__ import annotations
 

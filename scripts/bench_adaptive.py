@@ -31,6 +31,7 @@ import yaml
 from aiokafka import TopicPartition
 
 from pipeline import kafka_clients
+from pipeline.audit import Coord
 from pipeline.devstack.process import ChildProcess
 from pipeline.devstack.stack import EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
@@ -60,7 +61,6 @@ MODES: dict[str, dict[str, Any]] = {
         }
     },
 }
-Coord = tuple[str, int, int]
 # An output as the bench sees it: lane, produce timestamp, source records, and where its
 # time went (window open/close, queued for a slot, inference), from the output event itself.
 Output = tuple[str, int, list[Coord], dict[str, float]]

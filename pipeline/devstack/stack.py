@@ -34,7 +34,7 @@ def ensure_model(
         return None
     log.info("training the recommender on %d synthetic events", events)
     data = list(EventGenerator(generator).events(events))
-    report = train_and_write(data, repository, generator.users, generator.items)
+    report = train_and_write(data, repository, generator.items)
     log.info(
         "model version %d: hit@10 %.3f vs popularity %.3f",
         report.version,

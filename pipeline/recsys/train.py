@@ -148,7 +148,6 @@ def _tried_row(t: Tried, top_k: int) -> dict[str, Any]:
 def train_and_write(
     events: Iterable[Mapping[str, object]],
     repository: Path,
-    n_users: int = 0,
     n_items: int = 0,
     config: TrainConfig = TrainConfig(),
     top_k: int = 10,
@@ -157,9 +156,7 @@ def train_and_write(
     priority_levels: int = 0,
 ) -> TrainReport:
     """Event dicts in, the next model version written. ``n_items`` > 0: item ids 0..n-1
-    are all in the catalogue (served) even if no event names them; ``n_users`` is unused
-    (a user without events is served from its history)."""
-    del n_users
+    are all in the catalogue (served) even if no event names them."""
     interactions = from_events(events)
     catalogue = np.arange(n_items, dtype=np.int64) if n_items > 0 else None
     return train_log(

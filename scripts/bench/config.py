@@ -22,7 +22,6 @@ PARTITIONS = 4
 SAMPLE_S = 0.05  # CPU sampling period of the consuming process, Triton and the broker
 RUN_TIMEOUT_S = 900.0
 WORKER_KINDS = ("ceiling", "hand", "naive")  # the loops run as `--_worker KIND` processes
-Coord = tuple[str, int, int]
 
 
 def now_ms() -> int:

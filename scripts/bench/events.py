@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 
 from pipeline import kafka_clients
+from pipeline.audit import Coord
 from pipeline.kafka_io import read_to_end
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.topology.schema import Broker
 
-from .config import SAMPLE_S, Coord, now_ms
+from .config import SAMPLE_S, now_ms
 from .sampling import Sampler
 
 

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import MODELS, VARIANTS, Coord
+from pipeline.audit import Coord
+
+from .config import MODELS, VARIANTS
 from .sampling import Sampler
 
 
