@@ -25,9 +25,9 @@ class BreakerState(enum.Enum):
 class CircuitBreaker:
     def __init__(
         self,
-        failure_threshold: int = 5,
-        open_ms: int = 500,
-        max_open_ms: int = 5_000,
+        failure_threshold: int,
+        open_ms: int,
+        max_open_ms: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.failure_threshold = failure_threshold

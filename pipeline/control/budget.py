@@ -16,8 +16,8 @@ from pipeline.events import UserRequest
 class RetryBudget:
     def __init__(
         self,
-        ratio: float = 0.2,
-        min_per_s: float = 10.0,
+        ratio: float,
+        min_per_s: float,
         window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

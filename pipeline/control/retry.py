@@ -10,9 +10,11 @@ from pipeline import errors
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 4
-    backoff_ms: int = 50
-    max_backoff_ms: int = 2_000
+    """model.retry's attempts and backoffs (defaults: the schema's)."""
+
+    max_attempts: int
+    backoff_ms: int
+    max_backoff_ms: int
 
     def should_retry(self, error: errors.PipelineError, attempt: int) -> bool:
         return error.retriable and attempt < self.max_attempts

@@ -30,12 +30,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DispatchConfig:
+    """The model section's dispatch settings (defaults: the schema's, through wiring)."""
+
     signature: codec.ModelSignature
-    max_in_flight: int = 8
-    timeout_ms: int = 2_000
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    end_to_end_ms: int = 30_000
-    drop_stale: bool = True  # stale policy: dead-letter (True) or best effort (False)
+    max_in_flight: int
+    timeout_ms: int
+    retry: RetryPolicy
+    end_to_end_ms: int
+    drop_stale: bool  # stale policy: dead-letter (True) or best effort (False)
     lane_drop_stale: Mapping[str, bool] = field(default_factory=dict)  # lanes that differ
 
     def drops_stale(self, lane: str) -> bool:
@@ -52,14 +54,14 @@ class Dispatcher:
         pool: InferenceServer,
         config: DispatchConfig,
         metrics: Metrics,
-        breaker: CircuitBreaker | None = None,
-        budget: RetryBudget | None = None,
+        breaker: CircuitBreaker,
+        budget: RetryBudget,
     ) -> None:
         self.pool = pool
         self.config = config
         self.metrics = metrics
-        self.breaker = breaker or CircuitBreaker()
-        self.budget = budget or RetryBudget()
+        self.breaker = breaker
+        self.budget = budget
         self.lifecycle = LifecycleCounts()
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._sends = itertools.count()  # makes request ids unique per send

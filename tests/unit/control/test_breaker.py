@@ -11,17 +11,13 @@ import asyncio
 import pytest
 
 from pipeline.control.breaker import BreakerState, CircuitBreaker
+from pipeline.testing import ManualClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = 0
-
-    def __call__(self) -> float:
-        return self.ms / 1000.0
-
-    def advance(self, ms: int) -> None:
-        self.ms += ms
+def breaker_with(
+    failure_threshold: int = 5, open_ms: int = 500, max_open_ms: int = 2_000, clock: ManualClock | None = None
+) -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold, open_ms, max_open_ms, clock or ManualClock())
 
 
 async def admit_within(breaker: CircuitBreaker, seconds: float = 0.05) -> bool | None:
@@ -36,11 +32,11 @@ async def settle(seconds: float = 0.04) -> None:
     await asyncio.sleep(seconds)
 
 
-async def probing(**limits: int) -> tuple[FakeClock, CircuitBreaker]:
+async def probing(**limits: int) -> tuple[ManualClock, CircuitBreaker]:
     """A breaker opened by one failure whose open time (20 ms) has passed, and whose probe
     has just been admitted: it is half-open."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock, **limits)
+    clock = ManualClock()
+    breaker = breaker_with(failure_threshold=1, open_ms=20, clock=clock, **limits)
     breaker.record_failure(probe=False)
     clock.advance(20)
     assert await admit_within(breaker) is True
@@ -48,14 +44,14 @@ async def probing(**limits: int) -> tuple[FakeClock, CircuitBreaker]:
 
 
 async def test_closed_breaker_admits_at_once_without_probing():
-    breaker = CircuitBreaker(clock=FakeClock())
+    breaker = breaker_with(clock=ManualClock())
     assert breaker.is_closed
     for _ in range(3):
         assert await admit_within(breaker, 0.01) is False
 
 
 def test_opens_after_failure_threshold_consecutive_failures():
-    breaker = CircuitBreaker(failure_threshold=3, open_ms=20, clock=FakeClock())
+    breaker = breaker_with(failure_threshold=3, open_ms=20, clock=ManualClock())
     breaker.record_failure(probe=False)
     breaker.record_failure(probe=False)
     assert breaker.state is BreakerState.CLOSED
@@ -70,14 +66,14 @@ def test_opens_after_failure_threshold_consecutive_failures():
 
 
 def test_server_down_opens_at_once():
-    breaker = CircuitBreaker(failure_threshold=5, clock=FakeClock())
+    breaker = breaker_with(failure_threshold=5, clock=ManualClock())
     breaker.record_failure(probe=False, server_down=True)
     assert breaker.state is BreakerState.OPEN
     assert breaker.trips == 1
 
 
 def test_success_resets_the_consecutive_count():
-    breaker = CircuitBreaker(failure_threshold=3, clock=FakeClock())
+    breaker = breaker_with(failure_threshold=3, clock=ManualClock())
     for _ in range(2):
         breaker.record_failure(probe=False)
     breaker.record_success()
@@ -90,8 +86,8 @@ def test_success_resets_the_consecutive_count():
 
 
 async def test_admit_waits_while_open_then_lets_one_probe_through_after_open_ms():
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
+    clock = ManualClock()
+    breaker = breaker_with(failure_threshold=1, open_ms=20, clock=clock)
     breaker.record_failure(probe=False)
 
     waiter = asyncio.ensure_future(breaker.admit())
@@ -106,8 +102,8 @@ async def test_admit_waits_while_open_then_lets_one_probe_through_after_open_ms(
 
 
 async def test_only_one_probe_at_a_time():
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, clock=clock)
+    clock = ManualClock()
+    breaker = breaker_with(failure_threshold=1, open_ms=20, clock=clock)
     breaker.record_failure(probe=False)
     waiters = [asyncio.ensure_future(breaker.admit()) for _ in range(5)]
     clock.advance(25)
@@ -158,8 +154,8 @@ async def test_probe_failure_doubles_the_open_time_up_to_max_open_ms():
 
 
 async def test_a_successful_probe_resets_the_open_time_for_the_next_outage():
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, open_ms=20, max_open_ms=1_000, clock=clock)
+    clock = ManualClock()
+    breaker = breaker_with(failure_threshold=1, open_ms=20, max_open_ms=1_000, clock=clock)
     breaker.record_failure(probe=False)
     for _ in range(3):  # 40, 80, 160 ms
         clock.advance(200)
@@ -193,7 +189,7 @@ async def test_cancel_probe_lets_the_next_admit_probe():
 
 @pytest.mark.parametrize("state", ["closed", "open"])
 def test_cancel_probe_outside_half_open_changes_nothing(state):
-    breaker = CircuitBreaker(failure_threshold=1, clock=FakeClock())
+    breaker = breaker_with(failure_threshold=1, clock=ManualClock())
     if state == "open":
         breaker.record_failure(probe=False)
     before = breaker.state

@@ -6,15 +6,8 @@ import pytest
 
 from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
 from pipeline.events import UserRequest
+from pipeline.testing import ManualClock
 from pipeline.testing.builders import event, user_request
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.s = 0.0
-
-    def __call__(self) -> float:
-        return self.s
 
 
 def spend_all(budget: RetryBudget, limit: int = 10_000) -> int:
@@ -28,13 +21,13 @@ def spend_all(budget: RetryBudget, limit: int = 10_000) -> int:
 
 
 def test_floor_alone_allows_min_per_s_times_window():
-    budget = RetryBudget(ratio=0.2, min_per_s=1.0, window_s=10.0, clock=FakeClock())
+    budget = RetryBudget(ratio=0.2, min_per_s=1.0, window_s=10.0, clock=ManualClock())
     assert spend_all(budget) == 10
     assert not budget.try_spend()
 
 
 def test_ratio_of_recent_requests_on_top_of_the_floor():
-    clock = FakeClock()
+    clock = ManualClock()
     budget = RetryBudget(ratio=0.2, min_per_s=1.0, window_s=10.0, clock=clock)
     for _ in range(100):
         budget.record_request()
@@ -45,7 +38,7 @@ def test_ratio_of_recent_requests_on_top_of_the_floor():
 
 
 def test_no_floor_means_retries_only_in_proportion():
-    budget = RetryBudget(ratio=0.5, min_per_s=0.0, window_s=1.0, clock=FakeClock())
+    budget = RetryBudget(ratio=0.5, min_per_s=0.0, window_s=1.0, clock=ManualClock())
     assert not budget.try_spend()
     for _ in range(8):
         budget.record_request()
@@ -53,7 +46,7 @@ def test_no_floor_means_retries_only_in_proportion():
 
 
 def test_entries_older_than_the_window_expire():
-    clock = FakeClock()
+    clock = ManualClock()
     budget = RetryBudget(ratio=0.5, min_per_s=0.0, window_s=10.0, clock=clock)
     for _ in range(20):
         budget.record_request()
@@ -70,7 +63,7 @@ def test_entries_older_than_the_window_expire():
 
 
 def test_the_window_slides_rather_than_resetting():
-    clock = FakeClock()
+    clock = ManualClock()
     budget = RetryBudget(ratio=1.0, min_per_s=0.0, window_s=10.0, clock=clock)
     for t in range(10):  # one request a second
         clock.s = float(t)
@@ -89,7 +82,7 @@ def test_remembered_requests_stay_bounded_by_the_window_when_nothing_fails():
     """In a healthy run every first attempt calls record_request() and nothing ever calls
     try_spend(): what the budget remembers must still be limited to its window, not grow
     with every request the process has ever sent."""
-    clock = FakeClock()
+    clock = ManualClock()
     budget = RetryBudget(ratio=0.2, min_per_s=10.0, window_s=1.0, clock=clock)
     for i in range(50_000):  # 1,000 requests a second for 50 s
         clock.s = i / 1000.0

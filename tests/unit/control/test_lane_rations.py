@@ -6,18 +6,11 @@ from __future__ import annotations
 import pytest
 
 from pipeline.control.lanes import LaneScheduler, LaneSpec
+from pipeline.testing import ManualClock
 from pipeline.testing.builders import distinct_batch
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = 0
-
-    def __call__(self) -> float:
-        return self.ms / 1000.0
-
-
-def run(sched: LaneScheduler, clock: FakeClock, lanes: dict[str, int], ms: int) -> dict[str, int]:
+def run(sched: LaneScheduler, clock: ManualClock, lanes: dict[str, int], ms: int) -> dict[str, int]:
     """Keep every lane backlogged with batches of ``lanes[lane]`` rows; every ms dispatch
     what the scheduler allows and complete it at once. Returns rows dispatched per lane."""
     sent = dict.fromkeys(lanes, 0)
@@ -33,7 +26,7 @@ def run(sched: LaneScheduler, clock: FakeClock, lanes: dict[str, int], ms: int) 
 
 
 def test_a_rationed_lane_dispatches_at_its_rate_and_others_are_not_held_back():
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("live"), LaneSpec("backfill")], lambda: 8, clock)
     sched.set_rate("backfill", 1000.0)
     sent = run(sched, clock, {"live": 1, "backfill": 10}, ms=2000)
@@ -42,7 +35,7 @@ def test_a_rationed_lane_dispatches_at_its_rate_and_others_are_not_held_back():
 
 
 def test_lifting_a_ration_lets_the_lane_run_free_again():
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("a")], lambda: 1, clock)
     sched.set_rate("a", 100.0)
     rationed = run(sched, clock, {"a": 10}, ms=1000)["a"]
@@ -53,7 +46,7 @@ def test_lifting_a_ration_lets_the_lane_run_free_again():
 
 
 def test_retry_in_says_when_a_rationed_lane_has_tokens_again():
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("a")], lambda: 8, clock)
     assert sched.retry_in() is None
     sched.set_rate("a", 100.0)

@@ -12,26 +12,14 @@ import pytest
 
 from pipeline.control.lanes import LaneScheduler, LaneSpec
 from pipeline.events import InferenceBatch
+from pipeline.testing import ManualClock
 from pipeline.testing.builders import distinct_batch
-
-
-class FakeClock:
-    """Whole milliseconds, returned as seconds like time.monotonic."""
-
-    def __init__(self) -> None:
-        self.ms = 0
-
-    def __call__(self) -> float:
-        return self.ms / 1000.0
-
-    def advance(self, ms: int = 1) -> None:
-        self.ms += ms
 
 
 class Sim:
     """A dispatcher that completes the oldest in-flight batch each step."""
 
-    def __init__(self, sched: LaneScheduler, clock: FakeClock) -> None:
+    def __init__(self, sched: LaneScheduler, clock: ManualClock) -> None:
         self.sched = sched
         self.clock = clock
         self.in_flight: deque[InferenceBatch] = deque()
@@ -87,7 +75,7 @@ def longest_run(order: list[str], lane: str) -> int:
 
 
 def test_backlogged_lanes_share_dispatches_by_weight():
-    clock = FakeClock()
+    clock = ManualClock()
     specs = [LaneSpec("gold", weight=6), LaneSpec("silver", weight=3), LaneSpec("bronze", weight=1)]
     sim = Sim(LaneScheduler(specs, lambda: 4, clock), clock)
     refill = backlogged(sim, ["gold", "silver", "bronze"])
@@ -107,7 +95,7 @@ def test_backlogged_lanes_share_dispatches_by_weight():
 
 
 def test_shares_follow_weights_in_short_windows_too():
-    clock = FakeClock()
+    clock = ManualClock()
     specs = [LaneSpec("a", weight=3), LaneSpec("b", weight=1)]
     sim = Sim(LaneScheduler(specs, lambda: 1, clock), clock)
     refill = backlogged(sim, ["a", "b"])
@@ -122,7 +110,7 @@ def test_shares_follow_weights_in_short_windows_too():
 
 
 def test_a_flooded_lane_never_exceeds_its_own_budget_and_others_still_get_slots():
-    clock = FakeClock()
+    clock = ManualClock()
     specs = [
         LaneSpec("flood", weight=100, max_in_flight=2),
         LaneSpec("other", weight=1, max_in_flight=8),
@@ -147,7 +135,7 @@ def test_a_flooded_lane_never_exceeds_its_own_budget_and_others_still_get_slots(
 
 
 def test_a_lane_at_its_budget_does_not_block_the_global_pool():
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("x", max_in_flight=1), LaneSpec("y", max_in_flight=1)], lambda: 10, clock)
     for lane in "xxxyyy":
         sched.push(distinct_batch(lane))
@@ -163,7 +151,7 @@ def test_a_lane_at_its_budget_does_not_block_the_global_pool():
 
 
 def test_low_weight_lane_waits_no_longer_than_its_max_wait():
-    clock = FakeClock()
+    clock = ManualClock()
     specs = [LaneSpec("hi", weight=100), LaneSpec("lo", weight=1, max_wait_ms=50)]
     sim = Sim(LaneScheduler(specs, lambda: 2, clock), clock)
     refill = backlogged(sim, ["hi", "lo"], depth=1)
@@ -179,7 +167,7 @@ def test_low_weight_lane_waits_no_longer_than_its_max_wait():
 
 
 def test_an_overdue_lane_goes_first_whatever_its_pass():
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("hi", weight=1_000), LaneSpec("lo", max_wait_ms=10)], lambda: 1, clock)
     sched.push(distinct_batch("lo"))
     sched.done(sched.pop().lane)  # "lo" ran once: its pass is 1, "hi" advances by 0.001
@@ -199,7 +187,7 @@ def test_an_overdue_lane_goes_first_whatever_its_pass():
 
 
 def test_a_lane_returning_from_idle_gets_its_share_not_a_burst():
-    clock = FakeClock()
+    clock = ManualClock()
     sim = Sim(LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: 4, clock), clock)
     refill = backlogged(sim, ["a"])
     while len(sim.order) < 1_000:
@@ -221,7 +209,7 @@ def test_a_lane_returning_while_everything_is_idle_gets_no_burst_either():
     often completely idle. "b" idles while "a" runs 1,000 dispatches; then a window brings
     a backlog for both, "b"'s batches happening to be pushed first. With equal weights "b"
     should get about half of what follows, not hundreds of dispatches in a row."""
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: 1, clock)
     for _ in range(1_000):
         sched.push(distinct_batch("a"))
@@ -246,7 +234,7 @@ def test_a_lane_returning_while_everything_is_idle_gets_no_burst_either():
 
 
 def test_pop_returns_none_at_the_global_limit_and_the_limit_is_read_live():
-    clock = FakeClock()
+    clock = ManualClock()
     limit = [2]
     sched = LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: limit[0], clock)
     for lane in "ababab":
@@ -275,13 +263,13 @@ def test_pop_returns_none_at_the_global_limit_and_the_limit_is_read_live():
 
 
 def test_pop_on_empty_queues_returns_none():
-    sched = LaneScheduler([LaneSpec("a")], lambda: 4, FakeClock())
+    sched = LaneScheduler([LaneSpec("a")], lambda: 4, ManualClock())
     assert sched.pop() is None
     assert sched.in_flight == 0
 
 
 def test_unknown_lane_goes_to_the_last_lane():
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("first"), LaneSpec("mid"), LaneSpec("last")], lambda: 4, clock)
     stray = distinct_batch("no-such-lane")
     sched.push(stray)
@@ -295,7 +283,7 @@ def test_unknown_lane_goes_to_the_last_lane():
 
 
 def test_waits_ms_reports_each_lanes_oldest_batch():
-    clock = FakeClock()
+    clock = ManualClock()
     sched = LaneScheduler([LaneSpec("a"), LaneSpec("b"), LaneSpec("c")], lambda: 0, clock)
     sched.push(distinct_batch("a"))
     clock.advance(10)

@@ -12,6 +12,10 @@ from pipeline.control.retry import RetryPolicy
 from pipeline.triton.classify import classify_message, classify_status
 
 
+def policy_with(max_attempts: int = 4, backoff_ms: int = 50, max_backoff_ms: int = 2_000) -> RetryPolicy:
+    return RetryPolicy(max_attempts, backoff_ms, max_backoff_ms)
+
+
 @pytest.mark.parametrize(
     ("code", "cls", "retriable"),
     [
@@ -71,7 +75,7 @@ def test_classify_message(message, cls, retriable):
     [errors.ServerUnavailable, errors.ResourceExhausted, errors.DeadlineExceeded, errors.StreamBroken],
 )
 def test_should_retry_retriable_errors_until_max_attempts(cls):
-    policy = RetryPolicy(max_attempts=3)
+    policy = policy_with(max_attempts=3)
     err = cls("x")
     assert [policy.should_retry(err, n) for n in (1, 2, 3, 4)] == [True, True, False, False]
 
@@ -86,11 +90,11 @@ def test_should_retry_retriable_errors_until_max_attempts(cls):
     ],
 )
 def test_should_not_retry_fatal_errors(err):
-    assert not RetryPolicy(max_attempts=10).should_retry(err, 1)
+    assert not policy_with(max_attempts=10).should_retry(err, 1)
 
 
 def test_single_attempt_policy_never_retries():
-    assert not RetryPolicy(max_attempts=1).should_retry(errors.ServerUnavailable("x"), 1)
+    assert not policy_with(max_attempts=1).should_retry(errors.ServerUnavailable("x"), 1)
 
 
 def test_retries_exhausted_wraps_the_last_error():
@@ -118,13 +122,13 @@ class _Bottom:
     [(1, 0.05), (2, 0.1), (3, 0.2), (4, 0.4), (5, 0.8), (6, 1.6), (7, 2.0), (12, 2.0)],
 )
 def test_backoff_ceiling_doubles_up_to_max(attempt, ceiling_s):
-    policy = RetryPolicy(backoff_ms=50, max_backoff_ms=2_000)
+    policy = policy_with(backoff_ms=50, max_backoff_ms=2_000)
     assert policy.backoff_s(attempt, _Top()) == pytest.approx(ceiling_s)
     assert policy.backoff_s(attempt, _Bottom()) == 0.0
 
 
 def test_backoff_is_full_jitter_within_bounds():
-    policy = RetryPolicy(backoff_ms=50, max_backoff_ms=300)
+    policy = policy_with(backoff_ms=50, max_backoff_ms=300)
     rng = random.Random(1234)
     for attempt in range(1, 8):
         ceiling = min(300, 50 * 2 ** (attempt - 1)) / 1000.0
@@ -135,11 +139,11 @@ def test_backoff_is_full_jitter_within_bounds():
 
 
 def test_backoff_without_rng_uses_module_random():
-    policy = RetryPolicy(backoff_ms=10, max_backoff_ms=40)
+    policy = policy_with(backoff_ms=10, max_backoff_ms=40)
     samples = [policy.backoff_s(5) for _ in range(200)]
     assert all(0.0 <= s <= 0.04 for s in samples)
     assert len(set(samples)) > 1
 
 
 def test_zero_backoff_retries_immediately():
-    assert RetryPolicy(backoff_ms=0).backoff_s(3, random.Random(0)) == 0.0
+    assert policy_with(backoff_ms=0).backoff_s(3, random.Random(0)) == 0.0

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+from pipeline import wiring
 from pipeline.events import InferenceBatch
 from pipeline.metrics import Metrics
+from pipeline.testing import topology
 from pipeline.testing.builders import event, inference_batch, now_ms, user_request
-from pipeline.triton.codec import ModelSignature
-from pipeline.triton.dispatcher import DispatchConfig, Dispatcher
+from pipeline.triton.dispatcher import Dispatcher
 
 
 class RaisingStream:
@@ -41,8 +42,9 @@ def batch_of(users: int) -> InferenceBatch:
 
 
 def dispatcher(stream: RaisingStream) -> Dispatcher:
-    config = DispatchConfig(ModelSignature("recommender", "", 16, 10))
-    return Dispatcher(FakePool(stream), config, Metrics())  # type: ignore[arg-type]
+    t = topology()  # the shipped settings
+    parts = wiring.dispatch_config(t), Metrics(), wiring.circuit_breaker(t), wiring.retry_budget(t)
+    return Dispatcher(FakePool(stream), *parts)  # type: ignore[arg-type]
 
 
 async def test_an_unexpected_exception_fails_the_batch_not_the_caller() -> None:
