@@ -38,14 +38,16 @@ PIPELINED = 2  # requests in flight that keep Triton busy across a round trip
 
 @dataclass(frozen=True)
 class AdaptiveBounds:
-    target_p99_ms: float = 50.0
-    min_batch: int = 8
-    max_batch: int = 256
-    min_in_flight: int = 1
-    max_in_flight: int = 16
-    min_window_ms: int = 2
-    max_window_ms: int = 50
-    batch_step: int = 8
+    """The adaptive section's bounds (defaults: the schema's, through wiring)."""
+
+    target_p99_ms: float
+    min_batch: int
+    max_batch: int
+    min_in_flight: int
+    max_in_flight: int
+    min_window_ms: int
+    max_window_ms: int
+    batch_step: int = 8  # batch sizes move in steps of this many rows
 
 
 @dataclass(frozen=True)

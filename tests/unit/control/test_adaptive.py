@@ -5,15 +5,24 @@ the target; and a toy closed loop around it."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
 import numpy as np
 import pytest
 
+from pipeline import wiring
 from pipeline.control.adaptive import AdaptiveBounds, AdaptiveController, Knobs
+from pipeline.testing import topology
 
-BOUNDS = AdaptiveBounds()  # target 50 ms; batch 8..256 step 8; window 2..50; in flight 1..16
+# The shipped bounds: target 50 ms; batch 8..256 step 8; window 2..50; in flight 1..16
+BOUNDS = wiring.adaptive_bounds(topology(adaptive={"enabled": True}))
+
+
+def bounds_with(**changes: float) -> AdaptiveBounds:
+    assert BOUNDS is not None
+    return dataclasses.replace(BOUNDS, **changes)
 MIN = Knobs(8, 2, 1)
 MAX = Knobs(256, 50, 16)
 
@@ -31,7 +40,7 @@ def test_starts_low_inside_the_bounds_unless_told_otherwise():
     ctl = AdaptiveController(BOUNDS)
     assert ctl.knobs == Knobs(32, 5, 2)
     assert (ctl.batch_size(), ctl.window_ms(), ctl.in_flight()) == (32, 5, 2)
-    narrow = AdaptiveBounds(min_batch=2, max_batch=4, max_window_ms=3, max_in_flight=1)
+    narrow = bounds_with(min_batch=2, max_batch=4, max_window_ms=3, max_in_flight=1)
     assert AdaptiveController(narrow).knobs == Knobs(4, 3, 1)  # clamped to the bounds
     start = Knobs(64, 10, 4)
     assert AdaptiveController(BOUNDS, start).knobs == start
@@ -76,7 +85,7 @@ def test_no_growth_without_waiting_batches():
 
 
 def test_custom_batch_step_and_max_bounds():
-    bounds = AdaptiveBounds(batch_step=5, max_batch=20, max_in_flight=3, max_window_ms=4)
+    bounds = bounds_with(batch_step=5, max_batch=20, max_in_flight=3, max_window_ms=4)
     ctl = AdaptiveController(bounds, MIN)
     seen = [tick_with(ctl, queue_depth=1, inference_ms=1.0) for _ in range(4)]
     assert seen == [Knobs(13, 3, 2), Knobs(18, 4, 3), Knobs(20, 4, 3), Knobs(20, 4, 3)]
@@ -86,7 +95,7 @@ def test_custom_batch_step_and_max_bounds():
 
 
 def test_latency_step_backs_off_multiplicatively_on_the_first_tick_after_it():
-    bounds = AdaptiveBounds(max_window_ms=20)  # inference budget 0.5 x 50 = 25 ms
+    bounds = bounds_with(max_window_ms=20)  # inference budget 0.5 x 50 = 25 ms
     ctl = AdaptiveController(bounds, MIN)
     for _ in range(31):
         tick_with(ctl, queue_depth=5, inference_ms=5.0)
@@ -114,7 +123,7 @@ def test_latency_step_backs_off_multiplicatively_on_the_first_tick_after_it():
 
 
 def test_back_off_respects_custom_minimums():
-    bounds = AdaptiveBounds(min_batch=32, max_batch=64, min_in_flight=4, max_in_flight=8)
+    bounds = bounds_with(min_batch=32, max_batch=64, min_in_flight=4, max_in_flight=8)
     ctl = AdaptiveController(bounds, Knobs(64, 10, 8))
     assert tick_with(ctl, queue_depth=1, inference_ms=500.0) == Knobs(64, 10, 4)
     # In flight at its floor and work waiting: the batch size holds (capacity).
@@ -222,10 +231,10 @@ def test_work_waiting_behind_one_request_at_a_time_gets_a_second_in_flight():
 
 
 def test_the_waiting_floor_respects_the_bounds():
-    one = AdaptiveBounds(max_in_flight=1)  # a topology that allows one request only
+    one = bounds_with(max_in_flight=1)  # a topology that allows one request only
     ctl = AdaptiveController(one, Knobs(256, 20, 1))
     assert tick_with(ctl, queue_depth=3, inference_ms=30.0) == Knobs(256, 20, 1)
-    high = AdaptiveBounds(min_in_flight=4)
+    high = bounds_with(min_in_flight=4)
     ctl = AdaptiveController(high, Knobs(256, 20, 8))
     assert tick_with(ctl, queue_depth=3, inference_ms=30.0) == Knobs(256, 20, 4)
 
