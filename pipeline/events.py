@@ -10,14 +10,6 @@ EVENT_TYPES = frozenset({"view", "click", "purchase"})
 Headers = tuple[tuple[str, bytes], ...]
 
 
-class SourceRef(NamedTuple):
-    """Where a consumed record came from: what offsets are acknowledged by."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
 class RawRecord(NamedTuple):
     """A consumed Kafka record, as the source hands it on."""
 
@@ -43,9 +35,10 @@ class Event(NamedTuple):
     source: RawRecord
 
     @property
-    def ref(self) -> SourceRef:
+    def ref(self) -> tuple[str, int, int]:
+        """Where its record came from: (topic, partition, offset)."""
         s = self.source
-        return SourceRef(s.topic, s.partition, s.offset)
+        return (s.topic, s.partition, s.offset)
 
 
 @dataclass(frozen=True)
@@ -132,7 +125,3 @@ class SinkBatch:
     def sources(self) -> list[RawRecord]:
         """Every input the batch finishes, once each (a record names the inputs it answers)."""
         return [src for rec in self.records for src in rec.sources]
-
-    @property
-    def finishes(self) -> tuple[SourceRef, ...]:
-        return tuple(SourceRef(s.topic, s.partition, s.offset) for s in self.sources)

@@ -29,7 +29,7 @@ from pipeline.operators.enrich import OutputSpec, outcome_batch
 from pipeline.operators.parse import ParseRules, parse_batch
 from pipeline.sinks.partitioner import partitions_for
 from pipeline.sources.offsets import OffsetTracker
-from pipeline.sources.partitions import offsets_by_take
+from pipeline.sources.partitions import offsets_by_assignment
 from pipeline.sources.undecodable import raw
 from pipeline.triton.codec import ModelSignature, decode, encode
 
@@ -71,7 +71,7 @@ def finish_each(tracker: OffsetTracker, sources: list[RawRecord]) -> None:
 
 
 def finish_batch(tracker: OffsetTracker, sources: list[RawRecord]) -> None:
-    for (topic, partition, _), offsets in offsets_by_take(sources).items():
+    for (topic, partition, _), offsets in offsets_by_assignment(sources).items():
         tracker.finish_many(topic, partition, offsets)
 
 

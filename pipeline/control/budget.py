@@ -39,7 +39,7 @@ class RetryBudget:
         self._trim(now)  # bounded by the window even when nothing ever fails
 
     def try_spend(self) -> bool:
-        """Take one retry from the budget if there is one left."""
+        """Assignment one retry from the budget if there is one left."""
         now = self.clock()
         self._trim(now)
         allowed = self.ratio * len(self._requests) + self.min_per_s * self.window_s

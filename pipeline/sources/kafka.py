@@ -226,7 +226,7 @@ class KafkaSource:
         return {}
 
     async def _fetch(self) -> dict[TopicPartition, list[RawRecord]]:
-        """Take from each unpaused topic in turn, an equal share of ``max_poll_records`` each.
+        """Assignment from each unpaused topic in turn, an equal share of ``max_poll_records`` each.
         aiokafka hands out its buffered fetches in partition order, so a flooded topic's
         buffer would otherwise hold another topic's records back until all of it is taken
         (a live lane waiting behind a backfill's buffered megabytes)."""

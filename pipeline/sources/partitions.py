@@ -30,25 +30,25 @@ from pipeline.ticks import every
 log = logging.getLogger(__name__)
 
 PartitionKey = tuple[str, int]  # (topic, partition)
-Take = tuple[str, int, int]  # (topic, partition, generation): records judged together
+Assignment = tuple[str, int, int]  # (topic, partition, generation): one assignment of a partition
 CommitOffsets = Callable[[dict[PartitionKey, int]], Awaitable[None]]
 DRAIN_POLL_S = 0.02  # how often a revocation looks at what is still in flight
 
-_TAKE = operator.itemgetter(*map(RawRecord._fields.index, ("topic", "partition", "generation")))
+_ASSIGNMENT = operator.itemgetter(*map(RawRecord._fields.index, ("topic", "partition", "generation")))
 _OFFSET = operator.itemgetter(RawRecord._fields.index("offset"))
 
 
-def offsets_by_take(sources: list[RawRecord]) -> dict[Take, list[int]]:
-    """The inputs' offsets by (topic, partition, generation): judged and finished a
+def offsets_by_assignment(sources: list[RawRecord]) -> dict[Assignment, list[int]]:
+    """The inputs' offsets by the assignment they were taken in: judged and finished a
     partition at a time rather than a record at a time."""
-    taken: dict[Take, list[int]] = {}
-    for take, offset in zip(map(_TAKE, sources), map(_OFFSET, sources), strict=True):
-        offsets = taken.get(take)
+    by_assignment: dict[Assignment, list[int]] = {}
+    for assignment, offset in zip(map(_ASSIGNMENT, sources), map(_OFFSET, sources), strict=True):
+        offsets = by_assignment.get(assignment)
         if offsets is None:
-            taken[take] = [offset]
+            by_assignment[assignment] = [offset]
         else:
             offsets.append(offset)
-    return taken
+    return by_assignment
 
 
 async def _nothing_to_commit(due: dict[PartitionKey, int]) -> None:
@@ -89,10 +89,10 @@ class Partitions:
 
     def is_current(self, record: RawRecord) -> bool:
         """Taken in the partition's current assignment (not in one revoked since)."""
-        return self.is_current_take((record.topic, record.partition, record.generation))
+        return self.is_current_assignment((record.topic, record.partition, record.generation))
 
-    def is_current_take(self, take: Take) -> bool:
-        return self.generations.get(take[:2]) == take[2]
+    def is_current_assignment(self, assignment: Assignment) -> bool:
+        return self.generations.get(assignment[:2]) == assignment[2]
 
     def taking(self, key: PartitionKey) -> bool:
         """Not being handed to another member: its records may be taken."""
@@ -110,28 +110,28 @@ class Partitions:
         self.credits.take(topic, len(offsets))
 
     # ── finish ──────────────────────────────────────────────────────────────────────────
-    def inputs_of(self, batch: SinkBatch) -> dict[Take, list[int]]:
-        return offsets_by_take(batch.sources)
+    def inputs_of(self, batch: SinkBatch) -> dict[Assignment, list[int]]:
+        return offsets_by_assignment(batch.sources)
 
-    def without_revoked(self, batch: SinkBatch, inputs: dict[Take, list[int]]) -> SinkBatch:
+    def without_revoked(self, batch: SinkBatch, inputs: dict[Assignment, list[int]]) -> SinkBatch:
         """The batch less the outputs of work revoked since it was taken (its new owner
         redoes it: not written twice). Records are judged one by one: a re-read copy of an
         event shares its coordinates with the stale one."""
-        if all(map(self.is_current_take, inputs)):
+        if all(map(self.is_current_assignment, inputs)):
             return batch
         is_current = self.is_current
         kept = tuple(rec for rec in batch.records if not rec.sources or any(map(is_current, rec.sources)))
         self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
         return dataclasses.replace(batch, records=kept)
 
-    def finish(self, inputs: dict[Take, list[int]]) -> int:
+    def finish(self, inputs: dict[Assignment, list[int]]) -> int:
         """Inputs answered or dead-lettered: offsets of the current assignment become
         committable (judged again: a rebalance can happen during the write), every credit
         goes back. Returns how many."""
         per_topic: dict[str, int] = {}
-        for take, offsets in inputs.items():
-            topic, partition, _ = take
-            if self.is_current_take(take):
+        for assignment, offsets in inputs.items():
+            topic, partition, _ = assignment
+            if self.is_current_assignment(assignment):
                 self.tracker.finish_many(topic, partition, offsets)
             per_topic[topic] = per_topic.get(topic, 0) + len(offsets)
         for topic, count in per_topic.items():

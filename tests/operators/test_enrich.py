@@ -8,7 +8,7 @@ from collections import Counter
 import orjson
 import reactivex
 
-from pipeline.events import BatchOutcome, Event, Headers, Recommendations, SinkBatch, SourceRef
+from pipeline.events import BatchOutcome, Event, Headers, Recommendations, SinkBatch
 from pipeline.operators.enrich import (
     MAX_DEAD_LETTER_HEADERS,
     MAX_LISTED_SOURCES,
@@ -22,6 +22,11 @@ from pipeline.testing.builders import dead_letter, event, inference_batch, raw_r
 
 SPEC = OutputSpec(topic="recommendations", dead_letter_topic="interactions.dlq")
 TRACE = (("traceparent", b"00-trace-01"), ("tracestate", b"vendor=1"), ("x-internal", b"secret"))
+
+
+def finished(batch: SinkBatch) -> list[tuple[str, int, int]]:
+    """The inputs a batch finishes once written, as (topic, partition, offset)."""
+    return [(src.topic, src.partition, src.offset) for src in batch.sources]
 
 
 def input_event(user: int, partition: int, offset: int, ts: int, headers: Headers = ()) -> Event:
@@ -149,7 +154,7 @@ def test_finishes_cover_every_source_ref_exactly_once():
     sink = outcome_batch(result, SPEC)
     expected = [e.ref for row in (row1, row2, failed_row) for e in row.events]
     assert len(expected) == 4
-    assert Counter(SourceRef(*f) for f in sink.finishes) == Counter(expected)
+    assert Counter(finished(sink)) == Counter(expected)
 
 
 def test_dead_letter_record_keeps_original_bytes_key_and_headers_and_adds_dlq_headers():
@@ -200,10 +205,10 @@ def test_dead_letters_batch_finishes_each_record():
     sink = dead_letters_batch(dead, "interactions.dlq")
     assert isinstance(sink, SinkBatch)
     assert [r.topic for r in sink.records] == ["interactions.dlq"] * 3
-    assert [SourceRef(*f) for f in sink.finishes] == [
-        SourceRef("interactions", 0, 3),
-        SourceRef("interactions", 0, 4),
-        SourceRef("interactions", 0, 9),
+    assert finished(sink) == [
+        ("interactions", 0, 3),
+        ("interactions", 0, 4),
+        ("interactions", 0, 9),
     ]
     assert sink.dead_letters == 3
     assert sink.recommendations == 0
@@ -214,7 +219,7 @@ def test_all_failed_outcome_has_no_recommendations():
     result.answers.clear()
     sink = outcome_batch(result, SPEC)
     assert [r.topic for r in sink.records] == ["interactions.dlq"]
-    assert [SourceRef(*f) for f in sink.finishes] == [failed_row.events[0].ref]
+    assert finished(sink) == [failed_row.events[0].ref]
 
 
 def test_operator_maps_each_outcome():
@@ -238,7 +243,7 @@ def test_a_recommendation_lists_a_bounded_number_of_sources_and_counts_them_all(
     assert len(doc["sources"]) == MAX_LISTED_SOURCES
     assert doc["source_count"] == MAX_LISTED_SOURCES * 3
     assert len(out.records[0].value) < 20_000
-    assert len(out.finishes) == MAX_LISTED_SOURCES * 3
+    assert len(finished(out)) == MAX_LISTED_SOURCES * 3
 
 
 def test_a_dead_letter_keeps_its_inputs_headers_up_to_a_budget() -> None:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from pipeline.sources.offsets import OffsetTracker, PartitionOffsets
-from pipeline.sources.partitions import offsets_by_take
+from pipeline.sources.partitions import offsets_by_assignment
 from pipeline.testing.builders import raw_record
 
 
@@ -293,10 +293,10 @@ def test_a_batchs_inputs_are_grouped_by_partition_and_assignment() -> None:
         raw_record(6, partition=0, generation=2),  # re-read after a rebalance: its own take
         raw_record(3, topic="other", partition=0, generation=1),
     ]
-    assert offsets_by_take(sources) == {
+    assert offsets_by_assignment(sources) == {
         ("interactions", 0, 1): [5, 6],
         ("interactions", 1, 1): [9],
         ("interactions", 0, 2): [6],
         ("other", 0, 1): [3],
     }
-    assert offsets_by_take([]) == {}
+    assert offsets_by_assignment([]) == {}
