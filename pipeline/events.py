@@ -52,7 +52,7 @@ class DeadLetter:
     attempts: int = 0
 
 
-class UserRequest(NamedTuple):  # a tuple: built once per row, 2.5x cheaper than a frozen dataclass
+class UserRequest(NamedTuple):  # built once per row: a tuple is cheaper than a frozen dataclass
     """One user's coalesced events of one window: a single row of an inference batch."""
 
     user_id: int

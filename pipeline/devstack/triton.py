@@ -33,9 +33,8 @@ def prepare_server_dir(workdir: Path) -> Path:
 
 
 # The model's matrix products are small: one BLAS thread per model instance is enough, and
-# OpenBLAS's idle threads spin. Measured with the stub at 10 requests/s of 64 users: 108 %
-# CPU with the default threads, 8 % with one (a 2-core machine shares those cores with the
-# broker and the pipeline). Scale with instance_group count, not BLAS threads.
+# OpenBLAS's idle threads spin on cores the broker and the pipeline share (measured:
+# docs/design.md, "One BLAS thread"). Scale with instance_group count, not BLAS threads.
 SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 

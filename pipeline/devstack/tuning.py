@@ -36,8 +36,8 @@ class BrokerTuning:
 # The always-on dev stack. Latency pays for it: an event waits up to linger_ms in the feeder.
 EMBEDDED_BROKER = BrokerTuning(linger_ms=100, fetch_max_wait_ms=5, max_poll_records=500)
 
-# Tansu answers a group join only after half the member's session timeout (measured: 5.0 s
-# at the shipped 10 s, 2.0 s at 4 s), on every start and rejoin. The topologies of tests and
+# Tansu answers a group join only after half the member's session timeout, on every start
+# and rejoin (docs/embedded_broker.md). The topologies of tests and
 # benchmarks (topology_on_stack) take 6 s, Kafka's own minimum (group.min.session.timeout.ms):
 # a 3 s join. `pipeline dev` and the soak keep the shipped timeout.
 STACK_GROUP_SESSION: Mapping[str, int] = MappingProxyType(

@@ -17,9 +17,9 @@ import scoring
 
 # glibc gives an allocation above its mmap threshold a mapping of its own and returns freed
 # heap above its trim threshold to the system, so a batch's score arrays (rows x items:
-# megabytes) were page-faulted in anew on every execute(): 4-9 faults per row, about 12 % of
-# this process's CPU, and more for batches of varying sizes (the pipeline's) than for
-# uniform ones. Fixed thresholds keep them in the heap: at most TRIM_THRESHOLD of freed
+# megabytes) were page-faulted in anew on every execute(), more for batches of varying sizes
+# (the pipeline's) than for uniform ones (docs/design.md, the model's batch memory). Fixed
+# thresholds keep them in the heap: at most TRIM_THRESHOLD of freed
 # memory stays with the process. (M_* are glibc's mallopt parameter numbers.)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # glibc's largest on 64 bits. Arrays above it still get a mapping (and their faults): a
