@@ -148,12 +148,12 @@ def plot(results: list[tuple[str, str, tuple[float, float, float]]], out: Path) 
     fig.savefig(out, dpi=110)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=128, help="rows per batch (the shipped batch size)")
     parser.add_argument("--batches", type=int, default=300, help="batches per timing")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_stages")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = [(stage, how, timed(call, args.rows, args.batches)) for stage, how, call in stages(args.rows)]
     info = machine()
     lines = [

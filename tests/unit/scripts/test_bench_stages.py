@@ -1,22 +1,16 @@
 """scripts/bench_stages.py runs every stage it names on a small batch and writes its table
-and plot (no timing assertions: speed claims live in the benchmark's output). It needs no
-stack; it lives here rather than in tests/unit because its plot needs the dev extra's
-matplotlib (scripts/check_pythons.sh runs tests/unit with the test extra alone)."""
+and plot (no timing assertions: speed claims live in the benchmark's output)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from scripts import bench_stages
 
 
 def test_the_stage_benchmark_times_every_stage_and_writes_table_and_plot(tmp_path: Path) -> None:
     out = tmp_path / "stages"
-    argv = [sys.executable, str(ROOT / "scripts" / "bench_stages.py"), "--rows", "16", "--batches", "1"]
-    done = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    assert bench_stages.main(["--rows", "16", "--batches", "1", "--out", str(out)]) == 0
     table = Path(f"{out}.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split(" | ")[0].lstrip("| ") for row in rows] == [
