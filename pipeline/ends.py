@@ -1,6 +1,6 @@
 """The pipeline's ends: where records come from, where outputs go, which server answers.
 ``on_kafka_and_triton`` builds the real ones from the topology; the testing kit
-(``pipeline/testing.py``) builds in-memory ones, and the runtime cannot tell them apart."""
+(``pipeline/testing/``) builds in-memory ones, and the runtime cannot tell them apart."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ EndsFactory = Callable[[Topology, Partitions, Metrics], Ends]
 
 
 def on_kafka_and_triton(t: Topology, partitions: Partitions, metrics: Metrics) -> Ends:
+    """The broker's clients first: a misconfigured broker is the first thing reported."""
+    source = KafkaSource(t.source, t.broker, partitions, metrics)
+    sink = KafkaSink(t.sink, t.broker, wiring.sink_lanes(t), metrics=metrics)  # producers made at start
     model = t.model
     server = StreamPool(
         model.url,
@@ -42,9 +45,4 @@ def on_kafka_and_triton(t: Topology, partitions: Partitions, metrics: Metrics) -
         grpc_credentials(model.tls) if model.tls is not None else None,  # unreadable: exit 2
         grpc_metadata(model.headers),
     )
-    return Ends(
-        KafkaSource(t.source, t.broker, partitions, metrics),
-        KafkaSink(t.sink, t.broker, wiring.sink_lanes(t), metrics=metrics),
-        server,
-        lambda: kafka_clients.check_connection(t.broker),
-    )
+    return Ends(source, sink, server, lambda: kafka_clients.check_connection(t.broker))

@@ -1,7 +1,8 @@
 """Wiring: the topology → each component's configuration. Pure functions, no I/O: the
-runtime calls them and reads as the dataflow. Only this module and ``ends.py`` (which hands
-the Kafka and Triton clients their sections) read topology keys: a new key is mapped here
-(see README, "Adding a topology key")."""
+runtime calls them and reads as the dataflow. The runtime reads no topology key itself;
+``ends.py`` hands the Kafka and Triton clients their sections, and the commands beside the
+service (dev, audit, replay, redrive) read what they need. A new key of the running
+pipeline is mapped here (see README, "Adding a topology key")."""
 
 from __future__ import annotations
 

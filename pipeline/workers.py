@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import wiring
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger("pipeline.workers")
@@ -93,8 +94,8 @@ def worker_command(topology_path: Path, log_format: str, log_level: str | None) 
 def worker_env(index: int, topology: Topology, base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
     env[WORKER_ENV] = str(index)
-    port = topology.operations.metrics_port
-    env["PIPELINE_METRICS_PORT"] = str(port + index if port else 0)
+    endpoint = wiring.operations_endpoint(topology)
+    env["PIPELINE_METRICS_PORT"] = str(endpoint.port + index if endpoint else 0)
     return env
 
 
@@ -175,7 +176,7 @@ def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> None:
 
 def _wait_all(workers: list[Worker], topology: Topology) -> int:
     """Each running worker's exit code, waited for within its stop bound, else killed."""
-    bound = topology.source.drain_timeout_ms / 1000.0 + STOP_MARGIN_S
+    bound = wiring.runtime_settings(topology).drain_timeout_s + STOP_MARGIN_S
     deadline = time.monotonic() + bound
     code = 0
     for worker in workers:

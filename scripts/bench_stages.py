@@ -26,11 +26,12 @@ from tritonclient.grpc import service_pb2
 from pipeline.events import BatchOutcome, InferenceBatch, RawRecord, Window
 from pipeline.operators.coalesce import RecentItems, coalesce_window
 from pipeline.operators.enrich import OutputSpec, outcome_batch
-from pipeline.operators.parse import ParseRules, parse_batch
+from pipeline.operators.parse import parse_batch
 from pipeline.sinks.partitioner import partitions_for
 from pipeline.sources.offsets import OffsetTracker
 from pipeline.sources.partitions import offsets_by_assignment
 from pipeline.sources.undecodable import raw
+from pipeline.testing.builders import parse_rules
 from pipeline.triton.codec import ModelSignature, decode, encode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,7 +81,7 @@ def stages(rows: int) -> list[tuple[str, str, Callable[[], object]]]:
     now = int(time.time() * 1000)
     fetched = consumed(rows, now)
     records = [raw(m) for m in fetched]
-    rules = ParseRules()
+    rules = parse_rules()
     events = parse_batch(records, rules, now).events
     window = Window(tuple(events), now, now + 20)
     requests = coalesce_window(window, RecentItems(HISTORY, 200_000))

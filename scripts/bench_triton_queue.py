@@ -67,7 +67,7 @@ def rows(rng: np.random.Generator, n: int) -> list[UserRequest]:
 
 
 async def closed_loop(url: str, variant: str, requests: int) -> list[dict[str, Any]]:
-    pool = StreamPool(url, 2)
+    pool = StreamPool(url, 2, 100_000)
     client = grpcclient.InferenceServerClient(url)
     if not await pool.model_ready("recommender", "", 60):
         raise RuntimeError("model not ready")
@@ -117,7 +117,7 @@ async def closed_loop(url: str, variant: str, requests: int) -> list[dict[str, A
 
 
 async def paced(url: str, server_pid: int, label: str, seconds: float = 5.0) -> list[dict[str, Any]]:
-    pool = StreamPool(url, 2)
+    pool = StreamPool(url, 2, 100_000)
     if not await pool.model_ready("recommender", "", 60):
         raise RuntimeError("model not ready")
     rng, serial = np.random.default_rng(1), 0

@@ -38,11 +38,11 @@ class Trip:
 class DeadLetterBudget:
     def __init__(
         self,
-        max_share: float = 0.5,
-        window_s: float = 30.0,
-        min_events: int = 100,
-        hold_s: float = 30.0,
-        max_hold_s: float = 600.0,
+        max_share: float,
+        window_s: float,
+        min_events: int,
+        hold_s: float,
+        max_hold_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_share, self.window_s, self.min_events = max_share, window_s, min_events

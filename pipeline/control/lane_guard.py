@@ -38,10 +38,12 @@ LIFT_HEADROOM = 2.0  # a ration this far above what the lane delivers no longer 
 
 @dataclass(frozen=True)
 class GuardedLane:
+    """A lane as the guard sees it (defaults: the schema's, through wiring)."""
+
     id: str
-    p99_bound_ms: float | None = None  # protected when set
-    min_rate: float = 50.0  # rows/s a rationed lane always keeps
-    rate_step: float = 100.0  # rows/s added per interval while the bounds hold
+    p99_bound_ms: float | None  # protected when set
+    min_rate: float  # rows/s a rationed lane always keeps
+    rate_step: float  # rows/s added per interval while the bounds hold
 
 
 class LaneGuard:

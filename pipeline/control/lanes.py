@@ -20,11 +20,13 @@ from pipeline.events import InferenceBatch
 
 @dataclass(frozen=True)
 class LaneSpec:
+    """A lane's share of dispatch (defaults: the schema's, through wiring)."""
+
     id: str
-    weight: float = 1.0
-    max_wait_ms: float = 1_000.0
-    max_in_flight: int = 8
-    priority: int = 0  # Triton request priority (1 is served first; 0: the model's default)
+    weight: float
+    max_wait_ms: float
+    max_in_flight: int
+    priority: int  # Triton request priority (1 is served first; 0: the model's default)
 
 
 @dataclass

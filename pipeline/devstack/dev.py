@@ -94,8 +94,8 @@ async def run_epoch(
 ) -> bool:
     """One broker epoch: topics, pipeline, feeder and follower. Returns whether the broker
     needs recycling (False: the run is over)."""
+    runtime = PipelineRuntime(topology)  # a bad configuration raises before anything starts
     epoch = await Epoch.open(topology, books, events, rate)
-    runtime = PipelineRuntime(topology)
     pipeline_stop = asyncio.Event()
     pipeline_task = asyncio.create_task(runtime.run(pipeline_stop), name="pipeline")
     recycle = False

@@ -121,9 +121,9 @@ def coalesce_window(window: Window, recent: RecentItems) -> list[UserRequest]:
 
 def coalesce(
     history_length: int,
-    remembered_users: int = 0,
-    by_event_time: bool = True,
-    history_cache_mb: float = 64.0,
+    remembered_users: int,
+    by_event_time: bool,
+    history_cache_mb: float,
 ) -> Callable[[Observable[Window]], Observable[tuple[Window, list[UserRequest]]]]:
     """Operator: each window becomes (window, its per-user requests)."""
     recent = RecentItems(history_length, remembered_users, by_event_time, int(history_cache_mb * (1 << 20)))

@@ -25,12 +25,14 @@ REPLAY_RUN_HEADER = "replay.run"  # set by `pipeline replay` on every record it 
 
 @dataclass(frozen=True)
 class ParseRules:
-    max_event_bytes: int = 65_536
-    max_future_skew_ms: int = 300_000
-    max_age_ms: int = 30 * 24 * 3_600_000
-    require_key: bool = False
-    max_lateness_ms: int | None = None  # set: later events are dead letters ("late_event")
-    age_reference: Literal["wall_clock", "replay"] = "wall_clock"
+    """The validation rules (defaults: the schema's, through wiring)."""
+
+    max_event_bytes: int
+    max_future_skew_ms: int
+    max_age_ms: int
+    require_key: bool
+    max_lateness_ms: int | None  # set: later events are dead letters ("late_event")
+    age_reference: Literal["wall_clock", "replay"]
 
 
 class ReplayClock:

@@ -1,5 +1,5 @@
 """Where outputs go. ``Sink`` is what the runtime asks of one: Kafka's is ``kafka.py``; the
-testing kit's (``pipeline/testing.py``) captures into a list."""
+testing kit's (``pipeline/testing/``) captures into a list."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Where records come from. A source does its consumer's I/O and tells the partitions'
 owner (``partitions.py``) what it took; ``Source`` is what the runtime asks of one. Kafka's
-is ``kafka.py``; the testing kit's (``pipeline/testing.py``) reads lists."""
+is ``kafka.py``; the testing kit's (``pipeline/testing/``) reads lists."""
 
 from __future__ import annotations
 

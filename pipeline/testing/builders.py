@@ -10,14 +10,25 @@ Conventions, shared by the builders so that their values line up:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from pipeline import wiring
+from pipeline.control.lane_guard import GuardedLane
+from pipeline.control.lanes import LaneSpec
 from pipeline.events import DeadLetter, Event, Headers, InferenceBatch, RawRecord, UserRequest
+from pipeline.operators.parse import ParseRules
+from pipeline.topology.loader import load_topology
+from pipeline.topology.schema import Lane, Topology
 
+SHIPPED_TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "recommendations.yaml"
 TOPIC = "interactions"
 
 
@@ -155,3 +166,30 @@ def keyed_event(**fields: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """An input (key, value, headers) as a client sends it: keyed by its user, no headers."""
     doc = event_doc(**fields)
     return str(doc["user_id"]).encode(), orjson.dumps(doc), []
+
+
+# -- component settings with the schema's defaults (components keep no defaults of their own)
+
+
+def parse_rules(**changes: Any) -> ParseRules:
+    """The shipped topology's parse rules, but for ``changes``."""
+    return dataclasses.replace(wiring.parse_rules(_shipped()), **changes)
+
+
+def lane_spec(lane_id: str, **changes: Any) -> LaneSpec:
+    """A lane with the schema's defaults, but for ``changes``."""
+    return dataclasses.replace(_lane(lane_id, wiring.lane_specs), **changes)
+
+
+def guarded_lane(lane_id: str, **changes: Any) -> GuardedLane:
+    """A lane as the lane guard sees it, with the schema's defaults but for ``changes``."""
+    return dataclasses.replace(_lane(lane_id, wiring.guarded_lanes), **changes)
+
+
+def _lane(lane_id: str, mapped: Callable[[Topology], list[Any]]) -> Any:
+    return mapped(_shipped().model_copy(update={"lanes": [Lane(id=lane_id)]}))[0]
+
+
+@functools.cache
+def _shipped() -> Topology:
+    return load_topology(SHIPPED_TOPOLOGY)

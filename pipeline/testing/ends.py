@@ -22,7 +22,7 @@ IDLE_WAIT_S = 0.005  # nothing to take: how long the loop waits for new records 
 class ListSource:
     """One consumer-group member that owns every partition its records name. Records are
     numbered per partition as they are added (their offsets are ignored), so a test can add
-    more while the pipeline runs; ``rebalance`` revokes and assigns as a group would."""
+    more while the pipeline runs; ``rebalance`` revokes and assigns as an eager group does."""
 
     def __init__(
         self, partitions: Partitions, records: Iterable[RawRecord] = (), max_poll_records: int = 500
@@ -36,6 +36,7 @@ class ListSource:
         self.held: set[str] = set()
         self._positions: dict[PartitionKey, int] = {}
         self._added: asyncio.Event | None = None
+        self._rebalancing = False
         partitions.commit_with(self._commit)
         self.add(records)
 
@@ -45,7 +46,7 @@ class ListSource:
             log = self.logs.setdefault((record.topic, record.partition), [])
             log.append(record._replace(offset=len(log)))
         if self._added is not None:
-            if new := set(self.logs) - self.assignment - self._positions.keys():
+            if not self._rebalancing and (new := set(self.logs) - self.assignment - self._positions.keys()):
                 self._assign(new)
             self._added.set()
 
@@ -64,12 +65,16 @@ class ListSource:
             self._positions[key] = self.committed.get(key, 0)
         self.held.clear()
 
-    async def rebalance(self, revoked: set[PartitionKey], assigned: set[PartitionKey]) -> None:
-        """As the group would: the revoked are drained, committed and let go, then the
-        assigned (possibly the same ones again) start from their commits."""
-        await self.partitions.release(revoked)
-        self.assignment -= revoked
-        self._assign(assigned)
+    async def rebalance(self, assigned: set[PartitionKey]) -> None:
+        """As an eager group does: the whole assignment is drained, committed and let go,
+        then ``assigned`` (possibly the same partitions) starts from its commits."""
+        self._rebalancing = True
+        try:
+            await self.partitions.release(set(self.assignment))
+            self.assignment.clear()
+            self._assign(assigned)
+        finally:
+            self._rebalancing = False
 
     async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -129,6 +134,7 @@ class CaptureSink:
         self.entered = 0
         self._open = asyncio.Event()
         self._open.set()
+        self._stopped = False
 
     @property
     def refusing(self) -> bool:
@@ -136,7 +142,10 @@ class CaptureSink:
 
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Writes still held fail, as a producer's pending sends do when it closes."""
+        self._stopped = True
+        self._open.set()
 
     def hold(self) -> None:
         self._open.clear()
@@ -147,6 +156,8 @@ class CaptureSink:
     async def write(self, batch: SinkBatch) -> list[OutputRecord]:
         self.entered += 1
         await self._open.wait()
+        if self._stopped:
+            raise RuntimeError("the sink was stopped")
         self.records.extend(batch.records)
         return list(batch.records)
 

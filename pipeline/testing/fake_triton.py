@@ -112,8 +112,10 @@ class FakeTriton:
         )
 
     async def close(self) -> None:
+        """What is in flight fails as on a closed stream (retriable)."""
         for future in self._pending.values():
-            future.cancel()
+            if not future.done():
+                future.set_exception(errors.StreamBroken("stream closed"))
         self._pending.clear()
 
     # ── InferenceStream ─────────────────────────────────────────────────────────────────

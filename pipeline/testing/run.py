@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +30,31 @@ from pipeline.topology.schema import Topology
 
 SHIPPED = Path(__file__).resolve().parents[1] / "topologies" / "recommendations.yaml"
 SETTLE_POLL_S = 0.01
+STOP_MARGIN_S = 5.0  # past the drain bound: a stop that takes longer is a hang
 
 
 async def _no_broker_to_check() -> bool:
     return True
 
 
-def topology(**sections: dict[str, Any]) -> Topology:
-    """The shipped recommender topology with each keyword merged into its section, and
-    commits and checks quick enough for tests."""
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` merged into ``base`` key by key (mappings recursively; lists and values
+    replace)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def topology(**sections: Any) -> Topology:
+    """The shipped recommender topology, each keyword merged into its section (nested
+    mappings key by key, lists and values replaced), with commits and drains quick enough
+    for tests."""
     data: dict[str, Any] = yaml.safe_load(SHIPPED.read_text())
     data["source"].update(commit_interval_ms=20, drain_timeout_ms=2_000)
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return Topology.model_validate(data)
+    return Topology.model_validate(_merge(data, sections))
 
 
 @dataclass
@@ -52,15 +63,20 @@ class InProcessRun:
     source: ListSource
     sink: CaptureSink
     triton: FakeTriton
+    task: asyncio.Task[None] = field(repr=False)
 
     @property
     def finished(self) -> int:
         return self.runtime.partitions.finished
 
     async def until(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        """Wait until ``condition()``; TimeoutError naming it after ``timeout_s``."""
+        """Wait until ``condition()``; the runtime's own failure as soon as it stops, or
+        TimeoutError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while not condition():
+            if self.task.done():
+                self.task.result()  # its failure, as it raised
+                raise RuntimeError("the pipeline stopped before the condition was reached")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not reached within {timeout_s} s: {condition}")
             await asyncio.sleep(SETTLE_POLL_S)
@@ -94,21 +110,24 @@ async def running(
     records: Iterable[RawRecord] = (),
     triton: FakeTriton | None = None,
     metrics: Metrics | None = None,
-    ready_timeout_s: float = 10.0,
+    ready_timeout_s: float = 20.0,
 ) -> AsyncIterator[InProcessRun]:
     """The runtime running on a ListSource of ``records``, a CaptureSink and ``triton``;
-    stopped (drained, committed) on leaving."""
+    stopped (drained, committed) on leaving. A failure of the runtime, or a stop that
+    outlasts the drain bound, is raised on leaving."""
     server = triton or FakeTriton(top_k=topology.model.top_k)
-    made: dict[str, Any] = {}
+    sources: list[ListSource] = []
+    sinks: list[CaptureSink] = []
 
     def ends(t: Topology, partitions: Partitions, m: Metrics) -> Ends:
-        made["source"] = ListSource(partitions, records, t.source.max_poll_records)
-        made["sink"] = CaptureSink(t.sink.dead_letter_topic)
-        return Ends(made["source"], made["sink"], server, _no_broker_to_check)
+        sources.append(ListSource(partitions, records, t.source.max_poll_records))
+        sinks.append(CaptureSink(t.sink.dead_letter_topic))
+        return Ends(sources[0], sinks[0], server, _no_broker_to_check)
 
-    runtime = PipelineRuntime(topology, ends, metrics)
+    runtime = PipelineRuntime(topology, ends=ends, metrics=metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop), name="pipeline-in-process")
+    stop_bound_s = runtime.settings.drain_timeout_s + STOP_MARGIN_S
     try:
         ready = asyncio.create_task(runtime.ready.wait())
         await asyncio.wait({task, ready}, timeout=ready_timeout_s, return_when=asyncio.FIRST_COMPLETED)
@@ -118,16 +137,16 @@ async def running(
             raise RuntimeError("the pipeline stopped during its start")
         if not runtime.ready.is_set():
             raise TimeoutError(f"the pipeline was not ready within {ready_timeout_s} s")
-        yield InProcessRun(runtime, made["source"], made["sink"], server)
+        yield InProcessRun(runtime, sources[0], sinks[0], server, task)
     finally:
         stop.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), runtime.settings.drain_timeout_s + 5.0)
-        if not task.done():
+        done, _ = await asyncio.wait({task}, timeout=stop_bound_s)
+        if not done:
             task.cancel()
             await asyncio.wait({task})
-    if not task.cancelled() and (failure := task.exception()) is not None:
-        raise failure
+    if not done:
+        raise TimeoutError(f"the pipeline did not stop within {stop_bound_s} s")
+    task.result()
 
 
 async def run_to_end(
@@ -136,7 +155,10 @@ async def run_to_end(
     triton: FakeTriton | None = None,
     timeout_s: float = 10.0,
 ) -> InProcessRun:
-    """Run until every record is finished and committed, then stop."""
+    """Run until every record is finished and committed, then stop; the stop must be clean
+    (everything drained and committed)."""
     async with running(topology, records, triton) as run:
         await run.settled(timeout_s)
+    if not run.runtime.clean_stop:
+        raise AssertionError("the pipeline stopped with work unfinished or uncommitted")
     return run

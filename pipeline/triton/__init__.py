@@ -1,7 +1,7 @@
 """Triton I/O: the pool of gRPC streams, request and response codec, the dispatcher
 (deadline, retry, bisect), the model contract checked at start, error classification.
 ``InferenceServer`` is what the dispatcher and the runtime ask of the server: the pool of
-streams (``streams.py``) or the testing kit's fake Triton (``pipeline/testing.py``)."""
+streams (``streams.py``) or the testing kit's fake Triton (``pipeline/testing/``)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,6 @@ _CLOSE = None  # sentinel on a stream's send queue
 TRITON_MIN_PING_INTERVAL_MS = 300_000
 
 
-
 def open_channel(
     url: str,
     keepalive_ms: int = TRITON_MIN_PING_INTERVAL_MS,
@@ -160,7 +159,7 @@ class StreamPool:
         self,
         url: str,
         streams: int,
-        recycle_after: int = 100_000,
+        recycle_after: int,
         keepalive_ms: int = TRITON_MIN_PING_INTERVAL_MS,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata = (),

@@ -52,7 +52,7 @@ async def test_the_served_models_queue_says_which_parameters_are_sent(stack) -> 
     from pipeline.triton.streams import StreamPool
 
     topology = Topology.model_validate(topology_on_stack(stack))
-    pool = StreamPool(topology.model.url, 1)
+    pool = StreamPool(topology.model.url, 1, topology.model.recycle_stream_after)
     try:
         served = await fetch_served_model(pool.stub, topology.model.name, "")
     finally:

@@ -17,7 +17,7 @@ IDLE_S = 45
 
 
 async def test_an_idle_stream_is_not_closed_for_pinging(stack) -> None:
-    pool = StreamPool(stack.triton.grpc_url, streams=1)  # the default keepalive
+    pool = StreamPool(stack.triton.grpc_url, 1, 100_000)  # the default keepalive
     sig = codec.ModelSignature("recommender", "", 16, 10)
     rows = [user_request(event(), history=(2, 3))]
     try:

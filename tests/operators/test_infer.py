@@ -12,10 +12,10 @@ import random
 import pytest
 from reactivex.subject import Subject
 
-from pipeline.control.lanes import LaneScheduler, LaneSpec
+from pipeline.control.lanes import LaneScheduler
 from pipeline.events import BatchOutcome, InferenceBatch
 from pipeline.operators.infer import infer as infer_operator
-from pipeline.testing.builders import distinct_batch
+from pipeline.testing.builders import distinct_batch, lane_spec
 
 
 async def settle(turns: int = 10) -> None:
@@ -89,7 +89,7 @@ def wire(infer, lanes: LaneScheduler) -> tuple[Subject, Recorder]:
 
 async def test_never_more_than_max_in_flight_and_an_outcome_for_every_batch():
     rng = random.Random(3)
-    lanes = LaneScheduler([LaneSpec("a", weight=2), LaneSpec("b")], lambda: 3)
+    lanes = LaneScheduler([lane_spec("a", weight=2), lane_spec("b")], lambda: 3)
     infer = FakeInfer(lanes, turns=lambda: rng.randint(1, 8))
     subject, rec = wire(infer, lanes)
     batches = [distinct_batch(rng.choice("ab")) for _ in range(60)]
@@ -114,7 +114,7 @@ async def test_never_more_than_max_in_flight_and_an_outcome_for_every_batch():
 
 
 async def test_a_limit_of_one_serialises_dispatch():
-    lanes = LaneScheduler([LaneSpec("default")], lambda: 1)
+    lanes = LaneScheduler([lane_spec("default")], lambda: 1)
     infer = FakeInfer(lanes, gated=True)
     subject, rec = wire(infer, lanes)
     batches = [distinct_batch() for _ in range(4)]
@@ -130,7 +130,7 @@ async def test_a_limit_of_one_serialises_dispatch():
 
 
 async def test_completes_only_after_every_batch_in_flight_has_finished():
-    lanes = LaneScheduler([LaneSpec("default")], lambda: 2)
+    lanes = LaneScheduler([lane_spec("default")], lambda: 2)
     infer = FakeInfer(lanes, gated=True)
     subject, rec = wire(infer, lanes)
     b1, b2, b3 = distinct_batch(), distinct_batch(), distinct_batch()
@@ -157,7 +157,7 @@ async def test_completes_only_after_every_batch_in_flight_has_finished():
 
 
 async def test_completes_at_once_when_nothing_is_in_flight():
-    lanes = LaneScheduler([LaneSpec("default")], lambda: 2)
+    lanes = LaneScheduler([lane_spec("default")], lambda: 2)
     subject, rec = wire(FakeInfer(lanes), lanes)
     subject.on_completed()
     assert rec.completed
@@ -165,7 +165,7 @@ async def test_completes_at_once_when_nothing_is_in_flight():
 
 
 async def test_a_freed_slot_goes_to_the_waiting_high_weight_lane():
-    lanes = LaneScheduler([LaneSpec("hi", weight=10), LaneSpec("lo", weight=1)], lambda: 1)
+    lanes = LaneScheduler([lane_spec("hi", weight=10), lane_spec("lo", weight=1)], lambda: 1)
     infer = FakeInfer(lanes, gated=True)
     subject, rec = wire(infer, lanes)
     lo = [distinct_batch("lo") for _ in range(5)]
@@ -193,7 +193,7 @@ async def test_a_freed_slot_goes_to_the_waiting_high_weight_lane():
 
 
 async def test_an_exception_from_infer_is_propagated_as_on_error():
-    lanes = LaneScheduler([LaneSpec("default")], lambda: 2)
+    lanes = LaneScheduler([lane_spec("default")], lambda: 2)
     infer = FakeInfer(lanes)
     subject, rec = wire(infer, lanes)
     ok, bad = distinct_batch(), distinct_batch()
@@ -216,7 +216,7 @@ async def test_an_exception_from_infer_is_propagated_as_on_error():
 async def test_a_cancelled_inference_emits_nothing_and_gives_its_slot_back():
     """Cancellation means shutting down: no outcome (its events stay unfinished and are
     replayed) and no error."""
-    lanes = LaneScheduler([LaneSpec("default")], lambda: 1)
+    lanes = LaneScheduler([lane_spec("default")], lambda: 1)
     infer = FakeInfer(lanes, gated=True)
     subject, rec = wire(infer, lanes)
     subject.on_next(distinct_batch())
@@ -230,7 +230,7 @@ async def test_a_cancelled_inference_emits_nothing_and_gives_its_slot_back():
 
 
 async def test_errors_from_upstream_pass_through():
-    lanes = LaneScheduler([LaneSpec("default")], lambda: 1)
+    lanes = LaneScheduler([lane_spec("default")], lambda: 1)
     subject, rec = wire(FakeInfer(lanes), lanes)
     boom = ValueError("broker gone")
     subject.on_error(boom)
@@ -239,7 +239,7 @@ async def test_errors_from_upstream_pass_through():
 
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_a_per_lane_budget_holds_under_the_operator(limit):
-    lanes = LaneScheduler([LaneSpec("flood", weight=50, max_in_flight=limit), LaneSpec("x")], lambda: 6)
+    lanes = LaneScheduler([lane_spec("flood", weight=50, max_in_flight=limit), lane_spec("x")], lambda: 6)
     infer = FakeInfer(lanes, gated=True)
     subject, rec = wire(infer, lanes)
     for _ in range(20):
@@ -260,7 +260,7 @@ async def test_a_per_lane_budget_holds_under_the_operator(limit):
 async def test_a_rationed_lane_is_dispatched_later_without_a_new_event():
     """Only a rationed lane has work and nothing completes in between: the operator's own
     timer brings the next batch out once the lane has tokens again."""
-    lanes = LaneScheduler([LaneSpec("slow")], lambda: 8)
+    lanes = LaneScheduler([lane_spec("slow")], lambda: 8)
     lanes.set_rate("slow", 1000.0)  # rows/s; these batches have no rows, so 0 tokens each
     lanes.lanes["slow"].tokens = -20.0  # in debt for 20 ms
     infer = FakeInfer(lanes)

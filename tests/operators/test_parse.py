@@ -8,10 +8,10 @@ import reactivex
 
 from pipeline.events import DeadLetter, Event, RawRecord
 from pipeline.operators.parse import MAX_EVENT_ID_LEN, MAX_ID, ParseRules, parse, parse_batch
-from pipeline.testing.builders import OMIT, event_doc, raw_record
+from pipeline.testing.builders import OMIT, event_doc, parse_rules, raw_record
 
 NOW = 1_700_000_000_000
-RULES = ParseRules()
+RULES = parse_rules()
 
 
 def doc(**overrides: object) -> dict[str, object]:
@@ -76,9 +76,9 @@ def test_bad_bytes(value, reason):
 
 def test_oversized_by_one_byte_and_exact_limit_accepted():
     value = orjson.dumps(doc())
-    at_limit = ParseRules(max_event_bytes=len(value))
+    at_limit = parse_rules(max_event_bytes=len(value))
     assert len(parse_batch([rec(value)], at_limit, NOW).events) == 1
-    dead = reject(rec(value), ParseRules(max_event_bytes=len(value) - 1))
+    dead = reject(rec(value), parse_rules(max_event_bytes=len(value) - 1))
     assert dead.reason == "oversized"
     assert str(len(value)) in dead.detail
 
@@ -176,7 +176,7 @@ def test_too_old_bound():
 
 
 def test_rules_are_honoured():
-    strict = ParseRules(max_future_skew_ms=0, max_age_ms=10)
+    strict = parse_rules(max_future_skew_ms=0, max_age_ms=10)
     assert reject(rec_doc(ts=NOW + 1), strict).reason == "future_timestamp"
     assert reject(rec_doc(ts=NOW - 11), strict).reason == "too_old"
     assert len(parse_batch([rec_doc(ts=NOW - 10)], strict, NOW).events) == 1
@@ -228,7 +228,7 @@ def test_operator_on_empty_batch():
 def test_late_events_are_dead_letters_only_when_the_policy_says_so() -> None:
     late = rec_doc(ts=NOW - 120_000)
     assert parse_batch([late], RULES, NOW).events  # default policy: include
-    strict = ParseRules(max_lateness_ms=60_000)
+    strict = parse_rules(max_lateness_ms=60_000)
     parsed = parse_batch([late, rec_doc(ts=NOW - 1_000)], strict, NOW)
     assert [d.reason for d in parsed.rejects] == ["late_event"]
     assert len(parsed.events) == 1

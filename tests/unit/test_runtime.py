@@ -82,7 +82,7 @@ async def test_a_rebalance_while_the_sink_holds_back_loses_nothing() -> None:
         run.source.add(inputs(60))
         await run.until(lambda: run.sink.entered > 0)
         both = set(run.source.logs)
-        await run.source.rebalance(revoked=both, assigned=both)  # as a member rejoining
+        await run.source.rebalance(assigned=both)  # as a member rejoining
         run.sink.release()
         await run.settled()
     assert run.lost() == []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.control.lane_guard import CUT, GROW_BELOW, GuardedLane, LaneGuard
+from pipeline.control.lane_guard import CUT, GROW_BELOW, LaneGuard
+from pipeline.testing.builders import guarded_lane
 
-LIVE = GuardedLane("live", p99_bound_ms=100.0)
-BACKFILL = GuardedLane("backfill", min_rate=50.0, rate_step=100.0)
+LIVE = guarded_lane("live", p99_bound_ms=100.0)
+BACKFILL = guarded_lane("backfill", min_rate=50.0, rate_step=100.0)
 
 
 def guard() -> LaneGuard:
@@ -21,13 +22,13 @@ def feed(g: LaneGuard, lane: str, latency_ms: float, rows: int, batches: int = 2
 
 
 def test_lanes_below_a_protected_lane_start_rationed_at_their_floor():
-    g = LaneGuard([GuardedLane("top"), LIVE, BACKFILL, GuardedLane("bulk", min_rate=10.0)])
+    g = LaneGuard([guarded_lane("top"), LIVE, BACKFILL, guarded_lane("bulk", min_rate=10.0)])
     assert g.active
     assert g.rates == {"top": None, "live": None, "backfill": 50.0, "bulk": 10.0}
 
 
 def test_a_protected_lane_below_another_starts_free_and_is_cut_only_by_the_one_above():
-    g = LaneGuard([GuardedLane("purchases", p99_bound_ms=50.0), LIVE, BACKFILL])
+    g = LaneGuard([guarded_lane("purchases", p99_bound_ms=50.0), LIVE, BACKFILL])
     assert g.rates == {"purchases": None, "live": None, "backfill": 50.0}
     feed(g, "purchases", 30.0, rows=10)
     feed(g, "live", 300.0, rows=1000)  # live over its bound: only the lanes below it pay
@@ -39,9 +40,9 @@ def test_a_protected_lane_below_another_starts_free_and_is_cut_only_by_the_one_a
 
 
 def test_inactive_without_a_protected_lane_or_with_nothing_below_it():
-    assert not LaneGuard([GuardedLane("a"), GuardedLane("b")]).active
-    assert not LaneGuard([GuardedLane("a"), GuardedLane("b", p99_bound_ms=50.0)]).active
-    assert LaneGuard([GuardedLane("a", p99_bound_ms=50.0), GuardedLane("b")]).active
+    assert not LaneGuard([guarded_lane("a"), guarded_lane("b")]).active
+    assert not LaneGuard([guarded_lane("a"), guarded_lane("b", p99_bound_ms=50.0)]).active
+    assert LaneGuard([guarded_lane("a", p99_bound_ms=50.0), guarded_lane("b")]).active
 
 
 def test_grows_by_its_step_while_the_protected_lane_is_well_within_its_bound():
@@ -106,7 +107,7 @@ def test_closed_loop_settles_under_the_bound_and_stays_there():
     backfill wants 6000 rows/s. Once settled the live lane keeps its bound in (almost)
     every interval and the backfill still gets a good part of what the machine allows."""
     rng = np.random.default_rng(0)
-    g = LaneGuard([LIVE, GuardedLane("backfill", min_rate=50.0, rate_step=100.0)])
+    g = LaneGuard([LIVE, guarded_lane("backfill", min_rate=50.0, rate_step=100.0)])
     p99s, rates = [], []
     for _ in range(400):
         rate = g.rates["backfill"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.control.lanes import LaneScheduler, LaneSpec
+from pipeline.control.lanes import LaneScheduler
 from pipeline.testing import ManualClock
-from pipeline.testing.builders import distinct_batch
+from pipeline.testing.builders import distinct_batch, lane_spec
 
 
 def run(sched: LaneScheduler, clock: ManualClock, lanes: dict[str, int], ms: int) -> dict[str, int]:
@@ -27,7 +27,7 @@ def run(sched: LaneScheduler, clock: ManualClock, lanes: dict[str, int], ms: int
 
 def test_a_rationed_lane_dispatches_at_its_rate_and_others_are_not_held_back():
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("live"), LaneSpec("backfill")], lambda: 8, clock)
+    sched = LaneScheduler([lane_spec("live"), lane_spec("backfill")], lambda: 8, clock)
     sched.set_rate("backfill", 1000.0)
     sent = run(sched, clock, {"live": 1, "backfill": 10}, ms=2000)
     assert sent["backfill"] == pytest.approx(2000, abs=20)  # 1000 rows/s for 2 s
@@ -36,7 +36,7 @@ def test_a_rationed_lane_dispatches_at_its_rate_and_others_are_not_held_back():
 
 def test_lifting_a_ration_lets_the_lane_run_free_again():
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("a")], lambda: 1, clock)
+    sched = LaneScheduler([lane_spec("a")], lambda: 1, clock)
     sched.set_rate("a", 100.0)
     rationed = run(sched, clock, {"a": 10}, ms=1000)["a"]
     sched.set_rate("a", None)
@@ -47,7 +47,7 @@ def test_lifting_a_ration_lets_the_lane_run_free_again():
 
 def test_retry_in_says_when_a_rationed_lane_has_tokens_again():
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("a")], lambda: 8, clock)
+    sched = LaneScheduler([lane_spec("a")], lambda: 8, clock)
     assert sched.retry_in() is None
     sched.set_rate("a", 100.0)
     sched.push(distinct_batch("a", users=10))

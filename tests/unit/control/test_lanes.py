@@ -10,10 +10,10 @@ from collections import Counter, deque
 
 import pytest
 
-from pipeline.control.lanes import LaneScheduler, LaneSpec
+from pipeline.control.lanes import LaneScheduler
 from pipeline.events import InferenceBatch
 from pipeline.testing import ManualClock
-from pipeline.testing.builders import distinct_batch
+from pipeline.testing.builders import distinct_batch, lane_spec
 
 
 class Sim:
@@ -76,7 +76,7 @@ def longest_run(order: list[str], lane: str) -> int:
 
 def test_backlogged_lanes_share_dispatches_by_weight():
     clock = ManualClock()
-    specs = [LaneSpec("gold", weight=6), LaneSpec("silver", weight=3), LaneSpec("bronze", weight=1)]
+    specs = [lane_spec("gold", weight=6), lane_spec("silver", weight=3), lane_spec("bronze", weight=1)]
     sim = Sim(LaneScheduler(specs, lambda: 4, clock), clock)
     refill = backlogged(sim, ["gold", "silver", "bronze"])
     while len(sim.order) < 10_000:
@@ -96,7 +96,7 @@ def test_backlogged_lanes_share_dispatches_by_weight():
 
 def test_shares_follow_weights_in_short_windows_too():
     clock = ManualClock()
-    specs = [LaneSpec("a", weight=3), LaneSpec("b", weight=1)]
+    specs = [lane_spec("a", weight=3), lane_spec("b", weight=1)]
     sim = Sim(LaneScheduler(specs, lambda: 1, clock), clock)
     refill = backlogged(sim, ["a", "b"])
     for _ in range(400):
@@ -112,8 +112,8 @@ def test_shares_follow_weights_in_short_windows_too():
 def test_a_flooded_lane_never_exceeds_its_own_budget_and_others_still_get_slots():
     clock = ManualClock()
     specs = [
-        LaneSpec("flood", weight=100, max_in_flight=2),
-        LaneSpec("other", weight=1, max_in_flight=8),
+        lane_spec("flood", weight=100, max_in_flight=2),
+        lane_spec("other", weight=1, max_in_flight=8),
     ]
     sched = LaneScheduler(specs, lambda: 6, clock)
     sim = Sim(sched, clock)
@@ -136,7 +136,9 @@ def test_a_flooded_lane_never_exceeds_its_own_budget_and_others_still_get_slots(
 
 def test_a_lane_at_its_budget_does_not_block_the_global_pool():
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("x", max_in_flight=1), LaneSpec("y", max_in_flight=1)], lambda: 10, clock)
+    sched = LaneScheduler(
+        [lane_spec("x", max_in_flight=1), lane_spec("y", max_in_flight=1)], lambda: 10, clock
+    )
     for lane in "xxxyyy":
         sched.push(distinct_batch(lane))
     popped = [sched.pop(), sched.pop(), sched.pop()]
@@ -152,7 +154,7 @@ def test_a_lane_at_its_budget_does_not_block_the_global_pool():
 
 def test_low_weight_lane_waits_no_longer_than_its_max_wait():
     clock = ManualClock()
-    specs = [LaneSpec("hi", weight=100), LaneSpec("lo", weight=1, max_wait_ms=50)]
+    specs = [lane_spec("hi", weight=100), lane_spec("lo", weight=1, max_wait_ms=50)]
     sim = Sim(LaneScheduler(specs, lambda: 2, clock), clock)
     refill = backlogged(sim, ["hi", "lo"], depth=1)
     for _ in range(3_000):
@@ -168,7 +170,7 @@ def test_low_weight_lane_waits_no_longer_than_its_max_wait():
 
 def test_an_overdue_lane_goes_first_whatever_its_pass():
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("hi", weight=1_000), LaneSpec("lo", max_wait_ms=10)], lambda: 1, clock)
+    sched = LaneScheduler([lane_spec("hi", weight=1_000), lane_spec("lo", max_wait_ms=10)], lambda: 1, clock)
     sched.push(distinct_batch("lo"))
     sched.done(sched.pop().lane)  # "lo" ran once: its pass is 1, "hi" advances by 0.001
     for _ in range(5):
@@ -188,7 +190,7 @@ def test_an_overdue_lane_goes_first_whatever_its_pass():
 
 def test_a_lane_returning_from_idle_gets_its_share_not_a_burst():
     clock = ManualClock()
-    sim = Sim(LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: 4, clock), clock)
+    sim = Sim(LaneScheduler([lane_spec("a"), lane_spec("b")], lambda: 4, clock), clock)
     refill = backlogged(sim, ["a"])
     while len(sim.order) < 1_000:
         sim.step(refill)
@@ -210,7 +212,7 @@ def test_a_lane_returning_while_everything_is_idle_gets_no_burst_either():
     a backlog for both, "b"'s batches happening to be pushed first. With equal weights "b"
     should get about half of what follows, not hundreds of dispatches in a row."""
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: 1, clock)
+    sched = LaneScheduler([lane_spec("a"), lane_spec("b")], lambda: 1, clock)
     for _ in range(1_000):
         sched.push(distinct_batch("a"))
         sched.done(sched.pop().lane)
@@ -236,7 +238,7 @@ def test_a_lane_returning_while_everything_is_idle_gets_no_burst_either():
 def test_pop_returns_none_at_the_global_limit_and_the_limit_is_read_live():
     clock = ManualClock()
     limit = [2]
-    sched = LaneScheduler([LaneSpec("a"), LaneSpec("b")], lambda: limit[0], clock)
+    sched = LaneScheduler([lane_spec("a"), lane_spec("b")], lambda: limit[0], clock)
     for lane in "ababab":
         sched.push(distinct_batch(lane))
 
@@ -263,14 +265,14 @@ def test_pop_returns_none_at_the_global_limit_and_the_limit_is_read_live():
 
 
 def test_pop_on_empty_queues_returns_none():
-    sched = LaneScheduler([LaneSpec("a")], lambda: 4, ManualClock())
+    sched = LaneScheduler([lane_spec("a")], lambda: 4, ManualClock())
     assert sched.pop() is None
     assert sched.in_flight == 0
 
 
 def test_unknown_lane_goes_to_the_last_lane():
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("first"), LaneSpec("mid"), LaneSpec("last")], lambda: 4, clock)
+    sched = LaneScheduler([lane_spec("first"), lane_spec("mid"), lane_spec("last")], lambda: 4, clock)
     stray = distinct_batch("no-such-lane")
     sched.push(stray)
     assert len(sched.lanes["last"].queue) == 1
@@ -284,7 +286,7 @@ def test_unknown_lane_goes_to_the_last_lane():
 
 def test_waits_ms_reports_each_lanes_oldest_batch():
     clock = ManualClock()
-    sched = LaneScheduler([LaneSpec("a"), LaneSpec("b"), LaneSpec("c")], lambda: 0, clock)
+    sched = LaneScheduler([lane_spec("a"), lane_spec("b"), lane_spec("c")], lambda: 0, clock)
     sched.push(distinct_batch("a"))
     clock.advance(10)
     sched.push(distinct_batch("a"))

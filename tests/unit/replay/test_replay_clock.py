@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import orjson
 
-from pipeline.operators.parse import REPLAY_RUN_HEADER, ParseRules, ReplayClock, parse_batch
-from pipeline.testing.builders import event_doc, raw_record
+from pipeline.operators.parse import REPLAY_RUN_HEADER, ReplayClock, parse_batch
+from pipeline.testing.builders import event_doc, parse_rules, raw_record
 
 NOW = 1_800_000_000_000
 YEAR_MS = 365 * 24 * 3_600_000
-RULES = ParseRules(max_age_ms=YEAR_MS, age_reference="replay")
+RULES = parse_rules(max_age_ms=YEAR_MS, age_reference="replay")
 
 
 def record(offset: int, ts: int, run: bytes | None):
@@ -43,7 +43,7 @@ def test_unmarked_records_and_wall_clock_topologies_keep_the_wall_clock() -> Non
     assert [d.reason for d in parse_batch([record(0, old, None)], RULES, NOW, ReplayClock()).rejects] == [
         "too_old"
     ]
-    live = ParseRules(max_age_ms=YEAR_MS)  # age_reference: wall_clock
+    live = parse_rules(max_age_ms=YEAR_MS)  # age_reference: wall_clock
     assert [d.reason for d in parse_batch([record(1, old, b"run-a")], live, NOW).rejects] == ["too_old"]
 
 
