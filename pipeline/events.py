@@ -100,6 +100,7 @@ class BatchOutcome:
     dispatched_ms: float = 0.0
     completed_ms: float = 0.0
     attempts: int = 1
+    split_requests: int = 0  # extra requests spent finding the rows the model refused
 
 
 class OutputRecord(NamedTuple):

@@ -182,6 +182,18 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.split_requests = Counter(
+            "pipeline_inference_split_requests_total",
+            "Extra requests spent splitting batches the model refused, to find the bad rows",
+            ["model"],
+            registry=r,
+        )
+        self.unknown_history_items = Counter(
+            "pipeline_unknown_history_items_total",
+            "History items the model does not know (newer than the model): ignored, as the model reports",
+            ["model"],
+            registry=r,
+        )
         self.request_state = Gauge(
             "pipeline_inference_requests_in_state",
             "Inference requests now in each lifecycle state",

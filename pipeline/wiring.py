@@ -139,6 +139,7 @@ def dispatch_config(t: Topology) -> DispatchConfig:
         retry=RetryPolicy(retry.max_attempts, retry.backoff_ms, retry.max_backoff_ms),
         end_to_end_ms=t.deadline.end_to_end_ms,
         drop_stale=t.deadline.stale_policy == "dead_letter",
+        max_split_requests=model.max_split_requests,
         lane_drop_stale={
             lane.id: lane.stale_policy == "dead_letter" for lane in t.lanes if lane.stale_policy is not None
         },

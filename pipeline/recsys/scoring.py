@@ -111,16 +111,16 @@ class Recommender:
         return int(self.item_ids.shape[0])
 
     def dense_history(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Catalogue ids → dense indices, and which rows name an item the model does not
-        know (the model refuses those rows)."""
+        """Catalogue ids → dense indices, an item the model does not know as an empty slot;
+        and how many such items each row named."""
         dense = dense_index(self.item_ids, history)
         pad = history == HISTORY_PAD
         unknown = ~pad & (dense < 0)
         dense[pad | unknown] = HISTORY_PAD
-        return dense, unknown.any(axis=1)
+        return dense, unknown.sum(axis=1)
 
-    def invalid_history(self, history: np.ndarray) -> np.ndarray:
-        """Rows whose history names an item outside the catalogue."""
+    def unknown_items(self, history: np.ndarray) -> np.ndarray:
+        """Per row, the history items outside the catalogue (ignored when scoring)."""
         return self.dense_history(history)[1]
 
     def recommend_dense(
@@ -141,14 +141,9 @@ class Recommender:
         return ids, scores
 
     def recommend(self, user_ids: np.ndarray, history: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Catalogue ids in and out (rows with unknown history items must be left out)."""
+        """Catalogue ids in and out; unknown history items are ignored."""
         users = dense_index(self.user_ids, np.asarray(user_ids).reshape(-1))
         dense, _ = self.dense_history(history)
         ids, scores = self.recommend_dense(users, dense, k)
         return np.where(ids >= 0, self.item_ids[np.maximum(ids, 0)], -1), scores
 
-
-def invalid_history(history: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-    """Rows whose history names an item outside the (sorted) catalogue ids."""
-    dense = dense_index(item_ids, history)
-    return ((history != HISTORY_PAD) & (dense < 0)).any(axis=1)

@@ -17,7 +17,8 @@ from pipeline import errors
 from pipeline.recsys.scoring import HISTORY_PAD
 from pipeline.triton.contract import ReadParameters, ServedModel, Tensor
 
-NOT_READ = ReadParameters(priority=False, timeout=False)  # a queue without priorities or timeouts
+# As the shipped model: a queue without priorities or timeouts, unknown history items counted
+SHIPPED_READS = ReadParameters(priority=False, timeout=False, unknown_items=True)
 # (users [n], histories [n, h]) → (item ids [n, k], scores [n, k])
 Scorer = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -48,13 +49,17 @@ def hashed_scorer(items: int, top_k: int) -> Scorer:
     return score
 
 
+_DATATYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}
+
+
 def _response(
-    request: service_pb2.ModelInferRequest, ids: np.ndarray, scores: np.ndarray
+    request: service_pb2.ModelInferRequest, ids: np.ndarray, scores: np.ndarray, **more: np.ndarray
 ) -> service_pb2.ModelInferResponse:
     response = service_pb2.ModelInferResponse(
         model_name=request.model_name, model_version=request.model_version or "1", id=request.id
     )
-    for name, datatype, array in (("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores)):
+    for name, array in {"ITEM_IDS": ids, "SCORES": scores, **more}.items():
+        datatype = _DATATYPES[array.dtype]
         out = response.outputs.add()
         out.name, out.datatype = name, datatype
         out.shape.extend(array.shape)
@@ -63,10 +68,11 @@ def _response(
 
 
 class FakeTriton:
-    """Answers every request after ``delay_s``; ``fail_next`` makes the next requests fail
-    with a chosen error, ``unknown_items`` makes a request naming one fail as the real model
-    refuses a history it does not know (INVALID_ARG), and ``unreachable`` makes the contract
-    check wait as for a server that is down."""
+    """Answers every request after ``delay_s``. Its catalogue is items 0..``items``-1: a
+    history item outside it is ignored and counted (UNKNOWN_ITEMS), as the shipped model
+    does. ``fail_next`` makes the next requests fail with a chosen error; ``refused_items``
+    makes a request naming one fail INVALID_ARG, as a model that refuses such rows does; and
+    ``unreachable`` makes the contract check wait as for a server that is down."""
 
     def __init__(
         self,
@@ -75,7 +81,7 @@ class FakeTriton:
         max_batch_size: int = 1_024,
         scorer: Scorer | None = None,
         delay_s: float = 0.0,
-        reads: ReadParameters = NOT_READ,
+        reads: ReadParameters = SHIPPED_READS,
     ) -> None:
         self.items = items
         self.top_k = top_k
@@ -83,7 +89,7 @@ class FakeTriton:
         self.scorer = scorer or hashed_scorer(items, top_k)
         self.delay_s = delay_s
         self.reads = reads
-        self.unknown_items: set[int] = set()
+        self.refused_items: set[int] = set()
         self.unreachable = False
         self.requests: list[service_pb2.ModelInferRequest] = []
         self.rows = 0
@@ -103,13 +109,11 @@ class FakeTriton:
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "fake: unreachable"
             )
         any_rows = (-1, -1)
-        return ServedModel(
-            name,
-            {"USER_ID": Tensor("INT64", (-1, 1)), "HISTORY": Tensor("INT64", any_rows)},
-            {"ITEM_IDS": Tensor("INT64", any_rows), "SCORES": Tensor("FP32", any_rows)},
-            self.max_batch_size,
-            self.reads,
-        )
+        outputs = {"ITEM_IDS": Tensor("INT64", any_rows), "SCORES": Tensor("FP32", any_rows)}
+        if self.reads.unknown_items:
+            outputs["UNKNOWN_ITEMS"] = Tensor("INT32", (-1, 1))
+        inputs = {"USER_ID": Tensor("INT64", (-1, 1)), "HISTORY": Tensor("INT64", any_rows)}
+        return ServedModel(name, inputs, outputs, self.max_batch_size, self.reads)
 
     async def close(self) -> None:
         """What is in flight fails as on a closed stream (retriable)."""
@@ -141,8 +145,11 @@ class FakeTriton:
             return
         arrays = request_arrays(request)
         users, history = arrays["USER_ID"][:, 0], arrays["HISTORY"]
-        if self.unknown_items and np.isin(history, list(self.unknown_items)).any():
-            future.set_exception(errors.InvalidInput("invalid_history: an item the model does not know"))
+        if self.refused_items and np.isin(history, list(self.refused_items)).any():
+            future.set_exception(errors.InvalidInput("HISTORY holds an item id the model refuses"))
             return
         self.rows += len(users)
-        future.set_result(_response(request, *self.scorer(users, history)))
+        unknown = ((history != HISTORY_PAD) & ((history < 0) | (history >= self.items))).sum(axis=1)
+        asked = {out.name for out in request.outputs}
+        extra = {"UNKNOWN_ITEMS": unknown.astype(np.int32).reshape(-1, 1)} if "UNKNOWN_ITEMS" in asked else {}
+        future.set_result(_response(request, *self.scorer(users, history), **extra))

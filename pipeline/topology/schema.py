@@ -356,6 +356,13 @@ class Model(Node):
         8, gt=0, description="inference requests outstanding at once (when not adaptive)"
     )
     timeout_ms: int = Field(2_000, gt=0, description="client-side bound per attempt")
+    max_split_requests: int = Field(
+        32,
+        ge=0,
+        description="extra requests a batch the model refuses as invalid may be split into to find "
+        "its bad rows (about 2 log2(rows) per bad row); past it the rest of what was refused is "
+        "dead-lettered `invalid_argument`",
+    )
     recycle_stream_after: int = Field(100_000, gt=0, description="requests before a stream is replaced")
     keepalive_ms: int = Field(
         300_000,

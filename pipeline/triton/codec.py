@@ -21,6 +21,10 @@ class ModelSignature:
     top_k: int
 
 
+ANSWERS = ("ITEM_IDS", "SCORES")
+WITH_UNKNOWN_ITEMS = (*ANSWERS, "UNKNOWN_ITEMS")  # the model counts the history items it did not know
+
+
 def request_id(first_ref: tuple[str, int, int], rows: int, attempt: int, send: int) -> str:
     """Readable in Triton's logs (the first source record, the rows, the attempt) and unique
     per send: the same record can be in flight twice (re-read after a rebalance while its
@@ -35,6 +39,7 @@ def encode(
     req_id: str,
     priority: int = 0,
     timeout_us: int | None = None,
+    outputs: tuple[str, ...] = ANSWERS,
 ) -> service_pb2.ModelInferRequest:
     users = np.fromiter((r.user_id for r in rows), dtype=np.int64, count=len(rows))
     history = np.full((len(rows), sig.history_length), HISTORY_PAD, dtype=np.int64)
@@ -47,7 +52,7 @@ def encode(
         tensor.name, tensor.datatype = name, "INT64"
         tensor.shape.extend(shape)
     request.raw_input_contents.extend([users.tobytes(), history.tobytes()])
-    for name in ("ITEM_IDS", "SCORES"):
+    for name in outputs:
         request.outputs.add().name = name
     if priority > 0:
         request.parameters["priority"].uint64_param = priority
@@ -57,12 +62,15 @@ def encode(
 
 
 _DTYPES = {"INT64": np.int64, "FP32": np.float32}
+_ANSWER_TYPES = {"ITEM_IDS": "INT64", "SCORES": "FP32"}
 
 
 def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> list[Recommendations]:
     arrays: dict[str, np.ndarray] = {}
     for i, out in enumerate(response.outputs):
-        dtype = _DTYPES.get(out.datatype)
+        if out.name not in _ANSWER_TYPES:
+            continue  # UNKNOWN_ITEMS, read by unknown_items()
+        dtype = _DTYPES.get(out.datatype) if out.datatype == _ANSWER_TYPES[out.name] else None
         if dtype is None or i >= len(response.raw_output_contents):
             raise BadOutput(f"output {out.name}: unexpected datatype {out.datatype}")
         try:
@@ -86,3 +94,12 @@ def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> l
         ]
     id_rows, score_rows = ids.tolist(), scores.tolist()
     return [Recommendations(tuple(i), tuple(s)) for i, s in zip(id_rows, score_rows, strict=True)]
+
+
+def unknown_items(response: service_pb2.ModelInferResponse) -> int:
+    """The history items the model did not know, over the response's rows (0 when the
+    response does not carry UNKNOWN_ITEMS)."""
+    for i, out in enumerate(response.outputs):
+        if out.name == "UNKNOWN_ITEMS" and out.datatype == "INT32" and i < len(response.raw_output_contents):
+            return int(np.frombuffer(response.raw_output_contents[i], dtype=np.int32).sum())
+    return 0

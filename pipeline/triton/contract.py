@@ -6,6 +6,7 @@ would dead-letter every event, or bisect every batch down to single rows first."
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ Metadata = tuple[tuple[str, str], ...]  # extra request headers (a gateway's tok
 
 INPUTS = {"USER_ID": "INT64", "HISTORY": "INT64"}
 OUTPUTS = {"ITEM_IDS": "INT64", "SCORES": "FP32"}
+UNKNOWN_ITEMS = "UNKNOWN_ITEMS"  # optional output: history items the model did not know, per row
 # Not there yet (starting, restarting, overloaded): the caller waits. Anything else the
 # server answers (unauthenticated, unimplemented...) will not change by waiting.
 WAIT_FOR = frozenset(
@@ -58,6 +60,7 @@ class ReadParameters:
 
     priority: bool = True
     timeout: bool = True
+    unknown_items: bool = False  # the model answers UNKNOWN_ITEMS: asked for and counted
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,11 @@ def contract_problems(model: ServedModel, sig: ModelSignature, largest: BatchBou
             problems.append(
                 f"model.name: {model.name!r} {name} is {tensor.datatype}, the pipeline sends/reads {dtype}"
             )
+    unknown = model.outputs.get(UNKNOWN_ITEMS)
+    if unknown is not None and unknown.datatype != "INT32":
+        problems.append(
+            f"model.name: {model.name!r} {UNKNOWN_ITEMS} is {unknown.datatype}, the pipeline reads INT32"
+        )
     history = model.inputs.get("HISTORY")
     if history is not None and history.shape and history.shape[-1] not in (-1, sig.history_length):
         problems.append(
@@ -188,10 +196,6 @@ async def fetch_served_model(
     def tensors(items: list[service_pb2.ModelMetadataResponse.TensorMetadata]) -> dict[str, Tensor]:
         return {t.name: Tensor(t.datatype, tuple(t.shape)) for t in items}
 
-    return ServedModel(
-        name,
-        tensors(meta.inputs),
-        tensors(meta.outputs),
-        config.config.max_batch_size,
-        read_parameters(config.config),
-    )
+    outputs = tensors(meta.outputs)
+    reads = dataclasses.replace(read_parameters(config.config), unknown_items=UNKNOWN_ITEMS in outputs)
+    return ServedModel(name, tensors(meta.inputs), outputs, config.config.max_batch_size, reads)

@@ -38,6 +38,7 @@ class DispatchConfig:
     retry: RetryPolicy
     end_to_end_ms: int
     drop_stale: bool  # stale policy: dead-letter (True) or best effort (False)
+    max_split_requests: int  # extra requests a refused batch may be split into
     lane_drop_stale: Mapping[str, bool] = field(default_factory=dict)  # lanes that differ
 
     def drops_stale(self, lane: str) -> bool:
@@ -110,7 +111,7 @@ class Dispatcher:
                 if not err.retriable:
                     if probe:
                         self.breaker.record_success()  # the server answered
-                    if isinstance(err, errors.InvalidInput) and len(rows) > 1:
+                    if isinstance(err, errors.InvalidInput) and len(rows) > 1 and self._may_split(outcome):
                         # Find the bad rows instead of failing the good ones with them.
                         half = len(rows) // 2
                         await self._infer_rows(rows[:half], batch, outcome)
@@ -136,6 +137,15 @@ class Dispatcher:
             outcome.answers.extend(zip(rows, answers, strict=True))
             return
 
+    def _may_split(self, outcome: BatchOutcome) -> bool:
+        """A refused batch is split in two to find its bad rows, within the bound on the
+        extra requests one batch may cost; past it the refused rows are dead-lettered."""
+        if outcome.split_requests + 2 > self.config.max_split_requests:
+            return False
+        outcome.split_requests += 2
+        self.metrics.split_requests.labels(self.config.signature.name).inc(2)
+        return True
+
     async def _attempt(
         self, rows: list[UserRequest], batch: InferenceBatch, attempt: int, outcome: BatchOutcome
     ) -> list[Recommendations]:
@@ -155,6 +165,7 @@ class Dispatcher:
             req_id,
             batch.priority if self.reads.priority else 0,
             int(timeout_s * 1_000_000) if self.reads.timeout else None,
+            codec.WITH_UNKNOWN_ITEMS if self.reads.unknown_items else codec.ANSWERS,
         )
         states.enter(RequestState.READ, RequestState.START)
         stream = self.pool.pick()
@@ -174,7 +185,10 @@ class Dispatcher:
             state = RequestState.WRITEREADY
             if response.model_version:
                 outcome.model_version = response.model_version
-            return codec.decode(response, len(rows), sig.top_k)
+            answers = codec.decode(response, len(rows), sig.top_k)
+            if self.reads.unknown_items and (unknown := codec.unknown_items(response)):
+                self.metrics.unknown_history_items.labels(sig.name).inc(unknown)
+            return answers
         except errors.PipelineError as err:
             status = err.reason
             raise

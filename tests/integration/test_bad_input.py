@@ -67,18 +67,18 @@ async def test_every_bad_input_case_is_dead_lettered_with_its_reason(stack) -> N
 
 async def test_redrive_sends_chosen_dead_letters_back_once(stack) -> None:
     topology = fresh_topology(stack)
-    poison = event_json(event_id="p1", user_id=3, item_id=10**12)  # outside the catalogue
+    poison = event_json(event_id="p1", user_id=3, type="share")  # an event type not known yet
     malformed = b"{oops"
     run = await run_until_accounted(topology, [(b"3", poison, []), (b"3", malformed, [])])
     assert run.ledger.summary()["dead_letter_reasons"] == {
-        "invalid_argument": 1,
+        "unknown_type": 1,
         "malformed_json": 1,
     }
 
-    report = await redrive(topology, ["invalid_argument"])
-    assert report["invalid_argument"] == {"redriven": 1, "skipped": 1}
-    again = await redrive(topology, ["invalid_argument"])
-    assert again["invalid_argument"] == {}  # progress kept: nothing new to re-send
+    report = await redrive(topology, ["unknown_type"])
+    assert report["unknown_type"] == {"redriven": 1, "skipped": 1}
+    again = await redrive(topology, ["unknown_type"])
+    assert again["unknown_type"] == {}  # progress kept: nothing new to re-send
 
     inputs = await read_values(topology, topology.source.topics[0])
     assert len(inputs) == 3

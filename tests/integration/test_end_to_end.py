@@ -117,19 +117,20 @@ async def test_offsets_are_committed_after_outputs(stack) -> None:
     assert {p: offset or 0 for p, offset in committed.items()} == produced
 
 
-async def test_unrecoverable_rows_are_isolated_from_their_batch(stack) -> None:
-    """Triton answers INVALID_ARGUMENT for an item outside the catalogue: that event goes to
-    the dead-letter topic, its batch neighbours still get recommendations."""
+async def test_an_item_the_model_does_not_know_is_answered_and_counted(stack) -> None:
+    """A product newer than the model, on the real Triton: the model ignores it and reports
+    it (UNKNOWN_ITEMS), the pipeline counts it, and the user is recommended as usual."""
     topology = fresh_topology(stack, window={"max_ms": 200})
     records, _ = valid_records(200, seed=13)
-    records.insert(100, keyed_event(event_id="poison", user_id=77, item_id=10**12))
+    records.insert(100, keyed_event(event_id="new-product", user_id=77, item_id=10**12))
     run = await run_until_accounted(topology, records)
     summary = run.ledger.summary()
-    assert summary["lost"] == 0
-    assert summary["dead_letter_reasons"] == {"invalid_argument": 1}
-    [dead] = await read_values(topology, topology.sink.dead_letter_topic)
-    assert orjson.loads(dead.value)["event_id"] == "poison"
-    assert dict(dead.headers)["dlq.error_class"] == b"InvalidInput"
+    assert summary["lost"] == 0 and summary["dead_letters"] == 0
+    assert run.runtime is not None
+    assert run.runtime.metrics.unknown_history_items.labels("recommender")._value.get() >= 1
+    outputs = await read_values(topology, topology.sink.topic)
+    answered = [orjson.loads(r.value) for r in outputs]
+    assert any(s["event_id"] == "new-product" for doc in answered for s in doc["sources"])
 
 
 async def test_streams_are_recycled_without_losing_requests(stack) -> None:

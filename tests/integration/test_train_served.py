@@ -13,7 +13,6 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from pipeline.devstack.triton import EmbeddedTriton
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
@@ -51,16 +50,22 @@ def write_ratings(path: Path, events: int = 60_000, seed: int = 21) -> tuple[np.
     return np.asarray(sorted(rated), dtype=np.int64), user_ids
 
 
-def infer(client: grpcclient.InferenceServerClient, users: np.ndarray, history: np.ndarray) -> np.ndarray:
+def infer(
+    client: grpcclient.InferenceServerClient, users: np.ndarray, history: np.ndarray, *also: str
+) -> list[np.ndarray]:
+    """ITEM_IDS, then each output named in ``also``."""
     inputs = [
         grpcclient.InferInput("USER_ID", [len(users), 1], "INT64"),
         grpcclient.InferInput("HISTORY", list(history.shape), "INT64"),
     ]
     inputs[0].set_data_from_numpy(users.reshape(-1, 1).astype(np.int64))
     inputs[1].set_data_from_numpy(history.astype(np.int64))
-    ids = client.infer("movies", inputs).as_numpy("ITEM_IDS")
-    assert ids is not None
-    return ids
+    names = ["ITEM_IDS", *also]
+    outputs = [grpcclient.InferRequestedOutput(name) for name in names]
+    result = client.infer("movies", inputs, outputs=outputs)
+    arrays = [result.as_numpy(name) for name in names]
+    assert all(a is not None for a in arrays)
+    return arrays  # type: ignore[return-value]
 
 
 def test_trained_on_a_ratings_file_and_served_with_catalogue_ids(tmp_path: Path) -> None:
@@ -110,7 +115,7 @@ def test_trained_on_a_ratings_file_and_served_with_catalogue_ids(tmp_path: Path)
                 n = row % HISTORY
                 history[row, :n] = rng.choice(item_ids, size=n, replace=False)
             users = np.concatenate([user_ids[:24], [10**15 + i for i in range(8)]])  # 8 unknown users
-            served = infer(client, users, history)
+            [served] = infer(client, users, history)
             assert served.shape == (32, 10)
             assert np.isin(served, item_ids).all(), "ITEM_IDS that are not catalogue ids"
             assert served.max() > 10_000  # catalogue ids, not dense indices
@@ -118,8 +123,10 @@ def test_trained_on_a_ratings_file_and_served_with_catalogue_ids(tmp_path: Path)
                 assert not set(served[row].tolist()) & set(history[row][history[row] >= 0].tolist())
             unknown = history[:1].copy()
             unknown[0, 0] = int(np.setdiff1d(np.arange(10**6 + 5), item_ids)[-1])  # not in the catalogue
-            with pytest.raises(InferenceServerException) as refused:
-                infer(client, user_ids[:1], unknown)
-            assert "outside the catalogue" in str(refused.value)
+            as_if_empty = history[:1].copy()
+            as_if_empty[0, 0] = -1
+            answered, counted = infer(client, user_ids[:1], unknown, "UNKNOWN_ITEMS")
+            assert counted.tolist() == [[1]]  # ignored, not refused, and reported
+            assert answered.tolist() == infer(client, user_ids[:1], as_if_empty)[0].tolist()
         finally:
             client.close()

@@ -120,3 +120,45 @@ async def test_the_outputs_name_their_inputs_and_the_model() -> None:
     assert record.key == b"3" and doc["user_id"] == 3
     assert [s["event_id"] for s in doc["sources"]] == ["e-9"]
     assert doc["model"]["name"] == "recommender"
+
+
+async def test_history_items_the_model_does_not_know_never_block_a_user() -> None:
+    """A product newer than the model: ignored by the model and counted, never refused; the
+    users who touched it keep being recommended in later windows."""
+    triton = FakeTriton(items=1_000)
+    t = topology(window={"max_ms": 20})
+    async with running(t, triton=triton) as run:
+        for round_ in range(3):  # user u touches a new product first, known ones after
+            item = (5_000 + round_) if round_ == 0 else round_
+            run.source.add(
+                input_record(partition=u % 2, key=str(u).encode(), user_id=u, item_id=item) for u in range(20)
+            )
+            await run.settled()
+    assert run.lost() == [] and run.sink.dead_letters() == []
+    answered_users = [doc["user_id"] for doc in run.sink.recommendations()]
+    assert sorted(set(answered_users)) == list(range(20)) and len(answered_users) >= 60
+    counted = run.runtime.metrics.unknown_history_items.labels("recommender")._value.get()
+    assert counted >= 20 * 3  # each user's history holds the new product in each round
+
+
+async def test_a_refused_batch_is_split_to_find_its_bad_rows_within_a_bound() -> None:
+    """A model that refuses rows naming some items: one bad row in a batch of 64 is found
+    with about 2 log2(64) extra requests, its 63 neighbours answered; many bad rows stop at
+    the bound, and what is still refused then is dead-lettered, nothing lost."""
+    one_window = {"max_ms": 300, "max_events": 10_000}
+
+    async def refused(bad_users: set[int], bound: int) -> tuple[list[str], int, int]:
+        triton = FakeTriton()
+        triton.refused_items = {999}
+        t = topology(window=one_window, model={"max_split_requests": bound})
+        records = [input_record(user_id=u, item_id=999 if u in bad_users else u) for u in range(64)]
+        run = await run_to_end(t, records, triton)
+        assert run.lost() == []
+        return run.sink.dead_letter_reasons(), len(run.sink.recommendations()), len(triton.requests)
+
+    reasons, answered, requests = await refused({17}, bound=32)
+    assert reasons == ["invalid_argument"] and answered == 63
+    assert requests <= 1 + 2 * 6  # the batch, then two halves per level down to one row
+    reasons, answered, requests = await refused(set(range(0, 64, 3)), bound=8)
+    assert requests <= 1 + 8  # the bound holds however many rows are bad
+    assert len(reasons) + answered == 64 and set(reasons) == {"invalid_argument"}

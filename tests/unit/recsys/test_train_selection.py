@@ -164,8 +164,11 @@ class _Response:
         self.error = error
 
 
-def _load_served_model(version_dir: Path) -> Any:
-    """model.py of a written version, with a stand-in for Triton's pb_utils."""
+def _load_served_model(
+    version_dir: Path, outputs: tuple[str, ...] = ("ITEM_IDS", "SCORES", "UNKNOWN_ITEMS")
+) -> Any:
+    """model.py of a written version, with a stand-in for Triton's pb_utils; ``outputs``:
+    what its config declares."""
     fake = types.ModuleType("triton_python_backend_utils")
     fake.Tensor = _Tensor  # type: ignore[attr-defined]
     fake.TritonError = _Error  # type: ignore[attr-defined]
@@ -179,7 +182,7 @@ def _load_served_model(version_dir: Path) -> Any:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         model = module.TritonPythonModel()
-        config = {"parameters": {"top_k": {"string_value": "10"}}}
+        config = {"parameters": {"top_k": {"string_value": "10"}}, "output": [{"name": n} for n in outputs]}
         model.initialize(
             {
                 "model_config": orjson.dumps(config).decode(),
@@ -209,13 +212,29 @@ def test_written_model_speaks_catalogue_ids(tmp_path: Path) -> None:
             "HISTORY": np.array([[int(items[0]), 5, -1, -1]]),
         },  # 5: not an id
     ]
-    ok, refused = model.execute(requests)
-    assert refused.error is not None and refused.error.code == "INVALID_ARG"
-    assert "outside the catalogue" in refused.error.message
+    ok, with_unknown = model.execute(requests)
+    assert with_unknown.error is None  # an unknown item is never refused: it is ignored, counted
+    assert ok.outputs["UNKNOWN_ITEMS"].tolist() == [[0], [0]]
+    assert with_unknown.outputs["UNKNOWN_ITEMS"].tolist() == [[1]]
+    [as_if_empty] = model.execute(
+        [{"USER_ID": np.array([[users[0]]]), "HISTORY": np.array([[int(items[0]), -1, -1, -1]])}]
+    )
+    assert with_unknown.outputs["ITEM_IDS"].tolist() == as_if_empty.outputs["ITEM_IDS"].tolist()
     ids = ok.outputs["ITEM_IDS"]
     assert ok.error is None and ids.shape == (2, 10) and ok.outputs["SCORES"].dtype == np.float32
     assert set(ids.reshape(-1).tolist()) <= catalogue
     assert not set(ids[0].tolist()) & set(known)  # history excluded
+
+
+def test_a_config_without_the_unknown_items_output_gets_none(tmp_path: Path) -> None:
+    """Versions written before UNKNOWN_ITEMS existed keep their config: the model answers
+    without it (and still ignores unknown items)."""
+    log = structured(events=5_000)
+    train_log(log, tmp_path, config=SMALL)
+    model = _load_served_model(tmp_path / "recommender" / "1", outputs=("ITEM_IDS", "SCORES"))
+    users, _, _, _ = log.arrays()
+    [answer] = model.execute([{"USER_ID": np.array([[users[0]]]), "HISTORY": np.array([[5, -1, -1, -1]])}])
+    assert answer.error is None and set(answer.outputs) == {"ITEM_IDS", "SCORES"}
 
 
 def test_file_rows_that_do_not_convert_are_skipped_and_counted(tmp_path: Path) -> None:

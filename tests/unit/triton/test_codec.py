@@ -9,7 +9,15 @@ from tritonclient.grpc import service_pb2
 from pipeline.errors import BadOutput
 from pipeline.events import Recommendations, UserRequest
 from pipeline.testing.builders import user_request
-from pipeline.triton.codec import HISTORY_PAD, ModelSignature, decode, encode, request_id
+from pipeline.triton.codec import (
+    HISTORY_PAD,
+    WITH_UNKNOWN_ITEMS,
+    ModelSignature,
+    decode,
+    encode,
+    request_id,
+    unknown_items,
+)
 
 SIG = ModelSignature(name="recommender", version="2", history_length=4, top_k=3)
 
@@ -201,3 +209,22 @@ def test_padding_of_a_model_with_fewer_items_than_top_k_is_dropped() -> None:
     scores = np.array([[0.5, 0.25, -np.inf], [0.125, -np.inf, -np.inf]], dtype=np.float32)
     decoded = decode(response(("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores)), 2, 3)
     assert decoded == [Recommendations((5, 6), (0.5, 0.25)), Recommendations((7,), (0.125,))]
+
+
+def test_unknown_items_are_asked_for_only_when_the_model_reports_them() -> None:
+    plain = encode([row(7, 1)], SIG, "r")
+    asking = encode([row(7, 1)], SIG, "r", outputs=WITH_UNKNOWN_ITEMS)
+    assert [o.name for o in plain.outputs] == ["ITEM_IDS", "SCORES"]
+    assert [o.name for o in asking.outputs] == ["ITEM_IDS", "SCORES", "UNKNOWN_ITEMS"]
+
+
+def test_unknown_items_are_summed_over_the_rows_and_zero_when_absent() -> None:
+    ids = np.zeros((3, 3), dtype=np.int64)
+    scores = np.zeros((3, 3), dtype=np.float32)
+    counts = np.array([[2], [0], [1]], dtype=np.int32)
+    answered = response(
+        ("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores), ("UNKNOWN_ITEMS", "INT32", counts)
+    )
+    assert unknown_items(answered) == 3
+    assert len(decode(answered, 3, 3)) == 3  # the extra output does not disturb the answers
+    assert unknown_items(response(("ITEM_IDS", "INT64", ids), ("SCORES", "FP32", scores))) == 0

@@ -62,6 +62,12 @@ def test_missing_or_mistyped_tensors() -> None:
     assert any("SCORES is FP64" in p for p in problems)
 
 
+def test_the_unknown_items_output_is_optional_but_must_be_int32() -> None:
+    assert contract_problems(served(UNKNOWN_ITEMS=Tensor("INT32", (-1, 1))), SIG, BOUND) == []
+    [problem] = contract_problems(served(UNKNOWN_ITEMS=Tensor("INT64", (-1, 1))), SIG, BOUND)
+    assert "UNKNOWN_ITEMS is INT64" in problem
+
+
 class _Stub:
     """Answers ModelMetadata with NOT_FOUND; ServerReady as told."""
 
