@@ -18,6 +18,7 @@ from pipeline import kafka_clients
 from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics, PartitionReading
+from pipeline.sources.assignment import member_assignors
 from pipeline.sources.partitions import PartitionKey, Partitions
 from pipeline.sources.undecodable import is_undecodable, raw, step_past_undecodable
 from pipeline.topology.schema import Broker, Source
@@ -88,6 +89,7 @@ class KafkaSource:
             session_timeout_ms=spec.session_timeout_ms,
             heartbeat_interval_ms=spec.heartbeat_interval_ms,
             max_poll_interval_ms=spec.max_poll_interval_ms,
+            partition_assignment_strategy=member_assignors(),
         )
         partitions.commit_with(self._commit_offsets)
 
