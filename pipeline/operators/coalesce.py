@@ -26,16 +26,34 @@ ENTRY_OVERHEAD_BYTES = 200
 _PAIR = struct.Struct("2q")
 
 
-def _pack(pairs: list[tuple[int, int]]) -> bytes:
+def pack_pairs(pairs: list[tuple[int, int]]) -> bytes:
+    """(ts, item) pairs, 16 bytes each."""
     if len(pairs) == 1:  # a user's first event: most of them, so no format string to build
         return _PAIR.pack(*pairs[0])
     return struct.pack(f"{2 * len(pairs)}q", *chain.from_iterable(pairs))
 
 
-def _unpack(blob: bytes) -> dict[int, int]:
+def unpack_pairs(blob: bytes) -> dict[int, int]:
     """item → ts, in the order they were packed."""
     flat = memoryview(blob).cast("q")
     return dict(zip(flat[1::2], flat[0::2], strict=True))
+
+
+def merge_pairs(
+    known: dict[int, int], new_items: list[tuple[int, int]], history_length: int, by_event_time: bool
+) -> list[tuple[int, int]]:
+    """A history (item → ts) with new (ts, item) pairs: one timestamp per item (the latest),
+    so a replayed event changes nothing; the newest ``history_length`` pairs, oldest first."""
+    for ts, item in new_items:
+        if by_event_time:
+            known[item] = max(ts, known.get(item, ts))
+        else:
+            known.pop(item, None)  # re-inserted last: arrival order
+            known[item] = ts
+    pairs = [(ts, item) for item, ts in known.items()]
+    if by_event_time:
+        pairs.sort()
+    return pairs[-history_length:]
 
 
 class RecentItems:
@@ -64,12 +82,15 @@ class RecentItems:
         if blob is None:
             return {}
         self.bytes -= len(blob) + ENTRY_OVERHEAD_BYTES
-        return _unpack(blob)
+        return unpack_pairs(blob)
 
     def _remember(self, user_id: int, pairs: list[tuple[int, int]]) -> None:
-        blob = _pack(pairs)
+        blob = pack_pairs(pairs)
         self._items[user_id] = blob
         self.bytes += len(blob) + ENTRY_OVERHEAD_BYTES
+        self._bound()
+
+    def _bound(self) -> None:
         while self._items and (len(self._items) > self.max_users or self.bytes > self.max_bytes):
             _, oldest = self._items.popitem(last=False)
             self.bytes -= len(oldest) + ENTRY_OVERHEAD_BYTES
@@ -80,20 +101,24 @@ class RecentItems:
             if self.max_users > 0:
                 self._remember(user_id, new_items)
             return (new_items[0][1],)
-        merged = self._forget(user_id)
-        for ts, item in new_items:
-            if self.by_event_time:
-                merged[item] = max(ts, merged.get(item, ts))
-            else:
-                merged.pop(item, None)  # re-inserted last: arrival order
-                merged[item] = ts
-        pairs = [(ts, item) for item, ts in merged.items()]
-        if self.by_event_time:
-            pairs.sort()
-        kept = pairs[-self.history_length :]
+        kept = merge_pairs(self._forget(user_id), new_items, self.history_length, self.by_event_time)
         if self.max_users > 0:
             self._remember(user_id, kept)
         return tuple(item for _, item in kept)
+
+    def packed(self, user_id: int) -> bytes | None:
+        """A user's packed pairs, as remembered (None: not remembered); counts as activity."""
+        blob = self._items.get(user_id)
+        if blob is not None:
+            self._items.move_to_end(user_id)
+        return blob
+
+    def put_packed(self, user_id: int, blob: bytes) -> None:
+        """Remember a user's packed pairs as they are (a store's read, a restore)."""
+        self._forget(user_id)
+        self._items[user_id] = blob
+        self.bytes += len(blob) + ENTRY_OVERHEAD_BYTES
+        self._bound()
 
 
 def coalesce_window(window: Window, recent: RecentItems) -> list[UserRequest]:

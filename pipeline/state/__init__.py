@@ -1,0 +1,1 @@
+"""State kept per input partition: each user's recent items (issue 23)."""

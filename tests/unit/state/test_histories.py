@@ -1,0 +1,68 @@
+"""The per-partition history store: the same histories as the in-memory one, kept on disk
+across a close and reopen, memory bounded by its cache whatever the number of users."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from pipeline.operators.coalesce import RecentItems, pack_pairs
+from pipeline.state.histories import HistoryStore
+
+
+def store(path: Path, cache_bytes: int = 1 << 20) -> HistoryStore:
+    return HistoryStore(path, history_length=4, by_event_time=True, cache_bytes=cache_bytes)
+
+
+def test_histories_match_the_in_memory_ones_for_random_events(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    on_disk, in_memory = store(tmp_path / "s", cache_bytes=2_000), RecentItems(4, 10_000, True, 1 << 30)
+    for step in range(3_000):
+        user = rng.randrange(200)
+        events = [(rng.randrange(10_000), rng.randrange(50)) for _ in range(rng.randrange(1, 4))]
+        assert on_disk.extend(user, list(events)) == in_memory.extend(user, list(events)), step
+        if step % 100 == 0:
+            on_disk.flush()
+    assert on_disk.misses > 0 and on_disk.cache_bytes <= 2_000  # most users were read back from disk
+    on_disk.close()
+
+
+def test_a_replayed_event_changes_nothing(tmp_path: Path) -> None:
+    s = store(tmp_path / "s")
+    s.extend(7, [(100, 1), (200, 2)])
+    assert s.extend(7, [(100, 1)]) == (1, 2)  # at-least-once: the same event again
+    s.close()
+
+
+def test_histories_and_the_changelog_offset_survive_a_close(tmp_path: Path) -> None:
+    s = store(tmp_path / "s")
+    s.extend(1, [(10, 5), (20, 6)])
+    s.extend(2, [(30, 7)])
+    s.flush(changelog_offset=41)
+    s.extend(1, [(40, 8)])  # flushed by close
+    s.close()
+    again = store(tmp_path / "s")
+    assert again.history(1) == (5, 6, 8) and again.history(2) == (7,) and again.history(3) == ()
+    assert again.changelog_offset() == 41
+    again.close()
+
+
+def test_a_restored_history_replaces_what_was_stored(tmp_path: Path) -> None:
+    s = store(tmp_path / "s")
+    s.extend(1, [(10, 5)])
+    s.put_packed(1, pack_pairs([(50, 9), (60, 3)]))
+    assert s.history(1) == (9, 3)
+    assert s.extend(1, [(70, 4)]) == (9, 3, 4)
+    s.close()
+
+
+def test_memory_is_bounded_by_the_cache_while_disk_holds_every_user(tmp_path: Path) -> None:
+    s = store(tmp_path / "s", cache_bytes=50_000)
+    for user in range(20_000):
+        s.extend(user, [(user, user % 97), (user + 1, 100 + user % 89)])
+        if user % 1_000 == 999:
+            s.flush()
+    assert s.cache_bytes <= 50_000
+    assert s.history(0) == (0, 100) and s.history(19_999) == (19_999 % 97, 100 + 19_999 % 89)
+    s.close()
+    assert store(tmp_path / "s").history(12_345) == (12_345 % 97, 100 + 12_345 % 89)
