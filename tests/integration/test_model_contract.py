@@ -47,7 +47,8 @@ async def test_a_topology_that_does_not_fit_the_model_stops_at_start(
 
 async def test_the_served_models_queue_says_which_parameters_are_sent(stack) -> None:
     """The shipped model has a plain queue: Triton would ignore a request's priority and
-    timeout, so the dispatcher leaves them out (they cost its Python backend per row)."""
+    timeout, so the dispatcher leaves them out (they cost its Python backend per row). It
+    declares UNKNOWN_ITEMS, so the dispatcher asks for it."""
     from pipeline.triton.contract import ReadParameters, fetch_served_model
     from pipeline.triton.streams import StreamPool
 
@@ -57,4 +58,4 @@ async def test_the_served_models_queue_says_which_parameters_are_sent(stack) -> 
         served = await fetch_served_model(pool.stub, topology.model.name, "")
     finally:
         await pool.close()
-    assert served.reads == ReadParameters(priority=False, timeout=False)
+    assert served.reads == ReadParameters(priority=False, timeout=False, unknown_items=True)
