@@ -72,6 +72,14 @@ class TopicCredits:
         holding = self.hold()
         return {t for t, g in self.gates.items() if (holding or g.exhausted) and t not in held}
 
+    def update_held(self, held: set[str]) -> set[str]:
+        """``held`` brought up to date in place: full topics added, those back at their low
+        watermark removed. Returns the ones let go (the source resumes them)."""
+        held |= self.to_hold(held)
+        room = self.to_let_go(held)
+        held -= room
+        return room
+
     def to_let_go(self, held: set[str]) -> set[str]:
         """Held topics that fell to their low watermark (none while held on purpose)."""
         if self.hold():

@@ -281,10 +281,8 @@ class KafkaSource:
         the held ones in the consumer once ``pause_after_s`` passed without a poll (at once
         while another topic flows), and let go of those back at their low watermark."""
         held, consumer = self.held, self.consumer
-        full, room = self.credits.to_hold(held), self.credits.to_let_go(held)
-        held |= full
+        room = self.credits.update_held(held)
         if room:
-            held -= room
             resumed = room & self.paused_in_consumer
             if resumed:
                 consumer.resume(*self._partitions_of(resumed))

@@ -78,8 +78,7 @@ class ListSource:
 
     async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
         while not stop.is_set():
-            self.held |= self.partitions.credits.to_hold(self.held)
-            self.held -= self.partitions.credits.to_let_go(self.held)
+            self.partitions.credits.update_held(self.held)
             taken = self._take()
             if taken:
                 emit(taken)

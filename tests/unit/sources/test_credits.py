@@ -88,3 +88,12 @@ def test_smallest_valid_gate():
     gate.give_back(1)
     assert not gate.exhausted
     assert gate.in_flight == 0
+
+
+def test_update_held_adds_the_full_and_lets_go_of_those_back_at_their_low_watermark():
+    credits = TopicCredits(["live", "backfill"], 10, 4)
+    held: set[str] = set()
+    credits.take("backfill", 10)
+    assert credits.update_held(held) == set() and held == {"backfill"}
+    credits.give_back("backfill", 6)
+    assert credits.update_held(held) == {"backfill"} and held == set()
