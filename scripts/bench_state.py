@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         update_us = timed_updates(store, args.users, args.updates, rng)
         hit_rate = store.hits / max(1, store.hits + store.misses)
         store.close()
-        disk = HistoryStore(workdir / "p0", HISTORY, True, 1 << 20).disk_bytes()
+        disk = store.disk_bytes()  # its files, once closed and flushed
         reopened = HistoryStore(workdir / "p0", HISTORY, True, int(args.cache_mb * (1 << 20)))
         begin = time.perf_counter()
         reads = 100_000

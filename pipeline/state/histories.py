@@ -73,14 +73,9 @@ class HistoryStore:
         return tuple(item for _, item in kept)
 
     def history(self, user_id: int) -> tuple[int, ...]:
-        """The stored history, newest last."""
+        """The stored history, newest last (pairs are packed in history order)."""
         blob = self._packed(user_id)
-        if blob is None:
-            return ()
-        pairs = unpack_pairs(blob)
-        if self.by_event_time:
-            return tuple(item for item, _ in sorted(pairs.items(), key=lambda kv: kv[1]))
-        return tuple(pairs)
+        return tuple(unpack_pairs(blob)) if blob is not None else ()
 
     def put_packed(self, user_id: int, blob: bytes) -> None:
         """A user's history as packed pairs (an update, or a restore from the changelog)."""

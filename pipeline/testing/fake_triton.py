@@ -149,7 +149,8 @@ class FakeTriton:
             future.set_exception(errors.InvalidInput("HISTORY holds an item id the model refuses"))
             return
         self.rows += len(users)
-        unknown = ((history != HISTORY_PAD) & ((history < 0) | (history >= self.items))).sum(axis=1)
-        asked = {out.name for out in request.outputs}
-        extra = {"UNKNOWN_ITEMS": unknown.astype(np.int32).reshape(-1, 1)} if "UNKNOWN_ITEMS" in asked else {}
+        extra = {}
+        if any(out.name == "UNKNOWN_ITEMS" for out in request.outputs):
+            unknown = (history != HISTORY_PAD) & ((history < 0) | (history >= self.items))
+            extra["UNKNOWN_ITEMS"] = unknown.sum(axis=1).astype(np.int32).reshape(-1, 1)
         future.set_result(_response(request, *self.scorer(users, history), **extra))

@@ -14,7 +14,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -24,11 +23,11 @@ from pipeline.events import RawRecord
 from pipeline.metrics import Metrics
 from pipeline.runtime import PipelineRuntime
 from pipeline.sources.partitions import Partitions
+from pipeline.testing.builders import SHIPPED_TOPOLOGY
 from pipeline.testing.ends import CaptureSink, ListSource
 from pipeline.testing.fake_triton import FakeTriton
 from pipeline.topology.schema import Topology
 
-SHIPPED = Path(__file__).resolve().parents[1] / "topologies" / "recommendations.yaml"
 SETTLE_POLL_S = 0.01
 STOP_MARGIN_S = 5.0  # past the drain bound: a stop that takes longer is a hang
 
@@ -52,7 +51,7 @@ def topology(**sections: Any) -> Topology:
     """The shipped recommender topology, each keyword merged into its section (nested
     mappings key by key, lists and values replaced), with commits and drains quick enough
     for tests."""
-    data: dict[str, Any] = yaml.safe_load(SHIPPED.read_text())
+    data: dict[str, Any] = yaml.safe_load(SHIPPED_TOPOLOGY.read_text())
     data["source"].update(commit_interval_ms=20, drain_timeout_ms=2_000)
     return Topology.model_validate(_merge(data, sections))
 

@@ -65,4 +65,6 @@ def test_memory_is_bounded_by_the_cache_while_disk_holds_every_user(tmp_path: Pa
     assert s.cache_bytes <= 50_000
     assert s.history(0) == (0, 100) and s.history(19_999) == (19_999 % 97, 100 + 19_999 % 89)
     s.close()
-    assert store(tmp_path / "s").history(12_345) == (12_345 % 97, 100 + 12_345 % 89)
+    reopened = store(tmp_path / "s")
+    assert reopened.history(12_345) == (12_345 % 97, 100 + 12_345 % 89)
+    reopened.close()
