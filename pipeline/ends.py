@@ -15,6 +15,7 @@ from pipeline.sinks.kafka import KafkaSink
 from pipeline.sources import Source
 from pipeline.sources.kafka import KafkaSource
 from pipeline.sources.partitions import Partitions
+from pipeline.state.changelog import ChangelogReader, KafkaChangelog
 from pipeline.topology.schema import Topology
 from pipeline.triton import InferenceServer
 from pipeline.triton.streams import StreamPool
@@ -27,6 +28,7 @@ class Ends(NamedTuple):
     # Before anything waits on the model: a misconfigured connection (refused credentials,
     # an untrusted certificate) raises; True once the input side answered, False if not yet.
     check_connection: Callable[[], Coroutine[Any, Any, bool]]
+    changelog: ChangelogReader | None = None  # where durable state is restored from (state.dir set)
 
 
 EndsFactory = Callable[[Topology, Partitions, Metrics], Ends]
@@ -45,4 +47,9 @@ def on_kafka_and_triton(t: Topology, partitions: Partitions, metrics: Metrics) -
         grpc_credentials(model.tls) if model.tls is not None else None,  # unreadable: exit 2
         grpc_metadata(model.headers),
     )
-    return Ends(source, sink, server, lambda: kafka_clients.check_connection(t.broker))
+    changelog = (
+        KafkaChangelog(t.broker, t.changelog_topic, t.state.changelog_replication_factor)
+        if t.state.dir is not None
+        else None
+    )
+    return Ends(source, sink, server, lambda: kafka_clients.check_connection(t.broker), changelog)

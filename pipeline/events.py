@@ -110,6 +110,7 @@ class OutputRecord(NamedTuple):
     headers: Headers
     sources: tuple[RawRecord, ...] = ()  # the inputs it answers: dead-lettered if it is refused
     trace: object | None = None  # tracing.OpenSpans, ended at the broker's answer (tracing enabled)
+    partition: int | None = None  # None: the key's (Kafka's default partitioner); set: the changelog's
 
 
 @dataclass(frozen=True)

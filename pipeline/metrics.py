@@ -275,6 +275,49 @@ class Metrics:
         self.committed = Counter(
             "pipeline_offset_commits_total", "Offset commits sent to the broker", registry=r
         )
+        self.state_changelog_records = Counter(
+            "pipeline_state_changelog_records_total",
+            "User histories written to the changelog topic",
+            registry=r,
+        )
+        self.state_restored_records = Counter(
+            "pipeline_state_restored_records_total",
+            "Changelog records applied to a partition's store in restores",
+            ["partition"],
+            registry=r,
+        )
+        self.state_restore_lag = Gauge(
+            "pipeline_state_restore_lag_records",
+            "Changelog records a partition's restore has still to read (0: restored)",
+            ["partition"],
+            registry=r,
+        )
+        self.state_restore_failures = Counter(
+            "pipeline_state_restore_failures_total",
+            "Restore attempts that failed (retried with backoff, then the process stops)",
+            ["reason"],
+            registry=r,
+        )
+        self.state_restoring = Gauge(
+            "pipeline_state_restoring_partitions",
+            "Partitions held while their users' histories are restored (not ready meanwhile)",
+            registry=r,
+        )
+        self.state_users = Gauge(
+            "pipeline_state_users", "Users whose histories this member holds (RocksDB's estimate)", registry=r
+        )
+        self.state_disk_bytes = Gauge(
+            "pipeline_state_disk_bytes", "Bytes of the open stores on disk", registry=r
+        )
+        self.state_cache_bytes = Gauge(
+            "pipeline_state_cache_bytes", "Bytes of histories cached in memory (bounded)", registry=r
+        )
+        self.state_cache_reads = CallbackCounter(
+            "pipeline_state_cache_reads",
+            "History reads by where they were found: cache (hit) or disk (miss)",
+            "result",
+        )
+        r.register(self.state_cache_reads)
 
     def watch_partitions(self, read: Callable[[], Iterable[PartitionReading]]) -> None:
         self.registry.register(PartitionCollector(read))

@@ -36,6 +36,7 @@ from pipeline.operators.enrich import dead_letters_batch
 from pipeline.operators.parse import ParsedBatch
 from pipeline.sources.partitions import Partitions
 from pipeline.sources.watchdog import StallWatchdog
+from pipeline.state.users import UserState
 from pipeline.stopping import CLOSE_STEP_TIMEOUT_S, Step, close_each, unless_stopped
 from pipeline.ticks import supervised
 from pipeline.topology.schema import Topology
@@ -71,7 +72,13 @@ class PipelineRuntime:
         self.accounting = Accounting(self.metrics, self.settings.dead_letter_topic, budget)
         credits = wiring.topic_credits(t, hold=self._holding)
         self.partitions = Partitions(credits, self.metrics, self.settings.drain_timeout_s)
-        self.source, self.sink, self.pool, self._check_connection = ends(t, self.partitions, self.metrics)
+        self.source, self.sink, self.pool, self._check_connection, changelog = ends(
+            t, self.partitions, self.metrics
+        )
+        self.users = UserState(
+            wiring.state_settings(t), self.metrics, changelog, self.sink.write, self.sink.acked_offset
+        )
+        self.partitions.state = self.users  # a partition's users' histories follow it
         self.control = ControlLoops(t, self.metrics)
         self.dispatcher = Dispatcher(
             self.pool,
@@ -86,7 +93,7 @@ class PipelineRuntime:
             lambda: self.partitions.in_flight,
             self.settings.stall_after_s,
             self.metrics,
-            held=self._holding,
+            held=lambda: self._holding() or bool(self.users.restoring),  # restores watch themselves
         )
         watch_runtime(
             self.metrics,
@@ -119,7 +126,7 @@ class PipelineRuntime:
         answered = parsed.pipe(
             ops.map(operator.attrgetter("events")),
             operators.window(control.window_ms, wiring.window_max_events(t), scheduler),
-            wiring.coalesce(t),
+            operators.coalesce(self.users),
             operators.batch(
                 control.batch_size, lane_classifier(wiring.lane_rules(t)), wiring.lane_batch_caps(t)
             ),
@@ -137,6 +144,7 @@ class PipelineRuntime:
             and not self._stop.is_set()
             and not self.partitions.credits.hold()
             and not self.sink.refusing
+            and not self.users.restoring
         )
 
     def _on_sink_batch(self, batch: SinkBatch) -> None:
@@ -156,12 +164,18 @@ class PipelineRuntime:
         kept = self.partitions.without_revoked(batch, inputs)
         written: list[OutputRecord] = []
         try:
-            written = await self.sink.write(kept) if kept.records else []  # refused: dead letters
+            if self.users.durable:  # committable once its state changes are in the changelog too
+                written, _ = await asyncio.gather(self._write_records(kept), self.users.persisted())
+            else:
+                written = await self._write_records(kept)
         finally:
             if self.tracing is not None:  # every open span ends: written, refused, dropped, cut short
                 self.tracing.finish(batch.records, written, kept=kept.records)
         self.accounting.count(written, batch, self.partitions.finish(inputs))
         self.metrics.in_flight_events.set(self.partitions.in_flight)
+
+    async def _write_records(self, batch: SinkBatch) -> list[OutputRecord]:
+        return await self.sink.write(batch) if batch.records else []  # refused: dead letters
 
     def _on_loop_restart(self, name: str, error: BaseException) -> None:
         log.error("background loop %s failed, restarting it: %r", name, error, exc_info=error)
@@ -192,14 +206,21 @@ class PipelineRuntime:
         return {
             "commits": lambda stop: self.partitions.commit_loop(stop, commit_every),
             "watchdog": self.watchdog.run,  # lag or work with no progress → STALLED, /readyz 503
+            **self.users.loops(),  # restores, changelog rounds
             **self.control.loops(),
         }
 
     async def _start(self) -> bool:
         """Connection check, model contract (waited for at most CONTRACT_WAIT_S), clients.
         False: stopped meanwhile, nothing consumed; raises what stops the process."""
+        t = self.topology
         try:  # refused credentials or an untrusted certificate: exit 2 now, not after Triton's wait
             if not await unless_stopped(self._check_connection(), self._stop):
+                return False
+            changelog = self.users.changelog  # made if missing; a partition count mismatch stops here
+            prepare = changelog.prepare(t.source.topics) if changelog is not None else None
+            prepared = prepare is None or await unless_stopped(prepare, self._stop)
+            if not prepared:
                 return False
             contract = asyncio.create_task(self.check_model(), name="model-contract")
             stopped = asyncio.create_task(self._stop.wait())
@@ -269,6 +290,9 @@ class PipelineRuntime:
         await asyncio.gather(*self._background, return_exceptions=True)
         await close_each(self._client_closes(), quiet=True)
 
+    async def _close_state(self) -> None:
+        self.users.close()
+
     def _client_closes(self) -> list[Step]:
         source, sink, pool = self.source.stop, self.sink.stop, self.pool.close
         return [("consumer close", source), ("producer close", sink), ("Triton streams close", pool)]
@@ -287,6 +311,7 @@ class PipelineRuntime:
         """The final commit, then the clients, each bounded; a client slow to close (a
         consumer leaving mid-rebalance) leaves no work behind: not an unclean stop."""
         self.clean_stop = await close_each([("final commit", self.partitions.commit)]) and self.clean_stop
+        await close_each([("state stores close", self._close_state)])
         await close_each(self._client_closes())
         for task in self._background:
             task.cancel()

@@ -9,6 +9,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from pipeline.errors import Fatal
+
 
 async def every(interval_s: float, stop: asyncio.Event) -> AsyncIterator[None]:
     """Yield every ``interval_s`` until ``stop`` is set, and once more right after it is, so
@@ -32,11 +34,15 @@ async def supervised(
     """Run a background loop until ``stop``. An exception restarts it after ``pause_s``
     (``on_restart`` logs and counts it); more than ``max_restarts`` within ``window_s``
     calls ``on_give_up``, which stops the pipeline so that its supervisor restarts the
-    process: a loop that keeps failing is not retried in place for ever."""
+    process: a loop that keeps failing is not retried in place for ever. A Fatal error
+    gives up at once: retrying it would only repeat it."""
     failures: deque[float] = deque()
     while not stop.is_set():
         try:
             await loop()
+            return
+        except Fatal as exc:
+            on_give_up(exc)
             return
         except Exception as exc:
             now = time.monotonic()

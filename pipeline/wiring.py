@@ -9,9 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from reactivex import Observable
-
-from pipeline import operators
 from pipeline.control.adaptive import AdaptiveBounds, Knobs
 from pipeline.control.breaker import CircuitBreaker
 from pipeline.control.budget import RetryBudget
@@ -20,10 +17,10 @@ from pipeline.control.lane_guard import GuardedLane
 from pipeline.control.lane_rules import LaneRule
 from pipeline.control.lanes import LaneSpec
 from pipeline.control.retry import RetryPolicy
-from pipeline.events import UserRequest, Window
 from pipeline.operators.enrich import OutputSpec
 from pipeline.operators.parse import ParseRules
 from pipeline.sources.credits import TopicCredits
+from pipeline.state.users import StateSettings
 from pipeline.topology.schema import Tls, Topology
 from pipeline.tracing import Tracing, from_spec
 from pipeline.triton.codec import ModelSignature
@@ -80,11 +77,17 @@ def window_max_events(t: Topology) -> int:
     return t.window.max_events
 
 
-def coalesce(t: Topology) -> Callable[[Observable[Window]], Observable[tuple[Window, list[UserRequest]]]]:
-    """The coalesce step: each user's events of a window as one request, with history."""
-    w = t.window
-    return operators.coalesce(
-        w.history_length, w.remembered_users, w.history_order == "event_time", w.history_cache_mb
+def state_settings(t: Topology) -> StateSettings:
+    """Where users' histories live and how they are restored (state.dir unset: memory)."""
+    w, s = t.window, t.state
+    return StateSettings(
+        s.dir,
+        w.history_length,
+        w.history_order == "event_time",
+        int(w.history_cache_mb * (1 << 20)),
+        w.remembered_users,
+        s.restore_stall_ms / 1000.0,
+        s.restore_attempts,
     )
 
 
@@ -96,6 +99,7 @@ def parse_rules(t: Topology) -> ParseRules:
         t.validation.require_key,
         t.window.max_lateness_ms if t.window.late_policy == "dead_letter" else None,
         t.validation.age_reference,
+        key_is_user=t.state.dir is not None,
     )
 
 

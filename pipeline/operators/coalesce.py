@@ -11,6 +11,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from itertools import chain
+from typing import Protocol
 
 from reactivex import Observable
 from reactivex import operators as ops
@@ -77,6 +78,13 @@ class RecentItems:
     def __len__(self) -> int:
         return len(self._items)
 
+    def resize(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._bound()
+
+    def forget(self, user_id: int) -> None:
+        self._forget(user_id)
+
     def _forget(self, user_id: int) -> dict[int, int]:
         blob = self._items.pop(user_id, None)
         if blob is None:
@@ -95,8 +103,9 @@ class RecentItems:
             _, oldest = self._items.popitem(last=False)
             self.bytes -= len(oldest) + ENTRY_OVERHEAD_BYTES
 
-    def extend(self, user_id: int, new_items: list[tuple[int, int]]) -> tuple[int, ...]:
-        """Add (ts, item) pairs; returns the history, newest last."""
+    def extend(self, user_id: int, new_items: list[tuple[int, int]], partition: int = 0) -> tuple[int, ...]:
+        """Add (ts, item) pairs; returns the history, newest last. One memory for every
+        partition."""
         if len(new_items) == 1 and user_id not in self._items:  # a new user with one event: most of them
             if self.max_users > 0:
                 self._remember(user_id, new_items)
@@ -121,7 +130,16 @@ class RecentItems:
         self._bound()
 
 
-def coalesce_window(window: Window, recent: RecentItems) -> list[UserRequest]:
+class Histories(Protocol):
+    """Where users' histories live: ``RecentItems`` in memory, or ``state.users.UserState``
+    (a store per partition)."""
+
+    by_event_time: bool
+
+    def extend(self, user_id: int, new_items: list[tuple[int, int]], partition: int) -> tuple[int, ...]: ...
+
+
+def coalesce_window(window: Window, recent: Histories) -> list[UserRequest]:
     by_user: dict[int, list[Event]] = {}
     for event in window.events:
         by_user.setdefault(event.user_id, []).append(event)
@@ -129,7 +147,7 @@ def coalesce_window(window: Window, recent: RecentItems) -> list[UserRequest]:
     for user_id, events in by_user.items():
         if len(events) == 1:  # one event: no duplicate, no order to restore
             event = events[0]
-            history = recent.extend(user_id, [(event.ts, event.item_id)])
+            history = recent.extend(user_id, [(event.ts, event.item_id)], event.source.partition)
             requests.append(UserRequest(user_id, history, (event,), 0))
             continue
         seen_ids: set[str] = set()
@@ -139,17 +157,13 @@ def coalesce_window(window: Window, recent: RecentItems) -> list[UserRequest]:
             if event.event_id not in seen_ids:
                 seen_ids.add(event.event_id)
                 items.append((event.ts, event.item_id))
-        history = recent.extend(user_id, items)
+        history = recent.extend(user_id, items, events[0].source.partition)  # a user's key: one partition
         requests.append(UserRequest(user_id, history, tuple(events), len(events) - len(seen_ids)))
     return requests
 
 
 def coalesce(
-    history_length: int,
-    remembered_users: int,
-    by_event_time: bool,
-    history_cache_mb: float,
+    histories: Histories,
 ) -> Callable[[Observable[Window]], Observable[tuple[Window, list[UserRequest]]]]:
     """Operator: each window becomes (window, its per-user requests)."""
-    recent = RecentItems(history_length, remembered_users, by_event_time, int(history_cache_mb * (1 << 20)))
-    return ops.map(lambda w: (w, coalesce_window(w, recent)))
+    return ops.map(lambda w: (w, coalesce_window(w, histories)))

@@ -33,6 +33,7 @@ class ParseRules:
     require_key: bool
     max_lateness_ms: int | None  # set: later events are dead letters ("late_event")
     age_reference: Literal["wall_clock", "replay"]
+    key_is_user: bool = False  # durable state: a user's history follows the record key's partition
 
 
 class ReplayClock:
@@ -112,6 +113,11 @@ def parse_record(
     if event_type not in EVENT_TYPES:
         raise InvalidEvent("unknown_type", f"unknown event type {event_type!r}")
     user_id = _id_field(doc, "user_id")
+    if rules.key_is_user and record.key != str(user_id).encode():
+        raise InvalidEvent(
+            "key_not_user",
+            f"record key {record.key!r} is not user_id {user_id} (state follows the key's partition)",
+        )
     item_id = _id_field(doc, "item_id")
     ts = _int_field(doc, "ts")
     if ts > now_ms + rules.max_future_skew_ms:

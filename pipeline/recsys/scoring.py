@@ -146,4 +146,3 @@ class Recommender:
         dense, _ = self.dense_history(history)
         ids, scores = self.recommend_dense(users, dense, k)
         return np.where(ids >= 0, self.item_ids[np.maximum(ids, 0)], -1), scores
-

@@ -18,6 +18,10 @@ class Sink(Protocol):
 
     async def stop(self) -> None: ...
 
+    def acked_offset(self, topic: str, partition: int) -> int | None:
+        """The highest offset acknowledged in a partition written to (None: none yet)."""
+        ...
+
     @property
     def refusing(self) -> bool:
         """A dead letter is being refused right now (readiness turns false)."""

@@ -107,6 +107,7 @@ class KafkaSink:
         self._lanes = [DEFAULT, *(lanes or [])]
         self.producers: dict[str, AIOKafkaProducer] = {}  # made at start: none to leak before
         self._rounds: dict[int, SendRounds] = {}  # per producer: concurrent writes sent together
+        self._acked: dict[tuple[str, int], int] = {}  # highest offset acknowledged per partition
 
     @staticmethod
     def _producer(spec: Sink, broker: Broker) -> AIOKafkaProducer:
@@ -149,7 +150,7 @@ class KafkaSink:
                     failed.extend((rec, exc) for rec in chunk)
         for chunk, fut in sent:
             try:
-                await fut
+                self._note_acked(await fut, len(chunk))
             except KafkaError as exc:
                 if permanent(exc) and len(chunk) > 1:
                     failed.extend(await self._send_each(producer, chunk))
@@ -157,6 +158,17 @@ class KafkaSink:
                     failed.extend((rec, exc) for rec in chunk)
         failed.extend(await self._send_each(producer, alone))  # rare: after the rest
         return failed
+
+    def _note_acked(self, metadata: object, records: int) -> None:
+        """A batch's acknowledgement: its base offset, ``records`` long."""
+        offset = getattr(metadata, "offset", None)
+        if offset is None or offset < 0:
+            return
+        key = (metadata.topic, metadata.partition)  # type: ignore[attr-defined]
+        self._acked[key] = max(self._acked.get(key, -1), offset + records - 1)
+
+    def acked_offset(self, topic: str, partition: int) -> int | None:
+        return self._acked.get((topic, partition))
 
     @staticmethod
     async def _by_partition(
@@ -187,18 +199,20 @@ class KafkaSink:
         for topic, ((every, available), chunk) in by_topic.items():
             chosen = partitions_for([rec.key for rec in chunk], every, available)
             for rec, partition in zip(chunk, chosen, strict=True):
-                groups.setdefault((topic, partition), []).append(rec)
+                at = partition if rec.partition is None else rec.partition
+                groups.setdefault((topic, at), []).append(rec)
         return groups, alone, failed
 
-    @staticmethod
-    async def _send_each(producer: AIOKafkaProducer, records: list[OutputRecord]) -> Failed:
+    async def _send_each(self, producer: AIOKafkaProducer, records: list[OutputRecord]) -> Failed:
         """One send per record: each refusal is the record's own."""
         futures: list[asyncio.Future[object] | None] = []
         failed: Failed = []
         for rec in records:
             try:
                 futures.append(
-                    await producer.send(rec.topic, rec.value, key=rec.key, headers=list(rec.headers))
+                    await producer.send(
+                        rec.topic, rec.value, key=rec.key, headers=list(rec.headers), partition=rec.partition
+                    )
                 )
             except KafkaError as exc:
                 failed.append((rec, exc))
@@ -207,7 +221,7 @@ class KafkaSink:
             if fut is None:
                 continue
             try:
-                await fut
+                self._note_acked(await fut, 1)
             except KafkaError as exc:
                 failed.append((rec, exc))
         return failed
@@ -271,7 +285,8 @@ class KafkaSink:
                     pending.extend(self._instead(rec, error))
                 else:
                     log.error(
-                        "DEAD LETTER REFUSED by %s: %r; retrying every %.0f s",
+                        "%s REFUSED by %s: %r; retrying every %.0f s",
+                        "DEAD LETTER" if rec.topic == self.spec.dead_letter_topic else "RECORD",
                         rec.topic,
                         error,
                         REFUSED_RETRY_S,

@@ -72,6 +72,9 @@ class KafkaSource:
         self.pause_after_s = min(pause_after_s, spec.max_poll_interval_ms / 1000.0 / 4)
         self.held: set[str] = set()  # topics at their high watermark: nothing taken of them
         self.paused_in_consumer: set[str] = set()  # held topics paused in the consumer too
+        # Partitions paused while their state is restored: a paused partition's fetched
+        # records are dropped and its position kept, so nothing of it is skipped meanwhile.
+        self.paused_for_restore: set[TopicPartition] = set()
         # The end of the last getmany: aiokafka's idle time towards max_poll_interval_ms. A
         # rebalance does not reset it, so holds across rebalances cannot outlast the bound.
         self.last_poll = time.monotonic()
@@ -103,6 +106,7 @@ class KafkaSource:
         # without a poll the held topics are paused and the loop polls again (paused
         # partitions are not fetched): a poll keeps the member in its group.
         while not stop.is_set():
+            self._hold_restoring()
             self._apply_backpressure()
             try:
                 fetched = await self._fetch()
@@ -136,6 +140,7 @@ class KafkaSource:
         self.partitions.assign((tp.topic, tp.partition) for tp in assigned)
         self.held.clear()
         self.paused_in_consumer.clear()
+        self.paused_for_restore.clear()
         log.info("assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     def generation_of(self, tp: TopicPartition) -> int:
@@ -235,7 +240,7 @@ class KafkaSource:
         consumer = self.consumer
         by_topic: dict[str, list[TopicPartition]] = {}
         for tp in consumer.assignment():
-            if tp.topic not in self.held:
+            if tp.topic not in self.held and tp not in self.paused_for_restore:
                 by_topic.setdefault(tp.topic, []).append(tp)
         if not by_topic and self.held - self.paused_in_consumer:
             await asyncio.sleep(HOLD_CHECK_S)  # held, not paused yet: no poll, buffers kept
@@ -296,7 +301,26 @@ class KafkaSource:
         self.metrics.paused.set(len(held))
 
     def _partitions_of(self, topics: set[str]) -> list[TopicPartition]:
-        return [tp for tp in self.consumer.assignment() if tp.topic in topics]
+        return [
+            tp
+            for tp in self.consumer.assignment()
+            if tp.topic in topics and tp not in self.paused_for_restore
+        ]
+
+    def _hold_restoring(self) -> None:
+        """Partitions whose state is being restored are paused; restored, resumed (unless
+        their topic is paused by backpressure meanwhile)."""
+        consumer = self.consumer
+        restoring = {
+            tp for tp in consumer.assignment() if self.partitions.restoring((tp.topic, tp.partition))
+        }
+        if new := restoring - self.paused_for_restore:
+            consumer.pause(*new)
+        if restored := [
+            tp for tp in self.paused_for_restore - restoring if tp.topic not in self.paused_in_consumer
+        ]:
+            consumer.resume(*restored)
+        self.paused_for_restore = restoring
 
     async def _commit_offsets(self, due: dict[PartitionKey, int]) -> None:
         await self.consumer.commit({TopicPartition(t, p): o for (t, p), o in due.items()})
@@ -315,7 +339,11 @@ class KafkaSource:
 
     def resume_if_room(self) -> None:
         """No partition may stay paused while its topic has room for more events."""
-        stray = [tp for tp in self.consumer.paused() if tp.topic not in self.held]
+        stray = [
+            tp
+            for tp in self.consumer.paused()
+            if tp.topic not in self.held and tp not in self.paused_for_restore
+        ]
         if stray:
             log.warning("resuming %d partitions left paused", len(stray))
             self.consumer.resume(*stray)

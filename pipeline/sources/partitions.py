@@ -10,7 +10,9 @@ written nor made committable; the partition's next owner redoes it from the comm
 
 The source does the consumer's I/O and calls ``assign``, ``take`` and ``release``; the
 runtime calls ``inputs_of``, ``without_revoked`` and ``finish`` around each write. Nothing
-else changes offsets, positions or credits."""
+else changes offsets, positions or credits. With durable state, the users' histories of a
+partition number follow it: restored on assignment (nothing taken of it meanwhile), their
+last changes written and their store closed on release (``state/users.py``)."""
 
 from __future__ import annotations
 
@@ -20,12 +22,16 @@ import logging
 import operator
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from pipeline.events import RawRecord, SinkBatch
 from pipeline.metrics import Metrics, PartitionReading
 from pipeline.sources.credits import TopicCredits
 from pipeline.sources.offsets import OffsetTracker
 from pipeline.ticks import every
+
+if TYPE_CHECKING:
+    from pipeline.state.users import UserState
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +62,11 @@ async def _nothing_to_commit(due: dict[PartitionKey, int]) -> None:
 
 
 class Partitions:
-    def __init__(self, credits: TopicCredits, metrics: Metrics, drain_timeout_s: float) -> None:
+    def __init__(
+        self, credits: TopicCredits, metrics: Metrics, drain_timeout_s: float, state: UserState | None = None
+    ) -> None:
         self.credits = credits
+        self.state = state
         self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
         self.tracker = OffsetTracker()
@@ -81,8 +90,11 @@ class Partitions:
         """A new generation for the partitions just assigned."""
         self.revoking.clear()
         self._generation += 1
+        keys = list(keys)
         for key in keys:
             self.generations[key] = self._generation
+        if self.state is not None:
+            self.state.assigned({partition for _, partition in keys})
 
     def generation_of(self, key: PartitionKey) -> int:
         return self.generations.get(key, 0)
@@ -95,8 +107,13 @@ class Partitions:
         return self.generations.get(assignment[:2]) == assignment[2]
 
     def taking(self, key: PartitionKey) -> bool:
-        """Not being handed to another member: its records may be taken."""
-        return key not in self.revoking
+        """Not being handed to another member, not waiting for its state: its records may
+        be taken."""
+        return key not in self.revoking and not self.restoring(key)
+
+    def restoring(self, key: PartitionKey) -> bool:
+        """Held until its users' histories are restored."""
+        return self.state is not None and self.state.is_restoring(key[1])
 
     # ── take ────────────────────────────────────────────────────────────────────────────
     def take(self, key: PartitionKey, offsets: list[int], high: int | None) -> None:
@@ -181,6 +198,9 @@ class Partitions:
         for key in keys:
             self.positions.pop(key, None)
             self.generations.pop(key, None)  # what is still in flight of it is now stale
+        if self.state is not None:  # a partition number still held in another topic keeps its state
+            still_held = {partition for _, partition in self.generations}
+            await self.state.released({partition for _, partition in keys} - still_held)
         log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
     # ── readings ────────────────────────────────────────────────────────────────────────

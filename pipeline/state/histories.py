@@ -6,12 +6,10 @@ them all.
 A user's history is (ts, item) pairs packed 16 bytes a pair (``operators/coalesce.py``'s
 format), keyed by the user id as 8 big-endian bytes. ``extend`` merges new pairs as the
 in-memory history does (one timestamp per item, so a replayed event changes nothing);
-``flush`` writes what changed since the last flush in one batch, with the offset of the
-changelog the partition's state has reached, so that a restart restores only what came
-after it.
-
-Not wired into the pipeline yet (issue 23): the partitions' owner will open a store on
-assignment, flush it before each commit, and close it on release."""
+What changed is sent to the changelog (``take_changed``), then written to disk with the
+changelog offset acknowledged for it (``stored``), so that a restart restores only what
+came after that offset. ``apply_changelog`` is the restore's write. ``state/users.py`` owns
+the stores of the partitions this member holds."""
 
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOption
 from pipeline.operators.coalesce import RecentItems, merge_pairs, pack_pairs, unpack_pairs
 
 _USER = struct.Struct(">q")
+user_key = _USER.pack  # a user id as the store's (and the changelog's) key
 _OFFSET = struct.Struct(">q")
 CHANGELOG_OFFSET_KEY = b"\x00changelog-offset"  # sorts before every user key (ids are >= 0)
 WRITE_BUFFER_BYTES = 16 << 20  # RocksDB's memtable: part of the store's memory besides the cache
@@ -49,12 +48,13 @@ class HistoryStore:
         no_wal.disable_wal = True  # type: ignore[method-assign,assignment]  # an attribute at run time
         self._db.set_write_options(no_wal)
         self._cache = RecentItems(history_length, 2**62, by_event_time, cache_bytes)
-        self._dirty: dict[int, bytes] = {}  # user → packed pairs, written at the next flush
+        self._dirty: dict[int, bytes] = {}  # user → packed pairs changed since the last take
+        self._sending: dict[int, bytes] = {}  # taken for the changelog, not on disk yet
         self.hits = 0
         self.misses = 0
 
     def _packed(self, user_id: int) -> bytes | None:
-        blob = self._dirty.get(user_id) or self._cache.packed(user_id)
+        blob = self._dirty.get(user_id) or self._sending.get(user_id) or self._cache.packed(user_id)
         if blob is not None:
             self.hits += 1
             return blob
@@ -82,23 +82,62 @@ class HistoryStore:
         self._cache.put_packed(user_id, blob)
         self._dirty[user_id] = blob
 
+    def take_changed(self) -> dict[int, bytes]:
+        """What changed since the last take, to send to the changelog; readable from here
+        until ``stored`` wrote it to disk (the cache may drop it meanwhile)."""
+        changed, self._dirty = self._dirty, {}
+        self._sending.update(changed)
+        return changed
+
+    def stored(self, changelog_offset: int | None) -> int:
+        """What was taken is on disk, with the changelog offset acknowledged for it; returns
+        how many users."""
+        written = self._write(self._sending, changelog_offset)
+        self._sending = {}
+        return written
+
     def flush(self, changelog_offset: int | None = None) -> int:
-        """Everything changed since the last flush, in one write; returns how many users."""
+        """Everything not on disk yet, in one write; returns how many users."""
+        written = self._write({**self._sending, **self._dirty}, changelog_offset)
+        self._dirty, self._sending = {}, {}
+        return written
+
+    def _write(self, histories: dict[int, bytes], changelog_offset: int | None) -> int:
         batch = WriteBatch(raw_mode=True)
-        for user_id, blob in self._dirty.items():
+        for user_id, blob in histories.items():
             batch.put(_USER.pack(user_id), blob)
         if changelog_offset is not None:
             batch.put(CHANGELOG_OFFSET_KEY, _OFFSET.pack(changelog_offset))
-        written = len(self._dirty)
-        if written or changelog_offset is not None:
+        if histories or changelog_offset is not None:
             self._db.write(batch)
-        self._dirty.clear()
-        return written
+        return len(histories)
+
+    def apply_changelog(self, entries: list[tuple[bytes | None, bytes | None]], last_offset: int) -> None:
+        """Changelog records (key, packed history), as read in a restore: written to disk as
+        they are, with the offset reached. A record without a user key is skipped."""
+        batch = WriteBatch(raw_mode=True)
+        for key, blob in entries:
+            if key is None or len(key) != _USER.size:
+                continue
+            if blob is None:  # a tombstone: the user's history was dropped
+                batch.delete(key)
+            else:
+                batch.put(key, blob)
+            self._cache.forget(_USER.unpack(key)[0])
+        batch.put(CHANGELOG_OFFSET_KEY, _OFFSET.pack(last_offset))
+        self._db.write(batch)
+
+    def users_estimate(self) -> int:
+        """RocksDB's estimate of the users on disk (cheap; not exact)."""
+        return int(self._db.property_int_value("rocksdb.estimate-num-keys") or 0)
 
     def changelog_offset(self) -> int | None:
         """The changelog offset the stored state had reached at its last flush."""
         raw = self._db.get(CHANGELOG_OFFSET_KEY)
         return None if raw is None else int(_OFFSET.unpack(raw)[0])
+
+    def resize_cache(self, max_bytes: int) -> None:
+        self._cache.resize(max_bytes)
 
     @property
     def cache_bytes(self) -> int:
@@ -106,6 +145,11 @@ class HistoryStore:
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    @property
+    def pending(self) -> int:
+        """Users changed and not on disk yet."""
+        return len(self._dirty) + len(self._sending)
 
     def close(self) -> None:
         """What changed is written, RocksDB's memtable flushed to its files, then closed."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 
 import orjson
 
 from pipeline.events import OutputRecord, RawRecord, SinkBatch
 from pipeline.metrics import PartitionReading
 from pipeline.sources.partitions import PartitionKey, Partitions
+from pipeline.state.changelog import ChangelogEntry, ChangelogReset
 
 IDLE_WAIT_S = 0.005  # nothing to take: how long the loop waits for new records or room
 
@@ -25,13 +26,18 @@ class ListSource:
     more while the pipeline runs; ``rebalance`` revokes and assigns as an eager group does."""
 
     def __init__(
-        self, partitions: Partitions, records: Iterable[RawRecord] = (), max_poll_records: int = 500
+        self,
+        partitions: Partitions,
+        records: Iterable[RawRecord] = (),
+        max_poll_records: int = 500,
+        committed: dict[PartitionKey, int] | None = None,
     ):
         self.partitions = partitions
         self.max_poll_records = max_poll_records
         self.logs: dict[PartitionKey, list[RawRecord]] = {}
         self.commits: list[dict[PartitionKey, int]] = []  # every commit, in order
-        self.committed: dict[PartitionKey, int] = {}
+        self.committed: dict[PartitionKey, int] = dict(committed or {})  # the group's, at the start
+        self.done_before = sum(self.committed.values())  # finished by an earlier member
         self.assignment: set[PartitionKey] = set()
         self.held: set[str] = set()
         self._positions: dict[PartitionKey, int] = {}
@@ -127,9 +133,12 @@ class CaptureSink:
     """Keeps every record written, in order. ``hold()`` makes writes wait (acknowledgements
     held back) until ``release()``; ``entered`` counts the writes begun."""
 
-    def __init__(self, dead_letter_topic: str) -> None:
+    def __init__(self, dead_letter_topic: str, records: Iterable[OutputRecord] = ()) -> None:
         self.dead_letter_topic = dead_letter_topic
         self.records: list[OutputRecord] = []
+        self.logs: dict[PartitionKey, list[OutputRecord]] = {}  # records written to a partition named
+        for rec in records:
+            self._keep(rec)
         self.entered = 0
         self._open = asyncio.Event()
         self._open.set()
@@ -157,18 +166,71 @@ class CaptureSink:
         await self._open.wait()
         if self._stopped:
             raise RuntimeError("the sink was stopped")
-        self.records.extend(batch.records)
+        for rec in batch.records:
+            self._keep(rec)
         return list(batch.records)
+
+    def _keep(self, rec: OutputRecord) -> None:
+        self.records.append(rec)
+        if rec.partition is not None:
+            self.logs.setdefault((rec.topic, rec.partition), []).append(rec)
+
+    def acked_offset(self, topic: str, partition: int) -> int | None:
+        written = len(self.logs.get((topic, partition), ()))
+        return written - 1 if written else None
 
     def answers(self) -> Counter[tuple[str, int, int]]:
         """How many outputs (recommendations and dead letters) name each input."""
         return Counter((s.topic, s.partition, s.offset) for rec in self.records for s in rec.sources)
 
     def recommendations(self) -> list[dict[str, object]]:
-        return [orjson.loads(r.value) for r in self.records if r.topic != self.dead_letter_topic]
+        """Outputs that answer inputs, dead letters aside (the changelog answers none)."""
+        return [
+            orjson.loads(r.value) for r in self.records if r.sources and r.topic != self.dead_letter_topic
+        ]
 
     def dead_letters(self) -> list[OutputRecord]:
         return [r for r in self.records if r.topic == self.dead_letter_topic]
 
     def dead_letter_reasons(self) -> list[str]:
         return [dict(r.headers)["dlq.reason"].decode() for r in self.dead_letters()]
+
+
+class CapturedChangelog:
+    """The changelog as a CaptureSink wrote it: a partition's records are numbered in the
+    order written. ``fail_reads`` makes that many reads fail first (a broker away); reads of
+    the ``held`` partitions (None: all) wait until ``release_reads``."""
+
+    def __init__(
+        self, sink: CaptureSink, topic: str, batch: int = 100, held: Collection[int] | None = ()
+    ) -> None:
+        self.sink = sink
+        self.topic = topic
+        self.batch = batch
+        self.fail_reads = 0
+        self.reads = 0
+        self.held = None if held is None else set(held)
+        self._released = asyncio.Event()
+
+    def release_reads(self) -> None:
+        self._released.set()
+
+    async def prepare(self, input_topics: list[str]) -> None: ...
+
+    async def read(
+        self, partition: int, start: int, stall_s: float
+    ) -> AsyncIterator[tuple[list[ChangelogEntry], int]]:
+        if self.held is None or partition in self.held:
+            await self._released.wait()
+        self.reads += 1
+        if self.fail_reads:
+            self.fail_reads -= 1
+            raise TimeoutError(f"{self.topic}[{partition}]: no progress for {stall_s} s (made to fail)")
+        log = self.sink.logs.get((self.topic, partition), [])
+        if start > len(log):
+            raise ChangelogReset(f"{self.topic}[{partition}] ends at {len(log)}, the store reached {start}")
+        end = len(log)
+        for at in range(start, end, self.batch):
+            chunk = log[at : min(at + self.batch, end)]
+            yield [ChangelogEntry(at + i, rec.key, rec.value) for i, rec in enumerate(chunk)], end
+            await asyncio.sleep(0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from pipeline.metrics import Metrics
 from pipeline.runtime import PipelineRuntime
 from pipeline.sources.partitions import Partitions
 from pipeline.testing.builders import SHIPPED_TOPOLOGY
-from pipeline.testing.ends import CaptureSink, ListSource
+from pipeline.testing.ends import CapturedChangelog, CaptureSink, ListSource
 from pipeline.testing.fake_triton import FakeTriton
 from pipeline.topology.schema import Topology
 
@@ -62,6 +62,7 @@ class InProcessRun:
     source: ListSource
     sink: CaptureSink
     triton: FakeTriton
+    changelog: CapturedChangelog
     task: asyncio.Task[None] = field(repr=False)
 
     @property
@@ -99,7 +100,10 @@ class InProcessRun:
     async def settled(self, timeout_s: float = 10.0) -> None:
         """Every record added so far finished and committed."""
         await self.until(
-            lambda: self.finished >= self.source.total and self.committed_everything(), timeout_s
+            lambda: (
+                self.finished >= self.source.total - self.source.done_before and self.committed_everything()
+            ),
+            timeout_s,
         )
 
 
@@ -110,18 +114,34 @@ async def running(
     triton: FakeTriton | None = None,
     metrics: Metrics | None = None,
     ready_timeout_s: float = 20.0,
+    after: InProcessRun | None = None,
+    held_restores: Collection[int] | None = (),
 ) -> AsyncIterator[InProcessRun]:
     """The runtime running on a ListSource of ``records``, a CaptureSink and ``triton``;
     stopped (drained, committed) on leaving. A failure of the runtime, or a stop that
-    outlasts the drain bound, is raised on leaving."""
+    outlasts the drain bound, is raised on leaving. ``after``: a new member (a restart, a
+    deploy) on what an earlier run left: its inputs and commits, what it wrote (the
+    changelog among it). ``held_restores``: partitions (None: all) whose restores wait
+    until ``run.changelog.release_reads()``."""
     server = triton or FakeTriton(top_k=topology.model.top_k)
     sources: list[ListSource] = []
     sinks: list[CaptureSink] = []
+    changelogs: list[CapturedChangelog] = []
 
     def ends(t: Topology, partitions: Partitions, m: Metrics) -> Ends:
-        sources.append(ListSource(partitions, records, t.source.max_poll_records))
-        sinks.append(CaptureSink(t.sink.dead_letter_topic))
-        return Ends(sources[0], sinks[0], server, _no_broker_to_check)
+        if after is None:
+            sources.append(ListSource(partitions, records, t.source.max_poll_records))
+            sinks.append(CaptureSink(t.sink.dead_letter_topic))
+        else:
+            earlier = [r for log in after.source.logs.values() for r in log]
+            sources.append(
+                ListSource(
+                    partitions, [*earlier, *records], t.source.max_poll_records, after.source.committed
+                )
+            )
+            sinks.append(CaptureSink(t.sink.dead_letter_topic, after.sink.records))
+        changelogs.append(CapturedChangelog(sinks[0], t.changelog_topic, held=held_restores))
+        return Ends(sources[0], sinks[0], server, _no_broker_to_check, changelogs[0])
 
     runtime = PipelineRuntime(topology, ends=ends, metrics=metrics)
     stop = asyncio.Event()
@@ -136,7 +156,7 @@ async def running(
             raise RuntimeError("the pipeline stopped during its start")
         if not runtime.ready.is_set():
             raise TimeoutError(f"the pipeline was not ready within {ready_timeout_s} s")
-        yield InProcessRun(runtime, sources[0], sinks[0], server, task)
+        yield InProcessRun(runtime, sources[0], sinks[0], server, changelogs[0], task)
     finally:
         stop.set()
         done, _ = await asyncio.wait({task}, timeout=stop_bound_s)

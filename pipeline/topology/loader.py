@@ -22,6 +22,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "PIPELINE_TRITON_URL": ("model", "url"),
     "PIPELINE_METRICS_PORT": ("operations", "metrics_port"),
     "PIPELINE_OPERATIONS_BIND": ("operations", "bind"),
+    "PIPELINE_STATE_DIR": ("state", "dir"),
 }
 
 

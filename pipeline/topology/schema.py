@@ -457,6 +457,36 @@ class Operations(Node):
     tracing: TracingSpec = TracingSpec()
 
 
+class StateSpec(Node):
+    """Each user's recent items (the model's input and exclusion list), durable: a local
+    store per input partition on disk (RocksDB, a byte-bounded cache in front:
+    `window.history_cache_mb`) and a compacted changelog topic it is restored from when a
+    partition is assigned. Unset `dir`: kept in memory only (lost at every restart)."""
+
+    dir: Path | None = Field(
+        None, description="where the partitions' stores live (env PIPELINE_STATE_DIR); none: memory only"
+    )
+    changelog_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="compacted topic the stores are restored from, made at start with the input's "
+        "partition count; none: `<name>-user-histories`",
+    )
+    changelog_replication_factor: int = Field(
+        -1,
+        ge=-1,
+        description="replicas of the changelog when the pipeline makes it; -1: the broker's default",
+    )
+    restore_stall_ms: int = Field(
+        30_000, gt=0, description="a restore that reads nothing this long is retried (a broker away)"
+    )
+    restore_attempts: int = Field(
+        5,
+        gt=0,
+        description="tries of a partition's restore (backoff doubling from 1 s); then the process stops",
+    )
+
+
 class Topology(Node):
     """One pipeline: a source, its operators, one model and a sink."""
 
@@ -473,6 +503,7 @@ class Topology(Node):
     sink: Sink
     dead_letter_budget: DeadLetterBudgetSpec = DeadLetterBudgetSpec()
     operations: Operations = Operations()
+    state: StateSpec = StateSpec()
 
     @model_validator(mode="after")
     def _lanes(self) -> Topology:
@@ -486,9 +517,13 @@ class Topology(Node):
 
     @model_validator(mode="after")
     def _no_loops(self) -> Topology:
-        """Neither sink topic may be an input topic."""
-        outputs = {self.sink.topic, self.sink.dead_letter_topic}
+        """Neither sink topic nor the changelog may be an input topic."""
+        outputs = {self.sink.topic, self.sink.dead_letter_topic, self.changelog_topic}
         looped = outputs.intersection(self.source.topics)
         if looped:
             raise ValueError(f"source.topics and sink topics overlap: {sorted(looped)}")
         return self
+
+    @property
+    def changelog_topic(self) -> str:
+        return self.state.changelog_topic or f"{self.name}-user-histories"

@@ -47,7 +47,7 @@ class FakeProducer:
             fut.set_exception(error)
         return fut
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None, headers=None):
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, headers=None, partition=None):
         self.attempts += 1
         error = self.refuse(topic, value, self.attempts)
         if error is not None:

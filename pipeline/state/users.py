@@ -1,0 +1,291 @@
+"""Users' histories, scoped to the partitions this member holds: the one owner of their
+stores. A user's key puts all their events (in every input topic, co-partitioned) in one
+partition number, and their history lives with it.
+
+    assigned ─► restore (partition held; others flow) ─► extend ─► changelog rounds
+             ─► released (last round, store closed) ─► assigned elsewhere: restored there
+
+Without ``state.dir`` histories are kept in memory only (``RecentItems``, as before state
+existed): every restart, scale-out and rebalance forgets them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from aiokafka.errors import KafkaError
+
+from pipeline.errors import Fatal
+from pipeline.events import OutputRecord, SinkBatch
+from pipeline.metrics import Metrics
+from pipeline.operators.coalesce import RecentItems
+from pipeline.state.changelog import ChangelogReader, ChangelogReset, ChangelogWriter
+from pipeline.state.histories import HistoryStore
+
+log = logging.getLogger(__name__)
+FIRST_BACKOFF_S = 1.0
+PROGRESS_LOG_S = 5.0  # a long restore says where it is this often
+RESTORE_IDLE_S = 0.2  # nothing to restore: how often the restore loop looks again
+
+
+class StateSettings(NamedTuple):
+    dir: Path | None  # None: in memory only
+    history_length: int
+    by_event_time: bool
+    cache_bytes: int  # for every open store together (or the in-memory histories)
+    remembered_users: int  # in memory only
+    restore_stall_s: float
+    restore_attempts: int
+
+
+class UserState:
+    def __init__(
+        self,
+        settings: StateSettings,
+        metrics: Metrics,
+        changelog: ChangelogReader | None = None,
+        write: Callable[[SinkBatch], Awaitable[list[OutputRecord]]] | None = None,
+        acked: Callable[[str, int], int | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.by_event_time = settings.by_event_time
+        self.durable = settings.dir is not None
+        if self.durable and (changelog is None or write is None or acked is None):
+            raise ValueError("durable state needs a changelog to read, a sink and its acknowledgements")
+        self.changelog = changelog
+        self._memory = RecentItems(
+            settings.history_length, settings.remembered_users, settings.by_event_time, settings.cache_bytes
+        )
+        # A stale event (its partition released) still gets an answer nobody keeps: from its
+        # own window's items, touching no store.
+        self._scratch = RecentItems(settings.history_length, 0, settings.by_event_time)
+        self.stores: dict[int, HistoryStore] = {}
+        self.wanted: set[int] = set()  # assigned partition numbers
+        self.restoring: set[int] = set()  # assigned, not restored yet: held
+        self._restore_queue: list[int] = []
+        self._assignments = 0  # a partition's restore is of the assignment it began in
+        self._assigned_in: dict[int, int] = {}
+        self._hits = self._misses = 0  # of stores closed since
+        self.writer = (
+            ChangelogWriter(changelog.topic, lambda: self.stores, write, acked, metrics)
+            if changelog is not None and write is not None and acked is not None
+            else None
+        )
+        metrics.state_restoring.set_function(lambda: len(self.restoring))
+        metrics.state_cache_bytes.set_function(self.cache_bytes)
+        metrics.state_users.set_function(self.users)
+        metrics.state_disk_bytes.set_function(self.disk_bytes)
+        metrics.state_cache_reads.watch("hit", lambda: self._hits + sum(s.hits for s in self.stores.values()))
+        metrics.state_cache_reads.watch(
+            "miss", lambda: self._misses + sum(s.misses for s in self.stores.values())
+        )
+
+    # ── the coalesce step's view ────────────────────────────────────────────────────────
+    def extend(self, user_id: int, new_items: list[tuple[int, int]], partition: int) -> tuple[int, ...]:
+        if not self.durable:
+            return self._memory.extend(user_id, new_items)
+        store = self.stores.get(partition)
+        if store is None or partition in self.restoring:
+            return self._scratch.extend(user_id, new_items)
+        return store.extend(user_id, new_items)
+
+    def is_restoring(self, partition: int) -> bool:
+        return partition in self.restoring
+
+    async def persisted(self) -> None:
+        """Every change made so far is in the changelog (at once without durable state)."""
+        if self.writer is not None:
+            await self.writer.persisted()
+
+    # ── assignment ──────────────────────────────────────────────────────────────────────
+    def assigned(self, partitions: set[int]) -> None:
+        """Newly assigned partitions are held until restored (from where their stores got)."""
+        if not self.durable:
+            return
+        new = partitions - self.wanted
+        self.wanted |= new
+        self.restoring |= new
+        self._assignments += 1
+        for partition in new:
+            self._assigned_in[partition] = self._assignments
+        self._restore_queue.extend(sorted(new))
+        self._share_cache()
+
+    async def released(self, partitions: set[int]) -> None:
+        """What changed in them reaches the changelog, then their stores close."""
+        if not self.durable:
+            return
+        self.wanted -= partitions
+        self.restoring -= partitions
+        for partition in partitions:
+            self._assigned_in.pop(partition, None)
+        gone = {p for p in partitions if p in self.stores}
+        if gone and self.writer is not None:
+            async with self.writer.lock:
+                try:
+                    await self.writer.round(gone)
+                except Exception as exc:  # its events were not committed: the next owner replays them
+                    log.warning("last changelog round of partitions %s failed: %r", sorted(gone), exc)
+        for p in gone:
+            self._close(p)
+        self._share_cache()
+
+    def _share_cache(self) -> None:
+        share = self.settings.cache_bytes // max(1, len(self.wanted))
+        for store in self.stores.values():
+            store.resize_cache(share)
+
+    def _close(self, partition: int) -> None:
+        store = self.stores.pop(partition)
+        self._hits += store.hits
+        self._misses += store.misses
+        store.close()
+
+    def _path(self, partition: int) -> Path:
+        assert self.settings.dir is not None
+        return self.settings.dir / f"partition-{partition}"
+
+    # ── restore ─────────────────────────────────────────────────────────────────────────
+    async def restore_loop(self, stop: asyncio.Event) -> None:
+        """Restores the partitions assigned, each on its own (one that cannot progress
+        holds only itself), each consumed as soon as it is restored. A restore that failed
+        every attempt stops the pipeline (Fatal)."""
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                while self._restore_queue:
+                    partition = self._restore_queue.pop(0)
+                    if partition in self.restoring:
+                        running.add(asyncio.create_task(self._restore_with_retries(partition)))
+                if not running:
+                    await asyncio.sleep(RESTORE_IDLE_S)
+                    continue
+                done, running = await asyncio.wait(running, timeout=RESTORE_IDLE_S)
+                failures = [error for task in done if (error := task.exception()) is not None]
+                if failures:
+                    raise failures[0]  # a Fatal failure, as it raised (every one retrieved)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def _still(self, partition: int, assignment: int) -> bool:
+        """Still restoring the partition in the assignment a restore began in."""
+        return partition in self.restoring and self._assigned_in.get(partition) == assignment
+
+    async def _restore_with_retries(self, partition: int) -> None:
+        attempts = self.settings.restore_attempts
+        backoff = FIRST_BACKOFF_S
+        assignment = self._assigned_in.get(partition, -1)
+        for attempt in range(1, attempts + 1):
+            if not self._still(partition, assignment):
+                return  # released meanwhile
+            try:
+                await self._restore(partition, assignment)
+                return
+            except ChangelogReset as reset:
+                log.warning(
+                    "partition %d: %s; its store is dropped and restored from the start", partition, reset
+                )
+                self._drop_store(partition)
+                self.metrics.state_restore_failures.labels("changelog_reset").inc()
+            except (TimeoutError, KafkaError, OSError, RuntimeError) as exc:
+                reason = type(exc).__name__
+                self.metrics.state_restore_failures.labels(reason).inc()
+                if attempt == attempts:
+                    raise Fatal(
+                        f"state: restoring partition {partition} failed {attempts} times, last: {exc!r}"
+                    ) from exc
+                log.warning(
+                    "partition %d: restore attempt %d of %d failed (%r); again in %.0f s",
+                    partition,
+                    attempt,
+                    attempts,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff *= 2
+
+    def _open(self, partition: int) -> HistoryStore:
+        store = self.stores.get(partition)
+        if store is None:
+            s = self.settings
+            share = s.cache_bytes // max(1, len(self.wanted))
+            store = self.stores[partition] = HistoryStore(
+                self._path(partition), s.history_length, s.by_event_time, share
+            )
+        return store
+
+    def _drop_store(self, partition: int) -> None:
+        if partition in self.stores:
+            self._close(partition)
+        shutil.rmtree(self._path(partition), ignore_errors=True)
+
+    async def _restore(self, partition: int, assignment: int) -> None:
+        assert self.changelog is not None
+        store = self._open(partition)
+        reached = store.changelog_offset()
+        start = 0 if reached is None else reached + 1
+        began = last_said = time.monotonic()
+        applied = 0
+        lag = self.metrics.state_restore_lag.labels(str(partition))
+        log.info(
+            "partition %d: restoring users' histories from %s offset %d",
+            partition,
+            self.changelog.topic,
+            start,
+        )
+        async for entries, end in self.changelog.read(partition, start, self.settings.restore_stall_s):
+            if not self._still(partition, assignment):
+                return  # released meanwhile: its store is closed, the next owner restores it
+            store.apply_changelog([(e.key, e.value) for e in entries], entries[-1].offset)
+            applied += len(entries)
+            self.metrics.state_restored_records.labels(str(partition)).inc(len(entries))
+            lag.set(max(0, end - entries[-1].offset - 1))
+            if time.monotonic() - last_said >= PROGRESS_LOG_S:
+                last_said = time.monotonic()
+                log.info(
+                    "partition %d: restored %d records, %d to go",
+                    partition,
+                    applied,
+                    end - entries[-1].offset - 1,
+                )
+        if not self._still(partition, assignment):
+            return
+        lag.set(0)
+        self.restoring.discard(partition)
+        log.info(
+            "partition %d: restored %d records in %.1f s; consuming it",
+            partition,
+            applied,
+            time.monotonic() - began,
+        )
+
+    # ── readings and the end ────────────────────────────────────────────────────────────
+    def cache_bytes(self) -> int:
+        return sum(s.cache_bytes for s in self.stores.values()) if self.durable else self._memory.bytes
+
+    def users(self) -> int:
+        return sum(s.users_estimate() for s in self.stores.values()) if self.durable else len(self._memory)
+
+    def disk_bytes(self) -> int:
+        return sum(s.disk_bytes() for s in self.stores.values())
+
+    def loops(self) -> dict[str, Callable[[asyncio.Event], Awaitable[None]]]:
+        """What runs beside the dataflow (supervised by the runtime)."""
+        if self.writer is None:
+            return {}
+        return {"state restores": self.restore_loop, "changelog": self.writer.run}
+
+    def close(self) -> None:
+        """Every store written to disk and closed (what the changelog lacks replays: it was
+        not committed)."""
+        for partition in list(self.stores):
+            self._close(partition)
