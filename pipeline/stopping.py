@@ -31,7 +31,9 @@ async def unless_stopped(step: Coroutine[Any, Any, object], stop: asyncio.Event)
             task.cancel()
             await asyncio.wait({task})
     if task.cancelled():
-        return False
+        if stop.is_set():
+            return False
+        raise RuntimeError(f"start step {step.__qualname__} ended cancelled, with no stop asked")
     task.result()  # a verdict reached as the stop came still counts (exit 2 over exit 0)
     return True
 

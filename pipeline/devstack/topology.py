@@ -37,6 +37,7 @@ def topology_on_stack(
         tag = uuid.uuid4().hex[:8]
         data["source"].update({"topics": [f"in-{tag}"], "group_id": f"g-{tag}"})
         data["sink"].update({"topic": f"out-{tag}", "dead_letter_topic": f"dlq-{tag}"})
+        data.setdefault("state", {})["changelog_topic"] = f"state-{tag}"
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return data

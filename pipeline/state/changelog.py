@@ -72,6 +72,9 @@ class KafkaChangelog:
         try:
             return {topic: len(await topic_partitions(consumer, topic)) for topic in topics}
         finally:
+            # aiokafka's stop awaits a task of the consumer's that may not have begun yet
+            # (every topic known from start: nothing awaited) and raises its CancelledError
+            await asyncio.sleep(0)
             await consumer.stop()
 
     async def prepare(self, input_topics: list[str]) -> None:

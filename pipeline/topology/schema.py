@@ -473,9 +473,7 @@ class StateSpec(Node):
         "partition count; none: `<name>-user-histories`",
     )
     changelog_replication_factor: int = Field(
-        -1,
-        ge=-1,
-        description="replicas of the changelog when the pipeline makes it; -1: the broker's default",
+        1, ge=1, description="replicas of the changelog the pipeline makes (3 on a production cluster)"
     )
     restore_stall_ms: int = Field(
         30_000, gt=0, description="a restore that reads nothing this long is retried (a broker away)"

@@ -164,9 +164,7 @@ def test_operator_maps_each_window_and_remembers_across_windows():
     w1 = win(ev(1, 1, 100), ev(2, 2, 100))
     w2 = win(ev(1, 3, 200))
     out = []
-    reactivex.of(w1, w2).pipe(
-        coalesce(RecentItems(4, max_users=10))
-    ).subscribe(out.append)
+    reactivex.of(w1, w2).pipe(coalesce(RecentItems(4, max_users=10))).subscribe(out.append)
     assert [w for w, _ in out] == [w1, w2]
     assert [(r.user_id, r.history) for r in out[0][1]] == [(1, (1,)), (2, (2,))]
     assert [(r.user_id, r.history) for r in out[1][1]] == [(1, (1, 3))]
@@ -176,9 +174,7 @@ def test_operator_without_memory_sends_only_the_window_items():
     w1 = win(ev(1, 1, 100))
     w2 = win(ev(1, 3, 200))
     out = []
-    reactivex.of(w1, w2).pipe(
-        coalesce(RecentItems(4, max_users=0))
-    ).subscribe(out.append)
+    reactivex.of(w1, w2).pipe(coalesce(RecentItems(4, max_users=0))).subscribe(out.append)
     assert [r.history for _, reqs in out for r in reqs] == [(1,), (3,)]
 
 

@@ -23,6 +23,8 @@ BOUNDS = wiring.adaptive_bounds(topology(adaptive={"enabled": True}))
 def bounds_with(**changes: float) -> AdaptiveBounds:
     assert BOUNDS is not None
     return dataclasses.replace(BOUNDS, **changes)
+
+
 MIN = Knobs(8, 2, 1)
 MAX = Knobs(256, 50, 16)
 

@@ -33,7 +33,7 @@ def test_the_java_clients_own_test_values() -> None:
 
 def test_partitions_follow_the_default_partitioner_in_a_mixed_batch() -> None:
     rng = random.Random(11)
-    keys = [str(rng.randrange(10**rng.randrange(1, 9))).encode() for _ in range(500)]
+    keys = [str(rng.randrange(10 ** rng.randrange(1, 9))).encode() for _ in range(500)]
     keys += [rng.randbytes(rng.randrange(60, 300)) for _ in range(40)]  # long: a key at a time
     rng.shuffle(keys)
     every = [0, 1, 2, 3, 4, 5, 6]
