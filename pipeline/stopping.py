@@ -33,7 +33,8 @@ async def unless_stopped(step: Coroutine[Any, Any, object], stop: asyncio.Event)
     if task.cancelled():
         if stop.is_set():
             return False
-        raise RuntimeError(f"start step {step.__qualname__} ended cancelled, with no stop asked")
+        name = getattr(step, "__qualname__", repr(step))
+        raise RuntimeError(f"start step {name} ended cancelled, with no stop asked")
     task.result()  # a verdict reached as the stop came still counts (exit 2 over exit 0)
     return True
 
