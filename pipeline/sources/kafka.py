@@ -120,6 +120,10 @@ class KafkaSource:
             for tp, taken in fetched.items():
                 key = (tp.topic, tp.partition)
                 if not self.partitions.taking(key) or tp not in assigned or not taken:
+                    if taken and tp in assigned and self.partitions.restoring(key):
+                        # fetched in the poll that assigned it, before it could be paused:
+                        # read again once its state is restored
+                        self.consumer.seek(tp, taken[0].offset)
                     continue  # being handed to another member: it re-reads from our commit
                 self.partitions.take(key, [r.offset for r in taken], self.consumer.highwater(tp))
                 records.extend(taken)

@@ -282,7 +282,10 @@ class UserState:
         """What runs beside the dataflow (supervised by the runtime)."""
         if self.writer is None:
             return {}
-        return {"state restores": self.restore_loop, "changelog": self.writer.run}
+        writer = self.writer
+        # Changelog rounds go on through the drain after a stop (the writes being drained wait
+        # for them): the runtime cancels the loop once drained, so it never sees the stop.
+        return {"state restores": self.restore_loop, "changelog": lambda _stop: writer.run(asyncio.Event())}
 
     def close(self) -> None:
         """Every store written to disk and closed (what the changelog lacks replays: it was

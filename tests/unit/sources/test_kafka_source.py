@@ -355,3 +355,43 @@ async def test_a_re_read_error_that_retrying_cannot_fix_stops_the_source() -> No
     source = source_with(consumer, TopicCredits(["t"], 1000, 500))
     with pytest.raises(SourceFailed, match="re-reading"):
         await asyncio.wait_for(source.run(lambda _: None, asyncio.Event()), 3)
+
+
+class _RestoringState:
+    """What the partitions' owner asks of durable state: which partitions are restoring."""
+
+    def __init__(self) -> None:
+        self.restoring: set[int] = set()
+
+    def is_restoring(self, partition: int) -> bool:
+        return partition in self.restoring
+
+    def assigned(self, partitions: set[int]) -> None:
+        self.restoring |= partitions
+
+    async def released(self, partitions: set[int]) -> None:
+        self.restoring -= partitions
+
+
+async def test_records_fetched_in_the_poll_that_assigns_a_restoring_partition_are_read_again() -> None:
+    """aiokafka assigns inside a poll, and that poll can hand out the new partition's records
+    before the source could pause it for its restore: they are read again afterwards, not
+    skipped."""
+    state = _RestoringState()
+
+    class AssigningConsumer(FakeConsumer):
+        async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None):  # type: ignore[no-untyped-def]
+            if not state.restoring and self.polls == 0:
+                source.partitions.assign([("t", 0)])  # the rebalance, inside the poll
+            return await super().getmany(*tps, timeout_ms=timeout_ms, max_records=max_records)
+
+    consumer = AssigningConsumer({TP0: [b"{}"] * 20})
+    source = source_with(consumer, TopicCredits(["t"], high_watermark=100, low_watermark=50))
+    source.partitions.state = state  # type: ignore[assignment]
+    run = Running(source)
+    await asyncio.sleep(0.3)
+    assert run.got == [] and TP0 in consumer.paused_tps  # held while restoring
+    state.restoring.clear()  # restored
+    await asyncio.wait_for(run.until_taken(20), 5)
+    await run.finish()
+    assert [r.offset for r in run.got] == list(range(20))

@@ -5,6 +5,7 @@ each as before (the model never names a history item it was sent)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -217,3 +218,11 @@ async def test_a_record_keyed_by_another_user_is_dead_lettered_with_state(tmp_pa
     async with running(stateful(tmp_path / "a"), records) as run:
         await run.settled()
     assert sorted(run.sink.dead_letter_reasons()) == ["key_not_user", "key_not_user"]
+
+
+async def test_a_stop_drains_the_writes_that_wait_for_the_changelog(tmp_path: Path) -> None:
+    async with running(stateful(tmp_path / "a")) as run:
+        run.source.add(phase_one())
+        await asyncio.sleep(0)  # stopped mid-stream: a window still open
+    assert run.runtime.clean_stop  # every write in flight drained: its changelog round came
+    assert run.runtime.partitions.in_flight == 0
