@@ -148,8 +148,9 @@ class UserState:
         store.close()
 
     def _path(self, partition: int) -> Path:
-        assert self.settings.dir is not None
-        return self.settings.dir / f"partition-{partition}"
+        """Under the changelog's name: topologies sharing a state dir never share a store."""
+        assert self.settings.dir is not None and self.changelog is not None
+        return self.settings.dir / self.changelog.topic / f"partition-{partition}"
 
     # ── restore ─────────────────────────────────────────────────────────────────────────
     async def restore_loop(self, stop: asyncio.Event) -> None:
