@@ -197,10 +197,12 @@ class KafkaSink:
                 continue
             by_topic.setdefault(rec.topic, (known, []))[1].append(rec)
         for topic, ((every, available), chunk) in by_topic.items():
-            chosen = partitions_for([rec.key for rec in chunk], every, available)
-            for rec, partition in zip(chunk, chosen, strict=True):
-                at = partition if rec.partition is None else rec.partition
-                groups.setdefault((topic, at), []).append(rec)
+            named = [rec.partition for rec in chunk]
+            if None in named:  # the changelog's records name theirs: no hashing
+                hashed = partitions_for([rec.key for rec in chunk], every, available)
+                named = [h if n is None else n for h, n in zip(hashed, named, strict=True)]
+            for rec, partition in zip(chunk, named, strict=True):
+                groups.setdefault((topic, partition or 0), []).append(rec)
         return groups, alone, failed
 
     async def _send_each(self, producer: AIOKafkaProducer, records: list[OutputRecord]) -> Failed:

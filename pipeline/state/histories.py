@@ -67,6 +67,9 @@ class HistoryStore:
     def extend(self, user_id: int, new_items: list[tuple[int, int]]) -> tuple[int, ...]:
         """Add (ts, item) pairs; returns the history, newest last (as RecentItems.extend)."""
         blob = self._packed(user_id)
+        if blob is None and len(new_items) == 1:  # a new user with one event: nothing to merge
+            self.put_packed(user_id, pack_pairs(new_items))
+            return (new_items[0][1],)
         known = unpack_pairs(blob) if blob is not None else {}
         kept = merge_pairs(known, new_items, self.history_length, self.by_event_time)
         self.put_packed(user_id, pack_pairs(kept))

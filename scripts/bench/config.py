@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # `python scripts/bench`: how the bench runs its worker processes, as `pipeline bench` runs it
 ENTRY = Path(__file__).resolve().parent
 MODELS = ("recommender", "trivial")
-# 2w: `pipeline run --workers 2`
-VARIANTS = ("naive", "hand", "pipeline", "pipeline-2w", "ceiling", "ceiling-shm")
+# 2w: `pipeline run --workers 2`; state: with durable user state (state.dir: RocksDB stores and
+# the changelog topic), against "pipeline", which keeps histories in memory
+VARIANTS = ("naive", "hand", "pipeline", "pipeline-state", "pipeline-2w", "ceiling", "ceiling-shm")
 # ceiling-shm (Triton alone with its tensors in system shared memory) is on request only: it
 # measured no gain on this stack (docs/benchmarks.md), so the pipeline does not use it
 DEFAULT_VARIANTS = VARIANTS[:-1]

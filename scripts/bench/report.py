@@ -144,13 +144,13 @@ def ratio_table(agg: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "| model | pipeline / hand | pipeline / ceiling | pipeline / naive "
-        "| CPU per event: pipeline / hand | 2 workers / hand |",
+        "| CPU per event: pipeline / hand | 2 workers / hand | durable state / in memory |",
     ]
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|")
     for model in MODELS:
         pipe, hand = agg.get((model, "pipeline")), agg.get((model, "hand"))
         ceiling, naive = agg.get((model, "ceiling")), agg.get((model, "naive"))
-        two = agg.get((model, "pipeline-2w"))
+        two, durable = agg.get((model, "pipeline-2w")), agg.get((model, "pipeline-state"))
         if pipe is None:
             continue
 
@@ -159,7 +159,7 @@ def ratio_table(agg: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
 
         lines.append(
             f"| {model} | {ratio(hand)} | {ratio(ceiling)} | {ratio(naive)} | {ratio(hand, 'cpu_consumer')} "
-            f"| {ratio(hand, p=two) if two else '–'} |"
+            f"| {ratio(hand, p=two) if two else '–'} | {ratio(pipe, p=durable) if durable else '–'} |"
         )
     return lines
 

@@ -141,8 +141,9 @@ class Bench:
 
     def run_variant(self, model: str, variant: str) -> dict[str, Any]:
         tag = uuid.uuid4().hex[:8]
-        if variant in ("pipeline", "pipeline-2w"):
-            return self.run_pipeline(model, tag, workers=2 if variant == "pipeline-2w" else 1)
+        if variant in ("pipeline", "pipeline-2w", "pipeline-state"):
+            workers = 2 if variant == "pipeline-2w" else 1
+            return self.run_pipeline(model, tag, workers, durable_state=variant == "pipeline-state")
         if variant in CEILING_VARIANTS:
             return self.run_ceiling(model, tag, shm=variant == "ceiling-shm")
         events = self.args.events if variant == "hand" else min(self.args.naive_events, self.args.events)
@@ -177,8 +178,11 @@ class Bench:
             set_key(data, path, value)
         return Topology.model_validate(data)
 
-    def run_pipeline(self, model: str, tag: str, workers: int = 1) -> dict[str, Any]:
-        topology = self.topology(model)
+    def run_pipeline(
+        self, model: str, tag: str, workers: int = 1, durable_state: bool = False
+    ) -> dict[str, Any]:
+        state = (("state.dir", str(self.runs / f"state-{tag}")),) if durable_state else ()
+        topology = self.topology(model, state)
         asyncio.run(ensure_topology_topics(topology, PARTITIONS))
         topic = topology.source.topics[0]
         inputs = asyncio.run(preload(self.broker, topic, self.events, self.args.events))
@@ -192,7 +196,9 @@ class Bench:
         finally:
             worker.stop(worker.stop_grace_s)
         outputs = asyncio.run(read_outputs(self.broker, topology.sink.topic))
-        variant = "pipeline" if workers == 1 else f"pipeline-{workers}w"
+        variant = (
+            "pipeline-state" if durable_state else "pipeline" if workers == 1 else f"pipeline-{workers}w"
+        )
         row = summarise(variant, model, outputs, inputs, sampler, rss, "window", self.dump_dir)
         row["dead_letters"] = dead
         return row
