@@ -182,7 +182,8 @@ class PipelineRuntime:
         self.metrics.loop_restarts.labels(name).inc()
 
     def _on_graph_error(self, error: BaseException) -> None:
-        log.error("pipeline graph failed: %r", error, exc_info=error)
+        # a Fatal error is its own one line (the CLI says it): no traceback before it
+        log.error("pipeline graph failed: %r", error, exc_info=None if isinstance(error, Fatal) else error)
         self._failure = error
         self._stop.set()
 

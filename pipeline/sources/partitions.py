@@ -94,7 +94,10 @@ class Partitions:
         for key in keys:
             self.generations[key] = self._generation
         if self.state is not None:
-            self.state.assigned({partition for _, partition in keys})
+            numbers = {partition for _, partition in keys}
+            held = set(self.generations)
+            split = {n for n in numbers if any((topic, n) not in held for topic in self.credits.gates)}
+            self.state.assigned(numbers, split)
 
     def generation_of(self, key: PartitionKey) -> int:
         return self.generations.get(key, 0)
@@ -200,7 +203,7 @@ class Partitions:
             self.generations.pop(key, None)  # what is still in flight of it is now stale
         if self.state is not None:  # a partition number still held in another topic keeps its state
             still_held = {partition for _, partition in self.generations}
-            await self.state.released({partition for _, partition in keys} - still_held)
+            await self.state.released({partition for _, partition in keys} - still_held, self.drain_timeout_s)
         log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
     # ── readings ────────────────────────────────────────────────────────────────────────

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import NamedTuple, Protocol
 
 from aiokafka import TopicPartition
@@ -54,7 +54,7 @@ class ChangelogReader(Protocol):
 
     def read(
         self, partition: int, start: int, stall_s: float
-    ) -> AsyncIterator[tuple[list[ChangelogEntry], int]]:
+    ) -> AsyncGenerator[tuple[list[ChangelogEntry], int], None]:
         """Batches from ``start`` to the partition's end, each with the end seen (the lag).
         No progress for ``stall_s``: TimeoutError; ``start`` past the end: ChangelogReset."""
         ...
@@ -109,7 +109,7 @@ class KafkaChangelog:
 
     async def read(
         self, partition: int, start: int, stall_s: float
-    ) -> AsyncIterator[tuple[list[ChangelogEntry], int]]:
+    ) -> AsyncGenerator[tuple[list[ChangelogEntry], int], None]:
         # From 0 the log's start is wherever it is; from an offset a store reached, a
         # changelog that no longer has it must be told apart (out of range: reset).
         reset = "earliest" if start == 0 else "none"
@@ -172,7 +172,11 @@ class ChangelogWriter:
             self._started += 1
             started = self._started
             async with self.lock:
-                await self.round()
+                try:
+                    await self.round()
+                except BaseException:
+                    self._wanted.set()  # the waiters' round is still owed: the next one takes it
+                    raise
             self._completed = started
             async with self._progress:
                 self._progress.notify_all()

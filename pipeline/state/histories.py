@@ -86,10 +86,11 @@ class HistoryStore:
         self._dirty[user_id] = blob
 
     def take_changed(self) -> dict[int, bytes]:
-        """What changed since the last take, to send to the changelog; readable from here
+        """What is not on disk yet, to send to the changelog: what changed since the last
+        take, and what an unfinished round took before it (sent again). Readable from here
         until ``stored`` wrote it to disk (the cache may drop it meanwhile)."""
-        changed, self._dirty = self._dirty, {}
-        self._sending.update(changed)
+        changed = {**self._sending, **self._dirty} if self._sending else self._dirty
+        self._sending, self._dirty = changed, {}
         return changed
 
     def stored(self, changelog_offset: int | None) -> int:
@@ -145,6 +146,10 @@ class HistoryStore:
     @property
     def cache_bytes(self) -> int:
         return self._cache.bytes
+
+    def sst_bytes(self) -> int:
+        """RocksDB's own count of its files' bytes (cheap, safe during a compaction)."""
+        return int(self._db.property_int_value("rocksdb.total-sst-files-size") or 0)
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

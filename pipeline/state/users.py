@@ -11,14 +11,13 @@ existed): every restart, scale-out and rebalance forgets them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NamedTuple
-
-from aiokafka.errors import KafkaError
 
 from pipeline.errors import Fatal
 from pipeline.events import OutputRecord, SinkBatch
@@ -69,6 +68,8 @@ class UserState:
         self.wanted: set[int] = set()  # assigned partition numbers
         self.restoring: set[int] = set()  # assigned, not restored yet: held
         self._restore_queue: list[int] = []
+        self._restores: dict[int, asyncio.Task[None]] = {}  # one restore a partition
+        self.split: set[int] = set()  # see ``assigned``
         self._assignments = 0  # a partition's restore is of the assignment it began in
         self._assigned_in: dict[int, int] = {}
         self._hits = self._misses = 0  # of stores closed since
@@ -104,37 +105,51 @@ class UserState:
             await self.writer.persisted()
 
     # ── assignment ──────────────────────────────────────────────────────────────────────
-    def assigned(self, partitions: set[int]) -> None:
-        """Newly assigned partitions are held until restored (from where their stores got)."""
+    def assigned(self, partitions: set[int], split: set[int] | None = None) -> None:
+        """Newly assigned partitions are held until restored (from where their stores got).
+        ``split``: partition numbers this member holds in some input topics only (a group
+        not co-partitioning: members of an earlier release): their users' state would have
+        two writers, so the restore loop stops the process."""
         if not self.durable:
             return
+        if split:
+            self.split = split
         new = partitions - self.wanted
         self.wanted |= new
         self.restoring |= new
         self._assignments += 1
         for partition in new:
             self._assigned_in[partition] = self._assignments
-        self._restore_queue.extend(sorted(new))
+            self._restore_queue.append(partition)
         self._share_cache()
 
-    async def released(self, partitions: set[int]) -> None:
-        """What changed in them reaches the changelog, then their stores close."""
+    async def released(self, partitions: set[int], bound_s: float) -> None:
+        """What changed in them reaches the changelog (within ``bound_s``: what does not is
+        of inputs not committed, which their next owner replays), then their stores close."""
         if not self.durable:
             return
         self.wanted -= partitions
         self.restoring -= partitions
         for partition in partitions:
             self._assigned_in.pop(partition, None)
+            if (task := self._restores.pop(partition, None)) is not None:
+                task.cancel()
+            self.metrics.state_restore_lag.labels(str(partition)).set(0)  # not this member's now
         gone = {p for p in partitions if p in self.stores}
         if gone and self.writer is not None:
-            async with self.writer.lock:
-                try:
-                    await self.writer.round(gone)
-                except Exception as exc:  # its events were not committed: the next owner replays them
-                    log.warning("last changelog round of partitions %s failed: %r", sorted(gone), exc)
+            try:
+                await asyncio.wait_for(self._last_round(gone), bound_s)
+            except Exception as exc:  # TimeoutError included
+                log.warning("last changelog round of partitions %s failed: %r", sorted(gone), exc)
         for p in gone:
-            self._close(p)
+            if p not in self.wanted:  # not assigned again meanwhile
+                self._close(p)
         self._share_cache()
+
+    async def _last_round(self, partitions: set[int]) -> None:
+        assert self.writer is not None
+        async with self.writer.lock:
+            await self.writer.round(partitions)
 
     def _share_cache(self) -> None:
         share = self.settings.cache_bytes // max(1, len(self.wanted))
@@ -154,27 +169,40 @@ class UserState:
 
     # ── restore ─────────────────────────────────────────────────────────────────────────
     async def restore_loop(self, stop: asyncio.Event) -> None:
-        """Restores the partitions assigned, each on its own (one that cannot progress
-        holds only itself), each consumed as soon as it is restored. A restore that failed
-        every attempt stops the pipeline (Fatal)."""
-        running: set[asyncio.Task[None]] = set()
+        """Restores the partitions assigned, each on its own task (one that cannot progress
+        holds only itself; a partition has one at a time: a new assignment's replaces the
+        last), each consumed as soon as it is restored. A restore that failed every attempt
+        stops the pipeline (Fatal); so does a failure of anything else in it."""
+        self._restore_queue = sorted(self.restoring)  # a restarted loop takes up every one held
         try:
             while not stop.is_set():
+                if self.split:
+                    raise Fatal(
+                        f"state: partitions {sorted(self.split)} are held for some input topics only: "
+                        "a member of the group does not assign co-partitioned (an earlier release?)"
+                    )
                 while self._restore_queue:
                     partition = self._restore_queue.pop(0)
                     if partition in self.restoring:
-                        running.add(asyncio.create_task(self._restore_with_retries(partition)))
-                if not running:
-                    await asyncio.sleep(RESTORE_IDLE_S)
-                    continue
-                done, running = await asyncio.wait(running, timeout=RESTORE_IDLE_S)
-                failures = [error for task in done if (error := task.exception()) is not None]
-                if failures:
-                    raise failures[0]  # a Fatal failure, as it raised (every one retrieved)
+                        if (old := self._restores.get(partition)) is not None:
+                            old.cancel()
+                        self._restores[partition] = asyncio.create_task(self._restore_with_retries(partition))
+                await asyncio.sleep(RESTORE_IDLE_S)
+                for partition, task in list(self._restores.items()):
+                    if task.done():
+                        del self._restores[partition]
+                        if not task.cancelled() and (error := task.exception()) is not None:
+                            raise (
+                                error
+                                if isinstance(error, Fatal)
+                                else Fatal(f"state: restore failed: {error!r}")
+                            )
         finally:
-            for task in running:
+            tasks = list(self._restores.values())
+            self._restores.clear()
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _still(self, partition: int, assignment: int) -> bool:
         """Still restoring the partition in the assignment a restore began in."""
@@ -184,19 +212,30 @@ class UserState:
         attempts = self.settings.restore_attempts
         backoff = FIRST_BACKOFF_S
         assignment = self._assigned_in.get(partition, -1)
-        for attempt in range(1, attempts + 1):
+        reset = False
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             if not self._still(partition, assignment):
                 return  # released meanwhile
             try:
                 await self._restore(partition, assignment)
                 return
-            except ChangelogReset as reset:
+            except ChangelogReset as why:
+                if not self._still(partition, assignment):
+                    return  # released meanwhile: the store is no longer this restore's to drop
+                if reset:
+                    raise Fatal(
+                        f"state: partition {partition}: {why}, again after dropping its store"
+                    ) from why
                 log.warning(
-                    "partition %d: %s; its store is dropped and restored from the start", partition, reset
+                    "partition %d: %s; its store is dropped and restored from the start", partition, why
                 )
                 self._drop_store(partition)
                 self.metrics.state_restore_failures.labels("changelog_reset").inc()
-            except (TimeoutError, KafkaError, OSError, RuntimeError) as exc:
+                reset, attempt = True, attempt - 1  # not a failed attempt: a fresh start
+                continue
+            except Exception as exc:  # the broker away, a store it cannot open (locked, disk full)
                 reason = type(exc).__name__
                 self.metrics.state_restore_failures.labels(reason).inc()
                 if attempt == attempts:
@@ -243,21 +282,23 @@ class UserState:
             self.changelog.topic,
             start,
         )
-        async for entries, end in self.changelog.read(partition, start, self.settings.restore_stall_s):
-            if not self._still(partition, assignment):
-                return  # released meanwhile: its store is closed, the next owner restores it
-            store.apply_changelog([(e.key, e.value) for e in entries], entries[-1].offset)
-            applied += len(entries)
-            self.metrics.state_restored_records.labels(str(partition)).inc(len(entries))
-            lag.set(max(0, end - entries[-1].offset - 1))
-            if time.monotonic() - last_said >= PROGRESS_LOG_S:
-                last_said = time.monotonic()
-                log.info(
-                    "partition %d: restored %d records, %d to go",
-                    partition,
-                    applied,
-                    end - entries[-1].offset - 1,
-                )
+        batches = self.changelog.read(partition, start, self.settings.restore_stall_s)
+        async with contextlib.aclosing(batches):  # an early return closes the read's consumer now
+            async for entries, end in batches:
+                if not self._still(partition, assignment):
+                    return  # released meanwhile: its store is closed, the next owner restores it
+                store.apply_changelog([(e.key, e.value) for e in entries], entries[-1].offset)
+                applied += len(entries)
+                self.metrics.state_restored_records.labels(str(partition)).inc(len(entries))
+                lag.set(max(0, end - entries[-1].offset - 1))
+                if time.monotonic() - last_said >= PROGRESS_LOG_S:
+                    last_said = time.monotonic()
+                    log.info(
+                        "partition %d: restored %d records, %d to go",
+                        partition,
+                        applied,
+                        end - entries[-1].offset - 1,
+                    )
         if not self._still(partition, assignment):
             return
         lag.set(0)
@@ -277,7 +318,7 @@ class UserState:
         return sum(s.users_estimate() for s in self.stores.values()) if self.durable else len(self._memory)
 
     def disk_bytes(self) -> int:
-        return sum(s.disk_bytes() for s in self.stores.values())
+        return sum(s.sst_bytes() for s in self.stores.values())
 
     def loops(self) -> dict[str, Callable[[asyncio.Event], Awaitable[None]]]:
         """What runs beside the dataflow (supervised by the runtime)."""

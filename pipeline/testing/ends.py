@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable
 
 import orjson
 
@@ -219,7 +219,7 @@ class CapturedChangelog:
 
     async def read(
         self, partition: int, start: int, stall_s: float
-    ) -> AsyncIterator[tuple[list[ChangelogEntry], int]]:
+    ) -> AsyncGenerator[tuple[list[ChangelogEntry], int], None]:
         if self.held is None or partition in self.held:
             await self._released.wait()
         self.reads += 1

@@ -366,10 +366,10 @@ class _RestoringState:
     def is_restoring(self, partition: int) -> bool:
         return partition in self.restoring
 
-    def assigned(self, partitions: set[int]) -> None:
+    def assigned(self, partitions: set[int], split: set[int] | None = None) -> None:
         self.restoring |= partitions
 
-    async def released(self, partitions: set[int]) -> None:
+    async def released(self, partitions: set[int], bound_s: float) -> None:
         self.restoring -= partitions
 
 
