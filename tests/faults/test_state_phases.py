@@ -27,7 +27,7 @@ from tests.faults.harness import CaseResult, run_case
 from tests.integration.harness import create_topics, fresh_topology
 
 USERS, ITEMS = 400, 5_000  # the stack's model knows items 0..ITEMS-1
-RATE, PHASE_S = 300, 6.0
+RATE, PHASE_S = 300, 4.0
 PHASES = ["warm", "restart", "join", "leave", "kill -9", "new items"]
 HISTORY = 16
 

@@ -1,8 +1,7 @@
-"""scripts/bench --smoke as anyone runs it: its own broker and Triton, the
-variants for both models (Triton alone with and without shared memory; the 2-worker
-pipeline is left to test_workers), the latency step with a second setting, a table and a
-plot in the workdir, and no process left behind. No timing is asserted: only that each
-variant and setting answered."""
+"""scripts/bench --smoke as anyone runs it: its own broker and Triton, the variants for both
+models (Triton alone; the 2-worker pipeline is left to test_workers), the latency step with
+a second setting, a table and a plot in the workdir, and no process left behind. No timing
+is asserted: only that each variant and setting answered."""
 
 from __future__ import annotations
 
@@ -17,7 +16,8 @@ from tests.integration.harness import processes_mentioning
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("recommender", "trivial")
-VARIANTS = ("naive", "hand", "pipeline", "ceiling", "ceiling-shm")
+# ceiling-shm (on request only: no gain measured) is left out of a suite at its time budget
+VARIANTS = ("naive", "hand", "pipeline", "ceiling")
 
 
 def rates(table: str) -> dict[tuple[str, str], float]:
