@@ -79,6 +79,12 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     summary = combined_summary(books.ledgers)
     summary["wall_s"] = round(time.monotonic() - started, 2)
     summary["broker_recycles"] = recycles
+    summary["user_state"] = (
+        f"durable in {topology.state.dir} (the embedded broker never compacts the changelog, and a "
+        "broker recycle empties it: histories start again)"
+        if topology.state.dir is not None
+        else "in memory only (state.dir unset: a restart forgets every user's history)"
+    )
     return summary
 
 

@@ -52,9 +52,16 @@ class ListSource:
             log = self.logs.setdefault((record.topic, record.partition), [])
             log.append(record._replace(offset=len(log)))
         if self._added is not None:
-            if not self._rebalancing and (new := set(self.logs) - self.assignment - self._positions.keys()):
+            if not self._rebalancing and (
+                new := self._every_topic(self.logs) - self.assignment - self._positions.keys()
+            ):
                 self._assign(new)
             self._added.set()
+
+    def _every_topic(self, keys: Iterable[PartitionKey]) -> set[PartitionKey]:
+        """Each partition number in every input topic, as a group assigns them (co-partitioned)."""
+        numbers = {partition for _, partition in keys}
+        return {(topic, n) for topic in self.partitions.credits.gates for n in numbers}
 
     async def _commit(self, due: dict[PartitionKey, int]) -> None:
         self.commits.append(dict(due))
@@ -62,7 +69,7 @@ class ListSource:
 
     async def start(self) -> None:
         self._added = asyncio.Event()
-        self._assign(set(self.logs))
+        self._assign(self._every_topic(self.logs))
 
     def _assign(self, keys: set[PartitionKey]) -> None:
         self.partitions.assign(keys)

@@ -226,3 +226,48 @@ async def test_a_stop_drains_the_writes_that_wait_for_the_changelog(tmp_path: Pa
         await asyncio.sleep(0)  # stopped mid-stream: a window still open
     assert run.runtime.clean_stop  # every write in flight drained: its changelog round came
     assert run.runtime.partitions.in_flight == 0
+
+
+async def test_a_backfill_neither_evicts_live_users_nor_becomes_their_newest_item(tmp_path: Path) -> None:
+    """Live users' histories, then a backfill of many other users' years-old events (and an
+    old event of each live user) through a cache far too small for them all."""
+    live = phase_one()
+    old_ts = now_base() - 86_400_000
+    backfill = [
+        input_record(
+            topic="interactions.backfill",
+            partition=u % PARTITIONS,
+            key=str(u).encode(),
+            user_id=u,
+            item_id=700 + u % 100,
+            ts=old_ts + u,
+        )
+        for u in range(USERS, USERS + 3_000)
+    ] + [
+        input_record(
+            topic="interactions.backfill",
+            partition=u % PARTITIONS,
+            key=str(u).encode(),
+            user_id=u,
+            item_id=999,
+            ts=old_ts,
+        )
+        for u in range(USERS)
+    ]
+    t = topology(
+        source={"topics": ["interactions", "interactions.backfill"]},
+        window={"history_cache_mb": 0.05},
+        validation={"max_age_ms": 10 * 86_400_000},
+        state={"dir": str(tmp_path / "a")},
+    )
+    async with running(t, live) as run:
+        await run.settled()
+        run.source.add(backfill)
+        await run.settled()
+        histories = stored(run)
+        cache = run.runtime.users.cache_bytes()
+    expected = rebuilt(live + backfill)
+    assert histories == {u: expected[u] for u in range(USERS)}
+    assert all(h[-1] != 999 for h in histories.values())  # the old event took its place by time
+    assert all(999 in h for h in histories.values())
+    assert cache <= 0.05 * (1 << 20)
