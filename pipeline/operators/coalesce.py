@@ -78,6 +78,14 @@ class RecentItems:
     def __len__(self) -> int:
         return len(self._items)
 
+    def users(self) -> list[int]:
+        return list(self._items)
+
+    def history(self, user_id: int) -> tuple[int, ...]:
+        """The user's items, newest last, as remembered (not counted as activity)."""
+        blob = self._items.get(user_id)
+        return tuple(unpack_pairs(blob)) if blob is not None else ()
+
     def resize(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._bound()

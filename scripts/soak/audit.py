@@ -10,10 +10,32 @@ from typing import Any
 import orjson
 
 from pipeline.audit import Ledger, audit_topology
+from pipeline.kafka_io import read_to_end
+from pipeline.state.quality import changelog_mismatches, history_share
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger("soak")
 AUDIT_READS = 4
+
+
+async def history_measures(topology: Topology) -> dict[str, Any]:
+    """The share of recommendations naming an item of the user's recent history (0 while
+    histories survive every fault) and the users whose changelog history is not the one
+    rebuilt from the input topic."""
+    length = topology.window.history_length
+    inputs = [r async for r in read_to_end(topology.broker, topology.source.topics[0])]
+    outputs = [
+        orjson.loads(r.value) async for r in read_to_end(topology.broker, topology.sink.topic) if r.value
+    ]
+    changelog = [r async for r in read_to_end(topology.broker, topology.changelog_topic)]
+    share = history_share(inputs, outputs, length)
+    wrong = changelog_mismatches(inputs, changelog, length)
+    return {
+        "history_naming": share.naming,
+        "history_answered": share.answered,
+        "changelog_users_wrong": len(wrong),
+        "changelog_wrong_examples": wrong[:5],
+    }
 
 
 async def audit_epoch(epoch: int, topology: Topology, ledger: Ledger) -> dict[str, Any]:
@@ -49,5 +71,7 @@ async def audit_epoch(epoch: int, topology: Topology, ledger: Ledger) -> dict[st
         await asyncio.sleep(2)
     if "lost" not in result:
         result["error"] = "no fresh read of the topics succeeded"
+    elif topology.state.dir is not None:
+        result.update(await history_measures(topology))
     log.info("epoch %d audit: %s", epoch, orjson.dumps(result).decode())
     return result

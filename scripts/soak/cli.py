@@ -109,6 +109,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--fault-every", default=None, help="LO-HI seconds (default 60-90, less under 15 min)"
     )
+    parser.add_argument(
+        "--memory-state",
+        action="store_true",
+        help="users' histories in memory only (state.dir unset); default: durable, a state dir per worker",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("var/soak"))
     parser.add_argument("--model-repository", type=Path, default=Path("var/devstack/model_repository"))
     parser.add_argument("--recycle-growth", type=float, default=0.15, help="as in `pipeline dev`")

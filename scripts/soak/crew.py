@@ -38,6 +38,9 @@ class Crew:
     async def start(self, role: str, topology: Topology, epoch: int) -> WorkerLife:
         self.seq += 1
         name = f"e{epoch}-w{self.seq}"
+        if topology.state.dir is not None:  # a disk of its own: a replacement starts from the changelog
+            state = topology.state.model_copy(update={"dir": topology.state.dir / name})
+            topology = topology.model_copy(update={"state": state})
         proc = PipelineProcess(topology, self.run_dir / "workers", name)
         life = WorkerLife(name, epoch, role, proc, self.now_s())
         self.lives.append(life)  # before it starts: the final stop must find it

@@ -42,6 +42,13 @@ def markdown(summary: dict[str, Any]) -> str:
         f"(fresh audit of {len(summary['epochs'])} epoch(s)); books: in {fmt(books.get('events_in'))}, "
         f"lost {fmt(books.get('lost'))}, duplicates {fmt(books.get('duplicates'))} |"
     )
+    for e in summary["epochs"]:
+        if "history_answered" in e:
+            lines.append(
+                f"\nEpoch {e['epoch']} histories: {fmt(e['history_naming'])} of {fmt(e['history_answered'])} "
+                f"recommendations name an item of the user's recent history; "
+                f"{fmt(e['changelog_users_wrong'])} users' changelog histories differ from the inputs'"
+            )
     lines += [
         "",
         "| worker | epoch | role | life (s) | first | after warm-up | last | max (MB) | growth | end |",

@@ -102,6 +102,8 @@ class Soak:
         members, then the feed."""
         self.epoch += 1
         shipped_session = topology_on_stack(self.stack, quick_join=False)  # its stalls outlast 6 s
+        if not self.args.memory_state:  # each worker's dir is under it (a pod's disk of its own)
+            shipped_session["state"] = {"dir": str(self.run_dir / "state" / f"epoch-{self.epoch}")}
         topology = EMBEDDED_BROKER.apply(Topology.model_validate(shipped_session))
         self.topologies.append(topology)
         self.current = await Epoch.open(topology, self.books, self.events, self.args.rate, f"-{self.epoch}")

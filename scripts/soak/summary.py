@@ -31,6 +31,9 @@ def fill_rows(soak: Soak) -> None:
             row.duplicates += max(0, ledger.outputs[coord] - 1)
 
 
+HISTORY_SHARE_FLAG = 0.002  # of recommendations naming a history item: histories were lost
+
+
 def summarise(soak: Soak) -> dict[str, Any]:
     """The run's JSON summary: rows, epochs' audits, totals, workers, failures and flags."""
     fill_rows(soak)
@@ -53,6 +56,12 @@ def summarise(soak: Soak) -> dict[str, Any]:
         *[f"hung: {h}" for h in soak.crew.hung],
         *[f"not recovered: {r}" for r in not_recovered],
         *([f"stopped early: {soak.aborted}"] if soak.aborted else []),
+        *[
+            f"epoch {e['epoch']}: {e['changelog_users_wrong']} users' changelog histories differ from the "
+            f"inputs', e.g. {e['changelog_wrong_examples']}"
+            for e in audited
+            if e.get("changelog_users_wrong")
+        ],
     ]
     flags = [
         *[
@@ -64,6 +73,12 @@ def summarise(soak: Soak) -> dict[str, Any]:
             f"{w['name']}: RSS {w['warm_mb']} → {w['last_mb']} MB after warm-up (+{w['growth']:.0%})"
             for w in workers
             if w["flagged"]
+        ],
+        *[
+            f"epoch {e['epoch']}: {e['history_naming']} of {e['history_answered']} recommendations name an "
+            "item of the user's recent history"
+            for e in audited
+            if e.get("history_answered") and e["history_naming"] > HISTORY_SHARE_FLAG * e["history_answered"]
         ],
     ]
     return {

@@ -13,15 +13,15 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from pipeline.devstack.dev import live_events
 from pipeline.devstack.worker import PipelineProcess
-from pipeline.events import RawRecord
 from pipeline.kafka_io import read_to_end
-from pipeline.operators.coalesce import merge_pairs, unpack_pairs
 from pipeline.recsys.generator import GeneratorConfig
+from pipeline.state.quality import changelog_mismatches, history_share
 from pipeline.topology.schema import Topology
 from tests.faults.harness import CaseResult, run_case
 from tests.integration.harness import create_topics, fresh_topology
@@ -46,17 +46,6 @@ def events() -> list[dict[str, object]]:
         if n % 20 == 0:
             event["item_id"] = ITEMS + n % 50
     return generated
-
-
-def last_items(inputs: list[RawRecord], partition: int, offset: int, user: int) -> set[int]:
-    pairs = [
-        (doc["ts"], doc["item_id"])
-        for r in inputs
-        if r.partition == partition
-        and r.offset <= offset
-        and (doc := orjson.loads(r.value or b"{}"))["user_id"] == user
-    ]
-    return {item for _, item in merge_pairs({}, pairs, HISTORY, True)}
 
 
 async def test_histories_survive_restart_join_leave_and_kill(stack, tmp_path: Path) -> None:
@@ -112,34 +101,21 @@ async def test_histories_survive_restart_join_leave_and_kill(stack, tmp_path: Pa
     outputs = [
         orjson.loads(r.value or b"{}") async for r in read_to_end(topology.broker, topology.sink.topic)
     ]
-    naming, answered = [0] * len(PHASES), [0] * len(PHASES)
-    for rec in outputs:
-        last = max(rec["sources"], key=lambda s: s["offset"])
-        phase = phase_of[last["event_id"]]
-        seen = last_items(inputs, last["partition"], last["offset"], rec["user_id"])
-        answered[phase] += 1
-        naming[phase] += bool(seen & {i["item_id"] for i in rec["items"]})
-    shares = [n / max(1, a) for n, a in zip(naming, answered, strict=True)]
-    print(
-        "history share by phase: "
-        + ", ".join(f"{p} {s:.2%} of {a}" for p, s, a in zip(PHASES, shares, answered, strict=True))
-    )
-    assert all(answered)
-    assert all(share <= shares[0] + 0.002 for share in shares)
+
+    def phase(rec: dict[str, Any]) -> str:
+        return PHASES[phase_of[max(rec["sources"], key=lambda s: s["offset"])["event_id"]]]
+
+    measure = history_share(inputs, outputs, HISTORY, group_of=phase)
+    shares = {p: measure.by_group.get(p, (0, 0)) for p in PHASES}
+    print("history share by phase: " + ", ".join(f"{p} {n}/{a}" for p, (n, a) in shares.items()))
+    assert all(a for _, a in shares.values())
+    warm = shares["warm"][0] / shares["warm"][1]
+    assert all(n / a <= warm + 0.002 for n, a in shares.values())
 
     # every user's history as the changelog keeps it (its last record) = rebuilt from the inputs
-    changelog = {r.key: r.value async for r in read_to_end(topology.broker, topology.changelog_topic)}
-    rebuilt: dict[int, list[tuple[int, int]]] = {}
-    for r in inputs:
-        doc = orjson.loads(r.value or b"{}")
-        rebuilt.setdefault(doc["user_id"], []).append((doc["ts"], doc["item_id"]))
-    wrong = [
-        user
-        for user, pairs in rebuilt.items()
-        if tuple(unpack_pairs(changelog.get(user.to_bytes(8, "big"), b"")))
-        != tuple(i for _, i in merge_pairs({}, pairs, HISTORY, True))
-    ]
-    assert wrong == [], f"{len(wrong)} of {len(rebuilt)} users' histories differ, e.g. {wrong[:5]}"
+    changelog = [r async for r in read_to_end(topology.broker, topology.changelog_topic)]
+    wrong = changelog_mismatches(inputs, changelog, HISTORY)
+    assert wrong == [], f"{len(wrong)} users' histories differ, e.g. {wrong[:5]}"
 
     # who touched a product the model does not know keeps being recommended
     touched = {e["user_id"] for e in stream if int(e["item_id"]) >= ITEMS}  # type: ignore[call-overload]
