@@ -105,6 +105,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if summary["lost"] == 0 else 1
 
 
+def cmd_state_build(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
+
+    from pipeline.replay.files import EventFile, UnreadableFile
+    from pipeline.replay.mapping import load_mapping
+    from pipeline.state.build import build_state
+
+    _setup_logging(args, "WARNING")
+    topology = load_topology(args.topology)
+    if not args.file.is_file():
+        raise TopologyError(str(args.file), "", "no such file")
+    events = EventFile(args.file, load_mapping(args.mapping) if args.mapping else None, args.format)
+    try:
+        summary = asyncio.run(build_state(topology, events))
+    except (UnreadableFile, KafkaError, TimeoutError, OSError) as err:
+        print(f"pipeline state build: {err}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
 def cmd_redrive(args: argparse.Namespace) -> int:
     from pipeline.redrive import redrive
 
@@ -209,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_redrive)
     add_replay_command(sub, common)
     add_train_command(sub, common)
+    p = command("state", "users' histories: build them from past events (a warm start)")
+    actions = p.add_subparsers(dest="action", required=True)
+    b = actions.add_parser(
+        "build",
+        help="merge the histories of a file's events into the topology's changelog (group stopped)",
+        parents=[common],
+    )
+    b.add_argument("--topology", type=Path, required=True)
+    b.add_argument("--file", type=Path, required=True, help="events: JSON lines or CSV, .gz or not")
+    b.add_argument("--mapping", type=Path, help="YAML column mapping (as pipeline replay's)")
+    b.add_argument("--format", choices=["jsonl", "csv"], help="default: told by the file name")
+    b.set_defaults(func=cmd_state_build)
     p = command("schema", "print the topology files' JSON Schema (for editors)")
     p.set_defaults(func=cmd_schema)
     # listed for --help; main() hands `bench ...` to the script before parsing

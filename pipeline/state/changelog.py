@@ -66,7 +66,7 @@ class KafkaChangelog:
         self.topic = topic
         self.replication_factor = replication_factor
 
-    async def _partition_counts(self, topics: list[str]) -> dict[str, int]:
+    async def partition_counts(self, topics: list[str]) -> dict[str, int]:
         consumer = kafka_clients.consumer(self.broker, client_suffix="-state")
         await consumer.start()
         try:
@@ -78,7 +78,7 @@ class KafkaChangelog:
             await consumer.stop()
 
     async def prepare(self, input_topics: list[str]) -> None:
-        counts = await self._partition_counts([*input_topics, self.topic])
+        counts = await self.partition_counts([*input_topics, self.topic])
         inputs = {topic: counts[topic] for topic in input_topics}
         if 0 in inputs.values():
             missing = sorted(t for t, n in inputs.items() if n == 0)

@@ -14,6 +14,7 @@ the stores of the partitions this member holds."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from rocksdict import DBCompressionType, Options, Rdict, WriteBatch, WriteOptions
@@ -22,7 +23,7 @@ from pipeline.operators.coalesce import RecentItems, merge_pairs, pack_pairs, un
 
 _USER = struct.Struct(">q")
 user_key = _USER.pack  # a user id as the store's (and the changelog's) key
-_OFFSET = struct.Struct(">q")
+_OFFSET = _USER  # the changelog offset: the same 8 big-endian bytes
 CHANGELOG_OFFSET_KEY = b"\x00changelog-offset"  # sorts before every user key (ids are >= 0)
 WRITE_BUFFER_BYTES = 16 << 20  # RocksDB's memtable: part of the store's memory besides the cache
 
@@ -130,6 +131,12 @@ class HistoryStore:
             self._cache.forget(_USER.unpack(key)[0])
         batch.put(CHANGELOG_OFFSET_KEY, _OFFSET.pack(last_offset))
         self._db.write(batch)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every user's (key, packed history) on disk, in key order (flush first)."""
+        for key, blob in self._db.items():
+            if isinstance(key, bytes) and key != CHANGELOG_OFFSET_KEY:
+                yield key, bytes(blob)
 
     def users_estimate(self) -> int:
         """RocksDB's estimate of the users on disk (cheap; not exact)."""

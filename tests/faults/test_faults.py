@@ -162,26 +162,6 @@ async def test_pipeline_killed_and_restarted(stack, tmp_path, pipelines) -> None
     assert result.audit["duplicates"] <= 1000, result.line("pipeline SIGKILL + restart")
 
 
-async def test_second_worker_joins_then_leaves(stack, tmp_path, pipelines) -> None:
-    topology = fresh_topology(stack)
-    first = start_pipeline(topology, tmp_path, pipelines, "first")
-
-    async def fault(result: CaseResult) -> None:
-        await asyncio.sleep(2)
-        second = await asyncio.to_thread(start_pipeline, topology, tmp_path, pipelines, "second")
-        result.fault_at = time.monotonic()
-        await asyncio.sleep(4)
-        await asyncio.to_thread(second.stop)  # SIGTERM: drains, commits, leaves the group
-        result.recovered_at = time.monotonic()
-
-    result = await run_case(topology, 5000, 500, fault)
-    report("second worker joins, then leaves", result)
-    assert first.alive()
-    assert result.audit["dead_letters"] == 0
-    second_log = (tmp_path / "second.log").read_text()
-    assert "assigned" in second_log, "the second worker never got partitions"
-
-
 async def test_items_the_model_does_not_know_block_nobody(stack, tmp_path, pipelines) -> None:
     """5 % of events name a product newer than the model, on users who come back: the
     model ignores the unknown items (they stay in the users' histories), so every event is
