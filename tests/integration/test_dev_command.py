@@ -72,7 +72,7 @@ def test_dev_recycles_its_broker_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
     assert proc.returncode == 0
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["broker_recycles"] >= 1
-    assert summary["events_in"] > 1_000
+    assert summary["events_in"] > 500  # at 300/s through a recycle: two epochs' worth
     assert summary["lost"] == 0 and summary["duplicates"] == 0
     assert processes_mentioning(str(tmp_path)) == []
 
