@@ -151,8 +151,12 @@ class UserState:
         async with self.writer.lock:
             await self.writer.round(partitions)
 
+    def _cache_share(self) -> int:
+        """Each assigned partition's part of the member's cache."""
+        return self.settings.cache_bytes // max(1, len(self.wanted))
+
     def _share_cache(self) -> None:
-        share = self.settings.cache_bytes // max(1, len(self.wanted))
+        share = self._cache_share()
         for store in self.stores.values():
             store.resize_cache(share)
 
@@ -257,9 +261,8 @@ class UserState:
         store = self.stores.get(partition)
         if store is None:
             s = self.settings
-            share = s.cache_bytes // max(1, len(self.wanted))
             store = self.stores[partition] = HistoryStore(
-                self._path(partition), s.history_length, s.by_event_time, share
+                self._path(partition), s.history_length, s.by_event_time, self._cache_share()
             )
         return store
 
