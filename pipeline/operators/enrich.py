@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from reactivex import Observable
 from reactivex import operators as ops
 
@@ -38,11 +39,6 @@ class OutputSpec:
     tracing: Tracing | None = None  # spans per output; its context replaces the carried traceparent
 
 
-# A dead letter carries its input's bytes, up to this many (a producer's default
-# max_request_size is 1 MiB): a refused dead letter would pin its partition's offsets. The
-# input itself stays in its topic, named by the dlq.source_* headers.
-MAX_DEAD_LETTER_VALUE = 900_000
-
 # A recommendation lists at most this many of its source events (the first ones) and counts
 # them all in ``source_count``: one user with thousands of events in a window (a bot, a
 # backfill) would otherwise make a record past the producer's max_request_size. The
@@ -50,34 +46,65 @@ MAX_DEAD_LETTER_VALUE = 900_000
 MAX_LISTED_SOURCES = 100
 
 
-# ... and its input's headers up to this many bytes (names and values), in their order: a
-# header past the budget is dropped, and ``dlq.headers_dropped`` counts them.
+# A dead letter must be accepted by the producer, or it is retried for ever and pins its
+# partition's offsets. The producer refuses a record whose encoding passes max_request_size
+# (aiokafka's estimate: a batch header, a record's overhead, the key, the value, and each
+# header's name and value with their varint lengths); the sink's producers set it to this.
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576
+# A dead letter is encoded in at most this much: what is left is room for the trace context
+# that tracing puts in its headers (a traceparent, a tracestate: well under 1 KiB).
+MAX_DEAD_LETTER_BYTES = PRODUCER_MAX_REQUEST_BYTES - 8_192
+# Within it, a dead letter carries its input's bytes up to this many (``dlq.truncated_from``
+# says when cut; the input itself stays in its topic, named by the dlq.source_* headers), its
+# key up to this many (``dlq.key_truncated_from``), and its headers in their order up to
+# this many encoded bytes and this many headers: a header past either is dropped, and
+# ``dlq.headers_dropped`` counts them (60,000 one-letter headers are 180 kB encoded).
+MAX_DEAD_LETTER_VALUE = 900_000
+MAX_DEAD_LETTER_KEY = 16 * 1024
 MAX_DEAD_LETTER_HEADERS = 64 * 1024
+MAX_DEAD_LETTER_HEADER_COUNT = 1_000
+_MARKER_ROOM = 64  # a marker header added after the room for the value was measured
+
+
+def _varint_size(n: int) -> int:
+    """Bytes of ``n`` as Kafka's record format writes it (a zigzag varint)."""
+    z, size = (n << 1) ^ (n >> 63), 1
+    while z >= 0x80:
+        z >>= 7
+        size += 1
+    return size
+
+
+def _header_size(name: str, value: bytes | None) -> int:
+    encoded = len(name.encode("utf-8"))
+    return _varint_size(encoded) + encoded + (1 if value is None else _varint_size(len(value)) + len(value))
 
 
 def _bounded_headers(headers: Headers) -> Headers:
-    kept: list[tuple[str, bytes]] = []
+    """The input's headers in their order, up to MAX_DEAD_LETTER_HEADER_COUNT of them and
+    MAX_DEAD_LETTER_HEADERS encoded bytes; the rest dropped and counted."""
     used = 0
-    for name, value in headers:
-        used += len(name) + len(value or b"")  # a null header value is None
-        if used > MAX_DEAD_LETTER_HEADERS:
-            dropped = str(len(headers) - len(kept)).encode()
-            return (*kept, ("dlq.headers_dropped", dropped))
-        kept.append((name, value))
+    for i, (name, value) in enumerate(headers):  # a null header value is None
+        used += _header_size(name, value)
+        if i >= MAX_DEAD_LETTER_HEADER_COUNT or used > MAX_DEAD_LETTER_HEADERS:
+            return (*headers[:i], ("dlq.headers_dropped", str(len(headers) - i).encode()))
     return headers
 
 
+def encoded_size(key: bytes | None, value: bytes, headers: Headers) -> int:
+    """What the producer measures a record at before it sends it (against max_request_size)."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers)))
+
+
 def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
-    """The original bytes (up to MAX_DEAD_LETTER_VALUE) and headers (up to
-    MAX_DEAD_LETTER_HEADERS), with why and where from in headers: re-drivable as is."""
+    """The original bytes, key and headers, cut to fit MAX_DEAD_LETTER_BYTES encoded (each
+    cut said in a ``dlq.`` header), with why and where from in headers: re-drivable as is."""
     src = dead.record
-    value = src.value or b""
-    truncated: Headers = ()
-    if len(value) > MAX_DEAD_LETTER_VALUE:
-        value, truncated = value[:MAX_DEAD_LETTER_VALUE], (("dlq.truncated_from", str(len(value)).encode()),)
-    headers: Headers = (
-        *_bounded_headers(src.headers),
-        *truncated,
+    key, value = src.key, src.value or b""
+    marks: Headers = ()
+    if key is not None and len(key) > MAX_DEAD_LETTER_KEY:
+        key, marks = key[:MAX_DEAD_LETTER_KEY], (("dlq.key_truncated_from", str(len(key)).encode()),)
+    why: Headers = (
         ("dlq.reason", dead.reason.encode()),
         ("dlq.error_class", dead.error_class.encode()),
         ("dlq.detail", dead.detail.encode("utf-8", "replace")[:1024]),
@@ -87,7 +114,16 @@ def dead_letter_record(dead: DeadLetter, topic: str) -> OutputRecord:
         ("dlq.source_offset", str(src.offset).encode()),
         ("dlq.source_timestamp", str(src.timestamp_ms).encode()),
     )
-    return OutputRecord(topic, src.key, value, headers, (src,))
+    headers = (*_bounded_headers(src.headers), *marks)
+    room = MAX_DEAD_LETTER_BYTES - _MARKER_ROOM - encoded_size(key, b"", (*headers, *why))
+    if len(value) > min(MAX_DEAD_LETTER_VALUE, room):
+        whole = len(value)
+        value = value[: max(0, min(MAX_DEAD_LETTER_VALUE, room))]
+        headers = (*headers, ("dlq.truncated_from", str(whole).encode()))
+    headers = (*headers, *why)
+    while (over := encoded_size(key, value, headers) - MAX_DEAD_LETTER_BYTES) > 0 and value:
+        value = value[: max(0, len(value) - over)]  # not reached: the room above is measured
+    return OutputRecord(topic, key, value, headers, (src,))
 
 
 def dead_letters_batch(dead: list[DeadLetter], topic: str) -> SinkBatch:

@@ -28,7 +28,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from pipeline import kafka_clients
 from pipeline.events import DeadLetter, OutputRecord, SinkBatch
 from pipeline.metrics import Metrics
-from pipeline.operators.enrich import dead_letter_record
+from pipeline.operators.enrich import PRODUCER_MAX_REQUEST_BYTES, dead_letter_record
 from pipeline.sinks.partitioner import partitions_for
 from pipeline.sinks.rounds import Failed, SendRounds
 from pipeline.topology.schema import Broker, Sink
@@ -117,6 +117,7 @@ class KafkaSink:
             acks="all",
             linger_ms=spec.linger_ms,
             max_batch_size=1_048_576,
+            max_request_size=PRODUCER_MAX_REQUEST_BYTES,  # what a dead letter is cut to fit
             compression_type=None if spec.compression == "none" else spec.compression,
             request_timeout_ms=30_000,
         )

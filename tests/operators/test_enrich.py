@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 
 import orjson
+import pytest
 import reactivex
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from pipeline.events import BatchOutcome, Event, Headers, Recommendations, SinkBatch
+from pipeline.events import BatchOutcome, Event, Headers, OutputRecord, Recommendations, SinkBatch
 from pipeline.operators.enrich import (
+    MAX_DEAD_LETTER_HEADER_COUNT,
     MAX_DEAD_LETTER_HEADERS,
     MAX_LISTED_SOURCES,
     OutputSpec,
@@ -275,3 +279,84 @@ def test_a_null_header_value_neither_crashes_a_recommendation_nor_a_dead_letter(
     batch = inference_batch(row, window_start_ms=now - 100, window_end_ms=now - 80)
     out = outcome_batch(BatchOutcome(batch, answers=[(row, Recommendations((5,), (0.5,)))]), SPEC)
     assert out.records[0].headers == headers
+
+
+# -- a dead letter's encoded size (issue 24, item 3) ------------------------------------------
+
+PRODUCER_LIMIT = 1_048_576  # aiokafka's default max_request_size, which the sink's producers keep
+
+
+def encoded_size(rec: OutputRecord) -> int:
+    """The record as the producer encodes it: a v2 batch holding it alone (aiokafka's own
+    builder), and the estimate ``send`` checks against max_request_size."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 30,
+    )
+    headers = list(rec.headers)
+    assert builder.append(0, timestamp=None, key=rec.key, value=rec.value, headers=headers) is not None
+    built = len(builder.build())
+    estimate = DefaultRecordBatchBuilder.estimate_size_in_bytes(rec.key, rec.value, headers)
+    return max(built, estimate)
+
+
+def test_sixty_thousand_one_letter_headers_make_a_dead_letter_the_producer_accepts() -> None:
+    """The issue's case: an 899 kB input with 60,000 one-letter headers made a 1,079,296-byte
+    dead letter (the header budget counted names and values, not their encoding)."""
+    src = raw_record(3, value=b"v" * 899_000, headers=tuple(("h", b"") for _ in range(60_000)))
+    out = dead_letter_record(dead_letter(src, reason="malformed_json"), "dlq")
+    assert encoded_size(out) <= PRODUCER_LIMIT - 4_096  # room left for the trace context headers
+    headers = dict(out.headers)
+    assert len(out.headers) <= MAX_DEAD_LETTER_HEADER_COUNT + 20
+    assert int(headers["dlq.headers_dropped"]) > 0
+    assert headers["dlq.reason"] == b"malformed_json" and headers["dlq.source_offset"] == b"3"
+
+
+# Every combination of these: tiny headers by the thousand, a huge value, a huge key, one
+# huge header, a long detail, alone and together (1,920 dead letters).
+KEY_SIZES = (None, 0, 70_000, 1_048_576)
+VALUE_SIZES = (0, 899_999, 900_001, 2_000_000)
+HEADER_COUNTS = (0, 1_000, 60_000)
+HEADER_SHAPES = (("h", b""), ("", None), ("\u00e9" * 20, b"x" * 64))  # one letter, empty, multi-byte
+BIG_HEADERS = (0, 70_000, 1_000_000)
+DETAILS = ("", "\u00e9" * 3_000)
+
+
+@pytest.mark.parametrize("key_size", KEY_SIZES)
+@pytest.mark.parametrize("value_size", VALUE_SIZES)
+def test_any_input_makes_a_dead_letter_below_the_producers_limit(
+    key_size: int | None, value_size: int
+) -> None:
+    """Many tiny headers, a huge value, a huge key, a huge header, all at once: the dead
+    letter's encoding stays under the producer's limit, with room for the trace context,
+    and what was cut is said in a marker header."""
+    for count, shape, big, detail in itertools.product(HEADER_COUNTS, HEADER_SHAPES, BIG_HEADERS, DETAILS):
+        headers = [shape] * count
+        if big:
+            headers.insert(len(headers) // 2, ("big", b"b" * big))
+        src = raw_record(
+            1,
+            key=None if key_size is None else b"k" * key_size,
+            value=b"v" * value_size,
+            headers=tuple(headers),
+        )
+        out = dead_letter_record(dead_letter(src, reason="output_refused", detail=detail), "dlq")
+        case = f"key {key_size}, value {value_size}, {count} x {shape[0]!r}, big {big}, detail {len(detail)}"
+        assert encoded_size(out) <= PRODUCER_LIMIT - 4_096, case
+        named = dict(out.headers)
+        assert named["dlq.reason"] == b"output_refused", case
+        assert named["dlq.source_offset"] == b"1", case
+        if len(out.value) < value_size:
+            assert named["dlq.truncated_from"] == str(value_size).encode(), case
+        if key_size is not None and len(out.key or b"") < key_size:
+            assert named["dlq.key_truncated_from"] == str(key_size).encode(), case
+        kept = [(name, value) for name, value in out.headers if not name.startswith("dlq.")]
+        assert len(kept) <= MAX_DEAD_LETTER_HEADER_COUNT, case
+        if len(kept) < len(headers):
+            assert named["dlq.headers_dropped"] == str(len(headers) - len(kept)).encode(), case
+            assert kept == headers[: len(kept)], case  # a prefix, in order
