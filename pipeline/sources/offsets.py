@@ -9,6 +9,11 @@ import time
 from collections import deque
 from collections.abc import Iterable
 
+# Fetch times kept beyond twice the unfinished offsets before those of finished fetches are
+# dropped: behind a pinned head the entries stay this few, and the pass that drops them runs
+# once per this many fetches at most.
+TAKEN_SLACK = 64
+
 
 class PartitionOffsets:
     """Tracked offsets as ascending [start, end) ranges (consecutive offsets share one), and
@@ -19,12 +24,36 @@ class PartitionOffsets:
     def __init__(self) -> None:
         self._ranges: deque[list[int]] = deque()  # head = _ranges[0][0], the oldest not passed
         self._unfinished: set[int] = set()
-        self._taken: deque[tuple[int, float]] = deque()  # (first offset of a fetch, when)
+        # (first offset of a fetch, when), ascending: each covers up to the next one's start.
+        # Only a fetch holding an unfinished offset can hold the head, now or later: the others'
+        # times are dropped, so there are at most about twice as many as unfinished offsets.
+        self._taken: deque[tuple[int, float]] = deque()
         self.next_commit: int | None = None
         self.committed: int | None = None
 
     def taken_at(self, first_offset: int, when: float) -> None:
+        """A fetch starting at ``first_offset`` was taken at ``when`` (its offsets tracked)."""
         self._taken.append((first_offset, when))
+        if len(self._taken) > 2 * len(self._unfinished) + TAKEN_SLACK:
+            self._forget_finished_fetches()
+
+    def _forget_finished_fetches(self) -> None:
+        """Drop the times of fetches whose every offset finished (the newest is kept): only
+        one holding an unfinished offset can become the head's. Behind a pinned head, where
+        the fetches behind it finish one by one, the entries stay a few, not one a fetch. At
+        most one entry per unfinished offset is left, so this runs once per as many fetches
+        as there are unfinished offsets (plus TAKEN_SLACK): amortised O(log n) a fetch."""
+        taken = list(self._taken)  # indexed below: a deque's middle is O(n) away
+        open_offsets = sorted(self._unfinished)
+        kept: deque[tuple[int, float]] = deque()
+        i, n, newest = 0, len(open_offsets), len(taken) - 1
+        for j, entry in enumerate(taken):
+            first = entry[0]
+            while i < n and open_offsets[i] < first:
+                i += 1
+            if j == newest or (i < n and open_offsets[i] < taken[j + 1][0]):
+                kept.append(entry)
+        self._taken = kept
 
     def oldest_open_age(self, now: float) -> float:
         """Seconds since the oldest unfinished offset was taken (0: none open). A partition
@@ -116,8 +145,8 @@ class OffsetTracker:
         taken = offsets if isinstance(offsets, list) else list(offsets)
         if not taken:
             return
-        part.taken_at(taken[0], time.monotonic() if now is None else now)
         part.track_many(taken)
+        part.taken_at(taken[0], time.monotonic() if now is None else now)
 
     def finish(self, topic: str, partition: int, offset: int) -> None:
         part = self.partitions.get((topic, partition))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 
@@ -300,3 +301,75 @@ def test_a_batchs_inputs_are_grouped_by_partition_and_assignment() -> None:
         ("other", 0, 1): [3],
     }
     assert offsets_by_assignment([]) == {}
+
+
+def test_a_pinned_head_keeps_the_fetch_times_flat_through_the_tracker() -> None:
+    """The source's path (``OffsetTracker.track``, one fetch time each): 50,000 fetches of one
+    record, each finished, behind one record that never finishes. What is kept of their times
+    stays a handful of entries and a few kB, and the age reported is still the head's."""
+    tracker = OffsetTracker()
+    tracker.track("t", 0, [0], now=0.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for offset in range(1, 50_001):
+            tracker.track("t", 0, [offset], now=float(offset))
+            tracker.finish_many("t", 0, [offset])
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    part = tracker.partitions[("t", 0)]
+    assert len(part._ranges) == 1 and part._unfinished == {0}
+    assert len(part._taken) <= 256
+    assert grown < 64_000  # 50,000 entries took about 6 MB
+    assert part.oldest_open_age(now=60_000.0) == 60_000.0
+    tracker.finish("t", 0, 0)
+    assert part.oldest_open_age(now=60_000.0) == 0.0 and part.commit_due() == 50_001
+
+
+def test_the_age_stays_right_when_fetch_times_are_merged_behind_a_pinned_head() -> None:
+    """Fetches whose records all finished are forgotten; one still open keeps its own time,
+    and becomes the age once the head passes to it."""
+    tracker = OffsetTracker()
+    tracker.track("t", 0, [0, 1], now=0.0)
+    open_in_the_middle = {7_000, 7_001, 30_002}
+    for offset in range(2, 40_000, 2):  # fetches of two records, taken at t = offset
+        tracker.track("t", 0, [offset, offset + 1], now=float(offset))
+        tracker.finish_many("t", 0, [o for o in (offset, offset + 1) if o not in open_in_the_middle])
+    part = tracker.partitions[("t", 0)]
+    assert len(part._taken) <= 256
+    assert part.oldest_open_age(now=50_000.0) == 50_000.0
+    tracker.finish_many("t", 0, [0, 1])
+    assert part.commit_due() == 7_000
+    assert part.oldest_open_age(now=50_000.0) == 50_000.0 - 7_000
+    tracker.finish("t", 0, 7_000)
+    assert part.oldest_open_age(now=50_000.0) == 50_000.0 - 7_000  # 7,001: the same fetch
+    tracker.finish("t", 0, 7_001)
+    assert part.commit_due() == 30_002
+    assert part.oldest_open_age(now=50_000.0) == 50_000.0 - 30_002
+    tracker.finish("t", 0, 30_002)
+    assert part.oldest_open_age(now=50_000.0) == 0.0 and part.commit_due() == 40_000
+
+
+def test_the_age_is_the_oldest_unfinished_offsets_fetch_time_whatever_is_forgotten() -> None:
+    """Against a plain model (every offset's fetch time kept): fetches with gaps, finishes in
+    any order, the fetch times dropped along the way never change the answer."""
+    rng = random.Random(11)
+    for _ in range(20):
+        tracker = OffsetTracker()
+        fetched_at: dict[int, float] = {}
+        open_offsets: set[int] = set()
+        start = 0
+        for step in range(600):
+            fetch = [o for o in range(start, start + rng.randrange(1, 5)) if rng.random() < 0.8] or [start]
+            tracker.track("t", 0, fetch, now=float(step))
+            fetched_at.update(dict.fromkeys(fetch, float(step)))
+            open_offsets.update(fetch)
+            start = fetch[-1] + 1 + rng.randrange(0, 2)
+            part = tracker.partitions[("t", 0)]
+            assert len(part._taken) <= 2 * len(open_offsets) + 64
+            done = [o for o in open_offsets if rng.random() < (0.02 if o == min(open_offsets) else 0.6)]
+            tracker.finish_many("t", 0, done)
+            open_offsets.difference_update(done)
+            expected = 1_000.0 - fetched_at[min(open_offsets)] if open_offsets else 0.0
+            assert part.oldest_open_age(now=1_000.0) == expected
