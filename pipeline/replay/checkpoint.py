@@ -46,6 +46,8 @@ class Checkpoint:
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
         data = orjson.loads(path.read_bytes())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
         data["partition_marks"] = {int(k): int(v) for k, v in data.get("partition_marks", {}).items()}
         data["source_offsets"] = {
             int(k): [int(v[0]), int(v[1])] for k, v in data.get("source_offsets", {}).items()
@@ -63,7 +65,7 @@ def resume_or_start(path: Path | None, source: str, destination: str) -> Checkpo
         return Checkpoint(source, destination)
     try:
         checkpoint = Checkpoint.load(path)
-    except (OSError, ValueError, TypeError, KeyError, IndexError) as err:
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
         raise CheckpointMismatch(f"{path}: not a replay checkpoint ({err})") from None
     if (checkpoint.source, checkpoint.destination) != (source, destination):
         raise CheckpointMismatch(

@@ -101,7 +101,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             try:
                 checkpoint = resume_or_start(path, identity, destination)
             except CheckpointMismatch as err:
-                raise TopologyError(str(path), "", str(err)) from None
+                raise TopologyError(str(path), "", str(err).removeprefix(f"{path}: ")) from None
             code, report = asyncio.run(
                 _replay(topology, source, destination, checkpoint, path, args, progress)
             )

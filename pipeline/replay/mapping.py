@@ -100,9 +100,11 @@ def load_mapping(path: str | Path) -> ColumnMapping:
     """A mapping file, validated; errors name the file, the key path and the reason."""
     file = str(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise TopologyError(file, "", f"cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise TopologyError(file, "", f"not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except yaml.YAMLError as exc:
         raise TopologyError(file, "", f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(data, dict):
