@@ -212,6 +212,11 @@ class Metrics:
         self.in_flight_events = Gauge(
             "pipeline_in_flight_events", "Events consumed and not yet finished", registry=r
         )
+        self.in_flight_bytes = Gauge(
+            "pipeline_in_flight_bytes",
+            "Bytes (key, value, headers) of the events consumed and not yet finished",
+            registry=r,
+        )
         self.loop_restarts = Counter(
             "pipeline_background_loop_restarts_total",
             "Background loops (commits, watchdog, adaptive, lane guard) restarted after an exception",

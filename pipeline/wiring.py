@@ -61,7 +61,14 @@ def operations_endpoint(t: Topology) -> Endpoint | None:
 
 def topic_credits(t: Topology, hold: Callable[[], bool]) -> TopicCredits:
     credits = t.source.credits
-    return TopicCredits(t.source.topics, credits.high_watermark, credits.low_watermark, hold=hold)
+    return TopicCredits(
+        t.source.topics,
+        credits.high_watermark,
+        credits.low_watermark,
+        hold=hold,
+        high_watermark_bytes=credits.high_watermark_bytes,
+        low_watermark_bytes=credits.low_watermark_bytes,
+    )
 
 
 def fixed_knobs(t: Topology) -> Knobs:

@@ -19,6 +19,7 @@ from pipeline.errors import SourceFailed
 from pipeline.events import RawRecord
 from pipeline.metrics import Metrics, PartitionReading
 from pipeline.sources.assignment import member_assignors
+from pipeline.sources.credits import records_bytes
 from pipeline.sources.partitions import PartitionKey, Partitions
 from pipeline.sources.undecodable import is_undecodable, raw, step_past_undecodable
 from pipeline.topology.schema import Broker, Source
@@ -125,7 +126,8 @@ class KafkaSource:
                         # read again once its state is restored
                         self.consumer.seek(tp, taken[0].offset)
                     continue  # being handed to another member: it re-reads from our commit
-                self.partitions.take(key, [r.offset for r in taken], self.consumer.highwater(tp))
+                offsets = [r.offset for r in taken]
+                self.partitions.take(key, offsets, self.consumer.highwater(tp), records_bytes(taken))
                 records.extend(taken)
             if records:
                 self.metrics.in_flight_events.set(self.credits.in_flight)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.events import RawRecord, SinkBatch
 from pipeline.metrics import Metrics, PartitionReading
-from pipeline.sources.credits import TopicCredits
+from pipeline.sources.credits import TopicCredits, bytes_by_topic
 from pipeline.sources.offsets import OffsetTracker
 from pipeline.ticks import every
 
@@ -42,6 +42,17 @@ DRAIN_POLL_S = 0.02  # how often a revocation looks at what is still in flight
 
 _ASSIGNMENT = operator.itemgetter(*map(RawRecord._fields.index, ("topic", "partition", "generation")))
 _OFFSET = operator.itemgetter(RawRecord._fields.index("offset"))
+
+
+class Inputs(dict[Assignment, list[int]]):
+    """A batch's inputs: their offsets by the assignment they were taken in, and their bytes
+    by topic (what they hold of their topics' bytes in flight, given back with them)."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, offsets: dict[Assignment, list[int]], nbytes: dict[str, int]) -> None:
+        super().__init__(offsets)
+        self.nbytes = nbytes
 
 
 def offsets_by_assignment(sources: list[RawRecord]) -> dict[Assignment, list[int]]:
@@ -119,21 +130,24 @@ class Partitions:
         return self.state is not None and self.state.is_restoring(key[1])
 
     # ── take ────────────────────────────────────────────────────────────────────────────
-    def take(self, key: PartitionKey, offsets: list[int], high: int | None) -> None:
-        """Records of one partition handed on: tracked, positioned, a credit each."""
+    def take(self, key: PartitionKey, offsets: list[int], high: int | None, nbytes: int = 0) -> None:
+        """Records of one partition handed on: tracked, positioned, a credit each, and their
+        ``nbytes`` (``credits.records_bytes``) counted in flight."""
         topic, partition = key
         self.tracker.track(topic, partition, offsets)
         self.positions[key] = offsets[-1] + 1
         if high is not None:
             self.highs[key] = high
         self.metrics.events_consumed.labels(topic).inc(len(offsets))
-        self.credits.take(topic, len(offsets))
+        self.credits.take(topic, len(offsets), nbytes)
+        self.metrics.in_flight_bytes.set(self.credits.in_flight_bytes)
 
     # ── finish ──────────────────────────────────────────────────────────────────────────
-    def inputs_of(self, batch: SinkBatch) -> dict[Assignment, list[int]]:
-        return offsets_by_assignment(batch.sources)
+    def inputs_of(self, batch: SinkBatch) -> Inputs:
+        sources = batch.sources
+        return Inputs(offsets_by_assignment(sources), bytes_by_topic(sources))
 
-    def without_revoked(self, batch: SinkBatch, inputs: dict[Assignment, list[int]]) -> SinkBatch:
+    def without_revoked(self, batch: SinkBatch, inputs: Inputs) -> SinkBatch:
         """The batch less the outputs of work revoked since it was taken (its new owner
         redoes it: not written twice). Records are judged one by one: a re-read copy of an
         event shares its coordinates with the stale one."""
@@ -144,18 +158,20 @@ class Partitions:
         self.metrics.revoked_outputs_dropped.inc(len(batch.records) - len(kept))
         return dataclasses.replace(batch, records=kept)
 
-    def finish(self, inputs: dict[Assignment, list[int]]) -> int:
+    def finish(self, inputs: Inputs) -> int:
         """Inputs answered or dead-lettered: offsets of the current assignment become
         committable (judged again: a rebalance can happen during the write), every credit
-        goes back. Returns how many."""
+        and byte goes back. Returns how many."""
         per_topic: dict[str, int] = {}
         for assignment, offsets in inputs.items():
             topic, partition, _ = assignment
             if self.is_current_assignment(assignment):
                 self.tracker.finish_many(topic, partition, offsets)
             per_topic[topic] = per_topic.get(topic, 0) + len(offsets)
+        nbytes = inputs.nbytes
         for topic, count in per_topic.items():
-            self.credits.give_back(topic, count)
+            self.credits.give_back(topic, count, nbytes.get(topic, 0))
+        self.metrics.in_flight_bytes.set(self.credits.in_flight_bytes)
         finished = sum(per_topic.values())
         self.finished += finished
         return finished

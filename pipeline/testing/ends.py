@@ -14,6 +14,7 @@ import orjson
 
 from pipeline.events import OutputRecord, RawRecord, SinkBatch
 from pipeline.metrics import PartitionReading
+from pipeline.sources.credits import records_bytes
 from pipeline.sources.partitions import PartitionKey, Partitions
 from pipeline.state.changelog import ChangelogEntry, ChangelogReset
 
@@ -114,7 +115,8 @@ class ListSource:
                 continue
             generation = self.partitions.generation_of(key)
             records = [r._replace(generation=generation) for r in records]
-            self.partitions.take(key, [r.offset for r in records], len(self.logs[key]))
+            offsets = [r.offset for r in records]
+            self.partitions.take(key, offsets, len(self.logs[key]), records_bytes(records))
             self._positions[key] = position + len(records)
             taken.extend(records)
         return taken

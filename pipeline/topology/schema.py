@@ -19,19 +19,37 @@ class Node(BaseModel):
 
 
 class Credits(Node):
-    """Events consumed but not yet finished; the source holds a topic at high (pausing it if
-    held long), takes from it again at low."""
+    """Events consumed but not yet finished, counted and in bytes (key, value and headers);
+    the source holds a topic at either high watermark (pausing it if held long), takes from
+    it again once at or below both low ones. A record larger than the bytes bound is taken
+    when nothing of its topic is in flight, and passes alone."""
 
     high_watermark: int = Field(
         20_000, gt=0, description="per topic: stop taking from it at this many unfinished events"
     )
     low_watermark: int = Field(10_000, ge=0, description="per topic: take from it again at this many")
+    # 20,000 events of up to max_event_bytes (64 KiB) would be 1.25 GiB a topic, above the
+    # manifest's 1 GiB; a few hundred bytes an event (the usual) stay bound by the count.
+    high_watermark_bytes: int = Field(
+        64 * 1024 * 1024,
+        gt=0,
+        description="per topic: stop taking from it at this many bytes of unfinished events "
+        "(key, value, headers); overshot by at most one poll",
+    )
+    low_watermark_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="per topic: take from it again at this many bytes (and at low_watermark events)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Credits:
-        """low_watermark must be below high_watermark."""
+        """low_watermark must be below high_watermark, low_watermark_bytes below
+        high_watermark_bytes."""
         if self.low_watermark >= self.high_watermark:
             raise ValueError("low_watermark must be below high_watermark")
+        if self.low_watermark_bytes >= self.high_watermark_bytes:
+            raise ValueError("low_watermark_bytes must be below high_watermark_bytes")
         return self
 
 

@@ -4,8 +4,13 @@ watermark; each topic has its own gate."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from pipeline.sources.credits import CreditGate, TopicCredits
+from pipeline import wiring
+from pipeline.sources.credits import CreditGate, TopicCredits, bytes_by_topic, record_bytes, records_bytes
+from pipeline.testing import topology
+from pipeline.testing.builders import raw_record
+from pipeline.topology.schema import Credits
 
 
 def test_exhausted_exactly_at_high_watermark():
@@ -97,3 +102,79 @@ def test_update_held_adds_the_full_and_lets_go_of_those_back_at_their_low_waterm
     assert credits.update_held(held) == set() and held == {"backfill"}
     credits.give_back("backfill", 6)
     assert credits.update_held(held) == {"backfill"} and held == set()
+
+
+# -- the bytes bound beside the count ----------------------------------------------------
+
+
+def test_a_record_counts_its_key_value_and_headers() -> None:
+    record = raw_record(key=b"12", value=b"x" * 100, headers=(("trace", b"abc"), ("empty", b"")))
+    assert record_bytes(record) == 2 + 100 + len("trace") + 3 + len("empty")
+    assert record_bytes(raw_record(key=None, value=None)) == 0
+    assert records_bytes([record, raw_record(value=b"1234")]) == record_bytes(record) + 4
+    sizes = bytes_by_topic([raw_record(topic="a", value=b"12"), raw_record(topic="b", value=b"3")] * 2)
+    assert sizes == {"a": 4, "b": 2}
+
+
+def test_the_bytes_bound_holds_a_topic_far_below_its_count() -> None:
+    gate = CreditGate(100, 50, high_watermark_bytes=1_000, low_watermark_bytes=400)
+    gate.take(1, 600)
+    assert not gate.exhausted
+    gate.take(1, 400)
+    assert gate.exhausted and gate.in_flight == 2  # two events, at the bytes bound
+    credits = TopicCredits(["big", "small"], 100, 50, high_watermark_bytes=1_000, low_watermark_bytes=400)
+    credits.take("big", 2, 1_000)
+    credits.take("small", 2, 20)
+    assert credits.to_hold(set()) == {"big"}  # only the topic of the large records
+    assert credits.in_flight_bytes == 1_020
+
+
+def test_a_topic_is_let_go_only_below_both_low_watermarks() -> None:
+    credits = TopicCredits(["t"], 10, 4, high_watermark_bytes=1_000, low_watermark_bytes=400)
+    held: set[str] = set()
+    credits.take("t", 2, 1_000)
+    assert credits.update_held(held) == set() and held == {"t"}
+    credits.give_back("t", 1, 500)  # 1 event, 500 bytes: the count is low, the bytes not
+    assert credits.update_held(held) == set() and held == {"t"}
+    credits.give_back("t", 1, 500)
+    assert credits.update_held(held) == {"t"} and held == set()
+    credits.take("t", 6, 100)  # the count above its low watermark, the bytes far below theirs
+    credits.take("t", 4, 0)
+    assert credits.update_held(held) == set() and held == {"t"}
+    credits.give_back("t", 5, 50)
+    assert credits.update_held(held) == set()  # 5 events: not at the low watermark yet
+    credits.give_back("t", 1, 50)
+    assert credits.update_held(held) == {"t"} and credits.in_flight_bytes == 0
+
+
+def test_a_record_larger_than_the_bytes_bound_passes_alone() -> None:
+    """Only a gate already full is held: with nothing in flight a record of any size is
+    taken, holds the topic while it is in flight, and lets it go once finished."""
+    credits = TopicCredits(["t"], 10, 4, high_watermark_bytes=1_000, low_watermark_bytes=400)
+    held: set[str] = set()
+    assert credits.update_held(held) == set() and held == set()  # nothing in flight: taken
+    credits.take("t", 1, 5_000)
+    assert credits.update_held(held) == set() and held == {"t"}  # alone: nothing more taken
+    credits.give_back("t", 1, 5_000)
+    assert credits.update_held(held) == {"t"} and held == set()
+
+
+def test_giving_back_more_bytes_than_taken_raises() -> None:
+    gate = CreditGate(10, 4, high_watermark_bytes=100, low_watermark_bytes=50)
+    gate.take(2, 30)
+    with pytest.raises(RuntimeError, match="more bytes given back than taken"):
+        gate.give_back(1, 31)
+
+
+@pytest.mark.parametrize(("high", "low"), [(10, 10), (10, 11), (0, 0), (5, -1)])
+def test_bytes_watermarks_must_be_ordered(high: int, low: int) -> None:
+    with pytest.raises(ValueError, match="low_watermark_bytes"):
+        CreditGate(10, 5, high_watermark_bytes=high, low_watermark_bytes=low)
+    with pytest.raises(ValidationError, match="watermark_bytes"):
+        Credits(high_watermark_bytes=high, low_watermark_bytes=low)
+
+
+def test_the_shipped_default_bounds_a_topic_to_64_mib_and_the_runtime_wires_it() -> None:
+    credits = wiring.topic_credits(topology(), hold=lambda: False)
+    gate = credits.gate(topology().source.topics[0])
+    assert (gate.high_bytes, gate.low_bytes) == (64 * 1024 * 1024, 32 * 1024 * 1024)

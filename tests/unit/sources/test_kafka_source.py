@@ -395,3 +395,23 @@ async def test_records_fetched_in_the_poll_that_assigns_a_restoring_partition_ar
     await asyncio.wait_for(run.until_taken(20), 5)
     await run.finish()
     assert [r.offset for r in run.got] == list(range(20))
+
+
+async def test_a_topic_of_large_records_is_held_at_its_bytes_bound() -> None:
+    """Each record's key, value and headers count towards its topic's bytes in flight: the
+    topic is held at its bytes bound long before its count, and taken from again once the
+    finished records bring it down to the low one."""
+    consumer = FakeConsumer({TP0: [b"x" * 1_000] * 20})
+    credits = TopicCredits(["t"], 100, 50, high_watermark_bytes=3_000, low_watermark_bytes=1_000)
+    source = source_with(consumer, credits, max_poll_records=2)
+    run = Running(source)
+    await run.until_taken(4)  # 2,000 bytes: one more poll, then 4,000: held
+    await asyncio.sleep(0.1)
+    assert len(run.got) == 4 and credits.in_flight_bytes == 4_000
+    assert source.metrics.in_flight_bytes._value.get() == 4_000
+    credits.give_back("t", 2, 2_000)  # 2,000 in flight: above the low watermark
+    await asyncio.sleep(0.1)
+    assert len(run.got) == 4
+    credits.give_back("t", 1, 1_000)
+    await run.until_taken(6)
+    await run.finish()

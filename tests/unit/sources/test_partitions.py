@@ -8,7 +8,7 @@ import time
 
 from pipeline.events import OutputRecord, SinkBatch
 from pipeline.metrics import Metrics
-from pipeline.sources.credits import TopicCredits
+from pipeline.sources.credits import TopicCredits, records_bytes
 from pipeline.sources.partitions import Partitions
 from pipeline.testing.builders import raw_record
 
@@ -46,8 +46,9 @@ async def test_finish_makes_offsets_committable_in_order_and_gives_credits_back(
     partitions.assign([KEY])
     gen = partitions.generation_of(KEY)
     records = [raw_record(o, topic="t", generation=gen) for o in range(4)]
-    partitions.take(KEY, [0, 1, 2, 3], high=10)
+    partitions.take(KEY, [0, 1, 2, 3], high=10, nbytes=records_bytes(records))
     assert partitions.in_flight == 4
+    assert partitions.credits.in_flight_bytes == records_bytes(records) > 0
     later = batch_answering(records[2], records[3])
     assert partitions.finish(partitions.inputs_of(later)) == 2
     await partitions.commit()
@@ -55,6 +56,8 @@ async def test_finish_makes_offsets_committable_in_order_and_gives_credits_back(
     partitions.finish(partitions.inputs_of(batch_answering(records[0], records[1])))
     await partitions.commit()
     assert commits[-1] == {KEY: 4} and partitions.in_flight == 0 and partitions.finished == 4
+    assert partitions.credits.in_flight_bytes == 0
+    assert partitions.metrics.in_flight_bytes._value.get() == 0
     await partitions.commit()
     assert len(commits) == 2  # nothing new: no request
 
@@ -63,12 +66,12 @@ async def test_work_revoked_during_its_write_gives_credits_back_but_is_not_commi
     partitions, commits = owner(drain_timeout_s=0.05)
     partitions.assign([KEY])
     stale = raw_record(0, topic="t", generation=partitions.generation_of(KEY))
-    partitions.take(KEY, [0], high=1)
+    partitions.take(KEY, [0], high=1, nbytes=records_bytes([stale]))
     inputs = partitions.inputs_of(batch_answering(stale))
     await partitions.release({KEY})  # the drain times out with offset 0 still open
     partitions.assign([KEY])
     assert partitions.finish(inputs) == 1
-    assert partitions.in_flight == 0  # the credit is back
+    assert partitions.in_flight == 0 and partitions.credits.in_flight_bytes == 0  # the credit is back
     await partitions.commit()
     assert all(c[KEY] == 0 for c in commits)  # the next owner redoes it from the commit
 
@@ -92,7 +95,7 @@ async def test_release_waits_for_in_flight_work_within_its_bound_then_commits() 
     partitions, commits = owner(drain_timeout_s=2.0)
     partitions.assign([KEY])
     record = raw_record(0, topic="t", generation=partitions.generation_of(KEY))
-    partitions.take(KEY, [0], high=1)
+    partitions.take(KEY, [0], high=1, nbytes=records_bytes([record]))
 
     async def finish_soon() -> None:
         await asyncio.sleep(0.1)
