@@ -29,6 +29,7 @@ class Checkpoint:
     source_offsets: dict[int, list[int]] = field(default_factory=dict)
     acknowledged: int = 0
     skipped: int = 0
+    rejected: int = 0  # rows of the prefix set aside in the reject file
     finished: bool = False
 
     def save(self, path: Path) -> None:

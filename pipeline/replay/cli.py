@@ -9,7 +9,9 @@
 The broker (and its TLS/SASL settings) and the destination come from the topology: its input
 topic, or --to when it has several. Progress is checkpointed as the broker acknowledges; an
 interrupted replay (Ctrl-C, SIGKILL) run again with the same arguments continues where it
-stopped and sends no acknowledged row twice. The last line is a JSON summary.
+stopped and sends no acknowledged row twice. A row that cannot be delivered (larger than the
+producer accepts, or a source record the client cannot decode) goes to a reject file beside
+the checkpoint (--rejects), counted, and the replay goes on. The last line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pipeline.replay.dry_run import dry_run
 from pipeline.replay.files import EventFile, Row, UnreadableFile, count_rows
 from pipeline.replay.mapping import load_mapping
 from pipeline.replay.progress import Progress
+from pipeline.replay.rejects import MAX_REQUEST_BYTES, RejectFile, rejects_path
 from pipeline.replay.sender import ReplayFailed, Sender, destination_ends, rows_already_sent
 from pipeline.replay.topic import TopicRange
 from pipeline.topology.loader import load_topology
@@ -71,7 +74,17 @@ def add_replay_command(sub: Any, common: argparse.ArgumentParser) -> None:
         type=Path,
         help="progress file (default: .pipeline-replay/<source>-<destination>.json here)",
     )
-    p.add_argument("--restart", action="store_true", help="ignore the checkpoint: a new run from row 0")
+    p.add_argument(
+        "--rejects",
+        type=Path,
+        help="rows that cannot be delivered, JSON lines (default: beside the checkpoint, "
+        "<checkpoint stem>.rejects.jsonl)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore the checkpoint (and remove it and its reject file): a new run from row 0",
+    )
     p.add_argument("--dry-run", action="store_true", help="validate every row, count dead-letter reasons")
     p.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
     p.add_argument("--partitions", type=int, default=4, help="partitions if the destination is new")
@@ -98,6 +111,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             if args.restart:
                 path.unlink(missing_ok=True)
+                (args.rejects or rejects_path(path)).unlink(missing_ok=True)
             try:
                 checkpoint = resume_or_start(path, identity, destination)
             except CheckpointMismatch as err:
@@ -144,12 +158,19 @@ async def _replay(
         already = await _prepare(topology, source, destination, checkpoint, path)
     resumed_at = checkpoint.next_row
     producer = kafka_clients.producer(
-        topology.broker, client_suffix="-replay", linger_ms=20, max_batch_size=256 * 1024
+        topology.broker,
+        client_suffix="-replay",
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+        max_request_size=MAX_REQUEST_BYTES,  # what the dry run measures rows against
     )
     await producer.start()
     stop = asyncio.Event()
     _on_stop_signals(stop.set)
-    sender = Sender(producer, destination, checkpoint, path, progress, args.rate, already_sent=already)
+    rejects = RejectFile(args.rejects or rejects_path(path), checkpoint.run_id, checkpoint.next_row)
+    sender = Sender(
+        producer, destination, checkpoint, path, progress, args.rate, already_sent=already, rejects=rejects
+    )
     code = 0
     error = None
     try:
@@ -163,6 +184,7 @@ async def _replay(
         log.error("replay stopped: %s; its checkpoint %s resumes it", err, path)
     finally:
         await producer.stop()
+        rejects.close()
     counts = sender.counts
     report: dict[str, Any] = {
         "run_id": checkpoint.run_id,
@@ -173,9 +195,13 @@ async def _replay(
         "acknowledged": counts.acknowledged,
         "skipped": counts.skipped,
         "already_sent": counts.already_sent,
+        "rejected": counts.rejected,
         "checkpoint": str(path),
         "next_row": checkpoint.next_row,
     }
+    if checkpoint.rejected or counts.rejected:
+        report["rejected_in_all_runs"] = checkpoint.rejected
+        report["rejects"] = str(rejects.path)
     if error:
         report["error"] = error
     return code, report

@@ -1,6 +1,8 @@
 """Dry run: every row through the pipeline's own parse rules, counted per dead-letter
 reason, nothing produced. The rows are built exactly as a real replay sends them (same
-headers, same run), so the counts are what the backfill topology will dead-letter."""
+headers, same run), so the counts are what the backfill topology will dead-letter. Rows the
+replay would set aside in its reject file instead of sending (larger than the producer
+accepts) are counted apart, under ``rejected``."""
 
 from __future__ import annotations
 
@@ -8,11 +10,15 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
 from pipeline.errors import InvalidEvent
 from pipeline.events import RawRecord
 from pipeline.operators.parse import REPLAY_RUN_HEADER, ParseRules, ReplayClock, parse_record
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Progress
+from pipeline.replay.rejects import MAX_REQUEST_BYTES, TOO_LARGE
+from pipeline.replay.sender import record_headers
 
 
 async def dry_run(
@@ -20,6 +26,7 @@ async def dry_run(
 ) -> dict[str, object]:
     counts = Counts()
     reasons: Counter[str] = Counter()
+    set_aside: Counter[str] = Counter()  # rows the replay would put in its reject file
     replays = ReplayClock() if rules.age_reference == "replay" else None
     run = run_id.encode()
     valid = 0
@@ -27,6 +34,10 @@ async def dry_run(
         counts.read += 1
         if row.value is None:
             counts.skipped += 1
+            continue
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(row.key, row.value, record_headers(row, run))
+        if size > MAX_REQUEST_BYTES:
+            set_aside[TOO_LARGE] += 1
             continue
         now_ms = time.time_ns() // 1_000_000
         record = RawRecord(topic, 0, row.number, now_ms, row.key, row.value, ((REPLAY_RUN_HEADER, run),))
@@ -44,4 +55,5 @@ async def dry_run(
         "valid": valid,
         "skipped": counts.skipped,
         "dead_letters": dict(sorted(reasons.items())),
+        "rejected": dict(sorted(set_aside.items())),
     }

@@ -20,6 +20,7 @@ class Counts:
     acknowledged: int = 0  # confirmed by the broker
     skipped: int = 0  # dropped by the mapping on purpose (otherwise: skip)
     already_sent: int = 0  # acknowledged by an earlier, interrupted run: not sent again
+    rejected: int = 0  # set aside in the reject file (refused by the producer, undecodable)
 
 
 class Pacer:
@@ -55,7 +56,11 @@ class Progress:
         if self._bar is not None:
             self._bar.n = done_rows
             self._bar.set_postfix(
-                sent=counts.sent, acked=counts.acknowledged, skipped=counts.skipped, refresh=False
+                sent=counts.sent,
+                acked=counts.acknowledged,
+                skipped=counts.skipped,
+                rejected=counts.rejected,
+                refresh=False,
             )
             self._bar.refresh()
             return
@@ -78,7 +83,7 @@ class Progress:
         return (
             f"replay: {where}, {rate:,.0f} rows/s, sent {counts.sent:,}, "
             f"acknowledged {counts.acknowledged:,}, skipped {counts.skipped:,}, "
-            f"already sent {counts.already_sent:,}{eta}"
+            f"rejected {counts.rejected:,}, already sent {counts.already_sent:,}{eta}"
         )
 
     def close(self) -> None:

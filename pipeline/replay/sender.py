@@ -4,6 +4,10 @@ as the broker acknowledges, resumable without sending an acknowledged row twice.
 Every record carries ``origin: backfill`` (lanes match it, outputs carry it),
 ``replay.run`` (the run: the backfill topologies judge event age against it) and
 ``replay.row`` (its row number: how a resumed run knows what is already in the topic).
+
+A row the producer refuses at ``send`` (too large) goes to the reject file (``rejects.py``),
+is counted, and the replay goes on: the acknowledged prefix passes it like a skipped row, so
+a resume does not stop on it again. Any other failure stops the replay at its checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pipeline.operators.parse import REPLAY_RUN_HEADER
 from pipeline.replay.checkpoint import Checkpoint
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Pacer, Progress
+from pipeline.replay.rejects import REFUSED, TOO_LARGE, RejectFile
 from pipeline.replay.topic import high_watermarks
 
 ORIGIN_HEADER = "origin"
@@ -35,8 +40,26 @@ CHECKPOINT_EVERY_S = 1.0
 FINAL_ACK_TIMEOUT_S = 60.0
 
 
+def record_headers(row: Row, run: bytes) -> list[tuple[str, bytes]]:
+    """The row's own headers (the replay's replaced) and the replay's."""
+    headers = [(k, v) for k, v in row.headers if k not in OWN_HEADERS]
+    headers += [
+        (ORIGIN_HEADER, b"backfill"),
+        (REPLAY_RUN_HEADER, run),
+        (ROW_HEADER, str(row.number).encode()),
+    ]
+    return headers
+
+
 class ReplayFailed(RuntimeError):
     """A send the producer gave up on: the replay stops at its checkpoint (run it again)."""
+
+
+class _Rejected:
+    """A pending entry for a row set aside in the reject file."""
+
+
+REJECTED = _Rejected()
 
 
 @dataclass
@@ -49,7 +72,8 @@ class Sender:
     rate: float = 0.0  # rows per second; 0: as fast as the broker acknowledges
     counts: Counts = field(default_factory=Counts)
     already_sent: set[int] = field(default_factory=set)
-    _pending: collections.deque[tuple[int, asyncio.Future[RecordMetadata] | None]] = field(
+    rejects: RejectFile | None = None  # None: a refused row stops the replay (ReplayFailed)
+    _pending: collections.deque[tuple[int, asyncio.Future[RecordMetadata] | _Rejected | None]] = field(
         default_factory=collections.deque
     )
 
@@ -107,25 +131,33 @@ class Sender:
             self.counts.already_sent += 1
             self._pending.append((row.number, None))
             return
-        headers = [(k, v) for k, v in row.headers if k not in OWN_HEADERS]
-        headers += [
-            (ORIGIN_HEADER, b"backfill"),
-            (REPLAY_RUN_HEADER, run),
-            (ROW_HEADER, str(row.number).encode()),
-        ]
+        headers = record_headers(row, run)
         try:
             future = await self.producer.send(self.topic, row.value, key=row.key, headers=headers)
-        except KafkaError as err:  # refused before sending: too large for the producer, ...
+        except REFUSED as err:  # the row itself: larger than the producer's max_request_size
+            if self.rejects is None:
+                raise ReplayFailed(f"row {row.number}: cannot be sent: {err!r}") from err
+            self._reject(row, TOO_LARGE, f"{type(err).__name__}: {err}")
+            return
+        except KafkaError as err:  # refused before sending for another reason: stop here
             raise ReplayFailed(f"row {row.number}: cannot be sent: {err!r}") from err
         self.counts.sent += 1
         self._pending.append((row.number, future))
+
+    def _reject(self, row: Row, reason: str, error: str) -> None:
+        assert self.rejects is not None
+        self.rejects.add(row.number, reason, error, row.value, row.key, row.headers)
+        self.counts.rejected += 1
+        self._pending.append((row.number, REJECTED))
 
     def _advance(self) -> None:
         """Move the acknowledged prefix over the sends that are done, oldest first."""
         pending, checkpoint = self._pending, self.checkpoint
         while pending:
             number, future = pending[0]
-            if future is not None:
+            if isinstance(future, _Rejected):
+                checkpoint.rejected += 1
+            elif future is not None:
                 if not future.done():
                     return
                 error = future.exception()
@@ -144,19 +176,21 @@ class Sender:
 
     async def _wait_oldest(self) -> None:
         future = self._pending[0][1]
-        if future is not None:
+        if isinstance(future, asyncio.Future):
             await asyncio.wait([future])
         self._advance()
 
     async def _settle(self) -> None:
         """Wait (bounded) for every send in flight, then move the prefix as far as it goes."""
-        futures = [f for _, f in self._pending if f is not None and not f.done()]
+        futures = [f for _, f in self._pending if isinstance(f, asyncio.Future) and not f.done()]
         if futures:
             await asyncio.wait(futures, timeout=FINAL_ACK_TIMEOUT_S)
         with contextlib.suppress(ReplayFailed):
             self._advance()
 
     def _save(self) -> None:
+        if self.rejects is not None:
+            self.rejects.sync()  # no checkpoint past a rejected row whose line could be lost
         if self.checkpoint_path is not None:
             self.checkpoint.save(self.checkpoint_path)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
@@ -19,6 +20,7 @@ from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or
 from pipeline.replay.cli import _checkpoint_path
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Progress
+from pipeline.replay.rejects import RejectFile, rejects_path
 from pipeline.replay.sender import ReplayFailed, Sender, destination_ends
 from pipeline.replay.topic import first_offset_at
 
@@ -119,6 +121,50 @@ async def test_a_row_the_producer_refuses_stops_with_its_number(tmp_path: Path) 
     with pytest.raises(ReplayFailed, match="row 2: cannot be sent"):
         await asyncio.wait_for(run, 5)
     assert Checkpoint.load(tmp_path / "ck.json").next_row == 2
+
+
+async def test_a_row_the_producer_refuses_goes_to_the_reject_file_and_the_replay_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Issue 24 item 5: a row too large for the producer stopped the replay for good (every
+    resume stopped on it again). It is set aside with its number and reason, counted, and the
+    acknowledged prefix passes it: a resume starts after it."""
+    producer = Producer(refuse_row=2)
+    rejects = RejectFile(rejects_path(tmp_path / "ck.json"), "run-1")
+    s = sender(producer, tmp_path, rejects=rejects)
+    run = asyncio.create_task(s.run(rows(5), asyncio.Event()))
+    while len(producer.futures) < 4:  # rows 0, 1, 3 and 4: the refusal does not stop the loop
+        await asyncio.sleep(0.01)
+    for i, future in enumerate(producer.futures):
+        future.set_result(RecordMetadata("t", 0, None, i, 0, -1, 0))  # type: ignore[arg-type]
+    assert await asyncio.wait_for(run, 5) is True
+    rejects.close()
+    assert [h["replay.row"] for h in producer.headers] == [b"0", b"1", b"3", b"4"]
+    assert (s.counts.sent, s.counts.acknowledged, s.counts.rejected) == (4, 4, 1)
+    saved = Checkpoint.load(tmp_path / "ck.json")
+    assert (saved.next_row, saved.acknowledged, saved.rejected, saved.finished) == (5, 4, 1, True)
+    (line,) = (tmp_path / "ck.rejects.jsonl").read_bytes().splitlines()
+    doc = orjson.loads(line)
+    assert (doc["run"], doc["row"], doc["reason"], doc["value"]) == ("run-1", 2, "record_too_large", "{}")
+    assert "MessageSizeTooLargeError" in doc["error"]
+
+
+def test_a_resumed_run_does_not_write_a_rejected_row_twice(tmp_path: Path) -> None:
+    """An interrupted attempt rejected row 7 past its checkpoint (next_row 5): the resume reads
+    row 7 again and rejects it again, without a second line. Another run's lines are kept."""
+    path = tmp_path / "ck.rejects.jsonl"
+    first = RejectFile(path, "run-1")
+    first.add(3, "record_too_large", "big", b"x")
+    first.add(7, "record_too_large", "big", b"x")
+    first.close()
+    path.write_bytes(path.read_bytes() + b'{"run": "run-1", "row": 9')  # a line cut short by a kill
+    resumed = RejectFile(path, "run-1", next_row=5)
+    resumed.add(7, "record_too_large", "big", b"x")
+    resumed.add(8, "undecodable_record", "UnicodeDecodeError", None, None, (("replay.from", b"t:0:8"),))
+    resumed.close()
+    docs = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.endswith(b"}")]
+    assert [d["row"] for d in docs] == [3, 7, 8]
+    assert docs[-1]["source"] == "t:0:8" and "value" not in docs[-1]
 
 
 async def test_stop_waits_for_the_sends_in_flight(tmp_path: Path) -> None:
