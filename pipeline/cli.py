@@ -18,7 +18,7 @@ from pipeline.errors import Fatal, TopologyError
 from pipeline.recsys.cli import add_train_command
 from pipeline.replay.cli import add_replay_command
 from pipeline.serve import serve
-from pipeline.topology.loader import all_problems, load_topology
+from pipeline.topology.loader import all_problems, load_topology, read_topology_text
 
 # The shipped topologies travel inside the package (pipeline/topologies links ../topologies
 # in a checkout), so `pipeline dev` runs from a plain `pip install` too.
@@ -34,9 +34,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for file in args.files:
         try:
-            text = Path(file).read_text()
-        except OSError as exc:
-            print(f"{file}: <root>: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            text = read_topology_text(file)
+        except TopologyError as err:
+            print(str(err), file=sys.stderr)
             status = 2
             continue
         problems = all_problems(text, file)

@@ -82,10 +82,22 @@ def all_problems(text: str, file: str = "<string>") -> list[TopologyError]:
     return []
 
 
-def load_topology(path: str | Path, env: Mapping[str, str] | None = None) -> Topology:
+def read_topology_text(path: str | Path) -> str:
+    """The file's text, UTF-8 whatever the locale; a TopologyError naming the file when it
+    cannot be read or is not UTF-8 (a UTF-16 export, a binary file given by mistake)."""
     file = str(path)
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise TopologyError(file, "", f"cannot read: {exc.strerror or exc}") from exc
-    return parse_topology(text, file, env)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise TopologyError(
+            file, f"line {line}", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
+def load_topology(path: str | Path, env: Mapping[str, str] | None = None) -> Topology:
+    return parse_topology(read_topology_text(path), str(path), env)

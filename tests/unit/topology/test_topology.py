@@ -297,3 +297,36 @@ def test_validate_needs_a_file():
     with pytest.raises(SystemExit) as info:
         main(["validate"])
     assert info.value.code == 2
+
+
+NOT_UTF8 = b'name: recs\nbroker:\n  bootstrap_servers: "\xff\xfe"\n'
+
+
+def test_a_file_that_is_not_utf8_is_a_topology_error_naming_line_and_byte(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(NOT_UTF8)
+    with pytest.raises(TopologyError) as info:
+        load_topology(bad, env={})
+    assert info.value.file == str(bad)
+    assert info.value.path == "line 3"
+    assert info.value.problem == "not UTF-8 text (byte 0xff at offset 41)"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["validate", "{}"],
+        ["run", "{}"],
+        ["replay", "--topology", "{}", "--file", "events.csv"],
+        ["redrive", "{}", "--reason", "unknown_type"],
+        ["audit", "{}"],
+        ["dev", "--topology", "{}"],
+    ],
+)
+def test_commands_given_a_file_that_is_not_utf8_say_so_in_one_line(tmp_path, capsys, command):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(NOT_UTF8)
+    assert main([part.format(bad) for part in command]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"{bad}: line 3: not UTF-8 text (byte 0xff at offset 41)\n"
