@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from pipeline import logs
+from pipeline.arguments import non_negative_float, positive_float, positive_int
 from pipeline.errors import Fatal, TopologyError
 from pipeline.recsys.cli import add_train_command
 from pipeline.replay.cli import add_replay_command
@@ -52,9 +53,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology)
     _setup_logging(args, topology.operations.log_level)
-    if args.workers < 1:
-        print("--workers: at least 1", file=sys.stderr)
-        return 2
     if args.workers > 1:
         from pipeline.workers import supervise, worker_command
 
@@ -183,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", "run the pipeline of a topology until SIGTERM")
     p.add_argument("topology", type=Path)
     # worker i serves its metrics on metrics_port + i
-    p.add_argument("--workers", type=int, default=1, help="worker processes in the consumer group")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes in the consumer group")
     p.set_defaults(func=cmd_run)
 
     p = command("validate", "check topology files; exit 2 if any is invalid")
@@ -195,16 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("var/devstack"))
     p.add_argument(
         "--events",
-        type=int,
+        type=positive_int,
         default=None,
         help="feed N events, stop once all are accounted for, print a summary",
     )
-    p.add_argument("--rate", type=float, default=0.0, help="events per second (0: unlimited)")
-    p.add_argument("--timeout", type=float, default=300.0)
-    p.add_argument("--report-every", type=float, default=30.0, help="seconds between progress lines")
+    p.add_argument("--rate", type=non_negative_float, default=0.0, help="events per second (0: unlimited)")
+    p.add_argument("--timeout", type=positive_float, default=300.0)
+    p.add_argument("--report-every", type=positive_float, default=30.0, help="seconds between progress lines")
     p.add_argument(
         "--recycle-growth",
-        type=float,
+        type=positive_float,
         default=0.15,
         help="restart the embedded broker once its CPU grew by this share of a core",
     )

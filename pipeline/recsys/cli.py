@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
 
+from pipeline.arguments import at_least, non_negative_float, non_negative_int, positive_int
 from pipeline.errors import TopologyError
 from pipeline.recsys import data
 from pipeline.recsys.selection import TrainConfig
@@ -32,31 +33,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     source.add_argument("--topic", help="Kafka topic of events, read from its start to its end")
     source.add_argument(
-        "--synthetic", type=int, metavar="N", help="N events of the synthetic generator (the default: 100000)"
+        "--synthetic",
+        type=positive_int,
+        metavar="N",
+        help="N events of the synthetic generator (the default: 100000)",
     )
     p.add_argument("--mapping", type=Path, help="column mapping (YAML) of the file, as for replay")
     p.add_argument("--format", choices=["jsonl", "csv"], help="the file's format (default: from its name)")
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers of --topic")
     p.add_argument("--out", type=Path, required=True, help="model repository directory")
     p.add_argument("--name", default="recommender", help="model name in the repository")
-    p.add_argument("--top-k", type=int, default=10, help="items per recommendation (and the hit@K)")
-    p.add_argument("--history-length", type=int, default=16, help="HISTORY items per request")
+    p.add_argument("--top-k", type=positive_int, default=10, help="items per recommendation (and the hit@K)")
+    p.add_argument("--history-length", type=positive_int, default=16, help="HISTORY items per request")
     p.add_argument(
         "--priority-levels",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="Triton queue priority levels for the lanes' triton_priority (0: plain queue; "
         "Triton 2.51 stalls ~500 ms with any queue policy, see scripts/bench_triton_queue.py)",
     )
     p.add_argument(
         "--time-budget",
-        type=float,
+        type=non_negative_float,
         default=TrainConfig.time_budget_s,
         help="seconds after which the selection starts no new candidate",
     )
     p.add_argument(
         "--min-user-items",
-        type=int,
+        type=at_least(2),  # one validation and one test item; fewer was read as 2
         default=TrainConfig.min_user_items,
         help="distinct items a user needs to give validation and test events",
     )

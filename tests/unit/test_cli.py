@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from pipeline import logs
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,3 +40,27 @@ def test_json_logs_are_one_object_a_line(capsys: pytest.CaptureFixture[str]) -> 
     assert lines[0]["message"] == "assigned 4 partitions" and lines[0]["level"] == "INFO"
     assert lines[0]["logger"] == "pipeline.test" and lines[0]["ts"].endswith("Z")
     assert "ValueError: boom" in lines[1]["exception"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dev", "--events", "-5"],
+        ["dev", "--events", "0"],
+        ["dev", "--rate", "-1"],
+        ["dev", "--timeout", "0"],
+        ["dev", "--report-every", "-30"],
+        ["dev", "--recycle-growth", "nan"],
+        ["run", "topology.yaml", "--workers", "0"],
+    ],
+)
+def test_numbers_that_make_no_sense_are_refused_before_anything_starts(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pipeline dev --events -5` started the whole stack and exited 0."""
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(argv)
+    assert done.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"pipeline {argv[0]}: error: argument {argv[-2]}: "), last
+    assert argv[-1] in last
