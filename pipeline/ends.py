@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
-from pipeline import kafka_clients, wiring
+from pipeline import topics_check, wiring
 from pipeline.metrics import Metrics
 from pipeline.security import grpc_credentials, grpc_metadata
 from pipeline.sinks import Sink
@@ -37,7 +37,9 @@ EndsFactory = Callable[[Topology, Partitions, Metrics], Ends]
 def on_kafka_and_triton(t: Topology, partitions: Partitions, metrics: Metrics) -> Ends:
     """The broker's clients first: a misconfigured broker is the first thing reported."""
     source = KafkaSource(t.source, t.broker, partitions, metrics)
-    sink = KafkaSink(t.sink, t.broker, wiring.sink_lanes(t), metrics=metrics)  # producers made at start
+    sink = KafkaSink(  # producers made at start; a revoked input's records are not retried
+        t.sink, t.broker, wiring.sink_lanes(t), metrics=metrics, owned=partitions.is_current
+    )
     model = t.model
     server = StreamPool(
         model.url,
@@ -52,4 +54,5 @@ def on_kafka_and_triton(t: Topology, partitions: Partitions, metrics: Metrics) -
         if t.state.dir is not None
         else None
     )
-    return Ends(source, sink, server, lambda: kafka_clients.check_connection(t.broker), changelog)
+    # refused credentials, an untrusted certificate, a topic that does not exist: exit 2
+    return Ends(source, sink, server, lambda: topics_check.check_broker(t), changelog)

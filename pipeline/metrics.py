@@ -249,6 +249,11 @@ class Metrics:
             "1 while the broker permanently refuses a dead letter (retried every 30 s; not ready)",
             registry=r,
         )
+        self.sink_missing_topics = Gauge(
+            "pipeline_sink_missing_topics",
+            "Topics written to that the broker says do not exist (their records retried; not ready)",
+            registry=r,
+        )
         self.sink_errors = Counter(
             "pipeline_sink_errors_total",
             "Records the broker refused, by topic and error (retriable ones are re-sent)",

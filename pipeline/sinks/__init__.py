@@ -24,5 +24,6 @@ class Sink(Protocol):
 
     @property
     def refusing(self) -> bool:
-        """A dead letter is being refused right now (readiness turns false)."""
+        """A dead letter is being refused right now, or a topic written to is missing
+        (readiness turns false)."""
         ...

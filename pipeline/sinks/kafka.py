@@ -10,6 +10,12 @@ recommendation becomes dead letters of the inputs it answers (reason ``output_re
 refused dead letter cannot go anywhere else, so it is logged, counted and readiness turns
 false while it is retried at the slowest pace, instead of spinning.
 
+A topic the broker says does not exist (deleted after the start checked it: ``topics_check``)
+is retriable to aiokafka, and is retried here too (it may be made again), but not silently:
+readiness turns false, ``pipeline_sink_missing_topics`` counts such topics, and a line says so
+every MISSING_LOG_EVERY_S. A record whose every input's partition was revoked meanwhile is not
+retried any more: the partition's new owner redoes its inputs.
+
 Each lane has a producer of its own: a producer sends a partition's records in order, so with
 one producer a lane's outputs would queue behind a flooded lane's."""
 
@@ -18,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
@@ -26,7 +33,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from pipeline import kafka_clients
-from pipeline.events import DeadLetter, OutputRecord, SinkBatch
+from pipeline.events import DeadLetter, OutputRecord, RawRecord, SinkBatch
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import PRODUCER_MAX_REQUEST_BYTES, dead_letter_record
 from pipeline.sinks.partitioner import partitions_for
@@ -36,6 +43,7 @@ from pipeline.topology.schema import Broker, Sink
 log = logging.getLogger(__name__)
 DEFAULT = ""  # the producer of dead letters from parsing and of single-lane topologies
 REFUSED_RETRY_S = 30.0  # a permanently refused dead letter is tried again this seldom
+MISSING_LOG_EVERY_S = 30.0  # a topic missing mid-run is said at most this often
 
 
 # Refusals that re-sending cannot cure. Named one by one: aiokafka leaves `retriable` unset
@@ -55,6 +63,12 @@ PERMANENT: tuple[type[KafkaError], ...] = (
 
 def permanent(error: BaseException) -> bool:
     return isinstance(error, PERMANENT)
+
+
+def missing_topic(error: BaseException) -> bool:
+    """The broker says the topic does not exist (after aiokafka's own wait of a request
+    timeout): retried, but the sink is not ready meanwhile."""
+    return isinstance(error, kafka_errors.UnknownTopicOrPartitionError)
 
 
 ALONE_BYTES = 256 * 1024  # a record this large is sent by itself, and its size checked
@@ -98,11 +112,15 @@ class KafkaSink:
         lanes: list[str] | None = None,
         max_backoff_s: float = 5.0,
         metrics: Metrics | None = None,
+        owned: Callable[[RawRecord], bool] | None = None,
     ) -> None:
         self.spec = spec
         self.max_backoff_s = max_backoff_s
         self.metrics = metrics or Metrics()
+        self._owned = owned  # an input's partition still this member's (Partitions.is_current)
         self._refused: dict[int, int] = {}  # write in progress → dead letters refused in it
+        self._missing: dict[int, set[str]] = {}  # write in progress → topics missing in its last pass
+        self._missing_said: dict[str, float] = {}  # topic → when its absence was last logged
         self._broker = broker
         self._lanes = [DEFAULT, *(lanes or [])]
         self.producers: dict[str, AIOKafkaProducer] = {}  # made at start: none to leak before
@@ -242,16 +260,59 @@ class KafkaSink:
 
     @property
     def refusing(self) -> bool:
-        """A dead letter is being refused right now (readiness turns false)."""
-        return any(self._refused.values())
+        """A dead letter is being refused right now, or a topic written to is missing
+        (readiness turns false)."""
+        return any(self._refused.values()) or any(self._missing.values())
+
+    @property
+    def missing_topics(self) -> set[str]:
+        """Topics the broker says do not exist, as the writes in progress last found."""
+        return set().union(*self._missing.values())
 
     async def write(self, batch: SinkBatch) -> list[OutputRecord]:
-        """Write ``batch``; returns the records written (refused recommendations replaced)."""
+        """Write ``batch``; returns the records written (refused recommendations replaced,
+        records of inputs revoked while they were retried left out)."""
         token = id(batch)
         try:
             return await self._write(batch, token)
         finally:
             self._refused.pop(token, None)
+            if self._missing.pop(token, None):
+                self.metrics.sink_missing_topics.set(len(self.missing_topics))
+
+    def _still_owned(self, records: list[OutputRecord]) -> list[OutputRecord]:
+        """``records`` less those whose every input's partition this member no longer owns
+        (records naming no input, the changelog's, stay)."""
+        owned = self._owned
+        if owned is None:
+            return records
+        kept = [rec for rec in records if not rec.sources or any(map(owned, rec.sources))]
+        if len(kept) < len(records):
+            dropped = len(records) - len(kept)
+            self.metrics.revoked_outputs_dropped.inc(dropped)
+            log.info("%d records not retried: their inputs' partitions were revoked", dropped)
+        return kept
+
+    def _say_missing(self, token: int, failed: list[tuple[OutputRecord, BaseException]]) -> None:
+        """Readiness, the gauge, and a line per topic at most every MISSING_LOG_EVERY_S."""
+        missing: dict[str, int] = {}
+        for rec, error in failed:
+            if missing_topic(error):
+                missing[rec.topic] = missing.get(rec.topic, 0) + 1
+        before = self._missing.get(token, set())
+        self._missing[token] = set(missing)
+        if before or missing:
+            self.metrics.sink_missing_topics.set(len(self.missing_topics))
+        now = time.monotonic()
+        for topic, records in missing.items():
+            if now - self._missing_said.get(topic, float("-inf")) >= MISSING_LOG_EVERY_S:
+                self._missing_said[topic] = now
+                log.error(
+                    "TOPIC MISSING: the broker says %s does not exist; %d records for it are "
+                    "retried (not ready) until it is made again",
+                    topic,
+                    records,
+                )
 
     @staticmethod
     async def _unknown_topics(producer: AIOKafkaProducer, records: list[OutputRecord]) -> Failed:
@@ -270,7 +331,11 @@ class KafkaSink:
         producer = self.producers.get(batch.lane) or self.producers[DEFAULT]
         pending, written = list(batch.records), list[OutputRecord]()
         backoff = 0.1
+        first = True
         while pending:
+            if not first and not (pending := self._still_owned(pending)):
+                break
+            first = False
             failed = await self._unknown_topics(producer, pending)  # looked up here, not in a round
             unknown = {id(rec) for rec, _ in failed}
             if sendable := [rec for rec in pending if id(rec) not in unknown]:
@@ -279,10 +344,12 @@ class KafkaSink:
             written.extend(rec for rec in pending if id(rec) not in failed_ids)
             pending = []
             refused = 0
+            self._say_missing(token, failed)
             for rec, error in failed:
                 self.metrics.sink_errors.labels(rec.topic, type(error).__name__).inc()
                 if not permanent(error):
-                    log.warning("delivery to %s failed, will retry: %r", rec.topic, error)
+                    if not missing_topic(error):  # said above, at a bounded pace
+                        log.warning("delivery to %s failed, will retry: %r", rec.topic, error)
                     pending.append(rec)
                 elif rec.topic != self.spec.dead_letter_topic and rec.sources:
                     pending.extend(self._instead(rec, error))

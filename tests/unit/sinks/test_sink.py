@@ -7,7 +7,12 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from pipeline.events import OutputRecord, SinkBatch
@@ -256,3 +261,62 @@ async def test_rounds_recover_from_a_round_cancelled_before_it_ran() -> None:
     rounds._round.cancel()  # the loop tearing down, say
     second = asyncio.create_task(rounds.send([OutputRecord("out", b"u", b"b", ())]))
     assert await asyncio.wait_for(asyncio.gather(first, second), 2) == [[], []]
+
+
+# -- a topic missing mid-run (issue 24, item 2) ----------------------------------------------
+
+
+def test_an_unknown_topic_is_retried_but_told_apart() -> None:
+    assert sink_module.missing_topic(UnknownTopicOrPartitionError())
+    assert not sink_module.permanent(UnknownTopicOrPartitionError())  # it may be made again
+    assert not sink_module.missing_topic(KafkaTimeoutError())
+
+
+async def test_a_topic_missing_mid_run_makes_the_sink_not_ready_counted_and_said_at_a_bounded_pace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deleted after the start: each pass fails with UnknownTopicOrPartitionError. Not in
+    silence: not ready, the gauge names how many topics, one line per interval (not per
+    pass); once the topic is back the write goes through and all three clear."""
+    back = asyncio.Event()
+    producer = FakeProducer(lambda topic, value, n: None if back.is_set() else UnknownTopicOrPartitionError())
+    sink = sink_with(producer)
+    dead = OutputRecord("dlq", b"u", b"{}", (("dlq.reason", b"x"),), SOURCES[:1])
+    task = asyncio.create_task(sink.write(batch(dead)))
+    while producer.attempts < 20:
+        await asyncio.sleep(0.005)
+    assert sink.refusing and sink.missing_topics == {"dlq"}
+    assert sink.metrics.sink_missing_topics._value.get() == 1
+    said = [r for r in caplog.records if "TOPIC MISSING" in r.getMessage()]
+    assert len(said) == 1 and "dlq" in said[0].getMessage()
+    assert not [r for r in caplog.records if "will retry" in r.getMessage()]  # not a line a pass
+    back.set()
+    assert await asyncio.wait_for(task, 2) == [dead]
+    assert not sink.refusing and sink.missing_topics == set()
+    assert sink.metrics.sink_missing_topics._value.get() == 0
+
+
+async def test_a_record_whose_inputs_were_revoked_is_no_longer_retried() -> None:
+    """Its partition went to another member (the new owner redoes its inputs): the retry
+    loop lets it go rather than keep writing for a partition this member does not own."""
+    owned = {SOURCES[0].offset, SOURCES[1].offset}
+    producer = FakeProducer(
+        lambda topic, value, n: UnknownTopicOrPartitionError() if value == b"lost" else None
+    )
+    sink = KafkaSink(
+        Sink(topic="out", dead_letter_topic="dlq"),
+        Broker(),
+        max_backoff_s=0.01,
+        owned=lambda src: src.offset in owned,
+    )
+    sink.producers = {"": producer}  # type: ignore[dict-item]
+    kept = OutputRecord("out", b"u", b"kept", (), SOURCES[:1])
+    lost = OutputRecord("out", b"u", b"lost", (), SOURCES[1:2])
+    task = asyncio.create_task(sink.write(batch(kept, lost)))
+    while producer.attempts < 5:
+        await asyncio.sleep(0.005)
+    assert not task.done()
+    owned.discard(SOURCES[1].offset)  # revoked
+    assert await asyncio.wait_for(task, 2) == [kept]
+    assert sink.metrics.revoked_outputs_dropped._value.get() == 1
+    assert not sink.refusing
