@@ -5,7 +5,11 @@ broker section, and only its role's options from the caller.
 A client whose start fails asks why with one connection of its own (``check_connection``):
 aiokafka's bootstrap only says "Unable to bootstrap from ...", so an untrusted certificate
 or refused credentials would otherwise look like a broker that is down. What no retry can
-fix becomes ``CredentialsError`` with the real reason (exit 2); anything else is raised as
+fix becomes ``CredentialsError`` with the real reason (exit 2): at once for a broker
+certificate that does not verify, after a second attempt that ends the same for every
+other refusal (SASL, a TLS alert or failed handshake, a token that cannot be had, a closed
+connection), since a restarting broker, a proxy between backends, a SCRAM user not yet
+propagated or a token agent still starting refuse once too. Anything else is raised as
 aiokafka raised it."""
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from pipeline.security import CredentialsError, kafka_security, tls_session
+from pipeline.security import TLS_SERVER_TROUBLE, CredentialsError, kafka_security, tls_session
 from pipeline.topology.schema import Broker
 
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 10.0  # one connection attempt of check_connection, TLS and SASL included
 START_CHECK_TIMEOUT_S = 5.0  # the same, asking why a client's start failed (a live broker answers at once)
-CONFIRM_PAUSE_S = 1.0  # between the two attempts that must agree before a closed connection is a refusal
+CONFIRM_PAUSE_S = 1.0  # between the two attempts that must agree before a refusal is one
 
 
 def connection(broker: Broker, client_suffix: str = "") -> dict[str, Any]:
@@ -184,34 +188,39 @@ async def _connects(
         conn.close()
 
 
-class _ClosedRefusal(Exception):
-    """A refusal read from a closed connection alone (its message is the CredentialsError's).
-    A broker restarting, or a TLS terminator with no healthy broker behind it, closes
-    connections the same way: it only counts once a second attempt ends the same."""
+class _Unconfirmed(Exception):
+    """A refusal seen once (its message is the CredentialsError's). A broker restarting, a
+    TLS terminator with no healthy broker behind it, a SCRAM credential not yet propagated,
+    a token agent still starting: each refuses a connection once the same way. It only
+    counts once a second attempt ends in the same ``kind`` of refusal."""
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind or message
 
 
 async def _verdict(broker: Broker, options: dict[str, Any], host: str, port: int, timeout_s: float) -> bool:
-    """True: connected; False: no verdict (unreachable, timed out, closed for no known
-    reason); CredentialsError: a cause no retry fixes. A refusal read from a closed
-    connection must be seen on two attempts, CONFIRM_PAUSE_S apart (each bounded by
-    ``timeout_s``), before it is one."""
+    """True: connected; False: no verdict (unreachable, timed out, refused in two different
+    ways, closed for no known reason); CredentialsError: a cause no retry fixes. A refusal
+    (other than a certificate that does not verify) must be seen on two attempts,
+    CONFIRM_PAUSE_S apart (each bounded by ``timeout_s``), before it is one."""
     try:
         return await _attempt(broker, options, host, port, timeout_s)
-    except _ClosedRefusal as exc:
-        first = str(exc)
+    except _Unconfirmed as exc:
+        first = exc
         log.debug("check_connection: %s; trying once more before calling it a refusal", first)
     await asyncio.sleep(CONFIRM_PAUSE_S)
     try:
         return await _attempt(broker, options, host, port, timeout_s)
-    except _ClosedRefusal as exc:
-        if str(exc) != first:  # closed differently each time: the broker, not the settings
+    except _Unconfirmed as exc:
+        if exc.kind != first.kind:  # refused differently each time: the broker, not the settings
             log.debug("check_connection: no verdict from %s:%d: %s, then %s", host, port, first, exc)
             return False
-        raise CredentialsError(first) from None
+        raise CredentialsError(str(exc)) from None
 
 
 async def _attempt(broker: Broker, options: dict[str, Any], host: str, port: int, timeout_s: float) -> bool:
-    """One attempt of ``_verdict``: also _ClosedRefusal, a refusal still to be confirmed."""
+    """One attempt of ``_verdict``: also _Unconfirmed, a refusal still to be confirmed."""
     where = f"the broker at {host}:{port}"
     sasl = broker.sasl
     who = f" as {sasl.username!r}" if sasl is not None and sasl.username else ""
@@ -219,13 +228,13 @@ async def _attempt(broker: Broker, options: dict[str, Any], host: str, port: int
     try:
         await _connects(host, port, options, timeout_s)
         return True
-    except CredentialsError:  # an OAUTHBEARER token that cannot be had
-        raise
+    except CredentialsError as exc:  # an OAUTHBEARER token that cannot be had (yet?)
+        raise _Unconfirmed(str(exc), "token") from None
     except _ClosedAtMetadata:
         if sasl is not None:
             return False
         # What a SASL listener (Kafka's, Tansu's) does to a client that skips authentication.
-        raise _ClosedRefusal(
+        raise _Unconfirmed(
             f"broker.security_protocol: {where} closed the connection at the first request after "
             f"connecting with {broker.security_protocol}: does it require SASL authentication?"
         ) from None
@@ -237,15 +246,20 @@ async def _attempt(broker: Broker, options: dict[str, Any], host: str, port: int
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError):
         return False  # the peer went away mid-handshake: a restart looks the same
     except ssl.SSLError as exc:
+        if exc.reason in TLS_SERVER_TROUBLE:  # the broker's (or its proxy's) own failure
+            log.debug("check_connection: no verdict from %s: %r", where, exc)
+            return False
         reason = (exc.reason or str(exc)).lower().replace("_", " ")
         if "wrong version number" in reason:
             reason += " (is that listener TLS at all?)"
-        raise CredentialsError(f"broker.tls: the TLS handshake with {where} failed: {reason}") from None
+        raise _Unconfirmed(
+            f"broker.tls: the TLS handshake with {where} failed: {reason}", f"tls {exc.reason}"
+        ) from None
     except (SaslAuthenticationFailed, AuthenticationFailedError, _ScramRefused) as exc:
         refused = f"refused {mechanism} authentication{who}: {exc}"
-        raise CredentialsError(f"broker.sasl: {where} {refused}") from None
+        raise _Unconfirmed(f"broker.sasl: {where} {refused}", "sasl refused") from None
     except (UnsupportedSaslMechanismError, IllegalSaslStateError):
-        raise CredentialsError(
+        raise _Unconfirmed(
             f"broker.sasl.mechanism: {where} does not accept SASL {mechanism} "
             f"(is SASL enabled on that listener, and this mechanism with it?)"
         ) from None
@@ -263,14 +277,14 @@ async def _attempt(broker: Broker, options: dict[str, Any], host: str, port: int
             tls_session, host, port, options["ssl_context"], min(timeout_s, 3.0)
         )
         alert = session if session is not None and "ALERT" in session else None
-    if alert is not None:
+    if alert is not None and alert not in TLS_SERVER_TROUBLE:
         hint = (
             "it wants a client certificate: broker.tls.cert_file and key_file"
             if "CERTIFICATE_REQUIRED" in alert
             else "is broker.tls.cert_file signed by an authority the broker trusts?"
         )
         text = alert.lower().replace("_", " ")
-        raise CredentialsError(f"broker.tls: {where} ended the TLS session: {text} ({hint})")
+        raise _Unconfirmed(f"broker.tls: {where} ended the TLS session: {text} ({hint})")
     if sasl is None:
         log.debug("check_connection: no verdict from %s: %r", where, closed)
         return False
@@ -282,7 +296,7 @@ async def _attempt(broker: Broker, options: dict[str, Any], host: str, port: int
     except Exception as exc:  # the broker itself is the trouble: no verdict on the credentials
         log.debug("check_connection: no verdict from %s: %r", where, exc)
         return False
-    raise _ClosedRefusal(  # a restart between the two connections looks the same: confirmed again
+    raise _Unconfirmed(  # a restart between the two connections looks the same: confirmed again
         f"broker.sasl: {where} closed the connection during {mechanism} authentication{who} "
         f"(mechanism not enabled there, or the credentials refused)"
     )
@@ -293,8 +307,8 @@ async def check_connection(broker: Broker, timeout_s: float = CHECK_TIMEOUT_S) -
     turn what no retry can fix into ``CredentialsError`` naming the reason (exit 2): a
     certificate file that cannot be read or loaded, a broker certificate that does not
     verify against ``tls.ca_file`` (or names another host), a failed TLS handshake, a SASL
-    mechanism the broker does not offer, refused credentials (a refusal told only by a closed
-    connection is confirmed by a second attempt first: see ``_verdict``). Returns True once one
+    mechanism the broker does not offer, refused credentials (each but a certificate that does
+    not verify confirmed by a second attempt first: see ``_verdict``). Returns True once one
     bootstrap server accepted the connection, False when none gave a verdict (down,
     unreachable, too slow): the clients then retry as they always do."""
     options = kafka_security(broker)

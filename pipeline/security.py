@@ -222,15 +222,20 @@ def grpc_credentials(tls: Tls, key: str = "model.tls") -> grpc.ChannelCredential
 
 
 TLS_CLOSED = "closed"  # tls_session: the server ended the session right after the handshake
-TLS_CONFIRM_PAUSE_S = 1.0  # tls_refusal: between the two sessions that must both be TLS_CLOSED
+TLS_UNTRUSTED = "CERTIFICATE_VERIFY_FAILED"  # tls_session: the server's certificate does not verify
+# Alerts in which the server tells of its own failure, not of the client's settings: an
+# outage (a proxy with no healthy backend), waited out like one, never a refusal.
+TLS_SERVER_TROUBLE = frozenset({"TLSV1_ALERT_INTERNAL_ERROR"})
+TLS_CONFIRM_PAUSE_S = 1.0  # tls_refusal: between the two sessions that must end the same
 
 
 def tls_session(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
     """One TLS session to ``host:port`` that writes nothing and reads one byte: the TLS error
-    (an untrusted certificate, or the alert with which a TLS 1.3 server refuses the client's
-    certificate only after the handshake), ``TLS_CLOSED`` when the server hangs up after the
-    handshake, or None (it answered, stayed silent, or is not there at all). Client libraries
-    report a refusal like an outage; this says which. Blocking: run it in a thread."""
+    (an untrusted certificate, starting with TLS_UNTRUSTED; or the alert with which a TLS 1.3
+    server refuses the client's certificate only after the handshake), ``TLS_CLOSED`` when
+    the server hangs up after the handshake, or None (it answered, stayed silent, or is not
+    there at all). Client libraries report a refusal like an outage; this says which.
+    Blocking: run it in a thread."""
     try:
         with (
             socket.create_connection((host, port), timeout=timeout_s) as raw,
@@ -239,26 +244,41 @@ def tls_session(host: str, port: int, context: ssl.SSLContext, timeout_s: float)
             return None if tls.recv(1) else TLS_CLOSED
     except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError):
         return None  # cut short: a restarting server looks the same
+    except ssl.SSLCertVerificationError as exc:
+        return f"{TLS_UNTRUSTED} ({exc.verify_message})" if exc.verify_message else TLS_UNTRUSTED
     except ssl.SSLError as exc:
         return str(exc.reason or exc)
     except OSError:  # refused, unreachable, timed out
         return None
 
 
+def tls_confirmed_at_once(ending: str) -> bool:
+    """A session's ending that is the same on every session: the server's certificate does
+    not verify against the trusted authorities (or names another host). Any other (a hang-up,
+    an alert, a handshake that failed) is also what a restarting server, or a TLS proxy
+    between backends, can do once: it is a refusal only when a second session ends the same."""
+    return ending.startswith(TLS_UNTRUSTED)
+
+
 async def tls_refusal(url: str, tls: Tls, timeout_s: float = 5.0) -> str | None:
     """Why Triton refuses a TLS connection with these settings, or None (it connects, or it
     is simply not there: an outage, waited out). gRPC reports both as UNAVAILABLE.
 
-    A hang-up right after the handshake is also what a restarting server, or a TLS proxy
-    with no healthy backend, does: it is a refusal only when a second session,
+    An untrusted server certificate is a refusal at once; the server's own trouble
+    (TLS_SERVER_TROUBLE) never is; any other ending is one only when a second session,
     TLS_CONFIRM_PAUSE_S later, ends the same way (each session bounded by ``timeout_s``)."""
     host, _, port = url.rpartition(":")
     context = kafka_ssl_context(tls, "model.tls")  # loaded once already by grpc_credentials
     context.set_alpn_protocols(["h2"])  # an HTTP/2 server speaks first (SETTINGS)
     refusal = await asyncio.to_thread(tls_session, host, int(port), context, timeout_s)
-    if refusal == TLS_CLOSED:
+    if refusal is None or refusal in TLS_SERVER_TROUBLE:
+        return None
+    if not tls_confirmed_at_once(refusal):
         await asyncio.sleep(TLS_CONFIRM_PAUSE_S)
-        refusal = await asyncio.to_thread(tls_session, host, int(port), context, timeout_s)
+        again = await asyncio.to_thread(tls_session, host, int(port), context, timeout_s)
+        if again != refusal:  # ended differently: the server, not the settings
+            log.debug("TLS session to %s: %s, then %s: no verdict", url, refusal, again)
+            return None
     if refusal == TLS_CLOSED:
         wants = "a client certificate it trusts" if tls.cert_file is None else "another client certificate"
         return f"the server closed the connection after the handshake: it wants {wants} (cert_file, key_file)"

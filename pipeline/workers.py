@@ -7,9 +7,20 @@ per-event Python work spreads over the machine's cores. This process only superv
 - worker i serves /metrics, /healthz and /readyz on ``operations.metrics_port + i`` (none
   when the port is 0) and logs with ``worker: i``;
 - a worker that exits on its own is started again after a backoff (1 s doubling to 30 s,
-  reset once it has run for a minute) — except for exit 2 (a bad configuration, a refused
-  credential, a model that does not fit): every worker would hit it, so all stop and this
-  process exits 2 with that message, rather than crash-loop;
+  reset once it has run for a minute, STEADY_S);
+- exit 2 says a bad configuration, a refused credential, a model that does not fit. A
+  worker exits 2 only for a verdict it has confirmed (a refusal seen on two attempts; what
+  can pass — a gateway's UNKNOWN, one refused handshake — is retried and ends in exit 1),
+  but one worker's verdict must not take down the others while they serve. So an exit 2
+  stops every worker, and this process exits 2 with that message rather than crash-loop,
+  when it *reproduces*: either no other worker is serving (up STEADY_S and still running:
+  at the start, all hit the same misconfiguration at once), or the same worker exits 2
+  again after the restart it was given, within STEADY_S of it. A misconfiguration is the
+  same on every start, so it is found again at once; a passing condition is not. Otherwise
+  the worker is restarted like any other exit and the serving workers are left alone. The
+  bound on a misconfiguration found while others serve: that worker's first run, one
+  backoff (1 s unless it was failing already, 30 s at most) and its second start, then the
+  stop;
 - SIGTERM or SIGINT is passed to every worker, which drain and commit; the exit code is 0
   when all stopped cleanly, else the highest worker code. Workers left running past the
   drain bound are killed. A worker dies with this process (PR_SET_PDEATHSIG), so a killed
@@ -60,6 +71,7 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     failures: int = 0  # exits in a row without a steady run
+    exits_2: int = 0  # exits 2 in a row, each after the first within STEADY_S of its start
     restart_at: float | None = None
     codes: list[int] = field(default_factory=list)
 
@@ -84,6 +96,17 @@ class Worker:
     def signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
+
+    def serving(self, now: float) -> bool:
+        """Running, and up long enough to be past its start's checks."""
+        return self.proc is not None and self.proc.poll() is None and now - self.started_at >= STEADY_S
+
+
+def exit_2_stops_all(worker: Worker, workers: list[Worker], now: float) -> bool:
+    """``worker`` just exited 2 (``worker.exits_2`` counts it): whether that stops every worker
+    (it reproduces: no other worker serves, or it is this worker's second in a row) rather
+    than restarting it alone."""
+    return worker.exits_2 >= 2 or not any(other.serving(now) for other in workers if other is not worker)
 
 
 def worker_command(topology_path: Path, log_format: str, log_level: str | None) -> list[str]:
@@ -115,13 +138,17 @@ def supervise(topology: Topology, command: list[str], count: int) -> int:
     try:
         for worker in workers:
             _start(worker, stopping, time.monotonic())
-        _watch(workers, stopping)
-        if not stopping:  # _watch ends early only on a configuration error: the others stop too
+        configuration = _watch(workers, stopping)
+        if configuration:  # a reproduced exit 2: the others stop too
             for worker in workers:
                 worker.signal(signal.SIGTERM)
-        code = _wait_all(workers, topology)
-        # a worker's configuration error is the exit, whatever the others' stop made of theirs
-        return EXIT_CONFIGURATION if EXIT_CONFIGURATION in (c for w in workers for c in w.codes) else code
+        codes = _wait_all(workers, topology)
+        # A configuration error is the exit, whatever the others' stop made of theirs (a
+        # worker's verdict reached as the stop came counts too); an exit 2 that passed, its
+        # worker restarted, does not.
+        if configuration or EXIT_CONFIGURATION in codes:
+            return EXIT_CONFIGURATION
+        return max((c if c >= 0 else 128 - c for c in codes), default=0)
     finally:
         for worker in workers:  # never leave one behind, whatever happened here
             if worker.proc is not None and worker.proc.poll() is None:
@@ -148,8 +175,9 @@ def _backoff(worker: Worker, now: float) -> float:
     return delay
 
 
-def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> None:
-    """Restart workers that exit on their own until a stop, or until one exits 2."""
+def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> bool:
+    """Restart workers that exit on their own until a stop (False), or until an exit 2
+    reproduces (True: see ``exit_2_stops_all``)."""
     while not stopping:
         now = time.monotonic()
         for worker in workers:
@@ -166,19 +194,35 @@ def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> None:
                 continue
             worker.codes.append(code)
             worker.proc = None
-            if code == EXIT_CONFIGURATION:
-                log.error("worker %d exited 2 (configuration): stopping every worker", worker.index)
-                return
+            if code != EXIT_CONFIGURATION:
+                worker.exits_2 = 0
+                delay = _backoff(worker, now)
+                log.error("worker %d exited with %d; restarting it in %.0f s", worker.index, code, delay)
+                continue
+            # a second exit 2 counts only soon after the restart the first one was given
+            worker.exits_2 = worker.exits_2 + 1 if now - worker.started_at < STEADY_S else 1
+            if exit_2_stops_all(worker, workers, now):
+                again = " again after its restart" if worker.exits_2 >= 2 else ""
+                log.error("worker %d exited 2%s (configuration): stopping every worker", worker.index, again)
+                return True
             delay = _backoff(worker, now)
-            log.error("worker %d exited with %d; restarting it in %.0f s", worker.index, code, delay)
+            serving = ", ".join(str(w.index) for w in workers if w is not worker and w.serving(now))
+            log.error(
+                "worker %d exited 2 while workers %s serve: restarting it in %.0f s; "
+                "a second exit 2 in a row stops every worker",
+                worker.index,
+                serving,
+                delay,
+            )
         time.sleep(POLL_S)
+    return False
 
 
-def _wait_all(workers: list[Worker], topology: Topology) -> int:
+def _wait_all(workers: list[Worker], topology: Topology) -> list[int]:
     """Each running worker's exit code, waited for within its stop bound, else killed."""
     bound = wiring.runtime_settings(topology).drain_timeout_s + STOP_MARGIN_S
     deadline = time.monotonic() + bound
-    code = 0
+    codes = []
     for worker in workers:
         if worker.proc is None:
             continue
@@ -190,5 +234,5 @@ def _wait_all(workers: list[Worker], topology: Topology) -> int:
             exit_code = worker.proc.wait()
         worker.codes.append(exit_code)
         worker.proc = None
-        code = max(code, exit_code if exit_code >= 0 else 128 - exit_code)
-    return code
+        codes.append(exit_code)
+    return codes

@@ -47,6 +47,16 @@ class ModelContractError(Fatal):
     reason = "model_contract"
 
 
+class ModelUnconfirmed(Fatal):
+    """The server says it has no such model, but whether it is still loading its models
+    cannot be told right now: ServerReady fails in a way that passes (a gateway's UNKNOWN or
+    INTERNAL, its backend not registered yet). Asked again (model_check); if it lasts, exit 1
+    — restarted with a backoff, not taken for a misconfiguration (exit 2), which it may not be."""
+
+    exit_code = 1
+    reason = "model_unconfirmed"
+
+
 @dataclass(frozen=True)
 class Tensor:
     datatype: str
@@ -157,7 +167,8 @@ async def fetch_served_model(
 ) -> ServedModel:
     """The model's metadata and config from the server. A model a ready server does not have
     is a ModelContractError; an unreachable or still starting server raises grpc's own error
-    (the caller waits)."""
+    (the caller waits); a model missing from a server whose readiness fails in passing (a
+    WAIT_FOR code) is ModelUnconfirmed (the caller asks again, within a bound)."""
     try:
         meta = await stub.ModelMetadata(
             service_pb2.ModelMetadataRequest(name=name, version=version),
@@ -176,8 +187,14 @@ async def fetch_served_model(
             try:
                 loading = not await _server_ready(stub, timeout_s, metadata)
             except grpc.aio.AioRpcError as asked:
-                # Whether it is still loading cannot be told: waiting could last forever for a
-                # misspelt name, so the model is taken as missing (exit 2), saying why.
+                if asked.code() in WAIT_FOR:  # cannot be told now, perhaps in a moment
+                    raise ModelUnconfirmed(
+                        f"model.name: {name!r} (version {version or 'latest'}): {exc.details()}; "
+                        f"ServerReady answered {asked.code().name} ({asked.details()}), so whether "
+                        f"the server is still loading its models cannot be told"
+                    ) from None
+                # It cannot be asked at all (not routed, no permission): waiting could last
+                # forever for a misspelt name, so the model is taken as missing (exit 2).
                 raise ModelContractError(
                     f"model.name: {name!r} (version {version or 'latest'}): {exc.details()}; "
                     f"ServerReady could not be asked whether the server is still loading its "

@@ -1,8 +1,10 @@
 """A refusal read only from a closed connection (a Kafka broker closing at the first Metadata
 request, a TLS server hanging up right after the handshake) is what a restarting server
-does too: it must be seen twice before it stops the process with exit 2. Real servers,
-in-process: a minimal Kafka listener and a TLS listener, each told how to end each
-connection."""
+does too: it must be seen twice before it stops the process with exit 2. So must every
+other refusal that can pass — a SASL failure, a TLS alert or failed handshake, a token
+command that failed — all but a certificate that does not verify (the same on every
+attempt). Real servers, in-process, where they can be made to end a connection so (a
+minimal Kafka listener, a TLS listener); scripted endings where they cannot."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import ssl
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
+from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
 from aiokafka.protocol.admin import ApiVersionResponse_v0
 from aiokafka.protocol.metadata import MetadataResponse_v0
 
@@ -134,3 +138,168 @@ async def test_a_tls_server_that_hangs_up_twice_refuses_the_client(pki: Pki) -> 
         refusal = await tls_refusal(url, Tls(ca_file=pki.ca), timeout_s=2)
     assert refusal is not None and "it wants a client certificate it trusts" in refusal
     assert seen == [0, 1]
+
+
+async def test_a_server_certificate_that_does_not_verify_is_a_refusal_at_once(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki
+) -> None:
+    """An untrusted certificate is the same on every session: no second one is needed."""
+    sessions: list[str | None] = []
+
+    def session(*args: Any) -> str | None:
+        sessions.append(real(*args))
+        return sessions[-1]
+
+    real = security.tls_session
+    monkeypatch.setattr(security, "tls_session", session)
+    async with tls_listener(pki, lambda i: False) as (url, _):
+        refusal = await tls_refusal(url, Tls(ca_file=pki.other_ca), timeout_s=2)
+    assert refusal is not None and refusal.startswith("CERTIFICATE_VERIFY_FAILED"), refusal
+    assert sessions == [refusal]
+
+
+def _scripted_sessions(monkeypatch: pytest.MonkeyPatch, endings: list[str | None]) -> list[str | None]:
+    """``tls_session`` ends as told, one ending per session (the last one repeats); the
+    sessions made are recorded. What a TLS server ends a session with cannot all be made
+    with Python's ssl server (an internal-error alert, a handshake failure)."""
+    made: list[str | None] = []
+
+    def session(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
+        ending = endings[min(len(made), len(endings) - 1)]
+        made.append(ending)
+        return ending
+
+    monkeypatch.setattr(security, "tls_session", session)
+    return made
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",  # a proxy whose backend is not up yet, a restart
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "WRONG_VERSION_NUMBER",  # a load balancer answering in plain text while it starts
+    ],
+)
+async def test_a_tls_error_seen_once_is_not_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki, ending: str
+) -> None:
+    """Any TLS ending other than a certificate that does not verify must be seen on two
+    sessions: one used to be exit 2 (a gateway in front of Triton, restarting)."""
+    made = _scripted_sessions(monkeypatch, [ending, None])
+    assert await tls_refusal("127.0.0.1:1", Tls(ca_file=pki.ca), timeout_s=1) is None
+    assert made == [ending, None]
+
+
+async def test_a_tls_error_seen_twice_is_a_refusal(monkeypatch: pytest.MonkeyPatch, pki: Pki) -> None:
+    made = _scripted_sessions(monkeypatch, ["TLSV13_ALERT_CERTIFICATE_REQUIRED"])
+    refusal = await tls_refusal("127.0.0.1:1", Tls(ca_file=pki.ca), timeout_s=1)
+    assert refusal == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    assert len(made) == 2
+
+
+async def test_a_tls_error_that_changes_is_not_a_refusal(monkeypatch: pytest.MonkeyPatch, pki: Pki) -> None:
+    made = _scripted_sessions(monkeypatch, [security.TLS_CLOSED, "SSLV3_ALERT_HANDSHAKE_FAILURE"])
+    assert await tls_refusal("127.0.0.1:1", Tls(ca_file=pki.ca), timeout_s=1) is None
+    assert len(made) == 2
+
+
+async def test_an_internal_error_alert_is_the_servers_trouble_never_a_refusal(
+    monkeypatch: pytest.MonkeyPatch, pki: Pki
+) -> None:
+    """The server says its own failure: waited out like an outage, however often."""
+    made = _scripted_sessions(monkeypatch, ["TLSV1_ALERT_INTERNAL_ERROR"])
+    assert await tls_refusal("127.0.0.1:1", Tls(ca_file=pki.ca), timeout_s=1) is None
+    assert len(made) == 1
+
+
+# --- the broker: every refusal but an untrusted certificate (and files that do not load) is
+# confirmed by a second attempt. One connection per script entry: None connects, an exception
+# is raised as aiokafka would raise it.
+
+SASL_BROKER = Broker(
+    bootstrap_servers="127.0.0.1:1",
+    security_protocol="SASL_PLAINTEXT",
+    sasl={"mechanism": "PLAIN", "username": "alice", "password": "secret"},
+)
+
+
+def _scripted_connections(monkeypatch: pytest.MonkeyPatch, endings: list[Exception | None]) -> list[object]:
+    made: list[object] = []
+
+    async def connects(
+        host: str, port: int, options: object, timeout_s: float, metadata: bool = True
+    ) -> None:
+        ending = endings[min(len(made), len(endings) - 1)]
+        made.append(ending)
+        if ending is not None:
+            raise ending
+
+    monkeypatch.setattr(kafka_clients, "_connects", connects)
+    return made
+
+
+def _ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower()}")
+    error.reason = reason
+    return error
+
+
+def _token_failed() -> CredentialsError:
+    return CredentialsError("broker.sasl.oauth_token_command exited 1: vault agent not ready")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(lambda: SaslAuthenticationFailed("Authentication failed"), id="sasl-refused"),
+        pytest.param(lambda: UnsupportedSaslMechanismError("not enabled"), id="sasl-mechanism"),
+        pytest.param(lambda: _ssl_error("SSLV3_ALERT_HANDSHAKE_FAILURE"), id="tls-handshake"),
+        pytest.param(_token_failed, id="token-command"),
+    ],
+)
+async def test_a_broker_refusal_seen_once_is_not_one(
+    monkeypatch: pytest.MonkeyPatch, first: Callable[[], Exception]
+) -> None:
+    """A SCRAM user not yet propagated, a token agent starting, a terminating proxy between
+    two backends: refused once, accepted a second later. One used to be exit 2."""
+    made = _scripted_connections(monkeypatch, [first(), None])
+    assert await kafka_clients.check_connection(SASL_BROKER, timeout_s=1)
+    assert len(made) == 2
+
+
+@pytest.mark.parametrize(
+    ("ending", "says"),
+    [
+        (
+            lambda: SaslAuthenticationFailed("Authentication failed"),
+            "refused PLAIN authentication as 'alice'",
+        ),
+        (lambda: UnsupportedSaslMechanismError("not enabled"), "does not accept SASL PLAIN"),
+        (lambda: _ssl_error("SSLV3_ALERT_HANDSHAKE_FAILURE"), "the TLS handshake with the broker"),
+        (_token_failed, "oauth_token_command exited 1"),
+    ],
+)
+async def test_a_broker_refusal_seen_twice_is_one(
+    monkeypatch: pytest.MonkeyPatch, ending: Callable[[], Exception], says: str
+) -> None:
+    made = _scripted_connections(monkeypatch, [ending(), ending()])
+    with pytest.raises(CredentialsError, match=says) as caught:
+        await kafka_clients.check_connection(SASL_BROKER, timeout_s=1)
+    assert caught.value.exit_code == 2
+    assert len(made) == 2
+
+
+async def test_an_untrusted_broker_certificate_is_a_refusal_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    error = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    error.reason, error.verify_message = "CERTIFICATE_VERIFY_FAILED", "unable to get local issuer certificate"
+    made = _scripted_connections(monkeypatch, [error, None])
+    with pytest.raises(CredentialsError, match="presented a certificate that does not verify"):
+        await kafka_clients.check_connection(SASL_BROKER, timeout_s=1)
+    assert len(made) == 1
+
+
+async def test_an_internal_error_alert_from_the_broker_is_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _scripted_connections(monkeypatch, [_ssl_error("TLSV1_ALERT_INTERNAL_ERROR")])
+    assert not await kafka_clients.check_connection(SASL_BROKER, timeout_s=1)  # the clients retry
+    assert len(made) == 1
