@@ -17,6 +17,7 @@ from pipeline import logs
 from pipeline.arguments import non_negative_float, positive_float, positive_int
 from pipeline.errors import Fatal, TopologyError
 from pipeline.recsys.cli import add_train_command
+from pipeline.redrive import reason_argument
 from pipeline.replay.cli import add_replay_command
 from pipeline.serve import serve
 from pipeline.topology.loader import all_problems, load_topology, read_topology_text
@@ -125,11 +126,21 @@ def cmd_state_build(args: argparse.Namespace) -> int:
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
-    from pipeline.redrive import redrive
+    from aiokafka.errors import KafkaError
+
+    from pipeline.redrive import RedriveError, redrive
 
     _setup_logging(args, "WARNING")
     bar = {"auto": None, "bar": True, "log": False}[args.progress]
-    report = asyncio.run(redrive(load_topology(args.topology), args.reason, args.dry_run, args.rate, bar))
+    topology = load_topology(args.topology)
+    try:
+        report = asyncio.run(redrive(topology, args.reason, args.dry_run, args.rate, bar))
+    except RedriveError as err:
+        print(f"pipeline redrive: {args.topology}: {err}", file=sys.stderr)
+        return err.exit_code
+    except (KafkaError, TimeoutError, OSError) as err:  # the broker failed us part-way
+        print(f"pipeline redrive: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     print(orjson.dumps(report).decode())
     return 0
 
@@ -220,10 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--reason",
         action="append",
         required=True,
+        type=reason_argument,
         help="dead-letter reason to re-drive (repeatable), e.g. invalid_argument",
     )
     p.add_argument("--dry-run", action="store_true", help="count only, send nothing")
-    p.add_argument("--rate", type=float, default=0.0, help="re-sends per second (0: as fast as acknowledged)")
+    p.add_argument(
+        "--rate",
+        type=non_negative_float,
+        default=0.0,
+        help="re-sends per second (0: as fast as acknowledged)",
+    )
     p.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
     p.set_defaults(func=cmd_redrive)
     add_replay_command(sub, common)

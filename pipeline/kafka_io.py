@@ -52,22 +52,40 @@ async def ensure_topology_topics(topology: Topology, partitions: int = 4) -> Non
 
 
 async def batches_to_end(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], idle_timeout_s: float = 5.0
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    idle_timeout_s: float = 5.0,
+    ends: dict[TopicPartition, int] | None = None,
 ) -> AsyncIterator[dict[TopicPartition, list[RawRecord]]]:
     """Batches of ``tps`` from the consumer's positions up to the high watermarks as fetches
     report them (not ListOffsets: the embedded broker answers ListOffsets(latest) wrongly
     once records arrive in batches). A record the client cannot decode comes as a marker
     (``undecodable`` set) instead of stopping the read; no progress for ``idle_timeout_s``
-    before the end raises TimeoutError, and so does a position lookup past POSITION_TIMEOUT_S."""
+    before the end raises TimeoutError, and so does a position lookup past POSITION_TIMEOUT_S.
+
+    Without ``ends`` the end moves with the watermarks: records written while the read goes
+    on are read too. With ``ends`` (see fetched_ends) each partition stops at its given end,
+    and records at or past it are not handed on: a reader whose work writes back into the
+    topic (a re-drive of a cause not fixed) does not chase its own writes."""
     positions = {tp: await read_position(consumer, tp) for tp in tps}  # next offset to hand on
     loop = asyncio.get_running_loop()
     idle_since = loop.time()
-    while tps and not await at_end(consumer, tps):
+    while tps:
+        if ends is None:
+            if await at_end(consumer, tps):
+                break
+            fetching = tps
+        else:
+            fetching = [tp for tp in tps if await read_position(consumer, tp) < ends.get(tp, 0)]
+            if not fetching:
+                break
         try:
-            got = await consumer.getmany(*tps, timeout_ms=200)
+            got = await consumer.getmany(*fetching, timeout_ms=200)
             batch = {tp: [raw(m) for m in messages] for tp, messages in got.items()}
         except DECODE_ERRORS:
             batch = await step_past_undecodable(consumer, positions, limit=10_000)
+        if ends is not None:
+            batch = {tp: [r for r in records if r.offset < ends.get(tp, 0)] for tp, records in batch.items()}
         if any(batch.values()):
             idle_since = loop.time()
         elif loop.time() - idle_since > idle_timeout_s:
@@ -124,6 +142,38 @@ async def read_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
             f"{tp.topic}[{tp.partition}]: no read position within {POSITION_TIMEOUT_S:.0f} s "
             f"(broker unreachable, or the partition's offsets never answered)"
         ) from None
+
+
+async def fetched_ends(
+    broker: Broker, tps: list[TopicPartition], timeout_s: float = 10.0
+) -> dict[TopicPartition, int]:
+    """Each partition's end now, as a fetch reports it (its high watermark), for
+    batches_to_end's ``ends``. ListOffsets' answer only says where to fetch from (the end on
+    Kafka, at or below it on the embedded broker), so nothing is read from a partition's
+    start to learn its end. A consumer of its own: the caller's positions and group stay as
+    they were. TimeoutError naming the partitions no fetch answered for in ``timeout_s``."""
+    if not tps:
+        return {}
+    consumer = kafka_clients.consumer(broker, client_suffix="-ends", auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        hints = await asyncio.wait_for(consumer.end_offsets(tps), timeout_s)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(int(hints.get(tp) or 0) - 1, 0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(consumer.highwater(tp) is None for tp in tps):
+            if loop.time() > deadline:
+                missing = [tp.partition for tp in tps if consumer.highwater(tp) is None]
+                raise TimeoutError(
+                    f"{tps[0].topic}: no fetch answered for partitions {missing} in {timeout_s:.0f} s"
+                )
+            with contextlib.suppress(*DECODE_ERRORS):  # the record is not wanted, only the mark
+                await consumer.getmany(*tps, timeout_ms=200, max_records=1)
+        return {tp: int(consumer.highwater(tp) or 0) for tp in tps}
+    finally:
+        await consumer.stop()
 
 
 async def at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
