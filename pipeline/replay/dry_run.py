@@ -2,7 +2,7 @@
 reason, nothing produced. The rows are built exactly as a real replay sends them (same
 headers, same run), so the counts are what the backfill topology will dead-letter. Rows the
 replay would set aside in its reject file instead of sending (larger than the producer
-accepts) are counted apart, under ``rejected``."""
+accepts, a source record the client cannot decode) are counted apart, under ``rejected``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ async def dry_run(
     valid = 0
     async for row in rows:
         counts.read += 1
+        if row.reject is not None:
+            set_aside[row.reject[0]] += 1
+            continue
         if row.value is None:
             counts.skipped += 1
             continue

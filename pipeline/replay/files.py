@@ -37,9 +37,10 @@ class Row:
     """One row of a replay's source, numbered in read order: what to send."""
 
     number: int
-    value: bytes | None  # None: the mapping skips this row
+    value: bytes | None  # None: not sent (the mapping skips it, or it is to be rejected)
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+    reject: tuple[str, str] | None = None  # (reason, error): for the reject file, not sent
 
 
 def is_gzip(path: Path) -> bool:

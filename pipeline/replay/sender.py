@@ -5,9 +5,10 @@ Every record carries ``origin: backfill`` (lanes match it, outputs carry it),
 ``replay.run`` (the run: the backfill topologies judge event age against it) and
 ``replay.row`` (its row number: how a resumed run knows what is already in the topic).
 
-A row the producer refuses at ``send`` (too large) goes to the reject file (``rejects.py``),
-is counted, and the replay goes on: the acknowledged prefix passes it like a skipped row, so
-a resume does not stop on it again. Any other failure stops the replay at its checkpoint.
+A row the producer refuses at ``send`` (too large), and a topic replay's source record the
+client cannot decode, go to the reject file (``rejects.py``), counted, and the replay goes
+on: the acknowledged prefix passes such a row like a skipped one, so a resume does not stop
+on it again. Any other failure stops the replay at its checkpoint.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ class Sender:
         return self.checkpoint.finished
 
     async def _send(self, row: Row, run: bytes) -> None:
+        if row.reject is not None:  # a source record that cannot be sent on (undecodable)
+            if self.rejects is None:
+                raise ReplayFailed(f"row {row.number}: {row.reject[0]}: {row.reject[1]}")
+            self._reject(row, *row.reject)
+            return
         if row.value is None:
             self.counts.skipped += 1
             self._pending.append((row.number, None))

@@ -7,6 +7,12 @@ The start is located with ``offsets_for_times`` and checked against the records 
 where the broker answers wrongly (the embedded one does), it is found by binary search on
 record timestamps instead.
 
+A record the Kafka client cannot decode (a header key that is not UTF-8, a bad CRC) does not
+stop the read: it is stepped past as the pipeline's source does (``step_past_undecodable``),
+and handed on as a row to reject (reason ``undecodable_record``, with its coordinates), which
+the replay writes to its reject file and counts. Its timestamp cannot be read, so it is
+rejected wherever it sits in the range (it does not end the range either).
+
 The offsets located on the first run are kept in the checkpoint and used again on resume,
 and a row's number is its place in them (a partition's rows follow the previous partition's
 offsets): records that arrive in the source topic meanwhile, or a start found again after
@@ -16,26 +22,39 @@ retention moved, never renumber the rows a resumed run skips by.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import kafka_clients
+from pipeline.events import RawRecord
 from pipeline.kafka_io import read_position, topic_partitions
 from pipeline.replay.files import Row
 from pipeline.replay.mapping import iso_to_epoch_ms
+from pipeline.replay.rejects import UNDECODABLE
+from pipeline.sources.undecodable import DECODE_ERRORS, raw, step_past_undecodable
 from pipeline.topology.schema import Broker
 
 FETCH_TIMEOUT_MS = 5_000
+STEP_LIMIT = 10_000  # records re-read one by one after a decode error, at most
 END_TIMEOUT_S = 10.0  # for a fetch to report every partition's high watermark
 Offsets = dict[int, tuple[int, int]]  # partition → (first offset of the range, end)
 
 
 async def _timestamp_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, end: int) -> int:
     """The timestamp of the first record at or after ``offset``; past every record before
-    ``end`` (only transaction markers or compacted-away offsets left): later than any time."""
-    consumer.seek(tp, offset)
-    batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=1)
+    ``end`` (only transaction markers or compacted-away offsets left): later than any time.
+    A record the client cannot decode has no timestamp to give: the next one's is taken."""
+    while True:
+        consumer.seek(tp, offset)
+        try:
+            batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=1)
+            break
+        except DECODE_ERRORS:
+            offset = await read_position(consumer, tp) + 1  # (the position is the bad record)
+            if offset >= end:
+                return 2**63
     records = batch.get(tp, [])
     if not records:
         if await read_position(consumer, tp) >= end:
@@ -86,7 +105,8 @@ async def high_watermarks(
             raise TimeoutError(
                 f"{tps[0].topic}: no fetch answered for partitions {missing} in {timeout_s:.0f} s"
             )
-        await consumer.getmany(*tps, timeout_ms=200, max_records=1)
+        with contextlib.suppress(*DECODE_ERRORS):  # the fetch reports the mark all the same
+            await consumer.getmany(*tps, timeout_ms=200, max_records=1)
     return {tp: int(consumer.highwater(tp) or 0) for tp in tps}
 
 
@@ -125,7 +145,8 @@ class TopicRange:
     async def rows(self, start: int = 0) -> AsyncIterator[Row]:
         """The range's records as rows, from row ``start`` on. A row's number is its offset's
         place in the located offsets, partition after partition (numbers a record that is not
-        in the range would have are left unused)."""
+        in the range would have are left unused). A record the client cannot decode is a row
+        to reject."""
         offsets = await self.locate()
         consumer = self._consumer()
         await consumer.start()
@@ -140,19 +161,37 @@ class TopicRange:
                 position = first + max(start - (base - span), 0)
                 consumer.seek(tp, position)
                 while position < end:
-                    batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=1_000)
-                    records = batch.get(tp, [])
+                    records = await self._fetch(consumer, tp, position, end)
                     if not records:
                         if await read_position(consumer, tp) >= end:
                             break  # the rest are not records (transaction markers, compacted away)
                         raise TimeoutError(f"{tp}: no records at offset {position} (end {end})")
                     for rec in records:
-                        position = rec.offset + 1
-                        if rec.offset >= end or rec.timestamp >= self.until:
+                        if rec.offset < position:
+                            continue
+                        if rec.offset >= end or (rec.undecodable is None and rec.timestamp_ms >= self.until):
                             position = end
                             break
-                        origin = f"{tp.topic}:{tp.partition}:{rec.offset}".encode()
-                        headers = (*rec.headers, ("replay.from", origin))
-                        yield Row(base - span + rec.offset - first, rec.value, rec.key, headers)
+                        position = rec.offset + 1
+                        yield self._row(base - span + rec.offset - first, rec)
         finally:
             await consumer.stop()
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, position: int, end: int
+    ) -> list[RawRecord]:
+        """The next records from ``position``; after a decode error, re-read one at a time
+        from there, the record that raised as a marker (``undecodable`` set)."""
+        try:
+            batch = await consumer.getmany(tp, timeout_ms=FETCH_TIMEOUT_MS, max_records=1_000)
+            return [raw(m) for m in batch.get(tp, [])]
+        except DECODE_ERRORS:
+            limit = max(min(end - position, STEP_LIMIT), 1)
+            read = await step_past_undecodable(consumer, {tp: position}, limit, wait_ms=FETCH_TIMEOUT_MS)
+            return read.get(tp, [])
+
+    def _row(self, number: int, rec: RawRecord) -> Row:
+        origin = f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
+        if rec.undecodable is not None:
+            return Row(number, None, None, (("replay.from", origin),), reject=(UNDECODABLE, rec.undecodable))
+        return Row(number, rec.value, rec.key, (*rec.headers, ("replay.from", origin)))

@@ -143,3 +143,50 @@ async def test_a_topic_range_resumed_after_the_source_grew_sends_each_record_onc
     async for rec in read_to_end(broker, target):
         replayed[orjson.loads(rec.value)["n"]] += 1
     assert set(replayed) == set(range(600)) and max(replayed.values()) == 1
+
+
+def replay_topic(topology, tmp_path, source: str, target: str, *args: str) -> dict:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pipeline", "replay", "--topology", str(topology), "--progress", "log"),
+            *("--checkpoint", str(tmp_path / "ck.json"), "--topic", source, "--to", target, *args),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    return orjson.loads(done.stdout.strip().splitlines()[-1])
+
+
+async def test_a_record_the_client_cannot_decode_is_rejected_and_the_replay_goes_on(stack, tmp_path) -> None:
+    """Issue 24 item 4: a source record with a header key that is not UTF-8 stopped a topic
+    replay with a UnicodeDecodeError traceback, and every resume on the same record. It is
+    stepped past (as the pipeline's source does), written to the reject file with its
+    coordinates, counted, and the records after it are replayed."""
+    from pipeline.devstack.poison_producer import produce_undecodable
+
+    source, target = f"src-{uuid.uuid4().hex[:8]}", f"bf-{uuid.uuid4().hex[:8]}"
+    topology = tmp_path / "backfill.yaml"
+    topology.write_text(yaml.safe_dump(topology_on_stack(stack, base=ROOT / "topologies" / "backfill.yaml")))
+    broker = broker_at(stack.broker.bootstrap)
+    await ensure_topics(broker, [source], 1)
+    producer = kafka_clients.producer(broker, client_suffix="-test")
+    await producer.start()
+    for i in range(5):
+        await producer.send_and_wait(source, orjson.dumps({"n": i}), partition=0)
+    (bad,) = await asyncio.to_thread(produce_undecodable, stack.broker.bootstrap, source, 0, 1)
+    for i in range(5, 10):
+        await producer.send_and_wait(source, orjson.dumps({"n": i}), partition=0)
+    await producer.stop()
+
+    summary = replay_topic(topology, tmp_path, source, target)
+    assert summary["finished"] and (summary["acknowledged"], summary["rejected"]) == (10, 1), summary
+    (line,) = (tmp_path / "ck.rejects.jsonl").read_bytes().splitlines()
+    rejected = orjson.loads(line)
+    assert rejected["reason"] == "undecodable_record" and rejected["source"] == f"{source}:0:{bad}"
+    assert sorted([orjson.loads(rec.value)["n"] async for rec in read_to_end(broker, target)]) == list(
+        range(10)
+    )

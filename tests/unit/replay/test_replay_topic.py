@@ -1,0 +1,116 @@
+"""A topic range as a replay source, against a stand-in consumer of one partition: records
+the client cannot decode (issue 24 item 4). The real
+broker runs in tests/integration/test_replay.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from pipeline.kafka_io import broker_at
+from pipeline.replay.files import Row
+from pipeline.replay.topic import TopicRange
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+class Partition:
+    """Partition 0 of "src": a record per offset, stamped ``timestamps[offset]``. A fetch that
+    reaches an offset in ``bad`` raises UnicodeDecodeError as aiokafka does (the records of
+    that fetch before it are lost with the exception, the position is left at the bad one)."""
+
+    def __init__(self, timestamps: list[int], bad: frozenset[int] = frozenset()) -> None:
+        self.ts, self.bad = timestamps, bad
+        self.pos = 0
+        self.fetched: set[int] = set()  # offsets handed out
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def assign(self, tps: list[TopicPartition]) -> None: ...
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.pos = offset
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.pos
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.ts)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: len(self.ts) for tp in tps}
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 0 for tp in tps}
+
+    async def offsets_for_times(self, query: dict[TopicPartition, int]) -> dict[TopicPartition, None]:
+        return {tp: None for tp in query}  # as unhelpful as the embedded broker: found by search
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int, max_records: int = 500) -> dict[Any, Any]:
+        tp = tps[0]
+        chunk = range(self.pos, min(self.pos + max_records, len(self.ts)))
+        for offset in chunk:
+            if offset in self.bad:
+                self.pos = offset
+                raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        if not chunk:
+            return {}
+        self.pos = chunk.stop
+        self.fetched.update(chunk)
+        return {tp: [record(offset, self.ts[offset]) for offset in chunk]}
+
+
+def record(offset: int, ts: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        topic="src",
+        partition=0,
+        offset=offset,
+        timestamp=ts,
+        key=b"k",
+        value=b"v%d" % offset,
+        headers=[("h", b"1")],
+    )
+
+
+def topic_range(partition: Partition, since: int | None, until: int | None, **kw: Any) -> TopicRange:
+    source = TopicRange(
+        broker_at("localhost:1"), "src", iso(since) if since else None, iso(until) if until else None, **kw
+    )
+    source._consumer = lambda: partition  # type: ignore[method-assign,assignment,return-value]
+    return source
+
+
+async def rows_of(source: TopicRange, start: int = 0) -> list[Row]:
+    return [row async for row in source.rows(start)]
+
+
+async def test_a_record_the_client_cannot_decode_is_a_row_to_reject_and_the_read_goes_on() -> None:
+    partition = Partition([1_000 + i for i in range(8)], bad=frozenset({3}))
+    source = topic_range(partition, None, None)
+    got = await rows_of(source)
+    assert [row.number for row in got] == list(range(8))  # nothing lost, the bad one in place
+    bad = got[3]
+    assert bad.value is None and bad.reject is not None and bad.reject[0] == "undecodable_record"
+    assert "UnicodeDecodeError" in bad.reject[1] and dict(bad.headers)["replay.from"] == b"src:0:3"
+    assert [row.value for row in got if row.number != 3] == [b"v%d" % i for i in (0, 1, 2, 4, 5, 6, 7)]
+    assert await rows_of(source, start=3) == got[3:]  # a resume starting on it steps past it too
+
+
+async def test_an_undecodable_record_in_the_search_for_the_start_is_stepped_over() -> None:
+    partition = Partition([1_000 + i * 10 for i in range(20)], bad=frozenset({9, 10, 19}))
+    source = topic_range(partition, 1_100, None)
+    # 9 and 10 have no time to give: the search takes 11's (1,110), and the span starts at 9
+    assert await source.locate() == {0: (9, 20)}
+    got = await rows_of(source)
+    assert [(row.number, row.reject is not None) for row in got][:3] == [(0, True), (1, True), (2, False)]
+    assert got[-1].reject is not None  # the last record, undecodable, ends the span
