@@ -40,7 +40,7 @@ from pipeline.replay.mapping import load_mapping
 from pipeline.replay.progress import Progress
 from pipeline.replay.rejects import MAX_REQUEST_BYTES, RejectFile, rejects_path
 from pipeline.replay.sender import ReplayFailed, Sender, destination_ends, rows_already_sent
-from pipeline.replay.topic import TopicRange
+from pipeline.replay.topic import DISORDER_MS, TopicRange
 from pipeline.topology.loader import load_topology
 from pipeline.topology.schema import Topology
 from pipeline.wiring import parse_rules
@@ -67,6 +67,14 @@ def add_replay_command(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["jsonl", "csv"], help="default: told by the file name")
     p.add_argument("--since", help="topic replay: ISO time, inclusive")
     p.add_argument("--until", help="topic replay: ISO time, exclusive")
+    p.add_argument(
+        "--disorder-ms",
+        type=int,
+        default=DISORDER_MS,
+        help="topic replay: how far out of order record timestamps may be; each partition is "
+        "read this much past both ends of the range, and every record judged by its own time "
+        f"(default {DISORDER_MS})",
+    )
     p.add_argument("--to", help="destination topic (default: the topology's input, if it has one)")
     p.add_argument("--rate", type=float, default=0.0, help="rows per second (0: as fast as acknowledged)")
     p.add_argument(
@@ -194,6 +202,7 @@ async def _replay(
         "sent": counts.sent,
         "acknowledged": counts.acknowledged,
         "skipped": counts.skipped,
+        "outside_time_range": counts.outside_time_range,
         "already_sent": counts.already_sent,
         "rejected": counts.rejected,
         "checkpoint": str(path),
@@ -254,7 +263,7 @@ def _destination(args: argparse.Namespace, topology: Topology) -> str:
 def _source(args: argparse.Namespace, topology: Topology) -> tuple[EventFile | TopicRange, str]:
     if args.topic:
         try:
-            source = TopicRange(topology.broker, args.topic, args.since, args.until)
+            source = TopicRange(topology.broker, args.topic, args.since, args.until, args.disorder_ms)
         except ValueError as err:
             raise TopologyError("--since/--until", "", f"not an ISO 8601 time: {err}") from None
         return source, source.identity

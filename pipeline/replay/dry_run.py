@@ -36,7 +36,10 @@ async def dry_run(
             set_aside[row.reject[0]] += 1
             continue
         if row.value is None:
-            counts.skipped += 1
+            if row.outside_time_range:
+                counts.outside_time_range += 1
+            else:
+                counts.skipped += 1
             continue
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(row.key, row.value, record_headers(row, run))
         if size > MAX_REQUEST_BYTES:
@@ -57,6 +60,7 @@ async def dry_run(
         "rows": counts.read,
         "valid": valid,
         "skipped": counts.skipped,
+        "outside_time_range": counts.outside_time_range,
         "dead_letters": dict(sorted(reasons.items())),
         "rejected": dict(sorted(set_aside.items())),
     }

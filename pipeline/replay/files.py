@@ -37,10 +37,11 @@ class Row:
     """One row of a replay's source, numbered in read order: what to send."""
 
     number: int
-    value: bytes | None  # None: not sent (the mapping skips it, or it is to be rejected)
+    value: bytes | None  # None: not sent (the mapping skips it, or one of the two below)
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
     reject: tuple[str, str] | None = None  # (reason, error): for the reject file, not sent
+    outside_time_range: bool = False  # a topic range's record stamped outside [since, until)
 
 
 def is_gzip(path: Path) -> bool:

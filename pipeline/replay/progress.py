@@ -21,6 +21,7 @@ class Counts:
     skipped: int = 0  # dropped by the mapping on purpose (otherwise: skip)
     already_sent: int = 0  # acknowledged by an earlier, interrupted run: not sent again
     rejected: int = 0  # set aside in the reject file (refused by the producer, undecodable)
+    outside_time_range: int = 0  # a topic range's records stamped outside [since, until): not sent
 
 
 class Pacer:

@@ -130,7 +130,10 @@ class Sender:
             self._reject(row, *row.reject)
             return
         if row.value is None:
-            self.counts.skipped += 1
+            if row.outside_time_range:
+                self.counts.outside_time_range += 1
+            else:
+                self.counts.skipped += 1
             self._pending.append((row.number, None))
             return
         if row.number in self.already_sent:

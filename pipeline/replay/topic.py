@@ -1,9 +1,26 @@
-"""A time range of a topic as a replay source: partition by partition, each from the first
-record at or after ``since`` to the last before ``until`` (or the end the partition had when
-the replay started). Keys, values and headers are kept, with a ``replay.from`` header naming
+"""A time range of a topic as a replay source: partition by partition, the records stamped
+in [since, until). Keys, values and headers are kept, with a ``replay.from`` header naming
 the source record.
 
-The start is located with ``offsets_for_times`` and checked against the records themselves;
+Each partition's range is a span of offsets fixed at start, read to its end; within it each
+record is judged by its own timestamp, and one outside [since, until) is skipped and counted
+(``outside_time_range``) without ending the read. Producer timestamps need not be in order
+(two producers' clocks, a retried batch): the span is found for a time range widened by
+``disorder_ms`` (default 60 s, ``--disorder-ms``) at both ends:
+
+- first offset: the first record stamped at or after ``since - disorder_ms``;
+- end offset: the first record stamped at or after ``until + disorder_ms``, and never past the
+  end the partition had when the replay started (without ``--until``: that end).
+
+If no record is more than ``disorder_ms`` out of order (for offsets i < j, ts(j) >=
+ts(i) - disorder_ms), no in-range record lies outside that span: every record before the first
+offset is stamped before ``since``, every one from the end offset on at or after ``until``
+(the search stops where the record before is stamped below the bound and the record there at
+or above it). The read stays bounded: at most the records of ``disorder_ms`` past each end of
+the range are read and skipped. A record more out of order than that, near either end, can
+still be missed; raise ``--disorder-ms`` for such a topic.
+
+An offset is located with ``offsets_for_times`` and checked against the records themselves;
 where the broker answers wrongly (the embedded one does), it is found by binary search on
 record timestamps instead.
 
@@ -11,7 +28,7 @@ A record the Kafka client cannot decode (a header key that is not UTF-8, a bad C
 stop the read: it is stepped past as the pipeline's source does (``step_past_undecodable``),
 and handed on as a row to reject (reason ``undecodable_record``, with its coordinates), which
 the replay writes to its reject file and counts. Its timestamp cannot be read, so it is
-rejected wherever it sits in the range (it does not end the range either).
+rejected wherever it sits in the span.
 
 The offsets located on the first run are kept in the checkpoint and used again on resume,
 and a row's number is its place in them (a partition's rows follow the previous partition's
@@ -37,6 +54,7 @@ from pipeline.sources.undecodable import DECODE_ERRORS, raw, step_past_undecodab
 from pipeline.topology.schema import Broker
 
 FETCH_TIMEOUT_MS = 5_000
+DISORDER_MS = 60_000  # how far out of order record timestamps may be (see the docstring)
 STEP_LIMIT = 10_000  # records re-read one by one after a decode error, at most
 END_TIMEOUT_S = 10.0  # for a fetch to report every partition's high watermark
 Offsets = dict[int, tuple[int, int]]  # partition → (first offset of the range, end)
@@ -111,12 +129,21 @@ async def high_watermarks(
 
 
 class TopicRange:
-    def __init__(self, broker: Broker, topic: str, since: str | None, until: str | None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        topic: str,
+        since: str | None,
+        until: str | None,
+        disorder_ms: int = DISORDER_MS,
+    ) -> None:
         self.broker = broker
         self.topic = topic
         # ISO 8601, naive text as UTC (as in a mapping)
         self.since = iso_to_epoch_ms(since) if since else 0
         self.until = iso_to_epoch_ms(until) if until else 2**62
+        self.bounded = until is not None
+        self.disorder_ms = max(int(disorder_ms), 0)
         self.offsets: Offsets | None = None  # located once, or given back by a checkpoint
 
     @property
@@ -127,26 +154,33 @@ class TopicRange:
         return kafka_clients.consumer(self.broker, client_suffix="-replay", auto_offset_reset="earliest")
 
     async def locate(self) -> Offsets:
-        """Per partition: the first offset at or after ``since``, and the end it has now."""
+        """Per partition, the span to read (see the module's docstring): the first offset
+        stamped at or after ``since - disorder_ms``, and the first at or after ``until +
+        disorder_ms`` or the end the partition has now, whichever comes first."""
         if self.offsets is None:
             consumer = self._consumer()
             await consumer.start()
             try:
                 tps = await topic_partitions(consumer, self.topic)
                 ends = await high_watermarks(consumer, tps)
-                self.offsets = {
-                    tp.partition: (await first_offset_at(consumer, tp, self.since, ends[tp]), ends[tp])
-                    for tp in tps
-                }
+                self.offsets = {}
+                for tp in tps:
+                    first = await first_offset_at(
+                        consumer, tp, max(self.since - self.disorder_ms, 0), ends[tp]
+                    )
+                    end = ends[tp]
+                    if self.bounded and first < end:
+                        end = await first_offset_at(consumer, tp, self.until + self.disorder_ms, end)
+                    self.offsets[tp.partition] = (first, max(end, first))
             finally:
                 await consumer.stop()
         return self.offsets
 
     async def rows(self, start: int = 0) -> AsyncIterator[Row]:
-        """The range's records as rows, from row ``start`` on. A row's number is its offset's
-        place in the located offsets, partition after partition (numbers a record that is not
-        in the range would have are left unused). A record the client cannot decode is a row
-        to reject."""
+        """The spans' records as rows, from row ``start`` on. A row's number is its offset's
+        place in the located offsets, partition after partition (numbers of offsets that hold
+        no record are left unused). A record stamped outside [since, until) is a row without
+        a value (``outside_time_range``); one the client cannot decode a row to reject."""
         offsets = await self.locate()
         consumer = self._consumer()
         await consumer.start()
@@ -169,7 +203,7 @@ class TopicRange:
                     for rec in records:
                         if rec.offset < position:
                             continue
-                        if rec.offset >= end or (rec.undecodable is None and rec.timestamp_ms >= self.until):
+                        if rec.offset >= end:
                             position = end
                             break
                         position = rec.offset + 1
@@ -194,4 +228,6 @@ class TopicRange:
         origin = f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
         if rec.undecodable is not None:
             return Row(number, None, None, (("replay.from", origin),), reject=(UNDECODABLE, rec.undecodable))
+        if not self.since <= rec.timestamp_ms < self.until:
+            return Row(number, None, None, outside_time_range=True)
         return Row(number, rec.value, rec.key, (*rec.headers, ("replay.from", origin)))

@@ -190,3 +190,30 @@ async def test_a_record_the_client_cannot_decode_is_rejected_and_the_replay_goes
     assert sorted([orjson.loads(rec.value)["n"] async for rec in read_to_end(broker, target)]) == list(
         range(10)
     )
+
+
+async def test_records_stamped_out_of_order_are_each_judged_by_their_own_time(stack, tmp_path) -> None:
+    """Issue 24 item 6: the read of a partition stopped at the first record stamped at or after
+    --until, so in-range records after it were skipped without a word. Record 12 here is
+    stamped past --until, record 22 inside the range: every record stamped in [since, until)
+    is replayed, the others counted as outside the range."""
+    source, target = f"src-{uuid.uuid4().hex[:8]}", f"bf-{uuid.uuid4().hex[:8]}"
+    topology = tmp_path / "backfill.yaml"
+    topology.write_text(yaml.safe_dump(topology_on_stack(stack, base=ROOT / "topologies" / "backfill.yaml")))
+    broker = broker_at(stack.broker.bootstrap)
+    await ensure_topics(broker, [source], 1)
+    stamps = {i: BASE_MS + i * 1000 for i in range(30)} | {12: BASE_MS + 25_000, 22: BASE_MS + 19_500}
+    producer = kafka_clients.producer(broker, client_suffix="-test")
+    await producer.start()
+    for i, ts in stamps.items():
+        await producer.send_and_wait(source, orjson.dumps({"n": i}), partition=0, timestamp_ms=ts)
+    await producer.stop()
+
+    since, until = iso(BASE_MS + 5_000), iso(BASE_MS + 20_000)
+    summary = replay_topic(topology, tmp_path, source, target, "--since", since, "--until", until)
+    expected = sorted(i for i, ts in stamps.items() if BASE_MS + 5_000 <= ts < BASE_MS + 20_000)
+    assert 22 in expected and 12 not in expected
+    replayed = sorted([orjson.loads(rec.value)["n"] async for rec in read_to_end(broker, target)])
+    assert replayed == expected
+    assert summary["finished"] and summary["acknowledged"] == len(expected)
+    assert summary["outside_time_range"] == 30 - len(expected)  # disorder_ms (60 s) spans them all

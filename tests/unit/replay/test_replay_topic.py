@@ -1,5 +1,5 @@
 """A topic range as a replay source, against a stand-in consumer of one partition: records
-the client cannot decode (issue 24 item 4). The real
+the client cannot decode (issue 24 item 4) and timestamps out of order (item 6). The real
 broker runs in tests/integration/test_replay.py."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from pipeline.kafka_io import broker_at
@@ -108,9 +109,35 @@ async def test_a_record_the_client_cannot_decode_is_a_row_to_reject_and_the_read
 
 async def test_an_undecodable_record_in_the_search_for_the_start_is_stepped_over() -> None:
     partition = Partition([1_000 + i * 10 for i in range(20)], bad=frozenset({9, 10, 19}))
-    source = topic_range(partition, 1_100, None)
+    source = topic_range(partition, 1_100, None, disorder_ms=0)
     # 9 and 10 have no time to give: the search takes 11's (1,110), and the span starts at 9
     assert await source.locate() == {0: (9, 20)}
     got = await rows_of(source)
     assert [(row.number, row.reject is not None) for row in got][:3] == [(0, True), (1, True), (2, False)]
     assert got[-1].reject is not None  # the last record, undecodable, ends the span
+
+
+async def test_records_out_of_order_past_one_stamped_after_until_are_replayed() -> None:
+    """Issue 24 item 6: the read stopped at the first record stamped at or after --until, so
+    the in-range records after it (18 and 19 here) were skipped without a word."""
+    timestamps = [5, 8, 12, 11, 15, 21, 18, 19, 25, 30, 24]
+    source = topic_range(Partition(timestamps), 10, 20)
+    got = await rows_of(source)
+    sent = [row.number for row in got if row.value is not None]
+    assert sent == [2, 3, 4, 6, 7]  # every record stamped in [10, 20), in offset order
+    outside = [row.number for row in got if row.outside_time_range]
+    assert outside == [0, 1, 5, 8, 9, 10]  # each judged by its own time, counted, not sent
+
+
+@pytest.mark.parametrize("disorder_ms", [0, 3])
+async def test_the_span_read_is_bounded_by_the_disorder_allowed(disorder_ms: int) -> None:
+    """A long partition stamped in order (ts = offset): only the range and ``disorder_ms``
+    on either side of it are read, not the whole partition."""
+    partition = Partition(list(range(10_000)))
+    source = topic_range(partition, 100, 200, disorder_ms=disorder_ms)
+    assert await source.locate() == {0: (100 - disorder_ms, 200 + disorder_ms)}
+    partition.fetched.clear()
+    got = await rows_of(source)
+    assert [row.number for row in got if row.value is not None] == list(range(disorder_ms, 100 + disorder_ms))
+    assert max(partition.fetched) < 200 + disorder_ms + 1_000  # one fetch past the end at most
+    assert sum(row.outside_time_range for row in got) == 2 * disorder_ms
