@@ -22,15 +22,18 @@ def topology_on_stack(
     **sections: dict[str, Any],
 ) -> dict[str, Any]:
     """``base`` as a dict, with the stack's broker and Triton addresses and the embedded
-    broker's fetch wait and (``quick_join``) a shorter group session; ``fresh``: on new
-    topics and a new group (so runs on one broker never meet). Each keyword merges into that
-    section. Returns the dict, for further edits before validation."""
+    broker's fetch wait, one assignment strategy and (``quick_join``) a shorter group
+    session; ``fresh``: on new topics and a new group (so runs on one broker never meet).
+    Each keyword merges into that section. Returns the dict, for further edits before
+    validation."""
     data: dict[str, Any] = yaml.safe_load(base.read_text())
     data["broker"]["bootstrap_servers"] = stack.broker.bootstrap
     data["model"]["url"] = stack.triton.grpc_url
     # The shipped topologies are for real Kafka; the embedded broker answers a fetch only at
     # its max wait, even with data ready (devstack/tuning.py).
     data["source"]["fetch_max_wait_ms"] = EMBEDDED_BROKER.fetch_max_wait_ms
+    # no member of an earlier release joins these groups; each strategy offered holds a join
+    data["source"]["offer_round_robin"] = False
     if quick_join:  # a 3 s join instead of 5 (tuning.py); long runs keep the shipped session
         data["source"].update(STACK_GROUP_SESSION)
     if fresh:

@@ -28,7 +28,10 @@ class BrokerTuning:
 
     def apply(self, topology: Topology) -> Topology:
         """``topology`` with this tuning on its consumer and its producers."""
-        source = topology.source.model_copy(update={"fetch_max_wait_ms": self.fetch_max_wait_ms})
+        # no member of an earlier release joins its groups; each strategy offered holds a join
+        source = topology.source.model_copy(
+            update={"fetch_max_wait_ms": self.fetch_max_wait_ms, "offer_round_robin": False}
+        )
         sink = topology.sink.model_copy(update={"linger_ms": self.linger_ms})
         return topology.model_copy(update={"source": source, "sink": sink})
 

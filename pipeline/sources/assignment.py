@@ -18,10 +18,10 @@ member's tasks into the real partitions. It keeps each member's last assignment 
 attributes as its parent does: each consumer gets a subclass of its own, so that two
 members in one process never share it.
 
-Offered in this order: co-partitioned sticky; plain sticky, so a rolling deploy from the
-release that offered sticky first keeps a sticky group; round robin, for a deploy from a
-release that offered only round robin. The group uses one that every member offers,
-each member voting for the first of those in its list."""
+Offered in this order: co-partitioned sticky; round robin (unless `source.offer_round_robin`
+is off), for a rolling deploy from a release that offered only round robin: the group uses
+one that every member offers. No more: the embedded broker (Tansu) holds a group join half a
+session timeout for each strategy a member offers, so each one slows every rebalance there."""
 
 from __future__ import annotations
 
@@ -139,10 +139,7 @@ def _of_this_member(assignor: type[StickyPartitionAssignor]) -> type[StickyParti
     )
 
 
-def member_assignors() -> tuple[type[AbstractPartitionAssignor], ...]:
+def member_assignors(round_robin: bool = True) -> tuple[type[AbstractPartitionAssignor], ...]:
     """The strategies one group member offers, most preferred first."""
-    return (
-        _of_this_member(CoPartitionedStickyAssignor),
-        _of_this_member(StickyPartitionAssignor),
-        RoundRobinPartitionAssignor,
-    )
+    mine = _of_this_member(CoPartitionedStickyAssignor)
+    return (mine, RoundRobinPartitionAssignor) if round_robin else (mine,)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError, InconsistentGroupProtocolError, KafkaError
 
 from pipeline import kafka_clients
 from pipeline.errors import SourceFailed
@@ -93,13 +93,20 @@ class KafkaSource:
             session_timeout_ms=spec.session_timeout_ms,
             heartbeat_interval_ms=spec.heartbeat_interval_ms,
             max_poll_interval_ms=spec.max_poll_interval_ms,
-            partition_assignment_strategy=member_assignors(),
+            partition_assignment_strategy=member_assignors(spec.offer_round_robin),
         )
         partitions.commit_with(self._commit_offsets)
 
     async def start(self) -> None:
         self.consumer.subscribe(self.spec.topics, listener=_Rebalance(self))
-        await self.consumer.start()
+        try:
+            await self.consumer.start()
+        except InconsistentGroupProtocolError as error:
+            raise SourceFailed(
+                f"group {self.spec.group_id}: its members offer no partition assignment this one "
+                "offers (members of a release before co-partitioned assignment, with "
+                "source.offer_round_robin off?): stop them first or turn it on"
+            ) from error
 
     async def run(self, emit: Callable[[list[RawRecord]], None], stop: asyncio.Event) -> None:
         # Every pass re-applies backpressure, so a rebalance that un-pauses partitions is

@@ -178,6 +178,12 @@ class Source(Node):
         gt=0,
         description="no poll this long: out of the group (the source pauses and polls when held long)",
     )
+    offer_round_robin: bool = Field(
+        True,
+        description="offer round robin after the co-partitioned assignment, so that a rolling deploy "
+        "from a release without it keeps one group (the embedded broker holds every join half a "
+        "session timeout per strategy offered: its tests and benchmarks turn this off)",
+    )
     credits: Credits = Credits()
 
     @model_validator(mode="after")

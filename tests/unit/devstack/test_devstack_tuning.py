@@ -18,7 +18,8 @@ def test_tuning_sets_the_consumer_and_the_producers_and_nothing_else(repo_root) 
     tuned = BrokerTuning(linger_ms=123, fetch_max_wait_ms=7, max_poll_records=9).apply(shipped)
     assert tuned.sink.linger_ms == 123
     assert tuned.source.fetch_max_wait_ms == 7
-    rest = {"source": {"fetch_max_wait_ms"}, "sink": {"linger_ms"}}
+    assert shipped.source.offer_round_robin and not tuned.source.offer_round_robin
+    rest = {"source": {"fetch_max_wait_ms", "offer_round_robin"}, "sink": {"linger_ms"}}
     assert tuned.model_dump(exclude=rest) == shipped.model_dump(exclude=rest)
     assert shipped.sink.linger_ms != 123  # the file's own topology is untouched
 
