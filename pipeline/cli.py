@@ -213,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-every", type=positive_float, default=30.0, help="seconds between progress lines")
     p.add_argument(
         "--recycle-growth",
-        type=positive_float,
+        type=non_negative_float,
         default=0.15,
-        help="restart the embedded broker once its CPU grew by this share of a core",
+        help="restart the embedded broker once its CPU grew by this share of a core (0: at every report)",
     )
     p.set_defaults(func=cmd_dev)
 

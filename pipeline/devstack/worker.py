@@ -3,10 +3,12 @@ or joined to a group), with its /readyz and /metrics: used by the fault suite an
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from pydantic_core import to_jsonable_python
 
 from pipeline import procfs
 from pipeline.devstack.process import ChildProcess, free_ports
+from pipeline.kafka_io import ensure_topology_topics
 from pipeline.topology.schema import Topology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +92,10 @@ class PipelineProcess(ChildProcess):
         return "".join(texts)
 
     def start_ready(self, timeout: float = 60.0) -> None:
+        """Its topics first, as a deployment creates them (`pipeline run` stops at start on
+        a missing one), then the process, until every worker is ready."""
+        with ThreadPoolExecutor(1) as thread:  # a caller may be inside an event loop itself
+            thread.submit(asyncio.run, ensure_topology_topics(self.topology)).result(timeout)
         self.start()
         self.wait_until(self.ready, timeout, "ready")
 

@@ -20,7 +20,7 @@ from pipeline.devstack.process import ChildProcess, free_ports
 from pipeline.devstack.worker import topology_document
 from pipeline.topology.schema import Topology
 from tests.faults.harness import CaseResult, run_case, wait_for_output_after
-from tests.integration.harness import ROOT, fresh_topology
+from tests.integration.harness import ROOT, create_topics, fresh_topology
 
 
 def _supervisor(topology: Topology, tmp_path: Path, workers: int) -> tuple[ChildProcess, int]:
@@ -55,6 +55,7 @@ def _gone(pid: int) -> bool:
 
 async def test_workers_share_the_partitions_and_a_killed_one_comes_back(stack, tmp_path) -> None:
     topology = fresh_topology(stack, source={"commit_interval_ms": 1000})
+    await create_topics(topology)
     supervisor, base = _supervisor(topology, tmp_path, 2)
     supervisor.start()
     try:
@@ -97,6 +98,7 @@ def test_a_configuration_error_stops_every_worker_with_exit_2(stack, tmp_path) -
     """A model Triton does not serve: each worker exits 2; the supervisor does not restart
     them but stops too, with 2, well before any backoff could have looped."""
     topology = fresh_topology(stack, model={"name": "no-such-model"})
+    asyncio.run(create_topics(topology))
     supervisor, _ = _supervisor(topology, tmp_path, 2)
     supervisor.start()
     try:

@@ -42,9 +42,11 @@ def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> N
     assert processes_mentioning(str(tmp_path)) == []
 
 
-def test_dev_recycles_its_broker_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def test_dev_recycles_its_broker_and_stops_cleanly_on_sigterm(stack, tmp_path: Path) -> None:
     """The always-on mode: a broker restart every few seconds (a growth of 0 makes every
-    report call for one), then SIGTERM. Nothing is lost across the restarts."""
+    report call for one), then SIGTERM. Nothing is lost across the restarts. The session's
+    model (training is the test above's)."""
+    shutil.copytree(stack.model_repository, tmp_path / "model_repository")
     proc = subprocess.Popen(
         dev_command(tmp_path, "--rate", "300", "--report-every", "3", "--recycle-growth", "0"),
         cwd=ROOT,

@@ -5,6 +5,7 @@ run` at start with exit 2 and one message (no retry loop)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from pipeline.devstack.triton import EmbeddedTriton
 from pipeline.recsys.generator import GeneratorConfig
 from pipeline.topology.schema import Topology
 from tests.certs import Pki, make_pki
-from tests.integration.harness import RawIn, run_pipeline_command, run_until_accounted
+from tests.integration.harness import RawIn, create_topics, run_pipeline_command, run_until_accounted
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,9 @@ def test_a_tls_misconfiguration_stops_at_start(
 ) -> None:
     files = {k: str(getattr(pki, v)) for k, v in tls.items()}
     path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(_topology(stack, tls_triton, files)))
+    data = _topology(stack, tls_triton, files)
+    asyncio.run(create_topics(Topology.model_validate(data)))  # the model check is what fails
+    path.write_text(yaml.safe_dump(data))
     done = run_pipeline_command("run", path)
     assert done.returncode == 2, (case, done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]
