@@ -11,15 +11,16 @@ per-event Python work spreads over the machine's cores. This process only superv
 - exit 2 says a bad configuration, a refused credential, a model that does not fit. A
   worker exits 2 only for a verdict it has confirmed (a refusal seen on two attempts; what
   can pass — a gateway's UNKNOWN, one refused handshake — is retried and ends in exit 1),
-  but one worker's verdict must not take down the others while they serve. So an exit 2
-  stops every worker, and this process exits 2 with that message rather than crash-loop,
-  when it *reproduces*: either no other worker is serving (up STEADY_S and still running:
-  at the start, all hit the same misconfiguration at once), or the same worker exits 2
-  again after the restart it was given, within STEADY_S of it. A misconfiguration is the
-  same on every start, so it is found again at once; a passing condition is not. Otherwise
-  the worker is restarted like any other exit and the serving workers are left alone. The
-  bound on a misconfiguration found while others serve: that worker's first run, one
-  backoff (1 s unless it was failing already, 30 s at most) and its second start, then the
+  but one worker's verdict must not take down the others once the fleet has served. So an
+  exit 2 stops every worker, and this process exits 2 with that message rather than
+  crash-loop, when it *reproduces*: either no worker has served yet (none up STEADY_S: at
+  the start, all hit the same misconfiguration at once), or the same worker exits 2 a
+  second time within EXIT_2_WINDOW_S, however long each run lasted (a verdict can come late:
+  a contract checked after a slow Triton, a refusal at a reconnect). A misconfiguration is
+  the same on every start, so it is found again; a passing condition is not. Otherwise the
+  worker is restarted like any other exit and the others are left alone, whether they serve
+  or are waiting out a shared outage. The bound on a misconfiguration found once the fleet
+  served: that worker's two runs and one backoff between them (30 s at most), then the
   stop;
 - SIGTERM or SIGINT is passed to every worker, which drain and commit; the exit code is 0
   when all stopped cleanly, else the highest worker code. Workers left running past the
@@ -48,6 +49,7 @@ log = logging.getLogger("pipeline.workers")
 WORKER_ENV = "PIPELINE_WORKER"  # the worker's index, for its logs
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STEADY_S = 60.0  # a worker up this long starts its backoff over
+EXIT_2_WINDOW_S = 600.0  # a worker's second exit 2 within this reproduces the first
 POLL_S = 0.2
 EXIT_CONFIGURATION = 2
 STOP_MARGIN_S = 10.0  # past a worker's own stop bound (drain + its close margin)
@@ -71,7 +73,7 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     failures: int = 0  # exits in a row without a steady run
-    exits_2: int = 0  # exits 2 in a row, each after the first within STEADY_S of its start
+    exits_2_at: list[float] = field(default_factory=list)  # its exits 2 within EXIT_2_WINDOW_S
     restart_at: float | None = None
     codes: list[int] = field(default_factory=list)
 
@@ -97,16 +99,13 @@ class Worker:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
 
-    def serving(self, now: float) -> bool:
-        """Running, and up long enough to be past its start's checks."""
-        return self.proc is not None and self.proc.poll() is None and now - self.started_at >= STEADY_S
 
-
-def exit_2_stops_all(worker: Worker, workers: list[Worker], now: float) -> bool:
-    """``worker`` just exited 2 (``worker.exits_2`` counts it): whether that stops every worker
-    (it reproduces: no other worker serves, or it is this worker's second in a row) rather
-    than restarting it alone."""
-    return worker.exits_2 >= 2 or not any(other.serving(now) for other in workers if other is not worker)
+def exit_2_stops_all(worker: Worker, served: bool, now: float) -> bool:
+    """``worker`` just exited 2 (``worker.exits_2_at`` holds it): whether that stops every
+    worker (it reproduces: no worker has ``served`` yet, or it is this worker's second exit 2
+    within EXIT_2_WINDOW_S) rather than restarting it alone."""
+    worker.exits_2_at = [t for t in worker.exits_2_at if now - t <= EXIT_2_WINDOW_S]
+    return len(worker.exits_2_at) >= 2 or not served
 
 
 def worker_command(topology_path: Path, log_format: str, log_level: str | None) -> list[str]:
@@ -178,6 +177,7 @@ def _backoff(worker: Worker, now: float) -> float:
 def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> bool:
     """Restart workers that exit on their own until a stop (False), or until an exit 2
     reproduces (True: see ``exit_2_stops_all``)."""
+    served = False  # a worker has been up STEADY_S: past the checks every start makes
     while not stopping:
         now = time.monotonic()
         for worker in workers:
@@ -189,30 +189,28 @@ def _watch(workers: list[Worker], stopping: list[signal.Signals]) -> bool:
                 continue
             code = worker.proc.poll()
             if code is None:
-                if worker.failures and now - worker.started_at > STEADY_S:
+                if now - worker.started_at > STEADY_S:
+                    served = True
                     worker.failures = 0
                 continue
             worker.codes.append(code)
             worker.proc = None
             if code != EXIT_CONFIGURATION:
-                worker.exits_2 = 0
                 delay = _backoff(worker, now)
                 log.error("worker %d exited with %d; restarting it in %.0f s", worker.index, code, delay)
                 continue
-            # a second exit 2 counts only soon after the restart the first one was given
-            worker.exits_2 = worker.exits_2 + 1 if now - worker.started_at < STEADY_S else 1
-            if exit_2_stops_all(worker, workers, now):
-                again = " again after its restart" if worker.exits_2 >= 2 else ""
+            worker.exits_2_at.append(now)
+            if exit_2_stops_all(worker, served, now):
+                again = f" again within {EXIT_2_WINDOW_S / 60:.0f} min" if len(worker.exits_2_at) >= 2 else ""
                 log.error("worker %d exited 2%s (configuration): stopping every worker", worker.index, again)
                 return True
             delay = _backoff(worker, now)
-            serving = ", ".join(str(w.index) for w in workers if w is not worker and w.serving(now))
             log.error(
-                "worker %d exited 2 while workers %s serve: restarting it in %.0f s; "
-                "a second exit 2 in a row stops every worker",
+                "worker %d exited 2 after the workers served: restarting it in %.0f s; a second "
+                "exit 2 within %.0f min stops every worker",
                 worker.index,
-                serving,
                 delay,
+                EXIT_2_WINDOW_S / 60,
             )
         time.sleep(POLL_S)
     return False
