@@ -74,3 +74,26 @@ async def test_a_record_larger_than_the_bytes_bound_passes_alone() -> None:
     assert held_in_flight == 1  # the large record alone
     assert run.lost() == [] and run.duplicates() == 0 and run.sink.dead_letters() == []
     assert len(run.sink.recommendations()) >= 1
+
+
+async def test_every_byte_comes_back_across_a_rebalance_while_the_sink_is_stuck() -> None:
+    """The sink held with large records in flight on two partitions, an eager rebalance to
+    one of them (the drain times out: partition 1's in-flight work is let go), the sink
+    released, then both assigned again: what was in flight before the rebalance and what is
+    read again after it each give their bytes back once, and nothing is lost."""
+    t = bounded_topology()
+    t = t.model_copy(update={"source": t.source.model_copy(update={"drain_timeout_ms": 200})})
+    async with running(t) as run:
+        registry = run.runtime.metrics.registry
+        run.sink.hold()
+        run.source.add(large(40))
+        await run.until(lambda: run.sink.entered > 0)
+        topic = t.source.topics[0]
+        await run.source.rebalance({(topic, 0)})
+        run.sink.release()
+        await run.source.rebalance({(topic, 0), (topic, 1)})
+        await run.settled()
+        settled = registry.get_sample_value("pipeline_in_flight_bytes")
+        in_flight = run.runtime.partitions.in_flight
+    assert settled == 0 and in_flight == 0
+    assert run.lost() == [] and run.sink.dead_letters() == []
