@@ -135,7 +135,7 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     topology = load_topology(args.topology)
     try:
         report = asyncio.run(redrive(topology, args.reason, args.dry_run, args.rate, bar))
-    except RedriveError as err:
+    except RedriveError as err:  # exit 2 a verdict (a missing topic), 1 a broker away
         print(f"pipeline redrive: {args.topology}: {err}", file=sys.stderr)
         return err.exit_code
     except (KafkaError, TimeoutError, OSError) as err:  # the broker failed us part-way

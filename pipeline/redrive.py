@@ -11,8 +11,9 @@ not fixed yet sends its events back to the dead-letter topic; those new dead let
 the next run instead of being re-driven again and again.
 
 Only the reasons the pipeline writes are accepted (KNOWN_REASONS): a typo would re-drive
-nothing while reporting success. Problems at start (no broker answering, a dead-letter or
-input topic missing) are RedriveError: one line naming the topology key, exit 2."""
+nothing while reporting success. Problems at start are RedriveError, one line naming the
+topology key: a dead-letter or input topic missing is exit 2 (a verdict no retry changes); no
+broker answering (refused, timed out) is exit 1, as a broker that is away may be back soon."""
 
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ import logging
 from collections import Counter
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
 
 from pipeline import kafka_clients
 from pipeline.errors import InferenceError, StaleEvent
@@ -61,6 +68,9 @@ def _model_reasons() -> set[str]:
     return found
 
 
+# What a broker that is not (yet) answering raises at start.
+BROKER_AWAY = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+
 KNOWN_REASONS = frozenset(INPUT_REASONS) | frozenset(OUTPUT_REASONS) | frozenset(_model_reasons())
 
 
@@ -75,9 +85,12 @@ def reason_argument(text: str) -> str:
 
 
 class RedriveError(Exception):
-    """A problem at start that no retry fixes: one line naming the topology key, exit 2."""
+    """A problem at start: one line naming the topology key. Exit 2 (a verdict no retry
+    changes: a missing topic) unless ``exit_code`` says 1 (transient: no broker answering)."""
 
-    exit_code = 2
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 async def check_topics(topology: Topology, dry_run: bool) -> list[TopicPartition]:
@@ -89,12 +102,19 @@ async def check_topics(topology: Topology, dry_run: bool) -> list[TopicPartition
     client_log.setLevel(logging.CRITICAL)  # its own line per failed connection: ours says it once
     try:
         await consumer.start()
-    except KafkaError as err:
+    except (KafkaError, OSError, TimeoutError) as err:
         with contextlib.suppress(Exception):
             await consumer.stop()
         where = topology.broker.bootstrap_servers
+        # Refused or timed out: the broker is away, and may be back (exit 1). Anything else
+        # at the handshake (an authentication refused) stays a verdict (exit 2).
+        if isinstance(err, (*BROKER_AWAY, OSError, TimeoutError)):
+            raise RedriveError(
+                f"broker.bootstrap_servers: nothing answers at {where} ({type(err).__name__})",
+                exit_code=1,
+            ) from None
         raise RedriveError(
-            f"broker.bootstrap_servers: nothing answers at {where} ({type(err).__name__})"
+            f"broker.bootstrap_servers: {where} refused the client ({type(err).__name__}: {err})"
         ) from None
     finally:
         client_log.setLevel(level)

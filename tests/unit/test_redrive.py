@@ -1,8 +1,8 @@
 """`pipeline redrive` at its edges, without a broker: a reason the pipeline does not write (a
-typo) is refused listing the known ones, no broker answering is one line naming
-broker.bootstrap_servers, and a read with fixed ends stops there however the topic grows
-(the re-drive's own new dead letters are not chased). The same on the real broker:
-tests/integration/test_redrive_end.py."""
+typo) is refused listing the known ones (exit 2), no broker answering is one line naming
+broker.bootstrap_servers and exit 1 (transient: exit 2 is a verdict no retry changes), and a
+read with fixed ends stops there however the topic grows (the re-drive's own new dead letters
+are not chased). The same on the real broker: tests/integration/test_redrive_end.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, UnsupportedSaslMechanismError
 from aiokafka.structs import ConsumerRecord
 
-from pipeline import kafka_io
+from pipeline import kafka_clients, kafka_io
 from pipeline.cli import main
 from pipeline.redrive import KNOWN_REASONS
 
@@ -65,11 +66,13 @@ def test_a_rate_that_makes_no_sense_is_refused(
     )
 
 
-def test_no_broker_answering_is_one_line_naming_the_setting(
+def test_no_broker_answering_is_one_line_naming_the_setting_and_exit_1(
     closed_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A broker that is away is transient (docs/operations.md: exit 2 is a verdict no retry
+    changes): exit 1, so a supervisor or a script retries."""
     started = time.monotonic()
-    assert main(["redrive", str(TOPOLOGY), "--reason", "unknown_type"]) == 2
+    assert main(["redrive", str(TOPOLOGY), "--reason", "unknown_type"]) == 1
     assert time.monotonic() - started < 30
     out, err = capsys.readouterr()
     assert out == ""
@@ -78,6 +81,50 @@ def test_no_broker_answering_is_one_line_naming_the_setting(
         f"pipeline redrive: {TOPOLOGY}: broker.bootstrap_servers: nothing answers at {where} ("
     )
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]"), 1),
+        (KafkaTimeoutError(), 1),
+        (TimeoutError(), 1),
+        (ConnectionRefusedError(111, "refused"), 1),
+        (UnsupportedSaslMechanismError("PLAIN"), 2),  # a refusal at the handshake: a verdict
+    ],
+)
+def test_a_broker_away_at_start_is_exit_1_a_refusal_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception, code: int
+) -> None:
+    class Refused:
+        async def start(self) -> None:
+            raise error
+
+        async def stop(self) -> None: ...
+
+    monkeypatch.setattr(kafka_clients, "consumer", lambda *a, **kw: Refused())
+    assert main(["redrive", str(TOPOLOGY), "--reason", "unknown_type"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(f"pipeline redrive: {TOPOLOGY}: broker.bootstrap_servers: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_missing_dead_letter_topic_stays_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class NoTopics:
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def topics(self) -> set[str]:
+            return {"interactions"}
+
+    monkeypatch.setattr(kafka_clients, "consumer", lambda *a, **kw: NoTopics())
+    assert main(["redrive", str(TOPOLOGY), "--reason", "unknown_type"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pipeline redrive: {TOPOLOGY}: sink.dead_letter_topic: no topic ")
+    assert err.count("\n") == 1
 
 
 def test_a_topology_that_does_not_load_is_one_line(
