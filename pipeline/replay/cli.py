@@ -31,6 +31,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from pipeline import kafka_clients, procfs
+from pipeline.arguments import non_negative_float, non_negative_int, positive_int
 from pipeline.errors import TopologyError
 from pipeline.kafka_io import ensure_topics
 from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or_start
@@ -69,14 +70,16 @@ def add_replay_command(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--until", help="topic replay: ISO time, exclusive")
     p.add_argument(
         "--disorder-ms",
-        type=int,
+        type=non_negative_int,
         default=DISORDER_MS,
         help="topic replay: how far out of order record timestamps may be; each partition is "
         "read this much past both ends of the range, and every record judged by its own time "
         f"(default {DISORDER_MS})",
     )
     p.add_argument("--to", help="destination topic (default: the topology's input, if it has one)")
-    p.add_argument("--rate", type=float, default=0.0, help="rows per second (0: as fast as acknowledged)")
+    p.add_argument(
+        "--rate", type=non_negative_float, default=0.0, help="rows per second (0: as fast as acknowledged)"
+    )
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -95,7 +98,7 @@ def add_replay_command(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="validate every row, count dead-letter reasons")
     p.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
-    p.add_argument("--partitions", type=int, default=4, help="partitions if the destination is new")
+    p.add_argument("--partitions", type=positive_int, default=4, help="partitions if the destination is new")
     p.set_defaults(func=cmd_replay)
 
 
