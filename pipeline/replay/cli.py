@@ -126,7 +126,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             try:
                 checkpoint = resume_or_start(path, identity, destination)
             except CheckpointMismatch as err:
-                raise TopologyError(str(path), "", str(err).removeprefix(f"{path}: ")) from None
+                raise TopologyError(str(path), err.field, str(err).removeprefix(f"{path}: ")) from None
+            if isinstance(source, TopicRange):
+                same_disorder(checkpoint, source, path)
             code, report = asyncio.run(
                 _replay(topology, source, destination, checkpoint, path, args, progress)
             )
@@ -236,6 +238,7 @@ async def _prepare(
                 )
             else:
                 checkpoint.source_offsets = {p: list(o) for p, o in (await source.locate()).items()}
+                checkpoint.disorder_ms = source.disorder_ms  # what the span was located with
         if checkpoint.next_row == 0 and not checkpoint.partition_marks:
             checkpoint.partition_marks = await destination_ends(consumer, destination)
             checkpoint.save(path)
@@ -243,6 +246,27 @@ async def _prepare(
         return await rows_already_sent(consumer, checkpoint, destination)
     finally:
         await consumer.stop()
+
+
+def same_disorder(checkpoint: Checkpoint, source: TopicRange, path: Path) -> None:
+    """A topic range resumes only with the --disorder-ms its span was located with: the span's
+    ends come from it, and its rows are numbered by them, so a resume cannot move them.
+    A checkpoint of a release that did not record it (its end the partition's end, its start
+    not widened) is refused the same way: --restart locates the range again."""
+    if not checkpoint.source_offsets or checkpoint.disorder_ms == source.disorder_ms:
+        return
+    if checkpoint.disorder_ms is None:
+        problem = (
+            "the range was located by a release that did not record --disorder-ms "
+            "(records out of order near its start can be missed): --restart to locate it again"
+        )
+    else:
+        problem = (
+            f"the range was located with --disorder-ms {checkpoint.disorder_ms}, not "
+            f"{source.disorder_ms}: pass --disorder-ms {checkpoint.disorder_ms} to resume it, "
+            "or --restart to locate it again"
+        )
+    raise TopologyError(str(path), "disorder_ms", problem)
 
 
 def peak_rss_mb() -> float:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline.cli import main
+from pipeline.replay.checkpoint import Checkpoint
 
 TOPOLOGY = Path(__file__).resolve().parents[3] / "topologies" / "backfill.yaml"
 
@@ -62,3 +64,74 @@ def test_a_file_that_breaks_off_after_a_gzip_magic_is_one_error_and_exit_1(
     assert main(replay("--file", data, "--dry-run")) == 1
     captured = capsys.readouterr()
     assert "events.jsonl" in captured.out and "Traceback" not in captured.err
+
+
+def _checkpoint_of(data: Path, **fields: object) -> bytes:
+    """A checkpoint of this file's replay into backfill.yaml's input, with ``fields`` over it."""
+    stat = data.stat()
+    content: dict[str, object] = {
+        "source": f"file:{data.resolve()}:{stat.st_size}:{int(stat.st_mtime)}",
+        "destination": "interactions.backfill",
+        "run_id": "0123456789abcdef",
+        "next_row": 1,
+        "partition_marks": {"0": 0},
+        "source_offsets": {},
+        "acknowledged": 1,
+        "skipped": 0,
+        "rejected": 0,
+        "finished": False,
+    }
+    content.update(fields)
+    return orjson.dumps(content)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("next_row", "x"),
+        ("next_row", None),
+        ("next_row", -1),
+        ("next_row", 1.5),
+        ("finished", "no"),
+        ("finished", 0),
+        ("acknowledged", True),
+        ("run_id", 7),
+        ("partition_marks", {"0": "x"}),
+        ("partition_marks", {"zero": 0}),
+        ("partition_marks", []),
+        ("source_offsets", {"0": [0]}),
+        ("source_offsets", {"0": [0, None]}),
+        ("disorder_ms", "60s"),
+    ],
+)
+def test_a_checkpoint_field_of_the_wrong_type_is_one_line_naming_it_and_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    field: str,
+    value: object,
+) -> None:
+    """Issue 24 review, item 3: the shape was checked, not the types: `"next_row": "x"`,
+    `null` or `"finished": "no"` loaded, and failed later with a traceback (or, "no" being
+    true, a replay that never ran said it was finished)."""
+    monkeypatch.setenv("PIPELINE_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+    data = tmp_path / "events.jsonl"
+    data.write_bytes(b'{"user_id": 1}\n')
+    checkpoint = tmp_path / "ck.json"
+    checkpoint.write_bytes(_checkpoint_of(data, **{field: value}))
+    assert main(replay("--file", data, "--checkpoint", checkpoint)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"{checkpoint}: {field}") and "not a replay checkpoint" in err, err
+
+
+def test_a_checkpoint_of_the_right_types_still_loads(tmp_path: Path) -> None:
+    data = tmp_path / "events.jsonl"
+    data.write_bytes(b'{"user_id": 1}\n')
+    checkpoint = tmp_path / "ck.json"
+    checkpoint.write_bytes(_checkpoint_of(data, source_offsets={"1": [3, 9]}))  # no disorder_ms: old
+    loaded = Checkpoint.load(checkpoint)
+    assert (loaded.next_row, loaded.partition_marks, loaded.source_offsets) == (1, {0: 0}, {1: [3, 9]})
+    assert loaded.disorder_ms is None and loaded.finished is False
+    loaded.save(checkpoint)
+    assert Checkpoint.load(checkpoint) == loaded

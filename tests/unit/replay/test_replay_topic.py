@@ -5,15 +5,20 @@ broker runs in tests/integration/test_replay.py."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
+from pipeline.cli import main
 from pipeline.kafka_io import broker_at
+from pipeline.replay import cli as replay_cli
+from pipeline.replay.checkpoint import Checkpoint
 from pipeline.replay.files import Row
 from pipeline.replay.topic import TopicRange
+from pipeline.topology.loader import load_topology
 
 
 def iso(ms: int) -> str:
@@ -141,3 +146,69 @@ async def test_the_span_read_is_bounded_by_the_disorder_allowed(disorder_ms: int
     assert [row.number for row in got if row.value is not None] == list(range(disorder_ms, 100 + disorder_ms))
     assert max(partition.fetched) < 200 + disorder_ms + 1_000  # one fetch past the end at most
     assert sum(row.outside_time_range for row in got) == 2 * disorder_ms
+
+
+def _resumed_checkpoint(path: Path, source: TopicRange, **fields: object) -> None:
+    """A checkpoint of ``source`` halfway through (its span located, rows sent)."""
+    checkpoint = Checkpoint(source.identity, "interactions.backfill", next_row=3)
+    checkpoint.partition_marks = {0: 0}
+    checkpoint.source_offsets = {0: [0, 8]}
+    for name, value in fields.items():
+        setattr(checkpoint, name, value)
+    checkpoint.save(path)
+
+
+def _replay_topic(source: TopicRange, path: Path, *extra: str) -> list[str]:
+    topology = Path(__file__).resolve().parents[3] / "topologies" / "backfill.yaml"
+    since, until = iso(source.since), iso(source.until)
+    return [
+        "replay", "--topology", str(topology), "--topic", "src", "--since", since, "--until", until,
+        "--checkpoint", str(path), "--progress", "log", *extra,
+    ]  # fmt: skip
+
+
+async def test_a_fresh_topic_replay_records_the_disorder_window_it_located_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    partition = Partition([1_000 + i for i in range(20)])
+    source = topic_range(partition, 1_005, 1_010, disorder_ms=2)
+    monkeypatch.setattr(replay_cli.kafka_clients, "consumer", lambda *a, **kw: partition)
+    path = tmp_path / "ck.json"
+    checkpoint = Checkpoint(source.identity, "interactions.backfill")
+    topology = load_topology(Path(__file__).resolve().parents[3] / "topologies" / "backfill.yaml")
+    assert await replay_cli._prepare(topology, source, "interactions.backfill", checkpoint, path) == set()
+    saved = Checkpoint.load(path)
+    assert saved.source_offsets == {0: [3, 12]} and saved.disorder_ms == 2
+
+
+@pytest.mark.parametrize(("recorded", "given"), [(60_000, 0), (0, 60_000), (None, 60_000), (None, 5)])
+def test_a_resume_with_another_disorder_window_is_refused_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    recorded: int | None,
+    given: int,
+) -> None:
+    """Issue 24 review, item 4: the span's ends come from --disorder-ms, and its rows are
+    numbered by them, yet a resume with another value (or a checkpoint of the release before,
+    whose end is the partition's end) silently kept the old ends. Now it is refused before
+    anything is read: pass the same --disorder-ms, or --restart."""
+    monkeypatch.setenv("PIPELINE_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # never reached
+    source = topic_range(Partition([]), 1_000_000, 2_000_000, disorder_ms=given)
+    path = tmp_path / "ck.json"
+    _resumed_checkpoint(path, source, disorder_ms=recorded)
+    assert main(_replay_topic(source, path, "--disorder-ms", str(given))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"{path}: disorder_ms: ") and "--restart" in err, err
+    if recorded is not None:
+        assert f"--disorder-ms {recorded} to resume" in err, err
+
+
+def test_a_resume_with_the_same_disorder_window_goes_on(tmp_path: Path) -> None:
+    source = topic_range(Partition([]), 1_000_000, 2_000_000, disorder_ms=7)
+    path = tmp_path / "ck.json"
+    _resumed_checkpoint(path, source, disorder_ms=7)
+    replay_cli.same_disorder(Checkpoint.load(path), source, path)  # no error
+    fresh = Checkpoint(source.identity, "interactions.backfill")  # not located yet: nothing to compare
+    replay_cli.same_disorder(fresh, topic_range(Partition([]), 1, 2, disorder_ms=9), path)
