@@ -250,22 +250,25 @@ async def _prepare(
 
 def same_disorder(checkpoint: Checkpoint, source: TopicRange, path: Path) -> None:
     """A topic range resumes only with the --disorder-ms its span was located with: the span's
-    ends come from it, and its rows are numbered by them, so a resume cannot move them.
-    A checkpoint of a release that did not record it (its end the partition's end, its start
-    not widened) is refused the same way: --restart locates the range again."""
+    ends come from it, and its rows are numbered by them, so a resume cannot move them. A
+    checkpoint of a release that did not record it resumes with a warning: its end is the
+    partition's end (read further, each record judged by its own time) and only its start,
+    passed already, was located without the window."""
     if not checkpoint.source_offsets or checkpoint.disorder_ms == source.disorder_ms:
         return
     if checkpoint.disorder_ms is None:
-        problem = (
-            "the range was located by a release that did not record --disorder-ms "
-            "(records out of order near its start can be missed): --restart to locate it again"
+        log.warning(
+            "%s: located by a release that did not record --disorder-ms: resuming to the end the "
+            "partitions had then (records out of order before its start stay unread; --restart "
+            "locates the range again)",
+            path,
         )
-    else:
-        problem = (
-            f"the range was located with --disorder-ms {checkpoint.disorder_ms}, not "
-            f"{source.disorder_ms}: pass --disorder-ms {checkpoint.disorder_ms} to resume it, "
-            "or --restart to locate it again"
-        )
+        return
+    problem = (
+        f"the range was located with --disorder-ms {checkpoint.disorder_ms}, not "
+        f"{source.disorder_ms}: pass --disorder-ms {checkpoint.disorder_ms} to resume it, "
+        "or --restart to locate it again"
+    )
     raise TopologyError(str(path), "disorder_ms", problem)
 
 
