@@ -246,7 +246,7 @@ class Metrics:
         )
         self.sink_refusing = Gauge(
             "pipeline_sink_refusing_dead_letters",
-            "1 while the broker permanently refuses a dead letter (retried every 30 s; not ready)",
+            "1 while the broker refuses a dead letter for good or a topic written is missing (not ready)",
             registry=r,
         )
         self.sink_missing_topics = Gauge(
