@@ -144,36 +144,49 @@ async def read_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
         ) from None
 
 
+ENDS_TIMEOUT_S = 10.0  # for a fetch to report every partition's high watermark
+
+
 async def fetched_ends(
-    broker: Broker, tps: list[TopicPartition], timeout_s: float = 10.0
+    broker: Broker, tps: list[TopicPartition], timeout_s: float = ENDS_TIMEOUT_S
 ) -> dict[TopicPartition, int]:
-    """Each partition's end now, as a fetch reports it (its high watermark), for
-    batches_to_end's ``ends``. ListOffsets' answer only says where to fetch from (the end on
-    Kafka, at or below it on the embedded broker), so nothing is read from a partition's
-    start to learn its end. A consumer of its own: the caller's positions and group stay as
-    they were. TimeoutError naming the partitions no fetch answered for in ``timeout_s``."""
+    """high_watermarks on a consumer of its own (no group), for batches_to_end's ``ends``:
+    the caller's positions and group stay as they were."""
     if not tps:
         return {}
     consumer = kafka_clients.consumer(broker, client_suffix="-ends", auto_offset_reset="earliest")
     await consumer.start()
     try:
-        hints = await asyncio.wait_for(consumer.end_offsets(tps), timeout_s)
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, max(int(hints.get(tp) or 0) - 1, 0))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while any(consumer.highwater(tp) is None for tp in tps):
-            if loop.time() > deadline:
-                missing = [tp.partition for tp in tps if consumer.highwater(tp) is None]
-                raise TimeoutError(
-                    f"{tps[0].topic}: no fetch answered for partitions {missing} in {timeout_s:.0f} s"
-                )
-            with contextlib.suppress(*DECODE_ERRORS):  # the record is not wanted, only the mark
-                await consumer.getmany(*tps, timeout_ms=200, max_records=1)
-        return {tp: int(consumer.highwater(tp) or 0) for tp in tps}
+        return await asyncio.wait_for(high_watermarks(consumer, tps, timeout_s), 2 * timeout_s)
     finally:
         await consumer.stop()
+
+
+async def high_watermarks(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout_s: float = ENDS_TIMEOUT_S
+) -> dict[TopicPartition, int]:
+    """Each partition's end now, as a fetch reports it (its high watermark), not ListOffsets:
+    the embedded broker answers ListOffsets(latest) wrongly. ListOffsets' answer only says
+    where to fetch from (the end on Kafka, at or below it on the embedded broker), so a
+    partition is not read from its start to learn its end. Assigns ``tps`` to the consumer.
+    TimeoutError naming the partitions no fetch answered for in ``timeout_s``."""
+    if not tps:
+        return {}
+    hints = await asyncio.wait_for(consumer.end_offsets(tps), timeout_s)
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, max(int(hints.get(tp) or 0) - 1, 0))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while any(consumer.highwater(tp) is None for tp in tps):
+        if loop.time() > deadline:
+            missing = [tp.partition for tp in tps if consumer.highwater(tp) is None]
+            raise TimeoutError(
+                f"{tps[0].topic}: no fetch answered for partitions {missing} in {timeout_s:.0f} s"
+            )
+        with contextlib.suppress(*DECODE_ERRORS):  # the fetch reports the mark all the same
+            await consumer.getmany(*tps, timeout_ms=200, max_records=1)
+    return {tp: int(consumer.highwater(tp) or 0) for tp in tps}
 
 
 async def at_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:

@@ -25,13 +25,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
-from pipeline.kafka_io import batches_to_end, topic_partitions
+from pipeline.kafka_io import batches_to_end, high_watermarks, topic_partitions
 from pipeline.operators.parse import REPLAY_RUN_HEADER
 from pipeline.replay.checkpoint import Checkpoint
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Pacer, Progress
 from pipeline.replay.rejects import REFUSED, TOO_LARGE, RejectFile
-from pipeline.replay.topic import high_watermarks
 
 ORIGIN_HEADER = "origin"
 ROW_HEADER = "replay.row"

@@ -38,15 +38,13 @@ retention moved, never renumber the rows a resumed run skips by.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import kafka_clients
 from pipeline.events import RawRecord
-from pipeline.kafka_io import read_position, topic_partitions
+from pipeline.kafka_io import high_watermarks, read_position, topic_partitions
 from pipeline.replay.files import Row
 from pipeline.replay.mapping import iso_to_epoch_ms
 from pipeline.replay.rejects import UNDECODABLE
@@ -56,7 +54,6 @@ from pipeline.topology.schema import Broker
 FETCH_TIMEOUT_MS = 5_000
 DISORDER_MS = 60_000  # how far out of order record timestamps may be (see the docstring)
 STEP_LIMIT = 10_000  # records re-read one by one after a decode error, at most
-END_TIMEOUT_S = 10.0  # for a fetch to report every partition's high watermark
 Offsets = dict[int, tuple[int, int]]  # partition → (first offset of the range, end)
 
 
@@ -100,32 +97,6 @@ async def first_offset_at(consumer: AIOKafkaConsumer, tp: TopicPartition, ts: in
         else:
             hi = mid
     return lo
-
-
-async def high_watermarks(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout_s: float = END_TIMEOUT_S
-) -> dict[TopicPartition, int]:
-    """Each partition's end as a fetch reports it (its high watermark), not ListOffsets: the
-    embedded broker answers ListOffsets(latest) wrongly. ListOffsets' answer only says where to
-    fetch from (the end on Kafka, at or below it on the embedded broker), so a partition is not
-    read from its start to learn its end. Assigns ``tps`` to the consumer."""
-    if not tps:
-        return {}
-    hints = await consumer.end_offsets(tps)
-    consumer.assign(tps)
-    for tp in tps:
-        consumer.seek(tp, max(int(hints.get(tp) or 0) - 1, 0))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while any(consumer.highwater(tp) is None for tp in tps):
-        if loop.time() > deadline:
-            missing = [tp.partition for tp in tps if consumer.highwater(tp) is None]
-            raise TimeoutError(
-                f"{tps[0].topic}: no fetch answered for partitions {missing} in {timeout_s:.0f} s"
-            )
-        with contextlib.suppress(*DECODE_ERRORS):  # the fetch reports the mark all the same
-            await consumer.getmany(*tps, timeout_ms=200, max_records=1)
-    return {tp: int(consumer.highwater(tp) or 0) for tp in tps}
 
 
 class TopicRange:
