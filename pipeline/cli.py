@@ -8,8 +8,10 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -21,6 +23,9 @@ from pipeline.redrive import reason_argument
 from pipeline.replay.cli import add_replay_command
 from pipeline.serve import serve
 from pipeline.topology.loader import all_problems, load_topology, read_topology_text
+
+if TYPE_CHECKING:
+    from pipeline.audit import TimeRange
 
 # The shipped topologies travel inside the package (pipeline/topologies links ../topologies
 # in a checkout), so `pipeline dev` runs from a plain `pip install` too.
@@ -86,28 +91,63 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0 if summary["lost"] == 0 else 1
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    from pipeline.audit import TimeRange, audit_topology, parse_instant
+def _time_range(args: argparse.Namespace, command: str) -> TimeRange | None:
+    """--since/--until as a TimeRange; None, the bad one named in one line, if unreadable."""
+    from pipeline.audit import TimeRange, parse_instant
 
-    _setup_logging(args, "WARNING")
     now_ms = time.time_ns() // 1_000_000
     try:
-        window = TimeRange(
+        return TimeRange(
             parse_instant(args.since, now_ms) if args.since else None,
             parse_instant(args.until, now_ms) if args.until else None,
         )
     except ValueError as err:
-        print(f"pipeline audit: {err}", file=sys.stderr)
+        print(f"{command}: {err}", file=sys.stderr)
+        return None
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipeline.audit import audit_topology
+
+    _setup_logging(args, "WARNING")
+    if (window := _time_range(args, "pipeline audit")) is None:
         return 2
     summary = asyncio.run(audit_topology(load_topology(args.topology), window))
     print(orjson.dumps(summary).decode())
     return 0 if summary["lost"] == 0 else 1
 
 
-def cmd_state_build(args: argparse.Namespace) -> int:
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from pipeline.quality.report import experiment_report
+
+    _setup_logging(args, "WARNING")
+    if (window := _time_range(args, "pipeline experiment")) is None:
+        return 2
+    topology = load_topology(args.topology)
+    where = f"reading the topics at {topology.broker.bootstrap_servers}"
+    return _print_summary(
+        f"pipeline experiment: {where}", experiment_report(topology, args.attribution_ms, window)
+    )
+
+
+def _print_summary(command: str, work: Coroutine[Any, Any, dict[str, Any]]) -> int:
+    """Run ``work`` and print its summary as one JSON line: 0; or one line naming what failed
+    (the broker, a timeout, a file): 1."""
     from aiokafka.errors import KafkaError
 
-    from pipeline.replay.files import EventFile, UnreadableFile
+    from pipeline.replay.files import UnreadableFile
+
+    try:
+        summary = asyncio.run(work)
+    except (UnreadableFile, KafkaError, TimeoutError, OSError) as err:
+        print(f"{command}: {err!r}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+def cmd_state_build(args: argparse.Namespace) -> int:
+    from pipeline.replay.files import EventFile
     from pipeline.replay.mapping import load_mapping
     from pipeline.state.build import build_state
 
@@ -116,13 +156,7 @@ def cmd_state_build(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise TopologyError(str(args.file), "", "no such file")
     events = EventFile(args.file, load_mapping(args.mapping) if args.mapping else None, args.format)
-    try:
-        summary = asyncio.run(build_state(topology, events))
-    except (UnreadableFile, KafkaError, TimeoutError, OSError) as err:
-        print(f"pipeline state build: {err}", file=sys.stderr)
-        return 1
-    print(orjson.dumps(summary).decode())
-    return 0
+    return _print_summary("pipeline state build", build_state(topology, events))
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
@@ -219,11 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_dev)
 
+    def topics_read(p: argparse.ArgumentParser) -> None:
+        p.add_argument("topology", type=Path)
+        p.add_argument("--since", help="inputs produced from: ISO 8601 time or ago (90m, 2h, 7d)")
+        p.add_argument("--until", help="inputs produced before: ISO 8601 time or ago")
+
     p = command("audit", "account for every input event of a topology")
-    p.add_argument("topology", type=Path)
-    p.add_argument("--since", help="inputs produced from: ISO 8601 time or ago (90m, 2h, 7d)")
-    p.add_argument("--until", help="inputs produced before: ISO 8601 time or ago")
+    topics_read(p)
     p.set_defaults(func=cmd_audit)
+
+    p = command("experiment", "each model version's recommendations judged by what users did next")
+    topics_read(p)
+    p.add_argument(
+        "--attribution-ms",
+        type=positive_int,
+        default=1_800_000,
+        help="how long after a recommendation (event time) its user's next interaction counts",
+    )
+    p.set_defaults(func=cmd_experiment)
 
     p = command("redrive", "re-send dead letters of chosen reasons to the input")
     p.add_argument("topology", type=Path)

@@ -101,8 +101,8 @@ async def batches_to_end(
 async def read_to_end(broker: Broker, topic: str, idle_timeout_s: float = 5.0) -> AsyncIterator[RawRecord]:
     """Every record of ``topic`` from its start up to its current end, without a group."""
     consumer = kafka_clients.consumer(broker, client_suffix="-reader", auto_offset_reset="earliest")
-    await consumer.start()
     try:
+        await consumer.start()
         tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         seek_to_start(consumer, tps)

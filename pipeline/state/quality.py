@@ -17,7 +17,8 @@ from pipeline.operators.coalesce import RecentItems, unpack_pairs
 from pipeline.state.histories import user_key
 
 
-def _event(record: RawRecord) -> dict[str, Any] | None:
+def interaction(record: RawRecord) -> dict[str, Any] | None:
+    """An input record's event, when it has an integer user, item and time; else None."""
     try:
         doc = orjson.loads(record.value or b"")
     except orjson.JSONDecodeError:
@@ -61,7 +62,7 @@ def history_share(
     histories = RecentItems(history_length, 2**62, True, 2**62)
     for records in by_partition.values():
         for record in sorted(records, key=lambda r: r.offset):
-            doc = _event(record)
+            doc = interaction(record)
             if doc is None:
                 continue
             seen = histories.extend(doc["user_id"], [(doc["ts"], doc["item_id"])])
@@ -83,7 +84,7 @@ def changelog_mismatches(
     """Users whose last changelog record is not the history rebuilt from every input."""
     histories = RecentItems(history_length, 2**62, True, 2**62)
     for record in sorted(inputs, key=lambda r: (r.topic, r.partition, r.offset)):
-        doc = _event(record)
+        doc = interaction(record)
         if doc is not None:
             histories.extend(doc["user_id"], [(doc["ts"], doc["item_id"])])
     last = {rec.key: rec.value for rec in changelog if rec.key is not None}
