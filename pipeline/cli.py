@@ -140,7 +140,7 @@ def _print_summary(command: str, work: Coroutine[Any, Any, dict[str, Any]]) -> i
     try:
         summary = asyncio.run(work)
     except (UnreadableFile, KafkaError, TimeoutError, OSError) as err:
-        print(f"{command}: {err!r}", file=sys.stderr)
+        print(f"{command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     print(orjson.dumps(summary).decode())
     return 0

@@ -4,6 +4,7 @@ and the end-to-end latency of its recommendations."""
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ async def experiment_report(
         async for record in read_to_end(topology.broker, topic):
             if window.holds(record.timestamp_ms):
                 books.add_input(record)
-    latencies: dict[str, list[float]] = {}
+    latencies: dict[str, array[float]] = {}  # 8 bytes a recommendation
     outputs_since = None if window.since_ms is None else window.since_ms - OUTPUT_CLOCK_SLACK_MS
     async for record in read_to_end(topology.broker, topology.sink.topic):
         if outputs_since is not None and record.timestamp_ms < outputs_since:
@@ -37,15 +38,23 @@ async def experiment_report(
             continue
         if not isinstance(rec, dict):
             continue
+        if origin := dict(record.headers).get("origin"):
+            rec["origin"] = origin.decode(errors="replace")
         books.add_recommendation(rec)
         latency = (rec.get("timings") or {}).get("end_to_end_ms")
         if isinstance(latency, int | float):
-            latencies.setdefault(version_of(rec), []).append(float(latency))
+            latencies.setdefault(version_of(rec), array("d")).append(float(latency))
     versions: dict[str, Any] = {}
     for version, tally in sorted(books.tallies(attribution_ms).items()):
-        ms = latencies.get(version, [])
+        ms: array[float] = latencies.get(version, array("d"))
         versions[version] = tally.summary() | {
             "e2e_p50_ms": round(float(np.percentile(ms, 50)), 1) if ms else None,
             "e2e_p99_ms": round(float(np.percentile(ms, 99)), 1) if ms else None,
         }
-    return {"attribution_ms": attribution_ms, "top_k": topology.model.top_k, "versions": versions}
+    return {
+        "attribution_ms": attribution_ms,
+        "top_k": topology.model.top_k,
+        "inputs_newest_ts": books.last_ts if books.last_ts > -(2**62) else None,
+        "unjudgeable_truncated_sources": books.truncated,
+        "versions": versions,
+    }

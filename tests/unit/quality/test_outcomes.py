@@ -23,19 +23,24 @@ class Inputs:
 
     def __init__(self) -> None:
         self.records: list[RawRecord] = []
-        self._next: dict[int, int] = {}
+        self._next: dict[tuple[str, int], int] = {}
 
-    def add(self, user: int, item: int, ts: int) -> tuple[str, int, int]:
+    def add(
+        self, user: int, item: int, ts: int, topic: str = TOPIC, event_id: str | None = None
+    ) -> tuple[str, int, int]:
         partition = user % 2
-        offset = self._next.get(partition, 0)
-        self._next[partition] = offset + 1
-        value = orjson.dumps({"user_id": user, "item_id": item, "ts": ts, "event_type": "view"})
-        self.records.append(RawRecord(TOPIC, partition, offset, ts, str(user).encode(), value, []))
-        return (TOPIC, partition, offset)
+        offset = self._next.get((topic, partition), 0)
+        self._next[(topic, partition)] = offset + 1
+        doc = {"user_id": user, "item_id": item, "ts": ts, "event_type": "view"}
+        value = orjson.dumps(doc | ({"event_id": event_id} if event_id else {}))
+        self.records.append(RawRecord(topic, partition, offset, ts, str(user).encode(), value, []))
+        return (topic, partition, offset)
 
 
-def rec(sources: list[tuple[str, int, int]], items: list[int], version: str = "1") -> dict[str, Any]:
-    return {
+def rec(
+    sources: list[tuple[str, int, int]], items: list[int], version: str = "1", **fields: Any
+) -> dict[str, Any]:
+    return fields | {
         "model": {"name": "recommender", "version": version},
         "items": [{"item_id": i, "score": 1.0 / (r + 1)} for r, i in enumerate(items)],
         "sources": [{"topic": t, "partition": p, "offset": o} for t, p, o in sources],
@@ -122,3 +127,61 @@ def test_the_wilson_interval_narrows_with_more_outcomes_and_matches_a_known_valu
     assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)  # the textbook 95 % interval
     assert wilson(500, 1000)[1] - wilson(500, 1000)[0] < high - low
     assert wilson(0, 0) == (0.0, 1.0)  # nothing judged: nothing known
+
+
+def test_a_recommendation_with_unlisted_sources_is_not_judged() -> None:
+    """Only the first 100 sources are listed: its newest input may be among the others, which
+    would then pass for the user's next interactions (history the model was sent: misses)."""
+    log = Inputs()
+    listed = [log.add(1, i, ts=i) for i in range(3)]
+    log.add(1, 50, ts=10)
+    tallies = outcomes(log.records, [rec(listed, [50], source_count=150)], MINUTE)
+    assert tallies == {}
+
+
+def test_a_backfill_copy_of_an_event_and_a_duplicate_output_count_once() -> None:
+    """The same event_id in the live and the backfill topic is one interaction (not its own
+    next item); an output delivered twice (at least once) is one recommendation."""
+    log = Inputs()
+    shown = log.add(1, 5, ts=1_000, event_id="e1")
+    log.add(1, 5, ts=1_000, topic="interactions.backfill", event_id="e1")
+    log.add(1, 7, ts=2_000, event_id="e2")
+    twice = rec([shown], [7, 8], event_id="r1")
+    tally = outcomes(log.records, [twice, twice], MINUTE)["recommender:1"]
+    assert (tally.shown, tally.judged, tally.next_hits) == (1, 1, 1)
+
+
+def test_at_the_same_millisecond_only_a_later_offset_of_the_same_partition_comes_after() -> None:
+    log = Inputs()
+    shown = log.add(1, 1, ts=1_000)
+    log.add(1, 2, ts=1_000, topic="other")  # another topic, same ms: order unknown, not after
+    log.add(1, 3, ts=1_000)  # same partition, later offset: after
+    tally = outcomes(log.records, [rec([shown], [3])], MINUTE)["recommender:1"]
+    assert (tally.judged, tally.next_hits, tally.positions) == (1, 1, {1: 1})
+
+
+def test_the_window_holds_its_last_millisecond_and_counts_any_hit_after_the_next() -> None:
+    log = Inputs()
+    shown = log.add(1, 1, ts=0)
+    log.add(1, 2, ts=10)  # next: a miss
+    log.add(1, 3, ts=MINUTE)  # the window's last millisecond: a hit within it
+    tally = outcomes(log.records, [rec([shown], [3, 4])], MINUTE)["recommender:1"]
+    assert (tally.judged, tally.next_hits, tally.any_hits) == (1, 0, 1)
+
+
+def test_a_window_reaching_past_the_newest_input_read_is_censored_not_a_user_gone() -> None:
+    log = Inputs()
+    old = log.add(1, 1, ts=0)
+    log.add(3, 1, ts=2 * MINUTE)  # the newest input read
+    recent = log.add(5, 1, ts=2 * MINUTE - 10)
+    tally = outcomes(log.records, [rec([old], [2]), rec([recent], [2])], MINUTE)["recommender:1"]
+    summary = tally.summary()
+    assert (summary["no_return"], summary["censored"], summary["judged"]) == (1, 1, 0)
+
+
+def test_recommendations_from_a_backfill_are_counted_apart() -> None:
+    log = Inputs()
+    a = log.add(1, 1, ts=0)
+    log.add(1, 2, ts=5)
+    tallies = outcomes(log.records, [rec([a], [2]), rec([a], [9], origin="backfill")], MINUTE)
+    assert tallies["recommender:1"].next_hits == 1 and tallies["recommender:1/backfill"].next_hits == 0
