@@ -1,11 +1,13 @@
 """`pipeline train`: read interactions (an event file, a Kafka topic or the synthetic
-generator), choose a model on a held-out split, write the next version of a Triton model
-repository and print a JSON summary as the last line (docs/training.md)."""
+generator), choose a model on a held-out split (or write the popularity baseline or a random
+version, --kind), write the next version of a Triton model repository with the versions to
+keep loaded, and print a JSON summary as the last line (docs/training.md)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,12 +20,28 @@ from aiokafka.errors import KafkaError
 from pipeline.arguments import at_least, non_negative_float, non_negative_int, positive_int
 from pipeline.errors import TopologyError
 from pipeline.recsys import data
+from pipeline.recsys.repository import model_versions, next_version, unknown_versions
 from pipeline.recsys.selection import TrainConfig
-from pipeline.recsys.train import train_log
+from pipeline.recsys.train import KINDS, train_log
 from pipeline.replay.files import UnreadableFile
 
 log = logging.getLogger("pipeline.train")
 EXIT_UNUSABLE = 2  # a bad --mapping, a missing or broken file, a broker or output that failed
+
+
+class BadVersions(ValueError):
+    """Versions to keep loaded that cannot be: the message names the option and the version."""
+
+
+def version_list(text: str) -> list[int]:
+    """``1,2``: version numbers (at least 1 each), for --keep-versions."""
+    try:
+        versions = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of versions: {text!r}") from None
+    if any(v < 1 for v in versions):
+        raise argparse.ArgumentTypeError(f"versions are at least 1, got {text!r}")
+    return versions
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,6 +77,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds after which the selection starts no new candidate",
     )
     p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="best",
+        help="the version written: the best candidate (default), the most-popular baseline, or a "
+        "deliberately bad random model (to try a guarded rollout on)",
+    )
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--keep-versions",
+        type=version_list,
+        metavar="1,2",
+        help="versions Triton keeps loaded besides the one written (each in the repository); "
+        "default: every version in the repository",
+    )
+    keep.add_argument(
+        "--topology",
+        type=Path,
+        metavar="FILE",
+        help="keep loaded the versions this topology's experiment arms (or model.version) name",
+    )
+    p.add_argument(
         "--min-user-items",
         type=at_least(2),  # one validation and one test item; fewer was read as 2
         default=TrainConfig.min_user_items,
@@ -92,11 +131,57 @@ def read_interactions(args: argparse.Namespace) -> tuple[data.InteractionLog, np
     return interactions, np.arange(n_items, dtype=np.int64), f"synthetic {count}"
 
 
+def versions_named(args: argparse.Namespace) -> tuple[list[int] | None, str]:
+    """The versions to keep loaded besides the one written and where they came from; None:
+    every version in the repository. Checked before any training: each version must be in
+    the repository or the one this run writes."""
+    if args.keep_versions is not None:
+        keep, where = list(args.keep_versions), "--keep-versions"
+    elif args.topology is not None:
+        keep, where = topology_versions(args.topology, args.name), f"--topology {args.topology}"
+    else:
+        return None, "every version in the repository"
+    model_dir = args.out / args.name
+    missing = unknown_versions(model_dir, keep)
+    if missing:
+        has = ", ".join(map(str, model_versions(model_dir))) or "none"
+        raise BadVersions(
+            f"{where}: no version {', '.join(map(str, missing))} of {args.name!r} in {args.out} "
+            f"(it has {has}; this run writes {next_version(model_dir)})"
+        )
+    return keep, where
+
+
+def topology_versions(path: Path, model_name: str) -> list[int]:
+    """The versions a topology serves: its experiment's arms' (a topology without one: its
+    model.version, if any; none means the latest, the one written)."""
+    from pipeline.topology.loader import load_topology
+
+    topology = load_topology(path)
+    if topology.model.name != model_name:
+        raise BadVersions(f"--topology {path}: it serves model {topology.model.name!r}, not {model_name!r}")
+    experiment = getattr(topology, "experiment", None)  # a schema without experiments: none
+    named = [(f"experiment arm {arm.id!r}", arm.version) for arm in experiment.arms] if experiment else []
+    if topology.model.version:
+        named.append(("model.version", topology.model.version))
+    versions = []
+    for what, version in named:
+        if not re.fullmatch(r"[0-9]+", version) or int(version) < 1:
+            raise BadVersions(f"--topology {path}: {what} version {version!r} is not a version number")
+        versions.append(int(version))
+    return versions
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline import logs
 
     logs.setup(getattr(args, "log_level", None) or "INFO", getattr(args, "log_format", "text"))
     started = time.monotonic()
+    try:
+        keep, kept_by = versions_named(args)
+    except (TopologyError, BadVersions) as err:  # nothing read, nothing written
+        print(f"train: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
     try:
         interactions, catalogue, source = read_interactions(args)
         read_s = time.monotonic() - started
@@ -111,6 +196,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             history_length=args.history_length,
             model_name=args.name,
             priority_levels=args.priority_levels,
+            kind=args.kind,
+            keep_versions=keep,
         )
     except TopologyError as err:  # the --mapping file: names the file, the key and the reason
         print(f"train: {err}", file=sys.stderr)
@@ -119,6 +206,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"train: {type(err).__name__}: {err}", file=sys.stderr)
         return EXIT_UNUSABLE
     summary = {"source": source, **report.summary}
+    if report.version is not None:
+        summary["loaded_versions_from"] = kept_by
     summary.setdefault("timing_s", {})["read"] = round(read_s, 2)
     print(orjson.dumps(summary).decode())
     return 0 if report.version is not None else 1
