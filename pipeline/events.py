@@ -75,6 +75,7 @@ class InferenceBatch:
     window_end_ms: int
     lane: str = "default"
     priority: int = 0
+    arm: str = ""  # the experiment arm its users were routed to ("": no experiment)
 
     @property
     def event_count(self) -> int:
@@ -97,6 +98,7 @@ class BatchOutcome:
     failures: list[DeadLetter] = field(default_factory=list)
     model_name: str = ""
     model_version: str = ""
+    arm: str = ""  # the experiment arm that answered (the control, if the batch's fell back)
     dispatched_ms: float = 0.0
     completed_ms: float = 0.0
     attempts: int = 1

@@ -329,6 +329,82 @@ class Metrics:
         )
         r.register(self.state_cache_reads)
 
+        # ── online quality and experiments (labels: arm, "default" without an experiment) ──
+        self.arm_serving = Gauge(
+            "pipeline_experiment_arm_serving",
+            "1 while an experiment arm serves its users (0: stopped by the guard or its version missing)",
+            ["arm", "version"],
+            registry=r,
+        )
+        self.arm_stops = Counter(
+            "pipeline_experiment_arm_stops_total",
+            "Experiment arms stopped: their users served by the control arm from then on",
+            ["arm", "reason"],
+            registry=r,
+        )
+        self.arm_recommendations = Counter(
+            "pipeline_arm_recommendations_total",
+            "Recommendations answered per arm and model version (shadow arms: scored, not emitted)",
+            ["arm", "version"],
+            registry=r,
+        )
+        self.arm_naming_history = Counter(
+            "pipeline_arm_recommendations_naming_history_total",
+            "Recommendations naming an item of the user's own history (the exclusion list failing)",
+            ["arm", "version"],
+            registry=r,
+        )
+        self.arm_inference = Histogram(
+            "pipeline_arm_inference_seconds",
+            "Dispatch to answer of an inference batch, per arm (what the guard's p99 bound reads)",
+            ["arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "pipeline_shadow_rows_total",
+            "Rows offered to a shadow arm: scored, skipped (over its bounds) or failed",
+            ["arm", "result"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "pipeline_outcomes_total",
+            "Recommendations judged by the user's next interaction: hit (it was recommended), miss, "
+            "no_return (none within the attribution window)",
+            ["arm", "version", "outcome"],
+            registry=r,
+        )
+        self.outcome_any_hits = Counter(
+            "pipeline_outcome_any_hits_total",
+            "Judged recommendations one of whose items the user took within the attribution window",
+            ["arm", "version"],
+            registry=r,
+        )
+        self.outcome_hit_rank = Histogram(
+            "pipeline_outcome_hit_rank",
+            "Rank (1 first) of the next item among the recommended, for hits: le=k counts hits@k",
+            ["arm", "version"],
+            buckets=(1, 2, 3, 5, 10, 20, 50, 100, 1000),
+            registry=r,
+        )
+        self.outcome_pending = Gauge(
+            "pipeline_outcome_pending_recommendations",
+            "Recommendations kept until their outcome is known (bounded)",
+            registry=r,
+        )
+        self.outcomes_dropped = Counter(
+            "pipeline_outcomes_dropped_total",
+            "Recommendations forgotten before their outcome (users past the bound, recommendations "
+            "past the per-user bound)",
+            registry=r,
+        )
+        self.recommended_items = Gauge(
+            "pipeline_arm_recommended_items",
+            "Distinct items recommended per arm since start (catalogue coverage; counted up to a bound)",
+            ["arm"],
+            registry=r,
+        )
+
     def watch_partitions(self, read: Callable[[], Iterable[PartitionReading]]) -> None:
         self.registry.register(PartitionCollector(read))
 

@@ -29,21 +29,30 @@ from pipeline.control.lane_rules import lane_classifier
 from pipeline.control_loops import ControlLoops, Loop
 from pipeline.ends import EndsFactory, on_kafka_and_triton
 from pipeline.errors import Fatal
-from pipeline.events import OutputRecord, RawRecord, SinkBatch
+from pipeline.events import BatchOutcome, OutputRecord, RawRecord, SinkBatch
 from pipeline.gauges import watch_runtime
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import dead_letters_batch
 from pipeline.operators.parse import ParsedBatch
+from pipeline.quality.arms import Arms
+from pipeline.quality.guard import ArmGuard
+from pipeline.quality.online import OnlineOutcomes
+from pipeline.quality.shadow import ShadowArm
 from pipeline.sources.partitions import Partitions
 from pipeline.sources.watchdog import StallWatchdog
 from pipeline.state.users import UserState
 from pipeline.stopping import CLOSE_STEP_TIMEOUT_S, Step, close_each, unless_stopped
 from pipeline.ticks import supervised
 from pipeline.topology.schema import Topology
+from pipeline.triton.contract import ModelContractError
 from pipeline.triton.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 CONTRACT_WAIT_S = 10.0  # at start, for Triton to answer the model contract check
+
+
+def _unjudged(arm: str, version: str, rows: object, answers: object) -> None:
+    """A shadow's answers with the outcome join off: counted by the shadow, judged by none."""
 
 
 def _has_rejects(parsed: ParsedBatch) -> bool:
@@ -80,13 +89,22 @@ class PipelineRuntime:
         )
         self.partitions.state = self.users  # a partition's users' histories follow it
         self.control = ControlLoops(t, self.metrics)
+        self.arms = Arms(t.experiment, self.metrics) if t.experiment is not None else None
         self.dispatcher = Dispatcher(
             self.pool,
             wiring.dispatch_config(t),
             self.metrics,
             wiring.circuit_breaker(t),
             wiring.retry_budget(t),
+            self.arms,
         )
+        judged = wiring.outcome_settings(t)
+        self.outcomes = (
+            OnlineOutcomes(judged.attribution_ms, judged.remembered_users, self.metrics, self.users.recent)
+            if judged is not None
+            else None
+        )
+        self.shadows = self._shadow_arms()
         self.watchdog = StallWatchdog(
             self.source,
             lambda: self.partitions.finished,
@@ -111,6 +129,33 @@ class PipelineRuntime:
         self.clean_stop = True  # False: work was left unfinished or uncommitted (it replays)
         self._background: set[asyncio.Task[None]] = set()
 
+    def _shadow_arms(self) -> list[ShadowArm]:
+        arms, outcomes = self.arms, self.outcomes
+        if arms is None:
+            return []
+        scored = outcomes.shadow_answered if outcomes is not None else _unjudged
+        priority = wiring.shadow_priority(self.topology)
+        return [
+            ShadowArm(
+                info,
+                self.dispatcher.score_once,
+                scored,
+                self.metrics,
+                priority,
+                functools.partial(operator.contains, arms.stopped, info.id),
+            )
+            for info in arms.shadows
+        ]
+
+    def _answered(self, outcome: BatchOutcome) -> None:
+        """What an answered batch feeds beside the output: the outcome join, the shadows."""
+        if self.outcomes is not None:
+            self.outcomes.answered(outcome)
+        if self.shadows and outcome.answers:
+            rows = [row for row, _ in outcome.answers]
+            for shadow in self.shadows:
+                shadow.offer(rows)
+
     def _holding(self) -> bool:
         """Consumption held on purpose: the model is not checked yet, or the dead-letter
         budget tripped. Not a stall; not ready either."""
@@ -123,15 +168,23 @@ class PipelineRuntime:
         parsed = records.pipe(operators.parse(wiring.parse_rules(t)), ops.share())
         dead_letters = functools.partial(_rejects, self.settings.dead_letter_topic)
         rejected = parsed.pipe(ops.filter(_has_rejects), ops.map(dead_letters))
-        answered = parsed.pipe(
+        windows = parsed.pipe(
             ops.map(operator.attrgetter("events")),
             operators.window(control.window_ms, wiring.window_max_events(t), scheduler),
+        )
+        if self.outcomes is not None:  # the next interactions judge what was shown before them
+            windows = windows.pipe(ops.do_action(self.outcomes.seen))
+        answered = windows.pipe(
             operators.coalesce(self.users),
             operators.batch(
-                control.batch_size, lane_classifier(wiring.lane_rules(t)), wiring.lane_batch_caps(t)
+                control.batch_size,
+                lane_classifier(wiring.lane_rules(t)),
+                wiring.lane_batch_caps(t),
+                self.arms.route if self.arms is not None else None,
             ),
             operators.infer(self.dispatcher.infer, control.lanes),
             ops.do_action(control.observe),
+            ops.do_action(self._answered),
             operators.enrich(wiring.output_spec(t, self.tracing)),
         )
         return reactivex.merge(rejected, answered)
@@ -188,8 +241,14 @@ class PipelineRuntime:
         self._stop.set()
 
     async def check_model(self) -> None:
-        """Waits for the served model, checks it fits; consumption starts once it does."""
+        """Waits for the served model (every experiment arm's version), checks it fits;
+        consumption starts once it does."""
         served = await model_check.checked_model(self.pool, wiring.model_check(self.topology))
+        for key, check in wiring.arm_model_checks(self.topology):
+            try:
+                await model_check.checked_model(self.pool, check)
+            except ModelContractError as exc:
+                raise ModelContractError(f"{key}: version {check.signature.version}: {exc}") from None
         self.dispatcher.reads = served.reads  # parameters Triton would ignore are not sent
         self.model_checked = True
 
@@ -209,7 +268,15 @@ class PipelineRuntime:
             "watchdog": self.watchdog.run,  # lag or work with no progress → STALLED, /readyz 503
             **self.users.loops(),  # restores, changelog rounds
             **self.control.loops(),
+            **self._guard_loop(),
         }
+
+    def _guard_loop(self) -> dict[str, Loop]:
+        t, arms, outcomes = self.topology, self.arms, self.outcomes
+        if t.experiment is None or arms is None or outcomes is None or not t.experiment.guard.enabled:
+            return {}
+        guard = ArmGuard(t.experiment.guard, arms, outcomes.counts, self.dispatcher.arm_latencies_ms)
+        return {"experiment guard": guard.run}
 
     async def _start(self) -> bool:
         """Connection check, model contract (waited for at most CONTRACT_WAIT_S), clients.
@@ -294,6 +361,9 @@ class PipelineRuntime:
     async def _close_state(self) -> None:
         self.users.close()
 
+    async def _close_shadows(self) -> None:
+        await asyncio.gather(*(shadow.close() for shadow in self.shadows))
+
     def _client_closes(self) -> list[Step]:
         source, sink, pool = self.source.stop, self.sink.stop, self.pool.close
         return [("consumer close", source), ("producer close", sink), ("Triton streams close", pool)]
@@ -312,7 +382,7 @@ class PipelineRuntime:
         """The final commit, then the clients, each bounded; a client slow to close (a
         consumer leaving mid-rebalance) leaves no work behind: not an unclean stop."""
         self.clean_stop = await close_each([("final commit", self.partitions.commit)]) and self.clean_stop
-        await close_each([("state stores close", self._close_state)])
+        await close_each([("state stores close", self._close_state), ("shadows", self._close_shadows)])
         await close_each(self._client_closes())
         for task in self._background:
             task.cancel()

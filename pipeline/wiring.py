@@ -6,6 +6,7 @@ pipeline is mapped here (see README, "Adding a topology key")."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -116,7 +117,10 @@ def tracing(t: Topology, provider: Any = None) -> Tracing | None:
 
 
 def output_spec(t: Topology, tracing: Tracing | None = None) -> OutputSpec:
-    return OutputSpec(t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers), tracing)
+    experiment = t.experiment.id if t.experiment is not None else None
+    return OutputSpec(
+        t.sink.topic, t.sink.dead_letter_topic, frozenset(t.sink.carry_headers), tracing, experiment
+    )
 
 
 def sink_lanes(t: Topology) -> list[str]:
@@ -135,6 +139,35 @@ class ModelCheck(NamedTuple):
 
 def model_check(t: Topology) -> ModelCheck:
     return ModelCheck(t.model.url, t.model.tls, model_signature(t), largest_batch(t))
+
+
+def arm_model_checks(t: Topology) -> list[tuple[str, ModelCheck]]:
+    """Each experiment arm's version, checked as the model is (the key that names it first)."""
+    if t.experiment is None:
+        return []
+    check = model_check(t)
+    return [
+        (
+            f"experiment.arms[{i}] ({arm.id})",
+            check._replace(signature=dataclasses.replace(check.signature, version=v)),
+        )
+        for i, (arm, v) in enumerate((arm, arm.version) for arm in t.experiment.arms)
+    ]
+
+
+def shadow_priority(t: Topology) -> int:
+    """A shadow arm's Triton priority: the lowest any lane uses (behind live requests)."""
+    return max(lane.triton_priority for lane in t.lanes)
+
+
+class OutcomeSettings(NamedTuple):
+    attribution_ms: int
+    remembered_users: int
+
+
+def outcome_settings(t: Topology) -> OutcomeSettings | None:
+    o = t.outcomes
+    return OutcomeSettings(o.attribution_ms, o.remembered_users) if o.enabled else None
 
 
 def model_signature(t: Topology) -> ModelSignature:

@@ -37,6 +37,7 @@ class OutputSpec:
     dead_letter_topic: str
     carry_headers: frozenset[str] = frozenset({"traceparent", "tracestate"})
     tracing: Tracing | None = None  # spans per output; its context replaces the carried traceparent
+    experiment: str | None = None  # its id: outputs name it and the arm that answered
 
 
 # A recommendation lists at most this many of its source events (the first ones) and counts
@@ -135,13 +136,16 @@ def _listed(event: Event) -> dict[str, object]:
     return {"event_id": event.event_id, "topic": src.topic, "partition": src.partition, "offset": src.offset}
 
 
-def recommendation_values(outcome: BatchOutcome, now_ms: float) -> list[bytes]:
+def recommendation_values(outcome: BatchOutcome, now_ms: float, experiment: str | None = None) -> list[bytes]:
     """The JSON of each answered row. What the rows of a batch share is serialized once
     (orjson fragments); scores come rounded from the codec, in one numpy call rather than a
     ``round`` per item."""
     batch = outcome.batch
     dumps, fragment = orjson.dumps, orjson.Fragment
-    model = fragment(dumps({"name": outcome.model_name, "version": outcome.model_version}))
+    served_by: dict[str, str] = {"name": outcome.model_name, "version": outcome.model_version}
+    if experiment is not None:
+        served_by.update(experiment=experiment, arm=outcome.arm)
+    model = fragment(dumps(served_by))
     window = fragment(dumps({"start_ms": batch.window_start_ms, "end_ms": batch.window_end_ms}))
     queued_ms = round(outcome.dispatched_ms - batch.window_end_ms, 3)
     inference_ms = round(outcome.completed_ms - outcome.dispatched_ms, 3)
@@ -215,6 +219,7 @@ def _carried(row: UserRequest, names: frozenset[str]) -> Headers:
 def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
     now_ms = time.time() * 1000.0
     carry = spec.carry_headers
+    values = recommendation_values(outcome, now_ms, spec.experiment)
     records = [
         OutputRecord(
             spec.topic,
@@ -223,7 +228,7 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
             _carried(row, carry) if row.events[-1].source.headers else (),
             (row.events[0].source,) if len(row.events) == 1 else tuple(e.source for e in row.events),
         )
-        for (row, _), value in zip(outcome.answers, recommendation_values(outcome, now_ms), strict=True)
+        for (row, _), value in zip(outcome.answers, values, strict=True)
     ]
     dead = [dead_letter_record(d, spec.dead_letter_topic) for d in outcome.failures]
     if spec.tracing is not None:

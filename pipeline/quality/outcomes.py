@@ -77,12 +77,15 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def version_of(rec: dict[str, Any]) -> str:
-    """A recommendation's group: its model version, and its ``origin`` when not live (a
+    """A recommendation's group: its model version (and experiment arm, ``arm/name:version``),
+    and its ``origin`` when not live (a
     backfill's recommendations are made with histories the user has lived past since: not
     mixed with the live ones). The report sets ``origin`` from the record's header."""
     model = rec.get("model") or {}
     origin = rec.get("origin")
     version = f"{model.get('name', '?')}:{model.get('version', '?')}"
+    if arm := model.get("arm"):  # an experiment's: per arm and version
+        version = f"{arm}/{version}"
     return f"{version}/{origin}" if origin and origin != "live" else version
 
 

@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2
 
 from pipeline import errors
 from pipeline.recsys.scoring import HISTORY_PAD
-from pipeline.triton.contract import ReadParameters, ServedModel, Tensor
+from pipeline.triton.contract import ModelContractError, ReadParameters, ServedModel, Tensor
 
 # As the shipped model: a queue without priorities or timeouts, unknown history items counted
 SHIPPED_READS = ReadParameters(priority=False, timeout=False, unknown_items=True)
@@ -90,6 +90,8 @@ class FakeTriton:
         self.delay_s = delay_s
         self.reads = reads
         self.refused_items: set[int] = set()
+        self.version_scorers: dict[str, Scorer] = {}  # a version that scores otherwise (an experiment's)
+        self.missing_versions: set[str] = set()  # versions the server does not have (now)
         self.unreachable = False
         self.requests: list[service_pb2.ModelInferRequest] = []
         self.rows = 0
@@ -108,6 +110,8 @@ class FakeTriton:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "fake: unreachable"
             )
+        if version in self.missing_versions:
+            raise ModelContractError(f"model.name: {name!r} (version {version}): not found")
         any_rows = (-1, -1)
         outputs = {"ITEM_IDS": Tensor("INT64", any_rows), "SCORES": Tensor("FP32", any_rows)}
         if self.reads.unknown_items:
@@ -143,6 +147,10 @@ class FakeTriton:
         if self._failures:
             future.set_exception(self._failures.popleft())
             return
+        if request.model_version in self.missing_versions:
+            message = f"Request for unknown model: '{request.model_name}' version {request.model_version}"
+            future.set_exception(errors.ModelNotFound(message + " is not found"))
+            return
         arrays = request_arrays(request)
         users, history = arrays["USER_ID"][:, 0], arrays["HISTORY"]
         if self.refused_items and np.isin(history, list(self.refused_items)).any():
@@ -153,4 +161,5 @@ class FakeTriton:
         if any(out.name == "UNKNOWN_ITEMS" for out in request.outputs):
             unknown = (history != HISTORY_PAD) & ((history < 0) | (history >= self.items))
             extra["UNKNOWN_ITEMS"] = unknown.sum(axis=1).astype(np.int32).reshape(-1, 1)
-        future.set_result(_response(request, *self.scorer(users, history), **extra))
+        scorer = self.version_scorers.get(request.model_version, self.scorer)
+        future.set_result(_response(request, *scorer(users, history), **extra))

@@ -509,6 +509,89 @@ class StateSpec(Node):
     )
 
 
+class Arm(Node):
+    """One arm of the experiment: a Triton model version and the share of users it serves,
+    chosen by a sticky hash of the user id. A shadow arm is scored on copies of the live
+    requests under its own bounds (never at the live arms' expense), judged against the same
+    outcomes, and never emitted."""
+
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="arm name, in metric labels and the output's `experiment.arm`",
+    )
+    version: str = Field(min_length=1, description="the Triton model version this arm is served by")
+    share: float = Field(0.0, ge=0, le=1, description="share of users (live arms' shares add up to 1)")
+    shadow: bool = Field(False, description="scored on copies of live requests, never emitted (share 0)")
+    max_in_flight: int = Field(2, gt=0, description="shadow: its own requests outstanding at once")
+    max_rows_per_s: float = Field(
+        500.0, gt=0, description="shadow: rows scored a second at most; the rest are skipped (counted)"
+    )
+
+
+class Guard(Node):
+    """The guarded rollout: an arm whose hit@K is below the control's by more than `margin`
+    (the difference's one-sided lower confidence bound above it), after at least
+    `min_outcomes` outcomes each, or whose p99 is over `p99_bound_ms`, is served by the
+    control arm from then on (share 0), logged and counted."""
+
+    enabled: bool = Field(True, description="judge the arms at all")
+    margin: float = Field(0.02, ge=0, le=1, description="hit@K below the control's by more than this")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence that it is below")
+    min_outcomes: int = Field(500, gt=0, description="judged outcomes each arm needs before a verdict")
+    p99_bound_ms: float | None = Field(
+        None, gt=0, description="an arm's inference p99 over this (with min_outcomes answers) stops it"
+    )
+    interval_ms: int = Field(5_000, gt=0, description="how often the arms are judged")
+
+
+class Experiment(Node):
+    """Model versions compared on live traffic: each user is served by one arm for as long as
+    the experiment (its id) stands; every output carries its arm and version."""
+
+    id: str = Field(
+        min_length=1, description="experiment name: it seeds the users' hash (a new id reshuffles them)"
+    )
+    control: str | None = Field(None, description="the arm others are judged against; none: the first")
+    arms: list[Arm] = Field(min_length=1, description="the arms, live and shadow")
+    guard: Guard = Guard()
+
+    @model_validator(mode="after")
+    def _arms(self) -> Experiment:
+        """Arm ids unique; live shares add up to 1; shadows have no share; the control is a
+        live arm."""
+        ids = [arm.id for arm in self.arms]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"arm ids must be unique: {ids}")
+        live = [arm for arm in self.arms if not arm.shadow]
+        if not live:
+            raise ValueError("an experiment needs a live (not shadow) arm")
+        if any(arm.share for arm in self.arms if arm.shadow):
+            raise ValueError("a shadow arm has no share (it is never emitted)")
+        if abs(sum(arm.share for arm in live) - 1.0) > 1e-6:
+            raise ValueError(f"the live arms' shares add up to {sum(a.share for a in live):g}, not 1")
+        if self.control is not None and self.control not in {arm.id for arm in live}:
+            raise ValueError(f"control {self.control!r} is not a live arm: {[a.id for a in live]}")
+        return self
+
+    @property
+    def control_arm(self) -> Arm:
+        return next(a for a in self.arms if a.id == self.control) if self.control else self.arms[0]
+
+
+class Outcomes(Node):
+    """Online quality: each user's latest recommendation (per arm) is joined with what the
+    user does next, in event time; counted per model version and arm (`pipeline_outcomes_*`)."""
+
+    enabled: bool = Field(True, description="join outcomes at all")
+    attribution_ms: int = Field(
+        1_800_000, gt=0, description="a next interaction later than this after it does not count"
+    )
+    remembered_users: int = Field(
+        100_000, gt=0, description="users whose latest recommendation is kept (least recent forgotten)"
+    )
+
+
 class Topology(Node):
     """One pipeline: a source, its operators, one model and a sink."""
 
@@ -526,6 +609,8 @@ class Topology(Node):
     dead_letter_budget: DeadLetterBudgetSpec = DeadLetterBudgetSpec()
     operations: Operations = Operations()
     state: StateSpec = StateSpec()
+    outcomes: Outcomes = Outcomes()
+    experiment: Experiment | None = None
 
     @model_validator(mode="after")
     def _lanes(self) -> Topology:
@@ -535,6 +620,13 @@ class Topology(Node):
             raise ValueError(f"lane ids must be unique: {ids}")
         if any(lane.match is None for lane in self.lanes[:-1]):
             raise ValueError("only the last lane may omit 'match' (it takes the rest)")
+        return self
+
+    @model_validator(mode="after")
+    def _versions_in_one_place(self) -> Topology:
+        """With an experiment, the arms name the versions: model.version stays empty."""
+        if self.experiment is not None and self.model.version:
+            raise ValueError("model.version and experiment: the arms name the versions (leave it empty)")
         return self
 
     @model_validator(mode="after")

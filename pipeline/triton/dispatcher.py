@@ -9,10 +9,12 @@ out of ``infer``: every event of the batch ends as an answer or as a dead letter
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline import errors
@@ -21,6 +23,7 @@ from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
 from pipeline.control.retry import RetryPolicy
 from pipeline.events import BatchOutcome, DeadLetter, InferenceBatch, Recommendations, UserRequest
 from pipeline.metrics import Metrics
+from pipeline.quality.arms import Arms
 from pipeline.triton import InferenceServer, codec
 from pipeline.triton.contract import ReadParameters
 from pipeline.triton.lifecycle import LifecycleCounts, RequestState
@@ -49,6 +52,10 @@ def _now_ms() -> float:
     return time.time() * 1000.0
 
 
+class _ArmFellBack(Exception):
+    """The batch's arm has no served version: the batch starts again on the control arm."""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -57,8 +64,18 @@ class Dispatcher:
         metrics: Metrics,
         breaker: CircuitBreaker,
         budget: RetryBudget,
+        arms: Arms | None = None,
     ) -> None:
         self.pool = pool
+        self.arms = arms
+        self._signatures = (
+            {
+                arm: dataclasses.replace(config.signature, version=info.version)
+                for arm, info in arms.info.items()
+            }
+            if arms is not None
+            else {}
+        )
         self.config = config
         self.metrics = metrics
         self.breaker = breaker
@@ -67,26 +84,67 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._sends = itertools.count()  # makes request ids unique per send
         self.reads = ReadParameters()  # set from the served model's config once it is checked
+        self._arm_latency: dict[str, deque[float]] = {}  # recent batches' ms per arm (the guard's p99)
+
+    def signature(self, arm: str) -> codec.ModelSignature:
+        """What a request of ``arm`` names: the arm's version ("": the topology's model)."""
+        return self._signatures.get(arm, self.config.signature)
 
     async def infer(self, batch: InferenceBatch) -> BatchOutcome:
-        sig = self.config.signature
-        outcome = BatchOutcome(batch, model_name=sig.name, model_version=sig.version)
+        arm = self.arms.serving(batch.arm) if self.arms is not None and batch.arm else ""
+        sig = self.signature(arm)
+        outcome = BatchOutcome(batch, model_name=sig.name, model_version=sig.version, arm=arm)
         async with self._slots:  # a hard bound; the lane scheduler keeps below it
             outcome.dispatched_ms = _now_ms()
-            try:
-                await self._infer_rows(list(batch.requests), batch, outcome)
-            except Exception as exc:  # not one of ours: this batch fails, never the whole graph
-                log.exception("inference of a %d-row batch failed unexpectedly", len(batch.requests))
-                answered = {id(row) for row, _ in outcome.answers}
-                failed = {id(dead.record) for dead in outcome.failures}
-                rows = [
-                    r
-                    for r in batch.requests
-                    if id(r) not in answered and id(r.events[0].source) not in failed
-                ]
-                self._fail(rows, errors.InternalError(repr(exc)), outcome.attempts, outcome)
+            rows = list(batch.requests)
+            while True:
+                try:
+                    await self._infer_rows(rows, batch, outcome)
+                except _ArmFellBack:
+                    rows = self._on_control_arm(outcome)
+                    continue
+                except Exception as exc:  # not one of ours: this batch fails, never the whole graph
+                    log.exception("inference of a %d-row batch failed unexpectedly", len(batch.requests))
+                    answered = {id(row) for row, _ in outcome.answers}
+                    failed = {id(dead.record) for dead in outcome.failures}
+                    rows = [
+                        r
+                        for r in batch.requests
+                        if id(r) not in answered and id(r.events[0].source) not in failed
+                    ]
+                    self._fail(rows, errors.InternalError(repr(exc)), outcome.attempts, outcome)
+                break
             outcome.completed_ms = _now_ms()
+        if outcome.arm:
+            took_ms = outcome.completed_ms - outcome.dispatched_ms
+            self._arm_latency.setdefault(outcome.arm, deque(maxlen=1_000)).append(took_ms)
+            self.metrics.arm_inference.labels(outcome.arm).observe(took_ms / 1000.0)
         return outcome
+
+    def arm_latencies_ms(self, arm: str) -> Sequence[float]:
+        """Dispatch to answer of the arm's last 1,000 batches."""
+        return self._arm_latency.get(arm, ())
+
+    def _falls_back(self, err: errors.PipelineError, outcome: BatchOutcome) -> bool:
+        """A version the server does not have, on an arm that is not the control: the arm
+        is stopped (its users go to the control) instead of dead-lettering them."""
+        arms = self.arms
+        if arms is None or not outcome.arm or outcome.arm == arms.control:
+            return False
+        if not isinstance(err, errors.ModelNotFound):
+            return False
+        arms.stop(outcome.arm, "version_unavailable", str(err))
+        return True
+
+    def _on_control_arm(self, outcome: BatchOutcome) -> list[UserRequest]:
+        """The rows to ask again, all of them on the control arm: answers of the stopped
+        arm are dropped so that the whole batch carries one arm and version."""
+        assert self.arms is not None
+        outcome.arm = self.arms.control
+        outcome.model_version = self.signature(outcome.arm).version
+        outcome.answers.clear()
+        failed = {id(dead.record) for dead in outcome.failures}
+        return [r for r in outcome.batch.requests if id(r.events[0].source) not in failed]
 
     async def _infer_rows(
         self, rows: list[UserRequest], batch: InferenceBatch, outcome: BatchOutcome
@@ -108,6 +166,10 @@ class Dispatcher:
                 answers = await self._attempt(rows, batch, attempt, outcome)
             except errors.PipelineError as err:  # (an unexpected error is handled below)
                 outcome.attempts = max(outcome.attempts, attempt)
+                if self._falls_back(err, outcome):  # before the breaker: the control's version is up
+                    if probe:
+                        self.breaker.record_success()  # the server answered
+                    raise _ArmFellBack from err
                 if not err.retriable:
                     if probe:
                         self.breaker.record_success()  # the server answered
@@ -149,7 +211,7 @@ class Dispatcher:
     async def _attempt(
         self, rows: list[UserRequest], batch: InferenceBatch, attempt: int, outcome: BatchOutcome
     ) -> list[Recommendations]:
-        sig = self.config.signature
+        sig = self.signature(outcome.arm)
         states = self.lifecycle
         states.enter(RequestState.START)
         if attempt == 1:
@@ -195,6 +257,24 @@ class Dispatcher:
         finally:
             self.metrics.inference_duration.labels(sig.name, status).observe(time.perf_counter() - started)
             states.enter(RequestState.COMPLETE, state)
+
+    async def score_once(
+        self, rows: list[UserRequest], arm: str, priority: int
+    ) -> tuple[str, list[Recommendations]]:
+        """One request of ``arm``'s version outside the live path (a shadow arm's): no
+        retries, no breaker, no retry budget, nothing dead-lettered; raises what failed.
+        Returns the version that answered and the answers."""
+        sig = self.signature(arm)
+        req_id = codec.request_id(rows[0].events[0].ref, len(rows), 0, next(self._sends))
+        request = codec.encode(rows, sig, req_id, priority if self.reads.priority else 0, None, codec.ANSWERS)
+        stream = self.pool.pick()
+        future = stream.submit(request)
+        try:
+            response = await asyncio.wait_for(future, self.config.timeout_ms / 1000.0)
+        except TimeoutError:
+            stream.forget(req_id)
+            raise errors.DeadlineExceeded(f"no answer within {self.config.timeout_ms} ms") from None
+        return response.model_version or sig.version, codec.decode(response, len(rows), sig.top_k)
 
     def _fail(
         self, rows: list[UserRequest], err: errors.PipelineError, attempts: int, outcome: BatchOutcome

@@ -1,0 +1,90 @@
+"""A shadow arm: a model version scored on copies of the live requests, under its own
+in-flight and rate bounds, judged against the same outcomes and never emitted. A live batch
+is offered to it once answered, never waited for: rows past its bounds are skipped and
+counted, so the live arms never wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from pipeline.events import Recommendations, UserRequest
+from pipeline.metrics import Metrics
+from pipeline.quality.arms import ArmInfo
+
+log = logging.getLogger(__name__)
+FAILURE_LOG_EVERY_S = 30.0
+
+Score = Callable[[list[UserRequest], str, int], Awaitable[tuple[str, list[Recommendations]]]]
+Scored = Callable[[str, str, Sequence[UserRequest], Sequence[Recommendations]], None]
+
+
+class ShadowArm:
+    def __init__(
+        self,
+        info: ArmInfo,
+        score: Score,
+        on_scored: Scored,
+        metrics: Metrics,
+        priority: int,
+        stopped: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.info = info
+        self._score = score
+        self._on_scored = on_scored
+        self._priority = priority  # the lowest the lanes use: behind every live request in Triton
+        self._stopped = stopped
+        self._clock = clock
+        self._tokens = info.max_rows_per_s  # a bucket of one second's rows
+        self._filled_at = clock()
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failure_said = -FAILURE_LOG_EVERY_S
+        self._scored = metrics.shadow_rows.labels(info.id, "scored")
+        self._skipped = metrics.shadow_rows.labels(info.id, "skipped")
+        self._failed = metrics.shadow_rows.labels(info.id, "failed")
+
+    def offer(self, rows: Sequence[UserRequest]) -> None:
+        """Scores as many of ``rows`` as the bounds allow, in the background."""
+        if not rows or self._stopped():
+            return
+        now = self._clock()
+        rate = self.info.max_rows_per_s
+        self._tokens = min(rate, self._tokens + (now - self._filled_at) * rate)
+        self._filled_at = now
+        take = 0 if self.in_flight >= self.info.max_in_flight else min(len(rows), int(self._tokens))
+        if take < len(rows):
+            self._skipped.inc(len(rows) - take)
+        if take == 0:
+            return
+        self._tokens -= take
+        self.in_flight += 1
+        task: asyncio.Task[None] = asyncio.ensure_future(self._run(list(rows[:take])))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)  # also when cancelled before it began
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.in_flight -= 1
+
+    async def _run(self, rows: list[UserRequest]) -> None:
+        try:
+            version, answers = await self._score(rows, self.info.id, self._priority)
+        except Exception as exc:  # its own failure only: nothing live waits for it
+            self._failed.inc(len(rows))
+            if self._clock() - self._failure_said >= FAILURE_LOG_EVERY_S:
+                self._failure_said = self._clock()
+                log.warning("shadow arm %s: %d rows not scored: %r", self.info.id, len(rows), exc)
+        else:
+            self._scored.inc(len(rows))
+            self._on_scored(self.info.id, version, rows, answers)
+
+    async def close(self) -> None:
+        """Requests still out are let go (nothing waits for their answers)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
