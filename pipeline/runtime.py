@@ -37,7 +37,7 @@ from pipeline.operators.parse import ParsedBatch
 from pipeline.quality.arms import Arms
 from pipeline.quality.guard import ArmGuard
 from pipeline.quality.online import OnlineOutcomes
-from pipeline.quality.shadow import ShadowArm
+from pipeline.quality.shadow import Judge, NoJudge, ShadowArm
 from pipeline.sources.partitions import Partitions
 from pipeline.sources.watchdog import StallWatchdog
 from pipeline.state.users import UserState
@@ -49,10 +49,6 @@ from pipeline.triton.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 CONTRACT_WAIT_S = 10.0  # at start, for Triton to answer the model contract check
-
-
-def _unjudged(arm: str, version: str, rows: object, answers: object) -> None:
-    """A shadow's answers with the outcome join off: counted by the shadow, judged by none."""
 
 
 def _has_rejects(parsed: ParsedBatch) -> bool:
@@ -100,7 +96,7 @@ class PipelineRuntime:
         )
         judged = wiring.outcome_settings(t)
         self.outcomes = (
-            OnlineOutcomes(judged.attribution_ms, judged.remembered_users, self.metrics, self.users.recent)
+            OnlineOutcomes(judged.attribution_ms, judged.remembered_users, self.metrics)
             if judged is not None
             else None
         )
@@ -133,13 +129,13 @@ class PipelineRuntime:
         arms, outcomes = self.arms, self.outcomes
         if arms is None:
             return []
-        scored = outcomes.shadow_answered if outcomes is not None else _unjudged
+        judge: Judge = outcomes if outcomes is not None else NoJudge()
         priority = wiring.shadow_priority(self.topology)
         return [
             ShadowArm(
                 info,
                 self.dispatcher.score_once,
-                scored,
+                judge,
                 self.metrics,
                 priority,
                 functools.partial(operator.contains, arms.stopped, info.id),
@@ -148,13 +144,14 @@ class PipelineRuntime:
         ]
 
     def _answered(self, outcome: BatchOutcome) -> None:
-        """What an answered batch feeds beside the output: the outcome join, the shadows."""
-        if self.outcomes is not None:
-            self.outcomes.answered(outcome)
+        """What an answered batch feeds beside the output: the shadows (first: the rows they
+        take stay open in the join until their answers come), the outcome join."""
         if self.shadows and outcome.answers:
             rows = [row for row, _ in outcome.answers]
             for shadow in self.shadows:
                 shadow.offer(rows)
+        if self.outcomes is not None:
+            self.outcomes.answered(outcome)
 
     def _holding(self) -> bool:
         """Consumption held on purpose: the model is not checked yet, or the dead-letter

@@ -8,30 +8,31 @@ interactions after it, within ``attribution_ms``:
 - **any hit**: one of them named a recommended item;
 - **no return**: the next interaction came after the window.
 
-Both sides can come first: a user's next window is often coalesced before the answer to the
-last one is back (a backfill runs many windows at once). So a recommendation is judged
-when it is shown, from the user's history (which holds each recent item with its latest
-time), and then by each later window's events, as they are seen. Either way the outcome is
-decided by event time, so a replay of the same input counts the same outcomes.
+Both sides can come first: a user's next windows are often seen before the answer to the
+last one is back (a backfill runs many windows at once). So while a user has a request out
+(or a recommendation waiting for its outcome) their events are kept in a short log, and an
+answer is judged on the log first, then on each later window's events as they are seen.
+Either way the outcome is decided by event time alone, so a replay of the same input
+counts the same outcomes whatever its pace.
 
-Memory: the recommendations waiting for an outcome, at most ``max_users`` users (the least
-recently active forgotten first) and ``PER_USER`` a user and arm; what is forgotten before
-its outcome is counted (``pipeline_outcomes_dropped_total``)."""
+Memory: at most ``max_users`` users (the least recently active forgotten first), each with
+at most ``LOG_EVENTS`` logged events and ``PER_USER`` recommendations an arm waiting;
+what is forgotten before its outcome is counted (``pipeline_outcomes_dropped_total``)."""
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from pipeline.events import BatchOutcome, Event, Recommendations, UserRequest, Window
 from pipeline.metrics import Metrics
 
 PER_USER = 8  # recommendations of one user and arm waiting for an outcome
+LOG_EVENTS = 64  # a user's events kept while an answer is out
 MAX_ITEMS_COUNTED = 200_000  # distinct items counted per arm for coverage
 NO_EXPERIMENT = "default"  # the arm label without an experiment
-
-History = Callable[[int, int], dict[int, int]]  # (user, partition) → item → latest ts
 
 
 @dataclass(slots=True)
@@ -42,47 +43,73 @@ class _Shown:
     judged: bool = False  # the next item is counted
 
 
+@dataclass(slots=True)
+class _User:
+    out: int = 0  # requests out (live, and shadow copies) whose answers will be judged
+    log: array[int] = field(default_factory=lambda: array("q"))  # (ts, item) pairs, as seen
+    shown: dict[str, list[_Shown]] = field(default_factory=dict)  # arm → waiting for an outcome
+
+
 def shown_at(row: UserRequest) -> int:
     events = row.events
     return events[0].ts if len(events) == 1 else max(e.ts for e in events)
 
 
 class OnlineOutcomes:
-    def __init__(
-        self, attribution_ms: int, max_users: int, metrics: Metrics, history: History | None = None
-    ) -> None:
+    def __init__(self, attribution_ms: int, max_users: int, metrics: Metrics) -> None:
         self.attribution_ms = attribution_ms
         self.max_users = max_users
         self.metrics = metrics
-        self._history = history
-        self._waiting: OrderedDict[int, dict[str, list[_Shown]]] = OrderedDict()  # user → arm → shown
+        self._users: OrderedDict[int, _User] = OrderedDict()
         self._items: dict[str, set[int]] = {}
         self.pending = 0
         metrics.outcome_pending.set_function(lambda: self.pending)
 
-    # ── the input side: every window's events, before they extend the histories ────────
+    # ── the input side: every window's events, before they become requests ─────────────
     def seen(self, window: Window) -> None:
-        waiting = self._waiting
-        if not waiting:
-            return
-        mine: dict[int, list[Event]] = {}
+        by_user: dict[int, list[Event]] = {}
         for event in window.events:
-            if event.user_id in waiting:
-                mine.setdefault(event.user_id, []).append(event)
-        for user, events in mine.items():
-            if len(events) > 1:
-                events.sort(key=lambda e: e.ts)
-            arms = waiting[user]
-            waiting.move_to_end(user)
-            for arm, shown in arms.items():
-                for event in events:
-                    self._judge(arm, shown, event.ts, event.item_id)
-            self._tidy(user, arms)
+            by_user.setdefault(event.user_id, []).append(event)
+        users = self._users
+        for user_id, events in by_user.items():
+            user = users.get(user_id)
+            if user is None:
+                user = users[user_id] = _User()
+            else:
+                users.move_to_end(user_id)
+                if len(events) > 1:
+                    events.sort(key=lambda e: e.ts)
+                if user.out:
+                    self._log(user, events)
+                for arm, shown in list(user.shown.items()):
+                    for event in events:
+                        self._judge(arm, shown, event.ts, event.item_id)
+                    if not shown:
+                        del user.shown[arm]
+            user.out += 1  # this window's request
+        self._bound()
+
+    def taken(self, rows: Sequence[UserRequest]) -> None:
+        """Rows a shadow arm took: their answers come later than the live one."""
+        for row in rows:
+            if (user := self._users.get(row.user_id)) is not None:
+                user.out += 1
+
+    def given_up(self, rows: Sequence[UserRequest]) -> None:
+        """Rows whose answer will not come (a shadow's failed request)."""
+        for row in rows:
+            if (user := self._users.get(row.user_id)) is not None:
+                self._closed(row.user_id, user)
 
     # ── the output side: every answered batch (live), every shadow answer ───────────────
     def answered(self, outcome: BatchOutcome) -> None:
         if outcome.answers:
             self.shown(outcome.arm or NO_EXPERIMENT, outcome.model_version, outcome.answers)
+        if outcome.failures:  # dead-lettered rows: their users' requests are no longer out
+            answered = {id(row) for row, _ in outcome.answers}
+            for row in outcome.batch.requests:
+                if id(row) not in answered and (user := self._users.get(row.user_id)) is not None:
+                    self._closed(row.user_id, user)
 
     def shadow_answered(
         self, arm: str, version: str, rows: Sequence[UserRequest], answers: Sequence[Recommendations]
@@ -93,41 +120,46 @@ class OnlineOutcomes:
         naming_history = 0
         items = self._items.setdefault(arm, set())
         for row, recs in answers:
-            rec = _Shown(shown_at(row), recs.item_ids, version)
             if row.history and not set(row.history).isdisjoint(recs.item_ids):
                 naming_history += 1
             if len(items) < MAX_ITEMS_COUNTED:
                 items.update(recs.item_ids)
-            self._keep(row, arm, rec)
+            self._keep(row.user_id, arm, _Shown(shown_at(row), recs.item_ids, version))
         self.metrics.arm_recommendations.labels(arm, version).inc(len(answers))
         if naming_history:
             self.metrics.arm_naming_history.labels(arm, version).inc(naming_history)
         self.metrics.recommended_items.labels(arm).set(len(items))
 
-    def _keep(self, row: UserRequest, arm: str, rec: _Shown) -> None:
-        """Judged at once from the user's history for what came after it; kept if its
-        outcome is still open."""
-        user = row.user_id
-        if self._history is not None:
-            after = sorted(
-                (ts, item)
-                for item, ts in self._history(user, row.events[0].source.partition).items()
-                if ts > rec.at
-            )
-            for ts, item in after:
-                if self._judge_one(arm, rec, ts, item):
-                    return  # decided
-        arms = self._waiting.get(user)
-        if arms is None:
-            arms = self._waiting[user] = {}
-            self._bound()
-        else:
-            self._waiting.move_to_end(user)
-        shown = arms.setdefault(arm, [])
-        shown.append(rec)
-        self.pending += 1
-        if len(shown) > PER_USER:
-            self._forget(shown.pop(0))
+    def _keep(self, user_id: int, arm: str, rec: _Shown) -> None:
+        """Judged on what the user did since the request went out; kept if still open."""
+        user = self._users.get(user_id)
+        if user is None:  # forgotten meanwhile (past max_users): nothing to judge it on
+            self.metrics.outcomes_dropped.inc()
+            return
+        flat = user.log
+        later = sorted((flat[i], flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] > rec.at)
+        if not any(self._judge_one(arm, rec, ts, item) for ts, item in later):
+            shown = user.shown.setdefault(arm, [])
+            shown.append(rec)
+            self.pending += 1
+            if len(shown) > PER_USER:
+                self._forget(shown.pop(0))
+        self._closed(user_id, user)
+
+    def _closed(self, user_id: int, user: _User) -> None:
+        """One answer fewer out: the log is kept only while something will read it."""
+        user.out = max(0, user.out - 1)
+        if user.out == 0:
+            if not user.shown:
+                del self._users[user_id]
+            else:
+                del user.log[:]
+
+    def _log(self, user: _User, events: list[Event]) -> None:
+        for event in events:
+            user.log.extend((event.ts, event.item_id))
+        if len(user.log) > 2 * LOG_EVENTS:
+            del user.log[: len(user.log) - 2 * LOG_EVENTS]
 
     # ── judging ────────────────────────────────────────────────────────────────────────
     def _judge(self, arm: str, shown: list[_Shown], ts: int, item: int) -> None:
@@ -162,16 +194,10 @@ class OnlineOutcomes:
         if not rec.judged:
             self.metrics.outcomes_dropped.inc()
 
-    def _tidy(self, user: int, arms: dict[str, list[_Shown]]) -> None:
-        for arm in [arm for arm, shown in arms.items() if not shown]:
-            del arms[arm]
-        if not arms:
-            del self._waiting[user]
-
     def _bound(self) -> None:
-        while len(self._waiting) > self.max_users:
-            _, arms = self._waiting.popitem(last=False)
-            for shown in arms.values():
+        while len(self._users) > self.max_users:
+            _, user = self._users.popitem(last=False)
+            for shown in user.shown.values():
                 for rec in shown:
                     self._forget(rec)
 

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 from pipeline.events import Recommendations, UserRequest
 from pipeline.metrics import Metrics
@@ -18,7 +19,34 @@ log = logging.getLogger(__name__)
 FAILURE_LOG_EVERY_S = 30.0
 
 Score = Callable[[list[UserRequest], str, int], Awaitable[tuple[str, list[Recommendations]]]]
-Scored = Callable[[str, str, Sequence[UserRequest], Sequence[Recommendations]], None]
+
+
+class Judge(Protocol):
+    """Where a shadow's answers are judged (``quality/online.py``), told of rows taken
+    before their answers come, and of rows whose answers will not."""
+
+    def taken(self, rows: Sequence[UserRequest]) -> None: ...
+
+    def shadow_answered(
+        self, arm: str, version: str, rows: Sequence[UserRequest], answers: Sequence[Recommendations]
+    ) -> None: ...
+
+    def given_up(self, rows: Sequence[UserRequest]) -> None: ...
+
+
+class NoJudge:
+    """The outcome join is off: answers are counted by the shadow, judged by none."""
+
+    def taken(self, rows: Sequence[UserRequest]) -> None:
+        pass
+
+    def shadow_answered(
+        self, arm: str, version: str, rows: Sequence[UserRequest], answers: Sequence[Recommendations]
+    ) -> None:
+        pass
+
+    def given_up(self, rows: Sequence[UserRequest]) -> None:
+        pass
 
 
 class ShadowArm:
@@ -26,7 +54,7 @@ class ShadowArm:
         self,
         info: ArmInfo,
         score: Score,
-        on_scored: Scored,
+        judge: Judge,
         metrics: Metrics,
         priority: int,
         stopped: Callable[[], bool],
@@ -34,7 +62,7 @@ class ShadowArm:
     ) -> None:
         self.info = info
         self._score = score
-        self._on_scored = on_scored
+        self._judge = judge
         self._priority = priority  # the lowest the lanes use: behind every live request in Triton
         self._stopped = stopped
         self._clock = clock
@@ -62,7 +90,9 @@ class ShadowArm:
             return
         self._tokens -= take
         self.in_flight += 1
-        task: asyncio.Task[None] = asyncio.ensure_future(self._run(list(rows[:take])))
+        taken = list(rows[:take])
+        self._judge.taken(taken)
+        task: asyncio.Task[None] = asyncio.ensure_future(self._run(taken))
         self._tasks.add(task)
         task.add_done_callback(self._done)  # also when cancelled before it began
 
@@ -75,12 +105,13 @@ class ShadowArm:
             version, answers = await self._score(rows, self.info.id, self._priority)
         except Exception as exc:  # its own failure only: nothing live waits for it
             self._failed.inc(len(rows))
+            self._judge.given_up(rows)
             if self._clock() - self._failure_said >= FAILURE_LOG_EVERY_S:
                 self._failure_said = self._clock()
                 log.warning("shadow arm %s: %d rows not scored: %r", self.info.id, len(rows), exc)
         else:
             self._scored.inc(len(rows))
-            self._on_scored(self.info.id, version, rows, answers)
+            self._judge.shadow_answered(self.info.id, version, rows, answers)
 
     async def close(self) -> None:
         """Requests still out are let go (nothing waits for their answers)."""

@@ -76,10 +76,6 @@ class HistoryStore:
         self.put_packed(user_id, pack_pairs(kept))
         return tuple(item for _, item in kept)
 
-    def packed(self, user_id: int) -> bytes | None:
-        """The user's packed (ts, item) pairs (None: no history)."""
-        return self._packed(user_id)
-
     def history(self, user_id: int) -> tuple[int, ...]:
         """The stored history, newest last (pairs are packed in history order)."""
         blob = self._packed(user_id)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from pipeline.errors import Fatal
 from pipeline.events import OutputRecord, SinkBatch
 from pipeline.metrics import Metrics
-from pipeline.operators.coalesce import RecentItems, unpack_pairs
+from pipeline.operators.coalesce import RecentItems
 from pipeline.state.changelog import ChangelogReader, ChangelogReset, ChangelogWriter
 from pipeline.state.histories import HistoryStore
 
@@ -95,17 +95,6 @@ class UserState:
         if store is None or partition in self.restoring:
             return self._scratch.extend(user_id, new_items)
         return store.extend(user_id, new_items)
-
-    def recent(self, user_id: int, partition: int) -> dict[int, int]:
-        """The user's remembered items with their latest event time (item → ts), as the
-        outcome join reads them; a partition not held (or restoring): nothing."""
-        if not self.durable:
-            blob = self._memory.packed(user_id)
-        elif (store := self.stores.get(partition)) is None or partition in self.restoring:
-            return {}
-        else:
-            blob = store.packed(user_id)
-        return unpack_pairs(blob) if blob is not None else {}
 
     def is_restoring(self, partition: int) -> bool:
         return partition in self.restoring

@@ -183,3 +183,25 @@ async def test_a_version_not_served_at_start_is_one_line_naming_its_arm() -> Non
     with pytest.raises(ModelContractError, match=r"experiment\.arms\[1\] \(treatment\): version 2"):
         async with running(experiment_topology(shadow=False), triton=triton):
             pass
+
+
+async def test_the_same_input_replayed_at_another_pace_gives_the_same_outcomes() -> None:
+    """All of it at once (windows racing their answers), then a round at a time with a slow
+    model: the same outcomes, kind by kind. One event a window (``window.max_events: 1``,
+    as a replay check runs), so that both runs make the same recommendations."""
+    users = Users(150, seed=11)
+    rounds = [users.next_round() for _ in range(8)]
+    counts = []
+    for burst, delay_s in ((True, 0.0), (False, 0.03)):
+        triton = server()
+        triton.delay_s = delay_s
+        t = experiment_topology(shadow=False).model_copy(
+            update={"window": topology().window.model_copy(update={"max_events": 1})}
+        )
+        async with running(t, triton=triton) as run:
+            for batch in [[r for b in rounds for r in b]] if burst else rounds:
+                run.source.add(batch)
+                await run.settled(30)
+        counts.append(online(run))
+    assert counts[0] == counts[1]
+    assert sum(counts[0]["control"].values()) > 150 * 7 * 0.4
