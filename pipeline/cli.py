@@ -67,11 +67,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve(args.topology)
 
 
+def reaction_share(text: str) -> float:
+    """--react-share: a chance in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"at most 1, got {text}")
+    return value
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.devstack.dev import DevOptions
     from pipeline.devstack.dev import main as run_dev_stack
+    from pipeline.devstack.reactions import DEFAULT_SHARE
 
     _setup_logging(args)
+    if args.react_share is not None and not args.reacting:
+        print("pipeline dev: --react-share goes with --reacting", file=sys.stderr)
+        return 2
     load_topology(args.topology)  # fail fast on a bad file, before starting anything
     options = DevOptions(
         args.topology,
@@ -81,6 +93,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         args.timeout,
         args.report_every,
         args.recycle_growth,
+        reacting=args.reacting,
+        react_share=DEFAULT_SHARE if args.react_share is None else args.react_share,
     )
     try:
         summary = run_dev_stack(options)
@@ -250,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         default=0.15,
         help="restart the embedded broker once its CPU grew by this share of a core (0: at every report)",
+    )
+    p.add_argument(
+        "--reacting",
+        action="store_true",
+        help="users' next items follow their latest recommendation, the more it fits their taste "
+        "(online quality then depends on the model)",
+    )
+    p.add_argument(
+        "--react-share",
+        type=reaction_share,
+        metavar="SHARE",
+        help="with --reacting: the chance, for a recommendation wholly in the user's taste, that "
+        "the next item is one of it (default 0.6)",
     )
     p.set_defaults(func=cmd_dev)
 

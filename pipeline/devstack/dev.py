@@ -6,6 +6,7 @@ JSON object as its last line."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 import time
@@ -19,7 +20,8 @@ from pipeline.audit import combined_summary
 from pipeline.devstack.broker_load import BrokerLoad
 from pipeline.devstack.epoch import RECYCLE_DRAIN_S, Books, Epoch, settle_task
 from pipeline.devstack.epoch import follow_outputs as follow_outputs  # the test harnesses' import
-from pipeline.devstack.stack import EmbeddedStack
+from pipeline.devstack.reactions import DEFAULT_SHARE, ReactingBooks, Reactions
+from pipeline.devstack.stack import TRAINING_EVENTS, EmbeddedStack
 from pipeline.devstack.tuning import EMBEDDED_BROKER
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
@@ -39,12 +41,21 @@ class DevOptions:
     timeout_s: float = 300.0
     report_every_s: float = 30.0
     recycle_growth: float = 0.15  # restart the broker once its CPU grew by this share of a core
+    reacting: bool = False  # users' next items follow their recommendations (devstack/reactions.py)
+    react_share: float = DEFAULT_SHARE
 
 
-def live_events(config: GeneratorConfig, count: int | None) -> Iterator[dict[str, object]]:
-    """Synthetic events stamped with the current time (the pipeline rejects stale ones)."""
-    gen = EventGenerator(config)
-    for event in gen.events(count if count is not None else 10**12):
+def live_events(
+    config: GeneratorConfig, count: int | None, reactions: Reactions | None = None, skip: int = 0
+) -> Iterator[dict[str, object]]:
+    """Synthetic events stamped with the current time (the pipeline rejects stale ones);
+    with ``reactions``, users react to their latest recommendation; the first ``skip`` of the
+    generator's events are not sent (the ones a model was trained on)."""
+    total = count + skip if count is not None else 10**12
+    events: Iterator[dict[str, object]] = itertools.islice(EventGenerator(config).events(total), skip, None)
+    if reactions is not None:
+        events = reactions.react(events)
+    for event in events:
         event["ts"] = time.time_ns() // 1_000_000
         yield event
 
@@ -59,13 +70,20 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     rate = opts.rate if opts.events is not None or opts.rate > 0 else 200.0
-    events = live_events(GeneratorConfig(seed=int(time.time())), opts.events)
+    config, reactions, skip = GeneratorConfig(seed=int(time.time())), None, 0
+    if opts.reacting:
+        # The tastes the stack's model learned (ensure_model trains on the default config's
+        # first events): a time-seeded generator draws other clusters, and every model would
+        # look random to its users. The events sent are the ones after the training data.
+        config, skip = GeneratorConfig(), TRAINING_EVENTS
+        reactions = Reactions.of(EventGenerator(config), opts.react_share, seed=config.seed)
+    events = live_events(config, opts.events, reactions, skip)
     overrides = {
         "PIPELINE_BOOTSTRAP_SERVERS": stack.broker.bootstrap,  # a restarted broker keeps its port
         "PIPELINE_TRITON_URL": stack.triton.grpc_url,
     }
     topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env=overrides))
-    books = Books()
+    books = Books() if reactions is None else ReactingBooks(reactions=reactions)
     started = time.monotonic()
     recycles = 0
     try:
@@ -79,6 +97,8 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     summary = combined_summary(books.ledgers)
     summary["wall_s"] = round(time.monotonic() - started, 2)
     summary["broker_recycles"] = recycles
+    if reactions is not None:
+        summary["reactions"] = reactions.stats()
     summary["user_state"] = (
         f"durable in {topology.state.dir} (the embedded broker never compacts the changelog, and a "
         "broker recycle empties it: histories start again)"

@@ -42,6 +42,7 @@ class EventGenerator:
         self._rng = rng
         self.user_cluster = rng.integers(0, config.clusters, size=config.users)
         item_cluster = rng.integers(0, config.clusters, size=config.items)
+        self.item_cluster = item_cluster  # for users who react to recommendations (devstack)
         self.cluster_items = [np.flatnonzero(item_cluster == c) for c in range(config.clusters)]
         for items in self.cluster_items:
             rng.shuffle(items)  # popularity rank inside the cluster

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 
+from pipeline.cli import DEFAULT_TOPOLOGY
+from pipeline.devstack.tuning import STACK_GROUP_SESSION
 from tests.integration.harness import processes_mentioning
 
 pytestmark = pytest.mark.integration
@@ -39,6 +42,32 @@ def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> N
     assert summary["duplicates"] == 0
     assert summary["recommendations"] > 0
     assert summary["throughput_eps"] > 0 and summary["p99_ms"] >= summary["p50_ms"] > 0
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_dev_with_reacting_users(stack, tmp_path: Path) -> None:
+    """--reacting: users' next items follow the recommendations the run reads back. The
+    session's model learned the generator's tastes, so many of them do (~40 %; ~3 % when the
+    generator's tastes were not the model's)."""
+    shutil.copytree(stack.model_repository, tmp_path / "model_repository")  # no training
+    topology = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
+    topology["source"].update(STACK_GROUP_SESSION)  # a 3 s join instead of 5 s
+    file = tmp_path / "topology.yaml"
+    file.write_text(yaml.safe_dump(topology))
+    done = subprocess.run(
+        dev_command(tmp_path, "--events", "1500", "--rate", "600", "--reacting", "--topology", str(file)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["events_in"] == 1500 and summary["lost"] == 0
+    reactions = summary["reactions"]
+    assert reactions["recommendations"] == summary["recommendations"]  # the follower's, handed on
+    assert reactions["with_recommendation"] > 50, reactions  # a user's next event after its answer
+    assert reactions["reacted"] > 0.25 * reactions["with_recommendation"], reactions
     assert processes_mentioning(str(tmp_path)) == []
 
 
