@@ -122,9 +122,17 @@ def test_keep_versions_the_version_being_written_is_fine(
     assert code == 0 and summary["loaded_versions"] == [1]
 
 
-def write_topology(path: Path, **model: object) -> Path:
+def write_topology(path: Path, *versions: str, **model: object) -> Path:
+    """The shipped topology with ``model`` keys changed and, given ``versions``, an
+    experiment whose arms (control first) are served by them."""
     data = yaml.safe_load(SHIPPED_TOPOLOGY.read_text())
     data["model"].update(model)
+    if versions:
+        share = 1 / len(versions)
+        data["experiment"] = {
+            "id": "exp",
+            "arms": [{"id": f"arm{i}", "version": v, "share": share} for i, v in enumerate(versions)],
+        }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -139,49 +147,51 @@ def test_topology_model_version_is_kept(tmp_path: Path, capsys: pytest.CaptureFi
     assert policy_line(repo) == "version_policy: { specific { versions: [1, 3] } }"
 
 
-def fake_experiment(monkeypatch: pytest.MonkeyPatch, *versions: str, name: str = "recommender") -> None:
-    """A topology with an experiment whose arms name ``versions`` (whatever the schema)."""
-    arms = [types.SimpleNamespace(id=f"arm{i}", version=v) for i, v in enumerate(versions)]
-    topology = types.SimpleNamespace(
-        model=types.SimpleNamespace(name=name, version=""),
-        experiment=types.SimpleNamespace(arms=arms),
-    )
-    monkeypatch.setattr("pipeline.topology.loader.load_topology", lambda path: topology)
-
-
-def test_topology_experiment_arms_are_kept(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_topology_experiment_arms_are_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     repo = tmp_path / "repo"
     for _ in range(3):
         assert train(repo, capsys, "--kind", "popularity")[0] == 0
-    fake_experiment(monkeypatch, "2", "4")  # control on 2, treatment on the one written now
-    code, summary, _ = train(repo, capsys, "--kind", "random", "--topology", "exp.yaml")
+    topology = write_topology(tmp_path / "exp.yaml", "2", "4")  # control on 2, treatment: written now
+    code, summary, _ = train(repo, capsys, "--kind", "random", "--topology", str(topology))
     assert code == 0 and summary["version"] == 4 and summary["loaded_versions"] == [2, 4]
-    assert summary["loaded_versions_from"] == "--topology exp.yaml"
+    assert summary["loaded_versions_from"] == f"--topology {topology}"
+    assert policy_line(repo) == "version_policy: { specific { versions: [2, 4] } }"
+
+
+def test_an_experiment_without_topology_support_reads_no_arms(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topology object without an ``experiment`` attribute (a schema before experiments):
+    the latest is served, so only the version written is kept."""
+    topology = types.SimpleNamespace(model=types.SimpleNamespace(name="recommender", version=""))
+    monkeypatch.setattr("pipeline.topology.loader.load_topology", lambda path: topology)
+    repo = tmp_path / "repo"
+    assert train(repo, capsys, "--kind", "popularity")[0] == 0
+    code, summary, _ = train(repo, capsys, "--kind", "random", "--topology", "old.yaml")
+    assert code == 0 and summary["loaded_versions"] == [2]
 
 
 @pytest.mark.parametrize(
-    ("versions", "name", "named"),
+    ("versions", "model", "named"),
     [
-        (("1", "5"), "recommender", "--topology exp.yaml: no version 5"),
-        (("1", "latest"), "recommender", "experiment arm 'arm1' version 'latest' is not a version number"),
-        (("1",), "other", "it serves model 'other', not 'recommender'"),
+        (("1", "5"), {}, "no version 5"),
+        (("1", "latest"), {}, "experiment arm 'arm1' version 'latest' is not a version number"),
+        (("1",), {"name": "other"}, "it serves model 'other', not 'recommender'"),
+        ((), {"version": "0"}, "model.version version '0' is not a version number"),
     ],
 )
 def test_topology_versions_that_cannot_be_kept_are_refused(
     versions: tuple[str, ...],
-    name: str,
+    model: dict[str, str],
     named: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     repo = tmp_path / "repo"
     assert train(repo, capsys, "--kind", "popularity")[0] == 0
-    fake_experiment(monkeypatch, *versions, name=name)
-    code, _, err = train(repo, capsys, "--topology", "exp.yaml")
-    assert code == 2 and err.count("\n") == 1 and named in err, err
+    topology = write_topology(tmp_path / "exp.yaml", *versions, **model)
+    code, _, err = train(repo, capsys, "--topology", str(topology))
+    assert code == 2 and err.count("\n") == 1 and f"--topology {topology}: " in err and named in err, err
     assert sorted(p.name for p in (repo / "recommender").iterdir()) == ["1", "config.pbtxt"]
 
 
