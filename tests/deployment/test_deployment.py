@@ -40,7 +40,8 @@ DOC = ROOT / "docs" / "operations.md"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "pipeline.json"
 KUBERNETES_VERSION = "1.30.0"
 
-# The alerts and the thresholds in their expressions (p95 latency 100 ms, error rate 1 %, queue 1,000).
+# The alerts and the thresholds in their expressions (p95 latency 100 ms, error rate 1 %, queue 1,000;
+# an arm's 30-minute hit@K under 80 % of its day, on 200 judged outcomes).
 ALERTS = {
     "InferenceLatencyHigh": ["histogram_quantile(0.95", "inference_duration_seconds_bucket", "> 0.1"],
     "PipelineErrorRateHigh": ["pipeline_dead_letters_total", "pipeline_events_finished_total", "> 0.01"],
@@ -50,6 +51,13 @@ ALERTS = {
     "OldestUnfinishedRecordOld": ["pipeline_oldest_unfinished_age_seconds"],
     "DeadLetterBudgetHolding": ["pipeline_dead_letter_budget_holding"],
     "SinkRefusingDeadLetters": ["pipeline_sink_refusing_dead_letters == 1"],
+    "ArmHitRateFalling": [
+        'sum by (job, arm, version) (rate(pipeline_outcomes_total{outcome="hit"}[30m]))',
+        'sum by (job, arm, version) (rate(pipeline_outcomes_total{outcome=~"hit|miss"}[1d]))',
+        "< 0.8 *",
+        'increase(pipeline_outcomes_total{outcome=~"hit|miss"}[30m])) >= 200',
+    ],
+    "ExperimentArmStopped": ["increase(pipeline_experiment_arm_stops_total[10m]) > 0"],
 }
 SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus to every series it scrapes
 
@@ -248,6 +256,13 @@ def test_dashboard_uses_documented_metrics_and_parses(tmp_path: Path) -> None:
         "pipeline_dead_letters_total",
         "pipeline_stalled",
         "pipeline_model_contract_pending",
+        # online quality and experiments, per arm (docs/operations.md "## Online quality")
+        "pipeline_outcomes_total",
+        "pipeline_outcome_any_hits_total",
+        "pipeline_outcome_hit_rank",
+        "pipeline_arm_recommendations_total",
+        "pipeline_arm_inference_seconds",
+        "pipeline_experiment_arm_serving",
     } <= used
     text = DASHBOARD.read_text()
     for metric, by in (("pipeline_end_to_end_seconds", "le"), ("inference_duration_seconds", "model, le")):
@@ -256,12 +271,67 @@ def test_dashboard_uses_documented_metrics_and_parses(tmp_path: Path) -> None:
             assert wanted in text, wanted
     assert "by (topic, partition) (pipeline_consumer_lag_records)" in text
     assert "sum by (reason) (rate(pipeline_dead_letters_total" in text
+    # Online quality per arm and version (docs/operations.md "## Online quality"), over 15 minutes.
+    quality = {p["title"]: p["targets"] for p in dashboard_panels()}
+    judged = 'sum by (arm, version) (rate(pipeline_outcomes_total{outcome=~"hit|miss"}[15m]))'
+    ((hit_at_k, legend),) = [(t["expr"], t["legendFormat"]) for t in quality["Online hit@K per arm"]]
+    assert (
+        hit_at_k == f'sum by (arm, version) (rate(pipeline_outcomes_total{{outcome="hit"}}[15m])) / {judged}'
+    )
+    assert legend == "{{arm}} v{{version}}"
+    # prometheus_client writes bucket bounds as floats ("5.0"); Prometheus 3 normalizes `le` so too.
+    hits_at_5 = [t["expr"] for t in quality["Any-hit rate and hits@5 per arm"]]
+    assert any(
+        e.startswith('sum by (arm, version) (rate(pipeline_outcome_hit_rank_bucket{le="5.0"}')
+        for e in hits_at_5
+    )
+    assert all(e.endswith(f" / {judged}") for e in hits_at_5)
+    p99 = "histogram_quantile(0.99, sum by (arm, le) (rate(pipeline_arm_inference_seconds_bucket"
+    assert any(t["expr"].startswith(p99) for t in quality["Inference p99 per arm"])
+
+
+DASHBOARD_ROWS = {
+    "Throughput": ["Events in / out", "Backpressure"],
+    "Latency": ["End-to-end latency", "Inference latency"],
+    "Kafka": ["Consumer lag per partition", "Oldest unfinished record"],
+    "Lanes": ["Batch latency per lane", "Lane rations"],
+    "Failures": [
+        "Dead letters by reason",
+        "Triton failures and retries",
+        "Pipeline state",
+        "Client and broker errors",
+        "Adaptive knobs",
+    ],
+    "Quality and experiments": [
+        "Online hit@K per arm",
+        "Any-hit rate and hits@5 per arm",
+        "Recommendations per arm",
+        "Inference p99 per arm",
+        "Arms serving",
+        "Catalogue coverage and naming history",
+    ],
+}
 
 
 def test_dashboard_layout_and_provisioning() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids)), "panel ids repeat"
+    # Rows (h=1, full width) in this order, each below everything before it, their panels
+    # (h=8, half or full width) under them in reading order; nothing is left out or stray.
+    rows: dict[str, list[str]] = {}
+    bottom = 0
+    for panel in sorted(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])):
+        pos = panel["gridPos"]
+        if panel["type"] == "row":
+            assert (pos["h"], pos["w"], pos["x"], pos["y"]) == (1, 24, 0, bottom), panel["title"]
+            rows[panel["title"]] = []
+        else:
+            assert rows and pos["h"] == 8 and pos["w"] in {12, 24}, panel["title"]
+            assert pos["y"] <= bottom, f"{panel['title']!r} leaves a gap above it"
+            list(rows.values())[-1].append(panel["title"])
+        bottom = max(bottom, pos["y"] + pos["h"])
+    assert rows == DASHBOARD_ROWS
     cells: dict[tuple[int, int], str] = {}
     for panel in dashboard["panels"]:
         pos = panel["gridPos"]
