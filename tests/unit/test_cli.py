@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from pipeline import logs
-from pipeline.cli import build_parser, main
+from pipeline.cli import main
+from tests.unit.refused_arguments import assert_refused_by_the_parser
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,9 +59,4 @@ def test_numbers_that_make_no_sense_are_refused_before_anything_starts(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`pipeline dev --events -5` started the whole stack and exited 0."""
-    with pytest.raises(SystemExit) as done:
-        build_parser().parse_args(argv)
-    assert done.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"pipeline {argv[0]}: error: argument {argv[-2]}: "), last
-    assert argv[-1] in last
+    assert_refused_by_the_parser(argv, capsys)

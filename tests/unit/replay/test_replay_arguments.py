@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import build_parser
+from tests.unit.refused_arguments import assert_refused_by_the_parser
 
 TOPOLOGY = Path(__file__).resolve().parents[3] / "topologies" / "backfill.yaml"
 FILE = ["replay", "--topology", str(TOPOLOGY), "--file", "events.jsonl"]
@@ -32,12 +33,7 @@ TOPIC = ["replay", "--topology", str(TOPOLOGY), "--topic", "interactions"]
 def test_numbers_that_make_no_sense_are_refused_before_anything_starts(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as done:
-        build_parser().parse_args(argv)
-    assert done.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"pipeline replay: error: argument {argv[-2]}: "), last
-    assert argv[-1] in last
+    assert_refused_by_the_parser(argv, capsys)
 
 
 @pytest.mark.parametrize(
