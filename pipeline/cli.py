@@ -81,8 +81,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.devstack.reactions import DEFAULT_SHARE
 
     _setup_logging(args)
-    if args.react_share is not None and not args.reacting:
-        print("pipeline dev: --react-share goes with --reacting", file=sys.stderr)
+    if args.react_share is not None and not (args.reacting or args.experiment):
+        print("pipeline dev: --react-share goes with --reacting or --experiment", file=sys.stderr)
         return 2
     load_topology(args.topology)  # fail fast on a bad file, before starting anything
     options = DevOptions(
@@ -95,6 +95,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         args.recycle_growth,
         reacting=args.reacting,
         react_share=DEFAULT_SHARE if args.react_share is None else args.react_share,
+        experiment=args.experiment,
     )
     try:
         summary = run_dev_stack(options)
@@ -277,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="with --reacting: the chance, for a recommendation wholly in the user's taste, that "
         "the next item is one of it (default 0.6)",
+    )
+    p.add_argument(
+        "--experiment",
+        action="store_true",
+        help="the trained model against the popularity baseline, 50/50 by user, a random version "
+        "in the shadow, users reacting; the summary gives each arm's online hit@K",
     )
     p.set_defaults(func=cmd_dev)
 

@@ -10,6 +10,7 @@ import itertools
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from pipeline.audit import combined_summary
 from pipeline.devstack.broker_load import BrokerLoad
 from pipeline.devstack.epoch import RECYCLE_DRAIN_S, Books, Epoch, settle_task
 from pipeline.devstack.epoch import follow_outputs as follow_outputs  # the test harnesses' import
+from pipeline.devstack.experiment import arms_summary, ensure_experiment_model, experiment_topology
 from pipeline.devstack.reactions import DEFAULT_SHARE, ReactingBooks, Reactions
-from pipeline.devstack.stack import TRAINING_EVENTS, EmbeddedStack
+from pipeline.devstack.stack import TRAINING_EVENTS, EmbeddedStack, ensure_model
 from pipeline.devstack.tuning import EMBEDDED_BROKER
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
@@ -43,6 +45,7 @@ class DevOptions:
     recycle_growth: float = 0.15  # restart the broker once its CPU grew by this share of a core
     reacting: bool = False  # users' next items follow their recommendations (devstack/reactions.py)
     react_share: float = DEFAULT_SHARE
+    experiment: bool = False  # trained against popularity, 50/50, users reacting (devstack/experiment.py)
 
 
 def live_events(
@@ -71,7 +74,7 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
         loop.add_signal_handler(sig, stop.set)
     rate = opts.rate if opts.events is not None or opts.rate > 0 else 200.0
     config, reactions, skip = GeneratorConfig(seed=int(time.time())), None, 0
-    if opts.reacting:
+    if opts.reacting or opts.experiment:
         # The tastes the stack's model learned (ensure_model trains on the default config's
         # first events): a time-seeded generator draws other clusters, and every model would
         # look random to its users. The events sent are the ones after the training data.
@@ -83,11 +86,14 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
         "PIPELINE_TRITON_URL": stack.triton.grpc_url,
     }
     topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env=overrides))
+    if opts.experiment:
+        topology = experiment_topology(topology)
+    quality: dict[tuple[str, str], Counter[str]] = {}  # online outcomes, over every epoch
     books = Books() if reactions is None else ReactingBooks(reactions=reactions)
     started = time.monotonic()
     recycles = 0
     try:
-        while await run_epoch(opts, topology, stack, events, rate, books, stop, started):
+        while await run_epoch(opts, topology, stack, events, rate, books, stop, started, quality):
             recycles += 1
             await asyncio.to_thread(stack.broker.restart)
             log.warning("embedded broker restarted empty (recycle %d); the run goes on", recycles)
@@ -99,6 +105,11 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     summary["broker_recycles"] = recycles
     if reactions is not None:
         summary["reactions"] = reactions.stats()
+    if opts.experiment:
+        summary["experiment"] = {
+            "online_hit_at_k": arms_summary(quality),
+            "users_in_two_arms": len(reactions.users_in_two_arms) if reactions is not None else None,
+        }
     summary["user_state"] = (
         f"durable in {topology.state.dir} (the embedded broker never compacts the changelog, and a "
         "broker recycle empties it: histories start again)"
@@ -117,9 +128,11 @@ async def run_epoch(
     books: Books,
     stop: asyncio.Event,
     started: float,
+    quality: dict[tuple[str, str], Counter[str]],
 ) -> bool:
-    """One broker epoch: topics, pipeline, feeder and follower. Returns whether the broker
-    needs recycling (False: the run is over)."""
+    """One broker epoch: topics, pipeline, feeder and follower; its online outcomes are
+    added to ``quality``. Returns whether the broker needs recycling (False: the run is
+    over)."""
     runtime = PipelineRuntime(topology)  # a bad configuration raises before anything starts
     epoch = await Epoch.open(topology, books, events, rate)
     pipeline_stop = asyncio.Event()
@@ -146,6 +159,9 @@ async def run_epoch(
         pipeline_stop.set()
         await settle_task(pipeline_task, timeout_s=topology.source.drain_timeout_ms / 1000 + 30)
         await epoch.close()
+        if runtime.outcomes is not None:
+            for key, counts in runtime.outcomes.counts().items():
+                quality.setdefault(key, Counter()).update(counts)
     return recycle and not stop.is_set()
 
 
@@ -231,6 +247,10 @@ def main(opts: DevOptions) -> dict[str, object]:
     # (or the model trains) unwinds through the stops below instead of orphaning them.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if opts.experiment:  # Triton loads its repository at start: the versions first
+            repository = (opts.workdir / "model_repository").resolve()
+            ensure_model(repository)
+            ensure_experiment_model(repository)
         stack = EmbeddedStack.start(opts.workdir)
         try:
             return asyncio.run(run_dev(opts, stack))

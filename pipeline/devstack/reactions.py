@@ -64,6 +64,8 @@ class Reactions:
         self._latest: OrderedDict[int, Shown] = OrderedDict()
         self.counts: Counter[str] = Counter()
         self.by_model: dict[str, Counter[str]] = {}
+        self._arm_of: OrderedDict[int, str] = OrderedDict()  # an experiment's: the arm a user saw
+        self.users_in_two_arms: set[int] = set()
 
     @classmethod
     def of(cls, generator: EventGenerator, max_share: float = DEFAULT_SHARE, **kwargs: Any) -> Reactions:
@@ -82,6 +84,9 @@ class Reactions:
             items = np.asarray([int(i["item_id"]) for i in doc["items"]], dtype=np.int64)
             model = doc.get("model") or {}
             name = f"{model.get('name', '?')}:{model.get('version', '?')}"
+            if arm := model.get("arm"):
+                name = f"{arm}/{name}"
+                self._saw_arm(user, str(arm))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             self.counts["unreadable_recommendations"] += 1
             return
@@ -93,6 +98,14 @@ class Reactions:
         while len(self._latest) > self.max_users:
             self._latest.popitem(last=False)
         self.counts["recommendations"] += 1
+
+    def _saw_arm(self, user: int, arm: str) -> None:
+        """An experiment must show each user one arm only: a second one is counted."""
+        if self._arm_of.setdefault(user, arm) != arm:
+            self.users_in_two_arms.add(user)
+        self._arm_of.move_to_end(user)
+        while len(self._arm_of) > self.max_users:
+            self._arm_of.popitem(last=False)
 
     def _shown(self, user: int, items: np.ndarray, model: str) -> Shown:
         known = (items >= 0) & (items < self.item_cluster.size)
@@ -132,6 +145,7 @@ class Reactions:
             "unreadable_recommendations": self.counts["unreadable_recommendations"],
             "users_remembered": len(self._latest),
             "by_model": {model: dict(tally) for model, tally in sorted(self.by_model.items())},
+            "users_in_two_arms": len(self.users_in_two_arms),
         }
 
 

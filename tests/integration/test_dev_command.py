@@ -71,6 +71,38 @@ def test_dev_with_reacting_users(stack, tmp_path: Path) -> None:
     assert processes_mentioning(str(tmp_path)) == []
 
 
+def test_dev_experiment_trained_against_popularity(stack, tmp_path: Path) -> None:
+    """--experiment: the trained model against the popularity baseline, 50/50 by user, a
+    random version in the shadow, users reacting. The trained arm's online hit@10 is clearly
+    higher (its interval above the baseline's), no user is shown two arms, and the shadow is
+    judged (near zero) but writes nothing."""
+    shutil.copytree(stack.model_repository, tmp_path / "model_repository")  # the trained model
+    topology = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
+    topology["source"].update(STACK_GROUP_SESSION)
+    file = tmp_path / "topology.yaml"
+    file.write_text(yaml.safe_dump(topology))
+    done = subprocess.run(
+        dev_command(tmp_path, "--events", "4000", "--rate", "800", "--experiment", "--topology", str(file)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["events_in"] == 4000 and summary["lost"] == 0 and summary["dead_letters"] == 0
+    arms = summary["experiment"]["online_hit_at_k"]
+    trained, popularity, shadow = arms["trained"], arms["popularity"], arms["random"]
+    assert min(trained["judged"], popularity["judged"], shadow["judged"]) > 500, arms
+    assert trained["hit_rate_95"][0] > popularity["hit_rate_95"][1], arms
+    assert shadow["shadow"] and shadow["hit_rate"] < 0.02, arms
+    assert summary["experiment"]["users_in_two_arms"] == 0
+    seen = summary["reactions"]["by_model"]  # every recommendation read back, by arm
+    assert set(seen) == {"trained/recommender_ab:1", "popularity/recommender_ab:2"}, seen
+    assert summary["reactions"]["recommendations"] == summary["recommendations"]
+    assert processes_mentioning(str(tmp_path)) == []
+
+
 def test_dev_recycles_its_broker_and_stops_cleanly_on_sigterm(stack, tmp_path: Path) -> None:
     """The always-on mode: a broker restart every few seconds (a growth of 0 makes every
     report call for one), then SIGTERM. Nothing is lost across the restarts. The session's

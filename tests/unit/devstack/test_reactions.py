@@ -190,4 +190,4 @@ def test_react_share_out_of_range_is_an_argument_error(
 
 def test_react_share_without_reacting_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dev", "--react-share", "0.5"]) == 2  # before anything starts
-    assert capsys.readouterr().err == "pipeline dev: --react-share goes with --reacting\n"
+    assert capsys.readouterr().err == "pipeline dev: --react-share goes with --reacting or --experiment\n"
