@@ -14,9 +14,16 @@ log = logging.getLogger(__name__)
 
 
 class Accounting:
-    def __init__(self, metrics: Metrics, dead_letter_topic: str, budget: DeadLetterBudget | None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        dead_letter_topic: str,
+        budget: DeadLetterBudget | None,
+        output_topic: str = "",
+    ) -> None:
         self.metrics = metrics
         self.dead_letter_topic = dead_letter_topic
+        self.output_topic = output_topic  # set: only its records are recommendations (not examples)
         self.budget = budget  # None: disabled
 
     @property
@@ -31,7 +38,10 @@ class Accounting:
         ]
         metrics = self.metrics
         metrics.events_finished.inc(finished)
-        metrics.recommendations.inc(len(written) - len(reasons))
+        if self.output_topic:
+            metrics.recommendations.inc(sum(rec.topic == self.output_topic for rec in written))
+        else:
+            metrics.recommendations.inc(len(written) - len(reasons))
         metrics.duplicate_events.inc(batch.duplicates)
         for reason in reasons:
             metrics.dead_letters.labels(reason).inc()

@@ -76,6 +76,7 @@ class InferenceBatch:
     lane: str = "default"
     priority: int = 0
     arm: str = ""  # the experiment arm its users were routed to ("": no experiment)
+    examples: tuple[OutputRecord, ...] = ()  # joined examples its window's events decided
 
     @property
     def event_count(self) -> int:
@@ -99,6 +100,7 @@ class BatchOutcome:
     model_name: str = ""
     model_version: str = ""
     arm: str = ""  # the experiment arm that answered (the control, if the batch's fell back)
+    examples: list[OutputRecord] = field(default_factory=list)  # joined examples its answers decided
     dispatched_ms: float = 0.0
     completed_ms: float = 0.0
     attempts: int = 1

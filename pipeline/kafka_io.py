@@ -44,11 +44,11 @@ async def ensure_topics(broker: Broker, topics: Iterable[str], partitions: int =
 
 
 async def ensure_topology_topics(topology: Topology, partitions: int = 4) -> None:
-    """The topology's input, output and dead-letter topics (the dev stack, tests, scripts)."""
-    sink = topology.sink
-    await ensure_topics(
-        topology.broker, [*topology.source.topics, sink.topic, sink.dead_letter_topic], partitions
-    )
+    """The topology's input, output, dead-letter (and joined-example) topics (the dev stack,
+    tests, scripts)."""
+    sink, examples = topology.sink, topology.outcomes.examples_topic
+    topics = [*topology.source.topics, sink.topic, sink.dead_letter_topic, *([examples] if examples else [])]
+    await ensure_topics(topology.broker, topics, partitions)
 
 
 async def batches_to_end(

@@ -12,6 +12,7 @@ outcomes feed, ``sources/partitions.py`` owns each partition's offsets and credi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import operator
@@ -29,7 +30,7 @@ from pipeline.control.lane_rules import lane_classifier
 from pipeline.control_loops import ControlLoops, Loop
 from pipeline.ends import EndsFactory, on_kafka_and_triton
 from pipeline.errors import Fatal
-from pipeline.events import BatchOutcome, OutputRecord, RawRecord, SinkBatch
+from pipeline.events import BatchOutcome, InferenceBatch, OutputRecord, RawRecord, SinkBatch
 from pipeline.gauges import watch_runtime
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import dead_letters_batch
@@ -74,7 +75,7 @@ class PipelineRuntime:
         self.tracing = wiring.tracing(t, tracer_provider)
         self.model_checked = False  # consumption is held until the model contract passed
         budget = wiring.dead_letter_budget(t)
-        self.accounting = Accounting(self.metrics, self.settings.dead_letter_topic, budget)
+        self.accounting = Accounting(self.metrics, self.settings.dead_letter_topic, budget, t.sink.topic)
         credits = wiring.topic_credits(t, hold=self._holding)
         self.partitions = Partitions(credits, self.metrics, self.settings.drain_timeout_s)
         self.source, self.sink, self.pool, self._check_connection, changelog = ends(
@@ -96,7 +97,13 @@ class PipelineRuntime:
         )
         judged = wiring.outcome_settings(t)
         self.outcomes = (
-            OnlineOutcomes(judged.attribution_ms, judged.remembered_users, self.metrics)
+            OnlineOutcomes(
+                judged.attribution_ms,
+                judged.remembered_users,
+                self.metrics,
+                judged.examples_topic,
+                t.experiment.id if t.experiment is not None else None,
+            )
             if judged is not None
             else None
         )
@@ -152,6 +159,14 @@ class PipelineRuntime:
                 shadow.offer(rows)
         if self.outcomes is not None:
             self.outcomes.answered(outcome)
+            outcome.examples.extend(self.outcomes.take_examples())
+
+    def _with_examples(self, batch: InferenceBatch) -> InferenceBatch:
+        """The joined examples its window's events decided ride with the window's first
+        batch: written with its answers, before its inputs are committed."""
+        assert self.outcomes is not None
+        examples = self.outcomes.take_examples()
+        return dataclasses.replace(batch, examples=tuple(examples)) if examples else batch
 
     def _holding(self) -> bool:
         """Consumption held on purpose: the model is not checked yet, or the dead-letter
@@ -171,7 +186,7 @@ class PipelineRuntime:
         )
         if self.outcomes is not None:  # the next interactions judge what was shown before them
             windows = windows.pipe(ops.do_action(self.outcomes.seen))
-        answered = windows.pipe(
+        batches = windows.pipe(
             operators.coalesce(self.users),
             operators.batch(
                 control.batch_size,
@@ -179,6 +194,10 @@ class PipelineRuntime:
                 wiring.lane_batch_caps(t),
                 self.arms.route if self.arms is not None else None,
             ),
+        )
+        if self.outcomes is not None and self.outcomes.examples_topic is not None:
+            batches = batches.pipe(ops.map(self._with_examples))
+        answered = batches.pipe(
             operators.infer(self.dispatcher.infer, control.lanes),
             ops.do_action(control.observe),
             ops.do_action(self._answered),

@@ -42,10 +42,13 @@ async def broker_topics(broker: Broker) -> set[str]:
 
 
 def topology_topics(t: Topology) -> dict[str, str]:
-    """Topic → the key that names it: the inputs, the outputs, the dead letters."""
+    """Topic → the key that names it: the inputs, the outputs, the dead letters, the joined
+    examples."""
     named = {topic: f"source.topics[{i}]" for i, topic in enumerate(t.source.topics)}
     named[t.sink.topic] = "sink.topic"
     named[t.sink.dead_letter_topic] = "sink.dead_letter_topic"
+    if t.outcomes.enabled and t.outcomes.examples_topic is not None:
+        named[t.outcomes.examples_topic] = "outcomes.examples_topic"
     return named
 
 

@@ -163,11 +163,12 @@ def shadow_priority(t: Topology) -> int:
 class OutcomeSettings(NamedTuple):
     attribution_ms: int
     remembered_users: int
+    examples_topic: str | None
 
 
 def outcome_settings(t: Topology) -> OutcomeSettings | None:
     o = t.outcomes
-    return OutcomeSettings(o.attribution_ms, o.remembered_users) if o.enabled else None
+    return OutcomeSettings(o.attribution_ms, o.remembered_users, o.examples_topic) if o.enabled else None
 
 
 def model_signature(t: Topology) -> ModelSignature:

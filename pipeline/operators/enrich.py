@@ -234,6 +234,8 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
     if spec.tracing is not None:
         records, dead = _traced(spec.tracing, outcome, records, dead, now_ms)
     records.extend(dead)
+    if outcome.batch.examples or outcome.examples:  # joined examples: no input of their own
+        records.extend((*outcome.batch.examples, *outcome.examples))
     return SinkBatch(
         tuple(records),
         recommendations=len(outcome.answers),

@@ -15,6 +15,10 @@ answer is judged on the log first, then on each later window's events as they ar
 Either way the outcome is decided by event time alone, so a replay of the same input
 counts the same outcomes whatever its pace.
 
+With ``examples_topic``, every decided next item is also a joined example (the
+recommendation, the user's next interaction, the outcome: ``example_record``), handed to the
+runtime to write with the batch that decided it.
+
 Memory: at most ``max_users`` users (the least recently active forgotten first), each with
 at most ``LOG_EVENTS`` logged events and ``PER_USER`` recommendations an arm waiting;
 what is forgotten before its outcome is counted (``pipeline_outcomes_dropped_total``)."""
@@ -26,7 +30,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.events import BatchOutcome, Event, Recommendations, UserRequest, Window
+import orjson
+
+from pipeline.events import BatchOutcome, Event, OutputRecord, Recommendations, UserRequest, Window
 from pipeline.metrics import Metrics
 
 PER_USER = 8  # recommendations of one user and arm waiting for an outcome
@@ -55,11 +61,47 @@ def shown_at(row: UserRequest) -> int:
     return events[0].ts if len(events) == 1 else max(e.ts for e in events)
 
 
+def example_record(
+    topic: str, user: int, arm: str, rec: _Shown, outcome: str, ts: int, item: int, experiment: str | None
+) -> OutputRecord:
+    """A joined example: an interaction (the user's next one: ``pipeline train`` reads it as
+    such) with the recommendation it followed and its outcome. Its id is the
+    recommendation's, so a copy (a replay, a redelivery) is recognisably the same."""
+    rank = rec.items.index(item) + 1 if outcome == "hit" else None
+    value = {
+        "event_id": f"outcome-{arm}-{user}-{rec.at}",
+        "user_id": user,
+        "item_id": item,
+        "type": "view",
+        "ts": ts,
+        "outcome": outcome,
+        "rank": rank,
+        "recommendation": {
+            "shown_at_ms": rec.at,
+            "items": list(rec.items),
+            "arm": arm,
+            "version": rec.version,
+            "experiment": experiment,
+        },
+    }
+    return OutputRecord(topic, str(user).encode(), orjson.dumps(value), ())
+
+
 class OnlineOutcomes:
-    def __init__(self, attribution_ms: int, max_users: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        attribution_ms: int,
+        max_users: int,
+        metrics: Metrics,
+        examples_topic: str | None = None,
+        experiment: str | None = None,
+    ) -> None:
         self.attribution_ms = attribution_ms
         self.max_users = max_users
         self.metrics = metrics
+        self.examples_topic = examples_topic
+        self.experiment = experiment
+        self._examples: list[OutputRecord] = []  # decided, not yet handed to a batch
         self._users: OrderedDict[int, _User] = OrderedDict()
         self._items: dict[str, set[int]] = {}
         self.pending = 0
@@ -83,7 +125,7 @@ class OnlineOutcomes:
                     self._log(user, events)
                 for arm, shown in list(user.shown.items()):
                     for event in events:
-                        self._judge(arm, shown, event.ts, event.item_id)
+                        self._judge(user_id, arm, shown, event.ts, event.item_id)
                     if not shown:
                         del user.shown[arm]
             user.out += 1  # this window's request
@@ -138,7 +180,7 @@ class OnlineOutcomes:
             return
         flat = user.log
         later = sorted((flat[i], flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] > rec.at)
-        if not any(self._judge_one(arm, rec, ts, item) for ts, item in later):
+        if not any(self._judge_one(user_id, arm, rec, ts, item) for ts, item in later):
             shown = user.shown.setdefault(arm, [])
             shown.append(rec)
             self.pending += 1
@@ -162,13 +204,13 @@ class OnlineOutcomes:
             del user.log[: len(user.log) - 2 * LOG_EVENTS]
 
     # ── judging ────────────────────────────────────────────────────────────────────────
-    def _judge(self, arm: str, shown: list[_Shown], ts: int, item: int) -> None:
-        decided = [rec for rec in shown if self._judge_one(arm, rec, ts, item)]
+    def _judge(self, user: int, arm: str, shown: list[_Shown], ts: int, item: int) -> None:
+        decided = [rec for rec in shown if self._judge_one(user, arm, rec, ts, item)]
         for rec in decided:
             shown.remove(rec)
             self.pending -= 1
 
-    def _judge_one(self, arm: str, rec: _Shown, ts: int, item: int) -> bool:
+    def _judge_one(self, user: int, arm: str, rec: _Shown, ts: int, item: int) -> bool:
         """One later interaction of the user; True: the recommendation's outcome is decided."""
         if ts <= rec.at:
             return False  # before it was shown (or the same instant: not after it)
@@ -176,6 +218,7 @@ class OnlineOutcomes:
         if ts > rec.at + self.attribution_ms:
             if not rec.judged:
                 m.outcomes.labels(arm, rec.version, "no_return").inc()
+                self._example(user, arm, rec, "no_return", ts, item)
             return True
         hit = item in rec.items
         if not rec.judged:
@@ -185,9 +228,22 @@ class OnlineOutcomes:
                 m.outcome_hit_rank.labels(arm, rec.version).observe(rec.items.index(item) + 1)
             else:
                 m.outcomes.labels(arm, rec.version, "miss").inc()
+            self._example(user, arm, rec, "hit" if hit else "miss", ts, item)
         if hit:
             m.outcome_any_hits.labels(arm, rec.version).inc()
         return hit
+
+    def _example(self, user: int, arm: str, rec: _Shown, outcome: str, ts: int, item: int) -> None:
+        if self.examples_topic is not None:
+            self._examples.append(
+                example_record(self.examples_topic, user, arm, rec, outcome, ts, item, self.experiment)
+            )
+
+    def take_examples(self) -> list[OutputRecord]:
+        """The joined examples decided since the last take (written with the batch that
+        decided them: before its inputs are committed)."""
+        taken, self._examples = self._examples, []
+        return taken
 
     def _forget(self, rec: _Shown) -> None:
         self.pending -= 1

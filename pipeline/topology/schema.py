@@ -590,6 +590,12 @@ class Outcomes(Node):
     remembered_users: int = Field(
         100_000, gt=0, description="users whose latest recommendation is kept (least recent forgotten)"
     )
+    examples_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="topic of joined examples (a recommendation, the user's next interaction, the "
+        "outcome), each also an interaction `pipeline train --topic` reads; none: not written",
+    )
 
 
 class Topology(Node):
@@ -633,6 +639,10 @@ class Topology(Node):
     def _no_loops(self) -> Topology:
         """Neither sink topic nor the changelog may be an input topic."""
         outputs = {self.sink.topic, self.sink.dead_letter_topic, self.changelog_topic}
+        if self.outcomes.examples_topic is not None:
+            if self.outcomes.examples_topic in outputs:
+                raise ValueError("outcomes.examples_topic must differ from the sink's and state's topics")
+            outputs.add(self.outcomes.examples_topic)
         looped = outputs.intersection(self.source.topics)
         if looped:
             raise ValueError(f"source.topics and sink topics overlap: {sorted(looped)}")

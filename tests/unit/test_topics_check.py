@@ -56,6 +56,16 @@ async def test_a_missing_topic_is_one_line_naming_it_and_its_key(absent: str, ke
     assert raised.value.exit_code == 2 and "\n" not in str(raised.value)
 
 
+async def test_the_joined_examples_topic_is_checked_when_configured() -> None:
+    with_examples = TOPOLOGY.model_copy(
+        update={"outcomes": TOPOLOGY.outcomes.model_copy(update={"examples_topic": "recs.examples"})}
+    )
+    list_topics, _ = listing({"in-a", "in-b", "recs", "recs.dlq"})
+    await check_topics(TOPOLOGY, list_topics, wait_s=0)  # not configured: not needed
+    with pytest.raises(MissingTopics, match=r"topic recs.examples \(outcomes.examples_topic\) does not"):
+        await check_topics(with_examples, list_topics, wait_s=0)
+
+
 async def test_several_missing_topics_are_named_together() -> None:
     list_topics, _ = listing({"in-a", "in-b"})
     with pytest.raises(

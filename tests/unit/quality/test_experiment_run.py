@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from pipeline.events import RawRecord
@@ -187,21 +188,34 @@ async def test_a_version_not_served_at_start_is_one_line_naming_its_arm() -> Non
 
 async def test_the_same_input_replayed_at_another_pace_gives_the_same_outcomes() -> None:
     """All of it at once (windows racing their answers), then a round at a time with a slow
-    model: the same outcomes, kind by kind. One event a window (``window.max_events: 1``,
-    as a replay check runs), so that both runs make the same recommendations."""
+    model: the same outcomes, kind by kind, and the same joined examples. One event a window
+    (``window.max_events: 1``, as a replay check runs), so that both runs make the same
+    recommendations."""
     users = Users(150, seed=11)
     rounds = [users.next_round() for _ in range(8)]
-    counts = []
+    counts, examples = [], []
     for burst, delay_s in ((True, 0.0), (False, 0.03)):
         triton = server()
         triton.delay_s = delay_s
-        t = experiment_topology(shadow=False).model_copy(
-            update={"window": topology().window.model_copy(update={"max_events": 1})}
+        t = experiment_topology(shadow=False)
+        t = t.model_copy(
+            update={
+                "window": t.window.model_copy(update={"max_events": 1}),
+                "outcomes": t.outcomes.model_copy(update={"examples_topic": "examples"}),
+            }
         )
         async with running(t, triton=triton) as run:
             for batch in [[r for b in rounds for r in b]] if burst else rounds:
                 run.source.add(batch)
                 await run.settled(30)
         counts.append(online(run))
+        examples.append([orjson.loads(r.value) for r in run.sink.records if r.topic == "examples"])
     assert counts[0] == counts[1]
     assert sum(counts[0]["control"].values()) > 150 * 7 * 0.4
+    kinds = [
+        Counter((e["recommendation"]["arm"], e["outcome"]) for e in run_examples) for run_examples in examples
+    ]
+    assert kinds[0] == kinds[1]
+    assert kinds[0] == Counter({(arm, kind): n for arm, c in counts[0].items() for kind, n in c.items()})
+    assert sorted(e["event_id"] for e in examples[0]) == sorted(e["event_id"] for e in examples[1])
+    assert run.lost() == [] and metric(run, "pipeline_recommendations_total") == 150 * 8

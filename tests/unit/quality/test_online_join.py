@@ -79,3 +79,18 @@ def test_the_stream_judges_as_the_report_does_whatever_arrives_first(seed: int) 
         "pipeline_outcome_any_hits_total", {"arm": "a", "version": "1"}
     )
     assert any_hits == tally.any_hits
+
+
+def test_a_joined_example_is_an_interaction_the_trainer_reads() -> None:
+    from pipeline.quality.online import _Shown, example_record
+    from pipeline.recsys.data import from_events
+
+    record = example_record("examples", 5, "treatment", _Shown(100, (1, 2, 3), "2"), "hit", 200, 2, "exp")
+    doc = orjson.loads(record.value)
+    assert (record.topic, record.key, doc["rank"], doc["recommendation"]["arm"]) == (
+        "examples",
+        b"5",
+        2,
+        "treatment",
+    )
+    assert from_events([doc]).summary()["interactions"] == 1  # user 5 took item 2 at 200
