@@ -392,6 +392,11 @@ class Metrics:
             "Recommendations kept until their outcome is known (bounded)",
             registry=r,
         )
+        self.outcome_bytes = Gauge(
+            "pipeline_outcome_memory_bytes",
+            "Estimated bytes of the outcome join: waiting recommendations, logged events (bounded)",
+            registry=r,
+        )
         self.outcomes_dropped = Counter(
             "pipeline_outcomes_dropped_total",
             "Recommendations forgotten before their outcome (users past the bound, recommendations "

@@ -103,6 +103,7 @@ class PipelineRuntime:
                 self.metrics,
                 judged.examples_topic,
                 t.experiment.id if t.experiment is not None else None,
+                judged.max_bytes,
             )
             if judged is not None
             else None

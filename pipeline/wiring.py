@@ -164,11 +164,16 @@ class OutcomeSettings(NamedTuple):
     attribution_ms: int
     remembered_users: int
     examples_topic: str | None
+    max_bytes: int
 
 
 def outcome_settings(t: Topology) -> OutcomeSettings | None:
     o = t.outcomes
-    return OutcomeSettings(o.attribution_ms, o.remembered_users, o.examples_topic) if o.enabled else None
+    if not o.enabled:
+        return None
+    return OutcomeSettings(
+        o.attribution_ms, o.remembered_users, o.examples_topic, int(o.memory_mb * (1 << 20))
+    )
 
 
 def model_signature(t: Topology) -> ModelSignature:

@@ -19,16 +19,17 @@ With ``examples_topic``, every decided next item is also a joined example (the
 recommendation, the user's next interaction, the outcome: ``example_record``), handed to the
 runtime to write with the batch that decided it.
 
-Memory: at most ``max_users`` users (the least recently active forgotten first), each with
-at most ``LOG_EVENTS`` logged events and ``PER_USER`` recommendations an arm waiting;
-what is forgotten before its outcome is counted (``pipeline_outcomes_dropped_total``)."""
+Memory: at most ``max_users`` users and ``max_bytes`` (estimated: the least recently active
+forgotten first), each with at most ``LOG_EVENTS`` logged events and ``PER_USER``
+recommendations an arm waiting, kept packed; what is forgotten before its outcome is
+counted (``pipeline_outcomes_dropped_total``)."""
 
 from __future__ import annotations
 
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
@@ -39,21 +40,32 @@ PER_USER = 8  # recommendations of one user and arm waiting for an outcome
 LOG_EVENTS = 64  # a user's events kept while an answer is out
 MAX_ITEMS_COUNTED = 200_000  # distinct items counted per arm for coverage
 NO_EXPERIMENT = "default"  # the arm label without an experiment
+# What the bytes bound counts, estimates that err high (tests/unit/quality/test_online_join.py
+# checks them with tracemalloc): a user's entry (the ordered dict's, the key, the record), a
+# waiting recommendation beside its packed items, a logged event (an array's two int64).
+USER_BYTES = 260
+SHOWN_BYTES = 230
+LOGGED_BYTES = 16
 
 
 @dataclass(slots=True)
 class _Shown:
     at: int  # event time of its newest input
-    items: tuple[int, ...]
+    items: array[int]  # the recommended items, best first, packed
+    arm: str
     version: str
     judged: bool = False  # the next item is counted
+
+    @property
+    def nbytes(self) -> int:
+        return SHOWN_BYTES + 8 * len(self.items)
 
 
 @dataclass(slots=True)
 class _User:
     out: int = 0  # requests out (live, and shadow copies) whose answers will be judged
-    log: array[int] = field(default_factory=lambda: array("q"))  # (ts, item) pairs, as seen
-    shown: dict[str, list[_Shown]] = field(default_factory=dict)  # arm → waiting for an outcome
+    log: array[int] | None = None  # (ts, item) pairs seen while an answer was out
+    shown: list[_Shown] | None = None  # waiting for an outcome, every arm's
 
 
 def shown_at(row: UserRequest) -> int:
@@ -62,14 +74,14 @@ def shown_at(row: UserRequest) -> int:
 
 
 def example_record(
-    topic: str, user: int, arm: str, rec: _Shown, outcome: str, ts: int, item: int, experiment: str | None
+    topic: str, user: int, rec: _Shown, outcome: str, ts: int, item: int, experiment: str | None
 ) -> OutputRecord:
     """A joined example: an interaction (the user's next one: ``pipeline train`` reads it as
     such) with the recommendation it followed and its outcome. Its id is the
     recommendation's, so a copy (a replay, a redelivery) is recognisably the same."""
     rank = rec.items.index(item) + 1 if outcome == "hit" else None
     value = {
-        "event_id": f"outcome-{arm}-{user}-{rec.at}",
+        "event_id": f"outcome-{rec.arm}-{user}-{rec.at}",
         "user_id": user,
         "item_id": item,
         "type": "view",
@@ -78,8 +90,8 @@ def example_record(
         "rank": rank,
         "recommendation": {
             "shown_at_ms": rec.at,
-            "items": list(rec.items),
-            "arm": arm,
+            "items": rec.items.tolist(),
+            "arm": rec.arm,
             "version": rec.version,
             "experiment": experiment,
         },
@@ -95,9 +107,11 @@ class OnlineOutcomes:
         metrics: Metrics,
         examples_topic: str | None = None,
         experiment: str | None = None,
+        max_bytes: int = 32 << 20,
     ) -> None:
         self.attribution_ms = attribution_ms
         self.max_users = max_users
+        self.max_bytes = max_bytes
         self.metrics = metrics
         self.examples_topic = examples_topic
         self.experiment = experiment
@@ -105,7 +119,9 @@ class OnlineOutcomes:
         self._users: OrderedDict[int, _User] = OrderedDict()
         self._items: dict[str, set[int]] = {}
         self.pending = 0
+        self.bytes = 0  # the estimate kept within max_bytes
         metrics.outcome_pending.set_function(lambda: self.pending)
+        metrics.outcome_bytes.set_function(lambda: self.bytes)
 
     # ── the input side: every window's events, before they become requests ─────────────
     def seen(self, window: Window) -> None:
@@ -117,17 +133,16 @@ class OnlineOutcomes:
             user = users.get(user_id)
             if user is None:
                 user = users[user_id] = _User()
+                self.bytes += USER_BYTES
             else:
                 users.move_to_end(user_id)
                 if len(events) > 1:
                     events.sort(key=lambda e: e.ts)
                 if user.out:
                     self._log(user, events)
-                for arm, shown in list(user.shown.items()):
+                if user.shown:
                     for event in events:
-                        self._judge(user_id, arm, shown, event.ts, event.item_id)
-                    if not shown:
-                        del user.shown[arm]
+                        self._judge(user_id, user, event.ts, event.item_id)
             user.out += 1  # this window's request
         self._bound()
 
@@ -161,64 +176,80 @@ class OnlineOutcomes:
     def shown(self, arm: str, version: str, answers: Sequence[tuple[UserRequest, Recommendations]]) -> None:
         naming_history = 0
         items = self._items.setdefault(arm, set())
+        counting = len(items) < MAX_ITEMS_COUNTED
         for row, recs in answers:
             if row.history and not set(row.history).isdisjoint(recs.item_ids):
                 naming_history += 1
-            if len(items) < MAX_ITEMS_COUNTED:
+            if counting:
                 items.update(recs.item_ids)
-            self._keep(row.user_id, arm, _Shown(shown_at(row), recs.item_ids, version))
+            self._keep(row.user_id, _Shown(shown_at(row), array("q", recs.item_ids), arm, version))
+        self._bound()
         self.metrics.arm_recommendations.labels(arm, version).inc(len(answers))
         if naming_history:
             self.metrics.arm_naming_history.labels(arm, version).inc(naming_history)
         self.metrics.recommended_items.labels(arm).set(len(items))
 
-    def _keep(self, user_id: int, arm: str, rec: _Shown) -> None:
+    def _keep(self, user_id: int, rec: _Shown) -> None:
         """Judged on what the user did since the request went out; kept if still open."""
         user = self._users.get(user_id)
-        if user is None:  # forgotten meanwhile (past max_users): nothing to judge it on
+        if user is None:  # forgotten meanwhile (past the bounds): nothing to judge it on
             self.metrics.outcomes_dropped.inc()
             return
         flat = user.log
-        later = sorted((flat[i], flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] > rec.at)
-        if not any(self._judge_one(user_id, arm, rec, ts, item) for ts, item in later):
-            shown = user.shown.setdefault(arm, [])
+        later = (
+            sorted((flat[i], flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] > rec.at) if flat else ()
+        )
+        if not any(self._judge_one(user_id, rec, ts, item) for ts, item in later):
+            shown = user.shown
+            if shown is None:
+                shown = user.shown = []
             shown.append(rec)
             self.pending += 1
-            if len(shown) > PER_USER:
-                self._forget(shown.pop(0))
+            self.bytes += rec.nbytes
+            same_arm = [r for r in shown if r.arm == rec.arm]
+            if len(same_arm) > PER_USER:
+                self._drop(user, same_arm[0])
         self._closed(user_id, user)
 
     def _closed(self, user_id: int, user: _User) -> None:
         """One answer fewer out: the log is kept only while something will read it."""
         user.out = max(0, user.out - 1)
         if user.out == 0:
+            if user.log is not None:
+                self.bytes -= LOGGED_BYTES // 2 * len(user.log)
+                user.log = None
             if not user.shown:
                 del self._users[user_id]
-            else:
-                del user.log[:]
+                self.bytes -= USER_BYTES
 
     def _log(self, user: _User, events: list[Event]) -> None:
+        log = user.log
+        if log is None:
+            log = user.log = array("q")
+        before = len(log)
         for event in events:
-            user.log.extend((event.ts, event.item_id))
-        if len(user.log) > 2 * LOG_EVENTS:
-            del user.log[: len(user.log) - 2 * LOG_EVENTS]
+            log.extend((event.ts, event.item_id))
+        if len(log) > 2 * LOG_EVENTS:
+            del log[: len(log) - 2 * LOG_EVENTS]
+        self.bytes += LOGGED_BYTES // 2 * (len(log) - before)
 
     # ── judging ────────────────────────────────────────────────────────────────────────
-    def _judge(self, user: int, arm: str, shown: list[_Shown], ts: int, item: int) -> None:
-        decided = [rec for rec in shown if self._judge_one(user, arm, rec, ts, item)]
-        for rec in decided:
-            shown.remove(rec)
-            self.pending -= 1
+    def _judge(self, user_id: int, user: _User, ts: int, item: int) -> None:
+        assert user.shown is not None
+        for rec in [rec for rec in user.shown if self._judge_one(user_id, rec, ts, item)]:
+            self._drop(user, rec, decided=True)
+        if not user.shown:
+            user.shown = None  # the user stays: seen() sends their request next
 
-    def _judge_one(self, user: int, arm: str, rec: _Shown, ts: int, item: int) -> bool:
+    def _judge_one(self, user: int, rec: _Shown, ts: int, item: int) -> bool:
         """One later interaction of the user; True: the recommendation's outcome is decided."""
         if ts <= rec.at:
             return False  # before it was shown (or the same instant: not after it)
-        m = self.metrics
+        m, arm = self.metrics, rec.arm
         if ts > rec.at + self.attribution_ms:
             if not rec.judged:
                 m.outcomes.labels(arm, rec.version, "no_return").inc()
-                self._example(user, arm, rec, "no_return", ts, item)
+                self._example(user, rec, "no_return", ts, item)
             return True
         hit = item in rec.items
         if not rec.judged:
@@ -228,15 +259,15 @@ class OnlineOutcomes:
                 m.outcome_hit_rank.labels(arm, rec.version).observe(rec.items.index(item) + 1)
             else:
                 m.outcomes.labels(arm, rec.version, "miss").inc()
-            self._example(user, arm, rec, "hit" if hit else "miss", ts, item)
+            self._example(user, rec, "hit" if hit else "miss", ts, item)
         if hit:
             m.outcome_any_hits.labels(arm, rec.version).inc()
         return hit
 
-    def _example(self, user: int, arm: str, rec: _Shown, outcome: str, ts: int, item: int) -> None:
+    def _example(self, user: int, rec: _Shown, outcome: str, ts: int, item: int) -> None:
         if self.examples_topic is not None:
             self._examples.append(
-                example_record(self.examples_topic, user, arm, rec, outcome, ts, item, self.experiment)
+                example_record(self.examples_topic, user, rec, outcome, ts, item, self.experiment)
             )
 
     def take_examples(self) -> list[OutputRecord]:
@@ -245,17 +276,21 @@ class OnlineOutcomes:
         taken, self._examples = self._examples, []
         return taken
 
-    def _forget(self, rec: _Shown) -> None:
+    def _drop(self, user: _User, rec: _Shown, decided: bool = False) -> None:
+        assert user.shown is not None
+        user.shown.remove(rec)
         self.pending -= 1
-        if not rec.judged:
+        self.bytes -= rec.nbytes
+        if not decided and not rec.judged:
             self.metrics.outcomes_dropped.inc()
 
     def _bound(self) -> None:
-        while len(self._users) > self.max_users:
-            _, user = self._users.popitem(last=False)
-            for shown in user.shown.values():
-                for rec in shown:
-                    self._forget(rec)
+        users = self._users
+        while users and (len(users) > self.max_users or self.bytes > self.max_bytes):
+            _, user = users.popitem(last=False)
+            self.bytes -= USER_BYTES + (LOGGED_BYTES // 2 * len(user.log) if user.log is not None else 0)
+            for rec in list(user.shown or ()):
+                self._drop(user, rec)
 
     def counts(self) -> dict[tuple[str, str], Counter[str]]:
         """Outcomes so far by (arm, version): hit, miss, no_return (what the guard reads)."""

@@ -590,6 +590,13 @@ class Outcomes(Node):
     remembered_users: int = Field(
         100_000, gt=0, description="users whose latest recommendation is kept (least recent forgotten)"
     )
+    memory_mb: float = Field(
+        32.0,
+        gt=0,
+        description="memory for the recommendations waiting for an outcome and the events logged "
+        "meanwhile (estimated, packed: ~570 B a user waiting for one of 10 items); the least "
+        "recent users are forgotten first",
+    )
     examples_topic: str | None = Field(
         None,
         min_length=1,

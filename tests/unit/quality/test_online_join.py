@@ -6,13 +6,15 @@ any-hits. Users come back to items they saw before."""
 from __future__ import annotations
 
 import random
+import tracemalloc
+from array import array
 
 import orjson
 import pytest
 
 from pipeline.events import RawRecord, Recommendations, UserRequest, Window
 from pipeline.metrics import Metrics
-from pipeline.quality.online import OnlineOutcomes
+from pipeline.quality.online import SHOWN_BYTES, USER_BYTES, OnlineOutcomes
 from pipeline.quality.outcomes import outcomes
 from pipeline.testing.builders import event
 
@@ -85,7 +87,8 @@ def test_a_joined_example_is_an_interaction_the_trainer_reads() -> None:
     from pipeline.quality.online import _Shown, example_record
     from pipeline.recsys.data import from_events
 
-    record = example_record("examples", 5, "treatment", _Shown(100, (1, 2, 3), "2"), "hit", 200, 2, "exp")
+    rec = _Shown(100, array("q", (1, 2, 3)), "treatment", "2")
+    record = example_record("examples", 5, rec, "hit", 200, 2, "exp")
     doc = orjson.loads(record.value)
     assert (record.topic, record.key, doc["rank"], doc["recommendation"]["arm"]) == (
         "examples",
@@ -94,3 +97,47 @@ def test_a_joined_example_is_an_interaction_the_trainer_reads() -> None:
         "treatment",
     )
     assert from_events([doc]).summary()["interactions"] == 1  # user 5 took item 2 at 200
+
+
+def filled(join: OnlineOutcomes, users: range, items: int = 10) -> None:
+    """Each user a window and an answer nobody comes back to: a recommendation waiting."""
+    for user in users:
+        e = event(user, user=user, item=user, ts=1_000 + user)
+        join.seen(Window((e,), 0, 0))
+        join.shown("a", "1", [(UserRequest(user, (), (e,)), Recommendations(tuple(range(items)), ()))])
+
+
+def test_the_bytes_estimate_errs_high_and_the_bound_holds() -> None:
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000_000, Metrics(), max_bytes=1 << 30)
+    filled(join, range(100))  # warm: metric children, first allocations
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    estimate_before = join.bytes
+    filled(join, range(100, 5_100))
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert join.pending == 5_100
+    assert used <= join.bytes - estimate_before < 2 * used
+
+    metrics = Metrics()
+    bounded = OnlineOutcomes(ATTRIBUTION_MS, 1_000_000, metrics, max_bytes=100_000)
+    filled(bounded, range(5_000))
+    assert bounded.bytes <= 100_000 and bounded.pending < 5_000
+    dropped = metrics.registry.get_sample_value("pipeline_outcomes_dropped_total")
+    assert dropped == 5_000 - bounded.pending  # each forgotten one counted
+
+
+def test_users_with_nothing_open_are_let_go() -> None:
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics())
+    filled(join, range(10))
+    e = event(99, user=3, item=5, ts=1_000_000)  # user 3 back, past the window: no_return
+    join.seen(Window((e,), 0, 0))
+    join.shown("a", "1", [(UserRequest(3, (), (e,)), Recommendations((5,), ()))])
+    later = event(100, user=3, item=5, ts=1_000_001)  # the new one judged a hit: nothing open
+    join.seen(Window((later,), 0, 0))
+    join.shown("a", "1", [(UserRequest(3, (), (later,)), Recommendations((7,), ()))])
+    counts = join.counts()[("a", "1")]
+    assert (counts["no_return"], counts["hit"]) == (1, 1)
+    assert join.pending == 9 + 1  # nine never came back; user 3's last one waits
+    waiting_bytes = join.bytes
+    assert waiting_bytes == 10 * USER_BYTES + sum(SHOWN_BYTES + 8 * n for n in [10] * 9 + [1])
