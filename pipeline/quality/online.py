@@ -206,8 +206,7 @@ class OnlineOutcomes:
             shown.append(rec)
             self.pending += 1
             self.bytes += rec.nbytes
-            same_arm = [r for r in shown if r.arm == rec.arm]
-            if len(same_arm) > PER_USER:
+            if len(shown) > PER_USER and len(same_arm := [r for r in shown if r.arm == rec.arm]) > PER_USER:
                 self._drop(user, same_arm[0])
         self._closed(user_id, user)
 
