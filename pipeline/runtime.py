@@ -104,10 +104,13 @@ class PipelineRuntime:
                 judged.examples_topic,
                 t.experiment.id if t.experiment is not None else None,
                 judged.max_bytes,
+                self.partitions.is_current,
             )
             if judged is not None
             else None
         )
+        if self.outcomes is not None:  # a revoked partition's users are its next owner's to judge
+            self.partitions.on_released.append(self.outcomes.released)
         self.shadows = self._shadow_arms()
         self.watchdog = StallWatchdog(
             self.source,
@@ -147,6 +150,7 @@ class PipelineRuntime:
                 self.metrics,
                 priority,
                 functools.partial(operator.contains, arms.stopped, info.id),
+                stop=functools.partial(arms.stop, info.id),
             )
             for info in arms.shadows
         ]
@@ -265,7 +269,7 @@ class PipelineRuntime:
             try:
                 await model_check.checked_model(self.pool, check)
             except ModelContractError as exc:
-                raise ModelContractError(f"{key}: version {check.signature.version}: {exc}") from None
+                raise ModelContractError(f"{key}: {exc}") from None
         self.dispatcher.reads = served.reads  # parameters Triton would ignore are not sent
         self.model_checked = True
 

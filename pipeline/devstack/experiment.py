@@ -63,13 +63,19 @@ def experiment_topology(topology: Topology) -> Topology:
 
 
 def arms_summary(counts: dict[tuple[str, str], Counter[str]]) -> dict[str, dict[str, object]]:
-    """Each arm's online outcomes: judged, next-item hits, hit@K with its 95 % interval."""
-    out: dict[str, dict[str, object]] = {}
+    """Each arm's online outcomes (over the versions that served it): judged, next-item
+    hits, hit@K with its 95 % interval."""
+    by_arm: dict[str, Counter[str]] = {}
+    versions: dict[str, list[str]] = {}
     for (arm, version), c in sorted(counts.items()):
+        by_arm.setdefault(arm, Counter()).update(c)
+        versions.setdefault(arm, []).append(version)
+    out: dict[str, dict[str, object]] = {}
+    for arm, c in by_arm.items():
         judged = c["hit"] + c["miss"]
         low, high = wilson(c["hit"], judged)
         out[arm] = {
-            "version": version,
+            "versions": versions[arm],
             "judged": judged,
             "hits": c["hit"],
             "no_return": c["no_return"],

@@ -2,7 +2,8 @@
 against the control on the outcomes counted so far. An arm whose next-item hit rate is
 below the control's by more than ``margin`` (the lower one-sided confidence bound of the
 difference above it, both arms past ``min_outcomes`` judged), or whose inference p99 is
-over ``p99_bound_ms``, is stopped: its users are served by the control from then on."""
+over ``p99_bound_ms`` while the control's is not (a slow server is nobody's arm), is
+stopped: its users are served by the control from then on."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from pipeline.quality.arms import Arms
 from pipeline.topology.schema import Guard
 
-MIN_LATENCY_SAMPLES = 50  # batches an arm needs before its p99 is judged
+MIN_LATENCY_SAMPLES = 200  # answered requests an arm needs before its p99 is judged
 
 
 class Verdict(NamedTuple):
@@ -72,13 +73,11 @@ class ArmGuard:
             if info.shadow or info.id == arms.control or info.id in arms.stopped:
                 continue
             if spec.p99_bound_ms is not None:
-                recent = self._latencies_ms(info.id)
-                if len(recent) >= MIN_LATENCY_SAMPLES:
-                    p99 = float(np.percentile(np.asarray(recent), 99))
-                    if p99 > spec.p99_bound_ms:
-                        bound = f"p99 {p99:.0f} ms > {spec.p99_bound_ms:g} ms"
-                        out.append(Verdict(info.id, "latency", bound))
-                        continue
+                p99, control_p99 = self._p99(info.id), self._p99(arms.control)
+                if p99 is not None and p99 > spec.p99_bound_ms and (control_p99 or 0.0) <= spec.p99_bound_ms:
+                    bound = f"p99 {p99:.0f} ms > {spec.p99_bound_ms:g} ms (control {control_p99 or 0:.0f} ms)"
+                    out.append(Verdict(info.id, "latency", bound))
+                    continue
             arm = hits_and_judged(counts, info.id)
             if min(control[1], arm[1]) < spec.min_outcomes:
                 continue
@@ -94,6 +93,10 @@ class ArmGuard:
                     )
                 )
         return out
+
+    def _p99(self, arm: str) -> float | None:
+        recent = self._latencies_ms(arm)
+        return float(np.percentile(np.asarray(recent), 99)) if len(recent) >= MIN_LATENCY_SAMPLES else None
 
     def judge(self) -> list[Verdict]:
         """Stops every arm with a verdict against it; returns the verdicts."""

@@ -10,10 +10,12 @@ interactions after it, within ``attribution_ms``:
 
 Both sides can come first: a user's next windows are often seen before the answer to the
 last one is back (a backfill runs many windows at once). So while a user has a request out
-(or a recommendation waiting for its outcome) their events are kept in a short log, and an
-answer is judged on the log first, then on each later window's events as they are seen.
-Either way the outcome is decided by event time alone, so a replay of the same input
-counts the same outcomes whatever its pace.
+their events are kept in a short log, and an answer is judged on the log first, then on
+each later window's events as they are seen. Either way the outcome is decided by event
+time alone (at one millisecond, by offset within the same topic-partition, as the report
+orders them), so a replay of the same input counts the same outcomes whatever its pace.
+What cannot be judged right is not judged: an answer older than events the log had to let
+go, answers of partitions revoked meanwhile (their users are forgotten with them).
 
 With ``examples_topic``, every decided next item is also a joined example (the
 recommendation, the user's next interaction, the outcome: ``example_record``), handed to the
@@ -28,12 +30,12 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
 
-from pipeline.events import BatchOutcome, Event, OutputRecord, Recommendations, UserRequest, Window
+from pipeline.events import BatchOutcome, Event, OutputRecord, RawRecord, Recommendations, UserRequest, Window
 from pipeline.metrics import Metrics
 
 PER_USER = 8  # recommendations of one user and arm waiting for an outcome
@@ -42,15 +44,19 @@ MAX_ITEMS_COUNTED = 200_000  # distinct items counted per arm for coverage
 NO_EXPERIMENT = "default"  # the arm label without an experiment
 # What the bytes bound counts, estimates that err high (tests/unit/quality/test_online_join.py
 # checks them with tracemalloc): a user's entry (the ordered dict's, the key, the record), a
-# waiting recommendation beside its packed items, a logged event (an array's two int64).
-USER_BYTES = 260
-SHOWN_BYTES = 230
-LOGGED_BYTES = 16
+# waiting recommendation beside its packed items, a logged event (an array's four int64).
+USER_BYTES = 280
+SHOWN_BYTES = 270
+LOG_FIELDS = 4  # ts, item, topic, offset
+LOGGED_BYTES = 8 * LOG_FIELDS
+NEVER = -(2**63)
 
 
 @dataclass(slots=True)
 class _Shown:
     at: int  # event time of its newest input
+    topic: int  # ... and where that input was: at one millisecond, a later offset there is after it
+    offset: int
     items: array[int]  # the recommended items, best first, packed
     arm: str
     version: str
@@ -63,14 +69,17 @@ class _Shown:
 
 @dataclass(slots=True)
 class _User:
+    partition: int
     out: int = 0  # requests out (live, and shadow copies) whose answers will be judged
-    log: array[int] | None = None  # (ts, item) pairs seen while an answer was out
+    log: array[int] | None = None  # (ts, item, topic, offset) seen while an answer was out
+    cut: int = NEVER  # the newest event time the log let go of (bounded)
     shown: list[_Shown] | None = None  # waiting for an outcome, every arm's
 
 
-def shown_at(row: UserRequest) -> int:
+def newest(row: UserRequest) -> Event:
+    """The input a recommendation is shown at: its newest by event time, then offset."""
     events = row.events
-    return events[0].ts if len(events) == 1 else max(e.ts for e in events)
+    return events[0] if len(events) == 1 else max(events, key=lambda e: (e.ts, e.source.offset))
 
 
 def example_record(
@@ -108,6 +117,7 @@ class OnlineOutcomes:
         examples_topic: str | None = None,
         experiment: str | None = None,
         max_bytes: int = 32 << 20,
+        is_current: Callable[[RawRecord], bool] | None = None,
     ) -> None:
         self.attribution_ms = attribution_ms
         self.max_users = max_users
@@ -118,6 +128,8 @@ class OnlineOutcomes:
         self._examples: list[OutputRecord] = []  # decided, not yet handed to a batch
         self._users: OrderedDict[int, _User] = OrderedDict()
         self._items: dict[str, set[int]] = {}
+        self._topics: dict[str, int] = {}
+        self._is_current = is_current  # an answer of a revoked partition is not judged
         self.pending = 0
         self.bytes = 0  # the estimate kept within max_bytes
         metrics.outcome_pending.set_function(lambda: self.pending)
@@ -132,17 +144,18 @@ class OnlineOutcomes:
         for user_id, events in by_user.items():
             user = users.get(user_id)
             if user is None:
-                user = users[user_id] = _User()
+                user = users[user_id] = _User(events[0].source.partition)
                 self.bytes += USER_BYTES
             else:
                 users.move_to_end(user_id)
                 if len(events) > 1:
-                    events.sort(key=lambda e: e.ts)
+                    events.sort(key=lambda e: (e.ts, e.source.offset))
                 if user.out:
                     self._log(user, events)
-                if user.shown:
-                    for event in events:
-                        self._judge(user_id, user, event.ts, event.item_id)
+                for event in events:
+                    if not user.shown:
+                        break
+                    self._judge(user_id, user, event)
             user.out += 1  # this window's request
         self._bound()
 
@@ -160,13 +173,26 @@ class OnlineOutcomes:
 
     # ── the output side: every answered batch (live), every shadow answer ───────────────
     def answered(self, outcome: BatchOutcome) -> None:
-        if outcome.answers:
-            self.shown(outcome.arm or NO_EXPERIMENT, outcome.model_version, outcome.answers)
-        if outcome.failures:  # dead-lettered rows: their users' requests are no longer out
-            answered = {id(row) for row, _ in outcome.answers}
+        answers = outcome.answers
+        current = self._is_current
+        if current is not None and not all(current(row.events[0].source) for row, _ in answers):
+            answers = [(row, recs) for row, recs in answers if current(row.events[0].source)]
+        if answers:
+            self.shown(outcome.arm or NO_EXPERIMENT, outcome.model_version, answers)
+        if len(answers) < len(outcome.batch.requests):  # dead-lettered, revoked: no longer out
+            judged = {id(row) for row, _ in answers}
             for row in outcome.batch.requests:
-                if id(row) not in answered and (user := self._users.get(row.user_id)) is not None:
+                if id(row) not in judged and (user := self._users.get(row.user_id)) is not None:
                     self._closed(row.user_id, user)
+
+    def released(self, partitions: set[int]) -> None:
+        """Partitions this member no longer holds: their users are another's to judge."""
+        if not partitions:
+            return
+        gone = [(uid, user) for uid, user in self._users.items() if user.partition in partitions]
+        for uid, user in gone:
+            del self._users[uid]
+            self._let_go(user)
 
     def shadow_answered(
         self, arm: str, version: str, rows: Sequence[UserRequest], answers: Sequence[Recommendations]
@@ -182,7 +208,11 @@ class OnlineOutcomes:
                 naming_history += 1
             if counting:
                 items.update(recs.item_ids)
-            self._keep(row.user_id, _Shown(shown_at(row), array("q", recs.item_ids), arm, version))
+            at = newest(row)
+            topic = self._topic(at.source.topic)
+            self._keep(
+                row.user_id, _Shown(at.ts, topic, at.source.offset, array("q", recs.item_ids), arm, version)
+            )
         self._bound()
         self.metrics.arm_recommendations.labels(arm, version).inc(len(answers))
         if naming_history:
@@ -195,11 +225,24 @@ class OnlineOutcomes:
         if user is None:  # forgotten meanwhile (past the bounds): nothing to judge it on
             self.metrics.outcomes_dropped.inc()
             return
+        if user.cut >= rec.at:  # the log let go of events that may have come after it
+            self.metrics.outcomes_dropped.inc()
+            self._closed(user_id, user)
+            return
         flat = user.log
         later = (
-            sorted((flat[i], flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] > rec.at) if flat else ()
+            sorted(
+                (
+                    tuple(flat[i : i + LOG_FIELDS])
+                    for i in range(0, len(flat), LOG_FIELDS)
+                    if flat[i] >= rec.at
+                ),
+                key=lambda logged: (logged[0], logged[2], logged[3]),  # time, then offset in its topic
+            )
+            if flat
+            else ()
         )
-        if not any(self._judge_one(user_id, rec, ts, item) for ts, item in later):
+        if not any(self._judge_one(user_id, rec, *logged) for logged in later):
             shown = user.shown
             if shown is None:
                 shown = user.shown = []
@@ -215,8 +258,9 @@ class OnlineOutcomes:
         user.out = max(0, user.out - 1)
         if user.out == 0:
             if user.log is not None:
-                self.bytes -= LOGGED_BYTES // 2 * len(user.log)
+                self.bytes -= 8 * len(user.log)
                 user.log = None
+                user.cut = NEVER
             if not user.shown:
                 del self._users[user_id]
                 self.bytes -= USER_BYTES
@@ -227,23 +271,34 @@ class OnlineOutcomes:
             log = user.log = array("q")
         before = len(log)
         for event in events:
-            log.extend((event.ts, event.item_id))
-        if len(log) > 2 * LOG_EVENTS:
-            del log[: len(log) - 2 * LOG_EVENTS]
-        self.bytes += LOGGED_BYTES // 2 * (len(log) - before)
+            log.extend((event.ts, event.item_id, self._topic(event.source.topic), event.source.offset))
+        if len(log) > LOG_FIELDS * LOG_EVENTS:
+            over = len(log) - LOG_FIELDS * LOG_EVENTS
+            user.cut = max(user.cut, *log[0:over:LOG_FIELDS])
+            del log[:over]
+        self.bytes += 8 * (len(log) - before)
+
+    def _topic(self, name: str) -> int:
+        return self._topics.setdefault(name, len(self._topics))
 
     # ── judging ────────────────────────────────────────────────────────────────────────
-    def _judge(self, user_id: int, user: _User, ts: int, item: int) -> None:
+    def _judge(self, user_id: int, user: _User, event: Event) -> None:
         assert user.shown is not None
-        for rec in [rec for rec in user.shown if self._judge_one(user_id, rec, ts, item)]:
+        ts, item, topic, offset = (
+            event.ts,
+            event.item_id,
+            self._topic(event.source.topic),
+            event.source.offset,
+        )
+        for rec in [rec for rec in user.shown if self._judge_one(user_id, rec, ts, item, topic, offset)]:
             self._drop(user, rec, decided=True)
         if not user.shown:
             user.shown = None  # the user stays: seen() sends their request next
 
-    def _judge_one(self, user: int, rec: _Shown, ts: int, item: int) -> bool:
+    def _judge_one(self, user: int, rec: _Shown, ts: int, item: int, topic: int, offset: int) -> bool:
         """One later interaction of the user; True: the recommendation's outcome is decided."""
-        if ts <= rec.at:
-            return False  # before it was shown (or the same instant: not after it)
+        if ts <= rec.at and not (ts == rec.at and topic == rec.topic and offset > rec.offset):
+            return False  # not after it (two topics' records at one millisecond are not ordered)
         m, arm = self.metrics, rec.arm
         if ts > rec.at + self.attribution_ms:
             if not rec.judged:
@@ -284,18 +339,31 @@ class OnlineOutcomes:
             self.metrics.outcomes_dropped.inc()
 
     def _bound(self) -> None:
+        """The least recently active users go first; a user with a request out is passed
+        over (its answer would find the user gone, or worse, new: the log is what judges it)."""
         users = self._users
-        while users and (len(users) > self.max_users or self.bytes > self.max_bytes):
-            _, user = users.popitem(last=False)
-            self.bytes -= USER_BYTES + (LOGGED_BYTES // 2 * len(user.log) if user.log is not None else 0)
-            for rec in list(user.shown or ()):
-                self._drop(user, rec)
+        passed = 0
+        while users and (len(users) > self.max_users or self.bytes > self.max_bytes) and passed < len(users):
+            uid, user = next(iter(users.items()))
+            if user.out:
+                users.move_to_end(uid)
+                passed += 1
+                continue
+            del users[uid]
+            self._let_go(user)
+
+    def _let_go(self, user: _User) -> None:
+        self.bytes -= USER_BYTES + (8 * len(user.log) if user.log is not None else 0)
+        for rec in list(user.shown or ()):
+            self._drop(user, rec)
 
     def counts(self) -> dict[tuple[str, str], Counter[str]]:
         """Outcomes so far by (arm, version): hit, miss, no_return (what the guard reads)."""
         out: dict[tuple[str, str], Counter[str]] = {}
         for family in self.metrics.outcomes.collect():
             for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
                 labels = sample.labels
                 out.setdefault((labels["arm"], labels["version"]), Counter())[labels["outcome"]] = int(
                     sample.value

@@ -11,12 +11,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from pipeline import errors
 from pipeline.events import Recommendations, UserRequest
 from pipeline.metrics import Metrics
 from pipeline.quality.arms import ArmInfo
 
 log = logging.getLogger(__name__)
 FAILURE_LOG_EVERY_S = 30.0
+FAILURES_TO_STOP = 5  # requests failed in a row: the shadow is stopped (a version not served)
 
 Score = Callable[[list[UserRequest], str, int], Awaitable[tuple[str, list[Recommendations]]]]
 
@@ -59,7 +61,10 @@ class ShadowArm:
         priority: int,
         stopped: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        stop: Callable[[str, str], object] | None = None,
     ) -> None:
+        """``stop(reason, detail)``: called once its requests fail FAILURES_TO_STOP times in
+        a row (``stopped`` then says so)."""
         self.info = info
         self._score = score
         self._judge = judge
@@ -71,13 +76,16 @@ class ShadowArm:
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure_said = -FAILURE_LOG_EVERY_S
+        self._failures = 0  # in a row
+        self._stop = stop
+        self._closed = False
         self._scored = metrics.shadow_rows.labels(info.id, "scored")
         self._skipped = metrics.shadow_rows.labels(info.id, "skipped")
         self._failed = metrics.shadow_rows.labels(info.id, "failed")
 
     def offer(self, rows: Sequence[UserRequest]) -> None:
         """Scores as many of ``rows`` as the bounds allow, in the background."""
-        if not rows or self._stopped():
+        if not rows or self._closed or self._stopped():
             return
         now = self._clock()
         rate = self.info.max_rows_per_s
@@ -106,15 +114,26 @@ class ShadowArm:
         except Exception as exc:  # its own failure only: nothing live waits for it
             self._failed.inc(len(rows))
             self._judge.given_up(rows)
-            if self._clock() - self._failure_said >= FAILURE_LOG_EVERY_S:
+            self._failures += 1
+            if self._failures >= FAILURES_TO_STOP and self._stop is not None:
+                reason = "version_unavailable" if isinstance(exc, errors.ModelNotFound) else "version_failing"
+                self._stop(reason, f"{self._failures} requests in a row failed, the last: {exc!r}")
+            elif self._clock() - self._failure_said >= FAILURE_LOG_EVERY_S:
                 self._failure_said = self._clock()
                 log.warning("shadow arm %s: %d rows not scored: %r", self.info.id, len(rows), exc)
-        else:
-            self._scored.inc(len(rows))
+            return
+        self._failures = 0
+        self._scored.inc(len(rows))
+        try:
             self._judge.shadow_answered(self.info.id, version, rows, answers)
+        except Exception:  # a bug of the join's must not end as an unretrieved task error
+            log.exception("shadow arm %s: judging %d answers failed", self.info.id, len(rows))
+            self._judge.given_up(rows)
 
     async def close(self) -> None:
-        """Requests still out are let go (nothing waits for their answers)."""
+        """Requests still out are let go (nothing waits for their answers); none is taken
+        after."""
+        self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -78,6 +78,7 @@ class Partitions:
     ) -> None:
         self.credits = credits
         self.state = state
+        self.on_released: list[Callable[[set[int]], None]] = []  # partition numbers no longer held
         self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
         self.tracker = OffsetTracker()
@@ -217,9 +218,12 @@ class Partitions:
         for key in keys:
             self.positions.pop(key, None)
             self.generations.pop(key, None)  # what is still in flight of it is now stale
+        still_held = {partition for _, partition in self.generations}
+        gone = {partition for _, partition in keys} - still_held
+        for forget in self.on_released:  # what is kept per partition number elsewhere (outcomes)
+            forget(gone)
         if self.state is not None:  # a partition number still held in another topic keeps its state
-            still_held = {partition for _, partition in self.generations}
-            await self.state.released({partition for _, partition in keys} - still_held, self.drain_timeout_s)
+            await self.state.released(gone, self.drain_timeout_s)
         log.info("released %d partitions (%d events still in flight)", len(keys), left)
 
     # ── readings ────────────────────────────────────────────────────────────────────────

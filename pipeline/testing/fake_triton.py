@@ -92,6 +92,7 @@ class FakeTriton:
         self.refused_items: set[int] = set()
         self.version_scorers: dict[str, Scorer] = {}  # a version that scores otherwise (an experiment's)
         self.missing_versions: set[str] = set()  # versions the server does not have (now)
+        self.failing_versions: dict[str, errors.InferenceError] = {}  # versions whose every request fails
         self.unreachable = False
         self.requests: list[service_pb2.ModelInferRequest] = []
         self.rows = 0
@@ -146,6 +147,9 @@ class FakeTriton:
             return
         if self._failures:
             future.set_exception(self._failures.popleft())
+            return
+        if (failure := self.failing_versions.get(request.model_version)) is not None:
+            future.set_exception(failure)
             return
         if request.model_version in self.missing_versions:
             message = f"Request for unknown model: '{request.model_name}' version {request.model_version}"

@@ -518,14 +518,14 @@ class Arm(Node):
     id: str = Field(
         min_length=1,
         pattern=r"^[A-Za-z0-9_.-]+$",
-        description="arm name, in metric labels and the output's `experiment.arm`",
+        description="arm name, in metric labels and the output's `model.arm`",
     )
     version: str = Field(min_length=1, description="the Triton model version this arm is served by")
     share: float = Field(0.0, ge=0, le=1, description="share of users (live arms' shares add up to 1)")
     shadow: bool = Field(False, description="scored on copies of live requests, never emitted (share 0)")
     max_in_flight: int = Field(2, gt=0, description="shadow: its own requests outstanding at once")
     max_rows_per_s: float = Field(
-        500.0, gt=0, description="shadow: rows scored a second at most; the rest are skipped (counted)"
+        500.0, ge=1, description="shadow: rows scored a second at most; the rest are skipped (counted)"
     )
 
 
@@ -536,11 +536,20 @@ class Guard(Node):
     control arm from then on (share 0), logged and counted."""
 
     enabled: bool = Field(True, description="judge the arms at all")
-    margin: float = Field(0.02, ge=0, le=1, description="hit@K below the control's by more than this")
+    margin: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="hit@K below the control's by more than this (judged every interval: a margin "
+        "keeps the repeated looks from stopping an equal arm)",
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1, description="one-sided confidence that it is below")
     min_outcomes: int = Field(500, gt=0, description="judged outcomes each arm needs before a verdict")
     p99_bound_ms: float | None = Field(
-        None, gt=0, description="an arm's inference p99 over this (with min_outcomes answers) stops it"
+        None,
+        gt=0,
+        description="an arm's p99 round trip to Triton (its last 1,000 answered requests, at least "
+        "200) over this, while the control's is not, stops it",
     )
     interval_ms: int = Field(5_000, gt=0, description="how often the arms are judged")
 
@@ -552,7 +561,9 @@ class Experiment(Node):
     id: str = Field(
         min_length=1, description="experiment name: it seeds the users' hash (a new id reshuffles them)"
     )
-    control: str | None = Field(None, description="the arm others are judged against; none: the first")
+    control: str | None = Field(
+        None, description="the arm others are judged against and fall back to; none: the first live arm"
+    )
     arms: list[Arm] = Field(min_length=1, description="the arms, live and shadow")
     guard: Guard = Guard()
 
@@ -576,7 +587,9 @@ class Experiment(Node):
 
     @property
     def control_arm(self) -> Arm:
-        return next(a for a in self.arms if a.id == self.control) if self.control else self.arms[0]
+        """The named control, or the first live arm (a shadow is never the control)."""
+        wanted = self.control
+        return next(a for a in self.arms if (a.id == wanted if wanted else not a.shadow))
 
 
 class Outcomes(Node):
@@ -594,7 +607,7 @@ class Outcomes(Node):
         32.0,
         gt=0,
         description="memory for the recommendations waiting for an outcome and the events logged "
-        "meanwhile (estimated, packed: ~570 B a user waiting for one of 10 items); the least "
+        "meanwhile (estimated, packed: ~630 B a user waiting for one of 10 items); the least "
         "recent users are forgotten first",
     )
     examples_topic: str | None = Field(
@@ -633,6 +646,13 @@ class Topology(Node):
             raise ValueError(f"lane ids must be unique: {ids}")
         if any(lane.match is None for lane in self.lanes[:-1]):
             raise ValueError("only the last lane may omit 'match' (it takes the rest)")
+        return self
+
+    @model_validator(mode="after")
+    def _guard_reads_outcomes(self) -> Topology:
+        """An experiment's guard judges outcomes: it needs the outcome join on."""
+        if self.experiment is not None and self.experiment.guard.enabled and not self.outcomes.enabled:
+            raise ValueError("experiment.guard needs outcomes.enabled (or guard.enabled: false)")
         return self
 
     @model_validator(mode="after")

@@ -84,7 +84,8 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(config.max_in_flight)
         self._sends = itertools.count()  # makes request ids unique per send
         self.reads = ReadParameters()  # set from the served model's config once it is checked
-        self._arm_latency: dict[str, deque[float]] = {}  # recent batches' ms per arm (the guard's p99)
+        self._arm_latency: dict[str, deque[float]] = {}  # answered requests' ms per arm (the guard's p99)
+        self._arm_failures: dict[str, int] = {}  # failures in a row of each arm but the control
 
     def signature(self, arm: str) -> codec.ModelSignature:
         """What a request of ``arm`` names: the arm's version ("": the topology's model)."""
@@ -115,25 +116,33 @@ class Dispatcher:
                     self._fail(rows, errors.InternalError(repr(exc)), outcome.attempts, outcome)
                 break
             outcome.completed_ms = _now_ms()
-        if outcome.arm:
-            took_ms = outcome.completed_ms - outcome.dispatched_ms
-            self._arm_latency.setdefault(outcome.arm, deque(maxlen=1_000)).append(took_ms)
-            self.metrics.arm_inference.labels(outcome.arm).observe(took_ms / 1000.0)
         return outcome
 
     def arm_latencies_ms(self, arm: str) -> Sequence[float]:
-        """Dispatch to answer of the arm's last 1,000 batches."""
+        """The round trip of the arm's last 1,000 answered requests (the guard's p99)."""
         return self._arm_latency.get(arm, ())
 
+    def _answered_in(self, arm: str, seconds: float) -> None:
+        self._arm_failures.pop(arm, None)
+        self._arm_latency.setdefault(arm, deque(maxlen=1_000)).append(seconds * 1000.0)
+        self.metrics.arm_inference.labels(arm).observe(seconds)
+
     def _falls_back(self, err: errors.PipelineError, outcome: BatchOutcome) -> bool:
-        """A version the server does not have, on an arm that is not the control: the arm
-        is stopped (its users go to the control) instead of dead-lettering them."""
+        """A failure of an arm that is not the control, while the control is served (the
+        breaker closed; it is not fed by other arms): the batch goes to the control instead
+        of being retried or dead-lettered, and after ``failure_threshold`` such failures in a
+        row the arm is stopped (its users go to the control). A transient one (a version
+        reloading) costs a batch, not the arm. During an outage it waits like any request."""
         arms = self.arms
         if arms is None or not outcome.arm or outcome.arm == arms.control:
             return False
-        if not isinstance(err, errors.ModelNotFound):
-            return False
-        arms.stop(outcome.arm, "version_unavailable", str(err))
+        if not err.retriable or not self.breaker.is_closed:
+            return False  # a refused row is the row's (dead-lettered as ever); an outage waits
+        arm = outcome.arm
+        failures = self._arm_failures[arm] = self._arm_failures.get(arm, 0) + 1
+        if failures >= self.breaker.failure_threshold:
+            reason = "version_unavailable" if isinstance(err, errors.ModelNotFound) else "version_failing"
+            arms.stop(arm, reason, f"{failures} requests in a row failed, the last: {err}")
         return True
 
     def _on_control_arm(self, outcome: BatchOutcome) -> list[UserRequest]:
@@ -167,8 +176,6 @@ class Dispatcher:
             except errors.PipelineError as err:  # (an unexpected error is handled below)
                 outcome.attempts = max(outcome.attempts, attempt)
                 if self._falls_back(err, outcome):  # before the breaker: the control's version is up
-                    if probe:
-                        self.breaker.record_success()  # the server answered
                     raise _ArmFellBack from err
                 if not err.retriable:
                     if probe:
@@ -248,6 +255,8 @@ class Dispatcher:
             if response.model_version:
                 outcome.model_version = response.model_version
             answers = codec.decode(response, len(rows), sig.top_k)
+            if outcome.arm:
+                self._answered_in(outcome.arm, time.perf_counter() - started)
             if self.reads.unknown_items and (unknown := codec.unknown_items(response)):
                 self.metrics.unknown_history_items.labels(sig.name).inc(unknown)
             return answers

@@ -7,6 +7,7 @@ on every recommendation comes from the control arm, and nothing is lost."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -75,9 +76,12 @@ async def test_the_guard_stops_a_random_version_and_the_control_serves_on(
     assert len(outputs) == result.audit["recommendations"]
     served = [(o["emitted_at_ms"], o["model"]["arm"], o["model"]["version"]) for o in outputs]
     assert {(arm, v) for _, arm, v in served} == {("control", "1"), ("treatment", "2")}
-    last_treatment = max(t for t, arm, _ in served if arm == "treatment")
-    after = [s for s in served if s[0] > last_treatment]
-    assert len(after) > EVENTS / 4 and {(arm, v) for _, arm, v in after} == {("control", "1")}
+    # the stop's log line, on the wall clock of the outputs' emitted_at_ms (the same machine)
+    stop_line = next(line for line in log.splitlines() if "stopped (hit_rate)" in line)
+    stop_ms = datetime.strptime(stop_line[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp() * 1000
+    after = [s for s in served if s[0] > stop_ms + 1_000]  # batches in flight at the stop are done
+    assert len(after) > EVENTS / 4, (len(after), stop_line)
+    assert {(arm, v) for _, arm, v in after} == {("control", "1")}
 
 
 async def _no_fault(_result: CaseResult) -> None:

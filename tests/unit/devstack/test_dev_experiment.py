@@ -25,13 +25,18 @@ def test_the_experiment_serves_its_own_model_in_two_live_arms_and_a_shadow() -> 
 
 def test_the_summary_gives_each_arms_hit_rate_with_its_interval() -> None:
     summary = arms_summary(
-        {("trained", "1"): Counter(hit=540, miss=460, no_return=3), ("random", "3"): Counter(miss=10)}
+        {
+            ("trained", "1"): Counter(hit=500, miss=400, no_return=3),
+            ("trained", "4"): Counter(hit=40, miss=60),  # a second version of the arm: added up
+            ("random", "3"): Counter(miss=10),
+        }
     )
     assert summary["trained"]["hit_rate"] == 0.54 and summary["trained"]["judged"] == 1_000
+    assert summary["trained"]["versions"] == ["1", "4"]
     low, high = summary["trained"]["hit_rate_95"]  # type: ignore[misc]
     assert 0.50 < low < 0.54 < high < 0.58
     assert summary["random"] == {
-        "version": "3",
+        "versions": ["3"],
         "judged": 10,
         "hits": 0,
         "no_return": 0,

@@ -89,13 +89,16 @@ def test_the_difference_must_exceed_the_margin_with_confidence() -> None:
 
 
 def test_the_guard_waits_for_min_outcomes_then_stops_the_worse_arm_only() -> None:
-    arms = Arms(experiment(0.4, 0.3, 0.3))
+    shadow = {"id": "s", "version": "9", "shadow": True}
+    live = [{"id": f"a{i}", "version": str(i + 1), "share": s} for i, s in enumerate((0.4, 0.3, 0.3))]
+    arms = Arms(Experiment.model_validate({"id": "exp", "arms": [*live, shadow]}))
     counts: dict[tuple[str, str], Counter[str]] = {
+        ("s", "9"): Counter(hit=0, miss=5_000),  # a shadow is judged, never stopped by the guard
         ("a0", "1"): Counter(hit=300, miss=200),
         ("a1", "2"): Counter(hit=100, miss=300),  # far worse, but 400 judged
         ("a2", "3"): Counter(hit=280, miss=220),  # a little worse: within the margin
     }
-    latencies = {"a2": [5.0] * 100}
+    latencies = {"a0": [3.0] * 300, "a2": [5.0] * 300}
     guard = ArmGuard(
         Guard(min_outcomes=500, margin=0.05), arms, lambda: counts, lambda a: latencies.get(a, [])
     )
@@ -104,4 +107,27 @@ def test_the_guard_waits_for_min_outcomes_then_stops_the_worse_arm_only() -> Non
     assert [(v.arm, v.reason) for v in guard.judge()] == [("a1", "hit_rate")]
     assert arms.stopped == {"a1": "hit_rate"}
     slow = ArmGuard(Guard(p99_bound_ms=4.0), arms, lambda: counts, lambda a: latencies.get(a, []))
+    latencies["a0"] = [4.5] * 300  # the control as slow: the server's, nobody's arm
+    assert slow.judge() == []
+    latencies["a0"] = [3.0] * 300
+    latencies["a2"] = [5.0] * 150  # too few to judge
+    assert slow.judge() == []
+    latencies["a2"] = [5.0] * 300
     assert [(v.arm, v.reason) for v in slow.judge()] == [("a2", "latency")]
+
+
+def test_a_shadow_is_never_the_control() -> None:
+    shadow_first = Experiment.model_validate(
+        {
+            "id": "e",
+            "arms": [
+                {"id": "s", "version": "3", "shadow": True},
+                {"id": "a", "version": "1", "share": 0.5},
+                {"id": "b", "version": "2", "share": 0.5},
+            ],
+        }
+    )
+    arms = Arms(shadow_first)
+    assert arms.control == "a"
+    arms.stop("b", "hit_rate", "worse")
+    assert {arms.route(u) for u in range(1_000)} == {"a"}

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
+from pipeline import errors
 from pipeline.events import RawRecord
 from pipeline.quality.outcomes import outcomes
 from pipeline.recsys.scoring import HISTORY_PAD
@@ -140,6 +141,8 @@ async def test_arms_are_sticky_outputs_name_them_and_the_stream_agrees_with_the_
     rate = {arm: c["hit"] / (c["hit"] + c["miss"]) for arm, c in counted.items()}
     assert rate["control"] > 0.6 > 0.05 > rate["treatment"]
     assert abs(rate["candidate"] - rate["control"]) < 0.1  # the shadow, judged on everyone
+    live_judged = sum(counted[arm]["hit"] + counted[arm]["miss"] for arm in ("control", "treatment"))
+    assert counted["candidate"]["hit"] + counted["candidate"]["miss"] >= 0.85 * live_judged
 
 
 async def test_the_guard_stops_a_worse_arm_and_its_users_go_to_the_control() -> None:
@@ -170,18 +173,52 @@ async def test_a_version_gone_mid_run_sends_its_arm_to_the_control_without_dead_
     triton = server()
     async with running(experiment_topology(shadow=False), triton=triton) as run:
         await play(run, users, 1)
-        triton.missing_versions.add("2")
-        await play(run, users, 2)
+        triton.missing_versions.add("2")  # a reload: the first failures go to the control...
+        await play(run, users, 1)
+        assert run.runtime.arms.stopped == {}  # type: ignore[union-attr]
+        while not run.runtime.arms.stopped:  # type: ignore[union-attr]
+            await play(run, users, 1)  # ... and five in a row stop the arm
+        await play(run, users, 1)
     assert run.runtime.arms.stopped == {"treatment": "version_unavailable"}  # type: ignore[union-attr]
     assert run.lost() == [] and run.sink.dead_letters() == []
     later = run.sink.recommendations()[200:]
     assert {(d["model"]["arm"], d["model"]["version"]) for d in later} == {("control", "1")}  # type: ignore[index]
+    assert len(later) == len(run.inputs()) - 200  # every one answered, by the control
+
+
+async def test_a_failing_treatment_does_not_hold_the_control() -> None:
+    """A version that fails (not missing: its process unhealthy) is the treatment's problem:
+    its batches go to the control, the breaker stays closed, the arm stops after five in a
+    row, and nothing waits or is dead-lettered."""
+    users = Users(200)
+    triton = server()
+    treatment = triton.version_scorers["2"]
+
+    def unhealthy(u: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise AssertionError("not reached")
+
+    async with running(experiment_topology(shadow=False), triton=triton) as run:
+        await play(run, users, 1)
+        triton.version_scorers["2"] = unhealthy
+        triton.failing_versions = {"2": errors.ServerUnavailable("stub process not healthy")}
+        started, rounds = time.monotonic(), 0
+        while not run.runtime.arms.stopped and rounds < 8:  # type: ignore[union-attr]
+            await play(run, users, 1)
+            rounds += 1
+            assert run.runtime.dispatcher.breaker.is_closed
+        took = time.monotonic() - started
+    assert run.runtime.arms.stopped == {"treatment": "version_failing"}  # type: ignore[union-attr]
+    assert run.lost() == [] and run.sink.dead_letters() == [] and took < 0.5 * rounds
+    assert treatment is not unhealthy
 
 
 async def test_a_version_not_served_at_start_is_one_line_naming_its_arm() -> None:
     triton = server()
     triton.missing_versions.add("2")
-    with pytest.raises(ModelContractError, match=r"experiment\.arms\[1\] \(treatment\): version 2"):
+    with pytest.raises(
+        ModelContractError,
+        match=r"^experiment\.arms\[1\] \(treatment\): model\.name: 'recommender' \(version 2\): not found$",
+    ):
         async with running(experiment_topology(shadow=False), triton=triton):
             pass
 

@@ -12,31 +12,37 @@ from array import array
 import orjson
 import pytest
 
-from pipeline.events import RawRecord, Recommendations, UserRequest, Window
+from pipeline.events import Event, RawRecord, Recommendations, UserRequest, Window
 from pipeline.metrics import Metrics
-from pipeline.quality.online import SHOWN_BYTES, USER_BYTES, OnlineOutcomes
+from pipeline.quality.online import PER_USER, SHOWN_BYTES, USER_BYTES, OnlineOutcomes
 from pipeline.quality.outcomes import outcomes
 from pipeline.testing.builders import event
 
 ATTRIBUTION_MS = 60_000
 
 
-def scenario(seed: int) -> tuple[list[list[tuple[int, int, int, int]]], dict[int, list[int]]]:
-    """Windows of (user, item, ts, offset) and, per offset, the items recommended for the
-    row that event ends."""
+Row = list[tuple[int, int, int, int]]  # one user's events of a window: (user, item, ts, offset)
+
+
+def scenario(seed: int) -> tuple[list[list[Row]], dict[int, list[int]]]:
+    """Windows of rows, and per row (by its first offset) the items recommended. A row holds
+    one to three events of its user, some at the same millisecond; users come back to items
+    they saw before, some after the attribution window."""
     rng = random.Random(seed)
-    windows: list[list[tuple[int, int, int, int]]] = []
+    windows: list[list[Row]] = []
     recs: dict[int, list[int]] = {}
     clock = {u: 1_000_000 + rng.randrange(10_000) for u in range(12)}
     offset = 0
     for _ in range(40):
         window = []
         for user in rng.sample(range(12), rng.randrange(1, 6)):
-            clock[user] += rng.choice((1_000, 5_000, 30_000, 90_000))  # some past the window
-            item = user * 1_000 + rng.randrange(12)  # a dozen items a user: many repeats
-            window.append((user, item, clock[user], offset))
-            recs[offset] = rng.sample([user * 1_000 + k for k in range(12)], 4)
-            offset += 1
+            row = []
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                clock[user] += rng.choice((0, 0, 1_000, 5_000, 30_000, 90_000))
+                row.append((user, user * 1_000 + rng.randrange(12), clock[user], offset))
+                offset += 1
+            recs[row[0][3]] = rng.sample([user * 1_000 + k for k in range(12)], 4)
+            window.append(row)
         windows.append(window)
     return windows, recs
 
@@ -51,25 +57,31 @@ def test_the_stream_judges_as_the_report_does_whatever_arrives_first(seed: int) 
     docs = []
     waiting: list[tuple[int, list[tuple[UserRequest, Recommendations]]]] = []  # (due window, answers)
     for w, window in enumerate(windows):
-        events = [event(off, user=u, item=i, ts=ts) for u, i, ts, off in window]
-        join.seen(Window(tuple(events), 0, 0))
-        for e in events:
+        rows = [[event(off, user=u, item=i, ts=ts) for u, i, ts, off in row] for row in window]
+        arrived = [e for row in rows for e in row]
+        rng.shuffle(arrived)  # a window's events in any order: the join orders a user's by time
+        join.seen(Window(tuple(arrived), 0, 0))
+        for e in (e for row in rows for e in row):
             doc = {"user_id": e.user_id, "item_id": e.item_id, "ts": e.ts, "event_id": f"e{e.source.offset}"}
             records.append(RawRecord("t", 0, e.source.offset, e.ts, None, orjson.dumps(doc), ()))
         answers = [
-            (UserRequest(e.user_id, (), (e,)), Recommendations(tuple(recs[e.source.offset]), ()))
-            for e in events
+            (
+                UserRequest(row[0].user_id, (), tuple(row)),
+                Recommendations(tuple(recs[row[0].source.offset]), ()),
+            )
+            for row in rows
         ]
         waiting.append((w + rng.randrange(0, 4), answers))  # answered up to 3 windows later
         for _due, answered in [x for x in waiting if x[0] <= w]:
             join.shown("a", "1", answered)
             for row, r in answered:
-                src = row.events[0].source
                 docs.append(
                     {
                         "model": {"name": "m", "version": "1"},
                         "items": [{"item_id": i} for i in r.item_ids],
-                        "sources": [{"topic": "t", "partition": 0, "offset": src.offset}],
+                        "sources": [
+                            {"topic": "t", "partition": 0, "offset": e.source.offset} for e in row.events
+                        ],
                     }
                 )
         waiting = [x for x in waiting if x[0] > w]
@@ -81,13 +93,15 @@ def test_the_stream_judges_as_the_report_does_whatever_arrives_first(seed: int) 
         "pipeline_outcome_any_hits_total", {"arm": "a", "version": "1"}
     )
     assert any_hits == tally.any_hits
+    ranks = metrics.registry.get_sample_value("pipeline_outcome_hit_rank_sum", {"arm": "a", "version": "1"})
+    assert ranks == sum(rank * n for rank, n in tally.positions.items())
 
 
 def test_a_joined_example_is_an_interaction_the_trainer_reads() -> None:
     from pipeline.quality.online import _Shown, example_record
     from pipeline.recsys.data import from_events
 
-    rec = _Shown(100, array("q", (1, 2, 3)), "treatment", "2")
+    rec = _Shown(100, 0, 7, array("q", (1, 2, 3)), "treatment", "2")
     record = example_record("examples", 5, rec, "hit", 200, 2, "exp")
     doc = orjson.loads(record.value)
     assert (record.topic, record.key, doc["rank"], doc["recommendation"]["arm"]) == (
@@ -141,3 +155,63 @@ def test_users_with_nothing_open_are_let_go() -> None:
     assert join.pending == 9 + 1  # nine never came back; user 3's last one waits
     waiting_bytes = join.bytes
     assert waiting_bytes == 10 * USER_BYTES + sum(SHOWN_BYTES + 8 * n for n in [10] * 9 + [1])
+
+
+def answer(join: OnlineOutcomes, e: Event, items: tuple[int, ...], history: tuple[int, ...] = ()) -> None:
+    join.shown("a", "1", [(UserRequest(e.user_id, history, (e,)), Recommendations(items, ()))])
+
+
+def test_an_answer_older_than_what_the_log_let_go_is_not_judged() -> None:
+    """A backfill: 100 of the user's windows pass before the first answer is back; the log
+    keeps 64, so the first answer's next item is gone: counted as dropped, never a miss."""
+    metrics = Metrics()
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics)
+    first = event(0, user=1, item=10, ts=1_000)
+    join.seen(Window((first,), 0, 0))
+    for n in range(1, 101):
+        join.seen(Window((event(n, user=1, item=10 + n, ts=1_000 + n),), 0, 0))
+    answer(join, first, (11,))  # right, but its next event left the log
+    assert join.counts() == {}
+    assert metrics.registry.get_sample_value("pipeline_outcomes_dropped_total") == 1
+
+
+def test_a_user_with_a_request_out_is_not_evicted() -> None:
+    join = OnlineOutcomes(ATTRIBUTION_MS, 2, Metrics())
+    out = event(0, user=1, item=10, ts=1_000)
+    join.seen(Window((out,), 0, 0))
+    nxt = event(1, user=1, item=11, ts=2_000)
+    join.seen(Window((nxt,), 0, 0))  # logged: user 1 has a request out
+    for user in range(2, 6):  # past max_users: others go, user 1 stays
+        join.seen(Window((event(10 + user, user=user, item=1, ts=1_000),), 0, 0))
+    answer(join, out, (11, 12))
+    assert join.counts()[("a", "1")]["hit"] == 1
+
+
+def test_dead_lettered_and_revoked_rows_close_their_users() -> None:
+    from pipeline.events import BatchOutcome, DeadLetter, InferenceBatch
+
+    current = {0: True, 1: True}
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), is_current=lambda r: current[r.partition])
+    rows = [UserRequest(u, (), (event(u, user=u, item=5, ts=1_000, partition=u % 2),)) for u in range(4)]
+    join.seen(Window(tuple(r.events[0] for r in rows), 0, 0))
+    outcome = BatchOutcome(InferenceBatch(tuple(rows), 0, 0), model_version="1")
+    outcome.answers = [(rows[0], Recommendations((5,), ())), (rows[1], Recommendations((6,), ()))]
+    outcome.failures = [DeadLetter(r.events[0].source, "x", "X", "", 1) for r in rows[2:]]
+    current[1] = False  # partition 1 revoked before the answers came
+    join.answered(outcome)
+    assert join.pending == 1 and set(join._users) == {0}  # user 1 revoked, 2 and 3 dead-lettered
+    join.released({0})
+    assert join.pending == 0 and not join._users and join.bytes == 0
+
+
+def test_waiting_recommendations_are_bounded_per_user_and_arm_and_history_names_counted() -> None:
+    metrics = Metrics()
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics)
+    for n in range(12):  # each judged a miss by the next event, then kept for an any-hit
+        e = event(n, user=1, item=n, ts=1_000 + n)
+        join.seen(Window((e,), 0, 0))
+        answer(join, e, (99, n), history=(n,))  # names the user's own item
+    assert join.pending == PER_USER
+    assert metrics.registry.get_sample_value("pipeline_outcomes_dropped_total") == 0  # judged ones go
+    sample = metrics.registry.get_sample_value
+    assert sample("pipeline_arm_recommendations_naming_history_total", {"arm": "a", "version": "1"}) == 12

@@ -81,11 +81,26 @@ async def test_a_failing_shadow_counts_its_rows_as_failed_and_a_stopped_one_take
     async def refuse(batch: list[UserRequest], arm: str, priority: int) -> tuple[str, list[Recommendations]]:
         raise errors.ModelNotFound("version 3 is not found")
 
-    shadow = ShadowArm(ArmInfo("s", "3", True, 4, 1_000.0), refuse, judged, metrics, 0, lambda: stopped[0])
+    stops: list[str] = []
+
+    def stop(reason: str, detail: str) -> None:
+        stops.append(reason)
+        stopped[0] = True
+
+    shadow = ShadowArm(
+        ArmInfo("s", "3", True, 4, 1_000.0), refuse, judged, metrics, 0, lambda: stopped[0], stop=stop
+    )
     shadow.offer(rows(5))
     await settle()
     assert counted(metrics, "failed") == 5 and shadow.in_flight == 0
     assert judged.took == [5] and judged.gave_up == [5] and judged.answered == []
-    stopped[0] = True
+    for _ in range(4):  # five in a row: the version is not served, the shadow is stopped
+        shadow.offer(rows(1))
+        await settle()
+    assert stops == ["version_unavailable"]
     shadow.offer(rows(5))
-    assert counted(metrics, "failed") == 5 and counted(metrics, "skipped") == 0 and judged.took == [5]
+    assert counted(metrics, "failed") == 9 and counted(metrics, "skipped") == 0 and len(judged.took) == 5
+    await shadow.close()
+    stopped[0] = False
+    shadow.offer(rows(5))  # closed: takes nothing
+    assert len(judged.took) == 5
