@@ -131,33 +131,43 @@ class OnlineOutcomes:
         self._topics: dict[str, int] = {}
         self._is_current = is_current  # an answer of a revoked partition is not judged
         self.pending = 0
+        self._dropped = 0  # forgotten unjudged since the last count
         self.bytes = 0  # the estimate kept within max_bytes
         metrics.outcome_pending.set_function(lambda: self.pending)
         metrics.outcome_bytes.set_function(lambda: self.bytes)
 
     # ── the input side: every window's events, before they become requests ─────────────
     def seen(self, window: Window) -> None:
-        by_user: dict[int, list[Event]] = {}
-        for event in window.events:
-            by_user.setdefault(event.user_id, []).append(event)
-        users = self._users
-        for user_id, events in by_user.items():
-            user = users.get(user_id)
-            if user is None:
-                user = users[user_id] = _User(events[0].source.partition)
-                self.bytes += USER_BYTES
-            else:
-                users.move_to_end(user_id)
-                if len(events) > 1:
-                    events.sort(key=lambda e: (e.ts, e.source.offset))
-                if user.out:
-                    self._log(user, events)
-                for event in events:
-                    if not user.shown:
-                        break
-                    self._judge(user_id, user, event)
-            user.out += 1  # this window's request
+        events = window.events
+        if len({e.user_id for e in events}) == len(events):  # most windows: a user an event
+            for event in events:
+                self._seen_user(event.user_id, event, None)
+        else:
+            by_user: dict[int, list[Event]] = {}
+            for event in events:
+                by_user.setdefault(event.user_id, []).append(event)
+            for user_id, mine in by_user.items():
+                mine.sort(key=lambda e: (e.ts, e.source.offset))
+                self._seen_user(user_id, mine[0], mine)
         self._bound()
+
+    def _seen_user(self, user_id: int, first: Event, events: list[Event] | None) -> None:
+        """A user's events of one window (``events``, in time order; None: ``first`` alone)."""
+        users = self._users
+        user = users.get(user_id)
+        if user is None:
+            users[user_id] = _User(first.source.partition, 1)  # this window's request is out
+            self.bytes += USER_BYTES
+            return
+        users.move_to_end(user_id)
+        mine = events or [first]
+        if user.out:
+            self._log(user, mine)
+        for event in mine:
+            if not user.shown:
+                break
+            self._judge(user_id, user, event)
+        user.out += 1  # this window's request
 
     def taken(self, rows: Sequence[UserRequest]) -> None:
         """Rows a shadow arm took: their answers come later than the live one."""
@@ -193,6 +203,7 @@ class OnlineOutcomes:
         for uid, user in gone:
             del self._users[uid]
             self._let_go(user)
+        self._bound()  # (counts what was forgotten)
 
     def shadow_answered(
         self, arm: str, version: str, rows: Sequence[UserRequest], answers: Sequence[Recommendations]
@@ -200,34 +211,48 @@ class OnlineOutcomes:
         self.shown(arm, version, list(zip(rows, answers, strict=True)))
 
     def shown(self, arm: str, version: str, answers: Sequence[tuple[UserRequest, Recommendations]]) -> None:
-        naming_history = 0
+        naming_history = dropped = 0
         items = self._items.setdefault(arm, set())
         counting = len(items) < MAX_ITEMS_COUNTED
+        users, topics = self._users, self._topics
         for row, recs in answers:
-            if row.history and not set(row.history).isdisjoint(recs.item_ids):
+            ids = recs.item_ids
+            if row.history and not set(row.history).isdisjoint(ids):
                 naming_history += 1
             if counting:
-                items.update(recs.item_ids)
-            at = newest(row)
-            topic = self._topic(at.source.topic)
-            self._keep(
-                row.user_id, _Shown(at.ts, topic, at.source.offset, array("q", recs.item_ids), arm, version)
+                items.update(ids)
+            user = users.get(row.user_id)
+            if user is None:  # forgotten meanwhile (past the bounds): nothing to judge it on
+                dropped += 1
+                continue
+            events = row.events
+            at = events[0] if len(events) == 1 else newest(row)
+            src = at.source
+            topic = topics.get(src.topic)
+            rec = _Shown(
+                at.ts,
+                self._topic(src.topic) if topic is None else topic,
+                src.offset,
+                array("q", ids),
+                arm,
+                version,
             )
+            if user.log is None and user.cut == NEVER:  # nothing seen since: it waits
+                self._wait(user, rec)
+            else:
+                self._keep(row.user_id, user, rec)
+            self._closed(row.user_id, user)
+        self._dropped += dropped
         self._bound()
         self.metrics.arm_recommendations.labels(arm, version).inc(len(answers))
         if naming_history:
             self.metrics.arm_naming_history.labels(arm, version).inc(naming_history)
         self.metrics.recommended_items.labels(arm).set(len(items))
 
-    def _keep(self, user_id: int, rec: _Shown) -> None:
-        """Judged on what the user did since the request went out; kept if still open."""
-        user = self._users.get(user_id)
-        if user is None:  # forgotten meanwhile (past the bounds): nothing to judge it on
-            self.metrics.outcomes_dropped.inc()
-            return
+    def _keep(self, user_id: int, user: _User, rec: _Shown) -> None:
+        """Judged on what the user did since the request went out; waits if still open."""
         if user.cut >= rec.at:  # the log let go of events that may have come after it
             self.metrics.outcomes_dropped.inc()
-            self._closed(user_id, user)
             return
         flat = user.log
         later = (
@@ -243,15 +268,17 @@ class OnlineOutcomes:
             else ()
         )
         if not any(self._judge_one(user_id, rec, *logged) for logged in later):
-            shown = user.shown
-            if shown is None:
-                shown = user.shown = []
-            shown.append(rec)
-            self.pending += 1
-            self.bytes += rec.nbytes
-            if len(shown) > PER_USER and len(same_arm := [r for r in shown if r.arm == rec.arm]) > PER_USER:
-                self._drop(user, same_arm[0])
-        self._closed(user_id, user)
+            self._wait(user, rec)
+
+    def _wait(self, user: _User, rec: _Shown) -> None:
+        shown = user.shown
+        if shown is None:
+            shown = user.shown = []
+        shown.append(rec)
+        self.pending += 1
+        self.bytes += rec.nbytes
+        if len(shown) > PER_USER and len(same_arm := [r for r in shown if r.arm == rec.arm]) > PER_USER:
+            self._drop(user, same_arm[0])
 
     def _closed(self, user_id: int, user: _User) -> None:
         """One answer fewer out: the log is kept only while something will read it."""
@@ -336,7 +363,7 @@ class OnlineOutcomes:
         self.pending -= 1
         self.bytes -= rec.nbytes
         if not decided and not rec.judged:
-            self.metrics.outcomes_dropped.inc()
+            self._dropped += 1  # counted by _bound, once per call (a metric update costs)
 
     def _bound(self) -> None:
         """The least recently active users go first; a user with a request out is passed
@@ -351,6 +378,9 @@ class OnlineOutcomes:
                 continue
             del users[uid]
             self._let_go(user)
+        if self._dropped:
+            self.metrics.outcomes_dropped.inc(self._dropped)
+            self._dropped = 0
 
     def _let_go(self, user: _User) -> None:
         self.bytes -= USER_BYTES + (8 * len(user.log) if user.log is not None else 0)
