@@ -92,10 +92,11 @@ class Dispatcher:
         return self._signatures.get(arm, self.config.signature)
 
     async def infer(self, batch: InferenceBatch) -> BatchOutcome:
-        arm = self.arms.serving(batch.arm) if self.arms is not None and batch.arm else ""
-        sig = self.signature(arm)
-        outcome = BatchOutcome(batch, model_name=sig.name, model_version=sig.version, arm=arm)
+        outcome = BatchOutcome(batch, model_name=self.config.signature.name)
         async with self._slots:  # a hard bound; the lane scheduler keeps below it
+            # the arm that serves it now (stopped while the batch waited: the control)
+            outcome.arm = self.arms.serving(batch.arm) if self.arms is not None and batch.arm else ""
+            outcome.model_version = self.signature(outcome.arm).version
             outcome.dispatched_ms = _now_ms()
             rows = list(batch.requests)
             while True:
