@@ -43,7 +43,7 @@ poll settings so the comparison stays like for like. Each run's log line and JSO
 the CPU of Triton's model processes (the Python backend's stubs) apart from the server's.
 
     python scripts/bench [--events 100000] [--reps 3] [--smoke] [--workdir DIR]
-                         [--models M,..] [--variants V,..] [--set KEY.PATH=VALUE]
+                         [--models M,..] [--variants [M:]V,..] [--set KEY.PATH=VALUE]
                          [--half-rate EV_S] [--half-rate-reps N]
                          [--half-rate-set KEY.PATH=VALUE]
 """
@@ -93,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--variants",
         default=",".join(DEFAULT_VARIANTS),
-        help=f"comma-separated, of {', '.join(VARIANTS)}",
+        help=f"comma-separated, of {', '.join(VARIANTS)}; MODEL:VARIANT runs that variant on that "
+        "model only (e.g. recommender:naive)",
     )
     parser.add_argument(
         "--hand-produce",
@@ -126,10 +127,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--_spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
-    args.variants = [v for v in args.variants.split(",") if v]
-    for name, allowed in (("models", MODELS), ("variants", VARIANTS)):
-        if not set(getattr(args, name)) <= set(allowed):
-            parser.error(f"--{name}: choose from {', '.join(allowed)}")
+    if not set(args.models) <= set(MODELS):
+        parser.error(f"--models: choose from {', '.join(MODELS)}")
+    # each variant's name once, and the models it runs on (all of --models unless qualified)
+    items = [v for v in args.variants.split(",") if v]
+    args.variants, args.variant_models = [], {}
+    for item in items:
+        model, _, variant = item.rpartition(":")
+        if variant not in VARIANTS:
+            parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
+        if model and model not in args.models:
+            parser.error(f"--variants {item}: {model!r} is not one of --models {','.join(args.models)}")
+        if variant not in args.variants:
+            args.variants.append(variant)
+        on = args.variant_models.setdefault(variant, [])
+        on += [m for m in ([model] if model else args.models) if m not in on]
     # The shipped topology with the overrides (what hand and ceiling follow): a wrong path
     # or value fails here, before any stack starts.
     args.shipped = yaml.safe_load(SHIPPED.read_text())

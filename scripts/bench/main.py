@@ -86,7 +86,7 @@ def run_reps(bench: Bench, args: argparse.Namespace, rows: list[dict[str, Any]])
         variants = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
         models = MODELS if rep % 2 == 0 else MODELS[::-1]
         for model in (m for m in models if m in args.models):
-            for variant in (v for v in variants if v in args.variants):
+            for variant in (v for v in variants if model in args.variant_models.get(v, ())):
                 log(f"rep {rep + 1}/{args.reps}: {model} {variant} ...")
                 row = bench.run(model, variant)
                 row["rep"] = rep + 1
