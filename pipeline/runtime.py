@@ -197,7 +197,7 @@ class PipelineRuntime:
                 control.batch_size,
                 lane_classifier(wiring.lane_rules(t)),
                 wiring.lane_batch_caps(t),
-                self.arms.route if self.arms is not None else None,
+                self.arms.route_many if self.arms is not None else None,
             ),
         )
         if self.outcomes is not None and self.outcomes.examples_topic is not None:

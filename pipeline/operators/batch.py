@@ -13,7 +13,7 @@ from pipeline.events import InferenceBatch, UserRequest, Window
 from pipeline.operators._bounds import as_bound
 
 LaneOf = Callable[[UserRequest], tuple[str, int]]
-ArmOf = Callable[[int], str]  # a user id → the experiment arm that serves it
+ArmOf = Callable[[list[int]], list[str]]  # user ids → the experiment arm that serves each
 
 
 def _default_lane(_request: UserRequest) -> tuple[str, int]:
@@ -37,10 +37,15 @@ def split_batches(
             by_lane.setdefault(lane_of(request), []).append(request)
         groups = [(lane, priority, "", rows) for (lane, priority), rows in by_lane.items()]
     else:
-        by_arm: dict[tuple[str, int, str], list[UserRequest]] = {}
-        for request in requests:
-            by_arm.setdefault((*lane_of(request), arm_of(request.user_id)), []).append(request)
-        groups = [(lane, priority, arm, rows) for (lane, priority, arm), rows in by_arm.items()]
+        by_arm: dict[tuple[str, int], dict[str, list[UserRequest]]] = {}
+        arms = arm_of([request.user_id for request in requests])
+        for request, arm in zip(requests, arms, strict=True):
+            by_arm.setdefault(lane_of(request), {}).setdefault(arm, []).append(request)
+        groups = [
+            (lane, priority, arm, rows)
+            for (lane, priority), per_arm in by_arm.items()
+            for arm, rows in per_arm.items()
+        ]
     caps = lane_caps or {}
     out: list[InferenceBatch] = []
     for lane, priority, arm, rows in groups:

@@ -14,6 +14,8 @@ import hashlib
 import logging
 from typing import NamedTuple
 
+import numpy as np
+
 from pipeline.metrics import Metrics
 from pipeline.topology.schema import Experiment
 
@@ -63,6 +65,7 @@ class Arms:
             self._edges.append(round(upper))
             self._edge_arms.append(arm.id)
         self._edges[-1] = BUCKETS  # shares adding up to 1 within rounding: the last takes the rest
+        self._edges_array = np.asarray(self._edges, dtype=np.uint64)
         self.stopped: dict[str, str] = {}  # arm → why it serves no user now
         self.metrics = metrics
         if metrics is not None:
@@ -82,6 +85,15 @@ class Arms:
         """The arm that serves the user now: theirs, or the control once theirs is stopped."""
         arm = self._edge_arms[bisect.bisect_right(self._edges, user_bucket(self.seed, user_id))]
         return self.control if arm in self.stopped else arm
+
+    def route_many(self, user_ids: list[int]) -> list[str]:
+        """``route`` of each user, in one numpy pass (the batch step asks per window)."""
+        z = np.fromiter(user_ids, dtype=np.uint64, count=len(user_ids)) + np.uint64(self.seed)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        buckets = (z ^ (z >> np.uint64(31))) % np.uint64(BUCKETS)
+        names = [self.control if arm in self.stopped else arm for arm in self._edge_arms]
+        return [names[i] for i in np.searchsorted(self._edges_array, buckets, side="right").tolist()]
 
     def serving(self, arm: str) -> str:
         """The arm a batch routed to ``arm`` is served by now (stopped since: the control)."""

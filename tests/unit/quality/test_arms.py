@@ -33,6 +33,15 @@ def test_a_users_arm_is_sticky_and_split_by_the_shares() -> None:
     assert 5_000 < moved < 7_000  # a new id: independent assignment (1 - Σ share² = 62 % move)
 
 
+def test_a_window_routed_at_once_agrees_with_one_by_one() -> None:
+    arms = Arms(experiment(0.2, 0.3, 0.5))
+    users = [*range(5_000), 2**62, 2**63 - 1]
+    assert arms.route_many(users) == [arms.route(u) for u in users]
+    arms.stop("a2", "hit_rate", "worse")
+    assert arms.route_many(users) == [arms.route(u) for u in users]
+    assert "a2" not in arms.route_many(users)
+
+
 def test_a_stopped_arm_hands_its_users_to_the_control_and_no_one_else_moves() -> None:
     arms = Arms(experiment(0.5, 0.25, 0.25))
     before = {u: arms.route(u) for u in range(5_000)}
