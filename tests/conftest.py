@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.devstack.stack import EmbeddedStack
+from tests.idle_stream import STREAMS, IdleStream
 
 TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS = {
@@ -38,10 +39,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     workdir = tmp_path_factory.mktemp("stack")
     started = EmbeddedStack.start(workdir, workdir / "model_repository")
+    idle = STREAMS[id(started)] = IdleStream(started.triton.grpc_url)  # the keepalive test's
     try:
+        idle.start()
         yield started
     finally:
-        started.stop()
+        try:
+            idle.close()
+        finally:
+            started.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,22 @@
 """A guarded rollout on the real stack: `pipeline run` (a real process) serves an experiment
 whose treatment arm is a deliberately bad version (random scores) against the trained
-model, 50/50, on the session's broker and a Triton of its own serving both versions. The
+model (the session stack's, copied), 50/50, on the session's broker and a Triton of its own
+serving both versions. The
 guard stops the treatment once both arms have its minimum of judged outcomes; from then
 on every recommendation comes from the control arm, and nothing is lost."""
 
 from __future__ import annotations
 
+import itertools
 import re
+import shutil
 from datetime import datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
-from pipeline.devstack.stack import EmbeddedStack
+from pipeline.devstack.stack import TRAINING_EVENTS, EmbeddedStack
 from pipeline.devstack.topology import topology_on_stack
 from pipeline.devstack.triton import EmbeddedTriton
 from pipeline.devstack.worker import PipelineProcess
@@ -25,7 +28,7 @@ from tests.integration.harness import read_values
 
 pytestmark = pytest.mark.integration
 
-CONFIG = GeneratorConfig(users=1_500, items=2_000, clusters=10, seed=21)
+CONFIG = GeneratorConfig()  # the world the session stack's model was trained on
 MIN_OUTCOMES = 300
 EVENTS = 6_000
 RATE = 1_500.0  # events a second: a judged outcome per user every second or so
@@ -47,10 +50,12 @@ async def test_the_guard_stops_a_random_version_and_the_control_serves_on(
     stack: EmbeddedStack, tmp_path: Path
 ) -> None:
     repository = tmp_path / "repository"
-    world = list(EventGenerator(CONFIG).events(40_000 + EVENTS))  # trained on the past, fed the rest
-    history, live = world[:40_000], world[40_000:]
-    assert train_and_write(history, repository, CONFIG.items).version == 1
-    assert train_and_write(history, repository, CONFIG.items, kind="random").version == 2
+    shutil.copytree(stack.model_repository / "recommender" / "1", repository / "recommender" / "1")
+    # the events after the ones it was trained on; a random version on the same catalogue
+    live = list(
+        itertools.islice(EventGenerator(CONFIG).events(TRAINING_EVENTS + EVENTS), TRAINING_EVENTS, None)
+    )
+    assert train_and_write(live, repository, CONFIG.items, kind="random").version == 2
     triton = EmbeddedTriton(tmp_path / "triton", repository)
     with triton.running(triton.ready, 120):
         topology = experiment_topology(stack, triton.grpc_url)
