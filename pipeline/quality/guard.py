@@ -74,8 +74,8 @@ class ArmGuard:
                 continue
             if spec.p99_bound_ms is not None:
                 p99, control_p99 = self._p99(info.id), self._p99(arms.control)
-                if p99 is not None and p99 > spec.p99_bound_ms and (control_p99 or 0.0) <= spec.p99_bound_ms:
-                    bound = f"p99 {p99:.0f} ms > {spec.p99_bound_ms:g} ms (control {control_p99 or 0:.0f} ms)"
+                if p99 is not None and control_p99 is not None and p99 > spec.p99_bound_ms >= control_p99:
+                    bound = f"p99 {p99:.0f} ms > {spec.p99_bound_ms:g} ms (control {control_p99:.0f} ms)"
                     out.append(Verdict(info.id, "latency", bound))
                     continue
             arm = hits_and_judged(counts, info.id)

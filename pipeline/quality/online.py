@@ -50,6 +50,7 @@ SHOWN_BYTES = 270
 LOG_FIELDS = 4  # ts, item, topic, offset
 LOGGED_BYTES = 8 * LOG_FIELDS
 NEVER = -(2**63)
+PASS_OVER = 64  # users with a request out passed over in one bounding at most
 
 
 @dataclass(slots=True)
@@ -169,16 +170,21 @@ class OnlineOutcomes:
             self._judge(user_id, user, event)
         user.out += 1  # this window's request
 
+    def _current(self, row: UserRequest) -> bool:
+        """Of the partition's current assignment: a row of one revoked since belongs to the
+        users forgotten then, not to the same ids seen again after it came back."""
+        return self._is_current is None or self._is_current(row.events[0].source)
+
     def taken(self, rows: Sequence[UserRequest]) -> None:
         """Rows a shadow arm took: their answers come later than the live one."""
         for row in rows:
-            if (user := self._users.get(row.user_id)) is not None:
+            if self._current(row) and (user := self._users.get(row.user_id)) is not None:
                 user.out += 1
 
     def given_up(self, rows: Sequence[UserRequest]) -> None:
         """Rows whose answer will not come (a shadow's failed request)."""
         for row in rows:
-            if (user := self._users.get(row.user_id)) is not None:
+            if self._current(row) and (user := self._users.get(row.user_id)) is not None:
                 self._closed(row.user_id, user)
 
     # ── the output side: every answered batch (live), every shadow answer ───────────────
@@ -192,7 +198,9 @@ class OnlineOutcomes:
         if len(answers) < len(outcome.batch.requests):  # dead-lettered, revoked: no longer out
             judged = {id(row) for row, _ in answers}
             for row in outcome.batch.requests:
-                if id(row) not in judged and (user := self._users.get(row.user_id)) is not None:
+                if id(row) in judged or not self._current(row):
+                    continue
+                if (user := self._users.get(row.user_id)) is not None:
                     self._closed(row.user_id, user)
 
     def released(self, partitions: set[int]) -> None:
@@ -208,7 +216,9 @@ class OnlineOutcomes:
     def shadow_answered(
         self, arm: str, version: str, rows: Sequence[UserRequest], answers: Sequence[Recommendations]
     ) -> None:
-        self.shown(arm, version, list(zip(rows, answers, strict=True)))
+        current = [(row, recs) for row, recs in zip(rows, answers, strict=True) if self._current(row)]
+        if current:
+            self.shown(arm, version, current)
 
     def shown(self, arm: str, version: str, answers: Sequence[tuple[UserRequest, Recommendations]]) -> None:
         naming_history = dropped = 0
@@ -369,8 +379,8 @@ class OnlineOutcomes:
         """The least recently active users go first; a user with a request out is passed
         over (its answer would find the user gone, or worse, new: the log is what judges it)."""
         users = self._users
-        passed = 0
-        while users and (len(users) > self.max_users or self.bytes > self.max_bytes) and passed < len(users):
+        passed = 0  # bounded: users out beyond the bound are the credits' to bound, not a walk's
+        while users and (len(users) > self.max_users or self.bytes > self.max_bytes) and passed < PASS_OVER:
             uid, user = next(iter(users.items()))
             if user.out:
                 users.move_to_end(uid)

@@ -18,7 +18,7 @@ from pipeline.quality.arms import ArmInfo
 
 log = logging.getLogger(__name__)
 FAILURE_LOG_EVERY_S = 30.0
-FAILURES_TO_STOP = 5  # requests failed in a row: the shadow is stopped (a version not served)
+FAILURES_TO_STOP = 5  # its version missing this many times in a row: the shadow is stopped
 
 Score = Callable[[list[UserRequest], str, int], Awaitable[tuple[str, list[Recommendations]]]]
 
@@ -114,10 +114,10 @@ class ShadowArm:
         except Exception as exc:  # its own failure only: nothing live waits for it
             self._failed.inc(len(rows))
             self._judge.given_up(rows)
-            self._failures += 1
+            # only its version missing is its own; a deadline or an outage is the moment's
+            self._failures = self._failures + 1 if isinstance(exc, errors.ModelNotFound) else 0
             if self._failures >= FAILURES_TO_STOP and self._stop is not None:
-                reason = "version_unavailable" if isinstance(exc, errors.ModelNotFound) else "version_failing"
-                self._stop(reason, f"{self._failures} requests in a row failed, the last: {exc!r}")
+                self._stop("version_unavailable", f"{self._failures} requests in a row: {exc!r}")
             elif self._clock() - self._failure_said >= FAILURE_LOG_EVERY_S:
                 self._failure_said = self._clock()
                 log.warning("shadow arm %s: %d rows not scored: %r", self.info.id, len(rows), exc)

@@ -85,7 +85,8 @@ class Dispatcher:
         self._sends = itertools.count()  # makes request ids unique per send
         self.reads = ReadParameters()  # set from the served model's config once it is checked
         self._arm_latency: dict[str, deque[float]] = {}  # answered requests' ms per arm (the guard's p99)
-        self._arm_failures: dict[str, int] = {}  # failures in a row of each arm but the control
+        self._arm_failures: dict[str, list[int]] = {}  # arm → [failures in a row, control answers then]
+        self._control_answers = 0
 
     def signature(self, arm: str) -> codec.ModelSignature:
         """What a request of ``arm`` names: the arm's version ("": the topology's model)."""
@@ -125,6 +126,8 @@ class Dispatcher:
 
     def _answered_in(self, arm: str, seconds: float) -> None:
         self._arm_failures.pop(arm, None)
+        if self.arms is not None and arm == self.arms.control:
+            self._control_answers += 1
         self._arm_latency.setdefault(arm, deque(maxlen=1_000)).append(seconds * 1000.0)
         self.metrics.arm_inference.labels(arm).observe(seconds)
 
@@ -140,10 +143,13 @@ class Dispatcher:
         if not err.retriable or not self.breaker.is_closed:
             return False  # a refused row is the row's (dead-lettered as ever); an outage waits
         arm = outcome.arm
-        failures = self._arm_failures[arm] = self._arm_failures.get(arm, 0) + 1
-        if failures >= self.breaker.failure_threshold:
+        streak = self._arm_failures.setdefault(arm, [0, self._control_answers])
+        streak[0] += 1
+        # Stopped only if the control answered meanwhile: requests failing all together (an
+        # outage, an overload) fail every arm, which is nobody's version.
+        if streak[0] >= self.breaker.failure_threshold and self._control_answers > streak[1]:
             reason = "version_unavailable" if isinstance(err, errors.ModelNotFound) else "version_failing"
-            arms.stop(arm, reason, f"{failures} requests in a row failed, the last: {err}")
+            arms.stop(arm, reason, f"{streak[0]} requests in a row failed, the last: {err}")
         return True
 
     def _on_control_arm(self, outcome: BatchOutcome) -> list[UserRequest]:

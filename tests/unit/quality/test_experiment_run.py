@@ -7,6 +7,7 @@ hashed (random) one does not."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter
@@ -256,3 +257,26 @@ async def test_the_same_input_replayed_at_another_pace_gives_the_same_outcomes()
     assert kinds[0] == Counter({(arm, kind): n for arm, c in counts[0].items() for kind, n in c.items()})
     assert sorted(e["event_id"] for e in examples[0]) == sorted(e["event_id"] for e in examples[1])
     assert run.lost() == [] and metric(run, "pipeline_recommendations_total") == 150 * 8
+
+
+async def test_an_outage_of_every_version_stops_no_arm() -> None:
+    """Every request failing together (the server overloaded, a stream broken) is nobody's
+    version: the treatment is not stopped, and once the server answers again every event is
+    answered by its own arm."""
+    users = Users(200)
+    triton = server()
+    t = experiment_topology(shadow=False)
+    t = t.model_copy(update={"batch": t.batch.model_copy(update={"max_size": 4})})  # many requests out
+    async with running(t, triton=triton) as run:
+        await play(run, users, 1)
+        overloaded = errors.ResourceExhausted("queue full")
+        triton.failing_versions = {"1": overloaded, "2": overloaded}
+        run.source.add(users.next_round())
+        await asyncio.sleep(1.0)  # retries, the breaker opening, fallbacks: all failing
+        triton.failing_versions = {}
+        await run.settled(30)
+        await play(run, users, 1)
+    assert run.runtime.arms.stopped == {}  # type: ignore[union-attr]
+    assert run.lost() == []
+    last = run.sink.recommendations()[-200:]
+    assert {d["model"]["arm"] for d in last} == {"control", "treatment"}  # type: ignore[index]

@@ -197,9 +197,15 @@ def test_dead_lettered_and_revoked_rows_close_their_users() -> None:
     outcome = BatchOutcome(InferenceBatch(tuple(rows), 0, 0), model_version="1")
     outcome.answers = [(rows[0], Recommendations((5,), ())), (rows[1], Recommendations((6,), ()))]
     outcome.failures = [DeadLetter(r.events[0].source, "x", "X", "", 1) for r in rows[2:]]
-    current[1] = False  # partition 1 revoked before the answers came
+    current[1] = False  # partition 1 revoked before the answers came (released after the drain)
     join.answered(outcome)
-    assert join.pending == 1 and set(join._users) == {0}  # user 1 revoked, 2 and 3 dead-lettered
+    assert join.pending == 1 and set(join._users) == {0, 1, 3}  # 2 dead-lettered: closed
+    join.released({1})  # its users (1, 3) are its next owner's
+    assert join.pending == 1 and set(join._users) == {0}
+    late = UserRequest(3, (), (event(9, user=3, item=5, ts=2_000, partition=1),))
+    join.given_up([late])  # a late shadow failure of the revoked generation: nobody's now
+    join.shadow_answered("s", "9", [late], [Recommendations((5,), ())])
+    assert set(join._users) == {0} and join.pending == 1
     join.released({0})
     assert join.pending == 0 and not join._users and join.bytes == 0
 
