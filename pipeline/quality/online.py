@@ -190,9 +190,8 @@ class OnlineOutcomes:
     # ── the output side: every answered batch (live), every shadow answer ───────────────
     def answered(self, outcome: BatchOutcome) -> None:
         answers = outcome.answers
-        current = self._is_current
-        if current is not None and not all(current(row.events[0].source) for row, _ in answers):
-            answers = [(row, recs) for row, recs in answers if current(row.events[0].source)]
+        if self._is_current is not None and not all(self._current(row) for row, _ in answers):
+            answers = [(row, recs) for row, recs in answers if self._current(row)]
         if answers:
             self.shown(outcome.arm or NO_EXPERIMENT, outcome.model_version, answers)
         if len(answers) < len(outcome.batch.requests):  # dead-lettered, revoked: no longer out
@@ -224,7 +223,7 @@ class OnlineOutcomes:
         naming_history = dropped = 0
         items = self._items.setdefault(arm, set())
         counting = len(items) < MAX_ITEMS_COUNTED
-        users, topics = self._users, self._topics
+        users = self._users
         for row, recs in answers:
             ids = recs.item_ids
             if row.history and not set(row.history).isdisjoint(ids):
@@ -235,18 +234,8 @@ class OnlineOutcomes:
             if user is None:  # forgotten meanwhile (past the bounds): nothing to judge it on
                 dropped += 1
                 continue
-            events = row.events
-            at = events[0] if len(events) == 1 else newest(row)
-            src = at.source
-            topic = topics.get(src.topic)
-            rec = _Shown(
-                at.ts,
-                self._topic(src.topic) if topic is None else topic,
-                src.offset,
-                array("q", ids),
-                arm,
-                version,
-            )
+            at = newest(row)
+            rec = _Shown(at.ts, self._topic(at.source.topic), at.source.offset, array("q", ids), arm, version)
             if user.log is None and user.cut == NEVER:  # nothing seen since: it waits
                 self._wait(user, rec)
             else:
@@ -262,7 +251,7 @@ class OnlineOutcomes:
     def _keep(self, user_id: int, user: _User, rec: _Shown) -> None:
         """Judged on what the user did since the request went out; waits if still open."""
         if user.cut >= rec.at:  # the log let go of events that may have come after it
-            self.metrics.outcomes_dropped.inc()
+            self._dropped += 1
             return
         flat = user.log
         later = (

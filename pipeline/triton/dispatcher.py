@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tritonclient.grpc.service_pb2 import ModelInferResponse
+
 from pipeline import errors
 from pipeline.control.breaker import CircuitBreaker
 from pipeline.control.budget import RetryBudget, deadline_ms, split_stale
@@ -24,7 +26,7 @@ from pipeline.control.retry import RetryPolicy
 from pipeline.events import BatchOutcome, DeadLetter, InferenceBatch, Recommendations, UserRequest
 from pipeline.metrics import Metrics
 from pipeline.quality.arms import Arms
-from pipeline.triton import InferenceServer, codec
+from pipeline.triton import InferenceServer, InferenceStream, codec
 from pipeline.triton.contract import ReadParameters
 from pipeline.triton.lifecycle import LifecycleCounts, RequestState
 
@@ -53,7 +55,8 @@ def _now_ms() -> float:
 
 
 class _ArmFellBack(Exception):
-    """The batch's arm has no served version: the batch starts again on the control arm."""
+    """The batch's arm failed while the control is served: the batch starts again on the
+    control arm."""
 
 
 class Dispatcher:
@@ -108,14 +111,9 @@ class Dispatcher:
                     continue
                 except Exception as exc:  # not one of ours: this batch fails, never the whole graph
                     log.exception("inference of a %d-row batch failed unexpectedly", len(batch.requests))
-                    answered = {id(row) for row, _ in outcome.answers}
-                    failed = {id(dead.record) for dead in outcome.failures}
-                    rows = [
-                        r
-                        for r in batch.requests
-                        if id(r) not in answered and id(r.events[0].source) not in failed
-                    ]
-                    self._fail(rows, errors.InternalError(repr(exc)), outcome.attempts, outcome)
+                    self._fail(
+                        self._unanswered(outcome), errors.InternalError(repr(exc)), outcome.attempts, outcome
+                    )
                 break
             outcome.completed_ms = _now_ms()
         return outcome
@@ -159,8 +157,18 @@ class Dispatcher:
         outcome.arm = self.arms.control
         outcome.model_version = self.signature(outcome.arm).version
         outcome.answers.clear()
+        return self._unanswered(outcome)
+
+    @staticmethod
+    def _unanswered(outcome: BatchOutcome) -> list[UserRequest]:
+        """The batch's rows neither answered nor dead-lettered yet."""
+        answered = {id(row) for row, _ in outcome.answers}
         failed = {id(dead.record) for dead in outcome.failures}
-        return [r for r in outcome.batch.requests if id(r.events[0].source) not in failed]
+        return [
+            r
+            for r in outcome.batch.requests
+            if id(r) not in answered and id(r.events[0].source) not in failed
+        ]
 
     async def _infer_rows(
         self, rows: list[UserRequest], batch: InferenceBatch, outcome: BatchOutcome
@@ -252,11 +260,7 @@ class Dispatcher:
             future = stream.submit(request)
             states.enter(RequestState.ISSUED, state)
             state = RequestState.ISSUED
-            try:
-                response = await asyncio.wait_for(future, self.config.timeout_ms / 1000.0)
-            except TimeoutError:
-                stream.forget(req_id)
-                raise errors.DeadlineExceeded(f"no answer within {self.config.timeout_ms} ms") from None
+            response = await self._answer(stream, future, req_id)
             states.enter(RequestState.WRITEREADY, state)
             state = RequestState.WRITEREADY
             if response.model_version:
@@ -284,13 +288,18 @@ class Dispatcher:
         req_id = codec.request_id(rows[0].events[0].ref, len(rows), 0, next(self._sends))
         request = codec.encode(rows, sig, req_id, priority if self.reads.priority else 0, None, codec.ANSWERS)
         stream = self.pool.pick()
-        future = stream.submit(request)
+        response = await self._answer(stream, stream.submit(request), req_id)
+        return response.model_version or sig.version, codec.decode(response, len(rows), sig.top_k)
+
+    async def _answer(
+        self, stream: InferenceStream, future: asyncio.Future[ModelInferResponse], req_id: str
+    ) -> ModelInferResponse:
+        """The request's answer within the client-side bound (past it, the stream forgets it)."""
         try:
-            response = await asyncio.wait_for(future, self.config.timeout_ms / 1000.0)
+            return await asyncio.wait_for(future, self.config.timeout_ms / 1000.0)
         except TimeoutError:
             stream.forget(req_id)
             raise errors.DeadlineExceeded(f"no answer within {self.config.timeout_ms} ms") from None
-        return response.model_version or sig.version, codec.decode(response, len(rows), sig.top_k)
 
     def _fail(
         self, rows: list[UserRequest], err: errors.PipelineError, attempts: int, outcome: BatchOutcome
