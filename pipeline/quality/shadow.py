@@ -107,6 +107,8 @@ class ShadowArm:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self.in_flight -= 1
+        if not task.cancelled() and (error := task.exception()) is not None:  # retrieved, said
+            log.error("shadow arm %s: a request's handling failed: %r", self.info.id, error, exc_info=error)
 
     async def _run(self, rows: list[UserRequest]) -> None:
         try:
@@ -126,9 +128,10 @@ class ShadowArm:
         self._scored.inc(len(rows))
         try:
             self._judge.shadow_answered(self.info.id, version, rows, answers)
-        except Exception:  # a bug of the join's must not end as an unretrieved task error
-            log.exception("shadow arm %s: judging %d answers failed", self.info.id, len(rows))
-            self._judge.given_up(rows)
+        except Exception:  # a bug of the join's: said, not compensated (rows may be closed already)
+            if self._clock() - self._failure_said >= FAILURE_LOG_EVERY_S:
+                self._failure_said = self._clock()
+                log.exception("shadow arm %s: judging %d answers failed", self.info.id, len(rows))
 
     async def close(self) -> None:
         """Requests still out are let go (nothing waits for their answers); none is taken

@@ -286,7 +286,11 @@ class Dispatcher:
         Returns the version that answered and the answers."""
         sig = self.signature(arm)
         req_id = codec.request_id(rows[0].events[0].ref, len(rows), 0, next(self._sends))
-        request = codec.encode(rows, sig, req_id, priority if self.reads.priority else 0, None, codec.ANSWERS)
+        # Triton's own timeout as on the live path: a request given up here does not wait on there
+        timeout_us = self.config.timeout_ms * 1_000 if self.reads.timeout else None
+        request = codec.encode(
+            rows, sig, req_id, priority if self.reads.priority else 0, timeout_us, codec.ANSWERS
+        )
         stream = self.pool.pick()
         response = await self._answer(stream, stream.submit(request), req_id)
         return response.model_version or sig.version, codec.decode(response, len(rows), sig.top_k)
