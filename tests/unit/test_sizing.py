@@ -146,18 +146,26 @@ def test_the_limit_is_above_the_bound_and_the_request_above_the_baseline() -> No
     assert more.limit > budget.limit and more.request == budget.request
 
 
-def shipped() -> list[MemoryBudget]:
-    return [
+def shipped() -> tuple[MemoryBudget, MemoryBudget]:
+    """The local topology (histories in memory) and the Kubernetes one (durable state), for
+    a member holding all 12 input partitions."""
+    return (
         memory_budget(load_topology(ROOT / "topologies" / "recommendations.yaml")),
         memory_budget(load_topology(ROOT / "deploy" / "k8s" / "recommendations.yaml", env=SASL_ENV)),
-    ]
+    )
 
 
 def test_the_shipped_topologies_get_sensible_numbers() -> None:
-    for budget in shipped():
-        assert 256 * MIB <= budget.limit <= 768 * MIB, budget.limit / MIB  # under the old 1 GiB
-        assert 128 * MIB <= budget.request <= 256 * MIB, budget.request / MIB  # measured 80–150 MB
+    local, deployed = shipped()
+    for budget in (local, deployed):
+        # 64 MiB a topic and one poll, not 20,000 credits × 64 KiB = 1.25 GiB
         assert budget.term("in-flight payload").bytes < 100 * MIB
+    assert 256 * MIB <= local.limit <= 768 * MIB, local.limit / MIB
+    assert 128 * MIB <= local.request <= 256 * MIB, local.request / MIB  # measured 80–150 MB
+    # durable state: RocksDB's memtables and block cache for each of 12 open stores rule
+    rocksdb = deployed.term("RocksDB write buffers and block cache").bytes
+    assert rocksdb == 12 * 64 * MIB
+    assert local.limit + rocksdb <= deployed.limit <= 2 * 1024 * MIB, deployed.limit / MIB
 
 
 def test_the_table_names_every_term_its_key_and_the_request_and_limit() -> None:
