@@ -1,39 +1,162 @@
-"""Operations endpoint on the pipeline's own loop: /metrics (Prometheus text), /healthz
-(the process runs), /readyz (started and consuming). A few lines of asyncio instead of a web
-framework: three GET routes do not justify another dependency."""
+"""Operations endpoint on the pipeline's own loop: /metrics (Prometheus text), the probes, and
+what liveness is judged on. A few lines of asyncio instead of a web framework: a handful of
+GET routes do not justify another dependency.
+
+    /livez (/healthz)  the process is healthy: its event loop responsive, every supervised
+                       loop alive and making rounds, the consumer polling (200 while starting)
+    /startupz          the start finished: clients started, loops running
+    /readyz            started and consuming: not stalled, held, restoring or refusing"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from pipeline.metrics import Metrics
+from pipeline.ticks import Rounds
 
 MAX_REQUEST_BYTES = 8_192  # per line (the reader's limit); a scrape's lines are far shorter
 MAX_HEADER_LINES = 64  # so a request is at most ~65 lines of 8 KiB
 READ_TIMEOUT_S = 5.0  # the whole request, not each line: a slow client cannot hold a task
+
+LAG_TICK_S = 0.5  # how often the event loop's lag is measured
+# A timer this late means one callback held the loop for seconds (a blocking call): broken,
+# not busy (a busy pipeline's lag is milliseconds). It fails /livez until the next tick
+# measures less, so only a loop that stays blocked fails several probes in a row.
+EVENT_LOOP_LAG_LIMIT_S = 5.0
+# A loop paced by ``every`` has this many intervals for one round if that is longer than the
+# topology's operations.liveness_stuck_after_ms (a long commit interval, say).
+STUCK_INTERVALS = 3
+CONSUME_LOOP = "consume"  # the consume loop's label beside the supervised loops' names
+
+
+class Probed(Protocol):
+    """What the endpoint asks of the pipeline (the runtime answers)."""
+
+    def is_ready(self) -> bool: ...
+
+    def is_started(self) -> bool: ...
+
+    def liveness_problems(self) -> list[str]: ...
+
+
+class Liveness:
+    """Whether the pipeline's loops live: each supervised background loop (its ``Rounds``)
+    must not have ended and, if paced by ``every``, must have completed a round within its
+    bound; the consume loop must have polled within ``stuck_after_s``. Judged only while
+    the pipeline runs: before, nothing is running yet (the start is the startup probe's to
+    bound); after its stop, the loops end on purpose."""
+
+    def __init__(self, metrics: Metrics, stuck_after_s: float, running: Callable[[], bool]) -> None:
+        self.metrics = metrics
+        self.stuck_after_s = stuck_after_s
+        self.running = running
+        self.loops: dict[str, Rounds] = {}
+        self.last_poll: Callable[[], float | None] = lambda: None
+        metrics.loops_dead.set_function(lambda: len(self.problems()))
+
+    def watch(self, name: str) -> Rounds:
+        """A supervised loop's Rounds, to hand to ``supervised``."""
+        rounds = self.loops[name] = Rounds(name, on_paced=self._gauge_round_age)
+        return rounds
+
+    def watch_consumer(self, last_poll: Callable[[], float | None]) -> None:
+        """When the consume loop last polled (monotonic; None: not known of this source)."""
+        self.last_poll = last_poll
+        if last_poll() is not None:
+            self.metrics.loop_round_age.labels(CONSUME_LOOP).set_function(lambda: _age(last_poll()))
+
+    def _gauge_round_age(self, rounds: Rounds) -> None:
+        self.metrics.loop_round_age.labels(rounds.name).set_function(lambda: _age(rounds.last_round))
+
+    def bound_s(self, interval_s: float) -> float:
+        return max(self.stuck_after_s, STUCK_INTERVALS * interval_s)
+
+    def problems(self, now: float | None = None) -> list[str]:
+        """What is dead or stuck, one short line each; none: alive (or not running)."""
+        if not self.running():
+            return []
+        now = time.monotonic() if now is None else now
+        found = []
+        for rounds in self.loops.values():
+            if rounds.ended:
+                found.append(f"loop {rounds.name}: ended")
+            elif rounds.interval_s is not None and now - rounds.last_round > self.bound_s(rounds.interval_s):
+                found.append(f"loop {rounds.name}: no round for {now - rounds.last_round:.0f} s")
+        polled = self.last_poll()
+        if polled is not None and now - polled > self.stuck_after_s:
+            found.append(f"{CONSUME_LOOP} loop: no poll for {now - polled:.0f} s")
+        return found
+
+
+def _age(moment: float | None) -> float:
+    return time.monotonic() - moment if moment is not None else float("nan")
+
+
+class EventLoopLag:
+    """How late the event loop runs a timer: a ticker sleeps ``tick_s`` and measures how
+    much longer that took. A blocking call holding the loop shows as lag once it lets go;
+    while it holds, the pending tick is overdue (read too, so a ticker gone is seen)."""
+
+    def __init__(self, metrics: Metrics, tick_s: float = LAG_TICK_S) -> None:
+        self.metrics = metrics
+        self.tick_s = tick_s
+        self.lag_s = 0.0
+        self._due: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick(), name="event-loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _tick(self) -> None:
+        while True:
+            self._due = time.monotonic() + self.tick_s
+            await asyncio.sleep(self.tick_s)
+            self.lag_s = max(0.0, time.monotonic() - self._due)
+            self.metrics.event_loop_lag.set(self.lag_s)
+
+    def current(self, now: float | None = None) -> float:
+        """The last lag measured, or how overdue the pending tick already is if more."""
+        if self._due is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return max(self.lag_s, now - self._due)
 
 
 class OpsServer:
     def __init__(
         self,
         metrics: Metrics,
-        ready: Callable[[], bool],
+        probed: Probed,
         port: int,
         host: str = "127.0.0.1",
         read_timeout_s: float = READ_TIMEOUT_S,
+        lag_limit_s: float = EVENT_LOOP_LAG_LIMIT_S,
+        lag_tick_s: float = LAG_TICK_S,
     ) -> None:
         self.read_timeout_s = read_timeout_s
         self.metrics = metrics
-        self.ready = ready
+        self.probed = probed
         self.port = port
         self.host = host
+        self.lag_limit_s = lag_limit_s
+        self.lag = EventLoopLag(metrics, lag_tick_s)  # runs while the endpoint does
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
+        self.lag.start()
 
     async def _read_request_line(self, reader: asyncio.StreamReader) -> bytes:
         request_line = await reader.readline()
@@ -64,18 +187,31 @@ class OpsServer:
         finally:
             writer.close()
 
+    def liveness_problems(self) -> list[str]:
+        """The event loop's, then the pipeline's."""
+        lag = self.lag.current()
+        late = [f"event loop: lag {lag:.1f} s"] if lag > self.lag_limit_s else []
+        return late + self.probed.liveness_problems()
+
     def _route(self, path: str) -> tuple[str, bytes, str]:
         if path == "/metrics":
             return "200 OK", self.metrics.exposition(), CONTENT_TYPE_LATEST
-        if path == "/healthz":
-            return "200 OK", b"ok\n", "text/plain"
+        if path in ("/livez", "/healthz"):
+            if problems := self.liveness_problems():
+                return "503 Service Unavailable", "\n".join(problems).encode() + b"\n", "text/plain"
+            return "200 OK", b"ok\n" if self.probed.is_started() else b"ok, starting\n", "text/plain"
+        if path == "/startupz":
+            if self.probed.is_started():
+                return "200 OK", b"started\n", "text/plain"
+            return "503 Service Unavailable", b"starting\n", "text/plain"
         if path == "/readyz":
-            if self.ready():
+            if self.probed.is_ready():
                 return "200 OK", b"ready\n", "text/plain"
             return "503 Service Unavailable", b"not ready\n", "text/plain"
         return "404 Not Found", b"not found\n", "text/plain"
 
     async def stop(self) -> None:
+        await self.lag.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

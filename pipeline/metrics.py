@@ -223,6 +223,23 @@ class Metrics:
             ["loop"],
             registry=r,
         )
+        self.event_loop_lag = Gauge(
+            "pipeline_event_loop_lag_seconds",
+            "How late the event loop ran the last tick of its lag ticker (a blocking call shows here)",
+            registry=r,
+        )
+        self.loop_round_age = Gauge(
+            "pipeline_loop_round_age_seconds",
+            "Seconds since each background loop paced by an interval completed a round "
+            "(consume: since the consumer last polled)",
+            ["loop"],
+            registry=r,
+        )
+        self.loops_dead = Gauge(
+            "pipeline_loops_dead",
+            "Loops ended, or without a round past their bound, while the pipeline runs (/livez 503)",
+            registry=r,
+        )
         self.contract_pending = Gauge(
             "pipeline_model_contract_pending",
             "1 until the served model was checked against the topology (consumption held meanwhile)",

@@ -32,6 +32,7 @@ from pipeline.ends import EndsFactory, on_kafka_and_triton
 from pipeline.errors import Fatal
 from pipeline.events import BatchOutcome, InferenceBatch, OutputRecord, RawRecord, SinkBatch
 from pipeline.gauges import watch_runtime
+from pipeline.health import Liveness
 from pipeline.metrics import Metrics
 from pipeline.operators.enrich import dead_letters_batch
 from pipeline.operators.parse import ParsedBatch
@@ -131,6 +132,9 @@ class PipelineRuntime:
         )
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
+        self.liveness = Liveness(self.metrics, self.settings.liveness_stuck_after_s, self._running)
+        # The Kafka source notes when its last poll ended; a source without it: not judged.
+        self.liveness.watch_consumer(lambda: getattr(self.source, "last_poll", None))
         self._sink_tasks: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
         self.clean_stop = True  # False: work was left unfinished or uncommitted (it replays)
@@ -220,6 +224,18 @@ class PipelineRuntime:
             and not self.sink.refusing
             and not self.users.restoring
         )
+
+    def is_started(self) -> bool:
+        """Clients started and loops running: what /startupz reports."""
+        return self.ready.is_set()
+
+    def liveness_problems(self) -> list[str]:
+        """A loop ended or stuck, the consumer not polling: what fails /livez."""
+        return self.liveness.problems()
+
+    def _running(self) -> bool:
+        """Started and not stopping: when the loops are judged (they end on purpose at a stop)."""
+        return self.ready.is_set() and not self._stop.is_set()
 
     def _on_sink_batch(self, batch: SinkBatch) -> None:
         self._sink_tasks.add(task := asyncio.create_task(self._write(batch)))
@@ -349,7 +365,17 @@ class PipelineRuntime:
         self._build_graph(records).subscribe(on_next=self._on_sink_batch, on_error=self._on_graph_error)
         stop, restarted, failed = self._stop, self._on_loop_restart, self._on_graph_error
         loops = [
-            asyncio.create_task(supervised(name, functools.partial(loop, stop), stop, restarted, failed))
+            asyncio.create_task(
+                supervised(
+                    name,
+                    functools.partial(loop, stop),
+                    stop,
+                    restarted,
+                    failed,
+                    rounds=self.liveness.watch(name),
+                ),
+                name=f"loop {name}",
+            )
             for name, loop in self._background_loops().items()
         ]
         self.ready.set()

@@ -45,7 +45,7 @@ async def _serve(topology_path: Path) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     ops = None
     if (endpoint := wiring.operations_endpoint(topology)) is not None:
-        ops = OpsServer(runtime.metrics, runtime.is_ready, endpoint.port, endpoint.bind)
+        ops = OpsServer(runtime.metrics, runtime, endpoint.port, endpoint.bind)
         await ops.start()
     try:
         await runtime.run(stop)

@@ -37,6 +37,7 @@ class RuntimeSettings(NamedTuple):
     drain_timeout_s: float
     stall_after_s: float
     commit_interval_s: float
+    liveness_stuck_after_s: float  # a loop with no round (the consumer no poll) this long: dead
 
 
 def runtime_settings(t: Topology) -> RuntimeSettings:
@@ -46,6 +47,7 @@ def runtime_settings(t: Topology) -> RuntimeSettings:
         t.source.drain_timeout_ms / 1000.0,
         t.source.stall_after_ms / 1000.0,
         t.source.commit_interval_ms / 1000.0,
+        t.operations.liveness_stuck_after_ms / 1000.0,
     )
 
 
@@ -55,7 +57,7 @@ class Endpoint(NamedTuple):
 
 
 def operations_endpoint(t: Topology) -> Endpoint | None:
-    """Where /metrics, /healthz and /readyz are served (None: not served)."""
+    """Where /metrics and the probes (/livez, /startupz, /readyz) are served (None: not served)."""
     ops = t.operations
     return Endpoint(ops.metrics_port, ops.bind) if ops.metrics_port else None
 

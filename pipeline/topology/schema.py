@@ -468,14 +468,21 @@ class Operations(Node):
         0,
         ge=0,
         le=65_535,
-        description="serves `/metrics`, `/healthz`, `/readyz` on this port (env PIPELINE_METRICS_PORT); "
-        "0: no endpoint",
+        description="serves `/metrics` and the probes `/livez` (`/healthz`), `/startupz`, `/readyz` on this "
+        "port (env PIPELINE_METRICS_PORT); 0: no endpoint",
     )
     bind: str = Field(
         "127.0.0.1",
         min_length=1,
         description="address of the metrics/health endpoint (env PIPELINE_OPERATIONS_BIND; "
         "0.0.0.0: every interface)",
+    )
+    liveness_stuck_after_ms: int = Field(
+        60_000,
+        gt=0,
+        description="a background loop with no round this long (or 3 of its intervals, if longer), or the "
+        "consumer with no poll this long, fails `/livez` (the default: twice source.stall_after_ms's, so a "
+        "stall fails readiness first)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
     tracing: TracingSpec = TracingSpec()
