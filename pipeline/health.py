@@ -58,12 +58,17 @@ class Liveness:
         self.running = running
         self.loops: dict[str, Rounds] = {}
         self.last_poll: Callable[[], float | None] = lambda: None
+        self.since = time.monotonic()  # the loops' start: a start longer than the bound is no stall
         metrics.loops_dead.set_function(lambda: len(self.problems()))
 
     def watch(self, name: str) -> Rounds:
         """A supervised loop's Rounds, to hand to ``supervised``."""
         rounds = self.loops[name] = Rounds(name, on_paced=self._gauge_round_age)
         return rounds
+
+    def begin(self) -> None:
+        """The loops start now (the consumer's first poll is a moment away)."""
+        self.since = time.monotonic()
 
     def watch_consumer(self, last_poll: Callable[[], float | None]) -> None:
         """When the consume loop last polled (monotonic; None: not known of this source)."""
@@ -89,7 +94,7 @@ class Liveness:
             elif rounds.interval_s is not None and now - rounds.last_round > self.bound_s(rounds.interval_s):
                 found.append(f"loop {rounds.name}: no round for {now - rounds.last_round:.0f} s")
         polled = self.last_poll()
-        if polled is not None and now - polled > self.stuck_after_s:
+        if polled is not None and now - max(polled, self.since) > self.stuck_after_s:
             found.append(f"{CONSUME_LOOP} loop: no poll for {now - polled:.0f} s")
         return found
 

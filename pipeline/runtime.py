@@ -378,6 +378,7 @@ class PipelineRuntime:
             )
             for name, loop in self._background_loops().items()
         ]
+        self.liveness.begin()
         self.ready.set()
         log.info("pipeline %s running", self.settings.name)
         try:

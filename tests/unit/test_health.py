@@ -206,6 +206,14 @@ def test_a_consumer_that_stopped_polling_is_wedged_and_its_age_is_gauged() -> No
     assert 'pipeline_loop_round_age_seconds{loop="consume"}' in text
 
 
+def test_a_start_longer_than_the_bound_is_not_a_consumer_that_stopped_polling() -> None:
+    liveness = _liveness(stuck_after_s=60)
+    liveness.watch_consumer(lambda: 0.0)  # last polled before a long start (never, in fact)
+    liveness.since = 1_000.0  # the loops began
+    assert liveness.problems(1_000.1) == []
+    assert liveness.problems(1_061.0) == ["consume loop: no poll for 1061 s"]
+
+
 def test_a_source_that_does_not_say_when_it_polled_is_not_judged() -> None:
     liveness = _liveness()
     liveness.watch_consumer(lambda: None)
