@@ -91,14 +91,17 @@ class RecentItems:
         self._bound()
 
     def forget(self, user_id: int) -> None:
-        self._forget(user_id)
+        self._pop(user_id)
 
     def _forget(self, user_id: int) -> dict[int, int]:
+        blob = self._pop(user_id)
+        return unpack_pairs(blob) if blob is not None else {}
+
+    def _pop(self, user_id: int) -> bytes | None:
         blob = self._items.pop(user_id, None)
-        if blob is None:
-            return {}
-        self.bytes -= len(blob) + ENTRY_OVERHEAD_BYTES
-        return unpack_pairs(blob)
+        if blob is not None:
+            self.bytes -= len(blob) + ENTRY_OVERHEAD_BYTES
+        return blob
 
     def _remember(self, user_id: int, pairs: list[tuple[int, int]]) -> None:
         blob = pack_pairs(pairs)
@@ -131,8 +134,9 @@ class RecentItems:
         return blob
 
     def put_packed(self, user_id: int, blob: bytes) -> None:
-        """Remember a user's packed pairs as they are (a store's read, a restore)."""
-        self._forget(user_id)
+        """Remember a user's packed value as it is (a store's read, a restore): opaque here
+        (a store's value may carry more than the pairs)."""
+        self._pop(user_id)
         self._items[user_id] = blob
         self.bytes += len(blob) + ENTRY_OVERHEAD_BYTES
         self._bound()

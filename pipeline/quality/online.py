@@ -21,6 +21,12 @@ With ``examples_topic``, every decided next item is also a joined example (the
 recommendation, the user's next interaction, the outcome: ``example_record``), handed to the
 runtime to write with the batch that decided it.
 
+With durable user state (``state.dir``), each user's latest live recommendation waiting for
+its outcome is kept with their history (``WaitingStore``: ``state/users.py``), so it reaches
+the changelog and the partition's next owner: a user this process does not remember (it
+restarted, the partition moved here, memory's bound let the user go) is recalled from there
+and judged as if never forgotten. Shadow arms' recommendations are kept in memory only.
+
 Memory: at most ``max_users`` users and ``max_bytes`` (estimated: the least recently active
 forgotten first), each with at most ``LOG_EVENTS`` logged events and ``PER_USER``
 recommendations an arm waiting, kept packed; what is forgotten before its outcome is
@@ -32,6 +38,7 @@ from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
@@ -62,6 +69,7 @@ class _Shown:
     arm: str
     version: str
     judged: bool = False  # the next item is counted
+    kept: bool = False  # in the user's durable state: not lost when memory lets it go
 
     @property
     def nbytes(self) -> int:
@@ -75,6 +83,14 @@ class _User:
     log: array[int] | None = None  # (ts, item, topic, offset) seen while an answer was out
     cut: int = NEVER  # the newest event time the log let go of (bounded)
     shown: list[_Shown] | None = None  # waiting for an outcome, every arm's
+
+
+class WaitingStore(Protocol):
+    """Where a user's waiting recommendation is kept beside their history."""
+
+    def waiting(self, user_id: int, partition: int) -> bytes | None: ...
+
+    def set_waiting(self, user_id: int, partition: int, waiting: bytes | None) -> bool: ...
 
 
 def newest(row: UserRequest) -> Event:
@@ -119,6 +135,7 @@ class OnlineOutcomes:
         experiment: str | None = None,
         max_bytes: int = 32 << 20,
         is_current: Callable[[RawRecord], bool] | None = None,
+        kept: WaitingStore | None = None,
     ) -> None:
         self.attribution_ms = attribution_ms
         self.max_users = max_users
@@ -130,6 +147,8 @@ class OnlineOutcomes:
         self._users: OrderedDict[int, _User] = OrderedDict()
         self._items: dict[str, set[int]] = {}
         self._topics: dict[str, int] = {}
+        self._topic_names: list[str] = []
+        self._kept = kept
         self._is_current = is_current  # an answer of a revoked partition is not judged
         self.pending = 0
         self._dropped = 0  # forgotten unjudged since the last count
@@ -157,10 +176,16 @@ class OnlineOutcomes:
         users = self._users
         user = users.get(user_id)
         if user is None:
-            users[user_id] = _User(first.source.partition, 1)  # this window's request is out
-            self.bytes += USER_BYTES
-            return
-        users.move_to_end(user_id)
+            recalled = self._recall(user_id, first.source.partition) if self._kept is not None else None
+            if recalled is None:
+                users[user_id] = _User(first.source.partition, 1)  # this window's request is out
+                self.bytes += USER_BYTES
+                return
+            user = users[user_id] = _User(first.source.partition, 0, shown=[recalled])
+            self.bytes += USER_BYTES + recalled.nbytes
+            self.pending += 1
+        else:
+            users.move_to_end(user_id)
         mine = events or [first]
         if user.out:
             self._log(user, mine)
@@ -193,7 +218,7 @@ class OnlineOutcomes:
         if self._is_current is not None and not all(self._current(row) for row, _ in answers):
             answers = [(row, recs) for row, recs in answers if self._current(row)]
         if answers:
-            self.shown(outcome.arm or NO_EXPERIMENT, outcome.model_version, answers)
+            self.shown(outcome.arm or NO_EXPERIMENT, outcome.model_version, answers, live=True)
         if len(answers) < len(outcome.batch.requests):  # dead-lettered, revoked: no longer out
             judged = {id(row) for row, _ in answers}
             for row in outcome.batch.requests:
@@ -219,7 +244,14 @@ class OnlineOutcomes:
         if current:
             self.shown(arm, version, current)
 
-    def shown(self, arm: str, version: str, answers: Sequence[tuple[UserRequest, Recommendations]]) -> None:
+    def shown(
+        self,
+        arm: str,
+        version: str,
+        answers: Sequence[tuple[UserRequest, Recommendations]],
+        live: bool = False,
+    ) -> None:
+        """Answers to wait for their outcome; ``live``: emitted (kept in the durable state)."""
         naming_history = dropped = 0
         items = self._items.setdefault(arm, set())
         counting = len(items) < MAX_ITEMS_COUNTED
@@ -235,11 +267,18 @@ class OnlineOutcomes:
                 dropped += 1
                 continue
             at = newest(row)
-            rec = _Shown(at.ts, self._topic(at.source.topic), at.source.offset, array("q", ids), arm, version)
+            topic = self._topic(at.source.topic)
+            if user.shown and any(
+                r.at == at.ts and r.offset == at.source.offset and r.topic == topic and r.arm == arm
+                for r in user.shown
+            ):
+                self._closed(row.user_id, user)  # answered again (its input replayed): already waiting
+                continue
+            rec = _Shown(at.ts, topic, at.source.offset, array("q", ids), arm, version)
             if user.log is None and user.cut == NEVER:  # nothing seen since: it waits
-                self._wait(user, rec)
+                self._wait(row.user_id, user, rec, live)
             else:
-                self._keep(row.user_id, user, rec)
+                self._keep(row.user_id, user, rec, live)
             self._closed(row.user_id, user)
         self._dropped += dropped
         self._bound()
@@ -248,7 +287,7 @@ class OnlineOutcomes:
             self.metrics.arm_naming_history.labels(arm, version).inc(naming_history)
         self.metrics.recommended_items.labels(arm).set(len(items))
 
-    def _keep(self, user_id: int, user: _User, rec: _Shown) -> None:
+    def _keep(self, user_id: int, user: _User, rec: _Shown, live: bool) -> None:
         """Judged on what the user did since the request went out; waits if still open."""
         if user.cut >= rec.at:  # the log let go of events that may have come after it
             self._dropped += 1
@@ -266,18 +305,62 @@ class OnlineOutcomes:
             if flat
             else ()
         )
-        if not any(self._judge_one(user_id, rec, *logged) for logged in later):
-            self._wait(user, rec)
+        if not any(self._judge_one(user_id, user, rec, *logged) for logged in later):
+            self._wait(user_id, user, rec, live)
 
-    def _wait(self, user: _User, rec: _Shown) -> None:
+    def _wait(self, user_id: int, user: _User, rec: _Shown, live: bool) -> None:
         shown = user.shown
         if shown is None:
             shown = user.shown = []
         shown.append(rec)
         self.pending += 1
         self.bytes += rec.nbytes
+        if live and not rec.judged and self._kept is not None and self._newest_kept(shown, rec):
+            self._keep_durably(user_id, user, rec)
         if len(shown) > PER_USER and len(same_arm := [r for r in shown if r.arm == rec.arm]) > PER_USER:
             self._drop(user, same_arm[0])
+
+    # ── the durable side: the latest live recommendation, kept with the user's history ──
+    @staticmethod
+    def _newest_kept(shown: list[_Shown], rec: _Shown) -> bool:
+        """Answers can come out of order: an older one does not replace the newer kept."""
+        return all((r.at, r.offset) <= (rec.at, rec.offset) for r in shown if r.kept)
+
+    def _packed(self, rec: _Shown) -> bytes:
+        return orjson.dumps(
+            [rec.at, self._topic_names[rec.topic], rec.offset, rec.arm, rec.version, rec.items.tolist()]
+        )
+
+    def _keep_durably(self, user_id: int, user: _User, rec: _Shown) -> None:
+        assert self._kept is not None and user.shown is not None
+        if self._kept.set_waiting(user_id, user.partition, self._packed(rec)):
+            for earlier in user.shown:
+                earlier.kept = False  # one a user is kept: the newest
+            rec.kept = True
+
+    def _recall(self, user_id: int, partition: int) -> _Shown | None:
+        """The user's recommendation kept in the durable state, to be judged here."""
+        assert self._kept is not None
+        blob = self._kept.waiting(user_id, partition)
+        if blob is None:
+            return None
+        try:
+            at, topic, offset, arm, version, items = orjson.loads(blob)
+            rec = _Shown(
+                int(at), self._topic(str(topic)), int(offset), array("q", items), str(arm), str(version)
+            )
+        except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+            return None  # not of this layout: the next recommendation replaces it
+        rec.kept = True
+        self.metrics.outcomes_recalled.inc()
+        return rec
+
+    def _decided(self, user_id: int, user: _User, rec: _Shown) -> None:
+        """Its next item is counted: the durable state lets it go (a restart must not count
+        it again)."""
+        if rec.kept and self._kept is not None:
+            rec.kept = False
+            self._kept.set_waiting(user_id, user.partition, None)
 
     def _closed(self, user_id: int, user: _User) -> None:
         """One answer fewer out: the log is kept only while something will read it."""
@@ -305,7 +388,11 @@ class OnlineOutcomes:
         self.bytes += 8 * (len(log) - before)
 
     def _topic(self, name: str) -> int:
-        return self._topics.setdefault(name, len(self._topics))
+        index = self._topics.get(name)
+        if index is None:
+            index = self._topics[name] = len(self._topic_names)
+            self._topic_names.append(name)
+        return index
 
     # ── judging ────────────────────────────────────────────────────────────────────────
     def _judge(self, user_id: int, user: _User, event: Event) -> None:
@@ -316,12 +403,16 @@ class OnlineOutcomes:
             self._topic(event.source.topic),
             event.source.offset,
         )
-        for rec in [rec for rec in user.shown if self._judge_one(user_id, rec, ts, item, topic, offset)]:
+        for rec in [
+            rec for rec in user.shown if self._judge_one(user_id, user, rec, ts, item, topic, offset)
+        ]:
             self._drop(user, rec, decided=True)
         if not user.shown:
             user.shown = None  # the user stays: seen() sends their request next
 
-    def _judge_one(self, user: int, rec: _Shown, ts: int, item: int, topic: int, offset: int) -> bool:
+    def _judge_one(
+        self, user_id: int, user: _User, rec: _Shown, ts: int, item: int, topic: int, offset: int
+    ) -> bool:
         """One later interaction of the user; True: the recommendation's outcome is decided."""
         if ts <= rec.at and not (ts == rec.at and topic == rec.topic and offset > rec.offset):
             return False  # not after it (two topics' records at one millisecond are not ordered)
@@ -329,17 +420,19 @@ class OnlineOutcomes:
         if ts > rec.at + self.attribution_ms:
             if not rec.judged:
                 m.outcomes.labels(arm, rec.version, "no_return").inc()
-                self._example(user, rec, "no_return", ts, item)
+                self._example(user_id, rec, "no_return", ts, item)
+                self._decided(user_id, user, rec)
             return True
         hit = item in rec.items
         if not rec.judged:
             rec.judged = True
+            self._decided(user_id, user, rec)
             if hit:
                 m.outcomes.labels(arm, rec.version, "hit").inc()
                 m.outcome_hit_rank.labels(arm, rec.version).observe(rec.items.index(item) + 1)
             else:
                 m.outcomes.labels(arm, rec.version, "miss").inc()
-            self._example(user, rec, "hit" if hit else "miss", ts, item)
+            self._example(user_id, rec, "hit" if hit else "miss", ts, item)
         if hit:
             m.outcome_any_hits.labels(arm, rec.version).inc()
         return hit
@@ -361,7 +454,7 @@ class OnlineOutcomes:
         user.shown.remove(rec)
         self.pending -= 1
         self.bytes -= rec.nbytes
-        if not decided and not rec.judged:
+        if not decided and not rec.judged and not rec.kept:  # kept: judged where the user is next seen
             self._dropped += 1  # counted by _bound, once per call (a metric update costs)
 
     def _bound(self) -> None:

@@ -3,8 +3,11 @@ rocksdict (the store Quix Streams uses), with a cache of the most recently activ
 front, bounded in bytes. Memory stays bounded whatever the number of users; the disk holds
 them all.
 
-A user's history is (ts, item) pairs packed 16 bytes a pair (``operators/coalesce.py``'s
-format), keyed by the user id as 8 big-endian bytes. ``extend`` merges new pairs as the
+A user's value is their history, (ts, item) pairs packed 16 bytes a pair
+(``operators/coalesce.py``'s format), keyed by the user id as 8 big-endian bytes; it may
+carry, after the pairs, the user's recommendation waiting for its outcome (opaque here:
+``quality/online.py`` owns it), then a footer (``split_value``). Values written before the
+footer existed are read as a history alone. ``extend`` merges new pairs as the
 in-memory history does (one timestamp per item, so a replayed event changes nothing);
 What changed is sent to the changelog (``take_changed``), then written to disk with the
 changelog offset acknowledged for it (``stored``), so that a restart restores only what
@@ -26,6 +29,39 @@ user_key = _USER.pack  # a user id as the store's (and the changelog's) key
 _OFFSET = _USER  # the changelog offset: the same 8 big-endian bytes
 CHANGELOG_OFFSET_KEY = b"\x00changelog-offset"  # sorts before every user key (ids are >= 0)
 WRITE_BUFFER_BYTES = 16 << 20  # RocksDB's memtable: part of the store's memory besides the cache
+# The footer: one negative int64 (the pairs end with an item id, never negative) holding the
+# waiting part's length and the layout's version: -1 - (length << 8 | version).
+_FOOTER = struct.Struct("=q")
+VALUE_VERSION = 1
+
+
+def split_value(blob: bytes) -> tuple[bytes, bytes | None]:
+    """A stored value as (packed pairs, the waiting recommendation or None). A value of a
+    later layout version gives its history and no waiting part."""
+    size = len(blob)
+    if size < _FOOTER.size:
+        return blob, None
+    (footer,) = _FOOTER.unpack_from(blob, size - _FOOTER.size)
+    if footer >= 0:  # the pairs alone (the layout before the footer)
+        return blob, None
+    code = -1 - footer
+    length, version = code >> 8, code & 0xFF
+    end = size - _FOOTER.size - length
+    if end < 0 or end % 16:
+        raise ValueError(f"a stored value of {size} bytes with a footer naming {length} bytes")
+    return blob[:end], (blob[end : size - _FOOTER.size] if version == VALUE_VERSION else None)
+
+
+def join_value(pairs: bytes, waiting: bytes | None) -> bytes:
+    """What ``split_value`` splits."""
+    if not waiting:
+        return pairs
+    return b"".join((pairs, waiting, _FOOTER.pack(-1 - (len(waiting) << 8 | VALUE_VERSION))))
+
+
+def history_of(blob: bytes) -> tuple[int, ...]:
+    """A stored value's history, newest last."""
+    return tuple(unpack_pairs(split_value(blob)[0]))
 
 
 def _options() -> Options:
@@ -68,21 +104,40 @@ class HistoryStore:
     def extend(self, user_id: int, new_items: list[tuple[int, int]]) -> tuple[int, ...]:
         """Add (ts, item) pairs; returns the history, newest last (as RecentItems.extend)."""
         blob = self._packed(user_id)
-        if blob is None and len(new_items) == 1:  # a new user with one event: nothing to merge
-            self.put_packed(user_id, pack_pairs(new_items))
-            return (new_items[0][1],)
-        known = unpack_pairs(blob) if blob is not None else {}
-        kept = merge_pairs(known, new_items, self.history_length, self.by_event_time)
-        self.put_packed(user_id, pack_pairs(kept))
+        if blob is None:
+            if len(new_items) == 1:  # a new user with one event: nothing to merge
+                self.put_packed(user_id, pack_pairs(new_items))
+                return (new_items[0][1],)
+            pairs, waiting = b"", None
+        else:
+            pairs, waiting = split_value(blob)
+        kept = merge_pairs(unpack_pairs(pairs), new_items, self.history_length, self.by_event_time)
+        self.put_packed(user_id, join_value(pack_pairs(kept), waiting))
         return tuple(item for _, item in kept)
 
     def history(self, user_id: int) -> tuple[int, ...]:
         """The stored history, newest last (pairs are packed in history order)."""
         blob = self._packed(user_id)
-        return tuple(unpack_pairs(blob)) if blob is not None else ()
+        return history_of(blob) if blob is not None else ()
+
+    def waiting(self, user_id: int) -> bytes | None:
+        """The user's recommendation waiting for its outcome, as ``set_waiting`` kept it."""
+        blob = self._packed(user_id)
+        return split_value(blob)[1] if blob is not None else None
+
+    def set_waiting(self, user_id: int, waiting: bytes | None) -> None:
+        """Keep (or with None, let go of) the user's waiting recommendation beside their
+        history: changed like a history, so it reaches the changelog and the disk with it.
+        A user without a history has nothing to keep it beside."""
+        blob = self._packed(user_id)
+        if blob is None:
+            return
+        pairs, before = split_value(blob)
+        if before != waiting:
+            self.put_packed(user_id, join_value(pairs, waiting))
 
     def put_packed(self, user_id: int, blob: bytes) -> None:
-        """A user's history as packed pairs (an update, or a restore from the changelog)."""
+        """A user's value (``join_value``'s): an update, or a restore from the changelog."""
         self._cache.put_packed(user_id, blob)
         self._dirty[user_id] = blob
 

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from pipeline.events import RawRecord
-from pipeline.operators.coalesce import RecentItems, unpack_pairs
-from pipeline.state.histories import user_key
+from pipeline.operators.coalesce import RecentItems
+from pipeline.state.histories import history_of, user_key
 
 
 def interaction(record: RawRecord) -> dict[str, Any] | None:
@@ -91,6 +91,6 @@ def changelog_mismatches(
     wrong = []
     for user in histories.users():
         stored = last.get(user_key(user))
-        if stored is None or tuple(unpack_pairs(stored)) != histories.history(user):
+        if stored is None or history_of(stored) != histories.history(user):
             wrong.append(user)
     return wrong

@@ -91,10 +91,30 @@ class UserState:
     def extend(self, user_id: int, new_items: list[tuple[int, int]], partition: int) -> tuple[int, ...]:
         if not self.durable:
             return self._memory.extend(user_id, new_items)
-        store = self.stores.get(partition)
-        if store is None or partition in self.restoring:
+        store = self._serving(partition)
+        if store is None:
             return self._scratch.extend(user_id, new_items)
         return store.extend(user_id, new_items)
+
+    def _serving(self, partition: int) -> HistoryStore | None:
+        """The partition's store when its users are this member's to change."""
+        store = self.stores.get(partition)
+        return None if store is None or partition in self.restoring else store
+
+    # ── the outcome join's view: a user's recommendation waiting for its outcome ────────
+    def waiting(self, user_id: int, partition: int) -> bytes | None:
+        """What ``set_waiting`` kept for the user (None without durable state)."""
+        store = self._serving(partition)
+        return store.waiting(user_id) if store is not None else None
+
+    def set_waiting(self, user_id: int, partition: int, waiting: bytes | None) -> bool:
+        """Keep it with the user's history (None: let go); False: not kept (no durable
+        state, or the partition is not this member's now)."""
+        store = self._serving(partition)
+        if store is None:
+            return False
+        store.set_waiting(user_id, waiting)
+        return True
 
     def is_restoring(self, partition: int) -> bool:
         return partition in self.restoring

@@ -47,16 +47,64 @@ def scenario(seed: int) -> tuple[list[list[Row]], dict[int, list[int]]]:
     return windows, recs
 
 
+class KeptInDict:
+    """The durable user state's part in the join (``WaitingStore``), in a dict."""
+
+    def __init__(self) -> None:
+        self.kept: dict[int, bytes] = {}
+
+    def waiting(self, user_id: int, partition: int) -> bytes | None:
+        return self.kept.get(user_id)
+
+    def set_waiting(self, user_id: int, partition: int, waiting: bytes | None) -> bool:
+        if waiting is None:
+            self.kept.pop(user_id, None)
+        else:
+            self.kept[user_id] = waiting
+        return True
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_the_stream_judges_as_the_report_does_whatever_arrives_first(seed: int) -> None:
+    judged_as_the_report(seed)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_with_durable_state_restarts_between_windows_judge_as_the_report(seed: int) -> None:
+    """Every few windows the process is replaced (a deploy: memory gone, the durable state
+    kept): each user's waiting recommendation is recalled and judged as if never forgotten.
+    Any-hits of recommendations already judged are the memory's alone: a restart may miss some."""
+    judged_as_the_report(seed, restart_every=3)
+
+
+def report_docs(answered: list[tuple[UserRequest, Recommendations]]) -> list[dict[str, object]]:
+    """The output records of answers, as the offline report reads them."""
+    return [
+        {
+            "model": {"name": "m", "version": "1"},
+            "items": [{"item_id": i} for i in r.item_ids],
+            "sources": [{"topic": "t", "partition": 0, "offset": e.source.offset} for e in row.events],
+        }
+        for row, r in answered
+    ]
+
+
+def judged_as_the_report(seed: int, restart_every: int | None = None) -> None:
     windows, recs = scenario(seed)
     rng = random.Random(seed + 1000)
     metrics = Metrics()
-    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics)
+    kept = KeptInDict() if restart_every else None
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
     records: list[RawRecord] = []
-    docs = []
+    docs: list[dict[str, object]] = []
     waiting: list[tuple[int, list[tuple[UserRequest, Recommendations]]]] = []  # (due window, answers)
     for w, window in enumerate(windows):
+        if restart_every and w % restart_every == 0:  # a clean stop: what is out answered, then gone
+            for _due, answered in waiting:
+                join.shown("a", "1", answered, live=True)
+                docs.extend(report_docs(answered))
+            waiting = []
+            join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
         rows = [[event(off, user=u, item=i, ts=ts) for u, i, ts, off in row] for row in window]
         arrived = [e for row in rows for e in row]
         rng.shuffle(arrived)  # a window's events in any order: the join orders a user's by time
@@ -73,17 +121,8 @@ def test_the_stream_judges_as_the_report_does_whatever_arrives_first(seed: int) 
         ]
         waiting.append((w + rng.randrange(0, 4), answers))  # answered up to 3 windows later
         for _due, answered in [x for x in waiting if x[0] <= w]:
-            join.shown("a", "1", answered)
-            for row, r in answered:
-                docs.append(
-                    {
-                        "model": {"name": "m", "version": "1"},
-                        "items": [{"item_id": i} for i in r.item_ids],
-                        "sources": [
-                            {"topic": "t", "partition": 0, "offset": e.source.offset} for e in row.events
-                        ],
-                    }
-                )
+            join.shown("a", "1", answered, live=True)
+            docs.extend(report_docs(answered))
         waiting = [x for x in waiting if x[0] > w]
     tally = outcomes(records, docs, ATTRIBUTION_MS)["m:1"]
     counted = join.counts()[("a", "1")]
@@ -92,6 +131,10 @@ def test_the_stream_judges_as_the_report_does_whatever_arrives_first(seed: int) 
     any_hits = metrics.registry.get_sample_value(
         "pipeline_outcome_any_hits_total", {"arm": "a", "version": "1"}
     )
+    if restart_every:
+        assert any_hits is not None and any_hits <= tally.any_hits
+        assert metrics.registry.get_sample_value("pipeline_outcomes_recalled_total") > 5  # restarts happened
+        return
     assert any_hits == tally.any_hits
     ranks = metrics.registry.get_sample_value("pipeline_outcome_hit_rank_sum", {"arm": "a", "version": "1"})
     assert ranks == sum(rank * n for rank, n in tally.positions.items())
@@ -221,3 +264,43 @@ def test_waiting_recommendations_are_bounded_per_user_and_arm_and_history_names_
     assert metrics.registry.get_sample_value("pipeline_outcomes_dropped_total") == 0  # judged ones go
     sample = metrics.registry.get_sample_value
     assert sample("pipeline_arm_recommendations_naming_history_total", {"arm": "a", "version": "1"}) == 12
+
+
+def test_with_durable_state_users_past_the_memory_bound_are_judged_when_they_return() -> None:
+    """Memory lets users go; their waiting recommendations are kept with their state and
+    recalled when they come back: judged, not dropped. Without it, they are dropped."""
+    for kept, hits, dropped in ((KeptInDict(), 10, 0), (None, 0, 10)):
+        metrics = Metrics()
+        join = OnlineOutcomes(ATTRIBUTION_MS, 2, metrics, kept=kept)
+        for user in range(10):
+            e = event(user, user=user, item=user, ts=1_000)
+            join.seen(Window((e,), 0, 0))
+            join.shown(
+                "a", "1", [(UserRequest(user, (), (e,)), Recommendations((500 + user,), ()))], live=True
+            )
+        for user in range(10):  # each back for the item recommended to them
+            join.seen(Window((event(100 + user, user=user, item=500 + user, ts=2_000),), 0, 0))
+        assert join.counts().get(("a", "1"), {}).get("hit", 0) == hits
+        assert (metrics.registry.get_sample_value("pipeline_outcomes_dropped_total") or 0) == dropped
+        if kept is not None:
+            assert kept.kept == {}  # judged: let go, a later restart does not count them again
+
+
+def test_only_live_answers_are_kept_and_a_replayed_answer_waits_once() -> None:
+    kept = KeptInDict()
+    metrics = Metrics()
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
+    e = event(0, user=1, item=10, ts=1_000)
+    join.seen(Window((e,), 0, 0))
+    row = UserRequest(1, (), (e,))
+    join.shadow_answered("shadow", "3", [row], [Recommendations((11,), ())])
+    assert kept.kept == {}  # a shadow's answer lives in memory only
+    join.taken([row])
+    join.shown("a", "1", [(row, Recommendations((11,), ()))], live=True)
+    assert set(kept.kept) == {1}
+    join.shown("a", "1", [(row, Recommendations((11,), ()))], live=True)  # its input replayed
+    assert join.pending == 2  # the shadow's and the live one: not the copy
+    restarted = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
+    restarted.seen(Window((event(1, user=1, item=11, ts=2_000),), 0, 0))
+    counts = restarted.counts()
+    assert counts[("a", "1")]["hit"] == 1 and ("shadow", "3") not in counts  # the shadow's was memory's

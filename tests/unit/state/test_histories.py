@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from pipeline.operators.coalesce import RecentItems, pack_pairs
-from pipeline.state.histories import HistoryStore
+from pipeline.state.histories import HistoryStore, history_of, join_value, split_value, user_key
 
 
 def store(path: Path, cache_bytes: int = 1 << 20) -> HistoryStore:
@@ -68,3 +70,36 @@ def test_memory_is_bounded_by_the_cache_while_disk_holds_every_user(tmp_path: Pa
     reopened = store(tmp_path / "s")
     assert reopened.history(12_345) == (12_345 % 97, 100 + 12_345 % 89)
     reopened.close()
+
+
+def test_a_waiting_recommendation_rides_with_the_history_to_the_changelog_and_back(tmp_path: Path) -> None:
+    s = store(tmp_path / "s")
+    s.extend(1, [(10, 5)])
+    s.set_waiting(1, b'{"rec": 1}')
+    assert s.extend(1, [(20, 6), (30, 7)]) == (5, 6, 7)  # the history grows, the waiting part stays
+    assert s.waiting(1) == b'{"rec": 1}' and s.history(1) == (5, 6, 7)
+    sent = s.take_changed()[1]  # what the changelog gets: one value
+    assert history_of(sent) == (5, 6, 7) and split_value(sent)[1] == b'{"rec": 1}'
+    s.stored(changelog_offset=3)
+    s.set_waiting(2, b"x")  # no history: nothing to keep it beside
+    assert s.waiting(2) is None and s.history(2) == ()
+    s.close()
+
+    restored = store(tmp_path / "r")  # another member's disk, restored from the changelog
+    restored.apply_changelog([(user_key(1), sent)], last_offset=3)
+    assert restored.waiting(1) == b'{"rec": 1}' and restored.history(1) == (5, 6, 7)
+    restored.set_waiting(1, None)  # judged: let go
+    assert restored.waiting(1) is None and restored.take_changed()[1] == pack_pairs(
+        [(10, 5), (20, 6), (30, 7)]
+    )
+    restored.close()
+
+
+def test_values_of_other_layouts_are_read_as_their_history() -> None:
+    pairs = pack_pairs([(10, 5), (20, 6)])
+    assert split_value(pairs) == (pairs, None)  # written before the footer existed
+    assert history_of(join_value(pairs, b"w" * 13)) == (5, 6)
+    later = pairs + b"future" + (-1 - (6 << 8 | 2)).to_bytes(8, "little", signed=True)  # version 2
+    assert split_value(later) == (pairs, None)
+    with pytest.raises(ValueError, match="footer"):
+        split_value(pairs + (-1 - (999 << 8 | 1)).to_bytes(8, "little", signed=True))

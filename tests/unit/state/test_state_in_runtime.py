@@ -6,6 +6,7 @@ each as before (the model never names a history item it was sent)."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from pipeline import errors
 from pipeline.events import RawRecord
 from pipeline.operators.coalesce import merge_pairs
+from pipeline.quality.outcomes import outcomes
 from pipeline.recsys.scoring import HISTORY_PAD
 from pipeline.state.histories import user_key
 from pipeline.testing import running, topology
@@ -26,6 +28,7 @@ from pipeline.topology.schema import Topology
 USERS = 40
 PARTITIONS = 4
 SCORE = hashed_scorer(1_000, 10)  # the FakeTriton's own scores
+ATTRIBUTION_MS = 1_800_000  # the topology's default
 
 
 def favourites(user: int) -> list[int]:
@@ -271,3 +274,47 @@ async def test_a_backfill_neither_evicts_live_users_nor_becomes_their_newest_ite
     assert all(h[-1] != 999 for h in histories.values())  # the old event took its place by time
     assert all(999 in h for h in histories.values())
     assert cache <= 0.05 * (1 << 20)
+
+
+def last_recommended(run: InProcessRun) -> dict[int, int]:
+    """Each user's best item in their latest recommendation."""
+    latest: dict[int, tuple[int, int]] = {}
+    for r in run.sink.recommendations():
+        at = max(s["offset"] for s in r["sources"])
+        if at >= latest.get(r["user_id"], (-1, 0))[0]:
+            latest[r["user_id"]] = (at, r["items"][0]["item_id"])
+    return {user: item for user, (_, item) in latest.items()}
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_recommendations_waiting_at_a_deploy_are_judged_by_the_next_member(
+    tmp_path: Path, durable: bool
+) -> None:
+    """Each user's latest recommendation waits for its outcome when the process is replaced;
+    the user then takes its best item. With durable state the new member, on a fresh disk,
+    restores it with the history and judges every one a hit, as the offline report does
+    over both runs; in memory only they are never judged."""
+    first = phase_one()
+    async with running(stateful(tmp_path / "a" if durable else None), first) as run1:
+        await run1.settled()
+    taken = last_recommended(run1)
+    assert len(taken) == USERS
+    second = visits({user: [item] for user, item in taken.items()}, ts0=now_base() + 1_000)
+    async with running(stateful(tmp_path / "b" if durable else None), second, after=run1) as run2:
+        await run2.settled()
+    assert run2.lost() == [] and run2.duplicates() == 0
+    hits = counted(run2)["hit"]
+    recalled = run2.runtime.metrics.registry.get_sample_value("pipeline_outcomes_recalled_total")
+    if not durable:
+        assert (hits, recalled) == (0, 0)
+        return
+    assert hits == recalled == USERS
+    inputs = [r for log in run2.source.logs.values() for r in log]  # both runs', as the broker has them
+    (tally,) = outcomes(inputs, run2.sink.recommendations(), ATTRIBUTION_MS).values()
+    both = counted(run1) + counted(run2)
+    assert (tally.next_hits, tally.judged) == (both["hit"], both["hit"] + both["miss"])
+
+
+def counted(run: InProcessRun) -> Counter[str]:
+    assert run.runtime.outcomes is not None
+    return run.runtime.outcomes.counts().get(("default", "1"), Counter())
