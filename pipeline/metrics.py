@@ -420,6 +420,12 @@ class Metrics:
             "past the per-user bound)",
             registry=r,
         )
+        self.outcomes_recalled = Counter(
+            "pipeline_outcomes_recalled_total",
+            "Waiting recommendations recalled from the durable user state to be judged (the user "
+            "not in memory: a restart, a partition moved here, the memory bound)",
+            registry=r,
+        )
         self.recommended_items = Gauge(
             "pipeline_arm_recommended_items",
             "Distinct items recommended per arm since start (catalogue coverage; counted up to a bound)",

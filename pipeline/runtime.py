@@ -106,6 +106,7 @@ class PipelineRuntime:
                 t.experiment.id if t.experiment is not None else None,
                 judged.max_bytes,
                 self.partitions.is_current,
+                self.users if self.users.durable else None,  # waiting recommendations kept with users
             )
             if judged is not None
             else None
