@@ -1,10 +1,12 @@
-"""`pipeline` command: run, validate, dev, audit, redrive, replay, train, schema, bench."""
+"""`pipeline` command: run, validate, topics, resources, dev, audit, redrive, replay, train,
+schema, bench."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -194,6 +196,58 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from pipeline.topics_create import create_topics, wanted_topics
+
+    _setup_logging(args, "WARNING")
+    if args.log_level != "DEBUG":  # its "Unable connect" errors: the one line below says it
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    topology = load_topology(args.topology)
+    partitions = args.partitions, args.output_partitions, args.dead_letter_partitions
+    wanted = wanted_topics(topology, *partitions, replication_factor=args.replication_factor)
+    try:
+        lines = asyncio.run(create_topics(topology, wanted, args.dry_run))
+    except Fatal as err:  # the broker away (exit 2), its TLS or SASL refused (exit 2)
+        print(f"pipeline topics create: {args.topology}: {err}", file=sys.stderr)
+        return err.exit_code
+    for line in lines:
+        print(line, flush=True)
+    statuses = {line.status for line in lines}
+    return 1 if "problem" in statuses else 2 if "failed" in statuses else 0
+
+
+TOPICS_CREATE_HELP = """\
+Create every topic the topology needs, as a deploy Job's step before `pipeline run` (which
+only checks that they exist): the input topics (source.topics, co-partitioned: one count),
+the output (sink.topic), the dead letters (sink.dead_letter_topic), the joined examples
+(outcomes.examples_topic, when set) and, when state.dir is set (or PIPELINE_STATE_DIR), the
+state changelog (state.changelog_topic: compacted, with the inputs' partition count).
+
+Idempotent: one line per topic, `created`, `exists` (with the partition count wanted, and a
+changelog the broker reports compacted), `problem` (another partition count, a changelog
+not compacted, a creation the broker refused for good: reported, never altered) or `failed`
+(the broker failed for now). Exit 0: every topic is there as wanted; 1: a problem, which no
+retry fixes; 2: no broker answered at broker.bootstrap_servers within 15 s, or it failed
+part-way (a retry may fix it), or it refused the topology's TLS or SASL, or the topology is
+invalid. Connects as every client does (broker: TLS, SASL, PIPELINE_BOOTSTRAP_SERVERS).
+--replication-factor is given to the topics made; an existing topic's is shown, not judged."""
+
+
+class _UnsetAsPlaceholder(dict[str, str]):
+    """The environment, with a placeholder for what is not set: sizing reads no secret."""
+
+    def get(self, key: str, default: str | None = None) -> str:  # type: ignore[override]
+        return super().get(key, "unset")
+
+
+def cmd_resources(args: argparse.Namespace) -> int:
+    from pipeline.sizing import format_budget, memory_budget
+
+    topology = load_topology(args.topology, env=_UnsetAsPlaceholder(os.environ))
+    print(format_budget(memory_budget(topology, args.partitions)))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from pipeline.topology.schema import Topology
 
@@ -247,6 +301,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("validate", "check topology files; exit 2 if any is invalid")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_validate)
+
+    p = command("topics", "the topology's Kafka topics: create them (a deploy Job's step)")
+    actions = p.add_subparsers(dest="action", required=True)
+    c = actions.add_parser(
+        "create",
+        help="create every topic the topology needs, with its partitions and configs; idempotent",
+        description=TOPICS_CREATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    c.add_argument("topology", type=Path)
+    c.add_argument(
+        "--partitions",
+        type=positive_int,
+        metavar="N",
+        help="partitions of every input topic and of the changelog (default 12: deploy/k8s's "
+        "maxReplicaCount, at most one member a partition)",
+    )
+    c.add_argument(
+        "--output-partitions",
+        type=positive_int,
+        metavar="N",
+        help="partitions of the output and joined-example topics (default: --partitions)",
+    )
+    c.add_argument(
+        "--dead-letter-partitions",
+        type=positive_int,
+        metavar="N",
+        help="partitions of the dead-letter topic (default: --partitions)",
+    )
+    c.add_argument(
+        "--replication-factor",
+        type=positive_int,
+        metavar="N",
+        help="replicas of every topic made (default: the topology's state.changelog_replication_factor)",
+    )
+    c.add_argument("--dry-run", action="store_true", help="report what would be created, create nothing")
+    c.set_defaults(func=cmd_topics_create)
+
+    p = command(
+        "resources", "a member's memory bound from the topology, term by term, and its Kubernetes sizes"
+    )
+    p.add_argument("topology", type=Path)
+    p.add_argument(
+        "--partitions",
+        type=positive_int,
+        default=12,
+        metavar="N",
+        help="input partitions one member may hold (default 12: the input topic's count)",
+    )
+    p.set_defaults(func=cmd_resources)
 
     p = command("dev", "run everything on the embedded broker and Triton")
     p.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
