@@ -53,6 +53,7 @@ def test_json_logs_are_one_object_a_line(capsys: pytest.CaptureFixture[str]) -> 
         ["dev", "--report-every", "-30"],
         ["dev", "--recycle-growth", "nan"],
         ["run", "topology.yaml", "--workers", "0"],
+        ["resources", "topology.yaml", "--partitions", "0"],
     ],
 )
 def test_numbers_that_make_no_sense_are_refused_before_anything_starts(
@@ -60,3 +61,23 @@ def test_numbers_that_make_no_sense_are_refused_before_anything_starts(
 ) -> None:
     """`pipeline dev --events -5` started the whole stack and exited 0."""
     assert_refused_by_the_parser(argv, capsys)
+
+
+def test_resources_prints_the_budget_of_a_topology_whose_secrets_are_not_set(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Kubernetes topology names its SASL secrets by variable: sizing reads none of them."""
+    from pathlib import Path
+
+    from pipeline.sizing import memory_budget
+    from pipeline.topology.loader import load_topology
+
+    monkeypatch.delenv("KAFKA_SASL_USERNAME", raising=False)
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
+    k8s = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "recommendations.yaml"
+    assert main(["resources", str(k8s), "--partitions", "6"]) == 0
+    out = capsys.readouterr().out
+    env = {"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}
+    budget = memory_budget(load_topology(k8s, env=env), 6)
+    assert f"resources.limits.memory: {budget.limit >> 20}Mi" in out
+    assert "holding 6 input partitions" in out
