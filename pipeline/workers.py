@@ -4,8 +4,8 @@ Kafka's group protocol shares the partitions among them (the partition count bou
 useful number); each worker is an ordinary `pipeline run` with its own event loop, so the
 per-event Python work spreads over the machine's cores. This process only supervises:
 
-- worker i serves /metrics, /healthz and /readyz on ``operations.metrics_port + i`` (none
-  when the port is 0) and logs with ``worker: i``;
+- worker i serves /metrics and the probes (/livez, /startupz, /readyz) on
+  ``operations.metrics_port + i`` (none when the port is 0) and logs with ``worker: i``;
 - a worker that exits on its own is started again after a backoff (1 s doubling to 30 s,
   reset once it has run for a minute, STEADY_S);
 - exit 2 says a bad configuration, a refused credential, a model that does not fit. A
