@@ -28,6 +28,7 @@ _USER = struct.Struct(">q")
 user_key = _USER.pack  # a user id as the store's (and the changelog's) key
 _OFFSET = _USER  # the changelog offset: the same 8 big-endian bytes
 CHANGELOG_OFFSET_KEY = b"\x00changelog-offset"  # sorts before every user key (ids are >= 0)
+ABSENT_REMEMBERED = 4_096  # users found nowhere, remembered until the next put (bounded)
 WRITE_BUFFER_BYTES = 16 << 20  # RocksDB's memtable: part of the store's memory besides the cache
 # The footer: one negative int64 (the pairs end with an item id, never negative) holding the
 # waiting part's length and the layout's version: -1 - (length << 8 | version).
@@ -87,6 +88,9 @@ class HistoryStore:
         self._cache = RecentItems(history_length, 2**62, by_event_time, cache_bytes)
         self._dirty: dict[int, bytes] = {}  # user → packed pairs changed since the last take
         self._sending: dict[int, bytes] = {}  # taken for the changelog, not on disk yet
+        # Users just read and found nowhere: a new user is looked up twice in a row (the
+        # outcome join, then the history), the disk only once.
+        self._absent: set[int] = set()
         self.hits = 0
         self.misses = 0
 
@@ -95,10 +99,16 @@ class HistoryStore:
         if blob is not None:
             self.hits += 1
             return blob
+        if user_id in self._absent:
+            return None
         self.misses += 1
         blob = self._db.get(_USER.pack(user_id))
         if blob is not None:
             self._cache.put_packed(user_id, blob)
+        else:
+            if len(self._absent) >= ABSENT_REMEMBERED:
+                self._absent.clear()
+            self._absent.add(user_id)
         return blob
 
     def extend(self, user_id: int, new_items: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -138,6 +148,7 @@ class HistoryStore:
 
     def put_packed(self, user_id: int, blob: bytes) -> None:
         """A user's value (``join_value``'s): an update, or a restore from the changelog."""
+        self._absent.discard(user_id)
         self._cache.put_packed(user_id, blob)
         self._dirty[user_id] = blob
 
@@ -175,6 +186,7 @@ class HistoryStore:
     def apply_changelog(self, entries: list[tuple[bytes | None, bytes | None]], last_offset: int) -> None:
         """Changelog records (key, packed history), as read in a restore: written to disk as
         they are, with the offset reached. A record without a user key is skipped."""
+        self._absent.clear()  # what was found nowhere may be restored now
         batch = WriteBatch(raw_mode=True)
         for key, blob in entries:
             if key is None or len(key) != _USER.size:

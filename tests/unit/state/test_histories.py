@@ -103,3 +103,16 @@ def test_values_of_other_layouts_are_read_as_their_history() -> None:
     assert split_value(later) == (pairs, None)
     with pytest.raises(ValueError, match="footer"):
         split_value(pairs + (-1 - (999 << 8 | 1)).to_bytes(8, "little", signed=True))
+
+
+def test_a_user_found_nowhere_is_read_from_disk_once_until_written(tmp_path: Path) -> None:
+    """The outcome join and the history both look a new user up: one disk read. A restore
+    of that user is seen at once."""
+    s = store(tmp_path / "s", cache_bytes=0)
+    assert s.waiting(5) is None and s.history(5) == () and s.misses == 1
+    s.extend(5, [(10, 1)])
+    assert s.history(5) == (1,)
+    assert s.history(6) == () and s.misses == 2
+    s.apply_changelog([(user_key(6), pack_pairs([(20, 2)]))], last_offset=0)
+    assert s.history(6) == (2,)
+    s.close()
