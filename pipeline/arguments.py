@@ -57,3 +57,11 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"more than 0, got {text}")
     return value
+
+
+def share(text: str) -> float:
+    """A finite number in [0, 1] (a share of rows, where 0 allows none)."""
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share from 0 to 1, got {text}")
+    return value

@@ -4,7 +4,7 @@
     pipeline replay --topology topologies/backfill.yaml --file events.jsonl --rate 2000
     pipeline replay --topology topologies/backfill.yaml --topic interactions \\
         --since 2026-11-25T10:00:00Z --until 2026-11-25T11:00:00Z
-    pipeline replay ... --dry-run          # counts per dead-letter reason, sends nothing
+    pipeline replay ... --dry-run          # counts and first rows per dead-letter reason, sends nothing
 
 The broker (and its TLS/SASL settings) and the destination come from the topology: its input
 topic, or --to when it has several. Progress is checkpointed as the broker acknowledges; an
@@ -12,6 +12,10 @@ interrupted replay (Ctrl-C, SIGKILL) run again with the same arguments continues
 stopped and sends no acknowledged row twice. A row that cannot be delivered (larger than the
 producer accepts, or a source record the client cannot decode) goes to a reject file beside
 the checkpoint (--rejects), counted, and the replay goes on. The last line is a JSON summary.
+
+Before anything else the columns a --mapping reads are checked against the file's (exit 2,
+naming the key and the column). A dry run exits 1 when more than --max-reject-share of the
+rows to send would be dead-lettered or set aside.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,11 +36,13 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from pipeline import kafka_clients, procfs
-from pipeline.arguments import non_negative_float, non_negative_int, positive_int
+from pipeline.arguments import non_negative_float, non_negative_int, positive_int, share
 from pipeline.errors import TopologyError
 from pipeline.kafka_io import ensure_topics
 from pipeline.replay.checkpoint import Checkpoint, CheckpointMismatch, resume_or_start
+from pipeline.replay.columns import field_columns
 from pipeline.replay.dry_run import dry_run
+from pipeline.replay.dry_run_report import DEFAULT_MAX_SHARE, describe, verdict
 from pipeline.replay.files import EventFile, Row, UnreadableFile, count_rows
 from pipeline.replay.mapping import load_mapping
 from pipeline.replay.progress import Progress
@@ -96,7 +103,19 @@ def add_replay_command(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ignore the checkpoint (and remove it and its reject file): a new run from row 0",
     )
-    p.add_argument("--dry-run", action="store_true", help="validate every row, count dead-letter reasons")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every row, count dead-letter reasons, show the first rows of each",
+    )
+    p.add_argument(
+        "--max-reject-share",
+        type=share,
+        default=DEFAULT_MAX_SHARE,
+        metavar="SHARE",
+        help="dry run: exit 1 when more than this share of the rows to send would be "
+        f"dead-lettered or set aside (0 to 1; default {DEFAULT_MAX_SHARE})",
+    )
     p.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
     p.add_argument("--partitions", type=positive_int, default=4, help="partitions if the destination is new")
     p.set_defaults(func=cmd_replay)
@@ -110,11 +129,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress: Progress | None = None
     report: dict[str, Any] = {"dry_run": True} if args.dry_run else {}
     try:
+        if isinstance(source, EventFile):
+            source.check_columns()  # a column the mapping names and the file lacks: exit 2 now
         total = count_rows(source.path, source.format) if isinstance(source, EventFile) else None
         progress = Progress(total, bar={"auto": None, "bar": True, "log": False}[args.progress])
         if args.dry_run:
+            mapping = source.mapping if isinstance(source, EventFile) else None
+            columns = field_columns(mapping) if mapping is not None else None
             report = asyncio.run(
-                dry_run(_rows(source, 0), parse_rules(topology), destination, "dry-run", progress)
+                dry_run(_rows(source, 0), parse_rules(topology), destination, "dry-run", progress, columns)
             )
             code = 0
         else:
@@ -145,6 +168,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
+    if args.dry_run and "error" not in report:
+        code = _dry_run_verdict(report, args.max_reject_share)
     elapsed = time.monotonic() - started
     report.update(
         source=identity,
@@ -154,6 +179,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     print(orjson.dumps(report).decode())
     return code
+
+
+def _dry_run_verdict(report: dict[str, Any], max_share: float) -> int:
+    """The report for a person on stderr (the JSON line stays stdout's last); exit 1 past
+    ``max_share`` of the rows failing."""
+    for line in describe(report):
+        print(line, file=sys.stderr)
+    too_many = verdict(report, max_share)
+    if too_many is None:
+        return 0
+    print(too_many, file=sys.stderr)
+    return EXIT_FAILED
 
 
 async def _replay(

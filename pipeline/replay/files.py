@@ -4,7 +4,9 @@ a time, numbered from 0 in file order (the numbers are what a resumed replay ski
 
 Without a mapping a JSON-lines file is passed on byte for byte (the pipeline dead-letters
 what it cannot parse, with the reason); a CSV file needs a mapping unless its columns carry
-the event schema's names (user_id, item_id, type, ts, event_id).
+the event schema's names (user_id, item_id, type, ts, event_id). The columns a mapping reads
+are checked against the file's (a CSV's header, the keys of a JSON-lines file's first
+records) before the first row: a column the file lacks is one line, exit 2 (columns.py).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import IO, Literal
 
 import orjson
 
+from pipeline.replay.columns import check_columns
 from pipeline.replay.mapping import IDENTITY, ColumnMapping, Mapper
 
 Format = Literal["jsonl", "csv"]
 GZIP_MAGIC = b"\x1f\x8b"
 CSV_FIELD_LIMIT = 1 << 20  # a cell past this is a broken file, not an event
+KEYS_SAMPLE = 100  # JSON-lines records whose keys make a file's columns (one may omit a key)
 csv.field_size_limit(CSV_FIELD_LIMIT)
 
 
@@ -73,10 +77,49 @@ class EventFile:
         self.format = file_format(self.path, fmt)
         self.mapping = mapping
         self.mapper = Mapper(mapping or IDENTITY, source_tag=self.path.name.split(".")[0] or "row")
+        self._columns_checked = False
+
+    def columns(self) -> list[str] | None:
+        """The file's columns: a CSV's header; for JSON lines, every key of its first
+        KEYS_SAMPLE objects. None: nothing to judge by (an empty file, no object)."""
+        with open_binary(self.path) as raw:
+            try:
+                if self.format == "csv":
+                    header = next(csv.reader(_csv_text(raw), dialect=_csv_dialect(self.path)), None)
+                    return [name for name in header if name] if header else None
+                keys: dict[str, None] = {}  # (ordered: shown as the file has them)
+                objects = 0
+                for line in _lines(raw, self.path):
+                    try:
+                        doc = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(doc, dict):
+                        keys.update(dict.fromkeys(doc))
+                        objects += 1
+                        if objects == KEYS_SAMPLE:
+                            break
+                return list(keys) if objects else None
+            except csv.Error as err:
+                raise UnreadableFile(f"{self.path}: its header: {err}") from err
+            except READ_ERRORS as err:
+                raise UnreadableFile(f"{self.path}: its first rows: {_why(err)}") from err
+
+    def check_columns(self) -> None:
+        """Every column the mapping reads is one the file has, else TopologyError (one line,
+        exit 2) before a row is read. A JSON-lines file without a mapping is passed on as it
+        is (the pipeline judges each line): not checked."""
+        if self._columns_checked or (self.format == "jsonl" and self.mapping is None):
+            return
+        columns = self.columns()
+        if columns is not None:
+            check_columns(str(self.path), columns, self.mapping or IDENTITY, self.mapping is not None)
+        self._columns_checked = True
 
     def documents(self, start: int = 0) -> Iterator[tuple[int, dict[str, object] | None]]:
         """(row number, column → value) from row ``start`` on; None for a line that is not
         a JSON object (CSV rows are always dicts)."""
+        self.check_columns()
         with open_binary(self.path) as raw:
             if self.format == "csv":
                 yield from self._csv_rows(raw, start)

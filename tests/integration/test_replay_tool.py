@@ -28,6 +28,7 @@ from pipeline.devstack.topology import topology_on_stack
 from pipeline.devstack.worker import PipelineProcess, topology_document
 from pipeline.kafka_io import ensure_topology_topics, read_to_end
 from pipeline.recsys.generator import GeneratorConfig
+from pipeline.replay.dry_run_report import EXAMPLES_PER_REASON
 from pipeline.replay.sender import MAX_PENDING
 from pipeline.topology.schema import Topology
 from tests.integration.harness import ROOT, run_pipeline_command
@@ -210,7 +211,8 @@ async def test_dry_run_predicts_the_dead_letters_and_the_live_topology_rejects_h
 ) -> None:
     """A file with good history rows and bad rows: the dry run's counts per reason are what
     the pipeline then dead-letters, for the backfill topology (history accepted) and for the
-    live one (history too_old)."""
+    live one (history too_old), and its examples are the first rows of each reason the
+    pipeline dead-letters. The live one would dead-letter every row: that dry run exits 1."""
     export = tmp_path / "mixed.csv"
     write_csv(export, 60)
     with export.open("a") as out:
@@ -225,7 +227,10 @@ async def test_dry_run_predicts_the_dead_letters_and_the_live_topology_rejects_h
         await ensure_topology_topics(topology)
         path = save(data, tmp_path / base)
         args = ("--file", export, "--mapping", tmp_path / "movies.yaml")
-        dry = replay(path, *args, "--dry-run")
+        proc = run_pipeline_command("replay", "--topology", path, "--progress", "log", *args, "--dry-run")
+        assert proc.returncode == (1 if expect_too_old else 0), proc.stderr[-3000:]
+        assert ("--max-reject-share" in proc.stderr) == bool(expect_too_old), proc.stderr[-3000:]
+        dry = summary_of(proc)
         assert dry["rows"] == 70 and dry["valid"] == 60 - expect_too_old
         assert dry["dead_letters"].get("too_old", 0) == expect_too_old
         assert dry["dead_letters"]["wrong_type"] == 5 and dry["dead_letters"]["unknown_type"] == 4
@@ -243,8 +248,16 @@ async def test_dry_run_predicts_the_dead_letters_and_the_live_topology_rejects_h
                 await asyncio.sleep(1)
         finally:
             worker.stop(worker.stop_grace_s)
-        reasons = Counter(dict(rec.headers)["dlq.reason"].decode() for rec in dead)
+        headers = [rec.headers for rec in dead]
+        reasons = Counter(dict(h)["dlq.reason"].decode() for h in headers)
         assert dict(reasons) == dry["dead_letters"], (base, reasons)
+        first_rows: dict[str, list[int]] = {}
+        for row, reason in sorted(
+            (int(h["replay.row"]), h["dlq.reason"].decode()) for h in map(dict, headers)
+        ):
+            first_rows.setdefault(reason, []).append(row)
+        examples = {reason: [shown["row"] for shown in rows] for reason, rows in dry["examples"].items()}
+        assert examples == {reason: rows[:EXAMPLES_PER_REASON] for reason, rows in first_rows.items()}
 
 
 def row_numbers(recs: list[Any]) -> Counter[int]:

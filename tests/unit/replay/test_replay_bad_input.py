@@ -45,15 +45,27 @@ def test_a_mapping_that_is_not_utf8_is_one_line_and_exit_2(
     assert len(err.splitlines()) == 1 and "map.yaml" in err and "UTF-8" in err, err
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_a_binary_data_file_is_rows_to_dead_letter(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+def test_a_binary_data_file_is_rows_to_dead_letter_and_the_dry_run_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Every row would be dead-lettered: exit 1, no traceback."""
     data = tmp_path / "blob.bin"
     data.write_bytes(bytes(range(256)) * 20 + b"\n\xff\xfe\x00\n")
-    assert main(replay("--file", data, "--format", fmt, "--dry-run")) == 0
+    assert main(replay("--file", data, "--format", "jsonl", "--dry-run")) == 1
     captured = capsys.readouterr()
     assert '"valid":0' in captured.out and "Traceback" not in captured.err
+
+
+def test_a_binary_file_read_as_csv_has_no_columns_of_the_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its "header" is a run of control characters: one line naming the missing column, exit 2."""
+    data = tmp_path / "blob.bin"
+    data.write_bytes(bytes(range(256)) * 20 + b"\n\xff\xfe\x00\n")
+    assert main(replay("--file", data, "--format", "csv", "--dry-run")) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"{data}: user_id: no column 'user_id' (its columns: '\\x00"), err
 
 
 def test_a_file_that_breaks_off_after_a_gzip_magic_is_one_error_and_exit_1(
