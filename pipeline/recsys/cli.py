@@ -27,6 +27,7 @@ from pipeline.replay.files import UnreadableFile
 
 log = logging.getLogger("pipeline.train")
 EXIT_UNUSABLE = 2  # a bad --mapping, a missing or broken file, a broker or output that failed
+SYNTHETIC_EVENTS = 100_000  # without --file, --topic or --synthetic
 
 
 class BadVersions(ValueError):
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--synthetic",
         type=positive_int,
         metavar="N",
-        help="N events of the synthetic generator (the default: 100000)",
+        help=f"N events of the synthetic generator (the default: {SYNTHETIC_EVENTS}, said at start)",
     )
     p.add_argument("--mapping", type=Path, help="column mapping (YAML) of the file, as for replay")
     p.add_argument("--format", choices=["jsonl", "csv"], help="the file's format (default: from its name)")
@@ -118,15 +119,34 @@ def add_train_command(sub: Any, common: argparse.ArgumentParser) -> argparse.Arg
     return p
 
 
+def file_options_alone(args: argparse.Namespace) -> str | None:
+    """The problem of --mapping or --format given without --file (they would be ignored)."""
+    for option, value in (("--mapping", args.mapping), ("--format", args.format)):
+        if value is not None and not args.file:
+            return f"{option} goes with --file (it describes an event file; none is given)"
+    return None
+
+
+def where_events_come_from(args: argparse.Namespace) -> str:
+    """One line, said before any reading: without a source the model is trained on made-up
+    events, which a newcomer must not mistake for their own."""
+    if args.file:
+        mapping = f", columns mapped by {args.mapping}" if args.mapping else ""
+        return f"train: events from the file {args.file}{mapping}"
+    if args.topic:
+        return f"train: events from the topic {args.topic} at {args.bootstrap}, its start to its end"
+    if args.synthetic is not None:
+        return f"train: events from the synthetic generator: {args.synthetic} events (--synthetic)"
+    return f"train: events from the synthetic generator: {SYNTHETIC_EVENTS} events, no --file/--topic given"
+
+
 def read_interactions(args: argparse.Namespace) -> tuple[data.InteractionLog, np.ndarray | None, str]:
     """The interactions of the chosen source, the catalogue to keep whole, the source's name."""
-    if args.mapping and not args.file:
-        raise SystemExit("--mapping goes with --file")
     if args.file:
         return data.from_file(args.file, args.mapping, args.format), None, str(args.file)
     if args.topic:
         return data.from_topic(args.topic, args.bootstrap), None, f"topic {args.topic}"
-    count = args.synthetic if args.synthetic is not None else 100_000
+    count = args.synthetic if args.synthetic is not None else SYNTHETIC_EVENTS
     interactions, n_items = data.from_synthetic(count)
     return interactions, np.arange(n_items, dtype=np.int64), f"synthetic {count}"
 
@@ -177,11 +197,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     logs.setup(getattr(args, "log_level", None) or "INFO", getattr(args, "log_format", "text"))
     started = time.monotonic()
+    if (alone := file_options_alone(args)) is not None:
+        print(f"train: {alone}", file=sys.stderr)
+        return EXIT_UNUSABLE
     try:
         keep, kept_by = versions_named(args)
     except (TopologyError, BadVersions) as err:  # nothing read, nothing written
         print(f"train: {err}", file=sys.stderr)
         return EXIT_UNUSABLE
+    print(where_events_come_from(args), file=sys.stderr, flush=True)
     try:
         interactions, catalogue, source = read_interactions(args)
         read_s = time.monotonic() - started
