@@ -173,6 +173,7 @@ def cmd_state_build(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         raise TopologyError(str(args.file), "", "no such file")
     events = EventFile(args.file, load_mapping(args.mapping) if args.mapping else None, args.format)
+    events.check_columns()  # a column the mapping names and the file lacks: exit 2 before the broker
     return _print_summary("pipeline state build", build_state(topology, events))
 
 

@@ -111,7 +111,10 @@ class EventFile:
         is (the pipeline judges each line): not checked."""
         if self._columns_checked or (self.format == "jsonl" and self.mapping is None):
             return
-        columns = self.columns()
+        try:
+            columns = self.columns()
+        except UnreadableFile:
+            return  # a file broken at its start: the read says where, as each command reports it
         if columns is not None:
             check_columns(str(self.path), columns, self.mapping or IDENTITY, self.mapping is not None)
         self._columns_checked = True

@@ -79,6 +79,25 @@ def test_a_mapped_column_the_csv_lacks_is_one_line_and_exit_2_before_the_broker(
     assert not (export.parent / ".pipeline-replay").exists()
 
 
+def test_state_build_checks_the_columns_before_the_broker(
+    export: Path, mapping: Path, nothing_listening: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topology = TOPOLOGY.with_name("recommendations.yaml")
+    code = main(
+        ["state", "build", "--topology", str(topology), "--file", str(export), "--mapping", str(mapping)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{export}: item: the mapping names column 'SKU'") and err.count("\n") == 1, err
+
+
+def test_a_file_broken_at_its_start_is_left_to_the_read_to_report(tmp_path: Path, mapping: Path) -> None:
+    """The commands report a broken file where they read it (exit 1, naming the row)."""
+    path = tmp_path / "orders.csv"
+    path.write_bytes(b"\x1f\x8b" + b"\x00" * 20)  # a gzip magic, then no gzip
+    EventFile(path, load_mapping(mapping)).check_columns()
+
+
 def test_a_gzipped_csv_and_every_missing_column_named(tmp_path: Path, mapping: Path) -> None:
     path = tmp_path / "orders.csv.gz"
     path.write_bytes(gzip.compress(b"\xef\xbb\xbfclient,sku,when\n1,2,3\n"))  # with a byte-order mark
