@@ -5,20 +5,27 @@ GET routes do not justify another dependency.
     /livez (/healthz)  the process is healthy: its event loop responsive, every supervised
                        loop alive and making rounds, the consumer polling (200 while starting)
     /startupz          the start finished: clients started, loops running
-    /readyz            started and consuming: not stalled, held, restoring or refusing"""
+    /readyz            started and consuming: not stalled, held, restoring or refusing
+    /                  the live page (pipeline/live/): charts and tables a person reads
+    /live.json         its data: the last minutes' points and the state now"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pipeline.live import LiveSampler, parts_of, render
 from pipeline.metrics import Metrics
-from pipeline.ticks import Rounds
+from pipeline.ticks import Rounds, supervised
+
+log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8_192  # per line (the reader's limit); a scrape's lines are far shorter
 MAX_HEADER_LINES = 64  # so a request is at most ~65 lines of 8 KiB
@@ -33,6 +40,8 @@ EVENT_LOOP_LAG_LIMIT_S = 5.0
 # topology's operations.liveness_stuck_after_ms (a long commit interval, say).
 STUCK_INTERVALS = 3
 CONSUME_LOOP = "consume"  # the consume loop's label beside the supervised loops' names
+LIVE_PAGE_LOOP = "live page"  # the page's sampler, supervised (not a liveness matter)
+STOP_TIMEOUT_S = 2.0  # for the sampler's last round on stop
 
 
 class Probed(Protocol):
@@ -157,11 +166,33 @@ class OpsServer:
         self.host = host
         self.lag_limit_s = lag_limit_s
         self.lag = EventLoopLag(metrics, lag_tick_s)  # runs while the endpoint does
+        self.live = LiveSampler(metrics, parts_of(probed))  # so does the live page's sampler
         self._server: asyncio.Server | None = None
+        self._stop_sampling = asyncio.Event()
+        self._sampling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
         self.lag.start()
+        self._sampling = asyncio.create_task(
+            supervised(
+                LIVE_PAGE_LOOP,
+                functools.partial(self.live.run, self._stop_sampling),
+                self._stop_sampling,
+                self._on_sampler_restart,
+                self._on_sampler_given_up,
+            ),
+            name=LIVE_PAGE_LOOP,
+        )
+
+    def _on_sampler_restart(self, name: str, error: BaseException) -> None:
+        log.error("background loop %s failed, restarting it: %r", name, error, exc_info=error)
+        self.metrics.loop_restarts.labels(name).inc()
+
+    def _on_sampler_given_up(self, error: BaseException) -> None:
+        """The page keeps what it had and says so; the pipeline goes on (it is only a view)."""
+        log.error("%s: sampling stopped after repeated failures: %r", LIVE_PAGE_LOOP, error)
+        self.live.stopped = repr(error)
 
     async def _read_request_line(self, reader: asyncio.StreamReader) -> bytes:
         request_line = await reader.readline()
@@ -179,7 +210,7 @@ class OpsServer:
                 await writer.drain()
                 return
             parts = request_line.decode("latin-1").split()
-            path = parts[1] if len(parts) > 1 else "/"
+            path = parts[1].partition("?")[0] if len(parts) > 1 else "/"
             status, body, ctype = self._route(path)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
@@ -213,9 +244,26 @@ class OpsServer:
             if self.probed.is_ready():
                 return "200 OK", b"ready\n", "text/plain"
             return "503 Service Unavailable", b"not ready\n", "text/plain"
+        if path in ("/", "/live", "/index.html"):
+            return "200 OK", render(self.live_json()), "text/html; charset=utf-8"
+        if path == "/live.json":
+            return "200 OK", self.live_json(), "application/json"
         return "404 Not Found", b"not found\n", "text/plain"
 
+    def live_json(self) -> bytes:
+        """The sampler's points and state, with the probes' answers of this moment."""
+        health = {
+            "started": self.probed.is_started(),
+            "ready": self.probed.is_ready(),
+            "problems": self.liveness_problems(),
+        }
+        return self.live.json({"health": health})
+
     async def stop(self) -> None:
+        self._stop_sampling.set()
+        if self._sampling is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._sampling, STOP_TIMEOUT_S)
         await self.lag.stop()
         if self._server is not None:
             self._server.close()

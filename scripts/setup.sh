@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything the demo and the tests need, on a fresh Linux x86_64 machine: the venv .venv
 # (created if absent, with $PYTHON or python3: 3.11 or 3.12 for the embedded extra), the
-# package with its dev extra, and promtool (Debian's `prometheus` package, not on PyPI) for
-# the alert-rule tests. Safe to run again: it only adds what is missing.
+# package with its dev extra, promtool (Debian's `prometheus` package, not on PyPI) for
+# the alert-rule tests and chromium (Debian's) for the live page's browser test. Safe to run
+# again: it only adds what is missing.
 #   scripts/setup.sh && . .venv/bin/activate
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,21 @@ if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
 fi
 if ! command -v promtool >/dev/null 2>&1; then
     echo "setup: promtool is missing and could not be installed (needs apt-get, as root or with sudo): install Debian's 'prometheus' package, or tests/deployment fails" >&2
+fi
+# chromium: Debian's package, for the live page's browser test (headless, no display).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    as_root=()
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        as_root=(sudo -n)
+    fi
+    if [ "$(id -u)" = 0 ] || [ ${#as_root[@]} -gt 0 ]; then
+        "${as_root[@]}" apt-get update -qq || true
+        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends chromium >/dev/null || true
+    fi
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: chromium is missing and could not be installed (needs apt-get, as root or with sudo): install Debian's 'chromium' package, or tests/integration/test_live_page.py fails" >&2
 fi
 if ! command -v kubectl >/dev/null 2>&1; then
     echo "setup: kubectl is missing (tests/deployment renders deploy/k8s with \`kubectl kustomize\`): install it, or that test fails" >&2
