@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 
+from pipeline import ids
 from pipeline.events import Headers
 from pipeline.kafka_io import read_to_end
 from pipeline.topology.schema import Topology
@@ -76,7 +77,7 @@ class Ledger:
             self._pending_latency.append((coord, timestamp_ms))
         unlisted = int(doc.get("source_count", len(sources))) - len(sources)
         if unlisted > 0 and first:  # a replayed copy does not vouch twice
-            self.unlisted[int(doc["user_id"])] += unlisted
+            self.unlisted[ids.internal_id(doc["user_id"])] += unlisted
 
     def add_dead_letter(self, headers: list[tuple[str, bytes]], timestamp_ms: int) -> None:
         self.dead_letters += 1
@@ -222,7 +223,7 @@ class AuditBooks:
         # Only a first answer to audited inputs vouches for its unlisted ones: a replayed copy
         # (or one answering inputs outside the range) must not cover real losses.
         if unlisted > 0 and any(first):
-            self.unlisted[int(doc["user_id"])] += unlisted
+            self.unlisted[ids.internal_id(doc["user_id"])] += unlisted
 
     def add_dead_letter(self, headers: Headers) -> None:
         self.dead_letters += 1
@@ -281,7 +282,7 @@ def input_user(value: bytes | None) -> int | None:
         user = orjson.loads(value or b"")["user_id"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-    return user if isinstance(user, int) and 0 <= user < 2**63 else None  # parse's range
+    return ids.internal_or_none(user)  # the same id parse gives it (a string's hash)
 
 
 async def audit_topology(topology: Topology, window: TimeRange = TimeRange()) -> dict[str, object]:

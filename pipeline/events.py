@@ -25,7 +25,8 @@ class RawRecord(NamedTuple):
 
 
 class Event(NamedTuple):
-    """A validated interaction event."""
+    """A validated interaction event. Ids are non-negative int64 (pipeline/ids.py): an
+    integer id itself, or a string id's stable hash."""
 
     event_id: str
     user_id: int
@@ -33,6 +34,7 @@ class Event(NamedTuple):
     type: str
     ts: int
     source: RawRecord
+    user_text: str | None = None  # the user id as it came, when a string (user_id: its hash)
 
     @property
     def ref(self) -> tuple[str, int, int]:
@@ -86,8 +88,9 @@ class InferenceBatch:
 class Recommendations(NamedTuple):
     """Inference answer for one row."""
 
-    item_ids: tuple[int, ...]
+    item_ids: tuple[int, ...]  # internal ids (pipeline/ids.py), as the user state holds them
     scores: tuple[float, ...]  # rounded to 6 decimals by the codec
+    keys: tuple[int | str, ...] | None = None  # the catalogue's own ids (ITEM_KEYS); None: item_ids
 
 
 @dataclass

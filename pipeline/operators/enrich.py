@@ -168,14 +168,14 @@ def recommendation_values(outcome: BatchOutcome, now_ms: float, experiment: str 
         else:
             first = min(e.source.timestamp_ms for e in events)
             sources = [_listed(e) for e in events[:MAX_LISTED_SOURCES]]
+        user_text = events[0].user_text  # a string id: as it came (user_id is its hash)
+        item_ids = recs.item_ids if recs.keys is None else recs.keys  # the catalogue's own ids
         values.append(
             dumps(
                 {
                     "event_id": f"rec-{src.topic}-{src.partition}-{src.offset}",
-                    "user_id": row.user_id,
-                    "items": [
-                        {"item_id": i, "score": s} for i, s in zip(recs.item_ids, recs.scores, strict=True)
-                    ],
+                    "user_id": row.user_id if user_text is None else user_text,
+                    "items": [{"item_id": i, "score": s} for i, s in zip(item_ids, recs.scores, strict=True)],
                     "model": model,
                     "sources": sources,
                     "source_count": len(events),
@@ -216,6 +216,12 @@ def _carried(row: UserRequest, names: frozenset[str]) -> Headers:
     )
 
 
+def user_key(row: UserRequest) -> bytes:
+    """The recommendation's record key: the user id's text as it came."""
+    text = row.events[0].user_text
+    return (str(row.user_id) if text is None else text).encode()
+
+
 def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
     now_ms = time.time() * 1000.0
     carry = spec.carry_headers
@@ -223,7 +229,7 @@ def outcome_batch(outcome: BatchOutcome, spec: OutputSpec) -> SinkBatch:
     records = [
         OutputRecord(
             spec.topic,
-            str(row.user_id).encode(),
+            user_key(row),
             value,
             _carried(row, carry) if row.events[-1].source.headers else (),
             (row.events[0].source,) if len(row.events) == 1 else tuple(e.source for e in row.events),

@@ -15,10 +15,11 @@ import orjson
 import reactivex
 from reactivex import operators as ops
 
+from pipeline import ids
 from pipeline.errors import InvalidEvent
 from pipeline.events import EVENT_TYPES, DeadLetter, Event, RawRecord
 
-MAX_ID = 2**53 - 1  # largest integer every JSON consumer reads exactly
+MAX_ID = ids.MAX_INT  # largest integer id: every JSON consumer reads it exactly
 MAX_EVENT_ID_LEN = 256
 REPLAY_RUN_HEADER = "replay.run"  # set by `pipeline replay` on every record it sends
 
@@ -73,11 +74,18 @@ def _int_field(doc: dict[str, object], name: str) -> int:
     return value
 
 
-def _id_field(doc: dict[str, object], name: str) -> int:
-    value = _int_field(doc, name)
-    if not 0 <= value <= MAX_ID:
-        raise InvalidEvent("out_of_range", f"field '{name}' must be in [0, 2^53), got {value}")
-    return value
+def _id_field(doc: dict[str, object], name: str) -> tuple[int, object]:
+    """The id's internal int64 (pipeline/ids.py: an integer, or a string's stable hash) and
+    the value as it came."""
+    value = doc.get(name)
+    if type(value) is int and 0 <= value <= MAX_ID:  # most events: no call
+        return value, value
+    if value is None:
+        raise InvalidEvent("missing_field", f"missing required field '{name}'")
+    try:
+        return ids.internal_id(value, name), value
+    except ids.BadId as bad:
+        raise InvalidEvent(bad.reason, bad.detail) from None
 
 
 def parse_record(
@@ -112,13 +120,15 @@ def parse_record(
         raise InvalidEvent("wrong_type", f"field 'type' must be a string, got {type(event_type).__name__}")
     if event_type not in EVENT_TYPES:
         raise InvalidEvent("unknown_type", f"unknown event type {event_type!r}")
-    user_id = _id_field(doc, "user_id")
-    if rules.key_is_user and record.key != str(user_id).encode():
+    user_id, user = _id_field(doc, "user_id")
+    # a string id keeps its text for the output (an integer's text is the integer)
+    user_text = user if isinstance(user, str) and user_id >= ids.STRING_BASE else None
+    if rules.key_is_user and record.key != (str(user_id) if user_text is None else user_text).encode():
         raise InvalidEvent(
             "key_not_user",
-            f"record key {record.key!r} is not user_id {user_id} (state follows the key's partition)",
+            f"record key {record.key!r} is not user_id {user!r} (state follows the key's partition)",
         )
-    item_id = _id_field(doc, "item_id")
+    item_id, _ = _id_field(doc, "item_id")
     ts = _int_field(doc, "ts")
     if ts > now_ms + rules.max_future_skew_ms:
         raise InvalidEvent("future_timestamp", f"ts {ts} is {ts - now_ms} ms in the future")
@@ -129,7 +139,7 @@ def parse_record(
         raise InvalidEvent(
             "late_event", f"ts {ts} arrived {reference - ts} ms late (limit {rules.max_lateness_ms})"
         )
-    return Event(event_id, user_id, item_id, str(event_type), ts, record)
+    return Event(event_id, user_id, item_id, str(event_type), ts, record, user_text)
 
 
 def parse_batch(

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline import ids
 from pipeline.events import RawRecord
 from pipeline.state.quality import interaction
 
@@ -134,7 +135,11 @@ class OutcomeBooks:
         if rec.get("source_count", len(sources)) > len(sources):
             self.truncated += 1  # its newest input may be unlisted: where it was shown is unknown
             return
-        ranked = [i["item_id"] for i in rec.get("items", ()) if isinstance(i, dict) and "item_id" in i]
+        ranked = [  # the catalogue's ids as the inputs' (a string id's hash: pipeline/ids.py)
+            item
+            for i in rec.get("items", ())
+            if isinstance(i, dict) and (item := ids.internal_or_none(i.get("item_id"))) is not None
+        ]
         self._shown.append((self.group_of(rec), sources, ranked))
 
     def tallies(self, attribution_ms: int) -> dict[str, Tally]:

@@ -2,10 +2,14 @@
 
 Sources: an event file (JSON lines or CSV, gzip or not, with an optional column mapping:
 the replay tool's reader), a Kafka topic read to its end, or the synthetic generator. Rows
-that do not make an interaction (ids that are not integers in the pipeline's 0..2^53-1, an
-unknown event type, a timestamp that is not epoch ms) are skipped and counted by reason.
+that do not make an interaction (ids the pipeline refuses, an unknown event type, a
+timestamp that is not epoch ms) are skipped and counted by reason.
 
-Memory: 8 + 8 + 8 + 1 bytes an interaction (user, item, ts, type), grown in chunks.
+Ids are the pipeline's (pipeline/ids.py): an integer, or a string kept as its stable 63-bit
+hash; each string item's text is kept once (the catalogue answers with it), users' are not.
+
+Memory: 8 + 8 + 8 + 1 bytes an interaction (user, item, ts, type), grown in chunks, and a
+dictionary entry per distinct string item.
 """
 
 from __future__ import annotations
@@ -19,22 +23,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.operators.parse import MAX_ID as PIPELINE_MAX_ID
+from pipeline import ids
 
 TYPE_NAMES = ("view", "click", "purchase")
 TYPE_CODES = {name: code for code, name in enumerate(TYPE_NAMES)}
-# Ids the pipeline itself accepts (operators/parse.py: 0..2^53-1, what every JSON consumer
-# reads exactly): a model trained on a larger id would recommend an item, or know a user,
-# that the pipeline refuses (out_of_range).
-MAX_ID = PIPELINE_MAX_ID
 MAX_TS = (1 << 62) - 1
 _CHUNK = 1 << 16
-
-
-def _id(value: Any) -> int | None:
-    """A non-negative integer id, else None."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return value if ok else None
+NOT_AN_ID = "{} is not an id (an integer in 0..2^53-1, or a string of 1..256 characters)"
 
 
 class InteractionLog:
@@ -50,6 +45,8 @@ class InteractionLog:
         self._buffer: list[tuple[int, int, int, int]] = []
         self.rows_read = 0
         self.skipped: Counter[str] = Counter()
+        self.item_texts: dict[int, str] = {}  # a string item's internal id → its text
+        self.collisions = 0  # rows whose string item shares its hash with another string
 
     def __len__(self) -> int:
         self._flush()
@@ -64,21 +61,21 @@ class InteractionLog:
         if event is None:
             self.skip("skipped by the mapping")
             return False
+        raw_item = event.get("item_id")
         user, item, kind, ts = (
-            _id(event.get("user_id")),
-            _id(event.get("item_id")),
+            ids.internal_or_none(event.get("user_id")),
+            ids.internal_or_none(raw_item),
             event.get("type"),
             event.get("ts"),
         )
         if user is None:
-            self.skip("user_id is not a non-negative integer")
+            self.skip(NOT_AN_ID.format("user_id"))
             return False
         if item is None:
-            self.skip("item_id is not a non-negative integer")
+            self.skip(NOT_AN_ID.format("item_id"))
             return False
-        if user > MAX_ID or item > MAX_ID:
-            name = "user_id" if user > MAX_ID else "item_id"
-            self.skip(f"{name} is past 2^53 - 1 (the pipeline refuses it)")
+        if item >= ids.STRING_BASE and not self._item_text(item, str(raw_item)):
+            self.skip("item_id shares its 63-bit hash with another item's (pipeline/ids.py)")
             return False
         code = TYPE_CODES.get(kind) if isinstance(kind, str) else None
         if code is None:
@@ -92,6 +89,22 @@ class InteractionLog:
         if len(self._buffer) >= _CHUNK:
             self._flush()
         return True
+
+    def _item_text(self, item: int, text: str) -> bool:
+        """Keeps a string item's text; False when another text has its hash (a collision)."""
+        kept = self.item_texts.setdefault(item, text)
+        if kept != text:
+            self.collisions += 1
+            return False
+        return True
+
+    def item_keys(self, item_ids: np.ndarray) -> np.ndarray | None:
+        """Each item's own id as JSON text (``18``, ``"SKU-00018"``), aligned with
+        ``item_ids``; None when every item is an integer (the ids are themselves)."""
+        if not self.item_texts:
+            return None
+        texts = self.item_texts
+        return np.asarray([orjson.dumps(texts.get(i, i)).decode() for i in item_ids.tolist()], dtype=np.str_)
 
     def add_arrays(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray, kinds: np.ndarray) -> None:
         """Many valid interactions at once (tests, the generator)."""
@@ -136,6 +149,7 @@ class InteractionLog:
             "interactions": len(self),
             "skipped": sum(self.skipped.values()),
             "skipped_reasons": dict(self.skipped.most_common()),
+            "string_items": len(self.item_texts),
         }
 
 

@@ -30,6 +30,7 @@ class Dataset:
     users: np.ndarray  # int32
     items: np.ndarray  # int32
     kinds: np.ndarray  # int8: index into TYPE_NAMES
+    item_keys: np.ndarray | None = None  # dense item → its own id as JSON text (string ids only)
 
     @property
     def n_users(self) -> int:
@@ -57,6 +58,7 @@ def build_dataset(interactions: InteractionLog, catalogue_items: np.ndarray | No
         dense_users[order].astype(np.int32),
         dense_items[order].astype(np.int32),
         kinds[order].astype(np.int8),
+        interactions.item_keys(item_ids),
     )
 
 

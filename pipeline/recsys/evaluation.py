@@ -43,7 +43,9 @@ class ServedModel:
         )
 
     def arrays(self, ds: Dataset) -> dict[str, np.ndarray]:
+        keys = {} if ds.item_keys is None else {"item_keys": ds.item_keys}
         return {
+            **keys,
             "item_ids": ds.item_ids,
             "user_ids": ds.user_ids[: self.user_emb.shape[0]],
             "item_emb": self.item_emb.astype(np.float32),

@@ -101,6 +101,10 @@ class Recommender:
         # Versions written before the dense index: the dense index is the id itself.
         self.item_ids = np.asarray(arrays.get("item_ids", np.arange(n_items)), dtype=np.int64)
         self.user_ids = np.asarray(arrays.get("user_ids", np.arange(n_users)), dtype=np.int64)
+        # String ids (pipeline/ids.py): item_ids holds their hashes and item_keys each
+        # item's own id as JSON text (``18``, ``"SKU-00018"``), what the model answers with.
+        keys = arrays.get("item_keys")
+        self.item_keys = None if keys is None else [str(k).encode() for k in np.asarray(keys).tolist()]
         bias = arrays.get("item_bias")
         self.item_bias = None if bias is None else np.asarray(bias, dtype=np.float32)
         self.user_weight = float(arrays.get("user_weight", 1.0))
@@ -142,7 +146,21 @@ class Recommender:
 
     def recommend(self, user_ids: np.ndarray, history: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Catalogue ids in and out; unknown history items are ignored."""
+        ids, scores, _ = self.answer(user_ids, history, k)
+        return ids, scores
+
+    def answer(
+        self, user_ids: np.ndarray, history: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """recommend's catalogue ids and scores, and the dense indices they came from."""
         users = dense_index(self.user_ids, np.asarray(user_ids).reshape(-1))
         dense, _ = self.dense_history(history)
         ids, scores = self.recommend_dense(users, dense, k)
-        return np.where(ids >= 0, self.item_ids[np.maximum(ids, 0)], -1), scores
+        return np.where(ids >= 0, self.item_ids[np.maximum(ids, 0)], -1), scores, ids
+
+    def keys_json(self, dense: np.ndarray) -> list[bytes]:
+        """Per row, its items' own ids as one JSON array (``[18,"SKU-00018"]``), padding left
+        out; only for a catalogue with string ids (``item_keys``)."""
+        keys = self.item_keys
+        assert keys is not None
+        return [b"[" + b",".join([keys[i] for i in row if i >= 0]) + b"]" for row in dense.tolist()]

@@ -13,6 +13,8 @@ derived, and optionally the event-id column:
 
 The mapper never judges an event: a value it cannot convert is passed on as it was, so the
 pipeline's own parse rules (and a dry run, which applies them) give the dead-letter reason.
+Ids may be integers or strings (pipeline/ids.py): a column's "18" is item 18, "SKU-00018"
+and "0018" are string ids, given back as they are.
 Rows a mapping drops on purpose (``otherwise: skip``) are counted as skipped.
 """
 
@@ -139,8 +141,8 @@ class Mapper:
             event_id = self.derived_id(row, row_number)
         return {
             "event_id": str(event_id),
-            "user_id": to_int(row.get(m.user)),
-            "item_id": to_int(row.get(m.item)),
+            "user_id": to_id(row.get(m.user)),
+            "item_id": to_id(row.get(m.item)),
             "type": kind,
             "ts": to_epoch_ms(row.get(m.timestamp.column), m.timestamp.unit),
         }
@@ -197,6 +199,21 @@ def to_int(value: Any) -> Any:
             if number is not None and number.is_integer():
                 return _int64(int(number), value)
     return value
+
+
+def to_id(value: Any) -> Any:
+    """A user or item id (pipeline/ids.py): an integer, its text ("18") or a spreadsheet's
+    number ("18.0") as the integer; any other text ("cust-18", "0018": a code keeps its
+    zeros) stripped of surrounding spaces, as a string id; anything else unchanged."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0")):
+            return _int64(int(text), value)
+        number = to_float(text) if not text.isdigit() else None
+        if number is not None and number.is_integer() and not text.startswith("0"):
+            return _int64(int(number), value)
+        return text
+    return to_int(value)
 
 
 def to_float(value: Any) -> float | None:

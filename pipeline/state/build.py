@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import kafka_clients
+from pipeline import ids, kafka_clients
 from pipeline.replay.files import EventFile
 from pipeline.sinks.partitioner import partitions_for
 from pipeline.state.changelog import KafkaChangelog
@@ -29,22 +29,22 @@ SEND_BATCH = 5_000  # records awaited together
 BUILD_CACHE_BYTES = 32 << 20  # per temporary store
 
 
-def _events(file: EventFile) -> Iterator[tuple[int, int, int] | None]:
-    """(user, item, ts) of each row; None for a row that is not a valid event."""
+def _events(file: EventFile) -> Iterator[tuple[bytes, int, int, int] | None]:
+    """(user's key, user, item, ts) of each row, ids as the pipeline's parse gives them
+    (pipeline/ids.py); None for a row that is not a valid event."""
     for number, doc in file.documents():
         event = file.mapper.event(doc, number) if doc is not None and file.mapping is not None else doc
         try:
             assert event is not None
-            user, item, ts = event["user_id"], event["item_id"], event["ts"]
-            if not (_id(user) and _id(item) and _id(ts)):
+            raw_user, ts = event["user_id"], event["ts"]
+            user, item = ids.internal_or_none(raw_user), ids.internal_or_none(event["item_id"])
+            if user is None or item is None or not isinstance(raw_user, int | str):
                 raise ValueError
-            yield user, item, ts  # type: ignore[misc]  # checked by _id
+            if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+                raise ValueError
+            yield ids.key_text(raw_user), user, item, ts
         except (AssertionError, KeyError, TypeError, ValueError):
             yield None
-
-
-def _id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 async def _partition_count(topology: Topology, changelog: KafkaChangelog) -> int:
@@ -77,8 +77,8 @@ async def build_state(topology: Topology, file: EventFile, workdir: Path | None 
                 if event is None:
                     skipped += 1
                     continue
-                user, item, ts = event
-                (p,) = partitions_for([str(user).encode()], every, every)
+                key, user, item, ts = event
+                (p,) = partitions_for([key], every, every)  # the replay's key: the id's text
                 stores[p].extend(user, [(ts, item)])
                 if rows % 100_000 == 0:
                     for store in stores:

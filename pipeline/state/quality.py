@@ -12,22 +12,25 @@ from typing import Any
 
 import orjson
 
+from pipeline import ids
 from pipeline.events import RawRecord
 from pipeline.operators.coalesce import RecentItems
 from pipeline.state.histories import history_of, user_key
 
 
 def interaction(record: RawRecord) -> dict[str, Any] | None:
-    """An input record's event, when it has an integer user, item and time; else None."""
+    """An input record's event, when it has a user, an item and an integer time; else None.
+    Its ids are the pipeline's own (pipeline/ids.py: a string id's hash), as parse gives them."""
     try:
         doc = orjson.loads(record.value or b"")
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(doc, dict) or not all(
-        isinstance(doc.get(k), int) for k in ("user_id", "item_id", "ts")
-    ):
+    if not isinstance(doc, dict) or not isinstance(doc.get("ts"), int):
         return None
-    return doc
+    user, item = ids.internal_or_none(doc.get("user_id")), ids.internal_or_none(doc.get("item_id"))
+    if user is None or item is None:
+        return None
+    return {**doc, "user_id": user, "item_id": item}
 
 
 @dataclass
@@ -67,7 +70,7 @@ def history_share(
                 continue
             seen = histories.extend(doc["user_id"], [(doc["ts"], doc["item_id"])])
             for rec in waiting.pop((record.topic, record.partition, record.offset), ()):
-                named = bool(set(seen) & {i["item_id"] for i in rec["items"]})
+                named = bool(set(seen) & {ids.internal_or_none(i["item_id"]) for i in rec["items"]})
                 result.naming += named
                 result.answered += 1
                 if group_of is not None:

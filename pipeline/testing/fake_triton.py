@@ -6,14 +6,18 @@ never name an item of the row's history, as the shipped model's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 import numpy as np
+import orjson
 from tritonclient.grpc import service_pb2
 
 from pipeline import errors
+from pipeline.ids import internal_id
 from pipeline.recsys.scoring import HISTORY_PAD
 from pipeline.triton.contract import ModelContractError, ReadParameters, ServedModel, Tensor
 
@@ -52,8 +56,17 @@ def hashed_scorer(items: int, top_k: int) -> Scorer:
 _DATATYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}
 
 
+def bytes_tensor(elements: Sequence[bytes]) -> bytes:
+    """A BYTES tensor's raw contents as Triton sends them: each element length-prefixed."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
 def _response(
-    request: service_pb2.ModelInferRequest, ids: np.ndarray, scores: np.ndarray, **more: np.ndarray
+    request: service_pb2.ModelInferRequest,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    keys: Sequence[bytes] | None = None,
+    **more: np.ndarray,
 ) -> service_pb2.ModelInferResponse:
     response = service_pb2.ModelInferResponse(
         model_name=request.model_name, model_version=request.model_version or "1", id=request.id
@@ -64,6 +77,11 @@ def _response(
         out.name, out.datatype = name, datatype
         out.shape.extend(array.shape)
         response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    if keys is not None:  # as the shipped model answers a catalogue with string ids
+        out = response.outputs.add()
+        out.name, out.datatype = "ITEM_KEYS", "BYTES"
+        out.shape.extend((len(keys), 1))
+        response.raw_output_contents.append(bytes_tensor(keys))
     return response
 
 
@@ -82,8 +100,15 @@ class FakeTriton:
         scorer: Scorer | None = None,
         delay_s: float = 0.0,
         reads: ReadParameters = SHIPPED_READS,
+        item_keys: Sequence[int | str] | None = None,
     ) -> None:
+        """``item_keys``: item i's own id (strings, as a catalogue trained on string ids):
+        ITEM_IDS then answers their internal ids (pipeline/ids.py) and ITEM_KEYS the keys."""
         self.items = items
+        self.item_keys = None if item_keys is None else [orjson.dumps(k) for k in item_keys]
+        self.internal_ids = None if item_keys is None else np.array([internal_id(k) for k in item_keys])
+        if item_keys is not None:
+            reads = dataclasses.replace(reads, item_keys=True)
         self.top_k = top_k
         self.max_batch_size = max_batch_size
         self.scorer = scorer or hashed_scorer(items, top_k)
@@ -117,6 +142,8 @@ class FakeTriton:
         outputs = {"ITEM_IDS": Tensor("INT64", any_rows), "SCORES": Tensor("FP32", any_rows)}
         if self.reads.unknown_items:
             outputs["UNKNOWN_ITEMS"] = Tensor("INT32", (-1, 1))
+        if self.reads.item_keys:
+            outputs["ITEM_KEYS"] = Tensor("BYTES", (-1, 1))
         inputs = {"USER_ID": Tensor("INT64", (-1, 1)), "HISTORY": Tensor("INT64", any_rows)}
         return ServedModel(name, inputs, outputs, self.max_batch_size, self.reads)
 
@@ -166,4 +193,12 @@ class FakeTriton:
             unknown = (history != HISTORY_PAD) & ((history < 0) | (history >= self.items))
             extra["UNKNOWN_ITEMS"] = unknown.sum(axis=1).astype(np.int32).reshape(-1, 1)
         scorer = self.version_scorers.get(request.model_version, self.scorer)
-        future.set_result(_response(request, *scorer(users, history), **extra))
+        ids, scores = scorer(users, history)
+        keys = None
+        if self.item_keys is not None and self.internal_ids is not None:
+            if any(out.name == "ITEM_KEYS" for out in request.outputs):
+                keys = [
+                    b"[" + b",".join(self.item_keys[i] for i in row if i >= 0) + b"]" for row in ids.tolist()
+                ]
+            ids = np.where(ids >= 0, self.internal_ids[np.maximum(ids, 0)], ids)
+        future.set_result(_response(request, ids, scores, keys, **extra))

@@ -3,9 +3,11 @@ straight from numpy: no per-element Python work."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from tritonclient.grpc import service_pb2
 
 from pipeline.errors import BadOutput
@@ -23,6 +25,14 @@ class ModelSignature:
 
 ANSWERS = ("ITEM_IDS", "SCORES")
 WITH_UNKNOWN_ITEMS = (*ANSWERS, "UNKNOWN_ITEMS")  # the model counts the history items it did not know
+# A catalogue with string ids answers its items in their own ids too: per row, one JSON array
+# (ITEM_IDS then holds their hashes, pipeline/ids.py); a catalogue of integers leaves it out.
+ITEM_KEYS = "ITEM_KEYS"
+
+
+def asked_outputs(unknown_items: bool, item_keys: bool) -> tuple[str, ...]:
+    """The outputs a request asks for, of those the served model declares."""
+    return (*ANSWERS, *(("UNKNOWN_ITEMS",) if unknown_items else ()), *((ITEM_KEYS,) if item_keys else ()))
 
 
 def request_id(first_ref: tuple[str, int, int], rows: int, attempt: int, send: int) -> str:
@@ -67,7 +77,11 @@ _ANSWER_TYPES = {"ITEM_IDS": "INT64", "SCORES": "FP32"}
 
 def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> list[Recommendations]:
     arrays: dict[str, np.ndarray] = {}
+    keys: list[list[int | str]] | None = None
     for i, out in enumerate(response.outputs):
+        if out.name == ITEM_KEYS and i < len(response.raw_output_contents):
+            keys = _row_keys(response.raw_output_contents[i], rows)
+            continue
         if out.name not in _ANSWER_TYPES:
             continue  # UNKNOWN_ITEMS, read by unknown_items()
         dtype = _DTYPES.get(out.datatype) if out.datatype == _ANSWER_TYPES[out.name] else None
@@ -86,6 +100,8 @@ def decode(response: service_pb2.ModelInferResponse, rows: int, top_k: int) -> l
         raise BadOutput(f"output shape {ids.shape}/{scores.shape} for {rows} rows")
     # scores rounded to 6 decimals here, for the whole batch at once (the output shows 6)
     ids, scores = ids[:, :top_k], scores[:, :top_k].astype(np.float64).round(6)
+    if keys is not None:
+        return _with_keys(ids, scores, keys, top_k)
     if (ids < 0).any():  # padding: the model had fewer items to offer than top_k (-1, -inf)
         kept = ids >= 0
         return [
@@ -103,3 +119,38 @@ def unknown_items(response: service_pb2.ModelInferResponse) -> int:
         if out.name == "UNKNOWN_ITEMS" and out.datatype == "INT32" and i < len(response.raw_output_contents):
             return int(np.frombuffer(response.raw_output_contents[i], dtype=np.int32).sum())
     return 0
+
+
+_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix, as Triton serializes it
+
+
+def _row_keys(raw: bytes, rows: int) -> list[list[int | str]]:
+    """ITEM_KEYS: ``rows`` length-prefixed JSON arrays of the rows' item ids."""
+    view, at, keys = memoryview(raw), 0, []
+    try:
+        for _ in range(rows):
+            (size,) = _LENGTH.unpack_from(view, at)
+            at += 4 + size
+            keys.append(orjson.loads(view[at - size : at]))
+    except (struct.error, orjson.JSONDecodeError) as exc:
+        raise BadOutput(f"output {ITEM_KEYS}: {exc}") from None
+    if at != len(raw) or not all(type(row) is list for row in keys):
+        raise BadOutput(f"output {ITEM_KEYS}: not {rows} JSON arrays")
+    return keys
+
+
+def _with_keys(
+    ids: np.ndarray, scores: np.ndarray, keys: list[list[int | str]], top_k: int
+) -> list[Recommendations]:
+    """Rows answered in the catalogue's own ids: each row's keys name its ids (padding left out)."""
+    answers = []
+    for id_row, score_row, key_row in zip(ids.tolist(), scores.tolist(), keys, strict=True):
+        kept = [n for n, item in enumerate(id_row) if item >= 0]
+        if len(kept) == len(id_row):
+            item_ids, row_scores = tuple(id_row), tuple(score_row)
+        else:
+            item_ids, row_scores = tuple(id_row[n] for n in kept), tuple(score_row[n] for n in kept)
+        if len(key_row) < len(item_ids):
+            raise BadOutput(f"output {ITEM_KEYS}: {len(key_row)} ids for {len(item_ids)} items")
+        answers.append(Recommendations(item_ids, row_scores, tuple(key_row[: len(item_ids)])))
+    return answers

@@ -21,6 +21,8 @@ Metadata = tuple[tuple[str, str], ...]  # extra request headers (a gateway's tok
 INPUTS = {"USER_ID": "INT64", "HISTORY": "INT64"}
 OUTPUTS = {"ITEM_IDS": "INT64", "SCORES": "FP32"}
 UNKNOWN_ITEMS = "UNKNOWN_ITEMS"  # optional output: history items the model did not know, per row
+ITEM_KEYS = "ITEM_KEYS"  # optional output: each row's items in the catalogue's own ids (JSON)
+OPTIONAL_OUTPUTS = {UNKNOWN_ITEMS: "INT32", ITEM_KEYS: "BYTES"}
 # Not there yet (starting, restarting, overloaded): the caller waits. Anything else the
 # server answers (unauthenticated, unimplemented...) will not change by waiting.
 WAIT_FOR = frozenset(
@@ -71,6 +73,7 @@ class ReadParameters:
     priority: bool = True
     timeout: bool = True
     unknown_items: bool = False  # the model answers UNKNOWN_ITEMS: asked for and counted
+    item_keys: bool = False  # the model may answer ITEM_KEYS (string ids): asked for, given out
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,12 @@ def contract_problems(model: ServedModel, sig: ModelSignature, largest: BatchBou
             problems.append(
                 f"model.name: {model.name!r} {name} is {tensor.datatype}, the pipeline sends/reads {dtype}"
             )
-    unknown = model.outputs.get(UNKNOWN_ITEMS)
-    if unknown is not None and unknown.datatype != "INT32":
-        problems.append(
-            f"model.name: {model.name!r} {UNKNOWN_ITEMS} is {unknown.datatype}, the pipeline reads INT32"
-        )
+    for name, dtype in OPTIONAL_OUTPUTS.items():
+        optional = model.outputs.get(name)
+        if optional is not None and optional.datatype != dtype:
+            problems.append(
+                f"model.name: {model.name!r} {name} is {optional.datatype}, the pipeline reads {dtype}"
+            )
     history = model.inputs.get("HISTORY")
     if history is not None and history.shape and history.shape[-1] not in (-1, sig.history_length):
         problems.append(
@@ -214,5 +218,9 @@ async def fetch_served_model(
         return {t.name: Tensor(t.datatype, tuple(t.shape)) for t in items}
 
     outputs = tensors(meta.outputs)
-    reads = dataclasses.replace(read_parameters(config.config), unknown_items=UNKNOWN_ITEMS in outputs)
+    reads = dataclasses.replace(
+        read_parameters(config.config),
+        unknown_items=UNKNOWN_ITEMS in outputs,
+        item_keys=outputs.get(ITEM_KEYS, Tensor("", ())).datatype == "BYTES",
+    )
     return ServedModel(name, tensors(meta.inputs), outputs, config.config.max_batch_size, reads)

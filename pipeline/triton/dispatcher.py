@@ -249,7 +249,7 @@ class Dispatcher:
             req_id,
             batch.priority if self.reads.priority else 0,
             int(timeout_s * 1_000_000) if self.reads.timeout else None,
-            codec.WITH_UNKNOWN_ITEMS if self.reads.unknown_items else codec.ANSWERS,
+            codec.asked_outputs(self.reads.unknown_items, self.reads.item_keys),
         )
         states.enter(RequestState.READ, RequestState.START)
         stream = self.pool.pick()

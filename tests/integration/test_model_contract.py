@@ -58,4 +58,4 @@ async def test_the_served_models_queue_says_which_parameters_are_sent(stack) -> 
         served = await fetch_served_model(pool.stub, topology.model.name, "")
     finally:
         await pool.close()
-    assert served.reads == ReadParameters(priority=False, timeout=False, unknown_items=True)
+    assert served.reads == ReadParameters(priority=False, timeout=False, unknown_items=True, item_keys=True)

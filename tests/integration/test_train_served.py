@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from pipeline.devstack.triton import EmbeddedTriton
+from pipeline.recsys.data import NOT_AN_ID
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from tests.integration.harness import ROOT
 
@@ -45,7 +46,7 @@ def write_ratings(path: Path, events: int = 60_000, seed: int = 21) -> tuple[np.
         rated.add(int(item))
         lines.append(f"{user},{item},{RATING[str(ev['type'])]},{1_500_000_000 + n}")
     lines.append(f"{user_ids[0]},{item_ids[0]},1.0,1600000000")  # below every threshold: skipped
-    lines.append(f"oops,{item_ids[0]},4.0,1600000001")  # not a user id: skipped
+    lines.append(f"-5,{item_ids[0]},4.0,1600000001")  # not a user id: skipped ("oops" would be one)
     path.write_text("\n".join(lines) + "\n")
     return np.asarray(sorted(rated), dtype=np.int64), user_ids
 
@@ -99,7 +100,7 @@ def test_trained_on_a_ratings_file_and_served_with_catalogue_ids(tmp_path: Path)
     print(orjson.dumps({k: summary[k] for k in ("input", "data", "chosen", "test", "timing_s")}).decode())
     assert summary["input"]["skipped_reasons"] == {
         "skipped by the mapping": 1,
-        "user_id is not a non-negative integer": 1,
+        NOT_AN_ID.format("user_id"): 1,
     }
     assert summary["data"]["max_item_id"] > 900_000 and summary["version"] == 1
     assert not summary["test"]["model_is_popularity"], summary["chosen"]

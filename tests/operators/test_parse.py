@@ -6,6 +6,7 @@ import orjson
 import pytest
 import reactivex
 
+from pipeline import ids
 from pipeline.events import DeadLetter, Event, RawRecord
 from pipeline.operators.parse import MAX_EVENT_ID_LEN, MAX_ID, ParseRules, parse, parse_batch
 from pipeline.testing.builders import OMIT, event_doc, parse_rules, raw_record
@@ -106,8 +107,9 @@ def test_null_field_counts_as_missing(field):
         ("event_id", ""),
         ("event_id", "x" * (MAX_EVENT_ID_LEN + 1)),
         ("event_id", ["ev"]),
-        ("user_id", "42"),
+        ("user_id", ""),
         ("user_id", 42.0),
+        ("item_id", {"sku": 1}),
         ("user_id", True),  # bool is an int subclass in Python, not an id
         ("item_id", False),
         ("item_id", [7]),
@@ -154,6 +156,37 @@ def test_out_of_range_ids(field, value):
     dead = reject(rec_doc(**{field: value}))
     assert dead.reason == "out_of_range"
     assert field in dead.detail
+
+
+def test_string_ids_are_their_stable_hash_and_the_user_keeps_its_text():
+    (event,) = parse_batch([rec_doc(user_id="cust-18", item_id="SKU-00018")], RULES, NOW).events
+    assert event.user_id == ids.string_id("cust-18") >= ids.STRING_BASE
+    assert event.item_id == ids.string_id("SKU-00018")
+    assert event.user_text == "cust-18"  # the output names the user as it came
+
+
+@pytest.mark.parametrize(("value", "internal"), [("18", 18), ("0", 0), (str(MAX_ID), MAX_ID)])
+def test_an_integers_text_is_that_integer(value, internal):
+    (event,) = parse_batch([rec_doc(user_id=value, item_id=value)], RULES, NOW).events
+    assert (event.user_id, event.item_id, event.user_text) == (internal, internal, None)
+
+
+@pytest.mark.parametrize("value", ["0018", "-5", " 18", "1e3", str(MAX_ID + 1)])
+def test_other_digit_like_strings_are_ids_of_their_own(value):
+    (event,) = parse_batch([rec_doc(user_id=value)], RULES, NOW).events
+    assert event.user_id == ids.string_id(value) and event.user_text == value
+
+
+def test_a_string_id_past_its_length_is_out_of_range():
+    dead = reject(rec_doc(item_id="x" * (ids.MAX_TEXT + 1)))
+    assert dead.reason == "out_of_range" and "item_id" in dead.detail
+
+
+def test_a_string_user_key_must_be_its_text_when_the_key_is_the_user():
+    rules = parse_rules(key_is_user=True)
+    good = rec(orjson.dumps(doc(user_id="cust-18")))._replace(key=b"cust-18")
+    assert parse_batch([good], rules, NOW).events[0].user_text == "cust-18"
+    assert reject(good._replace(key=b"18"), rules).reason == "key_not_user"
 
 
 @pytest.mark.parametrize(("field", "value"), [("user_id", 0), ("item_id", 0), ("user_id", MAX_ID)])

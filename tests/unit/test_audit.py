@@ -120,7 +120,14 @@ def test_a_time_range_is_half_open() -> None:
 
 @pytest.mark.parametrize(
     ("value", "user"),
-    [(b'{"user_id": 7}', 7), (b"not json", None), (b'{"user_id": "7"}', None), (None, None), (b"[]", None)],
+    [
+        (b'{"user_id": 7}', 7),
+        (b"not json", None),
+        (b'{"user_id": "7"}', 7),
+        (b'{"user_id": 7.0}', None),
+        (None, None),
+        (b"[]", None),
+    ],
 )
 def test_the_user_of_an_input_is_read_when_it_is_an_event(value: bytes | None, user: int | None) -> None:
     assert input_user(value) == user

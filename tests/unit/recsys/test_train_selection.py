@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.recsys import scoring
 from pipeline.recsys.cli import add_train_command
-from pipeline.recsys.data import InteractionLog, from_file
+from pipeline.recsys.data import NOT_AN_ID, InteractionLog, from_file
 from pipeline.recsys.dataset import build_dataset, pair_matrices, recent_items, split_by_time
 from pipeline.recsys.evaluation import EvalSet, ServedModel, popularity_model, score_scale
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
@@ -242,7 +242,7 @@ def test_file_rows_that_do_not_convert_are_skipped_and_counted(tmp_path: Path) -
         "userId,movieId,rating,timestamp\n"
         "1,193609,4.5,964982703\n"
         "1,31,3.0,964982704\n"
-        "x,31,4.0,964982705\n"  # user not an integer
+        ",31,4.0,964982705\n"  # no user (a string like "x" is an id of its own)
         "2,31,oops,964982706\n"  # rating not a number: no type
         "2,32,1.0,964982707\n"  # below every threshold: skipped by the mapping
         "2,33,4.0,soon\n"  # timestamp
@@ -256,7 +256,7 @@ def test_file_rows_that_do_not_convert_are_skipped_and_counted(tmp_path: Path) -
     summary = log.summary()
     assert summary["rows_read"] == 6 and summary["interactions"] == 2
     assert summary["skipped_reasons"] == {
-        "user_id is not a non-negative integer": 1,
+        NOT_AN_ID.format("user_id"): 1,
         "type is not view, click or purchase": 1,
         "skipped by the mapping": 1,
         "ts is not an integer (epoch ms)": 1,
@@ -388,7 +388,7 @@ def test_ids_the_pipeline_refuses_are_not_trained_on() -> None:
     summary = log.summary()
     assert summary["interactions"] == 1 and summary["rows_read"] == 4
     assert summary["skipped_reasons"] == {
-        "user_id is past 2^53 - 1 (the pipeline refuses it)": 2,
-        "item_id is past 2^53 - 1 (the pipeline refuses it)": 1,
+        NOT_AN_ID.format("user_id"): 2,
+        NOT_AN_ID.format("item_id"): 1,
     }
     assert log.arrays()[1].tolist() == [2**53 - 1]

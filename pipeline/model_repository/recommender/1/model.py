@@ -47,10 +47,14 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.top_k = int(config["parameters"]["top_k"]["string_value"])
         # configs written before this output existed do not declare it: it is not answered
-        self.reports_unknown = any(out["name"] == "UNKNOWN_ITEMS" for out in config.get("output", []))
+        declared = {out["name"] for out in config.get("output", [])}
+        self.reports_unknown = "UNKNOWN_ITEMS" in declared
+        # A catalogue with string ids answers them too (ITEM_KEYS: each row's ids as JSON);
+        # one of integers only leaves it out, and ITEM_IDS are its ids.
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with np.load(os.path.join(version_dir, "embeddings.npz")) as data:
             self.model = scoring.Recommender({name: data[name] for name in data.files})
+        self.answers_keys = "ITEM_KEYS" in declared and self.model.item_keys is not None
 
     def execute(self, requests):
         users, histories = [], []
@@ -58,8 +62,11 @@ class TritonPythonModel:
             users.append(pb_utils.get_input_tensor_by_name(request, "USER_ID").as_numpy().reshape(-1))
             histories.append(pb_utils.get_input_tensor_by_name(request, "HISTORY").as_numpy())
         history = np.concatenate(histories)
-        ids, scores = self.model.recommend(np.concatenate(users), history, self.top_k)
+        ids, scores, dense = self.model.answer(np.concatenate(users), history, self.top_k)
         unknown = self.model.unknown_items(history).astype(np.int32).reshape(-1, 1)
+        keys = None
+        if self.answers_keys:
+            keys = np.array(self.model.keys_json(dense), dtype=np.object_).reshape(-1, 1)
         responses = []
         start = 0
         for rows in users:
@@ -70,6 +77,8 @@ class TritonPythonModel:
             ]
             if self.reports_unknown:
                 outputs.append(pb_utils.Tensor("UNKNOWN_ITEMS", unknown[start:end]))
+            if keys is not None:
+                outputs.append(pb_utils.Tensor("ITEM_KEYS", keys[start:end]))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start = end
         return responses
