@@ -26,7 +26,8 @@ class Ends(NamedTuple):
     sink: Sink
     server: InferenceServer
     # Before anything waits on the model: a misconfigured connection (refused credentials,
-    # an untrusted certificate) raises; True once the input side answered, False if not yet.
+    # an untrusted certificate) or a broker that does not answer within its bound raises;
+    # True once the input side answered.
     check_connection: Callable[[], Coroutine[Any, Any, bool]]
     changelog: ChangelogReader | None = None  # where durable state is restored from (state.dir set)
 
@@ -54,5 +55,6 @@ def on_kafka_and_triton(t: Topology, partitions: Partitions, metrics: Metrics) -
         if t.state.dir is not None
         else None
     )
-    # refused credentials, an untrusted certificate, a topic that does not exist: exit 2
+    # refused credentials, an untrusted certificate, no broker answering within
+    # broker.start_timeout_ms, a topic that does not exist: exit 2
     return Ends(source, sink, server, lambda: topics_check.check_broker(t), changelog)

@@ -113,3 +113,11 @@ class Fatal(PipelineError, reason="fatal"):
 
 class SourceFailed(Fatal, reason="source_failed"):
     """The Kafka source cannot go on consuming."""
+
+
+class BrokerAway(Fatal, reason="broker_unreachable"):
+    """No bootstrap server answered within the start's bound (``broker.start_timeout_ms``),
+    or one stopped answering during the start: exit 2 with one line naming
+    ``broker.bootstrap_servers``, the addresses and why, rather than a client's traceback."""
+
+    exit_code = 2

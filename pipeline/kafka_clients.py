@@ -10,13 +10,18 @@ certificate that does not verify, after a second attempt that ends the same for 
 other refusal (SASL, a TLS alert or failed handshake, a token that cannot be had, a closed
 connection), since a restarting broker, a proxy between backends, a SCRAM user not yet
 propagated or a token agent still starting refuse once too. Anything else is raised as
-aiokafka raised it."""
+aiokafka raised it.
+
+At the start of `pipeline run`, ``wait_for_broker`` repeats that check for at most
+``broker.start_timeout_ms``, before anything waits on Triton: a broker nobody can reach is
+one line naming each address and why (exit 2), not a bootstrap traceback."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -32,6 +37,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
+from pipeline.errors import BrokerAway
 from pipeline.security import TLS_SERVER_TROUBLE, CredentialsError, kafka_security, tls_session
 from pipeline.topology.schema import Broker
 
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 10.0  # one connection attempt of check_connection, TLS and SASL included
 START_CHECK_TIMEOUT_S = 5.0  # the same, asking why a client's start failed (a live broker answers at once)
 CONFIRM_PAUSE_S = 1.0  # between the two attempts that must agree before a refusal is one
+RECHECK_PAUSE_S = 1.0  # at start, between two checks while no bootstrap server answers
+PROBE_TIMEOUT_S = 2.0  # a plain TCP connection, to say why a bootstrap server does not answer
 
 
 def connection(broker: Broker, client_suffix: str = "") -> dict[str, Any]:
@@ -317,3 +325,67 @@ async def check_connection(broker: Broker, timeout_s: float = CHECK_TIMEOUT_S) -
         if await _verdict(broker, options, host, port, timeout_s):
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# wait_for_broker: the start's first step, bounded
+
+
+async def wait_for_broker(broker: Broker, timeout_s: float) -> None:
+    """``check_connection`` again and again until a bootstrap server answers, for at most
+    ``timeout_s`` (a broker restarting as the pipeline starts), with one warning when the
+    first check fails; then BrokerAway naming ``broker.bootstrap_servers``, each address and
+    why it did not answer (exit 2), rather than the clients' "Unable to bootstrap" after
+    everything else has waited. CredentialsError as ``check_connection`` raises it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    servers = broker.bootstrap_servers
+    said = False
+    while True:
+        remaining = max(deadline - loop.time(), 0.1)
+        try:  # a black-holed address takes a check's whole timeout: cut at the bound
+            if await asyncio.wait_for(check_connection(broker, min(CHECK_TIMEOUT_S, remaining)), remaining):
+                return
+        except TimeoutError:
+            pass
+        if loop.time() >= deadline:
+            break
+        if not said:  # the first check failed: say what the start waits for
+            said = True
+            log.warning(
+                "broker.bootstrap_servers: nothing answers at %s yet: waiting up to %g s "
+                "(broker.start_timeout_ms)",
+                servers,
+                timeout_s,
+            )
+        await asyncio.sleep(min(RECHECK_PAUSE_S, max(0.0, deadline - loop.time())))
+    why = await nothing_answers(servers)
+    waited = f"waited {timeout_s:g} s (broker.start_timeout_ms)"
+    raise BrokerAway(f"broker.bootstrap_servers: nothing answers at {why}; {waited}")
+
+
+async def nothing_answers(bootstrap_servers: str) -> str:
+    """Each bootstrap address and why it does not answer, as one plain TCP connection
+    (bounded by PROBE_TIMEOUT_S) tells it: ``host:1 (connection refused), host:2 (no answer)``."""
+    addresses = _addresses(bootstrap_servers)
+    if not addresses:
+        return f"{bootstrap_servers} (no host:port in it)"
+    reasons = await asyncio.gather(*(_tcp_verdict(host, port) for host, port in addresses))
+    return ", ".join(f"{host}:{port} ({why})" for (host, port), why in zip(addresses, reasons, strict=True))
+
+
+async def _tcp_verdict(host: str, port: int) -> str:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
+    except ConnectionRefusedError:
+        return "connection refused: nothing listening"
+    except socket.gaierror as exc:
+        return f"unknown host: {exc.strerror or exc}"
+    except TimeoutError:
+        return f"no TCP answer within {PROBE_TIMEOUT_S:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+    return "it takes TCP connections, but no Kafka answer came"

@@ -50,7 +50,9 @@ from pipeline.triton.contract import ModelContractError
 from pipeline.triton.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
-CONTRACT_WAIT_S = 10.0  # at start, for Triton to answer the model contract check
+# At start, for Triton to answer the model contract check before the group is joined
+# meanwhile (consumption held); the check goes on until model.start_timeout_ms.
+CONTRACT_WAIT_S = 10.0
 
 
 def _has_rejects(parsed: ParsedBatch) -> bool:
@@ -279,22 +281,28 @@ class PipelineRuntime:
         self._stop.set()
 
     async def check_model(self) -> None:
-        """Waits for the served model (every experiment arm's version), checks it fits;
-        consumption starts once it does."""
-        served = await model_check.checked_model(self.pool, wiring.model_check(self.topology))
+        """Waits for the served model (every experiment arm's version), for at most
+        ``model.start_timeout_ms`` in all, checks it fits; consumption starts once it does."""
+        seconds = self.topology.model.start_timeout_ms / 1000
+        bound = model_check.StartBound(asyncio.get_running_loop().time() + seconds, seconds)
+        served = await model_check.checked_model(self.pool, wiring.model_check(self.topology), bound)
         for key, check in wiring.arm_model_checks(self.topology):
             try:
-                await model_check.checked_model(self.pool, check)
+                await model_check.checked_model(self.pool, check, bound)
             except ModelContractError as exc:
                 raise ModelContractError(f"{key}: {exc}") from None
         self.dispatcher.reads = served.reads  # parameters Triton would ignore are not sent
         self.model_checked = True
 
     async def _check_model_meanwhile(self, first_wait: asyncio.Task[None]) -> None:
-        """What the start did not wait for: a mismatch found once Triton answers stops the
-        pipeline having consumed nothing (consumption is held until it passes)."""
+        """What the start did not wait for: a mismatch found once Triton answers, or no
+        answer within model.start_timeout_ms, stops the pipeline having consumed nothing
+        (consumption is held until it passes)."""
         try:
             await first_wait
+        except Fatal as exc:  # its one line is the CLI's to say, not a "graph failed" first
+            self._failure = exc
+            self._stop.set()
         except Exception as exc:
             self._on_graph_error(exc)
 
@@ -317,10 +325,12 @@ class PipelineRuntime:
         return {"experiment guard": guard.run}
 
     async def _start(self) -> bool:
-        """Connection check, model contract (waited for at most CONTRACT_WAIT_S), clients.
-        False: stopped meanwhile, nothing consumed; raises what stops the process."""
+        """Connection check (bounded: the broker first), model contract (waited for at most
+        CONTRACT_WAIT_S, then checked on while the clients start, until
+        model.start_timeout_ms), clients. False: stopped meanwhile, nothing consumed; raises
+        what stops the process."""
         t = self.topology
-        try:  # refused credentials or an untrusted certificate: exit 2 now, not after Triton's wait
+        try:  # refused credentials, no broker answering: exit 2 now, not after Triton's wait
             if not await unless_stopped(self._check_connection(), self._stop):
                 return False
             changelog = self.users.changelog  # made if missing; a partition count mismatch stops here
@@ -341,9 +351,12 @@ class PipelineRuntime:
                 return False
             else:
                 log.warning(
-                    "Triton not reachable within %.0f s: joining the group, consuming once the "
-                    "model is checked",
+                    "model.url: Triton at %s has not served the model within %.0f s: joining the "
+                    "group meanwhile, consuming once the model is checked (exit 2 if not within "
+                    "model.start_timeout_ms, %g s)",
+                    t.model.url,
                     CONTRACT_WAIT_S,
+                    t.model.start_timeout_ms / 1000,
                 )
                 self._background.add(asyncio.create_task(self._check_model_meanwhile(contract)))
             return await unless_stopped(self._start_clients(), self._stop)

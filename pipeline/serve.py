@@ -10,14 +10,18 @@ import os
 import signal
 from pathlib import Path
 
+from aiokafka.errors import KafkaConnectionError
+
 from pipeline import wiring
+from pipeline.errors import BrokerAway
 from pipeline.topology.loader import load_topology
 
 log = logging.getLogger("pipeline")
 
-# Exit codes of `pipeline run`: 0 drained and committed; 2 bad configuration; 3 stopped with
-# work unfinished or uncommitted (it is replayed: nothing is lost); 128 + signal number when
-# a second signal cut the stop short.
+# Exit codes of `pipeline run`: 0 drained and committed; 2 bad configuration, or nothing
+# answering at start (the broker within broker.start_timeout_ms, Triton within
+# model.start_timeout_ms); 3 stopped with work unfinished or uncommitted (it is replayed:
+# nothing is lost); 128 + signal number when a second signal cut the stop short.
 EXIT_UNCLEAN_STOP = 3
 SHUTDOWN_MARGIN_S = 5.0  # past drain_timeout_ms: closing the clients, then a hard exit
 
@@ -49,6 +53,15 @@ async def _serve(topology_path: Path) -> int:
         await ops.start()
     try:
         await runtime.run(stop)
+    except KafkaConnectionError as exc:
+        if runtime.is_started():
+            raise
+        # The broker answered the start's first check, then stopped answering before the
+        # clients bootstrapped: the same one line as when it never answered.
+        servers = topology.broker.bootstrap_servers
+        raise BrokerAway(
+            f"broker.bootstrap_servers: {servers} stopped answering during the start ({exc})"
+        ) from None
     finally:
         if ops is not None:
             await ops.stop()

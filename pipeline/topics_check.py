@@ -84,9 +84,9 @@ async def check_topics(
 
 
 async def check_broker(t: Topology) -> bool:
-    """The connection check (``kafka_clients.check_connection``), then, once the broker
-    answered, the topics check. True once the broker answered."""
-    connected = await kafka_clients.check_connection(t.broker)
-    if connected:
-        await check_topics(t)
-    return connected
+    """The connection check, waited for at most ``broker.start_timeout_ms``
+    (``kafka_clients.wait_for_broker``: BrokerAway past it, CredentialsError at once), then
+    the topics check. True: the broker answered."""
+    await kafka_clients.wait_for_broker(t.broker, t.broker.start_timeout_ms / 1000)
+    await check_topics(t)
+    return True

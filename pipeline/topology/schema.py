@@ -123,6 +123,13 @@ class Broker(Node):
     )
     tls: Tls = Field(Tls(), description="TLS settings (SSL, SASL_SSL)")
     sasl: Sasl | None = Field(None, description="SASL settings (SASL_PLAINTEXT, SASL_SSL)")
+    start_timeout_ms: int = Field(
+        15_000,
+        gt=0,
+        description="`pipeline run` checks the broker first, before it waits for anything else: "
+        "when no bootstrap server answers within this, it exits 2 with one line naming each address "
+        "and why (connection refused, no answer, not Kafka). Once started, an outage is waited out",
+    )
 
     @model_validator(mode="after")
     def _protocol_fits(self) -> Broker:
@@ -398,6 +405,15 @@ class Model(Node):
     tls: Tls | None = Field(None, description="TLS to Triton (--grpc-use-ssl); none: plaintext gRPC")
     headers: dict[str, SecretStr] = Field(
         {}, description="extra gRPC request headers, e.g. a token for a gateway in front of Triton"
+    )
+    start_timeout_ms: int = Field(
+        300_000,
+        gt=0,
+        description="how long `pipeline run` waits at start for Triton to serve the model and answer "
+        "the model check (a rolling deploy or a restart of Triton, models still loading). After "
+        "10 s it joins the group meanwhile and holds consumption (`/startupz` 200 once joined, "
+        "`/readyz` 503), warning every 30 s with `model.url` and the last answer; past this, it "
+        "exits 2 naming `model.url`. An outage after the start is the circuit breaker's to wait out",
     )
     retry: Retry = Retry()
     circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()

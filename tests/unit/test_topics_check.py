@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import kafka_clients, topics_check
 from pipeline.cli import main
+from pipeline.errors import BrokerAway
 from pipeline.topics_check import MissingTopics, check_broker, check_topics
 from pipeline.topology.schema import Broker, Topology
 
@@ -106,8 +107,13 @@ async def test_the_topics_are_checked_only_once_the_broker_answered(monkeypatch)
         checked.append(t)
 
     monkeypatch.setattr(kafka_clients, "check_connection", connection)
+    monkeypatch.setattr(kafka_clients, "RECHECK_PAUSE_S", 0.01)
     monkeypatch.setattr(topics_check, "check_topics", topics)
-    assert await check_broker(TOPOLOGY) is False and checked == []
+    broker = TOPOLOGY.broker.model_copy(update={"start_timeout_ms": 50})
+    unanswered = TOPOLOGY.model_copy(update={"broker": broker})
+    with pytest.raises(BrokerAway):  # not answering within broker.start_timeout_ms: exit 2
+        await check_broker(unanswered)
+    assert checked == []
     answered[0] = True
     assert await check_broker(TOPOLOGY) is True and checked == [TOPOLOGY]
 
