@@ -1,5 +1,5 @@
-"""`pipeline` command: run, validate, topics, resources, dev, audit, redrive, replay, train,
-schema, bench."""
+"""`pipeline` command: run, validate, topics, resources, dev, audit, experiment, tail, redrive,
+replay, train, schema, bench."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pipeline import logs
-from pipeline.arguments import non_negative_float, positive_float, positive_int
+from pipeline.arguments import non_negative_float, non_negative_int, positive_float, positive_int
+from pipeline.devstack.watch import DEV_METRICS_PORT, MetricsPortTaken, dev_metrics_port
 from pipeline.errors import Fatal, TopologyError
 from pipeline.recsys.cli import add_train_command
 from pipeline.redrive import reason_argument
 from pipeline.replay.cli import add_replay_command
 from pipeline.serve import serve
+from pipeline.tail import add_tail_command
 from pipeline.topology.loader import all_problems, load_topology, read_topology_text
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 # The shipped topologies travel inside the package (pipeline/topologies links ../topologies
 # in a checkout), so `pipeline dev` runs from a plain `pip install` too.
 DEFAULT_TOPOLOGY = Path(__file__).resolve().parent / "topologies" / "recommendations.yaml"
+DEFAULT_DEV_WORKDIR = Path("var/devstack")
 log = logging.getLogger("pipeline")
 
 
@@ -77,6 +80,14 @@ def reaction_share(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    """--metrics-port: 0 to 65535."""
+    value = non_negative_int(text)
+    if value > 65_535:
+        raise argparse.ArgumentTypeError(f"at most 65535, got {value}")
+    return value
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from pipeline.devstack.dev import DevOptions
     from pipeline.devstack.dev import main as run_dev_stack
@@ -86,7 +97,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if args.react_share is not None and not (args.reacting or args.experiment):
         print("pipeline dev: --react-share goes with --reacting or --experiment", file=sys.stderr)
         return 2
-    load_topology(args.topology)  # fail fast on a bad file, before starting anything
+    topology = load_topology(args.topology)  # fail fast on a bad file, before starting anything
+    try:
+        metrics_port = dev_metrics_port(args.metrics_port, topology)
+    except MetricsPortTaken as err:
+        print(f"pipeline dev: {err} (--metrics-port 0: none)", file=sys.stderr)
+        return 2
     options = DevOptions(
         args.topology,
         args.workdir,
@@ -98,6 +114,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         reacting=args.reacting,
         react_share=DEFAULT_SHARE if args.react_share is None else args.react_share,
         experiment=args.experiment,
+        model_repository=args.model_repository,
+        metrics_port=metrics_port,
+        default_workdir=args.workdir == DEFAULT_DEV_WORKDIR,
     )
     try:
         summary = run_dev_stack(options)
@@ -129,7 +148,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _setup_logging(args, "WARNING")
     if (window := _time_range(args, "pipeline audit")) is None:
         return 2
-    summary = asyncio.run(audit_topology(load_topology(args.topology), window))
+    topology = load_topology(args.topology)
+    bound_ms = topology.deadline.end_to_end_ms if args.in_flight_ms is None else args.in_flight_ms
+    summary = asyncio.run(audit_topology(topology, window, bound_ms))
     print(orjson.dumps(summary).decode())
     return 0 if summary["lost"] == 0 else 1
 
@@ -356,7 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("dev", "run everything on the embedded broker and Triton")
     p.add_argument("--topology", type=Path, default=DEFAULT_TOPOLOGY)
-    p.add_argument("--workdir", type=Path, default=Path("var/devstack"))
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_DEV_WORKDIR,
+        help="the broker's and Triton's logs, and the running topology (topology.yaml)",
+    )
+    p.add_argument(
+        "--model-repository",
+        type=Path,
+        default=Path("var/model_repository"),
+        metavar="DIR",
+        help="the Triton model repository served (trained first if it has no model); "
+        "`pipeline train --out DIR` writes its next version",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help=f"/metrics and the probes (default: the topology's, else {DEV_METRICS_PORT} or a free "
+        "port if taken; 0: none)",
+    )
     p.add_argument(
         "--events",
         type=positive_int,
@@ -400,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("audit", "account for every input event of a topology")
     topics_read(p)
+    p.add_argument(
+        "--in-flight-ms",
+        type=non_negative_int,
+        metavar="MS",
+        help="an unanswered input younger than this, not yet committed by the pipeline's group, is "
+        "in flight, not lost (default: the topology's deadline.end_to_end_ms; 0: every unanswered "
+        "input is lost, for a stopped pipeline)",
+    )
     p.set_defaults(func=cmd_audit)
 
     p = command("experiment", "each model version's recommendations judged by what users did next")
@@ -411,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long after a recommendation (event time) its user's next interaction counts",
     )
     p.set_defaults(func=cmd_experiment)
+    add_tail_command(sub, common, _setup_logging)
 
     p = command("redrive", "re-send dead letters of chosen reasons to the input")
     p.add_argument("topology", type=Path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import wiring
 from pipeline.audit import combined_summary
 from pipeline.devstack.broker_load import BrokerLoad
 from pipeline.devstack.epoch import RECYCLE_DRAIN_S, Books, Epoch, settle_task
@@ -25,6 +27,8 @@ from pipeline.devstack.experiment import arms_summary, ensure_experiment_model, 
 from pipeline.devstack.reactions import DEFAULT_SHARE, ReactingBooks, Reactions
 from pipeline.devstack.stack import TRAINING_EVENTS, EmbeddedStack, ensure_model
 from pipeline.devstack.tuning import EMBEDDED_BROKER
+from pipeline.devstack.watch import DEV_METRICS_PORT, RUNNING_TOPOLOGY, Addresses, write_running_topology
+from pipeline.health import OpsServer
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
 from pipeline.topology.loader import load_topology
@@ -46,6 +50,9 @@ class DevOptions:
     reacting: bool = False  # users' next items follow their recommendations (devstack/reactions.py)
     react_share: float = DEFAULT_SHARE
     experiment: bool = False  # trained against popularity, 50/50, users reacting (devstack/experiment.py)
+    model_repository: Path = Path("var/model_repository")  # where `pipeline train --out` writes
+    metrics_port: int = DEV_METRICS_PORT  # /metrics and the probes (0: none); see watch.dev_metrics_port
+    default_workdir: bool = True  # the commands dev suggests need no --workdir
 
 
 def live_events(
@@ -81,13 +88,10 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
         config, skip = GeneratorConfig(), TRAINING_EVENTS
         reactions = Reactions.of(EventGenerator(config), opts.react_share, seed=config.seed)
     events = live_events(config, opts.events, reactions, skip)
-    overrides = {
-        "PIPELINE_BOOTSTRAP_SERVERS": stack.broker.bootstrap,  # a restarted broker keeps its port
-        "PIPELINE_TRITON_URL": stack.triton.grpc_url,
-    }
-    topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env=overrides))
-    if opts.experiment:
-        topology = experiment_topology(topology)
+    topology = dev_topology(opts, stack)
+    addresses = Addresses.of(stack, topology, opts.workdir.resolve())
+    write_running_topology(topology, addresses.topology)
+    addresses.announce(topology, opts.default_workdir)
     quality: dict[tuple[str, str], Counter[str]] = {}  # online outcomes, over every epoch
     books = Books() if reactions is None else ReactingBooks(reactions=reactions)
     started = time.monotonic()
@@ -110,6 +114,7 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
             "online_hit_at_k": arms_summary(quality),
             "users_in_two_arms": len(reactions.users_in_two_arms) if reactions is not None else None,
         }
+    summary["reading"] = reading(topology)
     summary["user_state"] = (
         f"durable in {topology.state.dir} (the embedded broker never compacts the changelog, and a "
         "broker recycle empties it: histories start again)"
@@ -117,6 +122,34 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
         else "in memory only (state.dir unset: a restart forgets every user's history)"
     )
     return summary
+
+
+def dev_topology(opts: DevOptions, stack: EmbeddedStack) -> Topology:
+    """The topology as dev runs it: the environment's ``${NAME}`` and PIPELINE_* values, with
+    the stack's addresses and dev's metrics port on top, and the embedded broker's tuning."""
+    overrides = {
+        "PIPELINE_BOOTSTRAP_SERVERS": stack.broker.bootstrap,  # a restarted broker keeps its port
+        "PIPELINE_TRITON_URL": stack.triton.grpc_url,
+        "PIPELINE_METRICS_PORT": str(opts.metrics_port),
+    }
+    topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env={**os.environ, **overrides}))
+    return experiment_topology(topology) if opts.experiment else topology
+
+
+def reading(topology: Topology) -> dict[str, str]:
+    """How to read the summary's numbers (the demo's first questions)."""
+    return {
+        "recommendations": (
+            "one per user per window: a user's events that meet in a window (at most "
+            f"{topology.window.max_ms} ms) get one recommendation, so fewer recommendations than "
+            "events is coalescing, not loss; lost counts inputs with no answer at all"
+        ),
+        "latency": (
+            "end to end, the input's produce time to the recommendation's, including up to "
+            f"{EMBEDDED_BROKER.linger_ms} ms the dev stack's producers linger to spare the embedded "
+            "broker (docs/embedded_broker.md); on Kafka with the shipped topology: README, Benchmark"
+        ),
+    }
 
 
 async def run_epoch(
@@ -134,6 +167,29 @@ async def run_epoch(
     added to ``quality``. Returns whether the broker needs recycling (False: the run is
     over)."""
     runtime = PipelineRuntime(topology)  # a bad configuration raises before anything starts
+    ops = None  # as `pipeline run` serves it (serve.py), over this epoch's runtime
+    if (endpoint := wiring.operations_endpoint(topology)) is not None:
+        ops = OpsServer(runtime.metrics, runtime, endpoint.port, endpoint.bind)
+        await ops.start()
+    try:
+        return await _run_epoch(opts, topology, runtime, stack, events, rate, books, stop, started, quality)
+    finally:
+        if ops is not None:
+            await ops.stop()
+
+
+async def _run_epoch(
+    opts: DevOptions,
+    topology: Topology,
+    runtime: PipelineRuntime,
+    stack: EmbeddedStack,
+    events: Iterator[dict[str, object]],
+    rate: float,
+    books: Books,
+    stop: asyncio.Event,
+    started: float,
+    quality: dict[tuple[str, str], Counter[str]],
+) -> bool:
     epoch = await Epoch.open(topology, books, events, rate)
     pipeline_stop = asyncio.Event()
     pipeline_task = asyncio.create_task(runtime.run(pipeline_stop), name="pipeline")
@@ -247,11 +303,11 @@ def main(opts: DevOptions) -> dict[str, object]:
     # (or the model trains) unwinds through the stops below instead of orphaning them.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        repository = opts.model_repository.resolve()
         if opts.experiment:  # Triton loads its repository at start: the versions first
-            repository = (opts.workdir / "model_repository").resolve()
             ensure_model(repository)
             ensure_experiment_model(repository)
-        stack = EmbeddedStack.start(opts.workdir)
+        stack = EmbeddedStack.start(opts.workdir, repository)
         try:
             return asyncio.run(run_dev(opts, stack))
         finally:
@@ -259,5 +315,7 @@ def main(opts: DevOptions) -> dict[str, object]:
             # kill this process mid-stop and orphan the broker and Triton. The stop is bounded.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             stack.stop()
+            # its broker is gone: tail and the others then say no dev stack runs there
+            (opts.workdir / RUNNING_TOPOLOGY).unlink(missing_ok=True)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -1,13 +1,18 @@
 """`pipeline dev` as a user runs it: its own broker and Triton, a summary line, and no
-process left behind, whether it ends by itself or by SIGTERM."""
+process left behind, whether it ends by itself or by SIGTERM; what it prints at start is
+where it can be watched from (the broker, /metrics, `pipeline tail`, `pipeline audit`)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -15,15 +20,30 @@ import pytest
 import yaml
 
 from pipeline.cli import DEFAULT_TOPOLOGY
+from pipeline.devstack.process import free_port
 from pipeline.devstack.tuning import STACK_GROUP_SESSION
-from tests.integration.harness import processes_mentioning
+from pipeline.kafka_clients import check_connection
+from pipeline.kafka_io import broker_at
+from tests.integration.harness import processes_mentioning, run_pipeline_command
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def dev_command(workdir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "dev", "--workdir", str(workdir), *extra]
+def dev_command(workdir: Path, *extra: str, repository: Path | None = None) -> list[str]:
+    """`pipeline dev` on ``workdir``, serving ``repository`` (default: the workdir's own)."""
+    served = repository or workdir / "model_repository"
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "dev",
+        "--workdir",
+        str(workdir),
+        "--model-repository",
+        str(served),
+        *extra,
+    ]
 
 
 def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> None:
@@ -161,3 +181,91 @@ def test_sigterm_while_the_stack_starts_leaves_no_process(stack, tmp_path: Path)
     assert "interrupted while starting" in err
     left = processes_mentioning(str(tmp_path))
     assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, ""
+    except urllib.error.URLError:  # not listening yet (the endpoint starts with the pipeline)
+        return 0, ""
+
+
+def _until(check, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.3)
+    raise AssertionError(f"{what} within {timeout_s:.0f} s")
+
+
+def test_dev_can_be_watched_at_the_addresses_it_prints(stack, tmp_path: Path) -> None:
+    """One dev run, watched as its start lines say: the broker answers at the address
+    printed, /metrics and /readyz at the URL printed (the port PIPELINE_METRICS_PORT asked
+    for, on a topology taking its broker from ``${KAFKA_BOOT}``, set), `pipeline tail`
+    finds the stack by its workdir and prints a recommendation, and `pipeline audit` on the
+    running topology counts nothing lost. SIGTERM then stops it all."""
+    topology = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
+    topology["broker"]["bootstrap_servers"] = "${KAFKA_BOOT}"  # dev puts its own on top
+    topology["source"].update(STACK_GROUP_SESSION)
+    file = tmp_path / "topology.in.yaml"
+    file.write_text(yaml.safe_dump(topology))
+    port = free_port()
+    env = {**os.environ, "KAFKA_BOOT": "elsewhere:9092", "PIPELINE_METRICS_PORT": str(port)}
+    command = dev_command(
+        tmp_path, "--rate", "300", "--topology", str(file), repository=stack.model_repository
+    )
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        printed = []
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            printed.append(line)
+            if line.lstrip().startswith("watch") or time.monotonic() > deadline:
+                break
+        text = "".join(printed)
+        broker = re.search(r"broker +(\S+)", text)
+        metrics = re.search(r"metrics +(http://\S+)/metrics", text)
+        assert broker and metrics and "triton.log" in text and "broker.log" in text, text
+        assert metrics.group(1) == f"http://127.0.0.1:{port}", text
+        assert asyncio.run(check_connection(broker_at(broker.group(1)), timeout_s=5))
+        assert f"pipeline tail --workdir {tmp_path} recommendations" in text, text
+
+        _until(lambda: _get(f"{metrics.group(1)}/readyz")[0] == 200, 60, "/readyz 200")
+        status, exposition = _get(f"{metrics.group(1)}/metrics")
+        assert status == 200 and "pipeline_events_consumed_total" in exposition
+
+        def tailed() -> str | None:
+            done = run_pipeline_command("tail", "--workdir", tmp_path, "-n", "3", "recommendations")
+            assert done.returncode == 0, done.stderr
+            return done.stdout if " → " in done.stdout else None
+
+        shown = _until(tailed, 30, "a recommendation in pipeline tail")
+        assert re.search(
+            r"recommendations\[\d\]@\d+  user \d+ → \d+(, \d+)* \(recommender v\d+, \d+ ms", shown
+        )
+
+        audited = run_pipeline_command("audit", tmp_path / "topology.yaml", timeout_s=60)
+        assert audited.returncode == 0, audited.stderr[-2000:]
+        books = orjson.loads(audited.stdout.splitlines()[-1])
+        assert books["lost"] == 0 and books["events_in"] > 0 and "in_flight" in books, books
+
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    summary = orjson.loads(out.strip().splitlines()[-1])
+    assert summary["lost"] == 0 and summary["events_in"] > 0
+    assert "one per user per window" in summary["reading"]["recommendations"]
+    assert "100 ms" in summary["reading"]["latency"]
+    assert not (tmp_path / "topology.yaml").exists()  # tail then says no dev stack runs there
+    assert processes_mentioning(str(tmp_path)) == []
