@@ -22,10 +22,14 @@ recommendation, the user's next interaction, the outcome: ``example_record``), h
 runtime to write with the batch that decided it.
 
 With durable user state (``state.dir``), each user's latest live recommendation waiting for
-its outcome is kept with their history (``WaitingStore``: ``state/users.py``), so it reaches
-the changelog and the partition's next owner: a user this process does not remember (it
-restarted, the partition moved here, memory's bound let the user go) is recalled from there
-and judged as if never forgotten. Shadow arms' recommendations are kept in memory only.
+its outcome is kept beside their history (``WaitingStore``: ``state/users.py``), so it
+reaches the changelog and the partition's next owner: a user this process does not remember
+(it restarted, the partition moved here, memory's bound let the user go) is recalled from
+there and judged as if never forgotten. Once judged it is let go when the input that judged
+it is written (``judged_inputs_written``: before that input is committed, with its joined
+examples), unless the answer to that input replaced it first: a stop before that replays the
+input, which judges it again; after it, the input is not replayed and nothing is recalled.
+Shadow arms' recommendations are kept in memory only.
 
 Memory: at most ``max_users`` users and ``max_bytes`` (estimated: the least recently active
 forgotten first), each with at most ``LOG_EVENTS`` logged events and ``PER_USER``
@@ -34,11 +38,13 @@ counted (``pipeline_outcomes_dropped_total``)."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import orjson
 
@@ -57,6 +63,10 @@ SHOWN_BYTES = 270
 LOG_FIELDS = 4  # ts, item, topic, offset
 LOGGED_BYTES = 8 * LOG_FIELDS
 NEVER = -(2**63)
+# A kept recommendation: layout, shown at (event time, offset, crc32 of its topic), then arm,
+# model version and experiment (each a byte of length, then UTF-8), then the items (int64).
+_KEPT_HEAD = struct.Struct("<BqqI")
+KEPT_LAYOUT = 1
 PASS_OVER = 64  # users with a request out passed over in one bounding at most
 
 
@@ -76,6 +86,37 @@ class _Shown:
         return SHOWN_BYTES + 8 * len(self.items)
 
 
+class _Kept(NamedTuple):
+    at: int
+    offset: int
+    topic_crc: int
+    arm: str
+    version: str
+    experiment: str
+    items: array[int]
+
+
+def _unpacked(blob: bytes) -> _Kept | None:
+    """A kept recommendation, or None if it is not of this layout (the next replaces it)."""
+    try:
+        layout, at, offset, crc = _KEPT_HEAD.unpack_from(blob)
+        if layout != KEPT_LAYOUT:
+            return None
+        cursor, names = _KEPT_HEAD.size, []
+        for _ in range(3):
+            size = blob[cursor]
+            names.append(blob[cursor + 1 : cursor + 1 + size].decode())
+            cursor += 1 + size
+        rest = blob[cursor:]
+        if len(rest) % 8:
+            return None
+        items = array("q")
+        items.frombytes(rest)
+    except (struct.error, IndexError, UnicodeDecodeError):
+        return None
+    return _Kept(at, offset, crc, names[0], names[1], names[2], items)
+
+
 @dataclass(slots=True)
 class _User:
     partition: int
@@ -83,6 +124,7 @@ class _User:
     log: array[int] | None = None  # (ts, item, topic, offset) seen while an answer was out
     cut: int = NEVER  # the newest event time the log let go of (bounded)
     shown: list[_Shown] | None = None  # waiting for an outcome, every arm's
+    recalled: tuple[int, int, int, str] | None = None  # (at, topic, offset, arm): its answer again is a copy
 
 
 class WaitingStore(Protocol):
@@ -90,7 +132,8 @@ class WaitingStore(Protocol):
 
     def waiting(self, user_id: int, partition: int) -> bytes | None: ...
 
-    def set_waiting(self, user_id: int, partition: int, waiting: bytes | None) -> bool: ...
+    def set_waiting(self, user_id: int, partition: int, waiting: bytes) -> bool:
+        """Keep it (an empty value: nothing kept); False: not kept."""
 
 
 def newest(row: UserRequest) -> Event:
@@ -146,9 +189,12 @@ class OnlineOutcomes:
         self._examples: list[OutputRecord] = []  # decided, not yet handed to a batch
         self._users: OrderedDict[int, _User] = OrderedDict()
         self._items: dict[str, set[int]] = {}
-        self._topics: dict[str, int] = {}
-        self._topic_names: list[str] = []
+        self._topics: dict[str, int] = {}  # name → index (a _Shown's topic)
+        self._topic_crcs: list[int] = []  # index → crc32 of the name (what a kept one names)
         self._kept = kept
+        # Kept recommendations judged, by the input that judged them (its id: the record is
+        # held here too), let go once that input is written (bounded by what is in flight).
+        self._judged_by: dict[int, tuple[RawRecord, list[tuple[int, int, int, int]]]] = {}
         self._is_current = is_current  # an answer of a revoked partition is not judged
         self.pending = 0
         self._dropped = 0  # forgotten unjudged since the last count
@@ -181,7 +227,8 @@ class OnlineOutcomes:
                 users[user_id] = _User(first.source.partition, 1)  # this window's request is out
                 self.bytes += USER_BYTES
                 return
-            user = users[user_id] = _User(first.source.partition, 0, shown=[recalled])
+            copy_of = (recalled.at, recalled.topic, recalled.offset, recalled.arm)
+            user = users[user_id] = _User(first.source.partition, 0, shown=[recalled], recalled=copy_of)
             self.bytes += USER_BYTES + recalled.nbytes
             self.pending += 1
         else:
@@ -235,6 +282,9 @@ class OnlineOutcomes:
         for uid, user in gone:
             del self._users[uid]
             self._let_go(user)
+        for key, (source, _) in list(self._judged_by.items()):
+            if source.partition in partitions:  # never written here: the next owner replays it
+                del self._judged_by[key]
         self._bound()  # (counts what was forgotten)
 
     def shadow_answered(
@@ -268,11 +318,8 @@ class OnlineOutcomes:
                 continue
             at = newest(row)
             topic = self._topic(at.source.topic)
-            if user.shown and any(
-                r.at == at.ts and r.offset == at.source.offset and r.topic == topic and r.arm == arm
-                for r in user.shown
-            ):
-                self._closed(row.user_id, user)  # answered again (its input replayed): already waiting
+            if self._copy(user, at.ts, topic, at.source.offset, arm):
+                self._closed(row.user_id, user)  # its input answered again (replayed): judged or waiting
                 continue
             rec = _Shown(at.ts, topic, at.source.offset, array("q", ids), arm, version)
             if user.log is None and user.cut == NEVER:  # nothing seen since: it waits
@@ -286,6 +333,14 @@ class OnlineOutcomes:
         if naming_history:
             self.metrics.arm_naming_history.labels(arm, version).inc(naming_history)
         self.metrics.recommended_items.labels(arm).set(len(items))
+
+    @staticmethod
+    def _copy(user: _User, at: int, topic: int, offset: int, arm: str) -> bool:
+        if user.recalled == (at, topic, offset, arm):
+            return True
+        return any(
+            r.at == at and r.offset == offset and r.topic == topic and r.arm == arm for r in user.shown or ()
+        )
 
     def _keep(self, user_id: int, user: _User, rec: _Shown, live: bool) -> None:
         """Judged on what the user did since the request went out; waits if still open."""
@@ -327,9 +382,16 @@ class OnlineOutcomes:
         return all((r.at, r.offset) <= (rec.at, rec.offset) for r in shown if r.kept)
 
     def _packed(self, rec: _Shown) -> bytes:
-        return orjson.dumps(
-            [rec.at, self._topic_names[rec.topic], rec.offset, rec.arm, rec.version, rec.items.tolist()]
+        names = b"".join(
+            len(raw).to_bytes(1, "little") + raw
+            for raw in (
+                rec.arm.encode()[:255],
+                rec.version.encode()[:255],
+                (self.experiment or "").encode()[:255],
+            )
         )
+        head = _KEPT_HEAD.pack(KEPT_LAYOUT, rec.at, rec.offset, self._topic_crcs[rec.topic])
+        return head + names + rec.items.tobytes()
 
     def _keep_durably(self, user_id: int, user: _User, rec: _Shown) -> None:
         assert self._kept is not None and user.shown is not None
@@ -339,28 +401,24 @@ class OnlineOutcomes:
             rec.kept = True
 
     def _recall(self, user_id: int, partition: int) -> _Shown | None:
-        """The user's recommendation kept in the durable state, to be judged here."""
+        """The user's recommendation kept in the durable state, to be judged here (not one
+        of another experiment: its arms are not this one's)."""
         assert self._kept is not None
         blob = self._kept.waiting(user_id, partition)
-        if blob is None:
+        if not blob:
             return None
-        try:
-            at, topic, offset, arm, version, items = orjson.loads(blob)
-            rec = _Shown(
-                int(at), self._topic(str(topic)), int(offset), array("q", items), str(arm), str(version)
-            )
-        except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
-            return None  # not of this layout: the next recommendation replaces it
+        kept = _unpacked(blob)
+        if kept is None:
+            return None
+        if kept.experiment != (self.experiment or ""):
+            self._dropped += 1
+            return None
+        rec = _Shown(
+            kept.at, self._topic_of_crc(kept.topic_crc), kept.offset, kept.items, kept.arm, kept.version
+        )
         rec.kept = True
         self.metrics.outcomes_recalled.inc()
         return rec
-
-    def _decided(self, user_id: int, user: _User, rec: _Shown) -> None:
-        """Its next item is counted: the durable state lets it go (a restart must not count
-        it again)."""
-        if rec.kept and self._kept is not None:
-            rec.kept = False
-            self._kept.set_waiting(user_id, user.partition, None)
 
     def _closed(self, user_id: int, user: _User) -> None:
         """One answer fewer out: the log is kept only while something will read it."""
@@ -390,9 +448,16 @@ class OnlineOutcomes:
     def _topic(self, name: str) -> int:
         index = self._topics.get(name)
         if index is None:
-            index = self._topics[name] = len(self._topic_names)
-            self._topic_names.append(name)
+            index = self._topics[name] = self._topic_of_crc(zlib.crc32(name.encode()))
         return index
+
+    def _topic_of_crc(self, crc: int) -> int:
+        """Topics are told apart by their name's crc32 (what a kept recommendation names)."""
+        try:
+            return self._topic_crcs.index(crc)  # a few input topics
+        except ValueError:
+            self._topic_crcs.append(crc)
+            return len(self._topic_crcs) - 1
 
     # ── judging ────────────────────────────────────────────────────────────────────────
     def _judge(self, user_id: int, user: _User, event: Event) -> None:
@@ -403,10 +468,14 @@ class OnlineOutcomes:
             self._topic(event.source.topic),
             event.source.offset,
         )
+        open_ = [(rec, rec.judged) for rec in user.shown if rec.kept]
         for rec in [
             rec for rec in user.shown if self._judge_one(user_id, user, rec, ts, item, topic, offset)
         ]:
             self._drop(user, rec, decided=True)
+        for rec, was_judged in open_:
+            if not was_judged and (rec.judged or all(r is not rec for r in user.shown or ())):  # decided now
+                self._let_go_when_written(event.source, user_id, user.partition, rec)
         if not user.shown:
             user.shown = None  # the user stays: seen() sends their request next
 
@@ -421,12 +490,10 @@ class OnlineOutcomes:
             if not rec.judged:
                 m.outcomes.labels(arm, rec.version, "no_return").inc()
                 self._example(user_id, rec, "no_return", ts, item)
-                self._decided(user_id, user, rec)
             return True
         hit = item in rec.items
         if not rec.judged:
             rec.judged = True
-            self._decided(user_id, user, rec)
             if hit:
                 m.outcomes.labels(arm, rec.version, "hit").inc()
                 m.outcome_hit_rank.labels(arm, rec.version).observe(rec.items.index(item) + 1)
@@ -442,6 +509,27 @@ class OnlineOutcomes:
             self._examples.append(
                 example_record(self.examples_topic, user, rec, outcome, ts, item, self.experiment)
             )
+
+    def _let_go_when_written(self, source: RawRecord, user_id: int, partition: int, rec: _Shown) -> None:
+        entry = self._judged_by.get(id(source))
+        if entry is None:
+            entry = self._judged_by[id(source)] = (source, [])
+        entry[1].append((user_id, partition, rec.at, rec.offset))
+
+    def judged_inputs_written(self, sources: Sequence[RawRecord]) -> None:
+        """Inputs about to be written (before their changelog round and their commit): the
+        kept recommendations they judged are let go, unless a newer one replaced them."""
+        if not self._judged_by or self._kept is None:
+            return
+        for source in sources:
+            entry = self._judged_by.pop(id(source), None)
+            if entry is None:
+                continue
+            for user_id, partition, at, offset in entry[1]:
+                blob = self._kept.waiting(user_id, partition)
+                kept = _unpacked(blob) if blob else None
+                if kept is not None and (kept.at, kept.offset) == (at, offset):
+                    self._kept.set_waiting(user_id, partition, b"")
 
     def take_examples(self) -> list[OutputRecord]:
         """The joined examples decided since the last take (written with the batch that

@@ -26,7 +26,7 @@ from pipeline.errors import Fatal
 from pipeline.events import OutputRecord, SinkBatch
 from pipeline.kafka_io import batches_to_end, topic_partitions
 from pipeline.metrics import Metrics
-from pipeline.state.histories import HistoryStore, user_key
+from pipeline.state.histories import HistoryStore
 from pipeline.topology.schema import Broker
 
 log = logging.getLogger(__name__)
@@ -183,14 +183,14 @@ class ChangelogWriter:
 
     async def round(self, partitions: set[int] | None = None) -> int:
         """Every change of the stores (of ``partitions`` only, if given) sent, acknowledged,
-        then on disk with the offset acknowledged; returns how many histories. The caller
+        then on disk with the offset acknowledged; returns how many records. The caller
         holds ``lock``."""
         stores = {p: s for p, s in self._stores().items() if partitions is None or p in partitions}
         taken = {p: store.take_changed() for p, store in stores.items()}
         records = tuple(
-            OutputRecord(self.topic, user_key(user), blob, (), partition=p)
+            OutputRecord(self.topic, key, blob, (), partition=p)
             for p, changed in taken.items()
-            for user, blob in changed.items()
+            for key, blob in changed.items()
         )
         if records:
             await self._write(SinkBatch(records))

@@ -103,13 +103,16 @@ class UserState:
 
     # ── the outcome join's view: a user's recommendation waiting for its outcome ────────
     def waiting(self, user_id: int, partition: int) -> bytes | None:
-        """What ``set_waiting`` kept for the user (None without durable state)."""
+        """What ``set_waiting`` kept for the user (None without durable state, or without
+        a history: a new user costs no read of it)."""
         store = self._serving(partition)
-        return store.waiting(user_id) if store is not None else None
+        if store is None or not store.has_history(user_id):
+            return None
+        return store.waiting(user_id) or None
 
-    def set_waiting(self, user_id: int, partition: int, waiting: bytes | None) -> bool:
-        """Keep it with the user's history (None: let go); False: not kept (no durable
-        state, or the partition is not this member's now)."""
+    def set_waiting(self, user_id: int, partition: int, waiting: bytes) -> bool:
+        """Keep it beside the user's history (empty: nothing kept); False: not kept (no
+        durable state, or the partition is not this member's now)."""
         store = self._serving(partition)
         if store is None:
             return False

@@ -56,12 +56,12 @@ class KeptInDict:
     def waiting(self, user_id: int, partition: int) -> bytes | None:
         return self.kept.get(user_id)
 
-    def set_waiting(self, user_id: int, partition: int, waiting: bytes | None) -> bool:
-        if waiting is None:
-            self.kept.pop(user_id, None)
-        else:
-            self.kept[user_id] = waiting
+    def set_waiting(self, user_id: int, partition: int, waiting: bytes) -> bool:
+        self.kept[user_id] = waiting
         return True
+
+    def waiting_users(self) -> set[int]:
+        return {user for user, blob in self.kept.items() if blob}
 
 
 @pytest.mark.parametrize("seed", range(25))
@@ -103,6 +103,7 @@ def judged_as_the_report(seed: int, restart_every: int | None = None) -> None:
             for _due, answered in waiting:
                 join.shown("a", "1", answered, live=True)
                 docs.extend(report_docs(answered))
+                join.judged_inputs_written([e.source for row, _ in answered for e in row.events])
             waiting = []
             join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
         rows = [[event(off, user=u, item=i, ts=ts) for u, i, ts, off in row] for row in window]
@@ -123,6 +124,7 @@ def judged_as_the_report(seed: int, restart_every: int | None = None) -> None:
         for _due, answered in [x for x in waiting if x[0] <= w]:
             join.shown("a", "1", answered, live=True)
             docs.extend(report_docs(answered))
+            join.judged_inputs_written([e.source for row, _ in answered for e in row.events])
         waiting = [x for x in waiting if x[0] > w]
     tally = outcomes(records, docs, ATTRIBUTION_MS)["m:1"]
     counted = join.counts()[("a", "1")]
@@ -266,24 +268,69 @@ def test_waiting_recommendations_are_bounded_per_user_and_arm_and_history_names_
     assert sample("pipeline_arm_recommendations_naming_history_total", {"arm": "a", "version": "1"}) == 12
 
 
+def seen(join: OnlineOutcomes, kept: KeptInDict | None, *events: Event, written: bool = True) -> None:
+    """A window seen by the join; ``written``: then its inputs written (answered)."""
+    join.seen(Window(events, 0, 0))
+    if written:
+        join.judged_inputs_written([e.source for e in events])
+
+
 def test_with_durable_state_users_past_the_memory_bound_are_judged_when_they_return() -> None:
     """Memory lets users go; their waiting recommendations are kept with their state and
     recalled when they come back: judged, not dropped. Without it, they are dropped."""
-    for kept, hits, dropped in ((KeptInDict(), 10, 0), (None, 0, 10)):
+    durable = KeptInDict()
+    for kept, hits, dropped in ((durable, 10, 0), (None, 0, 10)):
         metrics = Metrics()
         join = OnlineOutcomes(ATTRIBUTION_MS, 2, metrics, kept=kept)
         for user in range(10):
             e = event(user, user=user, item=user, ts=1_000)
-            join.seen(Window((e,), 0, 0))
+            seen(join, kept, e)
             join.shown(
                 "a", "1", [(UserRequest(user, (), (e,)), Recommendations((500 + user,), ()))], live=True
             )
         for user in range(10):  # each back for the item recommended to them
-            join.seen(Window((event(100 + user, user=user, item=500 + user, ts=2_000),), 0, 0))
+            seen(join, kept, event(100 + user, user=user, item=500 + user, ts=2_000))
         assert join.counts().get(("a", "1"), {}).get("hit", 0) == hits
         assert (metrics.registry.get_sample_value("pipeline_outcomes_dropped_total") or 0) == dropped
-        if kept is not None:
-            assert kept.kept == {}  # judged: let go, a later restart does not count them again
+    assert durable.waiting_users() == set()  # judged, the inputs that judged them written: let go
+    restarted = OnlineOutcomes(ATTRIBUTION_MS, 2, Metrics(), kept=durable)
+    for user in range(10):
+        seen(restarted, durable, event(200 + user, user=user, item=500 + user, ts=3_000))
+    assert restarted.counts() == {}
+
+
+def test_a_judged_recommendation_is_let_go_only_once_the_input_that_judged_it_is_written() -> None:
+    """A stop between the judging and the write replays that input: judged again by it, not
+    lost. Once written it is not recalled (the input is not replayed)."""
+    kept = KeptInDict()
+    first = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), kept=kept)
+    x = event(0, user=1, item=10, ts=1_000)
+    seen(first, kept, x)
+    first.shown("a", "1", [(UserRequest(1, (), (x,)), Recommendations((11,), ()))], live=True)
+    judging = event(1, user=1, item=11, ts=2_000)
+    seen(first, kept, judging, written=False)
+    assert first.counts()[("a", "1")]["hit"] == 1 and kept.waiting_users() == {1}
+    replay = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), kept=kept)  # the stop came first
+    seen(replay, kept, judging)
+    assert replay.counts()[("a", "1")]["hit"] == 1 and kept.waiting_users() == set()
+    after = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), kept=kept)
+    seen(after, kept, event(2, user=1, item=11, ts=3_000))
+    assert after.counts() == {}
+
+
+def test_a_newer_recommendation_kept_before_the_judging_input_is_written_stays() -> None:
+    kept = KeptInDict()
+    join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), kept=kept)
+    x = event(0, user=1, item=10, ts=1_000)
+    seen(join, kept, x)
+    join.shown("a", "1", [(UserRequest(1, (), (x,)), Recommendations((11,), ()))], live=True)
+    nxt = event(1, user=1, item=11, ts=2_000)
+    seen(join, kept, nxt, written=False)
+    join.shown("a", "1", [(UserRequest(1, (), (nxt,)), Recommendations((12,), ()))], live=True)
+    join.judged_inputs_written([nxt.source])  # its answer replaced the judged one first
+    restarted = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), kept=kept)
+    seen(restarted, kept, event(2, user=1, item=12, ts=3_000))
+    assert restarted.counts()[("a", "1")] == {"hit": 1}
 
 
 def test_only_live_answers_are_kept_and_a_replayed_answer_waits_once() -> None:
@@ -291,7 +338,7 @@ def test_only_live_answers_are_kept_and_a_replayed_answer_waits_once() -> None:
     metrics = Metrics()
     join = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
     e = event(0, user=1, item=10, ts=1_000)
-    join.seen(Window((e,), 0, 0))
+    seen(join, kept, e)
     row = UserRequest(1, (), (e,))
     join.shadow_answered("shadow", "3", [row], [Recommendations((11,), ())])
     assert kept.kept == {}  # a shadow's answer lives in memory only
@@ -301,6 +348,37 @@ def test_only_live_answers_are_kept_and_a_replayed_answer_waits_once() -> None:
     join.shown("a", "1", [(row, Recommendations((11,), ()))], live=True)  # its input replayed
     assert join.pending == 2  # the shadow's and the live one: not the copy
     restarted = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
-    restarted.seen(Window((event(1, user=1, item=11, ts=2_000),), 0, 0))
+    seen(restarted, kept, event(1, user=1, item=11, ts=2_000))
     counts = restarted.counts()
     assert counts[("a", "1")]["hit"] == 1 and ("shadow", "3") not in counts  # the shadow's was memory's
+
+
+def test_a_replay_after_a_crash_judges_the_recalled_recommendation_once() -> None:
+    """The crash left X's recommendation kept and X uncommitted. The replay sees X (the
+    recommendation recalled), then X+1 before X's answer comes again (a catch-up's order):
+    X+1 judges it; the answer to X again is a copy, not a second recommendation."""
+    kept = KeptInDict()
+    first = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), kept=kept)
+    x = event(0, user=1, item=10, ts=1_000)
+    seen(first, kept, x)
+    first.shown("a", "1", [(UserRequest(1, (10,), (x,)), Recommendations((11, 12), ()))], live=True)
+    metrics = Metrics()
+    replay = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept)
+    seen(replay, kept, x)
+    seen(replay, kept, event(1, user=1, item=11, ts=2_000))
+    replay.shown("a", "1", [(UserRequest(1, (10,), (x,)), Recommendations((11, 12), ()))], live=True)
+    assert replay.counts()[("a", "1")] == {"hit": 1}
+    assert metrics.registry.get_sample_value("pipeline_outcomes_recalled_total") == 1
+
+
+def test_a_recommendation_of_another_experiment_is_not_judged_in_this_one() -> None:
+    kept = KeptInDict()
+    before = OnlineOutcomes(ATTRIBUTION_MS, 1_000, Metrics(), kept=kept, experiment="ranker-1")
+    x = event(0, user=1, item=10, ts=1_000)
+    seen(before, kept, x)
+    before.shown("treatment", "7", [(UserRequest(1, (), (x,)), Recommendations((11,), ()))], live=True)
+    metrics = Metrics()
+    after = OnlineOutcomes(ATTRIBUTION_MS, 1_000, metrics, kept=kept, experiment="ranker-2")
+    seen(after, kept, event(1, user=1, item=11, ts=2_000))
+    assert after.counts() == {}
+    assert metrics.registry.get_sample_value("pipeline_outcomes_dropped_total") == 1

@@ -6,10 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
-
-from pipeline.operators.coalesce import RecentItems, pack_pairs
-from pipeline.state.histories import HistoryStore, history_of, join_value, split_value, user_key
+from pipeline.operators.coalesce import RecentItems, pack_pairs, unpack_pairs
+from pipeline.state.histories import HistoryStore, user_key, waiting_key
 
 
 def store(path: Path, cache_bytes: int = 1 << 20) -> HistoryStore:
@@ -72,37 +70,38 @@ def test_memory_is_bounded_by_the_cache_while_disk_holds_every_user(tmp_path: Pa
     reopened.close()
 
 
-def test_a_waiting_recommendation_rides_with_the_history_to_the_changelog_and_back(tmp_path: Path) -> None:
+def test_a_waiting_recommendation_rides_beside_the_history_to_the_changelog_and_back(tmp_path: Path) -> None:
     s = store(tmp_path / "s")
     s.extend(1, [(10, 5)])
-    s.set_waiting(1, b'{"rec": 1}')
-    assert s.extend(1, [(20, 6), (30, 7)]) == (5, 6, 7)  # the history grows, the waiting part stays
-    assert s.waiting(1) == b'{"rec": 1}' and s.history(1) == (5, 6, 7)
-    sent = s.take_changed()[1]  # what the changelog gets: one value
-    assert history_of(sent) == (5, 6, 7) and split_value(sent)[1] == b'{"rec": 1}'
+    s.set_waiting(1, b"rec-1")
+    assert s.extend(1, [(20, 6), (30, 7)]) == (5, 6, 7)
+    assert s.waiting(1) == b"rec-1" and s.has_history(1) and not s.has_history(2)
+    sent = s.take_changed()  # what the changelog gets: the history and, under its own key, the rest
+    assert sent == {user_key(1): pack_pairs([(10, 5), (20, 6), (30, 7)]), waiting_key(1): b"rec-1"}
     s.stored(changelog_offset=3)
-    s.set_waiting(2, b"x")  # no history: nothing to keep it beside
-    assert s.waiting(2) is None and s.history(2) == ()
+    assert s.waiting(1) == b"rec-1"  # on disk now
     s.close()
 
     restored = store(tmp_path / "r")  # another member's disk, restored from the changelog
-    restored.apply_changelog([(user_key(1), sent)], last_offset=3)
-    assert restored.waiting(1) == b'{"rec": 1}' and restored.history(1) == (5, 6, 7)
-    restored.set_waiting(1, None)  # judged: let go
-    assert restored.waiting(1) is None and restored.take_changed()[1] == pack_pairs(
-        [(10, 5), (20, 6), (30, 7)]
-    )
+    restored.apply_changelog([*sent.items(), (b"\x07" + user_key(1), b"a later release's")], last_offset=3)
+    assert restored.waiting(1) == b"rec-1" and restored.history(1) == (5, 6, 7)
+    assert [key for key, _ in restored.items()] == [user_key(1)]  # histories only
     restored.close()
 
 
-def test_values_of_other_layouts_are_read_as_their_history() -> None:
-    pairs = pack_pairs([(10, 5), (20, 6)])
-    assert split_value(pairs) == (pairs, None)  # written before the footer existed
-    assert history_of(join_value(pairs, b"w" * 13)) == (5, 6)
-    later = pairs + b"future" + (-1 - (6 << 8 | 2)).to_bytes(8, "little", signed=True)  # version 2
-    assert split_value(later) == (pairs, None)
-    with pytest.raises(ValueError, match="footer"):
-        split_value(pairs + (-1 - (999 << 8 | 1)).to_bytes(8, "little", signed=True))
+def test_an_earlier_release_reads_every_history_record_and_skips_the_rest(tmp_path: Path) -> None:
+    """What a member of an earlier release does with this release's changelog: it keeps the
+    records keyed by a user (8 bytes) as packed pairs and skips every other key."""
+    s = store(tmp_path / "s")
+    for user in range(20):
+        s.extend(user, [(10 + user, user), (20 + user, 100 + user)])
+        s.set_waiting(user, b"x" * (user + 1))  # any length: never read as pairs
+    records = s.take_changed()
+    histories = {key: value for key, value in records.items() if len(key) == 8}
+    assert len(histories) == 20 and len(records) == 40
+    for value in histories.values():  # the earlier release's reading
+        assert len(value) % 16 == 0 and len(unpack_pairs(value)) == 2
+    s.close()
 
 
 def test_a_user_found_nowhere_is_read_from_disk_once_until_written(tmp_path: Path) -> None:

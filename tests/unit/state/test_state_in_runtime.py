@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from pipeline import errors
@@ -21,7 +22,7 @@ from pipeline.recsys.scoring import HISTORY_PAD
 from pipeline.state.histories import user_key
 from pipeline.testing import running, topology
 from pipeline.testing.builders import input_record
-from pipeline.testing.fake_triton import hashed_scorer
+from pipeline.testing.fake_triton import FakeTriton, hashed_scorer
 from pipeline.testing.run import InProcessRun
 from pipeline.topology.schema import Topology
 
@@ -318,3 +319,38 @@ async def test_recommendations_waiting_at_a_deploy_are_judged_by_the_next_member
 def counted(run: InProcessRun) -> Counter[str]:
     assert run.runtime.outcomes is not None
     return run.runtime.outcomes.counts().get(("default", "1"), Counter())
+
+
+@pytest.mark.parametrize("another_batch_written", [True, False])
+async def test_a_stop_before_the_judging_inputs_are_written_loses_no_outcome(
+    tmp_path: Path, another_batch_written: bool
+) -> None:
+    """Each user takes their top item; Triton then answers slower than the drain, so the
+    stop leaves those inputs unwritten and uncommitted, while (with a dead letter) another
+    batch's changelog round runs meanwhile. The next member replays them: every outcome is
+    judged, each joined example written at least once and at most twice."""
+
+    def with_examples(path: Path) -> Topology:
+        return topology(state={"dir": str(path)}, outcomes={"examples_topic": "examples"})
+
+    triton = FakeTriton(top_k=10)
+    async with running(with_examples(tmp_path / "a"), phase_one(), triton=triton) as run1:
+        await run1.settled()
+        taken = last_recommended(run1)
+        triton.delay_s = 6.0  # past the 2 s drain
+        run1.source.add(visits({user: [item] for user, item in taken.items()}, ts0=now_base() + 1_000))
+        await run1.until(lambda: counted(run1)["hit"] >= USERS - 1)  # judged as they were seen
+        if another_batch_written:
+            run1.source.add([input_record(partition=0, key=b"1", user_id=1, item_id=-1, ts=now_base())])
+            await run1.until(lambda: len(run1.sink.dead_letters()) >= 1)
+    triton.delay_s = 0.0
+    async with running(with_examples(tmp_path / "b"), (), triton=triton, after=run1) as run2:
+        await run2.settled()
+    assert run2.lost() == []
+    assert counted(run2)["hit"] == USERS
+    hit_examples = Counter(
+        doc["user_id"]
+        for doc in (orjson.loads(r.value) for r in run2.sink.records if r.topic == "examples")
+        if doc["outcome"] == "hit"
+    )
+    assert set(hit_examples) == set(range(USERS)) and max(hit_examples.values()) <= 2
