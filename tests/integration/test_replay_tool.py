@@ -216,7 +216,7 @@ async def test_dry_run_predicts_the_dead_letters_and_the_live_topology_rejects_h
     export = tmp_path / "mixed.csv"
     write_csv(export, 60)
     with export.open("a") as out:
-        out.write("u7,12,4.0,1500000100\n" * 3)  # user not an integer → wrong_type
+        out.write(f"{'u' * 300},12,4.0,1500000100\n" * 3)  # a string id past 256 characters → out_of_range
         out.write("7,12,4.0,yesterday\n" * 2)  # time not a number → wrong_type
         out.write(f"7,{2**60},4.0,1500000100\n")  # item id past 2^53 → out_of_range
         out.write("7,12,,1500000100\n" * 4)  # no rating → the type is passed on empty: unknown_type
@@ -233,7 +233,8 @@ async def test_dry_run_predicts_the_dead_letters_and_the_live_topology_rejects_h
         dry = summary_of(proc)
         assert dry["rows"] == 70 and dry["valid"] == 60 - expect_too_old
         assert dry["dead_letters"].get("too_old", 0) == expect_too_old
-        assert dry["dead_letters"]["wrong_type"] == 5 and dry["dead_letters"]["unknown_type"] == 4
+        assert dry["dead_letters"]["wrong_type"] == 2 and dry["dead_letters"]["unknown_type"] == 4
+        assert dry["dead_letters"]["out_of_range"] == 4
         assert replay(path, *args, "--checkpoint", tmp_path / f"{base}.ck")["acknowledged"] == 70
         worker = PipelineProcess(topology, tmp_path / base.split(".")[0])
         worker.start_ready()
