@@ -82,7 +82,7 @@ class Addresses:
     def lines(self, topology: Topology, default_workdir: bool) -> list[str]:
         tail = "pipeline tail" if default_workdir else f"pipeline tail --workdir {self.topology.parent}"
         metrics = (
-            f"{self.metrics_url}/metrics  (probes: /livez /startupz /readyz)"
+            f"{self.metrics_url}/metrics  (live page {self.metrics_url}/; probes /livez /startupz /readyz)"
             if self.metrics_url
             else "not served (--metrics-port 0)"
         )
