@@ -302,6 +302,11 @@ class Metrics:
         self.committed = Counter(
             "pipeline_offset_commits_total", "Offset commits sent to the broker", registry=r
         )
+        self.commit_failures = Counter(
+            "pipeline_offset_commit_failures_total",
+            "Offset commit rounds that failed or got no answer in time (retried the next round)",
+            registry=r,
+        )
         self.state_changelog_records = Counter(
             "pipeline_state_changelog_records_total",
             "User histories written to the changelog topic",

@@ -81,6 +81,7 @@ class PipelineRuntime:
         self.accounting = Accounting(self.metrics, self.settings.dead_letter_topic, budget, t.sink.topic)
         credits = wiring.topic_credits(t, hold=self._holding)
         self.partitions = Partitions(credits, self.metrics, self.settings.drain_timeout_s)
+        self.partitions.commit_timeout_s = self.settings.commit_timeout_s
         self.source, self.sink, self.pool, self._check_connection, changelog = ends(
             t, self.partitions, self.metrics
         )

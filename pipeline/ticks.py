@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import Fatal
@@ -52,6 +54,18 @@ def _own_rounds() -> Rounds | None:
     return rounds if rounds is not None and rounds.task is asyncio.current_task() else None
 
 
+# A fault only tests/faults/test_liveness.py makes: no real fault hangs a supervised loop (an
+# error restarts it; a broker that stops answering bounds its round), so
+# PIPELINE_FAULT_HANG_LOOP="name:path" hangs loop `name` at its first round after `path`
+# exists. Unset (outside that test, always), nothing changes.
+_HANG_LOOP = os.environ.get("PIPELINE_FAULT_HANG_LOOP", "")
+
+
+def _hang_now(rounds: Rounds) -> bool:
+    name, _, trigger = _HANG_LOOP.partition(":")
+    return name == rounds.name and Path(trigger).exists()
+
+
 async def every(interval_s: float, stop: asyncio.Event) -> AsyncIterator[None]:
     """Yield every ``interval_s`` until ``stop`` is set, and once more right after it is, so
     a loop does its last round (a final commit, say) before it ends. Under ``supervised``,
@@ -65,6 +79,8 @@ async def every(interval_s: float, stop: asyncio.Event) -> AsyncIterator[None]:
         yield
         if rounds is not None:
             rounds.round_done()
+            if _HANG_LOOP and _hang_now(rounds):
+                await asyncio.Event().wait()  # the fault: hung for good
 
 
 async def supervised(

@@ -21,6 +21,7 @@ from pipeline.control.retry import RetryPolicy
 from pipeline.operators.enrich import OutputSpec
 from pipeline.operators.parse import ParseRules
 from pipeline.sources.credits import TopicCredits
+from pipeline.sources.partitions import COMMIT_TIMEOUT_S
 from pipeline.state.users import StateSettings
 from pipeline.topology.schema import Tls, Topology
 from pipeline.tracing import Tracing, from_spec
@@ -38,6 +39,7 @@ class RuntimeSettings(NamedTuple):
     stall_after_s: float
     commit_interval_s: float
     liveness_stuck_after_s: float  # a loop with no round (the consumer no poll) this long: dead
+    commit_timeout_s: float  # a commit round's bound, inside liveness' (a broker away: no restart)
 
 
 def runtime_settings(t: Topology) -> RuntimeSettings:
@@ -48,6 +50,7 @@ def runtime_settings(t: Topology) -> RuntimeSettings:
         t.source.stall_after_ms / 1000.0,
         t.source.commit_interval_ms / 1000.0,
         t.operations.liveness_stuck_after_ms / 1000.0,
+        min(COMMIT_TIMEOUT_S, t.operations.liveness_stuck_after_ms / 3000.0),
     )
 
 

@@ -8,6 +8,7 @@ import http.client
 import os
 import sys
 import urllib.request
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,16 @@ def topology_document(topology: Topology) -> dict[str, Any]:
 class PipelineProcess(ChildProcess):
     """`python -m pipeline run` on a topology written to a file, with /readyz polled."""
 
-    def __init__(self, topology: Topology, workdir: Path, name: str = "pipeline", workers: int = 1) -> None:
-        """``workers`` > 1: `pipeline run --workers N`, worker i on ``metrics_port + i``."""
+    def __init__(
+        self,
+        topology: Topology,
+        workdir: Path,
+        name: str = "pipeline",
+        workers: int = 1,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``workers`` > 1: `pipeline run --workers N`, worker i on ``metrics_port + i``;
+        ``env``: added to this process's environment."""
         self.metrics_port = free_ports(workers)
         self.metrics_ports = [self.metrics_port + i for i in range(workers)]
         self.topology = topology
@@ -70,6 +79,7 @@ class PipelineProcess(ChildProcess):
             argv + (["--workers", str(workers)] if workers > 1 else []),
             workdir / f"{name}.log",
             cwd=ROOT,
+            env={**os.environ, **env} if env else None,
         )
 
     def ready(self) -> bool:

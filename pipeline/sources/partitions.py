@@ -39,6 +39,8 @@ PartitionKey = tuple[str, int]  # (topic, partition)
 Assignment = tuple[str, int, int]  # (topic, partition, generation): one assignment of a partition
 CommitOffsets = Callable[[dict[PartitionKey, int]], Awaitable[None]]
 DRAIN_POLL_S = 0.02  # how often a revocation looks at what is still in flight
+COMMIT_TIMEOUT_S = 10.0  # a commit's bound (wiring lowers it to a third of liveness' bound)
+COMMIT_FAILURE_LOG_S = 60.0  # a commit failing round after round is said this often
 
 _ASSIGNMENT = operator.itemgetter(*map(RawRecord._fields.index, ("topic", "partition", "generation")))
 _OFFSET = operator.itemgetter(RawRecord._fields.index("offset"))
@@ -78,6 +80,7 @@ class Partitions:
     ) -> None:
         self.credits = credits
         self.state = state
+        self.commit_timeout_s = COMMIT_TIMEOUT_S
         self.on_released: list[Callable[[set[int]], None]] = []  # partition numbers no longer held
         self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
@@ -193,11 +196,34 @@ class Partitions:
         self.metrics.committed.inc()
 
     async def commit_loop(self, stop: asyncio.Event, interval_s: float) -> None:
+        """A commit a round, each bounded by ``commit_timeout_s``: a broker that stops
+        answering leaves the commit waiting for the coordinator for ever, and the loop must
+        go on making rounds (liveness reads them; an outage outside the process is not a
+        reason to restart it). A failure is retried at the next round."""
+        failing_since: float | None = None
+        last_said = 0.0
         async for _ in every(interval_s, stop):
             try:
-                await self.commit()
-            except Exception as exc:  # a failed commit is retried at the next tick
-                log.warning("offset commit failed, will retry: %r", exc)
+                await asyncio.wait_for(self.commit(), self.commit_timeout_s)
+            except Exception as exc:  # TimeoutError included
+                self.metrics.commit_failures.inc()
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                if now - last_said >= COMMIT_FAILURE_LOG_S:  # one line a minute, not a round
+                    last_said = now
+                    why = (
+                        f"no answer within {self.commit_timeout_s:g} s"
+                        if isinstance(exc, TimeoutError)
+                        else exc
+                    )
+                    log.warning(
+                        "offset commit failing for %.0f s, retried every round: %r", now - failing_since, why
+                    )
+            else:
+                if failing_since is not None:
+                    log.info("offset commits succeed again after %.0f s", time.monotonic() - failing_since)
+                failing_since, last_said = None, 0.0
 
     # ── release ─────────────────────────────────────────────────────────────────────────
     async def release(self, keys: set[PartitionKey]) -> None:
@@ -211,8 +237,8 @@ class Partitions:
             await asyncio.sleep(DRAIN_POLL_S)
         left = self.tracker.pending(keys)
         try:
-            await self.commit()
-        except Exception as exc:
+            await asyncio.wait_for(self.commit(), self.commit_timeout_s)
+        except Exception as exc:  # TimeoutError included: the next owner replays what is left
             log.warning("commit on revocation failed: %r", exc)
         self.tracker.release(keys)
         for key in keys:
