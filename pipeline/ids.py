@@ -43,9 +43,12 @@ class BadId(ValueError):
         self.detail = detail
 
 
+_xxh3 = xxhash.xxh3_64_intdigest
+
+
 def string_id(text: str) -> int:
     """The internal id of a string id (not an integer's text): in [2^53, 2^63)."""
-    return STRING_BASE + xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass")) % STRING_SPAN
+    return STRING_BASE + _xxh3(text.encode("utf-8", "surrogatepass")) % STRING_SPAN
 
 
 def integer_text(text: str) -> int | None:
@@ -66,6 +69,8 @@ def internal_id(value: object, name: str = "id") -> int:
             return value
         raise BadId("out_of_range", f"field '{name}' must be in [0, 2^53), got {value}")
     if type(value) is str:
+        if 0 < len(value) <= MAX_TEXT and not value.isdigit():  # most string ids: hashed inline
+            return STRING_BASE + _xxh3(value.encode("utf-8", "surrogatepass")) % STRING_SPAN
         if not value:
             raise BadId("wrong_type", f"field '{name}' must not be an empty string")
         if len(value) > MAX_TEXT:

@@ -12,10 +12,22 @@ ENTRY = Path(__file__).resolve().parent
 MODELS = ("recommender", "trivial")
 # 2w: `pipeline run --workers 2`; state: with durable user state (state.dir: RocksDB stores and
 # the changelog topic), against "pipeline", which keeps histories in memory
-VARIANTS = ("naive", "hand", "pipeline", "pipeline-state", "pipeline-2w", "ceiling", "ceiling-shm")
+# strings: the same events and model in string ids (cust-…, SKU-…: the model's catalogue
+# answers ITEM_KEYS), against "pipeline", in integer ids
+VARIANTS = (
+    "naive",
+    "hand",
+    "pipeline",
+    "pipeline-strings",
+    "pipeline-state",
+    "pipeline-2w",
+    "ceiling",
+    "ceiling-shm",
+)
 # ceiling-shm (Triton alone with its tensors in system shared memory) is on request only: it
-# measured no gain on this stack (docs/benchmarks.md), so the pipeline does not use it
-DEFAULT_VARIANTS = VARIANTS[:-1]
+# measured no gain on this stack (docs/benchmarks.md), so the pipeline does not use it;
+# pipeline-strings too (docs/benchmarks.md, string ids)
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("ceiling-shm", "pipeline-strings"))
 CEILING_VARIANTS = ("ceiling", "ceiling-shm")
 CEILING_SHAPES = ((1, 2), (2, 4), (2, 8), (4, 8))  # streams x requests in flight (in all)
 CEILING_SECONDS = 2.0  # each shape sends for at least this long (the trivial model answers fast)

@@ -16,22 +16,40 @@ from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.topology.schema import Broker
 
 from .config import SAMPLE_S, now_ms
+from .model import customer, sku
 from .sampling import Sampler
 
 
 class Events:
     """The same event content for every run: distinct users (user id = index), items and
-    types as the generator draws them; ids and timestamps fresh per load."""
+    types as the generator draws them; ids and timestamps fresh per load. ``strings``: the
+    same events in string ids (user ``cust-<index>``, item ``SKU-<item>``: model.py's)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, strings: bool = False) -> None:
         drawn = EventGenerator(GeneratorConfig(seed=7)).events(count)
-        self.rows = [(int(e["item_id"]), str(e["type"])) for e in drawn]  # type: ignore[call-overload]
+        self.rows: list[tuple[int | str, str]] = [
+            (sku(int(e["item_id"])) if strings else int(e["item_id"]), str(e["type"]))  # type: ignore[call-overload]
+            for e in drawn
+        ]
+        self.strings = strings
+
+    def user(self, index: int) -> int | str:
+        return customer(index) if self.strings else index
 
     def value(self, tag: str, index: int, ts: int) -> bytes:
         item, kind = self.rows[index % len(self.rows)]
         return orjson.dumps(
-            {"event_id": f"{tag}-{index}", "user_id": index, "item_id": item, "type": kind, "ts": ts}
+            {
+                "event_id": f"{tag}-{index}",
+                "user_id": self.user(index),
+                "item_id": item,
+                "type": kind,
+                "ts": ts,
+            }
         )
+
+    def key(self, index: int) -> bytes:
+        return str(self.user(index)).encode()
 
 
 async def preload(broker: Broker, topic: str, events: Events, count: int) -> dict[Coord, int]:
@@ -44,7 +62,7 @@ async def preload(broker: Broker, topic: str, events: Events, count: int) -> dic
     try:
         ts = now_ms()
         futures = [
-            await producer.send(topic, events.value(topic, i, ts), key=str(i).encode()) for i in range(count)
+            await producer.send(topic, events.value(topic, i, ts), key=events.key(i)) for i in range(count)
         ]
         metas = await asyncio.gather(*futures)
     finally:
@@ -79,7 +97,7 @@ async def paced(
         while (elapsed := time.monotonic() - started) < seconds:
             sent += 1
             futures.append(
-                await producer.send(topic, events.value(topic, sent, now_ms()), key=str(sent).encode())
+                await producer.send(topic, events.value(topic, sent, now_ms()), key=events.key(sent))
             )
             if sent % 10 == 0 and (ahead := sent / rate - elapsed) > 0:
                 await asyncio.sleep(ahead)

@@ -14,7 +14,7 @@ from pipeline.devstack.stack import EmbeddedStack, ensure_model
 
 from .cli import parse_args
 from .config import MODELS, ROOT, VARIANTS
-from .model import write_trivial
+from .model import write_string_catalogues, write_trivial
 from .report import code_fingerprint, machine, setting_name, write_outputs
 from .runs import Bench
 from .stats import median
@@ -44,6 +44,7 @@ def main() -> int:
     repository = workdir / "model_repository"
     ensure_model(repository)
     write_trivial(repository)
+    write_string_catalogues(repository)
     facts = machine()
     fingerprint = code_fingerprint()
     stack = EmbeddedStack.start(workdir, repository)

@@ -144,22 +144,28 @@ def ratio_table(agg: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "| model | pipeline / hand | pipeline / ceiling | pipeline / naive "
-        "| CPU per event: pipeline / hand | 2 workers / hand | durable state / in memory |",
+        "| CPU per event: pipeline / hand | 2 workers / hand | durable state / in memory "
+        "| string ids / integers (CPU per event) |",
     ]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for model in MODELS:
         pipe, hand = agg.get((model, "pipeline")), agg.get((model, "hand"))
         ceiling, naive = agg.get((model, "ceiling")), agg.get((model, "naive"))
         two, durable = agg.get((model, "pipeline-2w")), agg.get((model, "pipeline-state"))
+        strings = agg.get((model, "pipeline-strings"))
         if pipe is None:
             continue
 
         def ratio(other: dict[str, Any] | None, key: str = "rate", p: dict[str, Any] = pipe) -> str:
             return f"{p[key] / other[key]:.2f}" if other and other[key] else "–"
 
+        string_ratio = (
+            f"{ratio(pipe, p=strings)} ({ratio(pipe, 'cpu_consumer', strings)})" if strings else "–"
+        )
         lines.append(
             f"| {model} | {ratio(hand)} | {ratio(ceiling)} | {ratio(naive)} | {ratio(hand, 'cpu_consumer')} "
-            f"| {ratio(hand, p=two) if two else '–'} | {ratio(pipe, p=durable) if durable else '–'} |"
+            f"| {ratio(hand, p=two) if two else '–'} | {ratio(pipe, p=durable) if durable else '–'} "
+            f"| {string_ratio} |"
         )
     return lines
 

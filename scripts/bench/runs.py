@@ -35,6 +35,7 @@ from .config import (
     SAMPLE_S,
 )
 from .events import Events, paced, preload, read_outputs
+from .model import STRING_SUFFIX
 from .report import setting_name
 from .sampling import Sampler, peak_rss_mb
 from .stats import stages, summarise
@@ -51,6 +52,7 @@ class Bench:
         self.shipped: dict[str, Any] = args.shipped  # hand and ceiling follow its batch, streams, ...
         self.batch = int(self.shipped["batch"]["max_size"])
         self.events = Events(max(args.events, args.naive_events))
+        self.string_events = Events(args.events, strings=True)
 
     def sampler(self, consumer_pid: int) -> Sampler:
         triton = self.stack.triton.pid
@@ -106,9 +108,10 @@ class Bench:
 
     def run(self, model: str, variant: str) -> dict[str, Any]:
         """One run, with what Triton saw of it: requests and executions (merged requests)."""
-        before = self.triton_counts(model)
+        served = model + STRING_SUFFIX if variant == "pipeline-strings" else model
+        before = self.triton_counts(served)
         row = self.run_variant(model, variant)
-        after = self.triton_counts(model)
+        after = self.triton_counts(served)
         requests, executions, rows, queue_ns, infer_ns = (a - b for a, b in zip(after, before, strict=True))
         row["rows_per_request"] = rows / max(requests, 1)
         row["requests_per_execution"] = requests / max(executions, 1)
@@ -144,6 +147,8 @@ class Bench:
         if variant in ("pipeline", "pipeline-2w", "pipeline-state"):
             workers = 2 if variant == "pipeline-2w" else 1
             return self.run_pipeline(model, tag, workers, durable_state=variant == "pipeline-state")
+        if variant == "pipeline-strings":
+            return self.run_pipeline(model, tag, strings=True)
         if variant in CEILING_VARIANTS:
             return self.run_ceiling(model, tag, shm=variant == "ceiling-shm")
         events = self.args.events if variant == "hand" else min(self.args.naive_events, self.args.events)
@@ -179,13 +184,15 @@ class Bench:
         return Topology.model_validate(data)
 
     def run_pipeline(
-        self, model: str, tag: str, workers: int = 1, durable_state: bool = False
+        self, model: str, tag: str, workers: int = 1, durable_state: bool = False, strings: bool = False
     ) -> dict[str, Any]:
+        """``strings``: the events in string ids, on the model's twin with a string catalogue."""
         state = (("state.dir", str(self.runs / f"state-{tag}")),) if durable_state else ()
-        topology = self.topology(model, state)
+        topology = self.topology(model + STRING_SUFFIX if strings else model, state)
         asyncio.run(ensure_topology_topics(topology, PARTITIONS))
         topic = topology.source.topics[0]
-        inputs = asyncio.run(preload(self.broker, topic, self.events, self.args.events))
+        events = self.string_events if strings else self.events
+        inputs = asyncio.run(preload(self.broker, topic, events, self.args.events))
         worker = PipelineProcess(topology, self.runs, name=f"pipeline-{tag}", workers=workers)
         try:
             worker.start()
@@ -197,7 +204,13 @@ class Bench:
             worker.stop(worker.stop_grace_s)
         outputs = asyncio.run(read_outputs(self.broker, topology.sink.topic))
         variant = (
-            "pipeline-state" if durable_state else "pipeline" if workers == 1 else f"pipeline-{workers}w"
+            "pipeline-strings"
+            if strings
+            else "pipeline-state"
+            if durable_state
+            else "pipeline"
+            if workers == 1
+            else f"pipeline-{workers}w"
         )
         row = summarise(variant, model, outputs, inputs, sampler, rss, "window", self.dump_dir)
         row["dead_letters"] = dead
