@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.quality.arms import Arms
+from pipeline.ticks import every
 from pipeline.topology.schema import Guard
 
 MIN_LATENCY_SAMPLES = 200  # answered requests an arm needs before its p99 is judged
@@ -106,8 +107,8 @@ class ArmGuard:
         return verdicts
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.spec.interval_ms / 1000.0)
-            except TimeoutError:
+        """A verdict every interval (paced by ``every``: liveness sees its rounds); none
+        after the stop."""
+        async for _ in every(self.spec.interval_ms / 1000.0, stop):
+            if not stop.is_set():
                 self.judge()
