@@ -33,7 +33,7 @@ def test_steady_traffic_is_consumed_and_the_broker_cost_grows_slowly() -> None:
             sys.executable,
             "scripts/broker_longrun.py",
             "--minutes",
-            "0.75",
+            "0.5",
             "--rate",
             "500",
             "--interval-s",
@@ -47,7 +47,7 @@ def test_steady_traffic_is_consumed_and_the_broker_cost_grows_slowly() -> None:
     assert done.stdout.strip(), done.stderr[-2000:]
     summary = orjson.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0, (summary, done.stderr[-2000:])
-    assert summary["passed"] and summary["consumed"] == summary["produced"] >= 20_000
+    assert summary["passed"] and summary["consumed"] == summary["produced"] >= 12_000
     # The script itself fails past 5 s of traffic behind; the suite shares the cores with
     # Triton and the session's broker, so the lag is not held tighter here.
     assert summary["broker_cpu_growth_per_min"] < MAX_GROWTH_PER_MIN, summary
