@@ -5,9 +5,18 @@ which only checks that they exist (``topics_check.py``).
 The topics: the inputs (co-partitioned: one count), the output, the dead letters, the
 joined examples (``outcomes.examples_topic``) and, with ``state.dir`` set, the state
 changelog (compacted, with the inputs' count: the config ``state/changelog.py`` makes it
-with). A topic that exists with the partition count wanted is left alone; one with another
-count, or a changelog the broker says is not compacted, is a problem: reported, never
-altered (a partition count changed under a running group moves its users' keys).
+with). Inputs that exist already set the count (``--partitions`` not given: theirs; given
+and other: a problem), as the changelog's always, since ``pipeline run`` stops on a
+changelog whose count is not the inputs'. A topic that exists with the partition count
+wanted is left alone; one with another count, or a changelog the broker says is not kept
+for ever (not compacted, or compacted and deleted after ``retention.ms``), is a problem:
+reported, never altered (a partition count changed under a running group moves its users'
+keys). While an input is a problem nothing is created: what would be made follows the
+inputs' count, which someone has to settle first.
+
+Replication: the inputs, output and dead letters are made with the broker's default
+(``default.replication.factor``: -1 in CreateTopics v4, Kafka 2.4 and later), the
+changelog with ``state.changelog_replication_factor``; ``--replication-factor`` sets both.
 
 The existing topics come from one Metadata request for all topics, never by name: the
 embedded broker (Tansu) creates a topic a client asks for by name, with its own count.
@@ -18,12 +27,14 @@ changelog's compaction unchecked, said on its line."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.protocol.admin import CreateTopicsRequest_v3, CreateTopicsResponse_v3
+from aiokafka.protocol.api import Request
 
 from pipeline import kafka_clients
 from pipeline.errors import Fatal
@@ -39,10 +50,13 @@ REACH_TIMEOUT_S = 15.0  # connect and list the topics; a broker that does not an
 REQUEST_TIMEOUT_S = 30.0  # one CreateTopics or DescribeConfigs request
 RELIST_WAIT_S = 5.0  # for a topic another client made meanwhile to be listed
 RELIST_PAUSE_S = 0.5
-KAFKA_DEFAULTS = {"cleanup.policy": "delete"}  # what a config the broker does not report is
+# what a config the broker does not report is (Tansu reports only those set on the topic)
+KAFKA_DEFAULTS = {"cleanup.policy": "delete", "retention.ms": "604800000"}
+BROKER_DEFAULT = -1  # a replication factor: the broker's default.replication.factor
 
-# problem: no retry fixes it (exit 1); failed: the broker failed for now, a retry may (exit 2)
-Status = Literal["created", "would create", "exists", "problem", "failed"]
+# problem: no retry fixes it (exit 1); failed: the broker failed for now, a retry may (exit 2);
+# held: not made because an input is a problem (the count it would get is in question)
+Status = Literal["created", "would create", "exists", "problem", "failed", "held"]
 
 
 class BrokerAway(Fatal, reason="broker_unreachable"):
@@ -59,16 +73,23 @@ class Wanted:
     topic: str
     key: str
     partitions: int
-    replication_factor: int
+    replication_factor: int  # BROKER_DEFAULT: the broker's
     option: str
     configs: dict[str, str] = field(default_factory=dict)
+    # the count is a default: inputs that exist replace it with theirs
+    follows_inputs: bool = False
 
-    def new_topic(self) -> NewTopic:
-        return NewTopic(self.topic, self.partitions, self.replication_factor, topic_configs=self.configs)
+    @property
+    def is_input(self) -> bool:
+        return self.key.startswith("source.topics[")
+
+    def request(self) -> tuple[str, int, int, list[Any], list[tuple[str, str]]]:
+        """The topic as one entry of a CreateTopics request."""
+        return self.topic, self.partitions, self.replication_factor, [], list(self.configs.items())
 
     def made(self) -> str:
         configs = "".join(f", {k}={v}" for k, v in self.configs.items())
-        return f"{self.partitions} partitions, replication {self.replication_factor}{configs}"
+        return f"{self.partitions} partitions, {_replication(self.replication_factor)}{configs}"
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,9 @@ class Line:
         return f"{self.status:<12} {self.topic} ({self.key}): {self.detail}"
 
 
+OK = Line("exists", "", "", "")  # a topic not judged (missing): no problem of its own
+
+
 def wanted_topics(
     t: Topology,
     partitions: int | None = None,
@@ -100,28 +124,54 @@ def wanted_topics(
     replication_factor: int | None = None,
 ) -> list[Wanted]:
     """Every topic ``t`` reads or writes, in the order of its keys. ``partitions``: the
-    inputs' and the changelog's (default 12); the output's and the examples',
-    the dead letters' default to it. ``replication_factor``: default the topology's
-    ``state.changelog_replication_factor``."""
+    inputs' and the changelog's (default 12, or the count of the inputs that exist:
+    ``follow_inputs``); the output's and the examples', the dead letters' default to it.
+    ``replication_factor``: default the broker's for all but the changelog, the topology's
+    ``state.changelog_replication_factor`` for the changelog (the replicas the pipeline
+    makes it with: ``state/changelog.py``)."""
     inputs = partitions or DEFAULT_PARTITIONS
     outputs = output_partitions or inputs
-    replication = replication_factor or t.state.changelog_replication_factor
+    replication = replication_factor or BROKER_DEFAULT
     counts = {
-        "sink.topic": (outputs, "--output-partitions"),
-        "outcomes.examples_topic": (outputs, "--output-partitions"),
-        "sink.dead_letter_topic": (dead_letter_partitions or inputs, "--dead-letter-partitions"),
+        "sink.topic": (outputs, "--output-partitions", not (output_partitions or partitions)),
+        "outcomes.examples_topic": (outputs, "--output-partitions", not (output_partitions or partitions)),
+        "sink.dead_letter_topic": (
+            dead_letter_partitions or inputs,
+            "--dead-letter-partitions",
+            not (dead_letter_partitions or partitions),
+        ),
     }
     wanted = []
     for topic, key in topology_topics(t).items():
-        count, option = counts.get(key, (inputs, "--partitions"))
-        wanted.append(Wanted(topic, key, count, replication, option))
+        count, option, follows = counts.get(key, (inputs, "--partitions", not partitions))
+        wanted.append(Wanted(topic, key, count, replication, option, follows_inputs=follows))
     if t.state.dir is not None:
         configs = dict(CHANGELOG_CONFIG)  # as the pipeline makes it (state/changelog.py)
+        changelog_replication = replication_factor or t.state.changelog_replication_factor
         changelog = Wanted(
-            t.changelog_topic, "state.changelog_topic", inputs, replication, "--partitions", configs
+            t.changelog_topic,
+            "state.changelog_topic",
+            inputs,
+            changelog_replication,
+            "--partitions",
+            configs,
+            follows_inputs=True,  # always the inputs' count: `pipeline run` stops on another
         )
         wanted.append(changelog)
     return wanted
+
+
+def follow_inputs(wanted: list[Wanted], have: dict[str, Existing]) -> list[Wanted]:
+    """``wanted`` with the count of the inputs that exist (the first one listed, in the
+    topology's order) where the count follows them: the inputs' and the others' not given by
+    an option, and the changelog's always. No input exists: ``wanted`` as it is."""
+    existing = [w for w in wanted if w.is_input and w.topic in have]
+    if not existing:
+        return wanted
+    first = existing[0]
+    count = have[first.topic].partitions
+    option = f"the count of {first.topic}, {first.key}"
+    return [replace(w, partitions=count, option=option) if w.follows_inputs else w for w in wanted]
 
 
 def judge(wanted: Wanted, have: Existing, configs: dict[str, str] | str | None = None) -> Line:
@@ -129,37 +179,62 @@ def judge(wanted: Wanted, have: Existing, configs: dict[str, str] | str | None =
     broker described them, or why they could not be read (a str); None: not read (the
     partition count was already wrong, or no config is wanted)."""
     if have.partitions != wanted.partitions:
+        shared = wanted.is_input or wanted.key == "state.changelog_topic"
         detail = (
             f"{have.partitions} partitions, {wanted.partitions} wanted ({wanted.option}"
-            + ("; the inputs and the changelog share one count" if wanted.option == "--partitions" else "")
+            + ("; the inputs and the changelog share one count" if shared else "")
             + "): left as it is"
         )
         return Line("problem", wanted.topic, wanted.key, detail)
     detail = f"{have.partitions} partitions"
-    if have.replication_factor != wanted.replication_factor:
-        asked = wanted.replication_factor
+    asked = wanted.replication_factor
+    if asked != BROKER_DEFAULT and have.replication_factor != asked:
         detail += f", replication {have.replication_factor} (not the {asked} asked: not changed)"
     if isinstance(configs, str):
         return Line("exists", wanted.topic, wanted.key, f"{detail}; configs not checked ({configs})")
-    unfit = [
-        f"{key}={configs.get(key, KAFKA_DEFAULTS.get(key, 'unset'))}, {value} wanted"
-        for key, value in wanted.configs.items()
-        if configs is not None and not config_fits(key, value, configs.get(key, KAFKA_DEFAULTS.get(key)))
-    ]
+    unfit = [] if configs is None else config_problems(wanted.configs, configs)
     if unfit:
         return Line("problem", wanted.topic, wanted.key, f"{detail}, {'; '.join(unfit)}: left as it is")
     fitting = "".join(f", {key}={configs[key]}" for key in wanted.configs if configs)
     return Line("exists", wanted.topic, wanted.key, detail + fitting)
 
 
+def config_problems(wanted: dict[str, str], configs: dict[str, str]) -> list[str]:
+    """What in ``configs`` (as the broker described them) does not fit ``wanted``, one
+    phrase each; a config the broker does not report is Kafka's default."""
+    problems = []
+    for key, value in wanted.items():
+        have = configs.get(key, KAFKA_DEFAULTS.get(key))
+        if not config_fits(key, value, have):
+            problems.append(f"{key}={have or 'unset'}, {value} wanted")
+        elif key == "cleanup.policy" and "delete" in _policies(have) and "delete" not in _policies(value):
+            # compacted AND deleted: a user silent for retention.ms loses their state at
+            # the next restore, without a word (-1: never deleted, only compacted)
+            retention = configs.get("retention.ms", KAFKA_DEFAULTS["retention.ms"])
+            if retention != "-1":
+                problems.append(
+                    f"{key}={have} with retention.ms={retention}: the state of a user silent that "
+                    f"long is deleted, not restored ({value} wanted, or retention.ms=-1)"
+                )
+    return problems
+
+
 def config_fits(key: str, wanted: str, have: str | None) -> bool:
     """A cleanup.policy fits when it includes every policy wanted (``compact,delete`` is
-    compacted); any other config when equal."""
+    compacted: ``config_problems`` judges its retention); any other config when equal."""
     if have is None:
         return False
     if key == "cleanup.policy":
-        return set(wanted.split(",")) <= {p.strip() for p in have.split(",")}
+        return _policies(wanted) <= _policies(have)
     return have == wanted
+
+
+def _policies(policy: str | None) -> set[str]:
+    return {p.strip() for p in (policy or "").split(",")}
+
+
+def _replication(factor: int) -> str:
+    return "the broker's default replication" if factor == BROKER_DEFAULT else f"replication {factor}"
 
 
 async def create_topics(t: Topology, wanted: list[Wanted], dry_run: bool = False) -> list[Line]:
@@ -169,12 +244,17 @@ async def create_topics(t: Topology, wanted: list[Wanted], dry_run: bool = False
     admin = kafka_clients.admin(t.broker)
     try:
         have = await _reach(t, admin)
+        wanted = follow_inputs(wanted, have)
         try:
             lines = {
                 w.topic: await _judge_existing(admin, w, have[w.topic]) for w in wanted if w.topic in have
             }
             missing = [w for w in wanted if w.topic not in have]
-            if dry_run:
+            wrong = [w.topic for w in wanted if w.is_input and lines.get(w.topic, OK).status == "problem"]
+            if wrong:  # their count is in question: making the rest would fix a count in place
+                why = f"held back while {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} a problem"
+                lines |= {w.topic: Line("held", w.topic, w.key, f"{w.made()}: {why}") for w in missing}
+            elif dry_run:
                 lines |= {w.topic: Line("would create", w.topic, w.key, w.made()) for w in missing}
             elif missing:
                 lines |= await _create(admin, missing)
@@ -252,9 +332,13 @@ async def _create(admin: AIOKafkaAdminClient, missing: list[Wanted]) -> dict[str
     """CreateTopics for every missing topic at once. A topic another client made meanwhile
     (TopicAlreadyExists: another Job, a first use on a broker that creates topics then) is
     judged as it was made."""
-    new_topics = [w.new_topic() for w in missing]
-    timeout_ms = int(REQUEST_TIMEOUT_S * 1000)
-    response = await asyncio.wait_for(admin.create_topics(new_topics, timeout_ms), REQUEST_TIMEOUT_S + 5)
+    request = CreateTopics([w.request() for w in missing], int(REQUEST_TIMEOUT_S * 1000))
+    try:
+        response = await asyncio.wait_for(admin._send_to_controller(request), REQUEST_TIMEOUT_S + 5)
+    except NotImplementedError:  # the broker has no CreateTopics v4: Kafka before 2.4
+        detail = "not created: the broker takes no default replication factor (Kafka < 2.4): "
+        detail += "give --replication-factor"
+        return {w.topic: Line("problem", w.topic, w.key, detail) for w in missing}
     errors = {
         answer[0]: (answer[1], answer[2] if len(answer) > 2 else None) for answer in response.topic_errors
     }
@@ -272,6 +356,34 @@ async def _create(admin: AIOKafkaAdminClient, missing: list[Wanted]) -> dict[str
             status: Status = "failed" if for_code(code).retriable else "problem"
             lines[w.topic] = Line(status, w.topic, w.key, f"not created: {_error(code, message)}")
     return lines | await _made_meanwhile(admin, raced)
+
+
+class CreateTopicsResponse_v4(CreateTopicsResponse_v3):
+    API_VERSION = 4  # as v3's
+
+
+class CreateTopicsRequest_v4(CreateTopicsRequest_v3):
+    """v3's fields; a replication factor (or count) of -1 asks for the broker's default, which
+    Kafka takes from v4 on (KIP-464, Kafka 2.4). aiokafka 0.14 goes up to v3."""
+
+    API_VERSION = 4
+    RESPONSE_TYPE = CreateTopicsResponse_v4
+
+
+class CreateTopics(Request[CreateTopicsRequest_v4]):
+    """CreateTopics v4 only: a broker without it is told apart (NotImplementedError from
+    aiokafka's version choice) rather than sent -1 at a version that may refuse it."""
+
+    API_KEY = 19
+
+    def __init__(self, topics: list[tuple[str, int, int, list[Any], list[tuple[str, str]]]], timeout_ms: int):
+        self.topics = topics
+        self.timeout_ms = timeout_ms
+
+    def build(self, request_struct_class: type[CreateTopicsRequest_v4]) -> CreateTopicsRequest_v4:
+        return request_struct_class(
+            create_topic_requests=self.topics, timeout=self.timeout_ms, validate_only=False
+        )
 
 
 async def _made_meanwhile(admin: AIOKafkaAdminClient, raced: list[Wanted]) -> dict[str, Line]:

@@ -1,7 +1,8 @@
 """`pipeline topics create` on the embedded broker (issue 26): every topic of a topology made
-with its partition count (the inputs co-partitioned, the changelog compacted), nothing
-changed by a second run, a topic with another count or a changelog not compacted reported
-(exit 1) and left as it is, a broker away told in one line (exit 2) within a bound; over
+with its partition count (the inputs co-partitioned, the changelog compacted, with the
+count of inputs that exist already), nothing changed by a second run, a topic with another
+count or a changelog not kept for ever reported (exit 1) and left as it is, nothing made
+while an input is wrong, a broker away told in one line (exit 2) within a bound; over
 mutual TLS as over plaintext (the topology's broker section, as every client).
 
 The topics are read back from a listing of all topics (asking by name would make them on
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline import kafka_clients
@@ -92,7 +94,9 @@ async def test_makes_every_topic_once_then_changes_nothing(stack, tmp_path: Path
     assert len(lines) == len(counts) == 6, lines
     for topic, partitions in counts.items():
         assert line_of(lines, topic).startswith(f"created      {topic} ("), lines
-        assert f": {partitions} partitions, replication 1" in line_of(lines, topic), lines
+        # the broker's replication (-1: Tansu takes it), the changelog the topology's
+        replication = "replication 1" if topic == t.changelog_topic else "the broker's default replication"
+        assert f": {partitions} partitions, {replication}" in line_of(lines, topic), lines
     assert line_of(lines, t.changelog_topic).endswith(
         f"{t.changelog_topic} (state.changelog_topic): 3 partitions, replication 1, cleanup.policy=compact"
     )
@@ -154,6 +158,64 @@ async def test_a_changelog_not_compacted_is_reported(stack, tmp_path: Path) -> N
     assert await cleanup_policy(t.broker, t.changelog_topic) in (None, "delete")  # not altered
 
 
+async def test_a_changelog_compacted_and_deleted_is_reported(stack, tmp_path: Path) -> None:
+    """compact,delete: a user silent for retention.ms loses their state from restores."""
+    path, t = topology_file(stack, tmp_path)
+    admin = kafka_clients.admin(t.broker)
+    await admin.start()
+    try:
+        configs = {"cleanup.policy": "compact,delete", "retention.ms": "86400000"}
+        await admin.create_topics([NewTopic(t.changelog_topic, 3, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+    code, lines, err, _ = create(path, "--partitions", "3")
+
+    assert code == 1, err
+    assert line_of(lines, t.changelog_topic) == (
+        f"problem      {t.changelog_topic} (state.changelog_topic): 3 partitions, cleanup.policy=compact,"
+        "delete with retention.ms=86400000: the state of a user silent that long is deleted, not restored "
+        "(compact wanted, or retention.ms=-1): left as it is"
+    )
+
+
+async def test_inputs_made_before_set_the_changelog_count(stack, tmp_path: Path) -> None:
+    """Inputs made with 6 partitions (by their producers' team, say): asked for 12, nothing
+    is made (a changelog of 12 would stop `pipeline run` and need deleting by hand); asked
+    for nothing, everything is made with their 6."""
+    path, t = topology_file(stack, tmp_path)
+    await ensure_topics(t.broker, t.source.topics, partitions=6)
+    others = [t.sink.topic, t.sink.dead_letter_topic, t.outcomes.examples_topic, t.changelog_topic]
+
+    code, lines, err, _ = create(path, "--partitions", "12")
+
+    assert code == 1, err
+    assert [line.split()[0] for line in lines] == ["problem", "problem", "held", "held", "held", "held"], (
+        lines
+    )
+    assert line_of(lines, t.changelog_topic).startswith(
+        f"held         {t.changelog_topic} (state.changelog_topic): 6 partitions, replication 1, "
+    )
+    have = await listed(t.broker)
+    assert [topic for topic in others if topic in have] == []
+
+    code, lines, err, _ = create(path)
+
+    assert code == 0, err
+    assert [line.split()[0] for line in lines] == [
+        "exists",
+        "exists",
+        "created",
+        "created",
+        "created",
+        "created",
+    ]
+    have = await listed(t.broker)
+    assert {topic: have[topic] for topic in [*t.source.topics, *others]} == dict.fromkeys(
+        [*t.source.topics, *others], 6
+    )
+
+
 async def test_without_state_dir_no_changelog_and_a_dry_run_makes_nothing(stack, tmp_path: Path) -> None:
     path, t = topology_file(stack, tmp_path, state={"dir": None})
 
@@ -161,7 +223,7 @@ async def test_without_state_dir_no_changelog_and_a_dry_run_makes_nothing(stack,
 
     assert code == 0, err
     assert len(lines) == 5 and all(line.startswith("would create ") for line in lines), lines
-    assert all(": 12 partitions, replication 1" in line for line in lines), lines  # the defaults
+    assert all(": 12 partitions, the broker's default replication" in line for line in lines), lines
     assert t.changelog_topic not in "\n".join(lines)
     have = await listed(t.broker)
     wanted = [*t.source.topics, t.sink.topic, t.sink.dead_letter_topic, t.outcomes.examples_topic]

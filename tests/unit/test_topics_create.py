@@ -1,6 +1,7 @@
 """`pipeline topics create` without a broker: its options refused when they make no sense,
-the topics a topology needs and their counts, the verdict on a topic that exists, and a
-topic made by someone else between the listing and the creation."""
+the topics a topology needs and their counts (the inputs that exist setting them), the
+verdict on a topic that exists, nothing made while an input is wrong, and a topic made by
+someone else between the listing and the creation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import pytest
 
 from pipeline import topics_create
 from pipeline.cli import build_parser
-from pipeline.topics_create import Existing, Wanted, create_topics, judge, wanted_topics
+from pipeline.topics_create import (
+    BROKER_DEFAULT,
+    Existing,
+    Wanted,
+    create_topics,
+    follow_inputs,
+    judge,
+    wanted_topics,
+)
 from pipeline.topology.schema import Topology
 
 
@@ -58,23 +67,25 @@ def test_a_topology_is_needed(capsys: pytest.CaptureFixture[str]) -> None:
 def test_the_topics_and_their_counts() -> None:
     plain = wanted_topics(topology())
     assert [(w.topic, w.key, w.partitions, w.replication_factor, w.configs) for w in plain] == [
-        ("in-a", "source.topics[0]", 12, 1, {}),
-        ("in-b", "source.topics[1]", 12, 1, {}),
-        ("out", "sink.topic", 12, 1, {}),
-        ("dlq", "sink.dead_letter_topic", 12, 1, {}),
+        ("in-a", "source.topics[0]", 12, BROKER_DEFAULT, {}),
+        ("in-b", "source.topics[1]", 12, BROKER_DEFAULT, {}),
+        ("out", "sink.topic", 12, BROKER_DEFAULT, {}),
+        ("dlq", "sink.dead_letter_topic", 12, BROKER_DEFAULT, {}),
     ]
     full = topology(
         state={"dir": "/var/state", "changelog_replication_factor": 3}, outcomes={"examples_topic": "ex"}
     )
     asked = wanted_topics(full, partitions=6, dead_letter_partitions=2)
+    # the broker's default replication but for the changelog: the topology's, as the pipeline's
     assert [(w.topic, w.partitions, w.replication_factor, w.option) for w in asked] == [
-        ("in-a", 6, 3, "--partitions"),
-        ("in-b", 6, 3, "--partitions"),
-        ("out", 6, 3, "--output-partitions"),
-        ("dlq", 2, 3, "--dead-letter-partitions"),
-        ("ex", 6, 3, "--output-partitions"),
+        ("in-a", 6, -1, "--partitions"),
+        ("in-b", 6, -1, "--partitions"),
+        ("out", 6, -1, "--output-partitions"),
+        ("dlq", 2, -1, "--dead-letter-partitions"),
+        ("ex", 6, -1, "--output-partitions"),
         ("recs-user-histories", 6, 3, "--partitions"),  # the inputs' count, always
     ]
+    assert str(asked[0].made()) == "6 partitions, the broker's default replication"
     assert asked[-1].configs == {"cleanup.policy": "compact"}  # as state/changelog.py makes it
     outputs = wanted_topics(full, partitions=6, output_partitions=4, replication_factor=2)
     assert [(w.partitions, w.replication_factor) for w in outputs] == [
@@ -89,6 +100,28 @@ def test_the_topics_and_their_counts() -> None:
     assert "ex" not in [w.topic for w in wanted_topics(joins_off)]  # nothing writes it then
 
 
+def test_inputs_that_exist_set_the_counts_not_given() -> None:
+    """Inputs made with 6 partitions: a run without --partitions makes the rest with 6 (the
+    changelog must have theirs, or `pipeline run` stops); with --partitions the inputs are
+    judged against it, and the changelog still follows them; no input there: as asked."""
+    full = topology(state={"dir": "/var/state"}, outcomes={"examples_topic": "ex"})
+    six = {"in-a": Existing(6, 3)}
+
+    def counts(wanted: list[Wanted]) -> list[int]:
+        return [w.partitions for w in follow_inputs(wanted, six)]
+
+    assert counts(wanted_topics(full)) == [6, 6, 6, 6, 6, 6]
+    assert counts(wanted_topics(full, dead_letter_partitions=2)) == [6, 6, 6, 2, 6, 6]
+    assert counts(wanted_topics(full, partitions=12)) == [12, 12, 12, 12, 12, 6]
+    assert counts(wanted_topics(full, output_partitions=3)) == [6, 6, 3, 6, 3, 6]
+    assert [w.partitions for w in follow_inputs(wanted_topics(full), {"out": Existing(6, 1)})] == [12] * 6
+    second = follow_inputs(wanted_topics(full), {"in-b": Existing(4, 1), "in-a": Existing(6, 1)})
+    assert str(judge(second[1], Existing(4, 1))) == (
+        "problem      in-b (source.topics[1]): 4 partitions, 6 wanted (the count of in-a, "
+        "source.topics[0]; the inputs and the changelog share one count): left as it is"
+    )
+
+
 CHANGELOG = Wanted("chg", "state.changelog_topic", 3, 1, "--partitions", {"cleanup.policy": "compact"})
 OUTPUT = Wanted("out", "sink.topic", 3, 1, "--output-partitions")
 
@@ -101,6 +134,8 @@ def test_an_existing_topic_judged() -> None:
     assert str(judge(OUTPUT, Existing(3, 3))) == (
         "exists       out (sink.topic): 3 partitions, replication 3 (not the 1 asked: not changed)"
     )
+    by_default = Wanted("out", "sink.topic", 3, BROKER_DEFAULT, "--output-partitions")
+    assert str(judge(by_default, Existing(3, 3))) == "exists       out (sink.topic): 3 partitions"
     assert judge(CHANGELOG, Existing(2, 1)).detail == (
         "2 partitions, 3 wanted (--partitions; the inputs and the changelog share one count): left as it is"
     )
@@ -110,7 +145,23 @@ def test_an_existing_topic_judged() -> None:
     ("configs", "status", "detail"),
     [
         ({"cleanup.policy": "compact"}, "exists", "3 partitions, cleanup.policy=compact"),
-        ({"cleanup.policy": "compact,delete"}, "exists", "3 partitions, cleanup.policy=compact,delete"),
+        (
+            {"cleanup.policy": "compact,delete", "retention.ms": "-1"},
+            "exists",
+            "3 partitions, cleanup.policy=compact,delete",
+        ),
+        (
+            {"cleanup.policy": "compact,delete", "retention.ms": "86400000"},
+            "problem",
+            "3 partitions, cleanup.policy=compact,delete with retention.ms=86400000: the state of a user "
+            "silent that long is deleted, not restored (compact wanted, or retention.ms=-1): left as it is",
+        ),
+        (
+            {"cleanup.policy": "delete,compact"},
+            "problem",
+            "3 partitions, cleanup.policy=delete,compact with retention.ms=604800000: the state of a user "
+            "silent that long is deleted, not restored (compact wanted, or retention.ms=-1): left as it is",
+        ),  # retention.ms not reported: Kafka's default, 7 days
         (
             {"cleanup.policy": "delete"},
             "problem",
@@ -133,9 +184,11 @@ class FakeAdmin:
     """A broker whose listings answer these, one after the other (the last again), and
     whose CreateTopics answers these error codes (0 for a topic not named)."""
 
-    def __init__(self, listings: list[dict[str, int]], codes: dict[str, int]) -> None:
+    def __init__(self, listings: list[dict[str, int]], codes: dict[str, int], max_version: int = 4) -> None:
         self.listings = listings
         self.codes = codes
+        self.max_version = max_version
+        self.created: list[str] = []
 
     async def start(self) -> None:
         pass
@@ -150,8 +203,13 @@ class FakeAdmin:
             for name, count in listing.items()
         ]
 
-    async def create_topics(self, new_topics: list[Any], timeout_ms: int) -> Any:
-        return SimpleNamespace(topic_errors=[(t.name, self.codes.get(t.name, 0), None) for t in new_topics])
+    async def _send_to_controller(self, request: Any) -> Any:
+        self.created += [entry[0] for entry in request.topics]
+        if self.max_version < 4:  # aiokafka's version choice finds no version it can send
+            raise NotImplementedError("Support for CreateTopics v0 has not yet been added")
+        return SimpleNamespace(
+            topic_errors=[(name, self.codes.get(name, 0), None) for name, *_ in request.topics]
+        )
 
 
 async def lines_on(admin: FakeAdmin, monkeypatch: pytest.MonkeyPatch, *wanted: Wanted) -> list[str]:
@@ -183,4 +241,38 @@ async def test_a_creation_refused_is_a_problem_one_failed_for_now_is_not(
         "problem      dlq (sink.dead_letter_topic): not created: InvalidReplicationFactorError",
         "failed       hidden (outcomes.examples_topic): exists, says the broker, but not listed within 0 s: "
         "not checked",
+    ]
+
+
+async def test_nothing_is_made_while_an_input_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """in-a has 6 partitions, 12 asked: what would be made waits (its count is in question),
+    said on its line, and the run is a problem (exit 1)."""
+    wanted = wanted_topics(topology(state={"dir": "/var/state"}), partitions=12)
+    admin = FakeAdmin([{"in-a": 6}], {})
+    lines = await lines_on(admin, monkeypatch, *wanted)
+    assert admin.created == []
+    assert lines[0].startswith("problem      in-a (source.topics[0]): 6 partitions, 12 wanted (--partitions")
+    assert lines[1:] == [
+        f"held         {topic} ({key}): {made}: held back while in-a is a problem"
+        for topic, key, made in [
+            ("in-b", "source.topics[1]", "12 partitions, the broker's default replication"),
+            ("out", "sink.topic", "12 partitions, the broker's default replication"),
+            ("dlq", "sink.dead_letter_topic", "12 partitions, the broker's default replication"),
+            # the changelog follows the inputs that exist, whatever is asked
+            (
+                "recs-user-histories",
+                "state.changelog_topic",
+                "6 partitions, replication 1, cleanup.policy=compact",
+            ),
+        ]
+    ]
+
+
+async def test_a_broker_without_default_replication_is_told_to_name_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = FakeAdmin([{}], {}, max_version=3)  # Kafka before 2.4
+    assert await lines_on(admin, monkeypatch, OUTPUT) == [
+        "problem      out (sink.topic): not created: the broker takes no default replication factor "
+        "(Kafka < 2.4): give --replication-factor"
     ]
