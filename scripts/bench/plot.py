@@ -67,8 +67,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         for m in MODELS
         if (m, "naive") in agg
     )
-    ax1.set_xticks(range(len(VARIANTS)), VARIANTS)
-    ax2.set_xticks(range(len(batched)), batched)
+    ax1.set_xticks(range(len(VARIANTS)), VARIANTS, rotation=20, fontsize=8)
+    ax2.set_xticks(range(len(batched)), batched, rotation=20, fontsize=8)
     ax1.set(yscale="log", ylabel="events/s (steady state; whiskers min–max)", title="Throughput")
     ax2.set(
         ylabel="CPU s per 1,000 events",

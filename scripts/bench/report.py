@@ -259,6 +259,7 @@ def half_rate_table(halves: list[dict[str, Any]]) -> list[str]:
 def write_outputs(out: Path, results: dict[str, Any]) -> None:
     """The table (OUT.md) and the plot (OUT.png) of a run's results."""
     text = report(results["meta"], results["rows"], results["half"], results["facts"])
+    text = text.replace("(bench_throughput.png)", f"({out.with_suffix('.png').name})")  # --out's own
     print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
