@@ -472,7 +472,8 @@ def test_compose_topics_train_and_producer() -> None:
     check_model_script(shell_script(train), "/models", services["pipeline"]["command"][1])
     assert "models:/models" in train["volumes"] and "models:/models:ro" in triton["volumes"]
     assert "--model-repository=/models" in triton["command"]
-    assert triton["depends_on"] == {"train": {"condition": "service_completed_successfully"}}
+    # restarted when compose recreates `train` (a new image): it loads model.py at start only
+    assert triton["depends_on"] == {"train": {"condition": "service_completed_successfully", "restart": True}}
     assert "models" in load_yaml(DOCKER / "compose.yaml")["volumes"]
     # The one-shot services and the producer run the pipeline's image, which holds scripts/.
     assert "scripts ./scripts" in dockerfile()["COPY"]
@@ -658,9 +659,14 @@ def k8s_objects() -> dict[str, dict[str, Any]]:
     return objects
 
 
-def generated_configmap() -> dict[str, Any]:
-    """The ConfigMap kustomize's configMapGenerator makes (before it adds the name hash)."""
-    (generator,) = load_yaml(K8S / "kustomization.yaml")["configMapGenerator"]
+TOPOLOGY_CONFIGMAP = "pipeline-topology"  # the members' and the Job's, hashed
+TRITON_TOPOLOGY_CONFIGMAP = "pipeline-topology-triton"  # Triton's pod's, a fixed name
+
+
+def generated_configmap(name: str = TOPOLOGY_CONFIGMAP) -> dict[str, Any]:
+    """A ConfigMap kustomize's configMapGenerator makes (before it adds any name hash)."""
+    generators = load_yaml(K8S / "kustomization.yaml")["configMapGenerator"]
+    (generator,) = [g for g in generators if g["name"] == name]
     data = {}
     for entry in generator["files"]:
         key, _, file = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
@@ -854,7 +860,12 @@ def test_k8s_core_objects_follow_the_kubernetes_schemas() -> None:
     objects = k8s_objects()
     core = [o for o in objects.values() if not o["apiVersion"].startswith("keda.sh/")]
     assert {o["kind"] for o in core} == CORE_KINDS
-    for obj in [*core, generated_configmap(), *secrets().values()]:
+    for obj in [
+        *core,
+        generated_configmap(),
+        generated_configmap(TRITON_TOPOLOGY_CONFIGMAP),
+        *secrets().values(),
+    ]:
         kv.validate(obj, KUBERNETES_VERSION, strict=True)
     # The ScaledObject's HPA settings, as the HorizontalPodAutoscaler KEDA makes of them.
     spec = objects["ScaledObject/recommendation-pipeline"]["spec"]
@@ -1127,16 +1138,29 @@ def test_k8s_triton_serves_the_model_the_pipeline_asks_for() -> None:
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert triton["spec"]["replicas"] == 1 and triton["spec"]["strategy"] == {"type": "Recreate"}
     user = dockerfile()["USER"]
+    member_volume, member_mount = mounts_of(member, objects[PIPELINE]["spec"]["template"]["spec"])[
+        "/etc/pipeline"
+    ]
+    # The members' topology under a fixed name (no roll of Triton when it changes): the same file.
+    assert (
+        generated_configmap(TRITON_TOPOLOGY_CONFIGMAP)["data"]
+        == generated_configmap(member_volume["configMap"]["name"])["data"]
+    )
+    (generator,) = [
+        g
+        for g in load_yaml(K8S / "kustomization.yaml")["configMapGenerator"]
+        if g["name"] == TRITON_TOPOLOGY_CONFIGMAP
+    ]
+    assert generator["options"]["disableNameSuffixHash"] is True
     for c in (init, trainer):
         assert c["image"] == member["image"], c["name"]
         assert [str(c["securityContext"]["runAsUser"])] == user and c["securityContext"][
             "readOnlyRootFilesystem"
         ]
         assert mounts[c["name"]]["/tmp"][0]["emptyDir"] == {}
-        assert (
-            mounts[c["name"]]["/etc/pipeline"]
-            == mounts_of(member, objects[PIPELINE]["spec"]["template"]["spec"])["/etc/pipeline"]
-        )
+        volume, mount = mounts[c["name"]]["/etc/pipeline"]
+        assert mount == member_mount, c["name"]
+        assert volume == {"name": member_volume["name"], "configMap": {"name": TRITON_TOPOLOGY_CONFIGMAP}}
     assert [str(pod["securityContext"]["fsGroup"])] == user
     # The model step: train when empty (the topology the members run), else refresh the code.
     check_model_script(init_script(pod), TRITON_MODELS, member["args"][1])
@@ -1156,16 +1180,18 @@ def test_kustomize_renders_valid_objects() -> None:
     assert done.returncode == 0, done.stderr
     docs = [d for d in yaml.safe_load_all(done.stdout) if d]
     rendered = {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
-    configmap = next(k for k in rendered if k.startswith("ConfigMap/"))
-    assert set(rendered) == {*k8s_objects(), configmap}
+    triton_configmap = f"ConfigMap/{TRITON_TOPOLOGY_CONFIGMAP}"  # no hash: kept as named
+    (configmap,) = [k for k in rendered if k.startswith("ConfigMap/") and k != triton_configmap]
+    assert set(rendered) == {*k8s_objects(), configmap, triton_configmap}
     for obj in rendered.values():
         if not obj["apiVersion"].startswith("keda.sh/"):
             kv.validate(obj, KUBERNETES_VERSION, strict=True)
     name = configmap.split("/", 1)[1]
-    assert name.startswith("pipeline-topology-")
-    for workload in (PIPELINE, TRITON, TOPICS_JOB):
+    assert name.startswith(f"{TOPOLOGY_CONFIGMAP}-")
+    assert rendered[configmap]["data"] == rendered[triton_configmap]["data"]
+    for workload, mounted in ((PIPELINE, name), (TRITON, TRITON_TOPOLOGY_CONFIGMAP), (TOPICS_JOB, name)):
         volumes = rendered[workload]["spec"]["template"]["spec"]["volumes"]
-        assert {"name": "topology", "configMap": {"name": name}} in volumes, workload
+        assert {"name": "topology", "configMap": {"name": mounted}} in volumes, workload
     images = {
         c["image"]
         for workload in (PIPELINE, TRITON, TOPICS_JOB)
@@ -1209,6 +1235,42 @@ def test_example_overlay_fails_loudly_until_the_image_is_set(tmp_path: Path) -> 
     assert "/" in image["newName"]  # a registry's repository, not a bare name
 
 
+def rendered_overlay(deploy: Path) -> dict[str, dict[str, Any]]:
+    """ "Kind/name" → object, of the example overlay in a copy of ``deploy`` with its
+    placeholder line deleted."""
+    overlay = deploy / "overlays" / "example" / "kustomization.yaml"
+    text = overlay.read_text()
+    overlay.write_text("".join(x for x in text.splitlines(True) if x.strip() != f"- {OVERLAY_PLACEHOLDER}"))
+    done = kustomize(overlay.parent)
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+
+
+def test_a_topology_change_rolls_the_members_not_triton(tmp_path: Path) -> None:
+    """Only `operations.log_level` changed: the members' pod template changes (they roll and
+    read it), Triton's does not (Recreate: a roll is an inference outage); its pod reads the
+    new file through a ConfigMap of a fixed name."""
+    before = rendered_overlay(Path(shutil.copytree(ROOT / "deploy", tmp_path / "before")))
+    after_dir = Path(shutil.copytree(ROOT / "deploy", tmp_path / "after"))
+    topology = after_dir / "k8s" / "recommendations.yaml"
+    text = topology.read_text()
+    level = load_yaml(K8S / "recommendations.yaml")["operations"]["log_level"]
+    changed = re.sub(rf"(\n  log_level: ){level}\b", rf"\g<1>{'DEBUG' if level != 'DEBUG' else 'INFO'}", text)
+    assert changed != text and load_yaml(topology) != yaml.safe_load(changed)
+    topology.write_text(changed)
+    after = rendered_overlay(after_dir)
+
+    def template(objects: dict[str, dict[str, Any]], workload: str) -> Any:
+        return objects[workload]["spec"]["template"]
+
+    assert template(after, PIPELINE) != template(before, PIPELINE)  # a new ConfigMap name
+    assert template(after, TOPICS_JOB) != template(before, TOPICS_JOB)
+    assert template(after, TRITON) == template(before, TRITON)
+    triton_configmap = f"ConfigMap/{TRITON_TOPOLOGY_CONFIGMAP}"
+    assert after[triton_configmap]["data"] != before[triton_configmap]["data"]  # the file changes
+
+
 # --- the walk-through ----------------------------------------------------------------------------
 
 
@@ -1247,6 +1309,19 @@ def test_walkthrough_matches_the_files() -> None:
     assert all(i >= 0 for i in at), [c for c, i in zip(commands, at, strict=True) if i < 0]
     assert at == sorted(at), "the walk-through's steps are out of order"
     assert set(secrets()) == set(re.findall(r"kubectl create secret generic ([\w-]+)", section))
+    # A Job failed at once (exit 1) ends the wait as a complete one does, not its timeout.
+    assert f"kubectl wait --for=condition=failed job/{job}" in section
+    # The fields that need a recent API server are named in the prerequisites.
+    assert "unhealthyPodEvictionPolicy" in (K8S / "pdb.yaml").read_text()
+    prerequisites = section.split("**Prerequisites**", 1)[1].split("**1.", 1)[0]
+    assert "Kubernetes 1.27 or later" in prerequisites and "unhealthyPodEvictionPolicy" in prerequisites
+    # Deleting the overlay's guard line alone still deploys the example registry: said plainly.
+    (image,) = load_yaml(OVERLAY / "kustomization.yaml")["images"]
+    registry = image["newName"].split("/", 1)[0]
+    assert (
+        registry in section
+        and registry in (OVERLAY / "kustomization.yaml").read_text().split("apiVersion")[0]
+    )
     # Whatever `-c NAME` and `deploy/NAME` it names exists.
     for deployment, container in re.findall(r"deploy/([\w-]+) -c ([\w-]+)", section):
         assert container in containers(objects[f"Deployment/{deployment}"]["spec"]["template"]["spec"])
