@@ -64,7 +64,7 @@ def test_digit_text_in_a_csv_is_the_integer_and_codes_stay_strings(tmp_path: Pat
 
 
 def test_two_items_sharing_a_hash_are_counted_not_merged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ids, "string_id", lambda text: ids.STRING_BASE + len(text))  # "ab" ~ "cd"
+    monkeypatch.setattr(ids, "_xxh3", len)  # a hash of the length: "ab" and "cd" share it
     log = InteractionLog()
     for item in ("ab", "cd", "ab"):
         log.add({"user_id": 1, "item_id": item, "type": "view", "ts": 1})
