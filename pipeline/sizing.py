@@ -2,10 +2,12 @@
 that sets it, their sum, and the Kubernetes request and limit that follow.
 
 The in-flight records are bounded in bytes (``source.credits.high_watermark_bytes`` per
-input topic, overshot by at most one poll), not by count × ``max_event_bytes``; beside them
-sit the client's fetch buffer, the outputs waiting for the broker, the Triton requests in
-flight, the users' histories (in memory, or RocksDB's cache and write buffers), the outcome
-join and the shadow arms. The constants measured here are explained in docs/reliability.md
+input topic, overshot by at most one poll), not by count × ``max_event_bytes``: an event
+larger than that is fetched and counted at its real size before parse dead-letters it, and
+its dead letter copies it again. Beside them sit the client's fetch buffer, the outputs
+waiting for the broker, the Triton requests in flight, the users' histories (in memory, or
+RocksDB's cache and write buffers, and the restores' readers), the outcome join and the
+shadow arms. The constants measured here are explained in docs/reliability.md
 ("Memory: what bounds it"), with the measured worst case against the formula."""
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ TENSOR_COPIES = 3
 ROCKSDB_WRITE_BUFFERS = 2  # histories.py's set_max_write_buffer_number
 ROCKSDB_BLOCK_CACHE_BYTES = 32 * MIB  # RocksDB's default per store (histories.py sets none)
 PACKED_PAIR_BYTES = 16  # a remembered (ts, item) pair (operators/coalesce.py)
+# The smallest changelog record on the wire: a user key (8 B), a history of one pair (16 B)
+# and the record's framing in a batch (~8 B): the most records one fetch can decode.
+CHANGELOG_RECORD_MIN_BYTES = 32
+# A changelog record being restored, as Python holds a fetch of them at once (aiokafka's
+# ConsumerRecord, the RawRecord, the ChangelogEntry, the RocksDB write batch's copy):
+# measured 562 B with tracemalloc for the smallest record, rounded up.
+RESTORE_RECORD_BYTES = 640
 DEFAULT_PARTITIONS = 12  # deploy/k8s/scaledobject.yaml: the input topic's partition count
 MARGIN = 0.25  # the limit's room above the bound (allocator fragmentation, what is not counted)
 ROUND_TO = 64 * MIB  # requests and limits in whole 64 MiB steps
@@ -114,17 +123,18 @@ def _source_terms(t: Topology, partitions: int) -> list[Term]:
     source, credits = t.source, t.source.credits
     topics = len(source.topics)
     fetch_buffer = min(partitions * FETCH_PARTITION_BYTES, FETCH_MAX_BYTES)
-    # A poll hands out at most max_poll_records of what the fetch buffered.
-    poll = min(source.max_poll_records * source.max_event_bytes, fetch_buffer)
-    payload = min(credits.high_watermark_bytes, credits.high_watermark * source.max_event_bytes) + poll
+    # A poll hands out what the fetch buffered, max_poll_records at most: each record is as
+    # large as it is (max_event_bytes is checked only after, by parse), one partition's
+    # fetch at most (a record larger still: not counted, docs/reliability.md).
+    poll = min(source.max_poll_records * FETCH_PARTITION_BYTES, fetch_buffer)
+    payload = credits.high_watermark_bytes + poll
     events = _in_flight_events(t)
     output = OUTPUT_BASE_BYTES + OUTPUT_ITEM_BYTES * t.model.top_k
     return [
         Term(
             "in-flight payload",
             topics * payload,
-            "source.credits.high_watermark_bytes (or high_watermark × source.max_event_bytes)"
-            " + one poll, × source.topics",
+            "(source.credits.high_watermark_bytes + one poll: the fetch buffer at most) × source.topics",
         ),
         Term(
             "in-flight event objects",
@@ -193,6 +203,12 @@ def _history_terms(t: Topology, partitions: int) -> list[Term]:
             )
         ]
     rocksdb = partitions * (WRITE_BUFFER_BYTES * ROCKSDB_WRITE_BUFFERS + ROCKSDB_BLOCK_CACHE_BYTES)
+    # Every partition assigned restores at once (state/users.py: a task each, on a fresh
+    # disk from offset 0), each with a consumer of its own (state/changelog.py read): its
+    # fetch buffer, and the records of one fetch decoded (getmany without max_records).
+    per_restore = (
+        FETCH_PARTITION_BYTES + FETCH_PARTITION_BYTES // CHANGELOG_RECORD_MIN_BYTES * RESTORE_RECORD_BYTES
+    )
     return [
         Term("users' histories (cache)", cache, "window.history_cache_mb (state.dir set)", steady=True),
         Term(
@@ -201,6 +217,13 @@ def _history_terms(t: Topology, partitions: int) -> list[Term]:
             f"partitions held ({partitions}) × ({ROCKSDB_WRITE_BUFFERS} × {WRITE_BUFFER_BYTES // MIB} MiB "
             f"memtables + {ROCKSDB_BLOCK_CACHE_BYTES // MIB} MiB block cache) (state.dir set)",
             steady=True,
+        ),
+        Term(
+            "state restores' readers",
+            partitions * per_restore,
+            f"partitions held ({partitions}) restoring at once × (max_partition_fetch_bytes + its "
+            f"records decoded, {CHANGELOG_RECORD_MIN_BYTES} B each at least, {RESTORE_RECORD_BYTES} B "
+            "as objects) (state.dir set)",
         ),
     ]
 

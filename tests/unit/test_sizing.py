@@ -10,9 +10,11 @@ import pytest
 
 from pipeline.sizing import (
     BASELINE_BYTES,
+    CHANGELOG_RECORD_MIN_BYTES,
     EVENT_OVERHEAD_BYTES,
     FETCH_PARTITION_BYTES,
     MIB,
+    RESTORE_RECORD_BYTES,
     MemoryBudget,
     format_budget,
     memory_budget,
@@ -44,10 +46,16 @@ def test_the_in_flight_payload_follows_the_bytes_bound_not_count_times_max_event
     assert term_bytes("in-flight payload") < 80 * MIB
 
 
-def test_a_count_bound_below_the_bytes_bound_rules_the_payload() -> None:
+def test_neither_the_count_nor_max_event_bytes_bounds_the_payload() -> None:
+    """An event above max_event_bytes is fetched and counted at its real size before parse
+    dead-letters it: 100 credits of 1 MB events reach the bytes bound, not 100 × 64 KiB."""
     few = {"credits": {"high_watermark": 100, "low_watermark": 50}}
-    poll = 4 * FETCH_PARTITION_BYTES  # four partitions' fetch: less than 500 records × 64 KiB
-    assert term_bytes("in-flight payload", source=few) == 100 * 65_536 + poll
+    poll = 4 * FETCH_PARTITION_BYTES  # four partitions' fetch
+    bound = 64 * MIB  # the default high_watermark_bytes
+    assert term_bytes("in-flight payload", source=few) == bound + poll
+    assert term_bytes("in-flight payload", source={**few, "max_event_bytes": 1_000}) == bound + poll
+    # the dead letters copy the same payload again
+    assert term_bytes("outputs awaiting the broker", source=few) > bound + poll
 
 
 def test_each_input_topic_has_its_own_bounds() -> None:
@@ -58,8 +66,9 @@ def test_each_input_topic_has_its_own_bounds() -> None:
 
 
 def test_one_poll_beyond_the_bound_follows_max_poll_records_and_the_fetch() -> None:
-    few, many = moves("in-flight payload", {"source": {"max_poll_records": 10}}, {"source": {}})
-    assert many - few == 4 * FETCH_PARTITION_BYTES - 10 * 65_536
+    # a record as large as one partition's fetch each, at most the fetch buffer (4 partitions)
+    few, many = moves("in-flight payload", {"source": {"max_poll_records": 2}}, {"source": {}})
+    assert many - few == 4 * FETCH_PARTITION_BYTES - 2 * FETCH_PARTITION_BYTES
     t = topology()
     assert (
         memory_budget(t, 8).term("in-flight payload").bytes
@@ -130,6 +139,19 @@ def test_durable_state_adds_rocksdb_per_partition_held(tmp_path: Path) -> None:
     rocksdb = "RocksDB write buffers and block cache"
     assert twelve.term(rocksdb).bytes == 3 * four.term(rocksdb).bytes > 0
     assert "users' histories (in memory)" not in {term.name for term in four.terms}
+
+
+def test_restores_read_every_partition_held_at_once(tmp_path: Path) -> None:
+    """A fresh disk restores each partition held with a consumer of its own: its fetch and
+    that fetch's records decoded (the smallest record: the most of them)."""
+    t = topology(state={"dir": str(tmp_path)})
+    four, twelve = memory_budget(t, 4), memory_budget(t, 12)
+    restores = "state restores' readers"
+    decoded = FETCH_PARTITION_BYTES // CHANGELOG_RECORD_MIN_BYTES * RESTORE_RECORD_BYTES
+    assert four.term(restores).bytes == 4 * (FETCH_PARTITION_BYTES + decoded)
+    assert twelve.term(restores).bytes == 3 * four.term(restores).bytes
+    assert not four.term(restores).steady  # only while restoring: in the limit, not the request
+    assert restores not in {term.name for term in memory_budget(topology(), 4).terms}
 
 
 def test_the_outcome_join_follows_its_memory_and_is_gone_when_off() -> None:
