@@ -38,7 +38,7 @@ MALFORMED: list[tuple[bytes | None, str]] = [
     (b"[1, 2, 3]", "wrong_type"),
     (b"42", "wrong_type"),
     (b'{"user_id": 1, "item_id": 2, "type": "view", "ts": 1}', "missing_field"),
-    (b'{"event_id": "x", "user_id": "1", "item_id": 2, "type": "view", "ts": 1}', "wrong_type"),
+    (b'{"event_id": "x", "user_id": 1.5, "item_id": 2, "type": "view", "ts": 1}', "wrong_type"),
     (b'{"event_id": "x", "user_id": 1, "item_id": 2, "type": "like", "ts": 1}', "unknown_type"),
     (b'{"event_id": "x", "user_id": -5, "item_id": 2, "type": "view", "ts": 1}', "out_of_range"),
     (b"", "empty"),
