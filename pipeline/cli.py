@@ -243,16 +243,20 @@ Create every topic the topology needs, as a deploy Job's step before `pipeline r
 only checks that they exist): the input topics (source.topics, co-partitioned: one count),
 the output (sink.topic), the dead letters (sink.dead_letter_topic), the joined examples
 (outcomes.examples_topic, when set) and, when state.dir is set (or PIPELINE_STATE_DIR), the
-state changelog (state.changelog_topic: compacted, with the inputs' partition count).
+state changelog (state.changelog_topic: compacted, with the inputs' partition count). Input
+topics that exist already set the count of every topic made (and always the changelog's).
 
 Idempotent: one line per topic, `created`, `exists` (with the partition count wanted, and a
 changelog the broker reports compacted), `problem` (another partition count, a changelog
-not compacted, a creation the broker refused for good: reported, never altered) or `failed`
+not compacted or compacted and deleted with a retention, a creation the broker refused for
+good: reported, never altered), `held` (not made because an input is a problem) or `failed`
 (the broker failed for now). Exit 0: every topic is there as wanted; 1: a problem, which no
 retry fixes; 2: no broker answered at broker.bootstrap_servers within 15 s, or it failed
 part-way (a retry may fix it), or it refused the topology's TLS or SASL, or the topology is
 invalid. Connects as every client does (broker: TLS, SASL, PIPELINE_BOOTSTRAP_SERVERS).
---replication-factor is given to the topics made; an existing topic's is shown, not judged."""
+Topics are made with the broker's default replication factor (the changelog with
+state.changelog_replication_factor), unless --replication-factor says otherwise; an existing
+topic's is shown, not judged."""
 
 
 class _UnsetAsPlaceholder(dict[str, str]):
@@ -338,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions",
         type=positive_int,
         metavar="N",
-        help="partitions of every input topic and of the changelog (default 12: deploy/k8s's "
-        "maxReplicaCount, at most one member a partition)",
+        help="partitions of every input topic and of the changelog (default: the existing inputs' "
+        "count, else 12: deploy/k8s's maxReplicaCount, at most one member a partition)",
     )
     c.add_argument(
         "--output-partitions",
@@ -357,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--replication-factor",
         type=positive_int,
         metavar="N",
-        help="replicas of every topic made (default: the topology's state.changelog_replication_factor)",
+        help="replicas of every topic made (default: the broker's default; the changelog's: "
+        "state.changelog_replication_factor)",
     )
     c.add_argument("--dry-run", action="store_true", help="report what would be created, create nothing")
     c.set_defaults(func=cmd_topics_create)
