@@ -385,6 +385,8 @@ async def _tcp_verdict(host: str, port: int) -> str:
         return f"no TCP answer within {PROBE_TIMEOUT_S:g} s"
     except OSError as exc:
         return exc.strerror or str(exc)
+    except (OverflowError, ValueError) as exc:  # a port past 65535 (a Broker built unchecked)
+        return f"not an address: {exc}"
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class Node(BaseModel):
@@ -110,11 +110,26 @@ class Sasl(Node):
         return self
 
 
+def bootstrap_problem(servers: str) -> str | None:
+    """Why ``servers`` is not a comma-separated list of ``host:port`` (port 1-65535, an IPv6
+    host in brackets), or None: a bad port would otherwise fail only inside the clients."""
+    for entry in servers.split(","):
+        host, colon, port = entry.strip().rpartition(":")
+        where = f"{entry.strip()!r}" if entry.strip() else "an empty entry"
+        if not colon or not host.strip("[]"):
+            return f"{where} is not host:port"
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65_535:
+            return f"{where}: the port must be a number from 1 to 65535"
+    return None
+
+
 class Broker(Node):
     """The Kafka cluster (env PIPELINE_BOOTSTRAP_SERVERS overrides the address) and how to
     connect to it: every Kafka client of the project takes these."""
 
-    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers")
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", min_length=1, description="Kafka bootstrap servers: host:port, comma-separated"
+    )
     client_id: str = Field(
         "recommendation-pipeline", description="Kafka client id of the consumer (the producers add -sink)"
     )
@@ -130,6 +145,13 @@ class Broker(Node):
         "when no bootstrap server answers within this, it exits 2 with one line naming each address "
         "and why (connection refused, no answer, not Kafka). Once started, an outage is waited out",
     )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, servers: str) -> str:
+        if (problem := bootstrap_problem(servers)) is not None:
+            raise ValueError(problem)
+        return servers
 
     @model_validator(mode="after")
     def _protocol_fits(self) -> Broker:

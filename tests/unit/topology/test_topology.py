@@ -330,3 +330,31 @@ def test_commands_given_a_file_that_is_not_utf8_say_so_in_one_line(tmp_path, cap
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"{bad}: line 3: not UTF-8 text (byte 0xff at offset 41)\n"
+
+
+@pytest.mark.parametrize(
+    ("servers", "why"),
+    [
+        ("127.0.0.1:99999", "'127.0.0.1:99999': the port must be a number from 1 to 65535"),
+        ("kafka-1", "'kafka-1' is not host:port"),
+        ("kafka-1:x", "'kafka-1:x': the port must be a number from 1 to 65535"),
+        (":::", "':::': the port must be a number from 1 to 65535"),
+        ("kafka-1:9092,kafka-2:0", "'kafka-2:0': the port must be a number from 1 to 65535"),
+        ("kafka-1:9092,", "an empty entry is not host:port"),
+    ],
+)
+def test_a_bootstrap_address_that_is_not_host_port_is_invalid(servers: str, why: str, tmp_path, capsys):
+    """validate, the loader and the env override say it, before a client fails on it."""
+    path = tmp_path / "t.yaml"
+    path.write_text(variant(("broker.bootstrap_servers", servers)))
+    assert main(["validate", str(path)]) == 2
+    assert f"broker.bootstrap_servers: Value error, {why}" in capsys.readouterr().err
+    with pytest.raises(TopologyError) as info:
+        parse_topology(variant(), env={"PIPELINE_BOOTSTRAP_SERVERS": servers})
+    assert info.value.path == "broker.bootstrap_servers"
+    assert info.value.problem == f"Value error, {why}"
+
+
+def test_bootstrap_addresses_with_ports_are_valid():
+    servers = "kafka-1:9092, [::1]:29092,10.0.0.7:65535"
+    assert parse_topology(variant(("broker.bootstrap_servers", servers))).broker.bootstrap_servers == servers
