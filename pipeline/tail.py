@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from pipeline.devstack.watch import RUNNING_TOPOLOGY
 from pipeline.events import Headers, RawRecord
 from pipeline.kafka_io import batches_to_end, broker_at, high_watermarks, topic_partitions
 from pipeline.topology.loader import load_topology
-from pipeline.topology.schema import Broker, Topology
+from pipeline.topology.schema import Broker, Topology, bootstrap_problem
 
 START_TIMEOUT_S = 15.0  # for the broker to answer the consumer's bootstrap
 SHOWN_ITEMS = 10
@@ -114,9 +115,12 @@ async def _started_consumer(broker: Broker) -> AIOKafkaConsumer:
     consumer = kafka_clients.consumer(broker, client_suffix="-tail", auto_offset_reset="earliest")
     try:
         await asyncio.wait_for(consumer.start(), START_TIMEOUT_S)
-    except (TimeoutError, KafkaConnectionError):
-        await consumer.stop()
-        raise TailError(f"nothing answers at {broker.bootstrap_servers}") from None
+    except BaseException as exc:  # whatever stopped the start, the consumer is closed
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        if isinstance(exc, TimeoutError | KafkaConnectionError):
+            raise TailError(f"nothing answers at {broker.bootstrap_servers}") from None
+        raise
     return consumer
 
 
@@ -211,12 +215,30 @@ def cmd_tail(args: argparse.Namespace, setup_logging: Callable[[argparse.Namespa
     except TailError as err:
         print(f"pipeline tail: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # read by `head` and the like, which stopped reading: done
+        _quiet_stdout()
+        return 0
     except (KafkaError, TimeoutError, OSError) as err:  # the broker failed us part-way
         print(f"pipeline tail: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     if printed == 0 and not args.follow:
         print(f"pipeline tail: {topic}: no records yet", file=sys.stderr)
     return 0
+
+
+def _quiet_stdout() -> None:
+    """Stdout to /dev/null: the interpreter's last flush at exit would meet the closed pipe
+    again and print a BrokenPipeError of its own."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def bootstrap_address(text: str) -> str:
+    """--bootstrap: host:port (port 1-65535), comma-separated, as the topology's broker."""
+    if (problem := bootstrap_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 async def _until_signal(broker: Broker, topic: str, last: int, follow: bool) -> int:
@@ -245,7 +267,9 @@ def add_tail_command(
     p.add_argument("topic", nargs="?", help="default: the topology's output topic")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--topology", type=Path, help="connect as this topology does (TLS, SASL)")
-    where.add_argument("--bootstrap", metavar="HOST:PORT", help="a plaintext broker's address")
+    where.add_argument(
+        "--bootstrap", type=bootstrap_address, metavar="HOST:PORT", help="a plaintext broker's address"
+    )
     where.add_argument(
         "--workdir",
         type=Path,

@@ -68,3 +68,59 @@ def test_without_a_dev_stack_it_says_where_it_looked(tmp_path: Path) -> None:
     with pytest.raises(TailError, match=f"no dev stack runs in {tmp_path}"):
         where_to_read(None, None, tmp_path)
     assert where_to_read(None, "127.0.0.1:9", tmp_path).bootstrap_servers == "127.0.0.1:9"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bootstrap", ["127.0.0.1:99999", ":::", "127.0.0.1", "kafka:x"])
+def test_a_bootstrap_that_is_not_host_port_is_refused_by_name(
+    bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["tail", "--bootstrap", bootstrap, "x"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --bootstrap: '{bootstrap}'" in err and "Traceback" not in err
+
+
+async def test_a_start_failing_any_way_stops_the_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Else aiokafka complains of an unclosed consumer after the error."""
+    from pipeline import kafka_clients, tail
+    from pipeline.topology.schema import Broker
+
+    stopped = []
+
+    class Refusing:
+        async def start(self) -> None:
+            raise OverflowError("port must be 0-65535")
+
+        async def stop(self) -> None:
+            stopped.append(True)
+
+    monkeypatch.setattr(kafka_clients, "consumer", lambda *_a, **_k: Refusing())
+    with pytest.raises(OverflowError):
+        await tail.tail(Broker(), "t", 1)
+    assert stopped == [True]
+
+
+def test_a_reader_that_stops_reading_ends_it_quietly(tmp_path: Path) -> None:
+    """`pipeline tail -f | head -2`: exit 0 and nothing on stderr, no BrokenPipeError."""
+    import subprocess
+    import sys
+
+    program = """
+import sys
+from pipeline import tail
+async def endless(*_args, **_kwargs):
+    while True:
+        print("a record line", flush=True)
+tail._until_signal = endless
+sys.exit(tail.cmd_tail(tail.argparse.Namespace(topology=None, bootstrap="127.0.0.1:9", workdir=None,
+    topic="t", lines=1, follow=True, log_level=None), lambda *_: None))
+"""
+    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    assert child.stdout.readline() == b"a record line\n"
+    child.stdout.close()  # the reader is gone
+    assert child.wait(timeout=20) == 0
+    assert child.stderr.read() == b""
