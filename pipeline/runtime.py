@@ -109,7 +109,7 @@ class PipelineRuntime:
                 t.experiment.id if t.experiment is not None else None,
                 judged.max_bytes,
                 self.partitions.is_current,
-                self.users if self.users.durable else None,  # waiting recommendations kept with users
+                self.users if self.users.durable and judged.durable else None,  # kept with users' state
             )
             if judged is not None
             else None

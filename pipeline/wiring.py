@@ -170,6 +170,7 @@ class OutcomeSettings(NamedTuple):
     remembered_users: int
     examples_topic: str | None
     max_bytes: int
+    durable: bool  # waiting recommendations kept in the durable user state (when there is one)
 
 
 def outcome_settings(t: Topology) -> OutcomeSettings | None:
@@ -177,7 +178,7 @@ def outcome_settings(t: Topology) -> OutcomeSettings | None:
     if not o.enabled:
         return None
     return OutcomeSettings(
-        o.attribution_ms, o.remembered_users, o.examples_topic, int(o.memory_mb * (1 << 20))
+        o.attribution_ms, o.remembered_users, o.examples_topic, int(o.memory_mb * (1 << 20)), o.durable
     )
 
 

@@ -42,16 +42,17 @@ class Rep:
         return self.pipeline / self.hand
 
 
-def reps_of(run: str, side: str, table: str) -> list[Rep]:
-    """The per-run rows of a bench table: | rep | model | variant | ev/s | drain | CPU | RSS | …"""
+def reps_of(run: str, side: str, table: str, variant_name: str = "pipeline") -> list[Rep]:
+    """The per-run rows of a bench table: | rep | model | variant | ev/s | drain | CPU | RSS | …
+    (``variant_name``: the pipeline variant compared with hand, e.g. pipeline-state)."""
     cells: dict[tuple[str, str, str], list[str]] = {}
     for line in table.splitlines():
         row = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(row) > 6 and row[0].isdigit() and row[2] in ("hand", "pipeline"):
+        if len(row) > 6 and row[0].isdigit() and row[2] in ("hand", variant_name):
             cells[(row[0], row[1], row[2])] = row
     reps = []
     for (rep, model, variant), hand in sorted(cells.items()):
-        pipeline = cells.get((rep, model, "pipeline"))
+        pipeline = cells.get((rep, model, variant_name))
         if variant != "hand" or pipeline is None:
             continue
         reps.append(
@@ -123,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs", nargs="+", metavar="SIDE=TABLE", help="a bench table and its side, in run order"
     )
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.png")
+    parser.add_argument(
+        "--variant", default="pipeline", help="the pipeline variant set against hand (e.g. pipeline-state)"
+    )
     args = parser.parse_args(argv)
     reps: list[Rep] = []
     counts: dict[str, int] = {}
@@ -132,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_compare: {spec}: expected SIDE=TABLE with a bench table file", file=sys.stderr)
             return 2
         counts[side] = counts.get(side, 0) + 1
-        found = reps_of(f"{side}{counts[side]}", side, Path(table).read_text())
+        found = reps_of(f"{side}{counts[side]}", side, Path(table).read_text(), args.variant)
         if not found:
-            print(f"bench_compare: {table}: no hand and pipeline rows in it", file=sys.stderr)
+            print(f"bench_compare: {table}: no hand and {args.variant} rows in it", file=sys.stderr)
             return 2
         reps += found
     args.out.with_suffix(".md").write_text(markdown(reps))

@@ -661,6 +661,12 @@ class Outcomes(Node):
         description="topic of joined examples (a recommendation, the user's next interaction, the "
         "outcome), each also an interaction `pipeline train --topic` reads; none: not written",
     )
+    durable: bool = Field(
+        True,
+        description="with state.dir: keep each user's latest recommendation waiting for its outcome "
+        "in the durable user state, so that a restart, a rebalance or the memory bound leaves it "
+        "judged; costs a changelog record per answered user and round (docs/benchmarks.md)",
+    )
 
 
 class Topology(Node):

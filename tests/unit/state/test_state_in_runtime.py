@@ -287,26 +287,32 @@ def last_recommended(run: InProcessRun) -> dict[int, int]:
     return {user: item for user, (_, item) in latest.items()}
 
 
-@pytest.mark.parametrize("durable", [True, False])
+@pytest.mark.parametrize("durable", ["kept", "not kept", "memory"])
 async def test_recommendations_waiting_at_a_deploy_are_judged_by_the_next_member(
-    tmp_path: Path, durable: bool
+    tmp_path: Path, durable: str
 ) -> None:
     """Each user's latest recommendation waits for its outcome when the process is replaced;
     the user then takes its best item. With durable state the new member, on a fresh disk,
     restores it with the history and judges every one a hit, as the offline report does
-    over both runs; in memory only they are never judged."""
+    over both runs; with `outcomes.durable: false`, or in memory only, none is judged."""
+
+    def member(path: Path) -> Topology:
+        if durable == "memory":
+            return stateful(None)
+        return topology(state={"dir": str(path)}, outcomes={"durable": durable == "kept"})
+
     first = phase_one()
-    async with running(stateful(tmp_path / "a" if durable else None), first) as run1:
+    async with running(member(tmp_path / "a"), first) as run1:
         await run1.settled()
     taken = last_recommended(run1)
     assert len(taken) == USERS
     second = visits({user: [item] for user, item in taken.items()}, ts0=now_base() + 1_000)
-    async with running(stateful(tmp_path / "b" if durable else None), second, after=run1) as run2:
+    async with running(member(tmp_path / "b"), second, after=run1) as run2:
         await run2.settled()
     assert run2.lost() == [] and run2.duplicates() == 0
     hits = counted(run2)["hit"]
     recalled = run2.runtime.metrics.registry.get_sample_value("pipeline_outcomes_recalled_total")
-    if not durable:
+    if durable != "kept":
         assert (hits, recalled) == (0, 0)
         return
     assert hits == recalled == USERS
