@@ -15,12 +15,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from pipeline.errors import Fatal
 from pipeline.live import LiveSampler, parts_of, render
 from pipeline.metrics import Metrics
 from pipeline.ticks import Rounds, supervised
@@ -30,6 +33,10 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8_192  # per line (the reader's limit); a scrape's lines are far shorter
 MAX_HEADER_LINES = 64  # so a request is at most ~65 lines of 8 KiB
 READ_TIMEOUT_S = 5.0  # the whole request, not each line: a slow client cannot hold a task
+# Requests served at once; past it a connection is closed at once (a scraper and a few
+# probes need a handful: a flood must not hold a task and a buffer each).
+MAX_CONNECTIONS = 32
+REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/\d\.\d\r?\n?")  # else a 400
 
 LAG_TICK_S = 0.5  # how often the event loop's lag is measured
 # A timer this late means one callback held the loop for seconds (a blocking call): broken,
@@ -148,6 +155,12 @@ class EventLoopLag:
         return max(self.lag_s, now - self._due)
 
 
+class PortTaken(Fatal, reason="fatal"):
+    """The operations endpoint's port cannot be bound (taken, or not allowed): exit 2."""
+
+    exit_code = 2
+
+
 class OpsServer:
     def __init__(
         self,
@@ -158,7 +171,11 @@ class OpsServer:
         read_timeout_s: float = READ_TIMEOUT_S,
         lag_limit_s: float = EVENT_LOOP_LAG_LIMIT_S,
         lag_tick_s: float = LAG_TICK_S,
+        sock: socket.socket | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        self.sock = sock  # bound already (pipeline dev binds its port before starting the stack)
+        self._connections = asyncio.Semaphore(max_connections)
         self.read_timeout_s = read_timeout_s
         self.metrics = metrics
         self.probed = probed
@@ -172,7 +189,21 @@ class OpsServer:
         self._sampling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
+        """Serve; PortTaken (exit 2, one line naming the port) when it cannot be bound."""
+        try:
+            if self.sock is not None:
+                self._server = await asyncio.start_server(
+                    self._handle, sock=self.sock, limit=MAX_REQUEST_BYTES
+                )
+            else:
+                self._server = await asyncio.start_server(
+                    self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES
+                )
+        except OSError as exc:
+            raise PortTaken(
+                f"operations.metrics_port: cannot serve on {self.host}:{self.port}: "
+                f"{exc.strerror or exc} (pipeline dev: --metrics-port)"
+            ) from None
         self.lag.start()
         self._sampling = asyncio.create_task(
             supervised(
@@ -184,6 +215,11 @@ class OpsServer:
             ),
             name=LIVE_PAGE_LOOP,
         )
+
+    def serve(self, probed: Probed) -> None:
+        """Answer for ``probed`` from now on (dev's next runtime), the page's history kept."""
+        self.probed = probed
+        self.live.parts = parts_of(probed)
 
     def _on_sampler_restart(self, name: str, error: BaseException) -> None:
         log.error("background loop %s failed, restarting it: %r", name, error, exc_info=error)
@@ -202,6 +238,13 @@ class OpsServer:
         raise ValueError("too many header lines")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections.locked():  # over the cap: no task held, no answer
+            writer.close()
+            return
+        async with self._connections:
+            await self._answer(reader, writer)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             try:
                 request_line = await asyncio.wait_for(self._read_request_line(reader), self.read_timeout_s)
@@ -209,19 +252,27 @@ class OpsServer:
                 writer.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
                 await writer.drain()
                 return
-            parts = request_line.decode("latin-1").split()
-            path = parts[1].partition("?")[0] if len(parts) > 1 else "/"
-            status, body, ctype = self._route(path)
+            status, body, ctype, method = self._answer_to(request_line)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
+                + (b"" if method == b"HEAD" else body)  # HEAD: the headers GET would get
             )
             await writer.drain()
         except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    def _answer_to(self, request_line: bytes) -> tuple[str, bytes, str, bytes]:
+        """Status, body, content type and method for a request line: 400 if it is not one,
+        405 for a method other than GET and HEAD."""
+        if (match := REQUEST_LINE.fullmatch(request_line)) is None:
+            return "400 Bad Request", b"bad request\n", "text/plain", b""
+        method, target = match.group(1), match.group(2).decode("latin-1")
+        if method not in (b"GET", b"HEAD"):
+            return "405 Method Not Allowed\r\nAllow: GET, HEAD", b"GET or HEAD\n", "text/plain", method
+        return (*self._route(target.partition("?")[0]), method)
 
     def liveness_problems(self) -> list[str]:
         """The event loop's, then the pipeline's."""

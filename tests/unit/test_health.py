@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 
 from pipeline.devstack.process import free_port
@@ -56,7 +59,7 @@ async def serving(
     ready: bool = True,
     read_timeout_s: float = 5.0,
     pipeline: Pipeline | None = None,
-    **options: float,
+    **options: Any,
 ) -> AsyncIterator[tuple[int, OpsServer]]:
     """A started server and its port; stopped on leaving."""
     port = free_port()
@@ -315,3 +318,46 @@ async def test_the_runtime_is_alive_once_started_and_names_a_loop_that_ended() -
         await run.until(lambda: rounds.ended)
         assert runtime.liveness_problems() == ["loop commits: ended"]
     assert runtime.liveness_problems() == []  # stopped: loops end on purpose
+
+
+async def test_head_gets_the_headers_only_other_methods_405_and_garbage_400() -> None:
+    async with serving() as (port, _):
+        head = await _exchange(port, b"HEAD /readyz HTTP/1.1\r\n\r\n")
+        post = await _exchange(port, b"POST /readyz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        garbage = await _exchange(port, b"\x16\x03\x01 hello\r\n\r\n")  # a TLS hello, say
+        empty = await _exchange(port, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 6\r\n" in head
+    assert head.endswith(b"\r\n\r\n")  # no body
+    assert post.startswith(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400") and empty.startswith(b"HTTP/1.1 400")
+
+
+async def test_connections_past_the_cap_are_closed_at_once() -> None:
+    async with serving(read_timeout_s=5.0, max_connections=2) as (port, _):
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]  # silent
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        try:
+            refused = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+        except ConnectionResetError:  # closed with the request unread
+            refused = b""
+        assert refused == b"" and time.monotonic() - started < 1.0  # closed, not served later
+        for _, writer in held:
+            writer.close()
+        await asyncio.sleep(0.1)
+        assert (await _get(port, "/readyz"))[0] == 200  # served again once under the cap
+
+
+async def test_a_port_taken_is_one_line_naming_it_exit_2() -> None:
+    from pipeline.health import PortTaken
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = OpsServer(Metrics(), Pipeline(), port)
+        with pytest.raises(PortTaken) as raised:
+            await server.start()
+    assert raised.value.exit_code == 2
+    assert str(raised.value).startswith(f"operations.metrics_port: cannot serve on 127.0.0.1:{port}: ")
+    assert "--metrics-port" in str(raised.value)
