@@ -13,11 +13,13 @@ On a running pipeline the newest inputs are not answered yet: with an ``InFlight
 unanswered input is in flight, not lost, while it is younger than the bound and its
 partition's committed offset (the pipeline's consumer group) has not passed it. The group
 commits an offset only once everything before it is answered, so an input it passed with no
-answer is lost however young."""
+answer is lost however young. That assumes the group runs: when the broker lists no member
+of it (nothing consumes the topics), the summary says so beside ``in_flight``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from array import array
 from bisect import bisect_left
@@ -29,7 +31,7 @@ import numpy as np
 import orjson
 from aiokafka import TopicPartition
 
-from pipeline import ids
+from pipeline import ids, kafka_clients
 from pipeline.events import Headers
 from pipeline.kafka_clients import consumer as kafka_consumer
 from pipeline.kafka_io import read_to_end
@@ -334,8 +336,8 @@ async def committed_offsets(
     Asked as a consumer of the group that joins nothing (the embedded broker answers an
     admin client's OffsetFetch in a form aiokafka cannot read)."""
     consumer = kafka_consumer(topology.broker, client_suffix="-audit", group_id=topology.source.group_id)
-    await consumer.start()
     try:
+        await asyncio.wait_for(consumer.start(), COMMITTED_TIMEOUT_S)
         committed = {}
         for topic, partition in partitions:
             offset = await asyncio.wait_for(
@@ -346,6 +348,37 @@ async def committed_offsets(
         return committed
     finally:
         await consumer.stop()
+
+
+async def group_members(topology: Topology) -> int | None:
+    """How many members the broker lists in the pipeline's consumer group (DescribeGroups);
+    None when it does not say within COMMITTED_TIMEOUT_S. A member that left may be listed
+    until its session times out (Tansu keeps it): 0 means nothing consumes for sure."""
+    admin = kafka_clients.admin(topology.broker)
+    try:
+        await asyncio.wait_for(admin.start(), COMMITTED_TIMEOUT_S)
+        answers = await asyncio.wait_for(
+            admin.describe_consumer_groups([topology.source.group_id]), COMMITTED_TIMEOUT_S
+        )
+        groups = [g for answer in answers for g in answer.groups]
+        return sum(len(group[-1]) for group in groups if group[0] == 0)  # (error_code, ..., members)
+    except Exception:  # the audit goes on without it: the note says it is unknown
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def in_flight_note(members: int | None, group_id: str) -> str:
+    """What ``in_flight`` rests on: a group that consumes."""
+    if members == 0:
+        return (
+            f"the group {group_id} has no member: nothing consumes the topics, so what is counted "
+            "in flight may never be answered (--in-flight-ms 0 counts it lost)"
+        )
+    if members is None:
+        return f"in flight assumes the group {group_id} runs (the broker did not list its members)"
+    return f"the group {group_id} has {members} member(s)"
 
 
 async def audit_topology(
@@ -361,10 +394,12 @@ async def audit_topology(
             if window.holds(rec.timestamp_ms):
                 books.add_input(rec.topic, rec.partition, rec.offset, input_user(rec.value), rec.timestamp_ms)
     committed = {}
+    members: int | None = None
     if in_flight_ms > 0:
         # Before the outputs are read: an input committed past from here on was answered
         # before the outputs' read began, so the read finds its answer.
         committed = await committed_offsets(topology, list(books.partitions))
+        members = await group_members(topology)
     in_flight = InFlight(time.time_ns() // 1_000_000, in_flight_ms, committed)
     outputs_since = None if window.since_ms is None else window.since_ms - OUTPUT_CLOCK_SLACK_MS
     async for rec in read_to_end(topology.broker, topology.sink.topic):
@@ -373,4 +408,9 @@ async def audit_topology(
     async for rec in read_to_end(topology.broker, topology.sink.dead_letter_topic):
         if outputs_since is None or rec.timestamp_ms >= outputs_since:
             books.add_dead_letter(rec.headers)
-    return books.summary(in_flight)
+    summary = books.summary(in_flight)
+    if in_flight_ms > 0:
+        summary["group_members"] = members
+        if summary["in_flight"]:
+            summary["in_flight_note"] = in_flight_note(members, topology.source.group_id)
+    return summary

@@ -150,10 +150,21 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     topology = load_topology(args.topology)
     bound_ms = topology.deadline.end_to_end_ms if args.in_flight_ms is None else args.in_flight_ms
-    summary = asyncio.run(audit_topology(topology, window, bound_ms))
+    from aiokafka.errors import KafkaError
+
+    if args.log_level != "DEBUG":  # its "Unable connect" errors: the one line below says it
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        summary = asyncio.run(audit_topology(topology, window, bound_ms))
+    except (KafkaError, TimeoutError, OSError) as err:  # exit 1 means lost inputs: not this
+        servers = topology.broker.bootstrap_servers
+        print(f"pipeline audit: broker.bootstrap_servers: no answer at {servers} ({err})", file=sys.stderr)
+        return 2
     print(orjson.dumps(summary).decode())
     return 0 if summary["lost"] == 0 else 1
 
+    if summary.get("group_members") == 0 and summary.get("in_flight"):
+        print(f"pipeline audit: {summary['in_flight_note']}", file=sys.stderr)
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from pipeline.quality.report import experiment_report

@@ -254,7 +254,9 @@ def test_dev_can_be_watched_at_the_addresses_it_prints(stack, tmp_path: Path) ->
         audited = run_pipeline_command("audit", tmp_path / "topology.yaml", timeout_s=60)
         assert audited.returncode == 0, audited.stderr[-2000:]
         books = orjson.loads(audited.stdout.splitlines()[-1])
+        # still fed: the young unanswered inputs are in flight, with the group consuming them
         assert books["lost"] == 0 and books["events_in"] > 0 and "in_flight" in books, books
+        assert books["group_members"] >= 1, books
 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)

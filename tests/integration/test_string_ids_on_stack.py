@@ -102,7 +102,7 @@ async def test_string_ids_through_train_serve_replay_and_the_output(
             audit = await audited(path, ROWS)
         finally:
             worker.stop(worker.stop_grace_s)
-    assert audit["lost"] == 0 and audit["events_in"] == ROWS, audit
+    assert audit["lost"] == 0 and audit["in_flight"] == 0 and audit["events_in"] == ROWS, audit
     assert audit["dead_letters"] == 0, audit["dead_letter_reasons"]
 
     outputs = [rec async for rec in read_to_end(topology.broker, topology.sink.topic)]
@@ -117,10 +117,11 @@ async def test_string_ids_through_train_serve_replay_and_the_output(
 
 
 async def audited(path: Path, events: int) -> dict[str, Any]:
-    """`pipeline audit` once every input is answered (bounded wait)."""
+    """`pipeline audit` once every input is answered (bounded wait): --in-flight-ms 0, as
+    an input not answered yet would otherwise count in flight, not lost."""
     deadline = time.monotonic() + 90
     while True:
-        done = run_pipeline_command("audit", path, timeout_s=120)
+        done = run_pipeline_command("audit", path, "--in-flight-ms", "0", timeout_s=120)
         audit: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
         if (audit["lost"] == 0 and audit["events_in"] == events) or time.monotonic() > deadline:
             return audit
