@@ -28,7 +28,7 @@ from pipeline.wiring import ModelCheck
 
 log = logging.getLogger(__name__)
 RETRY_S = 2.0
-LOG_EVERY = 15  # retries between two warnings
+WARN_EVERY_S = 30.0  # between two warnings of a long wait (attempts may each take seconds)
 UNCONFIRMED_WAIT_S = 60.0  # a ModelUnconfirmed answer, in a row, before it is the exit (1)
 
 
@@ -65,6 +65,16 @@ async def checked_model(
     unconfirmed: ModelUnconfirmed | None = None  # the last attempt's, if that was its answer
     asked = f"model {sig.name!r} (version {sig.version or 'latest'})"
     last = "none"
+    said: float | None = None  # when the last warning was given (the loop's clock)
+
+    def time_to_say() -> bool:
+        nonlocal said
+        now = loop.time()
+        if said is not None and now - said < WARN_EVERY_S:
+            return False
+        said = now
+        return True
+
     for attempt in itertools.count():
         if bound is not None and loop.time() >= bound.deadline:
             if unconfirmed is not None:  # not certain to be a misconfiguration: exit 1, as it says
@@ -82,7 +92,7 @@ async def checked_model(
             unconfirmed_since = now if unconfirmed_since is None else unconfirmed_since
             if now - unconfirmed_since >= UNCONFIRMED_WAIT_S:
                 raise
-            if attempt % LOG_EVERY == 0:
+            if time_to_say():
                 log.warning("model contract not checked yet: %s; asking again", exc)
             unconfirmed = exc
         except TimeoutError:  # the start's bound came during an attempt
@@ -95,7 +105,7 @@ async def checked_model(
                     f"model.tls: the TLS handshake with Triton at {model.url} failed: {refusal}"
                 ) from None
             last = one_line(exc)
-            if attempt % LOG_EVERY == 0:  # a long outage: a line now and then, not a flood
+            if time_to_say():  # a long outage: a line now and then, not a flood
                 log.warning(
                     "model.url: Triton at %s has not served %s yet: %s%s",
                     model.url,

@@ -101,6 +101,19 @@ async def test_triton_not_answering_within_the_start_timeout_is_one_line_naming_
     assert "UNAVAILABLE" in warning and "(model.start_timeout_ms 0.3 s), then exit 2" in warning
 
 
+async def test_a_long_wait_warns_by_elapsed_time_not_by_attempts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A warning every WARN_EVERY_S however many attempts fit in it (15 fast refusals are
+    30 s; 15 attempts that each take seconds are minutes)."""
+    monkeypatch.setattr(model_check, "WARN_EVERY_S", 0.15)
+    server = Scripted(unavailable())
+    with caplog.at_level(logging.WARNING), pytest.raises(ModelUnreachable):
+        await checked_model(server, CHECK, bound(0.5))  # type: ignore[arg-type]
+    warnings = [r for r in caplog.records if r.name == "pipeline.model_check"]
+    assert server.calls >= 8 and 3 <= len(warnings) <= 4, (server.calls, len(warnings))
+
+
 async def test_an_attempt_that_never_answers_is_cut_at_the_bound() -> None:
     started = time.monotonic()
     with pytest.raises(
