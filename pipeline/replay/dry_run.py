@@ -16,7 +16,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pipeline.errors import InvalidEvent
 from pipeline.events import RawRecord
 from pipeline.operators.parse import REPLAY_RUN_HEADER, ParseRules, ReplayClock, parse_record
-from pipeline.replay.dry_run_report import Examples
+from pipeline.replay.dry_run_report import ROW_NUMBERS, Examples
 from pipeline.replay.files import Row
 from pipeline.replay.progress import Counts, Progress
 from pipeline.replay.rejects import MAX_REQUEST_BYTES, TOO_LARGE
@@ -78,6 +78,7 @@ async def dry_run(
         "outside_time_range": counts.outside_time_range,
         "dead_letters": dict(sorted(reasons.items())),
         "rejected": dict(sorted(set_aside.items())),
+        "row_numbers": ROW_NUMBERS,  # how to read the examples' "row"
         "examples": dict(sorted(examples.by_reason.items())),
         "rejected_examples": dict(sorted(set_aside_examples.by_reason.items())),
     }

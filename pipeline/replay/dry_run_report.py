@@ -99,6 +99,14 @@ def _example_text(shown: Mapping[str, Any]) -> str:
     return f"row {shown['row']}"
 
 
+# Kept from 0, not file lines: the checkpoint, the reject file, the replay.row header and
+# derived event ids number rows so, and a resumed run must keep finding them.
+ROW_NUMBERS = (
+    "rows are numbered from 0 in file order, not file lines: the first data row (after a CSV's "
+    "header) is row 0, as in the checkpoint and the reject file"
+)
+
+
 def describe(report: Mapping[str, Any]) -> list[str]:
     """Lines for a person: the totals, then per reason its count and first rows."""
     failing = sum(report["dead_letters"].values()) + sum(report["rejected"].values())
@@ -118,6 +126,8 @@ def describe(report: Mapping[str, Any]) -> list[str]:
             detail = f" ({shown[0]['detail']})" if shown else ""  # the first row's: the others' alike
             rows = "row" if count == 1 else "rows"
             lines.append(f"  {kind} {reason}: {count} {rows}{detail}; first: {first}")
+    if len(lines) > 1:
+        lines.append(f"  ({ROW_NUMBERS})")
     return lines
 
 

@@ -22,6 +22,7 @@ from typing import IO, Literal
 
 import orjson
 
+from pipeline.errors import TopologyError
 from pipeline.replay.columns import check_columns
 from pipeline.replay.mapping import IDENTITY, ColumnMapping, Mapper
 
@@ -115,6 +116,10 @@ class EventFile:
             columns = self.columns()
         except UnreadableFile:
             return  # a file broken at its start: the read says where, as each command reports it
+        if columns is None and self.format == "csv":  # else 0 rows read, and exit 0
+            raise TopologyError(
+                str(self.path), "header", "none: the file is empty (a CSV's first line names its columns)"
+            )
         if columns is not None:
             check_columns(str(self.path), columns, self.mapping or IDENTITY, self.mapping is not None)
         self._columns_checked = True

@@ -184,3 +184,23 @@ def test_a_file_with_many_columns_stays_one_short_line() -> None:
 )
 def test_the_closest_column_is_suggested(column: str, columns: list[str], expected: str | None) -> None:
     assert closest(column, columns) == expected
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n"])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_an_empty_csv_has_no_header_one_line_exit_2(
+    tmp_path: Path,
+    nothing_listening: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    content: bytes,
+    dry_run: bool,
+) -> None:
+    """Not "0 rows", exit 0: an export that came out empty is a mistake to say."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "orders.csv"
+    path.write_bytes(content)
+    assert main(replay("--file", path, *(["--dry-run"] if dry_run else []))) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"{path}: header: none: the file is empty (a CSV's first line names its columns)\n"

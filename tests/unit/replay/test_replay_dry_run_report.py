@@ -11,7 +11,14 @@ import orjson
 import pytest
 
 from pipeline.cli import main
-from pipeline.replay.dry_run_report import EXAMPLES_PER_REASON, describe, example, failing_share, verdict
+from pipeline.replay.dry_run_report import (
+    EXAMPLES_PER_REASON,
+    ROW_NUMBERS,
+    describe,
+    example,
+    failing_share,
+    verdict,
+)
 from tests.unit.refused_arguments import assert_refused_by_the_parser
 
 TOPOLOGY = Path(__file__).resolve().parents[3] / "topologies" / "backfill.yaml"
@@ -72,6 +79,10 @@ def test_the_first_rows_of_each_reason_with_their_values(
         "  dead letter wrong_type: 5 rows (field 'ts' must be an integer, got str); first: "
         "row 1: ts = 'yesterday'; row 4: ts = 'today'; row 6: ts = 'soon'"
     ), lines
+    # which row is "row 1": said in the output, not only in docs/replay.md
+    assert lines[-1] == f"  ({ROW_NUMBERS})" and "the first data row" in lines[-1]
+    assert report["row_numbers"] == ROW_NUMBERS
+    assert "1,1,yesterday,view" in path.read_text().splitlines()[2]  # row 1: the file's third line
 
 
 def test_more_than_the_share_failing_is_exit_1_with_one_line_saying_so(
