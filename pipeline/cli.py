@@ -19,7 +19,13 @@ import orjson
 
 from pipeline import logs
 from pipeline.arguments import non_negative_float, non_negative_int, positive_float, positive_int
-from pipeline.devstack.watch import DEV_METRICS_PORT, MetricsPortTaken, dev_metrics_port
+from pipeline.devstack.watch import (
+    DEV_METRICS_PORT,
+    MetricsPortTaken,
+    dev_metrics_port,
+    load_dev_topology,
+    metrics_listener,
+)
 from pipeline.errors import Fatal, TopologyError
 from pipeline.recsys.cli import add_train_command
 from pipeline.redrive import reason_argument
@@ -97,9 +103,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if args.react_share is not None and not (args.reacting or args.experiment):
         print("pipeline dev: --react-share goes with --reacting or --experiment", file=sys.stderr)
         return 2
-    topology = load_topology(args.topology)  # fail fast on a bad file, before starting anything
+    # Fail fast on a bad file, before starting anything; the addresses dev replaces need none.
+    placeholders = {"PIPELINE_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "PIPELINE_TRITON_URL": "127.0.0.1:8001"}
+    topology = load_dev_topology(args.topology, {**os.environ, **placeholders})
     try:
         metrics_port = dev_metrics_port(args.metrics_port, topology)
+        metrics_socket = metrics_listener(metrics_port, args.metrics_port, topology)
     except MetricsPortTaken as err:
         print(f"pipeline dev: {err} (--metrics-port 0: none)", file=sys.stderr)
         return 2
@@ -115,7 +124,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         react_share=DEFAULT_SHARE if args.react_share is None else args.react_share,
         experiment=args.experiment,
         model_repository=args.model_repository,
-        metrics_port=metrics_port,
+        metrics_port=metrics_port if metrics_socket is None else metrics_socket.getsockname()[1],
+        metrics_socket=metrics_socket,
         default_workdir=args.workdir == DEFAULT_DEV_WORKDIR,
     )
     try:
@@ -148,12 +158,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _setup_logging(args, "WARNING")
     if (window := _time_range(args, "pipeline audit")) is None:
         return 2
-    topology = load_topology(args.topology)
-    bound_ms = topology.deadline.end_to_end_ms if args.in_flight_ms is None else args.in_flight_ms
     from aiokafka.errors import KafkaError
 
     if args.log_level != "DEBUG":  # its "Unable connect" errors: the one line below says it
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    topology = load_topology(args.topology)
+    bound_ms = topology.deadline.end_to_end_ms if args.in_flight_ms is None else args.in_flight_ms
     try:
         summary = asyncio.run(audit_topology(topology, window, bound_ms))
     except (KafkaError, TimeoutError, OSError) as err:  # exit 1 means lost inputs: not this
@@ -161,10 +171,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"pipeline audit: broker.bootstrap_servers: no answer at {servers} ({err})", file=sys.stderr)
         return 2
     print(orjson.dumps(summary).decode())
-    return 0 if summary["lost"] == 0 else 1
-
     if summary.get("group_members") == 0 and summary.get("in_flight"):
         print(f"pipeline audit: {summary['in_flight_note']}", file=sys.stderr)
+    return 0 if summary["lost"] == 0 else 1
+
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from pipeline.quality.report import experiment_report

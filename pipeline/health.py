@@ -216,10 +216,13 @@ class OpsServer:
             name=LIVE_PAGE_LOOP,
         )
 
-    def serve(self, probed: Probed) -> None:
-        """Answer for ``probed`` from now on (dev's next runtime), the page's history kept."""
+    def serve(self, probed: Probed, metrics: Metrics) -> None:
+        """Answer for ``probed`` and ``metrics`` from now on (dev's runtime after a broker
+        recycle), the page's points kept; its rates start again from the new counters."""
         self.probed = probed
+        self.metrics = self.lag.metrics = self.live.metrics = metrics
         self.live.parts = parts_of(probed)
+        self.live.marks.clear()  # a rate across two registries' counters means nothing
 
     def _on_sampler_restart(self, name: str, error: BaseException) -> None:
         log.error("background loop %s failed, restarting it: %r", name, error, exc_info=error)

@@ -10,6 +10,7 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,11 +28,17 @@ from pipeline.devstack.experiment import arms_summary, ensure_experiment_model, 
 from pipeline.devstack.reactions import DEFAULT_SHARE, ReactingBooks, Reactions
 from pipeline.devstack.stack import TRAINING_EVENTS, EmbeddedStack, ensure_model
 from pipeline.devstack.tuning import EMBEDDED_BROKER
-from pipeline.devstack.watch import DEV_METRICS_PORT, RUNNING_TOPOLOGY, Addresses, write_running_topology
+from pipeline.devstack.watch import (
+    DEV_METRICS_PORT,
+    RUNNING_TOPOLOGY,
+    Addresses,
+    load_dev_topology,
+    write_running_topology,
+)
 from pipeline.health import OpsServer
+from pipeline.metrics import Metrics
 from pipeline.recsys.generator import EventGenerator, GeneratorConfig
 from pipeline.runtime import PipelineRuntime
-from pipeline.topology.loader import load_topology
 from pipeline.topology.schema import Topology
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ class DevOptions:
     experiment: bool = False  # trained against popularity, 50/50, users reacting (devstack/experiment.py)
     model_repository: Path = Path("var/model_repository")  # where `pipeline train --out` writes
     metrics_port: int = DEV_METRICS_PORT  # /metrics and the probes (0: none); see watch.dev_metrics_port
+    metrics_socket: socket.socket | None = None  # that port, bound before the stack started
     default_workdir: bool = True  # the commands dev suggests need no --workdir
 
 
@@ -96,14 +104,17 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     books = Books() if reactions is None else ReactingBooks(reactions=reactions)
     started = time.monotonic()
     recycles = 0
+    ops = await _operations_endpoint(opts, topology)
     try:
-        while await run_epoch(opts, topology, stack, events, rate, books, stop, started, quality):
+        while await run_epoch(opts, topology, stack, events, rate, books, stop, started, quality, ops):
             recycles += 1
             await asyncio.to_thread(stack.broker.restart)
             log.warning("embedded broker restarted empty (recycle %d); the run goes on", recycles)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if ops is not None:
+            await ops.stop()
     summary = combined_summary(books.ledgers)
     summary["wall_s"] = round(time.monotonic() - started, 2)
     summary["broker_recycles"] = recycles
@@ -124,6 +135,30 @@ async def run_dev(opts: DevOptions, stack: EmbeddedStack) -> dict[str, object]:
     return summary
 
 
+class _Starting:
+    """What the endpoint answers for before the first runtime exists."""
+
+    def is_ready(self) -> bool:
+        return False
+
+    def is_started(self) -> bool:
+        return False
+
+    def liveness_problems(self) -> list[str]:
+        return []
+
+
+async def _operations_endpoint(opts: DevOptions, topology: Topology) -> OpsServer | None:
+    """One endpoint for the whole run, as `pipeline run` serves it (serve.py): each broker
+    epoch's runtime is handed to it, so the live page keeps its history and the port stays
+    served across a recycle. It serves on the port cmd_dev bound, if it did."""
+    if (endpoint := wiring.operations_endpoint(topology)) is None:
+        return None
+    ops = OpsServer(Metrics(), _Starting(), endpoint.port, endpoint.bind, sock=opts.metrics_socket)
+    await ops.start()
+    return ops
+
+
 def dev_topology(opts: DevOptions, stack: EmbeddedStack) -> Topology:
     """The topology as dev runs it: the environment's ``${NAME}`` and PIPELINE_* values, with
     the stack's addresses and dev's metrics port on top, and the embedded broker's tuning."""
@@ -132,7 +167,7 @@ def dev_topology(opts: DevOptions, stack: EmbeddedStack) -> Topology:
         "PIPELINE_TRITON_URL": stack.triton.grpc_url,
         "PIPELINE_METRICS_PORT": str(opts.metrics_port),
     }
-    topology = EMBEDDED_BROKER.apply(load_topology(opts.topology, env={**os.environ, **overrides}))
+    topology = EMBEDDED_BROKER.apply(load_dev_topology(opts.topology, {**os.environ, **overrides}))
     return experiment_topology(topology) if opts.experiment else topology
 
 
@@ -162,20 +197,15 @@ async def run_epoch(
     stop: asyncio.Event,
     started: float,
     quality: dict[tuple[str, str], Counter[str]],
+    ops: OpsServer | None = None,
 ) -> bool:
     """One broker epoch: topics, pipeline, feeder and follower; its online outcomes are
-    added to ``quality``. Returns whether the broker needs recycling (False: the run is
-    over)."""
+    added to ``quality``; ``ops`` answers for its runtime. Returns whether the broker needs
+    recycling (False: the run is over)."""
     runtime = PipelineRuntime(topology)  # a bad configuration raises before anything starts
-    ops = None  # as `pipeline run` serves it (serve.py), over this epoch's runtime
-    if (endpoint := wiring.operations_endpoint(topology)) is not None:
-        ops = OpsServer(runtime.metrics, runtime, endpoint.port, endpoint.bind)
-        await ops.start()
-    try:
-        return await _run_epoch(opts, topology, runtime, stack, events, rate, books, stop, started, quality)
-    finally:
-        if ops is not None:
-            await ops.stop()
+    if ops is not None:
+        ops.serve(runtime, runtime.metrics)
+    return await _run_epoch(opts, topology, runtime, stack, events, rate, books, stop, started, quality)
 
 
 async def _run_epoch(
@@ -307,7 +337,7 @@ def main(opts: DevOptions) -> dict[str, object]:
         if opts.experiment:  # Triton loads its repository at start: the versions first
             ensure_model(repository)
             ensure_experiment_model(repository)
-        stack = EmbeddedStack.start(opts.workdir, repository)
+        stack = EmbeddedStack.start(opts.workdir, repository, die_with_parent=True)
         try:
             return asyncio.run(run_dev(opts, stack))
         finally:

@@ -5,8 +5,10 @@ written into the workdir, for the other commands (tail, audit, replay, redrive) 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 import yaml
 
 from pipeline.devstack.process import free_port
+from pipeline.topology.loader import parse_topology, read_topology_text
 from pipeline.topology.schema import Topology
 
 if TYPE_CHECKING:  # the CLI imports this module at start: no model training code then
@@ -54,6 +57,48 @@ def dev_metrics_port(requested: int | None, topology: Topology) -> int:
     if requested == 0:
         return 0
     return DEV_METRICS_PORT if bindable(DEV_METRICS_PORT, bind) else free_port()
+
+
+# What dev puts its own stack's value in (dev_topology): a ${NAME} there needs no value.
+DEV_REPLACES = {
+    ("broker", "bootstrap_servers"): "PIPELINE_BOOTSTRAP_SERVERS",
+    ("model", "url"): "PIPELINE_TRITON_URL",
+}
+
+
+def load_dev_topology(path: Path, env: Mapping[str, str]) -> Topology:
+    """The topology at ``path`` as dev runs it: the environment's ``${NAME}``s and PIPELINE_*
+    overrides, the addresses dev replaces (DEV_REPLACES) taken from ``env`` before the
+    references are read, so that an unset ${NAME} there is no error."""
+    text = read_topology_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None  # parse_topology says what is wrong, with the line
+    if isinstance(data, dict):
+        for (section, key), var in DEV_REPLACES.items():
+            if isinstance(data.get(section), dict) and var in env:
+                data[section][key] = env[var]
+        text = yaml.safe_dump(data, sort_keys=False)
+    return parse_topology(text, str(path), env)
+
+
+def metrics_listener(port: int, requested: int | None, topology: Topology) -> socket.socket | None:
+    """``port`` (from dev_metrics_port) bound and listening now, before the stack starts, and
+    handed to the endpoint: a port taken meanwhile (two dev runs starting together) is
+    MetricsPortTaken here, not a traceback once the stack runs. A default port taken
+    meanwhile gives way to a free one. None for port 0 (no endpoint)."""
+    if port == 0:
+        return None
+    bind = topology.operations.bind
+    chosen = requested is not None or bool(topology.operations.metrics_port)
+    for candidate in (port,) if chosen else (port, free_port()):
+        try:
+            return socket.create_server((bind, candidate))
+        except OSError:
+            continue
+    where = "--metrics-port" if requested is not None else "operations.metrics_port"
+    raise MetricsPortTaken(f"{where} {port}: in use on {bind}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,31 @@ def write_running_topology(topology: Topology, path: Path) -> None:
     partial = path.with_name(f".{path.name}.new")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
-        file.write("# written by `pipeline dev` while it runs: its broker, Triton and topics\n")
+        file.write(
+            f"# written by `pipeline dev` (pid {os.getpid()}) while it runs: its broker, Triton and topics\n"
+        )
         yaml.safe_dump(topology.model_dump(mode="json"), file, sort_keys=False)
     os.replace(partial, path)
+
+
+_WRITER = re.compile(r"# written by `pipeline dev` \(pid (\d+)\)")
+
+
+def gone_writer(path: Path) -> int | None:
+    """The pid of the `pipeline dev` that wrote the running topology at ``path`` if it is no
+    longer running (killed: SIGKILL leaves the file behind); None if it runs or is unknown."""
+    try:
+        with path.open() as file:
+            match = _WRITER.match(file.readline())
+    except OSError:
+        return None
+    if match is None:
+        return None
+    pid = int(match.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:
+        return None  # another user's process has that pid now: not ours to judge
+    return None

@@ -361,3 +361,23 @@ async def test_a_port_taken_is_one_line_naming_it_exit_2() -> None:
     assert raised.value.exit_code == 2
     assert str(raised.value).startswith(f"operations.metrics_port: cannot serve on 127.0.0.1:{port}: ")
     assert "--metrics-port" in str(raised.value)
+
+
+async def test_a_new_runtime_handed_over_keeps_the_live_pages_points() -> None:
+    """pipeline dev's endpoint across a broker recycle: the next runtime's metrics and
+    probes, the page's history kept."""
+    first, second = Metrics(), Metrics()
+    server = OpsServer(first, Pipeline(ready=False), free_port())
+    server.live.sample()
+    first.events_consumed.labels("t").inc(10)
+    server.live.clock = lambda: time.time() + 1
+    server.live.sample()
+    assert len(server.live.points) == 1
+    second.events_consumed.labels("t").inc(3)
+    server.serve(Pipeline(ready=True), second)
+    server.live.sample()
+    server.live.clock = lambda: time.time() + 2
+    server.live.sample()
+    assert len(server.live.points) == 2  # the first epoch's point kept
+    assert server.live.points[-1].consumed == 0  # not 3 - 10 across two registries
+    assert server.metrics is second and server._route("/readyz")[0] == "200 OK"
