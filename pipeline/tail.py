@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline import kafka_clients
 from pipeline.arguments import positive_int
-from pipeline.devstack.watch import RUNNING_TOPOLOGY
+from pipeline.devstack.watch import RUNNING_TOPOLOGY, gone_writer
 from pipeline.events import Headers, RawRecord
 from pipeline.kafka_io import batches_to_end, broker_at, high_watermarks, topic_partitions
 from pipeline.topology.loader import load_topology
@@ -193,10 +193,13 @@ def where_to_read(topology: Path | None, bootstrap: str | None, workdir: Path) -
     if bootstrap is not None:
         return broker_at(bootstrap)
     running = workdir / RUNNING_TOPOLOGY
+    how = "start `pipeline dev`, or give --workdir DIR, --topology FILE or --bootstrap HOST:PORT"
     if not running.is_file():
+        raise TailError(f"no dev stack runs in {workdir} (no {running}): {how}")
+    if (pid := gone_writer(running)) is not None:
         raise TailError(
-            f"no dev stack runs in {workdir} (no {running}): start `pipeline dev`, or give "
-            "--workdir DIR, --topology FILE or --bootstrap HOST:PORT"
+            f"no dev stack runs in {workdir}: the `pipeline dev` (pid {pid}) that wrote {running} "
+            f"is gone: {how}"
         )
     return load_topology(running)
 

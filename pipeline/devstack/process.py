@@ -1,5 +1,6 @@
 """Child processes of the embedded stack: started in their own process group, stopped by
-PID (never by name), and stopped on interpreter exit if the owner forgot."""
+PID (never by name), and stopped on interpreter exit if the owner forgot; with
+``die_with_parent``, also when the owner is killed (SIGKILL runs no atexit)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,34 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
+
+# A child's watchdog (die_with_parent): a process of its own that reads its stdin, a pipe
+# from the owner, to its end, which comes when the owner closes it or dies however it dies
+# (SIGKILL included), and then stops the child's whole process group: TERM, then KILL after
+# the grace. A parent-death signal (prctl) would reach the child alone, not Triton's
+# backend stubs, which outlived it by minutes when tried.
+WATCHDOG = """
+import os, signal, sys, time
+pgid, grace = int(sys.argv[1]), float(sys.argv[2])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+sys.stdin.buffer.read()
+try:
+    os.killpg(pgid, signal.SIGCONT)
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        os.killpg(pgid, 0)
+        time.sleep(0.05)
+    os.killpg(pgid, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
+WATCHDOG_GRACE_S = 10.0
 
 
 def _ephemeral_low() -> int:
@@ -85,7 +110,10 @@ class ChildProcess:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        die_with_parent: bool = False,
     ) -> None:
+        self.die_with_parent = die_with_parent  # a watchdog stops it if this process dies
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -113,6 +141,13 @@ class ChildProcess:
             start_new_session=True,  # its own group: a signal to us does not hit it twice
         )
         log.close()
+        if self.die_with_parent:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", WATCHDOG, str(self.proc.pid), str(WATCHDOG_GRACE_S)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to us is not its business
+            )
         atexit.register(self.stop)
 
     def alive(self) -> bool:
@@ -154,6 +189,7 @@ class ChildProcess:
         by a later call (atexit), instead of orphaning the group."""
         if self.proc is None:
             return
+        self._end_watchdog()
         if self._stopped:
             return  # a later call (atexit) must not signal a process group id reused since
         proc = self.proc
@@ -181,6 +217,16 @@ class ChildProcess:
         except ProcessLookupError:
             self._stopped = True  # the whole group is gone: its id may be reused from now on
 
+    def _end_watchdog(self) -> None:
+        """Before a stop of our own: the watchdog must not signal the group's id once the
+        group is gone (it could be another's by then)."""
+        if self._watchdog is not None:
+            self._watchdog.kill()
+            self._watchdog.wait(timeout=10)
+            if self._watchdog.stdin is not None:
+                self._watchdog.stdin.close()
+            self._watchdog = None
+
     @staticmethod
     def _group_is_ours(proc: subprocess.Popen[bytes]) -> bool:
         """The group id (the leader's pid) still names this child's group: the leader is not
@@ -197,6 +243,7 @@ class ChildProcess:
         return False
 
     def kill(self) -> None:
+        self._end_watchdog()
         if self.alive():
             os.killpg(self.pid, signal.SIGKILL)
             assert self.proc is not None

@@ -77,13 +77,18 @@ class EmbeddedStack:
     model_repository: Path
 
     @classmethod
-    def start(cls, workdir: Path, model_repository: Path | None = None) -> EmbeddedStack:
+    def start(
+        cls, workdir: Path, model_repository: Path | None = None, die_with_parent: bool = False
+    ) -> EmbeddedStack:
+        """``die_with_parent`` (pipeline dev): the broker and Triton (its stubs too) stop when
+        this process is killed, however (see ChildProcess)."""
         workdir = workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         repository = (model_repository or workdir / "model_repository").resolve()
         ensure_model(repository)
         broker = EmbeddedBroker(workdir)
         triton = EmbeddedTriton(workdir, repository)
+        broker.die_with_parent = triton.die_with_parent = die_with_parent
         try:
             broker.start()
             triton.start()

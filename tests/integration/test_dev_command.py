@@ -5,6 +5,7 @@ where it can be watched from (the broker, /metrics, `pipeline tail`, `pipeline a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -44,6 +45,21 @@ def dev_command(workdir: Path, *extra: str, repository: Path | None = None) -> l
         str(served),
         *extra,
     ]
+
+
+STOP_BOUND_S = 60.0  # dev's own stop: the pipeline's drain, then the broker's and Triton's
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM and the stop's bound, then SIGKILL: a failed assertion must not orphan a
+    stack (a SIGKILLed dev's children get SIGTERM from the kernel, but only at that)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def test_dev_accounts_for_every_event_and_leaves_no_process(tmp_path: Path) -> None:
@@ -148,9 +164,7 @@ def test_dev_recycles_its_broker_and_stops_cleanly_on_sigterm(stack, tmp_path: P
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert restarts == 1
     assert proc.returncode == 0
     summary = orjson.loads(out.strip().splitlines()[-1])
@@ -174,13 +188,34 @@ def test_sigterm_while_the_stack_starts_leaves_no_process(stack, tmp_path: Path)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted while starting" in err
     left = processes_mentioning(str(tmp_path))
     assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left]
+
+
+def test_a_killed_dev_leaves_no_process(stack, tmp_path: Path) -> None:
+    """SIGKILL runs no handler and no atexit: the broker, Triton and Triton's backend stub
+    stop by their parent-death signal all the same."""
+    shutil.copytree(stack.model_repository, tmp_path / "model_repository")  # no training
+    proc = subprocess.Popen(dev_command(tmp_path), cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while len(processes_mentioning(str(tmp_path))) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the broker, Triton and its stub (the model loaded)
+        assert len(processes_mentioning(str(tmp_path))) >= 3
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while (left := processes_mentioning(str(tmp_path))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown = [Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in left]
+    for pid in left:  # the test's own orphans: not left for the next run
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], shown
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -261,9 +296,7 @@ def test_dev_can_be_watched_at_the_addresses_it_prints(stack, tmp_path: Path) ->
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=90)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
     assert proc.returncode == 0
     summary = orjson.loads(out.strip().splitlines()[-1])
     assert summary["lost"] == 0 and summary["events_in"] > 0

@@ -124,3 +124,23 @@ sys.exit(tail.cmd_tail(tail.argparse.Namespace(topology=None, bootstrap="127.0.0
     child.stdout.close()  # the reader is gone
     assert child.wait(timeout=20) == 0
     assert child.stderr.read() == b""
+
+
+def test_a_topology_left_by_a_killed_dev_is_no_dev_stack(tmp_path: Path) -> None:
+    """SIGKILL leaves WORKDIR/topology.yaml behind: the pid it names tells it is stale."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.devstack.watch import write_running_topology
+    from pipeline.testing import topology
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    running = tmp_path / "topology.yaml"
+    write_running_topology(topology(), running)
+    assert where_to_read(None, None, tmp_path).name == topology().name  # type: ignore[union-attr]
+    text = running.read_text()
+    running.write_text(text.replace(f"(pid {os.getpid()})", f"(pid {gone.pid})", 1))
+    with pytest.raises(TailError, match=rf"the `pipeline dev` \(pid {gone.pid}\) that wrote .* is gone"):
+        where_to_read(None, None, tmp_path)
