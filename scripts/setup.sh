@@ -23,34 +23,27 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
-# promtool: Debian's prometheus package (its service is not started). Without it the
-# deployment tests fail, naming this script.
-# A failed install is not fatal (the demo does not need promtool): the line below says so.
-if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+# Debian packages the tests use (their services are not started): promtool (the `prometheus`
+# package) for the alert-rule tests, chromium for the live page's browser test (headless). A
+# failed install is not fatal (the demo needs neither): a line says which test then fails.
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
     as_root=()
     if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         as_root=(sudo -n)
     fi
     if [ "$(id -u)" = 0 ] || [ ${#as_root[@]} -gt 0 ]; then
         "${as_root[@]}" apt-get update -qq || true
-        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends prometheus >/dev/null || true
+        for package in "${missing[@]}"; do  # one at a time: one failing leaves the other
+            "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq --no-install-recommends "$package" >/dev/null || true
+        done
     fi
 fi
 if ! command -v promtool >/dev/null 2>&1; then
     echo "setup: promtool is missing and could not be installed (needs apt-get, as root or with sudo): install Debian's 'prometheus' package, or tests/deployment fails" >&2
-fi
-# chromium: Debian's package, for the live page's browser test (headless, no display).
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    as_root=()
-    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        as_root=(sudo -n)
-    fi
-    if [ "$(id -u)" = 0 ] || [ ${#as_root[@]} -gt 0 ]; then
-        "${as_root[@]}" apt-get update -qq || true
-        "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y -qq --no-install-recommends chromium >/dev/null || true
-    fi
 fi
 if ! command -v chromium >/dev/null 2>&1; then
     echo "setup: chromium is missing and could not be installed (needs apt-get, as root or with sudo): install Debian's 'chromium' package, or tests/integration/test_live_page.py fails" >&2

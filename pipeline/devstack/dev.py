@@ -205,21 +205,6 @@ async def run_epoch(
     runtime = PipelineRuntime(topology)  # a bad configuration raises before anything starts
     if ops is not None:
         ops.serve(runtime, runtime.metrics)
-    return await _run_epoch(opts, topology, runtime, stack, events, rate, books, stop, started, quality)
-
-
-async def _run_epoch(
-    opts: DevOptions,
-    topology: Topology,
-    runtime: PipelineRuntime,
-    stack: EmbeddedStack,
-    events: Iterator[dict[str, object]],
-    rate: float,
-    books: Books,
-    stop: asyncio.Event,
-    started: float,
-    quality: dict[tuple[str, str], Counter[str]],
-) -> bool:
     epoch = await Epoch.open(topology, books, events, rate)
     pipeline_stop = asyncio.Event()
     pipeline_task = asyncio.create_task(runtime.run(pipeline_stop), name="pipeline")
