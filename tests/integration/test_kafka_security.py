@@ -40,52 +40,18 @@ from aiokafka import TopicPartition
 from pipeline import kafka_clients
 from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.dev import live_events
-from pipeline.devstack.process import free_port
 from pipeline.devstack.stack import EmbeddedStack
-from pipeline.devstack.tls_proxy import TlsProxy
 from pipeline.devstack.topology import topology_on_stack
 from pipeline.kafka_io import ensure_topics
 from pipeline.recsys.generator import GeneratorConfig
 from pipeline.security import CredentialsError
 from pipeline.topology.schema import Broker, Topology
-from tests.certs import Pki, make_pki
+from tests.certs import Pki
 from tests.integration.harness import ROOT, RawIn, run_until_accounted
 
 pytestmark = pytest.mark.integration
 
 START_BOUND_S = 30.0  # `pipeline run` must have stopped by then
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("kafka-pki"))
-
-
-@pytest.fixture(scope="module")
-def tls_bootstrap(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A dedicated broker behind a TLS terminator that demands a client certificate; the
-    broker advertises the terminator, so every connection (metadata, group coordinator,
-    fetch) goes through TLS."""
-    workdir = tmp_path_factory.mktemp("tls-broker")
-    proxy_port = free_port()
-    broker = EmbeddedBroker(workdir, advertised_port=proxy_port)
-    proxy = TlsProxy(
-        workdir,
-        f"127.0.0.1:{broker.port}",
-        pki.server_cert,
-        pki.server_key,
-        client_ca=pki.ca,
-        port=proxy_port,
-    )
-    try:
-        broker.start()
-        proxy.start()
-        broker.wait_until(broker.listening, 30, "listening")
-        proxy.wait_until(proxy.listening, 30, "listening")
-        yield broker.bootstrap
-    finally:
-        proxy.stop()
-        broker.stop()
 
 
 @pytest.fixture(scope="module")

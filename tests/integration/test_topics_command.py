@@ -11,7 +11,6 @@ this broker) and the changelog's configs with DescribeConfigs."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,11 @@ from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from pipeline import kafka_clients
-from pipeline.devstack.broker import EmbeddedBroker
 from pipeline.devstack.process import free_port
-from pipeline.devstack.tls_proxy import TlsProxy
 from pipeline.devstack.topology import topology_on_stack
 from pipeline.kafka_io import ensure_topics
 from pipeline.topology.schema import Broker, Topology
-from tests.certs import Pki, make_pki
+from tests.certs import Pki
 from tests.integration.harness import run_pipeline_command
 
 pytestmark = pytest.mark.integration
@@ -243,37 +240,6 @@ async def test_a_broker_away_is_one_line_and_exit_2(stack, tmp_path: Path) -> No
         f"127.0.0.1:{port} (nothing listening there, or unreachable)"
     ]
     assert took < AWAY_WITHIN_S
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("topics-pki"))
-
-
-@pytest.fixture(scope="module")
-def tls_bootstrap(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A broker of its own behind a TLS terminator that demands a client certificate (Tansu
-    serves no TLS: tests/integration/test_kafka_security.py), advertising the terminator."""
-    workdir = tmp_path_factory.mktemp("topics-tls-broker")
-    proxy_port = free_port()
-    broker = EmbeddedBroker(workdir, advertised_port=proxy_port)
-    proxy = TlsProxy(
-        workdir,
-        f"127.0.0.1:{broker.port}",
-        pki.server_cert,
-        pki.server_key,
-        client_ca=pki.ca,
-        port=proxy_port,
-    )
-    try:
-        broker.start()
-        proxy.start()
-        broker.wait_until(broker.listening, 30, "listening")
-        proxy.wait_until(proxy.listening, 30, "listening")
-        yield broker.bootstrap
-    finally:
-        proxy.stop()
-        broker.stop()
 
 
 @pytest.mark.parametrize("trusted", [True, False])
