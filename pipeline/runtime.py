@@ -260,7 +260,7 @@ class PipelineRuntime:
         try:
             if self.users.durable:  # committable once its state changes are in the changelog too
                 if self.outcomes is not None:  # what its inputs judged is let go in the same round
-                    self.outcomes.judged_inputs_written(batch.sources)
+                    self.outcomes.judged_inputs_written(src for rec in batch.records for src in rec.sources)
                 written, _ = await asyncio.gather(self._write_records(kept), self.users.persisted())
             else:
                 written = await self._write_records(kept)

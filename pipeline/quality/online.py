@@ -42,7 +42,7 @@ import struct
 import zlib
 from array import array
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -468,7 +468,7 @@ class OnlineOutcomes:
             self._topic(event.source.topic),
             event.source.offset,
         )
-        open_ = [(rec, rec.judged) for rec in user.shown if rec.kept]
+        open_ = [(rec, rec.judged) for rec in user.shown if rec.kept] if self._kept is not None else ()
         for rec in [
             rec for rec in user.shown if self._judge_one(user_id, user, rec, ts, item, topic, offset)
         ]:
@@ -516,7 +516,7 @@ class OnlineOutcomes:
             entry = self._judged_by[id(source)] = (source, [])
         entry[1].append((user_id, partition, rec.at, rec.offset))
 
-    def judged_inputs_written(self, sources: Sequence[RawRecord]) -> None:
+    def judged_inputs_written(self, sources: Iterable[RawRecord]) -> None:
         """Inputs about to be written (before their changelog round and their commit): the
         kept recommendations they judged are let go, unless a newer one replaced them."""
         if not self._judged_by or self._kept is None:
