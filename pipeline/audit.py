@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from array import array
 from bisect import bisect_left
@@ -30,12 +31,15 @@ from datetime import UTC, datetime
 import numpy as np
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from pipeline import ids, kafka_clients
 from pipeline.events import Headers
 from pipeline.kafka_clients import consumer as kafka_consumer
 from pipeline.kafka_io import read_to_end
 from pipeline.topology.schema import Topology
+
+log = logging.getLogger(__name__)
 
 Coord = tuple[str, int, int]
 COMMITTED_TIMEOUT_S = 10.0  # for the group's coordinator to answer one partition's offset
@@ -362,7 +366,12 @@ async def group_members(topology: Topology) -> int | None:
         )
         groups = [g for answer in answers for g in answer.groups]
         return sum(len(group[-1]) for group in groups if group[0] == 0)  # (error_code, ..., members)
-    except Exception:  # the audit goes on without it: the note says it is unknown
+    except (KafkaError, OSError, TimeoutError):  # the audit goes on without it: the note says unknown
+        return None
+    except Exception as exc:  # an answer of another shape: unknown too, but said
+        log.warning(
+            "group %s: its members could not be read from the answer: %r", topology.source.group_id, exc
+        )
         return None
     finally:
         with contextlib.suppress(Exception):

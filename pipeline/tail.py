@@ -27,6 +27,7 @@ from pipeline.arguments import positive_int
 from pipeline.devstack.watch import RUNNING_TOPOLOGY, gone_writer
 from pipeline.events import Headers, RawRecord
 from pipeline.kafka_io import batches_to_end, broker_at, high_watermarks, topic_partitions
+from pipeline.sources.undecodable import DECODE_ERRORS, raw, step_past_undecodable
 from pipeline.topology.loader import load_topology
 from pipeline.topology.schema import Broker, Topology, bootstrap_problem
 
@@ -167,21 +168,19 @@ async def _follow(
 ) -> int:
     for tp in tps:
         consumer.seek(tp, ends[tp])
+    positions = dict(ends)  # next offset to print, where a record the client cannot decode is looked for
     printed = 0
     while not stop.is_set():
-        got = await consumer.getmany(*tps, timeout_ms=500)
-        for record in sorted((m for ms in got.values() for m in ms), key=lambda m: m.timestamp):
-            headers = tuple(record.headers or ())
-            raw = RawRecord(
-                record.topic,
-                record.partition,
-                record.offset,
-                record.timestamp,
-                record.key,
-                record.value,
-                headers,
-            )
-            print(render(raw), file=out, flush=True)
+        try:
+            got = await consumer.getmany(*tps, timeout_ms=500)
+            batch = {tp: [raw(m) for m in messages] for tp, messages in got.items()}
+        except DECODE_ERRORS:  # printed as its marker, as the catch-up read does
+            batch = await step_past_undecodable(consumer, positions, limit=10_000, stop=stop)
+        for tp, records in batch.items():
+            if records:
+                positions[tp] = records[-1].offset + 1
+        for record in sorted((r for rs in batch.values() for r in rs), key=lambda r: r.timestamp_ms):
+            print(render(record), file=out, flush=True)
             printed += 1
     return printed
 

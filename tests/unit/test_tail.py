@@ -4,6 +4,7 @@ letter with its reason headers, an input as its JSON."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -144,3 +145,39 @@ def test_a_topology_left_by_a_killed_dev_is_no_dev_stack(tmp_path: Path) -> None
     running.write_text(text.replace(f"(pid {os.getpid()})", f"(pid {gone.pid})", 1))
     with pytest.raises(TailError, match=rf"the `pipeline dev` \(pid {gone.pid}\) that wrote .* is gone"):
         where_to_read(None, None, tmp_path)
+
+
+async def test_following_prints_a_record_the_client_cannot_decode_as_its_marker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The catch-up read steps past such a record; following must too (a traceback before)."""
+    import asyncio
+    import io
+
+    from aiokafka import TopicPartition
+
+    from pipeline import tail
+    from pipeline.events import RawRecord
+
+    tp = TopicPartition("interactions", 0)
+    stop = asyncio.Event()
+    marker = RawRecord(tp.topic, 0, 7, -1, None, None, (), "UnicodeDecodeError: header key")
+
+    class Consumer:
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            pass
+
+        async def getmany(self, *tps: TopicPartition, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    async def stepped(
+        consumer: Any, starts: dict[TopicPartition, int], **_: Any
+    ) -> dict[TopicPartition, list[RawRecord]]:
+        assert starts == {tp: 7}  # looked for where following began
+        stop.set()
+        return {tp: [marker]}
+
+    monkeypatch.setattr(tail, "step_past_undecodable", stepped)
+    out = io.StringIO()
+    assert await tail._follow(Consumer(), [tp], {tp: 7}, out, stop) == 1  # type: ignore[arg-type]
+    assert "UnicodeDecodeError" in out.getvalue()
